@@ -1,0 +1,68 @@
+//! The agent's identity: enrolment with an activation code on first start, and the stored
+//! credential (`<state-dir>/identity.json`, mode 0600) on every start after.
+
+use super::host;
+use crate::config::AgentArgs;
+use crate::protocol::OsType;
+use crate::protocol::api::{ErrorBody, RegisterRequest, RegisterResponse};
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+/// The instance credential. Its `Debug` hides the secret.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub instance_id: String,
+    pub instance_secret: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").field("instance_id", &self.instance_id).finish_non_exhaustive()
+    }
+}
+
+const FILE: &str = "identity.json";
+
+/// Reads the stored identity, or enrols with the activation and stores the new one.
+pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::Result<Identity> {
+    crate::files::create_private_dir(&args.state_dir)?;
+    let path = args.state_dir.join(FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let identity: Identity = serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged: remove it and enrol again", path.display()))?;
+        tracing::info!(instance_id = %identity.instance_id, "using the stored instance credential");
+        return Ok(identity);
+    }
+    let (Some(activation_id), Some(code)) = (&args.activation_id, &args.activation_code) else {
+        bail!(
+            "{} has no instance credential yet: give --activation-id and --activation-code to enrol this machine",
+            args.state_dir.display()
+        );
+    };
+    let request = RegisterRequest {
+        activation_id: activation_id.clone(),
+        activation_code: code.0.clone(),
+        hostname: host::hostname(),
+        name: args.name.clone(),
+        os_type: OsType::current(),
+        os_name: host::os_name(),
+        ip_addresses: host::ip_addresses(),
+        agent_version: crate::VERSION.to_string(),
+    };
+    let url = format!("{}/agent/v1/register", args.server.trim_end_matches('/'));
+    let response = http.post(&url).json(&request).send().await.with_context(|| format!("cannot reach {url}"))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let message = match response.json::<ErrorBody>().await {
+            Ok(body) => body.message,
+            Err(_) => "no details".into(),
+        };
+        bail!("enrolment refused ({status}): {message}");
+    }
+    let registered: RegisterResponse = response.json().await.context("the server's enrolment answer is malformed")?;
+    let identity = Identity { instance_id: registered.instance_id, instance_secret: registered.instance_secret };
+    crate::files::write_private(&path, &serde_json::to_string_pretty(&identity)?)?;
+    tracing::info!(instance_id = %identity.instance_id, "enrolled");
+    Ok(identity)
+}

@@ -1,0 +1,289 @@
+//! The agent's connection loop: connect, `Hello`/`Welcome`, re-send the spool, then serve tasks
+//! and heartbeats; on loss, reconnect with capped exponential backoff and full jitter, so a
+//! restarted server is not hit by its whole fleet at once.
+
+use super::exec::{self, ExecConfig, TaskEvent};
+use super::host;
+use super::identity::Identity;
+use super::spool::{self, Spool};
+use crate::config::AgentArgs;
+use crate::protocol::agent::{AgentMessage, Hello, MAX_FRAME_BYTES, RunTask, ServerMessage};
+use crate::protocol::{OsType, PROTOCOL_VERSION, TaskEnd};
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng as _;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// First backoff step; the n-th retry waits a random time up to `BASE * 2^n`, capped.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// A connection that lived this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    /// The connection was lost; `stable` when it had lasted long enough to reset the backoff.
+    Lost { stable: bool },
+}
+
+pub struct Agent {
+    args: AgentArgs,
+    identity: Identity,
+    spool: Spool,
+    exec: Arc<ExecConfig>,
+    /// Stop signals of the tasks running now.
+    running: HashMap<String, CancellationToken>,
+    events_tx: exec::Events,
+    events_rx: mpsc::Receiver<(String, TaskEvent)>,
+}
+
+impl Agent {
+    pub fn new(args: AgentArgs, identity: Identity, spool: Spool, exec: Arc<ExecConfig>) -> Agent {
+        let (events_tx, events_rx) = mpsc::channel(256);
+        Agent { args, identity, spool, exec, running: HashMap::new(), events_tx, events_rx }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut attempt = 0u32;
+        let result = loop {
+            match self.connect_and_serve(&shutdown).await {
+                Ok(End::Shutdown) => break Ok(()),
+                Ok(End::Lost { stable }) => {
+                    if stable {
+                        attempt = 0;
+                    }
+                }
+                Err(e) if is_fatal(&e) => break Err(e),
+                Err(e) => tracing::warn!("connection to {} failed: {e:#}", self.args.server),
+            }
+            let cap = Duration::from_secs(self.args.reconnect_max_secs);
+            let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(cap);
+            let delay = ceiling.mul_f64(rand::thread_rng().r#gen::<f64>());
+            attempt = attempt.saturating_add(1);
+            tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    Some((task, event)) = self.events_rx.recv() => { self.record(&task, event)?; }
+                    _ = shutdown.cancelled() => return self.stop_all().await,
+                }
+            }
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+        };
+        self.stop_all().await?;
+        result
+    }
+
+    /// Stops running tasks on agent shutdown; their ends are spooled for the next start.
+    async fn stop_all(&mut self) -> anyhow::Result<()> {
+        for token in self.running.values() {
+            token.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.exec.kill_grace + Duration::from_secs(3);
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some((task, event))) => {
+                    self.record(&task, event)?;
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Spools a task event and returns the message to send for it.
+    fn record(&mut self, task: &str, event: TaskEvent) -> anyhow::Result<AgentMessage> {
+        let message = match event {
+            TaskEvent::Started => self.spool.started(task),
+            TaskEvent::Output(stream, data) => self.spool.append(task, stream, data),
+            TaskEvent::Finished { exit_code, end } => {
+                self.running.remove(task);
+                self.spool.finished(task, exit_code, end)
+            }
+        };
+        message.with_context(|| format!("cannot write the spool in {}", self.args.state_dir.display()))
+    }
+
+    async fn connect_and_serve(&mut self, shutdown: &CancellationToken) -> anyhow::Result<End> {
+        let (server, identity) = (self.args.server.clone(), self.identity.clone());
+        let connecting = connect(&server, &identity);
+        tokio::pin!(connecting);
+        // Keep spooling task events while the connection is being made.
+        let mut socket = loop {
+            tokio::select! {
+                socket = &mut connecting => break socket?,
+                Some((task, event)) = self.events_rx.recv() => { self.record(&task, event)?; }
+                _ = shutdown.cancelled() => return Ok(End::Shutdown),
+            }
+        };
+        let connected_at = Instant::now();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: crate::VERSION.to_string(),
+            hostname: host::hostname(),
+            os_type: OsType::current(),
+            os_name: host::os_name(),
+            ip_addresses: host::ip_addresses(),
+            supported_command_types: host::supported_command_types(),
+            held_tasks: self.spool.held(),
+        };
+        send(&mut socket, &hello.into()).await?;
+        let heartbeat = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await {
+            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => Duration::from_secs(welcome.heartbeat_secs.max(1)),
+            Ok(Ok(Some(ServerMessage::Refused(refused)))) => bail!(Fatal(format!("the server refused this agent: {}", refused.reason))),
+            Ok(Ok(_)) => bail!("the server did not answer Hello with Welcome"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("no Welcome from the server within 10 s"),
+        };
+        tracing::info!(instance_id = %self.identity.instance_id, "connected to {}", self.args.server);
+        for task in self.spool.held() {
+            for message in self.spool.unacknowledged(&task)? {
+                send(&mut socket, &message).await?;
+            }
+        }
+
+        let lost = |e: anyhow::Error| {
+            tracing::warn!("connection lost: {e:#}");
+            End::Lost { stable: connected_at.elapsed() >= STABLE_AFTER }
+        };
+        let mut tick = tokio::time::interval(heartbeat);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                message = next_message(&mut socket) => match message {
+                    Ok(Some(message)) => {
+                        last_heard = Instant::now();
+                        self.handle(message)?;
+                    }
+                    Ok(None) => return Ok(lost(anyhow::anyhow!("closed by the server"))),
+                    Err(e) => return Ok(lost(e)),
+                },
+                Some((task, event)) = self.events_rx.recv() => {
+                    let message = self.record(&task, event)?;
+                    if let Err(e) = send(&mut socket, &message).await {
+                        return Ok(lost(e));
+                    }
+                }
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > heartbeat * 3 {
+                        return Ok(lost(anyhow::anyhow!("no heartbeat from the server for three intervals")));
+                    }
+                    if let Err(e) = send(&mut socket, &AgentMessage::Heartbeat).await {
+                        return Ok(lost(e));
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    let _ = socket.close(None).await;
+                    return Ok(End::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, message: ServerMessage) -> anyhow::Result<()> {
+        match message {
+            ServerMessage::RunTask(task) => self.start(task),
+            ServerMessage::StopTask(stop) => {
+                if let Some(token) = self.running.get(&stop.task) {
+                    token.cancel();
+                }
+            }
+            ServerMessage::Ack(ack) => self.spool.ack(&ack.task, ack.next_seq, ack.finished)?,
+            ServerMessage::Heartbeat | ServerMessage::Welcome(_) => {}
+            ServerMessage::Refused(refused) => bail!(Fatal(format!("the server refused this agent: {}", refused.reason))),
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, task: RunTask) {
+        // A task already held was delivered twice (the server re-delivers pending tasks on connect).
+        if self.running.contains_key(&task.task) || self.spool.holds(&task.task) {
+            return;
+        }
+        if !spool::is_task_id(&task.task) {
+            tracing::warn!(task = %task.task, "refused a task with a malformed id");
+            return;
+        }
+        if task.timeout_secs == 0 {
+            let end = TaskEnd::Error {
+                error_code: crate::protocol::ErrorCode::ExecutionException,
+                error_info: "timeout must be at least one second".into(),
+            };
+            let events = self.events_tx.clone();
+            let id = task.task.clone();
+            tokio::spawn(async move { events.send((id, TaskEvent::Finished { exit_code: None, end })).await });
+            return;
+        }
+        let token = CancellationToken::new();
+        self.running.insert(task.task.clone(), token.clone());
+        tokio::spawn(exec::run(task, self.exec.clone(), self.events_tx.clone(), token));
+    }
+}
+
+/// An error after which reconnecting cannot help.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+fn is_fatal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Fatal>().is_some()
+}
+
+async fn connect(server: &str, identity: &Identity) -> anyhow::Result<Socket> {
+    let url = format!("{}/agent/v1/connect", server.trim_end_matches('/').replacen("http", "ws", 1));
+    let mut request = url.as_str().into_client_request()?;
+    let credential = format!("Bearer {}:{}", identity.instance_id, identity.instance_secret);
+    request.headers_mut().insert("authorization", credential.parse()?);
+    let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => bail!(Fatal(format!(
+            "the server refused this instance's credential ({}): it was deregistered or belongs to another server; \
+             remove the state directory and enrol again with a new activation",
+            identity.instance_id
+        ))),
+        Ok(Err(e)) => Err(e).with_context(|| format!("cannot connect to {url}")),
+        Err(_) => bail!("connecting to {url} timed out"),
+    }
+}
+
+async fn send(socket: &mut Socket, message: &AgentMessage) -> anyhow::Result<()> {
+    socket.send(Message::Text(message.encode().into())).await?;
+    Ok(())
+}
+
+/// The next server message; `None` when the connection closed.
+async fn next_message(socket: &mut Socket) -> anyhow::Result<Option<ServerMessage>> {
+    loop {
+        match socket.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Text(text))) => return Ok(Some(ServerMessage::decode(&text)?)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}

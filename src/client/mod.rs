@@ -1,0 +1,162 @@
+//! The API client over reqwest, and the CLI subcommands built on it (`fleetrun run`,
+//! `instances`, `invocations`, `stop`).
+
+mod cli;
+
+pub use cli::{InstancesArgs, InvocationsArgs, RunArgs, StopArgs, run_cli};
+
+use crate::protocol::api::{
+    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,
+    InvocationsResponse, RunCommandRequest, StopRequest, StreamEvent,
+};
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+/// How the client proves who it is.
+#[derive(Clone)]
+pub enum Credentials {
+    Token(String),
+    Basic { username: String, password: String },
+}
+
+/// An error answer from the API, with its documented code.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {} ({})", body.message, body.code)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+/// A client of one fleetrun server.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    credentials: Credentials,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, credentials: Credentials) -> ApiClient {
+        ApiClient { base: base.trim_end_matches('/').to_string(), credentials, http: reqwest::Client::new() }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}/api/v1{path}", self.base));
+        match &self.credentials {
+            Credentials::Token(token) => builder.bearer_auth(token),
+            Credentials::Basic { username, password } => builder.basic_auth(username, Some(password)),
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> anyhow::Result<T> {
+        let response = check(builder.send().await.context("cannot reach the fleetrun server")?).await?;
+        response.json().await.context("the server's answer is malformed")
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// `GET /instances` with a raw query string such as `region_id=local`.
+    pub async fn instances(&self, query: &str) -> anyhow::Result<InstancesResponse> {
+        self.get(&format!("/instances?{query}")).await
+    }
+
+    pub async fn instance(&self, instance_id: &str) -> anyhow::Result<Instance> {
+        self.get(&format!("/instances/{instance_id}")).await
+    }
+
+    pub async fn create_activation(&self, req: &CreateActivationRequest) -> anyhow::Result<ActivationCreated> {
+        self.post("/activations", req).await
+    }
+
+    /// RunCommand.
+    pub async fn run(&self, req: &RunCommandRequest) -> anyhow::Result<InvocationCreated> {
+        self.post("/invocations", req).await
+    }
+
+    pub async fn invocation(&self, invoke_id: &str) -> anyhow::Result<Invocation> {
+        self.get(&format!("/invocations/{invoke_id}")).await
+    }
+
+    /// `GET /invocations` with a raw query string.
+    pub async fn invocations(&self, query: &str) -> anyhow::Result<InvocationsResponse> {
+        self.get(&format!("/invocations?{query}")).await
+    }
+
+    /// The exact kept output bytes of one result.
+    pub async fn output(&self, invoke_id: &str, instance_id: &str) -> anyhow::Result<Vec<u8>> {
+        let path = format!("/invocations/{invoke_id}/results/{instance_id}/output");
+        let response = check(self.request(Method::GET, &path).send().await?).await?;
+        Ok(response.bytes().await?.to_vec())
+    }
+
+    pub async fn stop(&self, invoke_id: &str, instance_ids: Option<Vec<String>>) -> anyhow::Result<()> {
+        let path = format!("/invocations/{invoke_id}/stop");
+        check(self.request(Method::POST, &path).json(&StopRequest { instance_ids }).send().await?).await?;
+        Ok(())
+    }
+
+    /// Any request, for routes without a helper; the answer is returned as it came.
+    pub async fn raw(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<reqwest::Response> {
+        let mut builder = self.request(method, path);
+        if let Some(body) = body {
+            builder = builder.json(body);
+        }
+        Ok(builder.send().await?)
+    }
+
+    /// Opens the live stream of an invocation (optionally of one instance) and calls `on_event`
+    /// for each event until `Done` or the connection ends.
+    pub async fn stream(
+        &self,
+        invoke_id: &str,
+        instance_id: Option<&str>,
+        mut on_event: impl FnMut(&StreamEvent),
+    ) -> anyhow::Result<()> {
+        let mut url = format!("{}/api/v1/invocations/{invoke_id}/stream", self.base.replacen("http", "ws", 1));
+        if let Some(instance_id) = instance_id {
+            url.push_str(&format!("?instance_id={instance_id}"));
+        }
+        let mut request = url.as_str().into_client_request()?;
+        let auth = match &self.credentials {
+            Credentials::Token(token) => format!("Bearer {token}"),
+            Credentials::Basic { username, password } => {
+                use base64::Engine as _;
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+            }
+        };
+        request.headers_mut().insert("authorization", auth.parse()?);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.context("cannot open the live stream")?;
+        while let Some(message) = socket.next().await {
+            let Message::Text(text) = message? else { continue };
+            let event: StreamEvent = serde_json::from_str(&text).context("malformed stream event")?;
+            on_event(&event);
+            if matches!(event, StreamEvent::Done { .. }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns an error answer into an `ApiFailure`.
+async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(ErrorBody { code: "Unknown".into(), message: text, request_id: String::new() });
+    Err(ApiFailure { status, body }.into())
+}

@@ -1,0 +1,179 @@
+//! Command-line options, one clap struct per mode. Every option can also be set by an
+//! environment variable `FLEETRUN_*`.
+
+use crate::dispatch::Settings;
+use crate::store::OutputLimits;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// fleetrun: send commands to a fleet of machines and watch their output live.
+#[derive(Debug, Parser)]
+#[command(name = "fleetrun", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `fleetrun=debug`.
+    #[arg(long, global = true, env = "FLEETRUN_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Run the server: console, API and the endpoint agents connect to.
+    Serve(ServeArgs),
+    /// Run the agent on an instance: enrol once, then hold one connection to the server.
+    Agent(AgentArgs),
+    /// Start a server and four local agents in two regions, to try fleetrun on one machine.
+    Demo(DemoArgs),
+    /// Run a shell command on instances and print their output (client).
+    Run(crate::client::RunArgs),
+    /// List instances (client).
+    Instances(crate::client::InstancesArgs),
+    /// List invocations, or show one (client).
+    Invocations(crate::client::InvocationsArgs),
+    /// Stop an invocation (client).
+    Stop(crate::client::StopArgs),
+}
+
+/// A secret option value; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLEETRUN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for the database and the initial admin password.
+    #[arg(long, env = "FLEETRUN_DATA_DIR", default_value = "./fleetrun-data")]
+    pub data_dir: PathBuf,
+    /// Database URL; defaults to the SQLite file `<data-dir>/fleetrun.db`.
+    #[arg(long, env = "FLEETRUN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Password for the `admin` account created on first start (generated when not given).
+    #[arg(long, env = "FLEETRUN_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// Heartbeat interval, in seconds; an agent is lost after three missed.
+    #[arg(long, env = "FLEETRUN_HEARTBEAT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+    /// How long a command waits for an offline instance before it is Aborted, in seconds.
+    #[arg(long, env = "FLEETRUN_DELIVERY_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub delivery_window_secs: u64,
+    /// Time past a command's timeout before the server itself declares Timeout, in seconds.
+    #[arg(long, env = "FLEETRUN_TIMEOUT_GRACE_SECS", default_value_t = 30)]
+    pub timeout_grace_secs: u64,
+    /// Output kept per instance, in bytes: the first and the last half of it.
+    #[arg(long, env = "FLEETRUN_OUTPUT_LIMIT_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(2..))]
+    pub output_limit_bytes: u64,
+    /// Largest command content, in bytes after decoding.
+    #[arg(long, env = "FLEETRUN_MAX_CONTENT_BYTES", default_value_t = 64 * 1024)]
+    pub max_content_bytes: usize,
+    /// Most instances one invocation may target.
+    #[arg(long, env = "FLEETRUN_MAX_INSTANCES", default_value_t = 10_000)]
+    pub max_instances: usize,
+    /// Retained commands allowed per region.
+    #[arg(long, env = "FLEETRUN_RETAINED_COMMAND_QUOTA", default_value_t = 500)]
+    pub retained_command_quota: u64,
+    /// Days invocations and their output are kept.
+    #[arg(long, env = "FLEETRUN_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub retention_days: u64,
+}
+
+impl ServeArgs {
+    /// The dispatcher settings these options describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            heartbeat: Duration::from_secs(self.heartbeat_secs),
+            delivery_window: Duration::from_secs(self.delivery_window_secs),
+            timeout_grace: Duration::from_secs(self.timeout_grace_secs),
+            output: OutputLimits { head: self.output_limit_bytes / 2, tail: self.output_limit_bytes - self.output_limit_bytes / 2 },
+            max_content_bytes: self.max_content_bytes,
+            max_instances: self.max_instances,
+            retained_command_quota: self.retained_command_quota,
+            retention: Duration::from_secs(self.retention_days * 24 * 3600),
+            ..Settings::default()
+        }
+    }
+
+    /// The database URL, defaulting to the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite:{}", self.data_dir.join("fleetrun.db").display())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Server URL, e.g. https://fleet.example.com or http://127.0.0.1:8080.
+    #[arg(long, env = "FLEETRUN_SERVER")]
+    pub server: String,
+    /// Activation id, needed only to enrol (the first start with an empty state directory).
+    #[arg(long, env = "FLEETRUN_ACTIVATION_ID")]
+    pub activation_id: Option<String>,
+    /// Activation code, needed only to enrol.
+    #[arg(long, env = "FLEETRUN_ACTIVATION_CODE", hide_env_values = true)]
+    pub activation_code: Option<Secret>,
+    /// Directory for the agent's identity (mode 0600) and its output spool.
+    #[arg(long, env = "FLEETRUN_STATE_DIR", default_value = "/var/lib/fleetrun-agent")]
+    pub state_dir: PathBuf,
+    /// Instance name shown in the console (defaults to the instance id).
+    #[arg(long, env = "FLEETRUN_AGENT_NAME")]
+    pub name: Option<String>,
+    /// Longest wait between reconnection attempts, in seconds.
+    #[arg(long, env = "FLEETRUN_RECONNECT_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconnect_max_secs: u64,
+    /// Time between SIGTERM and SIGKILL when a command is stopped or times out, in seconds.
+    #[arg(long, env = "FLEETRUN_KILL_GRACE_SECS", default_value_t = 3)]
+    pub kill_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLEETRUN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for the database, the agents' state and the initial admin password.
+    #[arg(long, env = "FLEETRUN_DATA_DIR", default_value = "./fleetrun-data")]
+    pub data_dir: PathBuf,
+    /// Password for the `admin` account created on first start (generated when not given).
+    #[arg(long, env = "FLEETRUN_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_defaults_match_the_design() {
+        let cli = Cli::parse_from(["fleetrun", "serve"]);
+        let Mode::Serve(args) = cli.mode else { panic!("not serve") };
+        let settings = args.settings();
+
+        assert_eq!(settings.output, OutputLimits { head: 512 * 1024, tail: 512 * 1024 });
+        assert_eq!(settings.heartbeat, Duration::from_secs(20));
+        assert_eq!(settings.retained_command_quota, 500);
+        assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+}

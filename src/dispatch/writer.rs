@@ -1,0 +1,126 @@
+//! The batching writer: agent reports are applied in batches, one transaction each (group
+//! commit), then acknowledged to their agents and published to watchers. Acks and events
+//! follow the commit, so an agent never forgets output the store does not have, and a watcher
+//! that read the store before subscribing misses nothing.
+
+use super::{Dispatcher, Outbound};
+use crate::protocol::{ErrorCode, ResultStatus};
+use crate::protocol::agent::{Ack, ServerMessage, StopTask};
+use crate::protocol::api::StreamEvent;
+use crate::store::{AgentWrite, Applied, ResultChange};
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One report on its way to the store.
+pub struct Item {
+    pub write: AgentWrite,
+    /// The task (invoke id) the report is about.
+    pub task: String,
+    pub instance_id: String,
+    /// The reporting connection, for the ack.
+    pub reply: mpsc::Sender<Outbound>,
+}
+
+/// Most reports applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+pub(super) async fn run(dispatcher: Dispatcher, mut rx: mpsc::Receiver<Item>, shutdown: CancellationToken) {
+    let mut items = Vec::with_capacity(MAX_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut items, MAX_BATCH) => if n == 0 { break },
+            _ = shutdown.cancelled() => {
+                // Store what already arrived; agents re-send the rest after reconnecting.
+                while let Ok(item) = rx.try_recv() {
+                    items.push(item);
+                }
+                if !items.is_empty() {
+                    dispatcher.apply(std::mem::take(&mut items)).await;
+                }
+                break;
+            }
+        }
+        dispatcher.apply(std::mem::take(&mut items)).await;
+    }
+}
+
+/// Acks to send after a batch, one per (connection, task).
+#[derive(Default)]
+struct Acks(HashMap<(String, String), (mpsc::Sender<Outbound>, Ack)>);
+
+impl Acks {
+    fn add(&mut self, item: &Item, next_seq: u64, finished: bool) {
+        let key = (item.instance_id.clone(), item.task.clone());
+        let entry = self.0.entry(key).or_insert_with(|| {
+            (item.reply.clone(), Ack { task: item.task.clone(), next_seq, finished: false })
+        });
+        entry.1.next_seq = entry.1.next_seq.max(next_seq);
+        entry.1.finished |= finished;
+    }
+}
+
+impl Dispatcher {
+    async fn apply(&self, items: Vec<Item>) {
+        let writes: Vec<AgentWrite> = items.iter().map(|i| i.write.clone()).collect();
+        let applied = match self.inner.store.apply_agent_writes(&writes, self.inner.settings.output).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(error = ?e, "could not store agent reports; closing their connections");
+                for item in &items {
+                    let _ = item.reply.try_send(Outbound::Close("storage error"));
+                }
+                return;
+            }
+        };
+        let mut acks = Acks::default();
+        let mut changes = Vec::new();
+        for (item, applied) in items.iter().zip(applied) {
+            match applied {
+                Applied::Chunk { offset, next_seq } => {
+                    acks.add(item, next_seq, false);
+                    if let (Some(offset), AgentWrite::Chunk { seq, stream, data, .. }) = (offset, &item.write) {
+                        let event = StreamEvent::Output {
+                            instance_id: item.instance_id.clone(),
+                            seq: Some(*seq),
+                            offset,
+                            stream: *stream,
+                            data: data.clone(),
+                        };
+                        self.publish(&item.task, event);
+                    }
+                }
+                Applied::Started { status, changed } => {
+                    if changed {
+                        changes.push(change(item, status, None, None));
+                    } else if status.is_terminal() || status == ResultStatus::Stopping {
+                        // Cancelled, timed out or stopped while on its way: make the agent stop.
+                        let stop = StopTask { task: item.task.clone() };
+                        let _ = item.reply.try_send(Outbound::Message(stop.into()));
+                    }
+                }
+                Applied::Finished { changed, exit_code } => {
+                    acks.add(item, 0, true);
+                    if let Some((status, error_code)) = changed {
+                        changes.push(change(item, status, exit_code, error_code));
+                    }
+                }
+                Applied::Gap { .. } | Applied::Early { .. } => {
+                    tracing::warn!(instance_id = %item.instance_id, task = %item.task, "output out of sequence; asking the agent to re-send");
+                    let _ = item.reply.try_send(Outbound::Close("output out of sequence"));
+                }
+                Applied::Missing => acks.add(item, u64::MAX, true),
+            }
+        }
+        for (tx, ack) in acks.0.into_values() {
+            // Acks are cumulative: if this one is dropped on a full queue, the next covers it.
+            let _ = tx.try_send(Outbound::Message(ServerMessage::Ack(ack)));
+        }
+        self.publish_changes(&changes).await;
+    }
+}
+
+fn change(item: &Item, status: ResultStatus, exit_code: Option<i32>, error_code: Option<ErrorCode>) -> ResultChange {
+    ResultChange { invocation_id: item.task.clone(), instance_id: item.instance_id.clone(), status, exit_code, error_code }
+}

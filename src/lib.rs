@@ -1,0 +1,27 @@
+//! fleetrun: a self-hosted Cloud Assistant. People send commands to one or many machines
+//! ("instances"); an agent on every instance holds one outbound connection to the server,
+//! runs what it is sent and streams the output back.
+//!
+//! A tour of the modules, in the direction dependencies point (`server → dispatch → store`;
+//! everything may use `protocol`; `agent` uses only `protocol`):
+//!
+//! - [`protocol`]: wire types and the status vocabulary. Serde only, no I/O.
+//! - [`store`]: every SQL statement behind one `Store` (SQLite file, WAL).
+//! - [`dispatch`]: connected agents, invocation lifecycle, deadlines, live fan-out.
+//! - [`server`]: the HTTP surface: JSON API, agent endpoints, live stream.
+//! - [`agent`]: the program on every instance: enrol, connect, execute, spool.
+//! - [`client`]: the API client and the CLI subcommands.
+//! - [`demo`]: one command that starts a server and four local agents.
+
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+mod files;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+/// This build's version, reported by agents and shown in the console.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,453 @@
+//! JSON bodies of the `/api/v1` routes and the agent enrolment route (DESIGN.md §4, §5).
+//! Shared by `server::api` (which produces them) and `client` (which consumes them).
+//!
+//! Request bodies reject unknown fields, so a misspelt option is an error, not a silent default.
+
+use super::{CommandType, ErrorCode, InvocationStatus, OsType, OutputStream, ResultStatus};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `InvalidParameter.CommandContent`.
+    pub code: String,
+    /// A sentence saying what was wrong and how to fix it.
+    pub message: String,
+    pub request_id: String,
+}
+
+/// `GET /api/v1/regions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionsResponse {
+    pub regions: Vec<Region>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Region {
+    pub region_id: String,
+    pub instance_count: u64,
+}
+
+/// Whether an instance's agent heartbeat is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub instance_id: String,
+    pub name: String,
+    pub hostname: String,
+    pub region_id: String,
+    pub os_type: OsType,
+    pub os_name: String,
+    pub ip_addresses: Vec<String>,
+    pub status: InstanceStatus,
+    pub agent: AgentInfo,
+    pub tags: BTreeMap<String, String>,
+    pub registered_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The agent holds a connection to the server right now.
+    pub online: bool,
+    pub version: String,
+    pub last_heartbeat_time: Option<String>,
+    pub supported_command_types: Vec<CommandType>,
+}
+
+/// `GET /api/v1/instances`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstancesResponse {
+    pub instances: Vec<Instance>,
+    pub total: u64,
+}
+
+/// `POST /api/v1/activations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateActivationRequest {
+    pub region_id: String,
+    pub instance_count_limit: u32,
+    #[serde(default)]
+    pub ttl_hours: Option<u32>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Answer to `POST /api/v1/activations`: the only time the code is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationCreated {
+    pub activation_id: String,
+    pub activation_code: String,
+    pub region_id: String,
+    pub expires_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activation {
+    pub activation_id: String,
+    pub region_id: String,
+    pub description: String,
+    pub instance_count_limit: u32,
+    pub registered_count: u32,
+    pub created_time: String,
+    pub expires_time: String,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationsResponse {
+    pub activations: Vec<Activation>,
+    pub total: u64,
+}
+
+/// `POST /agent/v1/register`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub activation_id: String,
+    pub activation_code: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub os_type: OsType,
+    pub os_name: String,
+    pub ip_addresses: Vec<String>,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub instance_id: String,
+    pub instance_secret: String,
+}
+
+/// How `command_content` is encoded in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ContentEncoding {
+    #[default]
+    PlainText,
+    Base64,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+/// `POST /api/v1/invocations` (RunCommand).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCommandRequest {
+    pub instance_ids: Vec<String>,
+    #[serde(rename = "type")]
+    pub command_type: CommandType,
+    pub command_content: String,
+    #[serde(default)]
+    pub content_encoding: ContentEncoding,
+    #[serde(default)]
+    pub keep_command: bool,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub enable_parameter: bool,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl RunCommandRequest {
+    /// A plain-text shell command with every option at its default.
+    pub fn shell(instance_ids: Vec<String>, content: impl Into<String>) -> Self {
+        RunCommandRequest {
+            instance_ids,
+            command_type: CommandType::RunShellScript,
+            command_content: content.into(),
+            content_encoding: ContentEncoding::PlainText,
+            keep_command: false,
+            name: None,
+            description: None,
+            timeout_secs: default_timeout(),
+            working_dir: None,
+            username: None,
+            enable_parameter: false,
+            parameters: BTreeMap::new(),
+        }
+    }
+}
+
+/// Answer to RunCommand and InvokeCommand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationCreated {
+    pub invoke_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+}
+
+/// One invocation, as listed and as fetched (the latter with `results`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub invoke_id: String,
+    pub command_id: Option<String>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub command_type: CommandType,
+    pub command_content: String,
+    pub working_dir: Option<String>,
+    pub username: Option<String>,
+    pub timeout_secs: u64,
+    pub parameters: BTreeMap<String, String>,
+    pub invocation_status: InvocationStatus,
+    /// Number of results in each status; statuses with none are left out.
+    pub status_counts: BTreeMap<ResultStatus, u64>,
+    pub instance_count: u64,
+    pub creator: String,
+    pub created_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<InvocationResult>>,
+}
+
+/// One instance's result within an invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationResult {
+    pub instance_id: String,
+    pub invocation_status: ResultStatus,
+    pub exit_code: Option<i32>,
+    pub error_code: Option<ErrorCode>,
+    pub error_info: Option<String>,
+    /// The kept output as text (invalid UTF-8 replaced); the raw route has the exact bytes.
+    pub output: String,
+    /// Bytes of output that were produced but not kept.
+    pub dropped: u64,
+    pub start_time: Option<String>,
+    pub finish_time: Option<String>,
+    pub stop_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationsResponse {
+    pub invocations: Vec<Invocation>,
+    pub total: u64,
+}
+
+/// `POST /api/v1/invocations/{invoke_id}/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+}
+
+/// One event of `GET /api/v1/invocations/{invoke_id}/stream`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// Output of one instance. `offset` is the byte position in that instance's whole output
+    /// (a jump in offsets is output that was not kept); `seq` is the agent's chunk number for
+    /// live output and absent for output replayed from the store.
+    Output {
+        instance_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        offset: u64,
+        stream: OutputStream,
+        #[serde(with = "super::base64_bytes")]
+        data: Bytes,
+    },
+    /// A result changed status.
+    Status {
+        instance_id: String,
+        invocation_status: ResultStatus,
+        exit_code: Option<i32>,
+        error_code: Option<ErrorCode>,
+    },
+    /// Every result is terminal; the stream ends.
+    Done { invocation_status: InvocationStatus },
+}
+
+/// `POST /api/v1/commands` (CreateCommand).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCommandRequest {
+    pub region_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub command_type: CommandType,
+    pub command_content: String,
+    #[serde(default)]
+    pub content_encoding: ContentEncoding,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub enable_parameter: bool,
+}
+
+/// `PATCH /api/v1/commands/{command_id}`: fields left out keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyCommandRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub command_content: Option<String>,
+    #[serde(default)]
+    pub content_encoding: ContentEncoding,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+/// `POST /api/v1/commands/{command_id}/invoke` (InvokeCommand). Options override the
+/// command's own for this run only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeCommandRequest {
+    pub instance_ids: Vec<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+/// A retained command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub command_id: String,
+    pub region_id: String,
+    pub name: String,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub command_type: CommandType,
+    pub command_content: String,
+    pub working_dir: Option<String>,
+    pub timeout_secs: u64,
+    pub username: Option<String>,
+    pub enable_parameter: bool,
+    pub parameter_names: Vec<String>,
+    pub invoke_times: u64,
+    pub creator: String,
+    pub created_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandsResponse {
+    pub commands: Vec<Command>,
+    pub total: u64,
+}
+
+/// `GET /api/v1/quotas`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotasResponse {
+    pub quotas: Vec<Quota>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    /// e.g. `retained_commands`.
+    pub name: String,
+    /// The region the quota counts in, for per-region quotas.
+    pub region_id: Option<String>,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// Answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token_id: String,
+    pub name: String,
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub expires_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub token_id: String,
+    pub name: String,
+    pub created_time: String,
+    pub last_used_time: Option<String>,
+    pub expires_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokensResponse {
+    pub tokens: Vec<Token>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time: String,
+    pub username: String,
+    pub source_ip: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditResponse {
+    pub entries: Vec<AuditEntry>,
+    pub total: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_command_defaults_match_the_design() {
+        let req: RunCommandRequest = serde_json::from_str(
+            r#"{"instance_ids":["i-1"],"type":"RunShellScript","command_content":"echo hi"}"#,
+        )
+        .unwrap();
+
+        assert_eq!(req, RunCommandRequest::shell(vec!["i-1".into()], "echo hi"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<RunCommandRequest>(
+            r#"{"instance_ids":[],"type":"RunShellScript","command_content":"x","timeout":5}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
+    }
+}

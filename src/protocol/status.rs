@@ -1,0 +1,193 @@
+//! The status model of DESIGN.md §3: per-instance result statuses, the overall invocation
+//! status derived from them, and the rule for how a finished task ends.
+
+use super::{ErrorCode, name_enum};
+use serde::{Deserialize, Serialize};
+
+name_enum! {
+    /// Status of one instance's result within an invocation.
+    pub enum ResultStatus {
+        /// Being checked or delivered.
+        Pending,
+        /// The type or parameters are unusable on this instance.
+        Invalid,
+        /// Could not be delivered within the delivery window.
+        Aborted,
+        Running,
+        /// Exit code 0.
+        Success,
+        /// Exit code other than 0.
+        Failed,
+        /// Could not start or run (bad directory, unknown user, exec failure, agent lost).
+        Error,
+        Timeout,
+        /// Stopped before it started.
+        Cancelled,
+        Stopping,
+        /// Stopped while running.
+        Terminated,
+    }
+}
+
+impl ResultStatus {
+    /// A terminal status never changes again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ResultStatus::Pending | ResultStatus::Running | ResultStatus::Stopping)
+    }
+
+    /// The statuses that are not terminal, for queries.
+    pub const ACTIVE: &'static [ResultStatus] =
+        &[ResultStatus::Pending, ResultStatus::Running, ResultStatus::Stopping];
+
+    fn is_failure(self) -> bool {
+        matches!(
+            self,
+            ResultStatus::Invalid
+                | ResultStatus::Aborted
+                | ResultStatus::Failed
+                | ResultStatus::Error
+                | ResultStatus::Timeout
+        )
+    }
+
+    fn is_stopped(self) -> bool {
+        matches!(self, ResultStatus::Cancelled | ResultStatus::Terminated)
+    }
+}
+
+name_enum! {
+    /// Overall status of an invocation, always derived from its results, never stored.
+    pub enum InvocationStatus {
+        Pending,
+        Running,
+        Stopping,
+        Success,
+        Failed,
+        Stopped,
+        PartialFailed,
+    }
+}
+
+impl InvocationStatus {
+    /// Derives the overall status from per-status result counts (DESIGN.md §3 precedence:
+    /// Pending, Running, Stopping, then the terminal rules).
+    pub fn from_counts<I>(counts: I) -> Self
+    where
+        I: IntoIterator<Item = (ResultStatus, u64)>,
+    {
+        let (mut pending, mut running, mut stopping) = (false, false, false);
+        let (mut success, mut failed, mut stopped) = (0u64, 0u64, 0u64);
+        for (status, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            match status {
+                ResultStatus::Pending => pending = true,
+                ResultStatus::Running => running = true,
+                ResultStatus::Stopping => stopping = true,
+                ResultStatus::Success => success += n,
+                s if s.is_failure() => failed += n,
+                s if s.is_stopped() => stopped += n,
+                _ => {}
+            }
+        }
+        match () {
+            _ if pending => InvocationStatus::Pending,
+            _ if running => InvocationStatus::Running,
+            _ if stopping => InvocationStatus::Stopping,
+            _ if success > 0 && failed > 0 => InvocationStatus::PartialFailed,
+            _ if success > 0 => InvocationStatus::Success,
+            _ if failed > 0 => InvocationStatus::Failed,
+            _ if stopped > 0 => InvocationStatus::Stopped,
+            _ => InvocationStatus::Pending,
+        }
+    }
+
+    /// Whether no result of the invocation can change any more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            InvocationStatus::Pending | InvocationStatus::Running | InvocationStatus::Stopping
+        )
+    }
+}
+
+/// How the agent says a task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskEnd {
+    /// The process exited by itself (or was killed by a signal nobody on our side sent).
+    Exited,
+    /// The agent killed the process tree because the timeout passed.
+    TimedOut,
+    /// The agent killed the process tree, or never started it, because of a stop request.
+    Stopped,
+    /// The task could not be started or run.
+    Error { error_code: ErrorCode, error_info: String },
+}
+
+impl TaskEnd {
+    /// The status and error code a result moves to when its task ends this way, given the
+    /// result's current status. `None` when the result is already terminal: first word wins.
+    pub fn outcome(
+        &self,
+        current: ResultStatus,
+        exit_code: Option<i32>,
+    ) -> Option<(ResultStatus, Option<ErrorCode>)> {
+        if current.is_terminal() {
+            return None;
+        }
+        Some(match self {
+            TaskEnd::Exited if current == ResultStatus::Stopping => {
+                (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted))
+            }
+            TaskEnd::Exited if exit_code == Some(0) => (ResultStatus::Success, None),
+            TaskEnd::Exited => (ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero)),
+            TaskEnd::TimedOut => (ResultStatus::Timeout, Some(ErrorCode::ExecutionTimeout)),
+            TaskEnd::Stopped if current == ResultStatus::Pending => (ResultStatus::Cancelled, None),
+            TaskEnd::Stopped => (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted)),
+            TaskEnd::Error { error_code: ErrorCode::CommandNotApplicable, .. } => {
+                (ResultStatus::Invalid, Some(ErrorCode::CommandNotApplicable))
+            }
+            TaskEnd::Error { error_code, .. } => (ResultStatus::Error, Some(*error_code)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ResultStatus::*;
+
+    fn overall(statuses: &[ResultStatus]) -> InvocationStatus {
+        InvocationStatus::from_counts(statuses.iter().map(|s| (*s, 1)))
+    }
+
+    #[test]
+    fn overall_status_follows_the_documented_precedence() {
+        assert_eq!(overall(&[Success, Pending, Running]), InvocationStatus::Pending);
+        assert_eq!(overall(&[Success, Running, Stopping]), InvocationStatus::Running);
+        assert_eq!(overall(&[Terminated, Stopping]), InvocationStatus::Stopping);
+        assert_eq!(overall(&[Success, Success]), InvocationStatus::Success);
+        assert_eq!(overall(&[Success, Cancelled]), InvocationStatus::Success);
+        assert_eq!(overall(&[Failed, Timeout, Aborted]), InvocationStatus::Failed);
+        assert_eq!(overall(&[Failed, Terminated]), InvocationStatus::Failed);
+        assert_eq!(overall(&[Cancelled, Terminated]), InvocationStatus::Stopped);
+        assert_eq!(overall(&[Success, Failed]), InvocationStatus::PartialFailed);
+        assert_eq!(overall(&[Success, Invalid, Cancelled]), InvocationStatus::PartialFailed);
+    }
+
+    #[test]
+    fn a_finished_task_maps_to_the_documented_result_status() {
+        let exited = TaskEnd::Exited;
+        assert_eq!(exited.outcome(Running, Some(0)), Some((Success, None)));
+        assert_eq!(exited.outcome(Running, Some(3)), Some((Failed, Some(ErrorCode::ExitCodeNonzero))));
+        assert_eq!(TaskEnd::Stopped.outcome(Pending, None), Some((Cancelled, None)));
+        assert_eq!(
+            TaskEnd::Stopped.outcome(Stopping, Some(143)),
+            Some((Terminated, Some(ErrorCode::ExecutionInterrupted)))
+        );
+        assert_eq!(
+            TaskEnd::TimedOut.outcome(Running, None),
+            Some((Timeout, Some(ErrorCode::ExecutionTimeout)))
+        );
+        assert_eq!(exited.outcome(Cancelled, Some(0)), None, "terminal statuses never change");
+    }
+}

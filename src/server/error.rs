@@ -1,0 +1,159 @@
+//! `ApiError`, the one error answer of the JSON API and the agent routes, and the request-id
+//! middleware that ties each answer to its log lines.
+
+use crate::dispatch;
+use crate::protocol::api::ErrorBody;
+use crate::store;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
+
+tokio::task_local! {
+    /// The id of the request being handled, for error bodies.
+    static REQUEST_ID: String;
+}
+
+/// Gives every request an id (`x-request-id` on the answer, `request_id` in error bodies).
+pub async fn request_id(req: Request, next: Next) -> Response {
+    let id = crate::store::ids::new_id("req");
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// An error answer: status, code and a sentence that says how to fix it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub message: String,
+    /// The cause of a 5xx, logged once at the boundary and never shown to the client.
+    source: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        ApiError { status, code: code.into(), message: message.into(), source: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        let code = match what {
+            "instance" => "InvalidInstance.NotFound",
+            "invocation" => "InvalidInvocation.NotFound",
+            "command" => "InvalidCommand.NotFound",
+            "token" => "InvalidToken.NotFound",
+            "result" => "InvalidResult.NotFound",
+            _ => "NotFound",
+        };
+        ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} {id:?} does not exist"))
+    }
+
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "InternalError".into(),
+            message: "The server hit an internal error; it has been logged with this request id.".into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        if let Some(source) = &self.source {
+            tracing::error!(request_id, error = ?source, "request failed");
+        }
+        let body = ErrorBody { code: self.code.into_owned(), message: self.message, request_id };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"fleetrun\", charset=\"UTF-8\""));
+        }
+        response
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::NotFound => ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the resource does not exist"),
+            store::Error::Conflict => ApiError::new(StatusCode::CONFLICT, "Conflict", "a resource with that name exists"),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<dispatch::Error> for ApiError {
+    fn from(e: dispatch::Error) -> Self {
+        match e {
+            dispatch::Error::Invalid { code, message } => ApiError::bad_request(code, message),
+            dispatch::Error::UnknownInstances(ids) => {
+                let shown: Vec<&str> = ids.iter().take(10).map(String::as_str).collect();
+                let more = if ids.len() > shown.len() { format!(" and {} more", ids.len() - shown.len()) } else { String::new() };
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "InvalidInstance.NotFound",
+                    format!(
+                        "these instances are not registered: {}{more}. List registered ones with GET /api/v1/instances",
+                        shown.join(", ")
+                    ),
+                )
+            }
+            dispatch::Error::NotFound(what) => ApiError::not_found(what, ""),
+            dispatch::Error::Quota { name, region_id, used, limit } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "QuotaExceeded.RetainedCommand",
+                format!(
+                    "quota {name} of region {region_id} is used up ({used} of {limit}): delete retained commands you no \
+                     longer need, run without keep_command, or raise the limit with `fleetrun serve \
+                     --retained-command-quota N` (FLEETRUN_RETAINED_COMMAND_QUOTA)"
+                ),
+            ),
+            dispatch::Error::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "RequestTooLarge",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+            _ => "InvalidParameter.Body",
+        };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad_request("InvalidParameter.Query", rejection.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections are `ApiError`s.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are `ApiError`s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP side of `fleetrun serve`: the JSON API, the agent endpoints and the live stream.
+//!
+//! Handlers are thin: they extract and check input, make one call into `dispatch` or `store`,
+//! and shape the answer. Depends on `dispatch` and `store`, never the other way round.
+
+mod agent;
+pub mod api;
+mod auth;
+mod error;
+mod live;
+
+pub use auth::{hash_password, verify_password};
+pub use error::ApiError;
+
+use crate::config::ServeArgs;
+use crate::dispatch::Dispatcher;
+use crate::store::{NewAudit, Role, Store, ids};
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest request body (the content limit is 64 KiB; Base64 and JSON add a third).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    /// Recently verified Basic-auth passwords.
+    logins: Arc<auth::Logins>,
+    /// Cancelled when the server shuts down; long-lived sockets watch it.
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State over a store and a started dispatcher.
+    pub fn new(store: Store, dispatcher: Dispatcher, shutdown: CancellationToken) -> Self {
+        AppState { store, dispatcher, logins: Arc::default(), shutdown }
+    }
+
+    /// Records an audit entry. A failure to record is logged, not returned: the action is done.
+    pub(crate) async fn audit(&self, caller: &auth::Caller, action: &str, target: &str, detail: &str) {
+        let entry = NewAudit { username: &caller.username, source_ip: &caller.source_ip, action, target, detail };
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::warn!(error = %e, action, "could not record an audit entry");
+        }
+    }
+}
+
+/// Every route of the server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .nest("/api/v1", api::routes())
+        .route("/agent/v1/register", post(agent::register))
+        .route("/agent/v1/connect", get(agent::connect))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(error::request_id))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
+pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    store.mark_all_offline().await?;
+
+    let tracker = TaskTracker::new();
+    let dispatcher = Dispatcher::start(store.clone(), args.settings(), shutdown.clone(), &tracker);
+    let state = AppState::new(store.clone(), dispatcher, shutdown.clone());
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(address = %listener.local_addr()?, "fleetrun server listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+
+    tracker.close();
+    tracker.wait().await;
+    store.close().await;
+    Ok(())
+}
+
+/// Creates the data directory, opens the database (applying migrations) and, on an empty
+/// database, creates the `admin` account.
+pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    let store = Store::open(&args.database_url()).await.context("cannot open the database")?;
+    ensure_admin(&store, args).await?;
+    Ok(store)
+}
+
+/// On an empty database, creates the `admin` account (DESIGN.md §8).
+async fn ensure_admin(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match &args.admin_password {
+        Some(secret) => (secret.0.clone(), false),
+        None => (ids::new_secret()[..24].to_string(), true),
+    };
+    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
+    store.create_user("admin", &hash, Role::Admin).await?;
+    if generated {
+        let file = args.data_dir.join("initial-admin-password");
+        crate::files::write_private(&file, &format!("{password}\n"))?;
+        println!("fleetrun: created user admin with password {password}");
+        println!("fleetrun: the password is also in {} (mode 0600); change it after logging in", file.display());
+    } else {
+        tracing::info!("created user admin with the password from FLEETRUN_ADMIN_PASSWORD");
+    }
+    Ok(())
+}

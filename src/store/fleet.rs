@@ -1,0 +1,429 @@
+//! Activations, enrolment and instances.
+
+use super::{Error, Result, Store, json_vec, now_ms, placeholders};
+use crate::protocol::{CommandType, OsType};
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+/// An activation to create. The code itself is never stored, only its hash.
+#[derive(Debug, Clone)]
+pub struct NewActivation {
+    pub region_id: String,
+    pub description: String,
+    pub instance_count_limit: u32,
+    pub expires_at: i64,
+    pub code_hash: String,
+}
+
+/// A stored activation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ActivationRow {
+    pub id: String,
+    pub region_id: String,
+    pub description: String,
+    pub instance_count_limit: i64,
+    pub registered_count: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub disabled: bool,
+}
+
+/// Why an activation refused an enrolment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterRefusal {
+    /// No activation with that id and code.
+    BadCode,
+    Expired,
+    Disabled,
+    /// Its instance limit is reached.
+    UsedUp,
+}
+
+impl std::fmt::Display for RegisterRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RegisterRefusal::BadCode => "the activation id or code is wrong",
+            RegisterRefusal::Expired => "the activation has expired",
+            RegisterRefusal::Disabled => "the activation is disabled",
+            RegisterRefusal::UsedUp => "the activation has reached its instance limit",
+        })
+    }
+}
+
+/// An instance to enrol.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub name: String,
+    pub hostname: String,
+    pub os_type: OsType,
+    pub os_name: String,
+    pub ip_addresses: Vec<String>,
+    pub agent_version: String,
+    pub supported_command_types: Vec<CommandType>,
+    pub secret_hash: String,
+}
+
+/// A stored instance.
+#[derive(Debug, Clone)]
+pub struct InstanceRow {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub region_id: String,
+    pub os_type: OsType,
+    pub os_name: String,
+    pub ip_addresses: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub agent_version: String,
+    pub supported_command_types: Vec<CommandType>,
+    pub registered_at: i64,
+    pub last_heartbeat_at: Option<i64>,
+    pub online: bool,
+}
+
+/// Filters of the instance listing.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub region_id: Option<String>,
+    /// `Some(true)`: only instances whose heartbeat is newer than `fresh_after`; `Some(false)`: only older.
+    pub running: Option<bool>,
+    pub fresh_after: i64,
+    /// Matches id, name, hostname, IP addresses or tags (substring, case-insensitive).
+    pub query: Option<String>,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow> {
+    let os_type: String = row.try_get("os_type")?;
+    let tags: String = row.try_get("tags")?;
+    Ok(InstanceRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        hostname: row.try_get("hostname")?,
+        region_id: row.try_get("region_id")?,
+        os_type: OsType::parse(&os_type).ok_or_else(|| Error::Corrupt(format!("os_type {os_type:?}")))?,
+        os_name: row.try_get("os_name")?,
+        ip_addresses: json_vec(row.try_get("ip_addresses")?)?,
+        tags: serde_json::from_str(&tags).map_err(|e| Error::Corrupt(e.to_string()))?,
+        agent_version: row.try_get("agent_version")?,
+        supported_command_types: json_vec(row.try_get("supported_command_types")?)?,
+        registered_at: row.try_get("registered_at")?,
+        last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+        online: row.try_get::<i64, _>("online")? != 0,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Vectors of strings and plain enums always serialise.
+    serde_json::to_string(value).expect("plain JSON value")
+}
+
+const INSTANCE_FILTER: &str = "WHERE ($1 IS NULL OR region_id = $1) \
+    AND ($2 IS NULL OR ($2 = 1) = (COALESCE(last_heartbeat_at, 0) > $3)) \
+    AND ($4 IS NULL OR instr(lower(id || ' ' || name || ' ' || hostname || ' ' || ip_addresses || ' ' || tags), $4) > 0)";
+
+impl Store {
+    /// Stores a new activation and returns its id.
+    pub async fn create_activation(&self, new: &NewActivation) -> Result<ActivationRow> {
+        let id = super::ids::new_id("act");
+        let row = sqlx::query_as(
+            "INSERT INTO activations (id, code_hash, region_id, description, instance_count_limit, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, region_id, description, instance_count_limit, \
+             registered_count, created_at, expires_at, disabled",
+        )
+        .bind(&id)
+        .bind(&new.code_hash)
+        .bind(&new.region_id)
+        .bind(&new.description)
+        .bind(i64::from(new.instance_count_limit))
+        .bind(now_ms())
+        .bind(new.expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// All activations, newest first.
+    pub async fn list_activations(&self) -> Result<Vec<ActivationRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, region_id, description, instance_count_limit, registered_count, created_at, expires_at, disabled \
+             FROM activations ORDER BY created_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Enrols an instance through an activation, atomically counting it against the limit.
+    pub async fn register_instance(
+        &self,
+        activation_id: &str,
+        code_hash: &str,
+        new: &NewInstance,
+    ) -> Result<InstanceRow> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let activation: Option<ActivationRow> = sqlx::query_as(
+            "SELECT id, region_id, description, instance_count_limit, registered_count, created_at, expires_at, disabled \
+             FROM activations WHERE id = $1 AND code_hash = $2",
+        )
+        .bind(activation_id)
+        .bind(code_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let activation = activation.ok_or(Error::Register(RegisterRefusal::BadCode))?;
+        if activation.disabled {
+            return Err(Error::Register(RegisterRefusal::Disabled));
+        }
+        if activation.expires_at <= now {
+            return Err(Error::Register(RegisterRefusal::Expired));
+        }
+        if activation.registered_count >= activation.instance_count_limit {
+            return Err(Error::Register(RegisterRefusal::UsedUp));
+        }
+        sqlx::query("UPDATE activations SET registered_count = registered_count + 1 WHERE id = $1")
+            .bind(activation_id)
+            .execute(&mut *tx)
+            .await?;
+        let id = super::ids::new_id("i");
+        let name = if new.name.is_empty() { id.clone() } else { new.name.clone() };
+        let row = sqlx::query(
+            "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, agent_version, \
+             supported_command_types, secret_hash, activation_id, registered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&new.hostname)
+        .bind(&activation.region_id)
+        .bind(new.os_type.as_str())
+        .bind(&new.os_name)
+        .bind(to_json(&new.ip_addresses))
+        .bind(&new.agent_version)
+        .bind(to_json(&new.supported_command_types))
+        .bind(&new.secret_hash)
+        .bind(activation_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let instance = instance_from_row(&row)?;
+        tx.commit().await?;
+        Ok(instance)
+    }
+
+    /// The stored secret hash of an instance, for authenticating its agent.
+    pub async fn instance_secret_hash(&self, instance_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// One instance.
+    pub async fn instance(&self, instance_id: &str) -> Result<InstanceRow> {
+        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .fetch_one(&self.pool)
+            .await?;
+        instance_from_row(&row)
+    }
+
+    /// The instances among `ids` that exist (in no particular order).
+    pub async fn instances_by_ids(&self, ids: &[String]) -> Result<Vec<InstanceRow>> {
+        let mut found = Vec::with_capacity(ids.len());
+        // SQLite allows 32,766 variables per statement; stay far below it.
+        for batch in ids.chunks(500) {
+            let sql = format!("SELECT * FROM instances WHERE id IN ({})", placeholders(1, batch.len()));
+            let mut query = sqlx::query(&sql);
+            for id in batch {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push(instance_from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A page of instances matching the filter, ordered by region then id, and the total matching.
+    pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<(Vec<InstanceRow>, u64)> {
+        let running = filter.running.map(i64::from);
+        let query = filter.query.as_ref().map(|q| q.to_lowercase());
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
+            .bind(&filter.region_id)
+            .bind(running)
+            .bind(filter.fresh_after)
+            .bind(&query)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM instances {INSTANCE_FILTER} ORDER BY region_id, id LIMIT $5 OFFSET $6"
+        ))
+        .bind(&filter.region_id)
+        .bind(running)
+        .bind(filter.fresh_after)
+        .bind(&query)
+        .bind(filter.limit as i64)
+        .bind(filter.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let instances = rows.iter().map(instance_from_row).collect::<Result<_>>()?;
+        Ok((instances, total as u64))
+    }
+
+    /// Every region with its number of instances.
+    pub async fn regions(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
+    }
+
+    /// Records what an agent said about itself in its `Hello`, and that it is online now.
+    pub async fn agent_connected(
+        &self,
+        instance_id: &str,
+        hello: &crate::protocol::agent::Hello,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
+             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = 1 WHERE id = $1",
+        )
+        .bind(instance_id)
+        .bind(&hello.hostname)
+        .bind(&hello.os_name)
+        .bind(to_json(&hello.ip_addresses))
+        .bind(&hello.agent_version)
+        .bind(to_json(&hello.supported_command_types))
+        .bind(hello.os_type.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that an agent's connection closed, with its last heartbeat time.
+    pub async fn agent_disconnected(&self, instance_id: &str, last_heartbeat_at: i64) -> Result<()> {
+        sqlx::query("UPDATE instances SET online = 0, last_heartbeat_at = $2 WHERE id = $1")
+            .bind(instance_id)
+            .bind(last_heartbeat_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks every instance offline; called at server start, before any agent connects.
+    pub async fn mark_all_offline(&self) -> Result<()> {
+        sqlx::query("UPDATE instances SET online = 0").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Writes a batch of heartbeat times in one transaction.
+    pub async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in beats {
+            sqlx::query("UPDATE instances SET last_heartbeat_at = $2 WHERE id = $1 AND online = 1")
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deregisters an instance: its credential stops working at once. Its results are kept.
+    pub async fn delete_instance(&self, instance_id: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ids, test_store};
+
+    fn new_instance(name: &str) -> NewInstance {
+        NewInstance {
+            name: name.into(),
+            hostname: "host".into(),
+            os_type: OsType::Linux,
+            os_name: "Debian".into(),
+            ip_addresses: vec!["10.0.0.1".into()],
+            agent_version: "0.1.0".into(),
+            supported_command_types: vec![CommandType::RunShellScript],
+            secret_hash: ids::hash_secret("s"),
+        }
+    }
+
+    async fn activation(store: &Store, limit: u32, expires_at: i64) -> ActivationRow {
+        let new = NewActivation {
+            region_id: "cn-hangzhou".into(),
+            description: String::new(),
+            instance_count_limit: limit,
+            expires_at,
+            code_hash: ids::hash_secret("code"),
+        };
+        store.create_activation(&new).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_activation_refuses_enrolment_past_its_limit() {
+        let (store, _dir) = test_store().await;
+        let act = activation(&store, 1, now_ms() + 60_000).await;
+        let code = ids::hash_secret("code");
+
+        let first = store.register_instance(&act.id, &code, &new_instance("web-1")).await.unwrap();
+        let second = store.register_instance(&act.id, &code, &new_instance("web-2")).await;
+
+        assert_eq!(first.region_id, "cn-hangzhou");
+        assert!(matches!(second, Err(Error::Register(RegisterRefusal::UsedUp))));
+    }
+
+    #[tokio::test]
+    async fn an_activation_refuses_a_wrong_code_and_expiry() {
+        let (store, _dir) = test_store().await;
+        let live = activation(&store, 5, now_ms() + 60_000).await;
+        let expired = activation(&store, 5, now_ms() - 1).await;
+        let code = ids::hash_secret("code");
+
+        let wrong = store.register_instance(&live.id, "nope", &new_instance("a")).await;
+        let late = store.register_instance(&expired.id, &code, &new_instance("a")).await;
+
+        assert!(matches!(wrong, Err(Error::Register(RegisterRefusal::BadCode))));
+        assert!(matches!(late, Err(Error::Register(RegisterRefusal::Expired))));
+    }
+
+    #[tokio::test]
+    async fn instances_are_listed_by_region_and_search() {
+        let (store, _dir) = test_store().await;
+        let act = activation(&store, 5, now_ms() + 60_000).await;
+        let code = ids::hash_secret("code");
+        store.register_instance(&act.id, &code, &new_instance("web-1")).await.unwrap();
+        store.register_instance(&act.id, &code, &new_instance("db-1")).await.unwrap();
+
+        let filter = |q: &str| InstanceFilter {
+            region_id: Some("cn-hangzhou".into()),
+            query: Some(q.into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let (web, total) = store.list_instances(&filter("WEB")).await.unwrap();
+        let (none, _) = store
+            .list_instances(&InstanceFilter { region_id: Some("eu-west-1".into()), limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+
+        assert_eq!((web.len(), total), (1, 1));
+        assert_eq!(web[0].name, "web-1");
+        assert!(none.is_empty());
+    }
+}

@@ -1,0 +1,133 @@
+//! The `Store`: every SQL statement of fleetrun, the row types they return and the migrations.
+//!
+//! Callers get plain Rust types and a `store::Error`; no sqlx type leaves this module. Every
+//! transaction begins and ends here. This module must not depend on axum, `server` or `dispatch`.
+//!
+//! Today the backend is one SQLite file in WAL mode; the statements use `$N` placeholders and
+//! portable SQL so that the PostgreSQL backend of the scale-out work can share most of them.
+
+mod commands;
+mod fleet;
+pub mod ids;
+mod invocations;
+mod output;
+mod users;
+
+pub use commands::{CommandRow, CommandUpdate, NewCommand};
+pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
+pub use invocations::{
+    DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow,
+};
+pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
+pub use users::{AuditFilter, AuditRow, NewAudit, Role, TokenRow, UserRow};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the row (e.g. a username that exists).
+    #[error("already exists")]
+    Conflict,
+    /// A quota would be exceeded.
+    #[error("quota {name} exceeded ({used} of {limit} used)")]
+    Quota { name: &'static str, used: u64, limit: u64 },
+    /// Enrolment refused by its activation.
+    #[error("registration refused: {0}")]
+    Register(RegisterRefusal),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be decoded (a bug or a hand-edited database).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => Error::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict,
+            _ => Error::Database(e),
+        }
+    }
+}
+
+/// Store result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database file and applies pending migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable across application crashes; only a power cut can lose
+            // the last commits, which the agent then re-sends (acks follow commits).
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Opens the database named by a URL: `sqlite:<path>` or a plain file path.
+    pub async fn open(url: &str) -> Result<Store> {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        if url.starts_with("postgres") {
+            return Err(Error::Corrupt(
+                "PostgreSQL is not supported yet; use the SQLite default (see docs/ARCHITECTURE.md)".into(),
+            ));
+        }
+        Store::open_sqlite(Path::new(path)).await
+    }
+
+    /// Closes every connection, waiting for running statements.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time format of every stored timestamp.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn json_vec<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn parse_name<T: FromStr>(text: &str) -> Result<T> {
+    text.parse().map_err(|_| Error::Corrupt(format!("unexpected value {text:?}")))
+}
+
+/// Builds `$first, $first+1, …` for `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("test.db")).await.unwrap();
+    (store, dir)
+}

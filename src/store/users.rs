@@ -1,0 +1,283 @@
+//! Accounts, API tokens and the audit log.
+
+use super::{Result, Store, now_ms};
+use sqlx::Row;
+
+/// What an account may do. Ordered: each role may do everything of the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Run and stop commands, manage retained commands.
+    Operator,
+    /// Everything, including users, activations and instances.
+    Admin,
+}
+
+impl Role {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An account.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: i64,
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub role: Role,
+    pub disabled: bool,
+}
+
+/// An API token, without its secret.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub user_id: i64,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// An audit entry to record.
+#[derive(Debug, Clone)]
+pub struct NewAudit<'a> {
+    pub username: &'a str,
+    pub source_ip: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub detail: &'a str,
+}
+
+/// A recorded audit entry.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub at: i64,
+    pub username: String,
+    pub source_ip: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Filters of the audit log listing.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub username: Option<String>,
+    pub action: Option<String>,
+    pub since_ms: Option<i64>,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UserRow> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        role: Role::parse(&role).ok_or_else(|| super::Error::Corrupt(format!("role {role:?}")))?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+    })
+}
+
+impl Store {
+    /// Number of accounts (0 on a fresh database).
+    pub async fn count_users(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        Ok(n as u64)
+    }
+
+    /// Creates an account; `Conflict` when the name is taken.
+    pub async fn create_user(&self, username: &str, password_hash: &str, role: Role) -> Result<i64> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(role.as_str())
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// The account with this name, if any.
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Stores a new token for a user.
+    pub async fn create_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        secret_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<TokenRow> {
+        let id = super::ids::new_id("tok");
+        let created_at = now_ms();
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, secret_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&id)
+        .bind(user_id)
+        .bind(name)
+        .bind(secret_hash)
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(TokenRow { id, user_id, name: name.into(), created_at, last_used_at: None, expires_at })
+    }
+
+    /// The enabled user behind a live (unrevoked, unexpired) token, marking the token used.
+    pub async fn user_by_token(&self, secret_hash: &str) -> Result<Option<UserRow>> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE api_tokens SET last_used_at = $2 \
+             WHERE secret_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
+             RETURNING user_id",
+        )
+        .bind(secret_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user_id: i64 = row.try_get("user_id")?;
+        let user = sqlx::query("SELECT * FROM users WHERE id = $1 AND disabled = 0")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        user.as_ref().map(user_from_row).transpose()
+    }
+
+    /// A user's live tokens, newest first.
+    pub async fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenRow>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, name, created_at, last_used_at, expires_at FROM api_tokens \
+             WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenRow {
+                    id: r.try_get("id")?,
+                    user_id: r.try_get("user_id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one of a user's tokens; `NotFound` when it is not theirs or already revoked.
+    pub async fn revoke_token(&self, user_id: i64, token_id: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(super::Error::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Appends an audit entry.
+    pub async fn audit(&self, entry: NewAudit<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, username, source_ip, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(now_ms())
+        .bind(entry.username)
+        .bind(entry.source_ip)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit entries matching the filter, newest first, and the total matching.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRow>, u64)> {
+        const WHERE: &str = "WHERE ($1 IS NULL OR username = $1) AND ($2 IS NULL OR action = $2) \
+                             AND ($3 IS NULL OR at >= $3)";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {WHERE}"))
+            .bind(&filter.username)
+            .bind(&filter.action)
+            .bind(filter.since_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query_as(&format!(
+            "SELECT at, username, source_ip, action, target, detail FROM audit_log {WHERE} \
+             ORDER BY id DESC LIMIT $4 OFFSET $5"
+        ))
+        .bind(&filter.username)
+        .bind(&filter.action)
+        .bind(filter.since_ms)
+        .bind(filter.limit as i64)
+        .bind(filter.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows, total as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Error, test_store};
+
+    #[tokio::test]
+    async fn a_revoked_or_expired_token_finds_no_user() {
+        let (store, _dir) = test_store().await;
+        let uid = store.create_user("ann", "hash", Role::Operator).await.unwrap();
+        let live = store.create_token(uid, "ci", "h1", None).await.unwrap();
+        store.create_token(uid, "old", "h2", Some(now_ms() - 1)).await.unwrap();
+
+        assert_eq!(store.user_by_token("h1").await.unwrap().unwrap().username, "ann");
+        assert!(store.user_by_token("h2").await.unwrap().is_none());
+        store.revoke_token(uid, &live.id).await.unwrap();
+        assert!(store.user_by_token("h1").await.unwrap().is_none());
+        assert!(matches!(store.revoke_token(uid, &live.id).await, Err(Error::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn usernames_are_unique() {
+        let (store, _dir) = test_store().await;
+        store.create_user("ann", "h", Role::Admin).await.unwrap();
+        assert!(matches!(store.create_user("ann", "h", Role::Viewer).await, Err(Error::Conflict)));
+    }
+}
