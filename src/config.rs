@@ -101,7 +101,10 @@ impl ServeArgs {
             heartbeat: Duration::from_secs(self.heartbeat_secs),
             delivery_window: Duration::from_secs(self.delivery_window_secs),
             timeout_grace: Duration::from_secs(self.timeout_grace_secs),
-            output: OutputLimits { head: self.output_limit_bytes / 2, tail: self.output_limit_bytes - self.output_limit_bytes / 2 },
+            output: OutputLimits {
+                head: self.output_limit_bytes / 2,
+                tail: self.output_limit_bytes - self.output_limit_bytes / 2,
+            },
             max_content_bytes: self.max_content_bytes,
             max_instances: self.max_instances,
             retained_command_quota: self.retained_command_quota,
@@ -112,9 +115,9 @@ impl ServeArgs {
 
     /// The database URL, defaulting to the SQLite file in the data directory.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite:{}", self.data_dir.join("fleetrun.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("fleetrun.db").display()))
     }
 }
 
@@ -130,7 +133,11 @@ pub struct AgentArgs {
     #[arg(long, env = "FLEETRUN_ACTIVATION_CODE", hide_env_values = true)]
     pub activation_code: Option<Secret>,
     /// Directory for the agent's identity (mode 0600) and its output spool.
-    #[arg(long, env = "FLEETRUN_STATE_DIR", default_value = "/var/lib/fleetrun-agent")]
+    #[arg(
+        long,
+        env = "FLEETRUN_STATE_DIR",
+        default_value = "/var/lib/fleetrun-agent"
+    )]
     pub state_dir: PathBuf,
     /// Instance name shown in the console (defaults to the instance id).
     #[arg(long, env = "FLEETRUN_AGENT_NAME")]
@@ -163,10 +170,18 @@ mod tests {
     #[test]
     fn serve_defaults_match_the_design() {
         let cli = Cli::parse_from(["fleetrun", "serve"]);
-        let Mode::Serve(args) = cli.mode else { panic!("not serve") };
+        let Mode::Serve(args) = cli.mode else {
+            panic!("not serve")
+        };
         let settings = args.settings();
 
-        assert_eq!(settings.output, OutputLimits { head: 512 * 1024, tail: 512 * 1024 });
+        assert_eq!(
+            settings.output,
+            OutputLimits {
+                head: 512 * 1024,
+                tail: 512 * 1024
+            }
+        );
         assert_eq!(settings.heartbeat, Duration::from_secs(20));
         assert_eq!(settings.retained_command_quota, 500);
         assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));

@@ -13,18 +13,31 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// The demo agents: name and region.
-const AGENTS: [(&str, &str); 4] =
-    [("web-1", "cn-hangzhou"), ("web-2", "cn-hangzhou"), ("db-1", "eu-central-1"), ("db-2", "eu-central-1")];
+const AGENTS: [(&str, &str); 4] = [
+    ("web-1", "cn-hangzhou"),
+    ("web-2", "cn-hangzhou"),
+    ("db-1", "eu-central-1"),
+    ("db-2", "eu-central-1"),
+];
 
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let mut serve = vec!["fleetrun".to_string(), "serve".into(), "--listen".into(), address.to_string()];
+    let mut serve = vec![
+        "fleetrun".to_string(),
+        "serve".into(),
+        "--listen".into(),
+        address.to_string(),
+    ];
     serve.extend(["--data-dir".into(), args.data_dir.display().to_string()]);
     if let Some(password) = &args.admin_password {
         serve.extend(["--admin-password".into(), password.0.clone()]);
     }
-    let Mode::Serve(serve_args) = Cli::parse_from(serve).mode else { unreachable!("parsed a serve command") };
+    let Mode::Serve(serve_args) = Cli::parse_from(serve).mode else {
+        unreachable!("parsed a serve command")
+    };
 
     // Enrolment needs activations; create them before the server starts, for agents that
     // have no credential yet.
@@ -40,7 +53,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             expires_at: now_ms() + 3_600_000,
             code_hash: ids::hash_secret(&code),
         };
-        let needed = AGENTS.iter().any(|(name, r)| *r == region && !agents_dir.join(name).join("identity.json").exists());
+        let needed = AGENTS
+            .iter()
+            .any(|(name, r)| *r == region && !agents_dir.join(name).join("identity.json").exists());
         if needed {
             codes.push((region, store.create_activation(&new).await?.id, code));
         }
@@ -52,15 +67,26 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let mut children = Vec::new();
     for (name, region) in AGENTS {
         let activation = codes.iter().find(|(r, _, _)| *r == region);
-        children.push(spawn_agent(&exe, &address.to_string(), &agents_dir.join(name), name, activation)?);
+        children.push(spawn_agent(
+            &exe,
+            &address.to_string(),
+            &agents_dir.join(name),
+            name,
+            activation,
+        )?);
     }
 
     let url = format!("http://{address}");
     println!();
     println!("fleetrun demo is running: 4 agents in regions cn-hangzhou and eu-central-1.");
     println!("  console and API: {url}");
-    match (&args.admin_password, std::fs::read_to_string(args.data_dir.join("initial-admin-password"))) {
-        (Some(_), _) => println!("  log in as admin with the password from FLEETRUN_ADMIN_PASSWORD"),
+    match (
+        &args.admin_password,
+        std::fs::read_to_string(args.data_dir.join("initial-admin-password")),
+    ) {
+        (Some(_), _) => {
+            println!("  log in as admin with the password from FLEETRUN_ADMIN_PASSWORD")
+        }
         (None, Ok(password)) => println!("  log in as admin, password {}", password.trim()),
         (None, Err(_)) => println!("  log in as admin with the password you set"),
     }
@@ -95,9 +121,13 @@ fn spawn_agent(
         .stdout(log.try_clone()?)
         .stderr(log);
     if let Some((_, id, code)) = activation {
-        command.args(["--activation-id", id]).env("FLEETRUN_ACTIVATION_CODE", code);
+        command
+            .args(["--activation-id", id])
+            .env("FLEETRUN_ACTIVATION_CODE", code);
     }
-    command.spawn().with_context(|| format!("cannot start agent {name}"))
+    command
+        .spawn()
+        .with_context(|| format!("cannot start agent {name}"))
 }
 
 async fn stop_child(child: &mut Child) {
@@ -105,7 +135,10 @@ async fn stop_child(child: &mut Child) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
-    if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }

@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 pub enum TaskEvent {
     Started,
     Output(OutputStream, Bytes),
-    Finished { exit_code: Option<i32>, end: TaskEnd },
+    Finished {
+        exit_code: Option<i32>,
+        end: TaskEnd,
+    },
 }
 
 /// Settings shared by all tasks.
@@ -40,7 +43,9 @@ pub async fn run(task: RunTask, config: Arc<ExecConfig>, events: Events, stop: C
     } else {
         imp::run(&task, &config, &events, &stop).await
     };
-    let _ = events.send((id, TaskEvent::Finished { exit_code, end })).await;
+    let _ = events
+        .send((id, TaskEvent::Finished { exit_code, end }))
+        .await;
 }
 
 #[cfg(unix)]
@@ -56,18 +61,41 @@ mod imp {
     use tokio::process::{Child, Command};
 
     fn error(code: ErrorCode, info: impl Into<String>) -> (Option<i32>, TaskEnd) {
-        (None, TaskEnd::Error { error_code: code, error_info: info.into() })
+        (
+            None,
+            TaskEnd::Error {
+                error_code: code,
+                error_info: info.into(),
+            },
+        )
     }
 
-    pub async fn run(task: &RunTask, config: &ExecConfig, events: &Events, stop: &CancellationToken) -> (Option<i32>, TaskEnd) {
+    pub async fn run(
+        task: &RunTask,
+        config: &ExecConfig,
+        events: &Events,
+        stop: &CancellationToken,
+    ) -> (Option<i32>, TaskEnd) {
         let (program, args, extension) = match task.command_type {
             CommandType::RunShellScript => (PathBuf::from("/bin/sh"), &[][..], "sh"),
             CommandType::RunPowerShellScript => match &config.pwsh {
-                Some(pwsh) => (pwsh.clone(), &["-NoLogo", "-NoProfile", "-NonInteractive", "-File"][..], "ps1"),
-                None => return error(ErrorCode::CommandNotApplicable, "PowerShell (pwsh) is not installed on this instance"),
+                Some(pwsh) => (
+                    pwsh.clone(),
+                    &["-NoLogo", "-NoProfile", "-NonInteractive", "-File"][..],
+                    "ps1",
+                ),
+                None => {
+                    return error(
+                        ErrorCode::CommandNotApplicable,
+                        "PowerShell (pwsh) is not installed on this instance",
+                    );
+                }
             },
             CommandType::RunBatScript => {
-                return error(ErrorCode::CommandNotApplicable, "Bat scripts run only on Windows instances");
+                return error(
+                    ErrorCode::CommandNotApplicable,
+                    "Bat scripts run only on Windows instances",
+                );
             }
         };
         let account = match Account::resolve(task.username.as_deref()) {
@@ -77,13 +105,25 @@ mod imp {
         let dir = match &task.working_dir {
             Some(dir) if Path::new(dir).is_dir() => PathBuf::from(dir),
             Some(dir) => {
-                return error(ErrorCode::DirectoryNotExists, format!("the working directory {dir} does not exist on this instance"));
+                return error(
+                    ErrorCode::DirectoryNotExists,
+                    format!("the working directory {dir} does not exist on this instance"),
+                );
             }
-            None => account.home.clone().filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/")),
+            None => account
+                .home
+                .clone()
+                .filter(|h| h.is_dir())
+                .unwrap_or_else(|| PathBuf::from("/")),
         };
         let script = match Script::create(&task.task, extension, &task.content, &account) {
             Ok(script) => script,
-            Err(e) => return error(ErrorCode::ExecutionException, format!("cannot write the script file: {e}")),
+            Err(e) => {
+                return error(
+                    ErrorCode::ExecutionException,
+                    format!("cannot write the script file: {e}"),
+                );
+            }
         };
 
         let mut command = Command::new(&program);
@@ -106,7 +146,12 @@ mod imp {
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
-            Err(e) => return error(ErrorCode::ExecutionException, format!("cannot start {}: {e}", program.display())),
+            Err(e) => {
+                return error(
+                    ErrorCode::ExecutionException,
+                    format!("cannot start {}: {e}", program.display()),
+                );
+            }
         };
         let _ = events.send((task.task.clone(), TaskEvent::Started)).await;
         let pgid = child.id().map(|pid| pid as i32).unwrap_or_default();
@@ -119,7 +164,13 @@ mod imp {
             (child.stderr.take().map(Pipe::Err), OutputStream::Stderr),
         ] {
             if let Some(pipe) = pipe {
-                readers.push(tokio::spawn(read_pipe(pipe, stream, task.task.clone(), events.clone(), done_tx.clone())));
+                readers.push(tokio::spawn(read_pipe(
+                    pipe,
+                    stream,
+                    task.task.clone(),
+                    events.clone(),
+                    done_tx.clone(),
+                )));
             }
         }
         drop(done_tx);
@@ -146,11 +197,16 @@ mod imp {
             }
             // Output already produced is still delivered; a process that escaped the group
             // and holds a pipe open is not waited for.
-            if tokio::time::timeout(Duration::from_secs(2), done_rx.recv()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), done_rx.recv())
+                .await
+                .is_err()
+            {
                 readers.iter().for_each(|r| r.abort());
             }
         }
-        let exit_code = status.and_then(Result::ok).and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
+        let exit_code = status
+            .and_then(Result::ok)
+            .and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
         (exit_code, end)
     }
 
@@ -168,14 +224,24 @@ mod imp {
         }
     }
 
-    async fn read_pipe(mut pipe: Pipe, stream: OutputStream, task: String, events: Events, _done: mpsc::Sender<()>) {
+    async fn read_pipe(
+        mut pipe: Pipe,
+        stream: OutputStream,
+        task: String,
+        events: Events,
+        _done: mpsc::Sender<()>,
+    ) {
         let mut buf = vec![0u8; MAX_CHUNK_BYTES];
         loop {
             match pipe.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     let chunk = Bytes::copy_from_slice(&buf[..n]);
-                    if events.send((task.clone(), TaskEvent::Output(stream, chunk))).await.is_err() {
+                    if events
+                        .send((task.clone(), TaskEvent::Output(stream, chunk)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -235,7 +301,11 @@ mod imp {
                     && libc::setgid(self.gid) == 0
                     && libc::setuid(self.uid) == 0
             };
-            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
     }
 
@@ -256,17 +326,45 @@ mod imp {
             Some(name) => {
                 let name = CString::new(name).ok()?;
                 // SAFETY: all pointers are valid for the call; buf outlives the result.
-                unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) }
+                unsafe {
+                    libc::getpwnam_r(
+                        name.as_ptr(),
+                        &mut pwd,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                        &mut found,
+                    )
+                }
             }
             // SAFETY: as above.
-            None => unsafe { libc::getpwuid_r(libc::geteuid(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) },
+            None => unsafe {
+                libc::getpwuid_r(
+                    libc::geteuid(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                )
+            },
         };
         if rc != 0 || found.is_null() {
             return None;
         }
         // SAFETY: on success the string fields point into `buf`, which is alive here.
-        let text = |p: *const libc::c_char| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
-        Some(Passwd { name: text(pwd.pw_name), uid: pwd.pw_uid, gid: pwd.pw_gid, home: text(pwd.pw_dir), shell: text(pwd.pw_shell) })
+        let text = |p: *const libc::c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            }
+        };
+        Some(Passwd {
+            name: text(pwd.pw_name),
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+            home: text(pwd.pw_dir),
+            shell: text(pwd.pw_shell),
+        })
     }
 
     impl Account {
@@ -275,11 +373,20 @@ mod imp {
             let euid = unsafe { libc::geteuid() };
             let me = lookup(None);
             let Some(name) = username else {
-                let me = me.unwrap_or(Passwd { name: String::new(), uid: euid, gid: 0, home: "/".into(), shell: "/bin/sh".into() });
+                let me = me.unwrap_or(Passwd {
+                    name: String::new(),
+                    uid: euid,
+                    gid: 0,
+                    home: "/".into(),
+                    shell: "/bin/sh".into(),
+                });
                 return Ok(Account::from_passwd(me, None));
             };
             let Some(user) = lookup(Some(name)) else {
-                return Err(error(ErrorCode::AccountNotExists, format!("the user {name} does not exist on this instance")));
+                return Err(error(
+                    ErrorCode::AccountNotExists,
+                    format!("the user {name} does not exist on this instance"),
+                ));
             };
             if user.uid == euid {
                 return Ok(Account::from_passwd(user, None));
@@ -287,25 +394,49 @@ mod imp {
             if euid != 0 {
                 return Err(error(
                     ErrorCode::ExecutionException,
-                    format!("the agent does not run as root, so it cannot run commands as {name}: run the agent as root or leave Username empty"),
+                    format!(
+                        "the agent does not run as root, so it cannot run commands as {name}: run the agent as root or leave Username empty"
+                    ),
                 ));
             }
-            let switch = Switch { name: CString::new(user.name.clone()).unwrap_or_default(), uid: user.uid, gid: user.gid };
+            let switch = Switch {
+                name: CString::new(user.name.clone()).unwrap_or_default(),
+                uid: user.uid,
+                gid: user.gid,
+            };
             Ok(Account::from_passwd(user, Some(switch)))
         }
 
         fn from_passwd(p: Passwd, switch: Option<Switch>) -> Account {
             let home = (!p.home.is_empty()).then(|| PathBuf::from(&p.home));
-            let shell = if p.shell.is_empty() { "/bin/sh".into() } else { p.shell };
-            Account { name: p.name, home, shell, switch, uid: p.uid, gid: p.gid }
+            let shell = if p.shell.is_empty() {
+                "/bin/sh".into()
+            } else {
+                p.shell
+            };
+            Account {
+                name: p.name,
+                home,
+                shell,
+                switch,
+                uid: p.uid,
+                gid: p.gid,
+            }
         }
 
         /// The explicit environment of a task: nothing of the agent's leaks in but the locale.
         fn environment(&self, task: &str) -> Vec<(String, String)> {
             let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
-            let home = self.home.as_ref().map(|h| h.display().to_string()).unwrap_or_else(|| "/".into());
+            let home = self
+                .home
+                .as_ref()
+                .map(|h| h.display().to_string())
+                .unwrap_or_else(|| "/".into());
             vec![
-                ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+                (
+                    "PATH".into(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ),
                 ("HOME".into(), home),
                 ("USER".into(), self.name.clone()),
                 ("LOGNAME".into(), self.name.clone()),
@@ -322,13 +453,22 @@ mod imp {
     }
 
     impl Script {
-        fn create(task: &str, extension: &str, content: &str, account: &Account) -> std::io::Result<Script> {
+        fn create(
+            task: &str,
+            extension: &str,
+            content: &str,
+            account: &Account,
+        ) -> std::io::Result<Script> {
             use std::io::Write as _;
             let mut suffix = [0u8; 8];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
             let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
             let path = std::env::temp_dir().join(format!("fleetrun-{task}-{suffix}.{extension}"));
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(&path)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o700)
+                .open(&path)?;
             let script = Script { path };
             file.write_all(content.as_bytes())?;
             if account.switch.is_some() {
@@ -351,8 +491,19 @@ mod imp {
     use crate::protocol::ErrorCode;
 
     /// Windows (Bat, PowerShell with Job Objects) is not built yet; see README.md.
-    pub async fn run(_: &RunTask, _: &ExecConfig, _: &Events, _: &CancellationToken) -> (Option<i32>, TaskEnd) {
+    pub async fn run(
+        _: &RunTask,
+        _: &ExecConfig,
+        _: &Events,
+        _: &CancellationToken,
+    ) -> (Option<i32>, TaskEnd) {
         let info = "this agent build cannot run commands on this operating system yet".to_string();
-        (None, TaskEnd::Error { error_code: ErrorCode::ExecutionException, error_info: info })
+        (
+            None,
+            TaskEnd::Error {
+                error_code: ErrorCode::ExecutionException,
+                error_info: info,
+            },
+        )
     }
 }

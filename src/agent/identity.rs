@@ -17,7 +17,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("instance_id", &self.instance_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -28,7 +30,8 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
     crate::files::create_private_dir(&args.state_dir)?;
     let path = args.state_dir.join(FILE);
     if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let identity: Identity = serde_json::from_str(&text)
             .with_context(|| format!("{} is damaged: remove it and enrol again", path.display()))?;
         tracing::info!(instance_id = %identity.instance_id, "using the stored instance credential");
@@ -51,7 +54,12 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
         agent_version: crate::VERSION.to_string(),
     };
     let url = format!("{}/agent/v1/register", args.server.trim_end_matches('/'));
-    let response = http.post(&url).json(&request).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let response = http
+        .post(&url)
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     if !response.status().is_success() {
         let status = response.status();
         let message = match response.json::<ErrorBody>().await {
@@ -60,8 +68,14 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
         };
         bail!("enrolment refused ({status}): {message}");
     }
-    let registered: RegisterResponse = response.json().await.context("the server's enrolment answer is malformed")?;
-    let identity = Identity { instance_id: registered.instance_id, instance_secret: registered.instance_secret };
+    let registered: RegisterResponse = response
+        .json()
+        .await
+        .context("the server's enrolment answer is malformed")?;
+    let identity = Identity {
+        instance_id: registered.instance_id,
+        instance_secret: registered.instance_secret,
+    };
     crate::files::write_private(&path, &serde_json::to_string_pretty(&identity)?)?;
     tracing::info!(instance_id = %identity.instance_id, "enrolled");
     Ok(identity)

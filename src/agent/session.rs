@@ -35,7 +35,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 enum End {
     Shutdown,
     /// The connection was lost; `stable` when it had lasted long enough to reset the backoff.
-    Lost { stable: bool },
+    Lost {
+        stable: bool,
+    },
 }
 
 pub struct Agent {
@@ -52,7 +54,15 @@ pub struct Agent {
 impl Agent {
     pub fn new(args: AgentArgs, identity: Identity, spool: Spool, exec: Arc<ExecConfig>) -> Agent {
         let (events_tx, events_rx) = mpsc::channel(256);
-        Agent { args, identity, spool, exec, running: HashMap::new(), events_tx, events_rx }
+        Agent {
+            args,
+            identity,
+            spool,
+            exec,
+            running: HashMap::new(),
+            events_tx,
+            events_rx,
+        }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -69,7 +79,9 @@ impl Agent {
                 Err(e) => tracing::warn!("connection to {} failed: {e:#}", self.args.server),
             }
             let cap = Duration::from_secs(self.args.reconnect_max_secs);
-            let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(cap);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(cap);
             let delay = ceiling.mul_f64(rand::thread_rng().r#gen::<f64>());
             attempt = attempt.saturating_add(1);
             tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
@@ -117,7 +129,12 @@ impl Agent {
                 self.spool.finished(task, exit_code, end)
             }
         };
-        message.with_context(|| format!("cannot write the spool in {}", self.args.state_dir.display()))
+        message.with_context(|| {
+            format!(
+                "cannot write the spool in {}",
+                self.args.state_dir.display()
+            )
+        })
     }
 
     async fn connect_and_serve(&mut self, shutdown: &CancellationToken) -> anyhow::Result<End> {
@@ -144,13 +161,19 @@ impl Agent {
             held_tasks: self.spool.held(),
         };
         send(&mut socket, &hello.into()).await?;
-        let heartbeat = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await {
-            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => Duration::from_secs(welcome.heartbeat_secs.max(1)),
-            Ok(Ok(Some(ServerMessage::Refused(refused)))) => bail!(Fatal(format!("the server refused this agent: {}", refused.reason))),
-            Ok(Ok(_)) => bail!("the server did not answer Hello with Welcome"),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => bail!("no Welcome from the server within 10 s"),
-        };
+        let heartbeat =
+            match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await {
+                Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => {
+                    Duration::from_secs(welcome.heartbeat_secs.max(1))
+                }
+                Ok(Ok(Some(ServerMessage::Refused(refused)))) => bail!(Fatal(format!(
+                    "the server refused this agent: {}",
+                    refused.reason
+                ))),
+                Ok(Ok(_)) => bail!("the server did not answer Hello with Welcome"),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => bail!("no Welcome from the server within 10 s"),
+            };
         tracing::info!(instance_id = %self.identity.instance_id, "connected to {}", self.args.server);
         for task in self.spool.held() {
             for message in self.spool.unacknowledged(&task)? {
@@ -160,7 +183,9 @@ impl Agent {
 
         let lost = |e: anyhow::Error| {
             tracing::warn!("connection lost: {e:#}");
-            End::Lost { stable: connected_at.elapsed() >= STABLE_AFTER }
+            End::Lost {
+                stable: connected_at.elapsed() >= STABLE_AFTER,
+            }
         };
         let mut tick = tokio::time::interval(heartbeat);
         let mut last_heard = Instant::now();
@@ -206,7 +231,10 @@ impl Agent {
             }
             ServerMessage::Ack(ack) => self.spool.ack(&ack.task, ack.next_seq, ack.finished)?,
             ServerMessage::Heartbeat | ServerMessage::Welcome(_) => {}
-            ServerMessage::Refused(refused) => bail!(Fatal(format!("the server refused this agent: {}", refused.reason))),
+            ServerMessage::Refused(refused) => bail!(Fatal(format!(
+                "the server refused this agent: {}",
+                refused.reason
+            ))),
         }
         Ok(())
     }
@@ -227,12 +255,27 @@ impl Agent {
             };
             let events = self.events_tx.clone();
             let id = task.task.clone();
-            tokio::spawn(async move { events.send((id, TaskEvent::Finished { exit_code: None, end })).await });
+            tokio::spawn(async move {
+                events
+                    .send((
+                        id,
+                        TaskEvent::Finished {
+                            exit_code: None,
+                            end,
+                        },
+                    ))
+                    .await
+            });
             return;
         }
         let token = CancellationToken::new();
         self.running.insert(task.task.clone(), token.clone());
-        tokio::spawn(exec::run(task, self.exec.clone(), self.events_tx.clone(), token));
+        tokio::spawn(exec::run(
+            task,
+            self.exec.clone(),
+            self.events_tx.clone(),
+            token,
+        ));
     }
 }
 
@@ -253,19 +296,31 @@ fn is_fatal(e: &anyhow::Error) -> bool {
 }
 
 async fn connect(server: &str, identity: &Identity) -> anyhow::Result<Socket> {
-    let url = format!("{}/agent/v1/connect", server.trim_end_matches('/').replacen("http", "ws", 1));
+    let url = format!(
+        "{}/agent/v1/connect",
+        server.trim_end_matches('/').replacen("http", "ws", 1)
+    );
     let mut request = url.as_str().into_client_request()?;
-    let credential = format!("Bearer {}:{}", identity.instance_id, identity.instance_secret);
-    request.headers_mut().insert("authorization", credential.parse()?);
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
+    let credential = format!(
+        "Bearer {}:{}",
+        identity.instance_id, identity.instance_secret
+    );
+    request
+        .headers_mut()
+        .insert("authorization", credential.parse()?);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((socket, _))) => Ok(socket),
-        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => bail!(Fatal(format!(
-            "the server refused this instance's credential ({}): it was deregistered or belongs to another server; \
+        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {
+            bail!(Fatal(format!(
+                "the server refused this instance's credential ({}): it was deregistered or belongs to another server; \
              remove the state directory and enrol again with a new activation",
-            identity.instance_id
-        ))),
+                identity.instance_id
+            )))
+        }
         Ok(Err(e)) => Err(e).with_context(|| format!("cannot connect to {url}")),
         Err(_) => bail!("connecting to {url} timed out"),
     }

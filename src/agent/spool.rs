@@ -57,7 +57,11 @@ pub struct Spool {
 
 /// Whether a task id is safe to use as a file name (ids are `t-` and base32).
 pub fn is_task_id(task: &str) -> bool {
-    task.len() <= 64 && !task.is_empty() && task.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    task.len() <= 64
+        && !task.is_empty()
+        && task
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Spool {
@@ -65,10 +69,17 @@ impl Spool {
     /// started but not ended was cut off by the agent stopping: it ends as interrupted.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
         crate::files::create_private_dir(dir)?;
-        let mut spool = Spool { dir: dir.to_path_buf(), tasks: BTreeMap::new() };
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            tasks: BTreeMap::new(),
+        };
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            let Some(task) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+            let Some(task) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
                 continue;
             };
             if !is_task_id(task) {
@@ -86,7 +97,16 @@ impl Spool {
                     },
                 });
             }
-            spool.tasks.insert(task.to_string(), TaskSpool { file, write_pos, next_seq, unacked, meta });
+            spool.tasks.insert(
+                task.to_string(),
+                TaskSpool {
+                    file,
+                    write_pos,
+                    next_seq,
+                    unacked,
+                    meta,
+                },
+            );
             if interrupted {
                 spool.save_meta(task)?;
             }
@@ -95,19 +115,33 @@ impl Spool {
     }
 
     fn reload_output(&self, task: &str) -> io::Result<(File, u64, u64, VecDeque<Record>)> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.out_path(task))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.out_path(task))?;
         let len = file.metadata()?.len();
         let (mut pos, mut next_seq, mut unacked) = (0u64, 0u64, VecDeque::new());
         let mut header = [0u8; HEADER];
         while pos + HEADER as u64 <= len {
             file.read_exact_at(&mut header, pos)?;
             let seq = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
-            let stream = if header[8] == 1 { OutputStream::Stderr } else { OutputStream::Stdout };
+            let stream = if header[8] == 1 {
+                OutputStream::Stderr
+            } else {
+                OutputStream::Stdout
+            };
             let rec_len = u32::from_le_bytes(header[9..].try_into().unwrap_or_default());
             if pos + HEADER as u64 + u64::from(rec_len) > len {
                 break; // a record cut short by a crash
             }
-            unacked.push_back(Record { seq, pos, len: rec_len, stream });
+            unacked.push_back(Record {
+                seq,
+                pos,
+                len: rec_len,
+                stream,
+            });
             next_seq = seq + 1;
             pos += HEADER as u64 + u64::from(rec_len);
         }
@@ -132,8 +166,19 @@ impl Spool {
 
     fn entry(&mut self, task: &str) -> io::Result<&mut TaskSpool> {
         if !self.tasks.contains_key(task) {
-            let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.out_path(task))?;
-            let spool = TaskSpool { file, write_pos: 0, next_seq: 0, unacked: VecDeque::new(), meta: Meta::default() };
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(self.out_path(task))?;
+            let spool = TaskSpool {
+                file,
+                write_pos: 0,
+                next_seq: 0,
+                unacked: VecDeque::new(),
+                meta: Meta::default(),
+            };
             self.tasks.insert(task.to_string(), spool);
             self.save_meta(task)?;
         }
@@ -154,11 +199,19 @@ impl Spool {
     pub fn started(&mut self, task: &str) -> io::Result<AgentMessage> {
         self.entry(task)?.meta.started = true;
         self.save_meta(task)?;
-        Ok(TaskStarted { task: task.to_string() }.into())
+        Ok(TaskStarted {
+            task: task.to_string(),
+        }
+        .into())
     }
 
     /// Appends a piece of output and returns it numbered.
-    pub fn append(&mut self, task: &str, stream: OutputStream, data: Bytes) -> io::Result<AgentMessage> {
+    pub fn append(
+        &mut self,
+        task: &str,
+        stream: OutputStream,
+        data: Bytes,
+    ) -> io::Result<AgentMessage> {
         let t = self.entry(task)?;
         let seq = t.next_seq;
         let mut header = [0u8; HEADER];
@@ -167,24 +220,51 @@ impl Spool {
         header[9..].copy_from_slice(&(data.len() as u32).to_le_bytes());
         t.file.write_all_at(&header, t.write_pos)?;
         t.file.write_all_at(&data, t.write_pos + HEADER as u64)?;
-        t.unacked.push_back(Record { seq, pos: t.write_pos, len: data.len() as u32, stream });
+        t.unacked.push_back(Record {
+            seq,
+            pos: t.write_pos,
+            len: data.len() as u32,
+            stream,
+        });
         t.write_pos += (HEADER + data.len()) as u64;
         t.next_seq += 1;
-        Ok(Output { task: task.to_string(), seq, stream, data }.into())
+        Ok(Output {
+            task: task.to_string(),
+            seq,
+            stream,
+            data,
+        }
+        .into())
     }
 
     /// Records how the task ended.
-    pub fn finished(&mut self, task: &str, exit_code: Option<i32>, end: TaskEnd) -> io::Result<AgentMessage> {
+    pub fn finished(
+        &mut self,
+        task: &str,
+        exit_code: Option<i32>,
+        end: TaskEnd,
+    ) -> io::Result<AgentMessage> {
         let t = self.entry(task)?;
-        t.meta.finished = Some(Finish { exit_code, end: end.clone() });
+        t.meta.finished = Some(Finish {
+            exit_code,
+            end: end.clone(),
+        });
         let chunks = t.next_seq;
         self.save_meta(task)?;
-        Ok(TaskFinished { task: task.to_string(), chunks, exit_code, end }.into())
+        Ok(TaskFinished {
+            task: task.to_string(),
+            chunks,
+            exit_code,
+            end,
+        }
+        .into())
     }
 
     /// Forgets what the server acknowledged; the whole task once its end is stored.
     pub fn ack(&mut self, task: &str, next_seq: u64, finished: bool) -> io::Result<()> {
-        let Some(t) = self.tasks.get_mut(task) else { return Ok(()) };
+        let Some(t) = self.tasks.get_mut(task) else {
+            return Ok(());
+        };
         while t.unacked.front().is_some_and(|r| r.seq < next_seq) {
             t.unacked.pop_front();
         }
@@ -201,20 +281,37 @@ impl Spool {
 
     /// Everything of a task the server has not acknowledged, in order: start, output, end.
     pub fn unacknowledged(&self, task: &str) -> io::Result<Vec<AgentMessage>> {
-        let Some(t) = self.tasks.get(task) else { return Ok(Vec::new()) };
+        let Some(t) = self.tasks.get(task) else {
+            return Ok(Vec::new());
+        };
         let mut messages = Vec::with_capacity(t.unacked.len() + 2);
         if t.meta.started {
-            messages.push(TaskStarted { task: task.to_string() }.into());
+            messages.push(
+                TaskStarted {
+                    task: task.to_string(),
+                }
+                .into(),
+            );
         }
         for record in &t.unacked {
             let mut data = vec![0u8; record.len as usize];
-            t.file.read_exact_at(&mut data, record.pos + HEADER as u64)?;
-            let output = Output { task: task.to_string(), seq: record.seq, stream: record.stream, data: data.into() };
+            t.file
+                .read_exact_at(&mut data, record.pos + HEADER as u64)?;
+            let output = Output {
+                task: task.to_string(),
+                seq: record.seq,
+                stream: record.stream,
+                data: data.into(),
+            };
             messages.push(output.into());
         }
         if let Some(finish) = &t.meta.finished {
-            let finished =
-                TaskFinished { task: task.to_string(), chunks: t.next_seq, exit_code: finish.exit_code, end: finish.end.clone() };
+            let finished = TaskFinished {
+                task: task.to_string(),
+                chunks: t.next_seq,
+                exit_code: finish.exit_code,
+                end: finish.end.clone(),
+            };
             messages.push(finished.into());
         }
         Ok(messages)
@@ -230,7 +327,9 @@ mod tests {
             .iter()
             .map(|m| match m {
                 AgentMessage::TaskStarted(_) => "started".to_string(),
-                AgentMessage::Output(o) => format!("{}:{}", o.seq, String::from_utf8_lossy(&o.data)),
+                AgentMessage::Output(o) => {
+                    format!("{}:{}", o.seq, String::from_utf8_lossy(&o.data))
+                }
                 AgentMessage::TaskFinished(f) => format!("finished:{}", f.chunks),
                 other => format!("{other:?}"),
             })
@@ -243,16 +342,25 @@ mod tests {
         let mut spool = Spool::open(dir.path()).unwrap();
         spool.started("t-a").unwrap();
         for piece in ["one", "two", "three"] {
-            spool.append("t-a", OutputStream::Stdout, Bytes::from(piece)).unwrap();
+            spool
+                .append("t-a", OutputStream::Stdout, Bytes::from(piece))
+                .unwrap();
         }
 
         spool.ack("t-a", 2, false).unwrap();
         spool.finished("t-a", Some(0), TaskEnd::Exited).unwrap();
 
-        assert_eq!(seqs(&spool.unacknowledged("t-a").unwrap()), ["started", "2:three", "finished:3"]);
+        assert_eq!(
+            seqs(&spool.unacknowledged("t-a").unwrap()),
+            ["started", "2:three", "finished:3"]
+        );
         spool.ack("t-a", 3, true).unwrap();
         assert!(!spool.holds("t-a"));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files removed");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "files removed"
+        );
     }
 
     #[test]
@@ -261,15 +369,25 @@ mod tests {
         {
             let mut spool = Spool::open(dir.path()).unwrap();
             spool.started("t-a").unwrap();
-            spool.append("t-a", OutputStream::Stderr, Bytes::from("partial")).unwrap();
+            spool
+                .append("t-a", OutputStream::Stderr, Bytes::from("partial"))
+                .unwrap();
         }
 
         let spool = Spool::open(dir.path()).unwrap();
         let messages = spool.unacknowledged("t-a").unwrap();
 
         assert_eq!(seqs(&messages), ["started", "0:partial", "finished:1"]);
-        let AgentMessage::TaskFinished(finished) = &messages[2] else { panic!() };
-        assert!(matches!(finished.end, TaskEnd::Error { error_code: ErrorCode::ExecutionInterrupted, .. }));
+        let AgentMessage::TaskFinished(finished) = &messages[2] else {
+            panic!()
+        };
+        assert!(matches!(
+            finished.end,
+            TaskEnd::Error {
+                error_code: ErrorCode::ExecutionInterrupted,
+                ..
+            }
+        ));
     }
 
     #[test]

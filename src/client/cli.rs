@@ -27,8 +27,13 @@ impl ClientArgs {
     fn client(&self) -> anyhow::Result<ApiClient> {
         let credentials = match (&self.token, &self.password) {
             (Some(token), _) => Credentials::Token(token.0.clone()),
-            (None, Some(password)) => Credentials::Basic { username: self.user.clone(), password: password.0.clone() },
-            (None, None) => anyhow::bail!("give --token (FLEETRUN_TOKEN) or --password (FLEETRUN_PASSWORD)"),
+            (None, Some(password)) => Credentials::Basic {
+                username: self.user.clone(),
+                password: password.0.clone(),
+            },
+            (None, None) => {
+                anyhow::bail!("give --token (FLEETRUN_TOKEN) or --password (FLEETRUN_PASSWORD)")
+            }
         };
         Ok(ApiClient::new(&self.server, credentials))
     }
@@ -62,7 +67,9 @@ pub struct RunArgs {
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
-    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| "expected name=value".to_string())
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| "expected name=value".to_string())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -102,15 +109,24 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
         Mode::Run(args) => run(args).await,
         Mode::Instances(args) => {
             let client = args.client.client()?;
-            let query = args.region.map(|r| format!("region_id={r}&page_size=1000")).unwrap_or_else(|| "page_size=1000".into());
+            let query = args
+                .region
+                .map(|r| format!("region_id={r}&page_size=1000"))
+                .unwrap_or_else(|| "page_size=1000".into());
             let list = client.instances(&query).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<24} {:<20} {:<14} {:<8} {:<8}", "INSTANCE ID", "NAME", "REGION", "STATUS", "AGENT");
+                println!(
+                    "{:<24} {:<20} {:<14} {:<8} {:<8}",
+                    "INSTANCE ID", "NAME", "REGION", "STATUS", "AGENT"
+                );
                 for i in list.instances {
                     let agent = if i.agent.online { "online" } else { "offline" };
-                    println!("{:<24} {:<20} {:<14} {:<8?} {:<8}", i.instance_id, i.name, i.region_id, i.status, agent);
+                    println!(
+                        "{:<24} {:<20} {:<14} {:<8?} {:<8}",
+                        i.instance_id, i.name, i.region_id, i.status, agent
+                    );
                 }
             }
             Ok(0)
@@ -125,7 +141,10 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
                     } else {
                         println!("{} {} ({})", inv.invoke_id, inv.invocation_status, inv.name);
                         for r in inv.results.unwrap_or_default() {
-                            let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                            let code = r
+                                .exit_code
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "-".into());
                             println!("== {} {} exit {code}", r.instance_id, r.invocation_status);
                             print!("{}", r.output);
                         }
@@ -137,7 +156,14 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
                         println!("{}", serde_json::to_string_pretty(&list)?);
                     } else {
                         for inv in list.invocations {
-                            println!("{:<24} {:<14} {:>5} {} {}", inv.invoke_id, inv.invocation_status, inv.instance_count, inv.created_time, inv.name);
+                            println!(
+                                "{:<24} {:<14} {:>5} {} {}",
+                                inv.invoke_id,
+                                inv.invocation_status,
+                                inv.instance_count,
+                                inv.created_time,
+                                inv.name
+                            );
                         }
                     }
                 }
@@ -145,7 +171,10 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
             Ok(0)
         }
         Mode::Stop(args) => {
-            args.client.client()?.stop(&args.invoke_id, args.instances).await?;
+            args.client
+                .client()?
+                .stop(&args.invoke_id, args.instances)
+                .await?;
             println!("stop requested for {}", args.invoke_id);
             Ok(0)
         }
@@ -178,14 +207,23 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut stdout = std::io::stdout();
     client
         .stream(&created.invoke_id, None, |event| match event {
-            StreamEvent::Output { instance_id, data, .. } => {
+            StreamEvent::Output {
+                instance_id, data, ..
+            } => {
                 for line in String::from_utf8_lossy(data).split_inclusive('\n') {
                     let _ = write!(stdout, "{instance_id}: {line}");
                 }
                 let _ = stdout.flush();
             }
-            StreamEvent::Status { instance_id, invocation_status, exit_code, .. } if invocation_status.is_terminal() => {
-                let code = exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+            StreamEvent::Status {
+                instance_id,
+                invocation_status,
+                exit_code,
+                ..
+            } if invocation_status.is_terminal() => {
+                let code = exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into());
                 eprintln!("{instance_id}: {invocation_status} (exit code {code})");
             }
             StreamEvent::Status { .. } => {}
@@ -193,5 +231,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         })
         .await?;
     eprintln!("{}: {overall}", created.invoke_id);
-    Ok(if overall == InvocationStatus::Success { 0 } else { 1 })
+    Ok(if overall == InvocationStatus::Success {
+        0
+    } else {
+        1
+    })
 }

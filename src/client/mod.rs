@@ -6,8 +6,8 @@ mod cli;
 pub use cli::{InstancesArgs, InvocationsArgs, RunArgs, StopArgs, run_cli};
 
 use crate::protocol::api::{
-    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,
-    InvocationsResponse, RunCommandRequest, StopRequest, StreamEvent,
+    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation,
+    InvocationCreated, InvocationsResponse, RunCommandRequest, StopRequest, StreamEvent,
 };
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -43,27 +43,48 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, credentials: Credentials) -> ApiClient {
-        ApiClient { base: base.trim_end_matches('/').to_string(), credentials, http: reqwest::Client::new() }
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            credentials,
+            http: reqwest::Client::new(),
+        }
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let builder = self.http.request(method, format!("{}/api/v1{path}", self.base));
+        let builder = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base));
         match &self.credentials {
             Credentials::Token(token) => builder.bearer_auth(token),
-            Credentials::Basic { username, password } => builder.basic_auth(username, Some(password)),
+            Credentials::Basic { username, password } => {
+                builder.basic_auth(username, Some(password))
+            }
         }
     }
 
     async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> anyhow::Result<T> {
-        let response = check(builder.send().await.context("cannot reach the fleetrun server")?).await?;
-        response.json().await.context("the server's answer is malformed")
+        let response = check(
+            builder
+                .send()
+                .await
+                .context("cannot reach the fleetrun server")?,
+        )
+        .await?;
+        response
+            .json()
+            .await
+            .context("the server's answer is malformed")
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.request(Method::GET, path)).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
@@ -76,7 +97,10 @@ impl ApiClient {
         self.get(&format!("/instances/{instance_id}")).await
     }
 
-    pub async fn create_activation(&self, req: &CreateActivationRequest) -> anyhow::Result<ActivationCreated> {
+    pub async fn create_activation(
+        &self,
+        req: &CreateActivationRequest,
+    ) -> anyhow::Result<ActivationCreated> {
         self.post("/activations", req).await
     }
 
@@ -101,14 +125,29 @@ impl ApiClient {
         Ok(response.bytes().await?.to_vec())
     }
 
-    pub async fn stop(&self, invoke_id: &str, instance_ids: Option<Vec<String>>) -> anyhow::Result<()> {
+    pub async fn stop(
+        &self,
+        invoke_id: &str,
+        instance_ids: Option<Vec<String>>,
+    ) -> anyhow::Result<()> {
         let path = format!("/invocations/{invoke_id}/stop");
-        check(self.request(Method::POST, &path).json(&StopRequest { instance_ids }).send().await?).await?;
+        check(
+            self.request(Method::POST, &path)
+                .json(&StopRequest { instance_ids })
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(())
     }
 
     /// Any request, for routes without a helper; the answer is returned as it came.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<reqwest::Response> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut builder = self.request(method, path);
         if let Some(body) = body {
             builder = builder.json(body);
@@ -124,7 +163,10 @@ impl ApiClient {
         instance_id: Option<&str>,
         mut on_event: impl FnMut(&StreamEvent),
     ) -> anyhow::Result<()> {
-        let mut url = format!("{}/api/v1/invocations/{invoke_id}/stream", self.base.replacen("http", "ws", 1));
+        let mut url = format!(
+            "{}/api/v1/invocations/{invoke_id}/stream",
+            self.base.replacen("http", "ws", 1)
+        );
         if let Some(instance_id) = instance_id {
             url.push_str(&format!("?instance_id={instance_id}"));
         }
@@ -133,14 +175,23 @@ impl ApiClient {
             Credentials::Token(token) => format!("Bearer {token}"),
             Credentials::Basic { username, password } => {
                 use base64::Engine as _;
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                )
             }
         };
         request.headers_mut().insert("authorization", auth.parse()?);
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.context("cannot open the live stream")?;
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .context("cannot open the live stream")?;
         while let Some(message) = socket.next().await {
-            let Message::Text(text) = message? else { continue };
-            let event: StreamEvent = serde_json::from_str(&text).context("malformed stream event")?;
+            let Message::Text(text) = message? else {
+                continue;
+            };
+            let event: StreamEvent =
+                serde_json::from_str(&text).context("malformed stream event")?;
             on_event(&event);
             if matches!(event, StreamEvent::Done { .. }) {
                 break;
@@ -157,6 +208,10 @@ async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response>
         return Ok(response);
     }
     let text = response.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(ErrorBody { code: "Unknown".into(), message: text, request_id: String::new() });
+    let body = serde_json::from_str(&text).unwrap_or(ErrorBody {
+        code: "Unknown".into(),
+        message: text,
+        request_id: String::new(),
+    });
     Err(ApiFailure { status, body }.into())
 }

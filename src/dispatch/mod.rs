@@ -55,7 +55,10 @@ impl Default for Settings {
             heartbeat: Duration::from_secs(20),
             delivery_window: Duration::from_secs(60),
             timeout_grace: Duration::from_secs(30),
-            output: OutputLimits { head: 512 * 1024, tail: 512 * 1024 },
+            output: OutputLimits {
+                head: 512 * 1024,
+                tail: 512 * 1024,
+            },
             max_content_bytes: 64 * 1024,
             max_instances: 10_000,
             retained_command_quota: 500,
@@ -86,7 +89,12 @@ pub enum Error {
     NotFound(&'static str),
     /// A quota is used up.
     #[error("quota {name} exceeded")]
-    Quota { name: &'static str, region_id: String, used: u64, limit: u64 },
+    Quota {
+        name: &'static str,
+        region_id: String,
+        used: u64,
+        limit: u64,
+    },
     #[error(transparent)]
     Store(store::Error),
 }
@@ -129,7 +137,12 @@ const WATCH_BUFFER: usize = 4096;
 impl Dispatcher {
     /// Starts the dispatcher and its background tasks (batching writer, deadlines, heartbeat
     /// flush, retention). They stop when `shutdown` is cancelled; await `tracker` after that.
-    pub fn start(store: Store, settings: Settings, shutdown: CancellationToken, tracker: &TaskTracker) -> Dispatcher {
+    pub fn start(
+        store: Store,
+        settings: Settings,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Dispatcher {
         let (writer_tx, writer_rx) = mpsc::channel(8192);
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
@@ -165,7 +178,11 @@ impl Dispatcher {
     /// Subscribes to live events of an invocation. Subscribe before reading stored state, so
     /// nothing committed in between is missed (events are published after their commit).
     pub fn watch(&self, invoke_id: &str) -> broadcast::Receiver<Arc<StreamEvent>> {
-        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         watchers
             .entry(invoke_id.to_string())
             .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
@@ -173,9 +190,21 @@ impl Dispatcher {
     }
 
     /// Stops results of an invocation (all, or those of `instance_ids`). Returns how many changed.
-    pub async fn stop(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<usize, Error> {
-        self.inner.store.invocation(invoke_id).await.map_err(not_found("invocation"))?;
-        let changes = self.inner.store.stop_results(invoke_id, instance_ids).await?;
+    pub async fn stop(
+        &self,
+        invoke_id: &str,
+        instance_ids: Option<&[String]>,
+    ) -> Result<usize, Error> {
+        self.inner
+            .store
+            .invocation(invoke_id)
+            .await
+            .map_err(not_found("invocation"))?;
+        let changes = self
+            .inner
+            .store
+            .stop_results(invoke_id, instance_ids)
+            .await?;
         for change in &changes {
             // Cancelled results may already be on their way to the agent: stop them there too.
             self.send_stop(&change.instance_id, invoke_id);
@@ -201,7 +230,9 @@ impl Dispatcher {
         let Some(tx) = self.lock_agents().get(instance_id).map(|l| l.tx.clone()) else {
             return false;
         };
-        if let Err(mpsc::error::TrySendError::Full(message)) = tx.try_send(Outbound::Message(message)) {
+        if let Err(mpsc::error::TrySendError::Full(message)) =
+            tx.try_send(Outbound::Message(message))
+        {
             tokio::spawn(async move {
                 let _ = tx.send(message).await;
             });
@@ -210,7 +241,13 @@ impl Dispatcher {
     }
 
     fn send_stop(&self, instance_id: &str, task: &str) {
-        self.send_to(instance_id, StopTask { task: task.to_string() }.into());
+        self.send_to(
+            instance_id,
+            StopTask {
+                task: task.to_string(),
+            }
+            .into(),
+        );
     }
 
     fn send_run(&self, instance_id: &str, run: RunTask) -> bool {
@@ -219,7 +256,11 @@ impl Dispatcher {
 
     /// Publishes an event to the watchers of an invocation, if there are any.
     fn publish(&self, invoke_id: &str, event: StreamEvent) {
-        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = watchers.get(invoke_id) {
             if tx.send(Arc::new(event)).is_err() {
                 watchers.remove(invoke_id);
@@ -228,8 +269,14 @@ impl Dispatcher {
     }
 
     fn is_watched(&self, invoke_id: &str) -> bool {
-        let watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.get(invoke_id).is_some_and(|tx| tx.receiver_count() > 0)
+        let watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        watchers
+            .get(invoke_id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Tells watchers about status changes, and that an invocation is done when it is.
@@ -254,7 +301,12 @@ impl Dispatcher {
                 Ok(inv) => {
                     let status = InvocationStatus::from_counts(inv.counts);
                     if status.is_terminal() {
-                        self.publish(invoke_id, StreamEvent::Done { invocation_status: status });
+                        self.publish(
+                            invoke_id,
+                            StreamEvent::Done {
+                                invocation_status: status,
+                            },
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(invoke_id, error = %e, "could not read invocation status"),
@@ -288,7 +340,11 @@ impl Dispatcher {
 
     async fn flush_heartbeats(&self) {
         let beats: Vec<(String, i64)> = {
-            let mut map = self.inner.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self
+                .inner
+                .heartbeats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             map.drain().collect()
         };
         if beats.is_empty() {

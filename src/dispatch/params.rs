@@ -7,7 +7,13 @@ use std::collections::BTreeMap;
 pub const BUILTIN_PREFIX: &str = "fleetrun::";
 
 /// The built-in parameter names (after the prefix).
-pub const BUILTINS: &[&str] = &["instance_id", "instance_name", "region_id", "invoke_id", "command_id"];
+pub const BUILTINS: &[&str] = &[
+    "instance_id",
+    "instance_name",
+    "region_id",
+    "invoke_id",
+    "command_id",
+];
 
 /// Most custom parameters one command may declare (Alibaba's limit).
 pub const MAX_PARAMETERS: usize = 20;
@@ -31,7 +37,11 @@ fn placeholders(content: &str) -> impl Iterator<Item = Placeholder<'_>> {
             pos = close + 2;
             let name = content[open + 2..close].trim();
             if is_name(name) {
-                return Some(Placeholder { start: open, end: close + 2, name });
+                return Some(Placeholder {
+                    start: open,
+                    end: close + 2,
+                    name,
+                });
             }
             // Not a parameter (e.g. `{{ $x | y }}` in a template): leave it alone.
             pos = open + 2;
@@ -43,7 +53,9 @@ fn is_name(name: &str) -> bool {
     let plain = name.strip_prefix(BUILTIN_PREFIX).unwrap_or(name);
     !plain.is_empty()
         && name.len() <= MAX_NAME_LEN + BUILTIN_PREFIX.len()
-        && plain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && plain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The custom parameter names used in `content`, in order of first use, without duplicates.
@@ -65,7 +77,11 @@ pub fn check(content: &str, values: &BTreeMap<String, String>) -> Result<Vec<Str
                 return Err(format!(
                     "unknown built-in parameter {{{{{}}}}}; the built-ins are {}",
                     p.name,
-                    BUILTINS.iter().map(|b| format!("{{{{{BUILTIN_PREFIX}{b}}}}}")).collect::<Vec<_>>().join(", ")
+                    BUILTINS
+                        .iter()
+                        .map(|b| format!("{{{{{BUILTIN_PREFIX}{b}}}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
@@ -84,14 +100,20 @@ pub fn check(content: &str, values: &BTreeMap<String, String>) -> Result<Vec<Str
         ));
     }
     if let Some(missing) = names.iter().find(|n| !values.contains_key(*n)) {
-        return Err(format!("parameter {missing:?} is used in the content but has no value in `parameters`"));
+        return Err(format!(
+            "parameter {missing:?} is used in the content but has no value in `parameters`"
+        ));
     }
     Ok(names)
 }
 
 /// The content with every placeholder replaced. Unknown names (already refused by [`check`])
 /// are left as they are.
-pub fn fill(content: &str, values: &BTreeMap<String, String>, builtins: &BTreeMap<&str, String>) -> String {
+pub fn fill(
+    content: &str,
+    values: &BTreeMap<String, String>,
+    builtins: &BTreeMap<&str, String>,
+) -> String {
     let mut out = String::with_capacity(content.len());
     let mut copied = 0;
     for p in placeholders(content) {
@@ -114,7 +136,10 @@ mod tests {
     use super::*;
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -127,15 +152,31 @@ mod tests {
     fn check_names_unknown_and_missing_parameters() {
         let content = "echo {{who}}";
         assert!(check(content, &values(&[("who", "x")])).is_ok());
-        assert!(check(content, &values(&[])).unwrap_err().contains("\"who\""));
-        assert!(check(content, &values(&[("who", "x"), ("extra", "y")])).unwrap_err().contains("unknown parameter \"extra\""));
-        assert!(check("{{fleetrun::nope}}", &values(&[])).unwrap_err().contains("unknown built-in"));
+        assert!(
+            check(content, &values(&[]))
+                .unwrap_err()
+                .contains("\"who\"")
+        );
+        assert!(
+            check(content, &values(&[("who", "x"), ("extra", "y")]))
+                .unwrap_err()
+                .contains("unknown parameter \"extra\"")
+        );
+        assert!(
+            check("{{fleetrun::nope}}", &values(&[]))
+                .unwrap_err()
+                .contains("unknown built-in")
+        );
     }
 
     #[test]
     fn fill_replaces_custom_and_builtin_parameters() {
         let builtins = BTreeMap::from([("instance_id", "i-1".to_string())]);
-        let filled = fill("{{a}}-{{ fleetrun::instance_id }}-{{b}}-{{ x y }}", &values(&[("a", "1")]), &builtins);
+        let filled = fill(
+            "{{a}}-{{ fleetrun::instance_id }}-{{b}}-{{ x y }}",
+            &values(&[("a", "1")]),
+            &builtins,
+        );
         assert_eq!(filled, "1-i-1-{{b}}-{{ x y }}");
     }
 }

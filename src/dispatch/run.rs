@@ -2,13 +2,15 @@
 //! storing the invocation, and handing each instance its task.
 
 use super::{Dispatcher, Error, builtins, not_found, params};
+use crate::protocol::CommandType;
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{
-    ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
-    RunCommandRequest,
+    ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest,
+    ModifyCommandRequest, RunCommandRequest,
 };
-use crate::protocol::CommandType;
-use crate::store::{self, CommandRow, CommandUpdate, InstanceRow, NewCommand, NewInvocation, now_ms};
+use crate::store::{
+    self, CommandRow, CommandUpdate, InstanceRow, NewCommand, NewInvocation, now_ms,
+};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashSet};
 
@@ -21,7 +23,10 @@ const MAX_USERNAME: usize = 255;
 const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=7 * 24 * 3600;
 
 fn invalid(code: &'static str, message: impl Into<String>) -> Error {
-    Error::Invalid { code, message: message.into() }
+    Error::Invalid {
+        code,
+        message: message.into(),
+    }
 }
 
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
@@ -44,12 +49,17 @@ pub struct CommandChange(CommandUpdate);
 impl Dispatcher {
     /// RunCommand: checks the request, stores the invocation (and the retained command when
     /// `keep_command`), and delivers the task to every connected target.
-    pub async fn run_command(&self, creator: &str, req: RunCommandRequest) -> Result<InvocationCreated, Error> {
+    pub async fn run_command(
+        &self,
+        creator: &str,
+        req: RunCommandRequest,
+    ) -> Result<InvocationCreated, Error> {
         let max = self.inner.settings.max_content_bytes;
         let content = decode_content(&req.command_content, req.content_encoding, max)?;
         let run = Run {
             name: check_text("Name", req.name, MAX_NAME)?.unwrap_or_default(),
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
+            description: check_text("Description", req.description, MAX_DESCRIPTION)?
+                .unwrap_or_default(),
             command_type: req.command_type,
             content,
             working_dir: check_working_dir(req.working_dir)?,
@@ -76,7 +86,12 @@ impl Dispatcher {
         command_id: &str,
         req: InvokeCommandRequest,
     ) -> Result<InvocationCreated, Error> {
-        let command = self.inner.store.command(command_id).await.map_err(not_found("command"))?;
+        let command = self
+            .inner
+            .store
+            .command(command_id)
+            .await
+            .map_err(not_found("command"))?;
         let run = Run {
             name: command.name,
             description: command.description,
@@ -136,10 +151,21 @@ impl Dispatcher {
             instance_ids: run.instance_ids,
             deliver_by: now_ms() + settings.delivery_window.as_millis() as i64,
         };
-        let (invoke_id, command_id) = self.inner.store.create_invocation(&new).await.map_err(quota_error(&instances))?;
+        let (invoke_id, command_id) = self
+            .inner
+            .store
+            .create_invocation(&new)
+            .await
+            .map_err(quota_error(&instances))?;
         for instance in &instances {
             let content = if new.enable_parameter {
-                let values = builtins(&instance.id, &instance.name, &instance.region_id, &invoke_id, command_id.as_deref());
+                let values = builtins(
+                    &instance.id,
+                    &instance.name,
+                    &instance.region_id,
+                    &invoke_id,
+                    command_id.as_deref(),
+                );
                 params::fill(&new.content, &new.parameters, &values)
             } else {
                 new.content.clone()
@@ -156,40 +182,62 @@ impl Dispatcher {
             // aborted when the delivery window closes.
             self.send_run(&instance.id, task);
         }
-        Ok(InvocationCreated { invoke_id, command_id })
+        Ok(InvocationCreated {
+            invoke_id,
+            command_id,
+        })
     }
 
     /// Loads and checks the target instances: all registered, no duplicates, within the limit,
     /// and able to run the command type.
-    async fn targets(&self, ids: &[String], command_type: CommandType) -> Result<Vec<InstanceRow>, Error> {
+    async fn targets(
+        &self,
+        ids: &[String],
+        command_type: CommandType,
+    ) -> Result<Vec<InstanceRow>, Error> {
         let max = self.inner.settings.max_instances;
         if ids.is_empty() {
-            return Err(invalid("InvalidParameter.InstanceIds", "`instance_ids` is empty: name at least one instance"));
+            return Err(invalid(
+                "InvalidParameter.InstanceIds",
+                "`instance_ids` is empty: name at least one instance",
+            ));
         }
         if ids.len() > max {
             return Err(invalid(
                 "InvalidParameter.InstanceIds",
-                format!("{} instances named; one invocation may target at most {max}: split the run", ids.len()),
+                format!(
+                    "{} instances named; one invocation may target at most {max}: split the run",
+                    ids.len()
+                ),
             ));
         }
         let mut seen = HashSet::with_capacity(ids.len());
         if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
             return Err(invalid(
                 "InvalidParameter.InstanceIds",
-                format!("instance {dup:?} is named twice in `instance_ids`: name each instance once"),
+                format!(
+                    "instance {dup:?} is named twice in `instance_ids`: name each instance once"
+                ),
             ));
         }
         let instances = self.inner.store.instances_by_ids(ids).await?;
         if instances.len() < ids.len() {
             let known: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
-            let unknown = ids.iter().filter(|id| !known.contains(id.as_str())).cloned().collect();
+            let unknown = ids
+                .iter()
+                .filter(|id| !known.contains(id.as_str()))
+                .cloned()
+                .collect();
             return Err(Error::UnknownInstances(unknown));
         }
-        if let Some(bad) = instances
-            .iter()
-            .find(|i| !command_type.fits_os(i.os_type) || !i.supported_command_types.contains(&command_type))
-        {
-            let supported: Vec<&str> = bad.supported_command_types.iter().map(|t| t.as_str()).collect();
+        if let Some(bad) = instances.iter().find(|i| {
+            !command_type.fits_os(i.os_type) || !i.supported_command_types.contains(&command_type)
+        }) {
+            let supported: Vec<&str> = bad
+                .supported_command_types
+                .iter()
+                .map(|t| t.as_str())
+                .collect();
             return Err(invalid(
                 "InvalidParameter.Type",
                 format!(
@@ -204,18 +252,30 @@ impl Dispatcher {
     }
 
     /// CreateCommand: stores a retained command within its region's quota.
-    pub async fn create_command(&self, creator: &str, req: CreateCommandRequest) -> Result<CommandRow, Error> {
+    pub async fn create_command(
+        &self,
+        creator: &str,
+        req: CreateCommandRequest,
+    ) -> Result<CommandRow, Error> {
         let settings = &self.inner.settings;
-        let content = decode_content(&req.command_content, req.content_encoding, settings.max_content_bytes)?;
+        let content = decode_content(
+            &req.command_content,
+            req.content_encoding,
+            settings.max_content_bytes,
+        )?;
         let name = check_text("Name", Some(req.name), MAX_NAME)?.unwrap_or_default();
         if name.trim().is_empty() {
-            return Err(invalid("InvalidParameter.Name", "`name` is empty: give the command a name"));
+            return Err(invalid(
+                "InvalidParameter.Name",
+                "`name` is empty: give the command a name",
+            ));
         }
         check_region(&req.region_id)?;
         let new = NewCommand {
             region_id: req.region_id.clone(),
             name,
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
+            description: check_text("Description", req.description, MAX_DESCRIPTION)?
+                .unwrap_or_default(),
             command_type: req.command_type,
             parameter_names: command_parameters(&content, req.enable_parameter)?,
             content,
@@ -226,18 +286,40 @@ impl Dispatcher {
             creator: creator.to_string(),
         };
         let quota = settings.retained_command_quota;
-        self.inner.store.create_command(&new, quota).await.map_err(|e| match e {
-            store::Error::Quota { name, used, limit } => Error::Quota { name, region_id: req.region_id, used, limit },
-            other => Error::Store(other),
-        })
+        self.inner
+            .store
+            .create_command(&new, quota)
+            .await
+            .map_err(|e| match e {
+                store::Error::Quota { name, used, limit } => Error::Quota {
+                    name,
+                    region_id: req.region_id,
+                    used,
+                    limit,
+                },
+                other => Error::Store(other),
+            })
     }
 
     /// Checks a ModifyCommand request against the command it changes.
-    pub async fn check_command_change(&self, command_id: &str, req: ModifyCommandRequest) -> Result<CommandChange, Error> {
-        let command = self.inner.store.command(command_id).await.map_err(not_found("command"))?;
+    pub async fn check_command_change(
+        &self,
+        command_id: &str,
+        req: ModifyCommandRequest,
+    ) -> Result<CommandChange, Error> {
+        let command = self
+            .inner
+            .store
+            .command(command_id)
+            .await
+            .map_err(not_found("command"))?;
         let content = match req.command_content {
             Some(text) => {
-                let content = decode_content(&text, req.content_encoding, self.inner.settings.max_content_bytes)?;
+                let content = decode_content(
+                    &text,
+                    req.content_encoding,
+                    self.inner.settings.max_content_bytes,
+                )?;
                 let names = command_parameters(&content, command.enable_parameter)?;
                 Some((content, names))
             }
@@ -245,21 +327,35 @@ impl Dispatcher {
         };
         let name = check_text("Name", req.name, MAX_NAME)?;
         if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(invalid("InvalidParameter.Name", "`name` is empty: give the command a name"));
+            return Err(invalid(
+                "InvalidParameter.Name",
+                "`name` is empty: give the command a name",
+            ));
         }
         Ok(CommandChange(CommandUpdate {
             name,
             description: check_text("Description", req.description, MAX_DESCRIPTION)?,
             content,
-            working_dir: req.working_dir.map(|d| check_working_dir(Some(d))).transpose()?,
+            working_dir: req
+                .working_dir
+                .map(|d| check_working_dir(Some(d)))
+                .transpose()?,
             timeout_secs: req.timeout_secs.map(check_timeout).transpose()?,
             username: req.username.map(|u| check_username(Some(u))).transpose()?,
         }))
     }
 
     /// Applies a checked ModifyCommand.
-    pub async fn modify_command(&self, command_id: &str, change: CommandChange) -> Result<CommandRow, Error> {
-        self.inner.store.update_command(command_id, &change.0).await.map_err(not_found("command"))
+    pub async fn modify_command(
+        &self,
+        command_id: &str,
+        change: CommandChange,
+    ) -> Result<CommandRow, Error> {
+        self.inner
+            .store
+            .update_command(command_id, &change.0)
+            .await
+            .map_err(not_found("command"))
     }
 }
 
@@ -267,7 +363,10 @@ fn quota_error(instances: &[InstanceRow]) -> impl Fn(store::Error) -> Error + '_
     move |e| match e {
         store::Error::Quota { name, used, limit } => Error::Quota {
             name,
-            region_id: instances.first().map(|i| i.region_id.clone()).unwrap_or_default(),
+            region_id: instances
+                .first()
+                .map(|i| i.region_id.clone())
+                .unwrap_or_default(),
             used,
             limit,
         },
@@ -299,12 +398,19 @@ fn decode_content(text: &str, encoding: ContentEncoding, max: usize) -> Result<S
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text.trim().as_bytes())
                 .map_err(|e| invalid(CODE, format!("`command_content` is not valid Base64 ({e}): encode it again, or set content_encoding to PlainText")))?;
-            String::from_utf8(bytes)
-                .map_err(|_| invalid(CODE, "`command_content` decodes to bytes that are not UTF-8 text"))?
+            String::from_utf8(bytes).map_err(|_| {
+                invalid(
+                    CODE,
+                    "`command_content` decodes to bytes that are not UTF-8 text",
+                )
+            })?
         }
     };
     if content.trim().is_empty() {
-        return Err(invalid(CODE, "`command_content` is empty: write the command to run"));
+        return Err(invalid(
+            CODE,
+            "`command_content` is empty: write the command to run",
+        ));
     }
     if content.len() > max {
         return Err(invalid(
@@ -317,7 +423,10 @@ fn decode_content(text: &str, encoding: ContentEncoding, max: usize) -> Result<S
         ));
     }
     if content.contains('\0') {
-        return Err(invalid(CODE, "`command_content` contains a NUL byte, which no shell can run"));
+        return Err(invalid(
+            CODE,
+            "`command_content` contains a NUL byte, which no shell can run",
+        ));
     }
     Ok(content)
 }
@@ -328,14 +437,23 @@ fn check_parameters(run: &Run, max: usize) -> Result<(), Error> {
     const CODE: &str = "InvalidParameter.Parameters";
     if !run.enable_parameter {
         if !run.parameters.is_empty() {
-            return Err(invalid(CODE, "`parameters` are given but `enable_parameter` is false: set it to true to fill {{name}} placeholders"));
+            return Err(invalid(
+                CODE,
+                "`parameters` are given but `enable_parameter` is false: set it to true to fill {{name}} placeholders",
+            ));
         }
         return Ok(());
     }
     params::check(&run.content, &run.parameters).map_err(|m| invalid(CODE, m))?;
     let filled = params::fill(&run.content, &run.parameters, &BTreeMap::new());
     if filled.len() > max {
-        return Err(invalid(CODE, format!("with parameters filled in the content is {} bytes; the limit is {max}", filled.len())));
+        return Err(invalid(
+            CODE,
+            format!(
+                "with parameters filled in the content is {} bytes; the limit is {max}",
+                filled.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -348,7 +466,11 @@ fn command_parameters(content: &str, enabled: bool) -> Result<Vec<String>, Error
     if names.len() > params::MAX_PARAMETERS {
         return Err(invalid(
             "InvalidParameter.Parameters",
-            format!("the content declares {} parameters; at most {} are allowed", names.len(), params::MAX_PARAMETERS),
+            format!(
+                "the content declares {} parameters; at most {} are allowed",
+                names.len(),
+                params::MAX_PARAMETERS
+            ),
         ));
     }
     Ok(names)
@@ -366,49 +488,81 @@ fn check_timeout(secs: u64) -> Result<u64, Error> {
 }
 
 /// Checks an optional text field; blank counts as absent.
-fn check_text(field: &'static str, value: Option<String>, max: usize) -> Result<Option<String>, Error> {
+fn check_text(
+    field: &'static str,
+    value: Option<String>,
+    max: usize,
+) -> Result<Option<String>, Error> {
     let code = match field {
         "Name" => "InvalidParameter.Name",
         _ => "InvalidParameter.Description",
     };
-    let Some(value) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
     let chars = value.chars().count();
     if chars > max {
-        return Err(invalid(code, format!("`{}` is {chars} characters; at most {max} are allowed", field.to_lowercase())));
+        return Err(invalid(
+            code,
+            format!(
+                "`{}` is {chars} characters; at most {max} are allowed",
+                field.to_lowercase()
+            ),
+        ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(invalid(code, format!("`{}` contains control characters", field.to_lowercase())));
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(invalid(
+            code,
+            format!("`{}` contains control characters", field.to_lowercase()),
+        ));
     }
     Ok(Some(value))
 }
 
 fn check_working_dir(value: Option<String>) -> Result<Option<String>, Error> {
     const CODE: &str = "InvalidParameter.WorkingDir";
-    let Some(dir) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let Some(dir) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
     if dir.chars().count() > MAX_WORKING_DIR {
-        return Err(invalid(CODE, format!("`working_dir` is longer than {MAX_WORKING_DIR} characters")));
+        return Err(invalid(
+            CODE,
+            format!("`working_dir` is longer than {MAX_WORKING_DIR} characters"),
+        ));
     }
     if dir.chars().any(char::is_control) {
         return Err(invalid(CODE, "`working_dir` contains control characters"));
     }
-    let windows_absolute = dir.len() >= 3 && dir.as_bytes()[1] == b':' && matches!(dir.as_bytes()[2], b'\\' | b'/');
+    let windows_absolute =
+        dir.len() >= 3 && dir.as_bytes()[1] == b':' && matches!(dir.as_bytes()[2], b'\\' | b'/');
     if !dir.starts_with('/') && !windows_absolute {
         return Err(invalid(
             CODE,
-            format!("`working_dir` {dir:?} is not an absolute path: use one like /var/tmp or C:\\Temp"),
+            format!(
+                "`working_dir` {dir:?} is not an absolute path: use one like /var/tmp or C:\\Temp"
+            ),
         ));
     }
     Ok(Some(dir))
 }
 
 fn check_username(value: Option<String>) -> Result<Option<String>, Error> {
-    let Some(name) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let Some(name) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
     let valid = name.len() <= MAX_USERNAME
-        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '$' | '\\' | '@'));
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '$' | '\\' | '@'));
     if !valid {
         return Err(invalid(
             "InvalidParameter.Username",
-            format!("`username` {name:?} is not a valid account name (letters, digits, . _ - $ \\ @; at most {MAX_USERNAME})"),
+            format!(
+                "`username` {name:?} is not a valid account name (letters, digits, . _ - $ \\ @; at most {MAX_USERNAME})"
+            ),
         ));
     }
     Ok(Some(name))
@@ -418,13 +572,17 @@ fn check_username(value: Option<String>) -> Result<Option<String>, Error> {
 pub fn check_region(region: &str) -> Result<(), Error> {
     let valid = !region.is_empty()
         && region.len() <= 64
-        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if valid {
         Ok(())
     } else {
         Err(invalid(
             "InvalidParameter.RegionId",
-            format!("region id {region:?} is not valid: use lowercase letters, digits and dashes, like cn-hangzhou"),
+            format!(
+                "region id {region:?} is not valid: use lowercase letters, digits and dashes, like cn-hangzhou"
+            ),
         ))
     }
 }
@@ -442,8 +600,14 @@ mod tests {
 
     #[test]
     fn content_is_decoded_and_limited() {
-        assert_eq!(decode_content("ZWNobyBoaQ==", ContentEncoding::Base64, 100).unwrap(), "echo hi");
-        assert_eq!(code(decode_content("%%%", ContentEncoding::Base64, 100).unwrap_err()), "InvalidParameter.CommandContent");
+        assert_eq!(
+            decode_content("ZWNobyBoaQ==", ContentEncoding::Base64, 100).unwrap(),
+            "echo hi"
+        );
+        assert_eq!(
+            code(decode_content("%%%", ContentEncoding::Base64, 100).unwrap_err()),
+            "InvalidParameter.CommandContent"
+        );
         let err = decode_content(&"x".repeat(101), ContentEncoding::PlainText, 100).unwrap_err();
         assert!(err.to_string().contains("the limit is 100 bytes"), "{err}");
         assert!(decode_content("  ", ContentEncoding::PlainText, 100).is_err());
@@ -454,13 +618,20 @@ mod tests {
         assert!(check_timeout(0).is_err());
         assert!(check_timeout(1).is_ok());
         assert!(check_timeout(604_800).is_ok());
-        assert_eq!(code(check_timeout(604_801).unwrap_err()), "InvalidParameter.Timeout");
+        assert_eq!(
+            code(check_timeout(604_801).unwrap_err()),
+            "InvalidParameter.Timeout"
+        );
     }
 
     #[test]
     fn working_dirs_must_be_absolute() {
         assert!(check_working_dir(Some("/tmp".into())).unwrap().is_some());
-        assert!(check_working_dir(Some("C:\\Temp".into())).unwrap().is_some());
+        assert!(
+            check_working_dir(Some("C:\\Temp".into()))
+                .unwrap()
+                .is_some()
+        );
         assert!(check_working_dir(Some("../etc".into())).is_err());
         assert!(check_working_dir(Some("".into())).unwrap().is_none());
     }

@@ -49,7 +49,10 @@ impl Dispatcher {
         hello: &Hello,
     ) -> Result<(AgentSession, mpsc::Receiver<Outbound>), super::Error> {
         let store = &self.inner.store;
-        let instance = store.instance(instance_id).await.map_err(super::not_found("instance"))?;
+        let instance = store
+            .instance(instance_id)
+            .await
+            .map_err(super::not_found("instance"))?;
         store.agent_connected(instance_id, hello).await?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let welcome = Welcome {
@@ -59,15 +62,33 @@ impl Dispatcher {
             max_frame_bytes: crate::protocol::agent::MAX_FRAME_BYTES,
         };
         let _ = tx.try_send(Outbound::Message(welcome.into()));
-        let id = self.inner.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let previous = self.lock_agents().insert(instance_id.to_string(), AgentLink { session: id, tx: tx.clone() });
+        let id = self
+            .inner
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let previous = self.lock_agents().insert(
+            instance_id.to_string(),
+            AgentLink {
+                session: id,
+                tx: tx.clone(),
+            },
+        );
         if let Some(previous) = previous {
-            let _ = previous.tx.try_send(Outbound::Close("replaced by a newer connection"));
+            let _ = previous
+                .tx
+                .try_send(Outbound::Close("replaced by a newer connection"));
         }
-        let mut session =
-            AgentSession { instance_id: instance_id.to_string(), id, tx, tasks: HashMap::new(), last_heartbeat: now_ms() };
+        let mut session = AgentSession {
+            instance_id: instance_id.to_string(),
+            id,
+            tx,
+            tasks: HashMap::new(),
+            last_heartbeat: now_ms(),
+        };
 
-        let lost = store.interrupt_unheld(instance_id, &hello.held_tasks).await?;
+        let lost = store
+            .interrupt_unheld(instance_id, &hello.held_tasks)
+            .await?;
         self.publish_changes(&lost).await;
         for delivery in store.deliveries(instance_id).await? {
             let inv = delivery.invocation;
@@ -76,7 +97,13 @@ impl Dispatcher {
                 continue;
             }
             let content = if inv.enable_parameter {
-                let values = builtins(&instance.id, &instance.name, &instance.region_id, &inv.id, inv.command_id.as_deref());
+                let values = builtins(
+                    &instance.id,
+                    &instance.name,
+                    &instance.region_id,
+                    &inv.id,
+                    inv.command_id.as_deref(),
+                );
                 params::fill(&inv.content, &inv.parameters, &values)
             } else {
                 inv.content.clone()
@@ -97,38 +124,80 @@ impl Dispatcher {
     }
 
     /// Handles one frame from an attached agent.
-    pub async fn handle(&self, session: &mut AgentSession, message: AgentMessage) -> Result<(), SessionError> {
+    pub async fn handle(
+        &self,
+        session: &mut AgentSession,
+        message: AgentMessage,
+    ) -> Result<(), SessionError> {
         let now = now_ms();
         let grace_ms = self.inner.settings.timeout_grace.as_millis() as i64;
         let (task, write) = match message {
             AgentMessage::Hello(_) => return Err(SessionError::Protocol("a second Hello")),
             AgentMessage::Heartbeat => {
                 session.last_heartbeat = now;
-                let mut beats = self.inner.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
+                let mut beats = self
+                    .inner
+                    .heartbeats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 beats.insert(session.instance_id.clone(), now);
                 return Ok(());
             }
-            AgentMessage::TaskStarted(m) => (m.task, |id| AgentWrite::Started { result_id: id, at: now, grace_ms }),
+            AgentMessage::TaskStarted(m) => (m.task, |id| AgentWrite::Started {
+                result_id: id,
+                at: now,
+                grace_ms,
+            }),
             AgentMessage::Output(m) => {
-                let Some(result_id) = self.own_task(session, &m.task).await else { return Ok(()) };
-                let write = AgentWrite::Chunk { result_id, seq: m.seq, stream: m.stream, data: m.data };
+                let Some(result_id) = self.own_task(session, &m.task).await else {
+                    return Ok(());
+                };
+                let write = AgentWrite::Chunk {
+                    result_id,
+                    seq: m.seq,
+                    stream: m.stream,
+                    data: m.data,
+                };
                 return self.queue(session, m.task, write).await;
             }
             AgentMessage::TaskFinished(m) => {
-                let Some(result_id) = self.own_task(session, &m.task).await else { return Ok(()) };
+                let Some(result_id) = self.own_task(session, &m.task).await else {
+                    return Ok(());
+                };
                 let end: TaskEnd = m.end;
-                let write =
-                    AgentWrite::Finished { result_id, chunks: m.chunks, exit_code: m.exit_code, end, at: now };
+                let write = AgentWrite::Finished {
+                    result_id,
+                    chunks: m.chunks,
+                    exit_code: m.exit_code,
+                    end,
+                    at: now,
+                };
                 return self.queue(session, m.task, write).await;
             }
         };
-        let Some(result_id) = self.own_task(session, &task).await else { return Ok(()) };
+        let Some(result_id) = self.own_task(session, &task).await else {
+            return Ok(());
+        };
         self.queue(session, task, write(result_id)).await
     }
 
-    async fn queue(&self, session: &AgentSession, task: String, write: AgentWrite) -> Result<(), SessionError> {
-        let item = writer::Item { write, task, instance_id: session.instance_id.clone(), reply: session.tx.clone() };
-        self.inner.writer_tx.send(item).await.map_err(|_| SessionError::ShuttingDown)
+    async fn queue(
+        &self,
+        session: &AgentSession,
+        task: String,
+        write: AgentWrite,
+    ) -> Result<(), SessionError> {
+        let item = writer::Item {
+            write,
+            task,
+            instance_id: session.instance_id.clone(),
+            reply: session.tx.clone(),
+        };
+        self.inner
+            .writer_tx
+            .send(item)
+            .await
+            .map_err(|_| SessionError::ShuttingDown)
     }
 
     /// The result id of a task of the session's own instance. A task of another instance, or
@@ -157,14 +226,21 @@ impl Dispatcher {
     pub async fn detach(&self, session: AgentSession) {
         let was_current = {
             let mut agents = self.lock_agents();
-            let current = agents.get(&session.instance_id).is_some_and(|l| l.session == session.id);
+            let current = agents
+                .get(&session.instance_id)
+                .is_some_and(|l| l.session == session.id);
             if current {
                 agents.remove(&session.instance_id);
             }
             current
         };
         if was_current {
-            if let Err(e) = self.inner.store.agent_disconnected(&session.instance_id, session.last_heartbeat).await {
+            if let Err(e) = self
+                .inner
+                .store
+                .agent_disconnected(&session.instance_id, session.last_heartbeat)
+                .await
+            {
                 tracing::warn!(error = %e, "could not record an agent offline");
             }
         }

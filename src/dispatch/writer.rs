@@ -4,9 +4,9 @@
 //! that read the store before subscribing misses nothing.
 
 use super::{Dispatcher, Outbound};
-use crate::protocol::{ErrorCode, ResultStatus};
 use crate::protocol::agent::{Ack, ServerMessage, StopTask};
 use crate::protocol::api::StreamEvent;
+use crate::protocol::{ErrorCode, ResultStatus};
 use crate::store::{AgentWrite, Applied, ResultChange};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -25,7 +25,11 @@ pub struct Item {
 /// Most reports applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
-pub(super) async fn run(dispatcher: Dispatcher, mut rx: mpsc::Receiver<Item>, shutdown: CancellationToken) {
+pub(super) async fn run(
+    dispatcher: Dispatcher,
+    mut rx: mpsc::Receiver<Item>,
+    shutdown: CancellationToken,
+) {
     let mut items = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
@@ -54,7 +58,14 @@ impl Acks {
     fn add(&mut self, item: &Item, next_seq: u64, finished: bool) {
         let key = (item.instance_id.clone(), item.task.clone());
         let entry = self.0.entry(key).or_insert_with(|| {
-            (item.reply.clone(), Ack { task: item.task.clone(), next_seq, finished: false })
+            (
+                item.reply.clone(),
+                Ack {
+                    task: item.task.clone(),
+                    next_seq,
+                    finished: false,
+                },
+            )
         });
         entry.1.next_seq = entry.1.next_seq.max(next_seq);
         entry.1.finished |= finished;
@@ -64,7 +75,12 @@ impl Acks {
 impl Dispatcher {
     async fn apply(&self, items: Vec<Item>) {
         let writes: Vec<AgentWrite> = items.iter().map(|i| i.write.clone()).collect();
-        let applied = match self.inner.store.apply_agent_writes(&writes, self.inner.settings.output).await {
+        let applied = match self
+            .inner
+            .store
+            .apply_agent_writes(&writes, self.inner.settings.output)
+            .await
+        {
             Ok(applied) => applied,
             Err(e) => {
                 tracing::error!(error = ?e, "could not store agent reports; closing their connections");
@@ -80,7 +96,13 @@ impl Dispatcher {
             match applied {
                 Applied::Chunk { offset, next_seq } => {
                     acks.add(item, next_seq, false);
-                    if let (Some(offset), AgentWrite::Chunk { seq, stream, data, .. }) = (offset, &item.write) {
+                    if let (
+                        Some(offset),
+                        AgentWrite::Chunk {
+                            seq, stream, data, ..
+                        },
+                    ) = (offset, &item.write)
+                    {
                         let event = StreamEvent::Output {
                             instance_id: item.instance_id.clone(),
                             seq: Some(*seq),
@@ -96,7 +118,9 @@ impl Dispatcher {
                         changes.push(change(item, status, None, None));
                     } else if status.is_terminal() || status == ResultStatus::Stopping {
                         // Cancelled, timed out or stopped while on its way: make the agent stop.
-                        let stop = StopTask { task: item.task.clone() };
+                        let stop = StopTask {
+                            task: item.task.clone(),
+                        };
                         let _ = item.reply.try_send(Outbound::Message(stop.into()));
                     }
                 }
@@ -108,7 +132,9 @@ impl Dispatcher {
                 }
                 Applied::Gap { .. } | Applied::Early { .. } => {
                     tracing::warn!(instance_id = %item.instance_id, task = %item.task, "output out of sequence; asking the agent to re-send");
-                    let _ = item.reply.try_send(Outbound::Close("output out of sequence"));
+                    let _ = item
+                        .reply
+                        .try_send(Outbound::Close("output out of sequence"));
                 }
                 Applied::Missing => acks.add(item, u64::MAX, true),
             }
@@ -121,6 +147,17 @@ impl Dispatcher {
     }
 }
 
-fn change(item: &Item, status: ResultStatus, exit_code: Option<i32>, error_code: Option<ErrorCode>) -> ResultChange {
-    ResultChange { invocation_id: item.task.clone(), instance_id: item.instance_id.clone(), status, exit_code, error_code }
+fn change(
+    item: &Item,
+    status: ResultStatus,
+    exit_code: Option<i32>,
+    error_code: Option<ErrorCode>,
+) -> ResultChange {
+    ResultChange {
+        invocation_id: item.task.clone(),
+        instance_id: item.instance_id.clone(),
+        status,
+        exit_code,
+        error_code,
+    }
 }

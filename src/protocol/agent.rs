@@ -132,8 +132,19 @@ macro_rules! impl_from {
         })+
     };
 }
-impl_from!(AgentMessage { Hello, TaskStarted, Output, TaskFinished });
-impl_from!(ServerMessage { Welcome, Refused, RunTask, StopTask, Ack });
+impl_from!(AgentMessage {
+    Hello,
+    TaskStarted,
+    Output,
+    TaskFinished
+});
+impl_from!(ServerMessage {
+    Welcome,
+    Refused,
+    RunTask,
+    StopTask,
+    Ack
+});
 
 impl AgentMessage {
     /// Decodes one text frame.
@@ -184,19 +195,33 @@ mod tests {
     #[test]
     fn unit_messages_are_tagged_objects() {
         assert_eq!(ServerMessage::Heartbeat.encode(), r#"{"type":"heartbeat"}"#);
-        assert_eq!(AgentMessage::decode(r#"{"type":"heartbeat"}"#).unwrap(), AgentMessage::Heartbeat);
+        assert_eq!(
+            AgentMessage::decode(r#"{"type":"heartbeat"}"#).unwrap(),
+            AgentMessage::Heartbeat
+        );
     }
 
     #[test]
     fn malformed_frames_are_errors_not_panics() {
-        for bad in ["", "{", r#"{"type":"nope"}"#, r#"{"type":"output","task":"t","seq":-1}"#, "[]"] {
+        for bad in [
+            "",
+            "{",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"output","task":"t","seq":-1}"#,
+            "[]",
+        ] {
             assert!(AgentMessage::decode(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn task_end_is_tagged_by_kind() {
-        let fin = TaskFinished { task: "t-1".into(), chunks: 2, exit_code: Some(1), end: TaskEnd::Exited };
+        let fin = TaskFinished {
+            task: "t-1".into(),
+            chunks: 2,
+            exit_code: Some(1),
+            end: TaskEnd::Exited,
+        };
         let text = AgentMessage::from(fin.clone()).encode();
         assert!(text.contains(r#""end":{"kind":"exited"}"#), "{text}");
     }

@@ -88,12 +88,12 @@ impl CommandType {
 
     /// Whether an instance of this OS can ever run the type (the agent may still lack `pwsh`).
     pub fn fits_os(self, os: OsType) -> bool {
-        match (self, os) {
-            (CommandType::RunShellScript, OsType::Linux) => true,
-            (CommandType::RunBatScript, OsType::Windows) => true,
-            (CommandType::RunPowerShellScript, _) => true,
-            _ => false,
-        }
+        matches!(
+            (self, os),
+            (CommandType::RunShellScript, OsType::Linux)
+                | (CommandType::RunBatScript, OsType::Windows)
+                | (CommandType::RunPowerShellScript, _)
+        )
     }
 }
 
@@ -108,7 +108,11 @@ pub enum OsType {
 impl OsType {
     /// The OS this binary was built for.
     pub fn current() -> Self {
-        if cfg!(windows) { OsType::Windows } else { OsType::Linux }
+        if cfg!(windows) {
+            OsType::Windows
+        } else {
+            OsType::Linux
+        }
     }
 
     /// The name used on the wire and in the database.
@@ -155,17 +159,23 @@ impl ErrorCode {
                 "The instance cannot run this command type (OS or interpreter missing)."
             }
             ErrorCode::AccountNotExists => "The specified account does not exist on the instance.",
-            ErrorCode::DirectoryNotExists => "The working directory does not exist on the instance.",
+            ErrorCode::DirectoryNotExists => {
+                "The working directory does not exist on the instance."
+            }
             ErrorCode::ClientNotRunning => {
                 "The agent on the instance is not running, so the command could not be delivered."
             }
             ErrorCode::ClientNotResponse => {
                 "The agent stopped responding while the command ran; its outcome is unknown."
             }
-            ErrorCode::DeliveryTimeout => "The command could not be delivered within the delivery window.",
+            ErrorCode::DeliveryTimeout => {
+                "The command could not be delivered within the delivery window."
+            }
             ErrorCode::ExecutionTimeout => "The command ran past its timeout and was killed.",
             ErrorCode::ExecutionException => "The command could not be started or run.",
-            ErrorCode::ExecutionInterrupted => "The command was interrupted (the agent restarted while it ran).",
+            ErrorCode::ExecutionInterrupted => {
+                "The command was interrupted (the agent restarted while it ran)."
+            }
             ErrorCode::ExitCodeNonzero => "The command exited with a non-zero exit code.",
         }
     }
@@ -190,7 +200,11 @@ impl OutputStream {
 
     /// Inverse of [`OutputStream::code`]; anything but 1 is stdout.
     pub fn from_code(code: i64) -> Self {
-        if code == 1 { OutputStream::Stderr } else { OutputStream::Stdout }
+        if code == 1 {
+            OutputStream::Stderr
+        } else {
+            OutputStream::Stdout
+        }
     }
 }
 

@@ -32,12 +32,18 @@ name_enum! {
 impl ResultStatus {
     /// A terminal status never changes again.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, ResultStatus::Pending | ResultStatus::Running | ResultStatus::Stopping)
+        !matches!(
+            self,
+            ResultStatus::Pending | ResultStatus::Running | ResultStatus::Stopping
+        )
     }
 
     /// The statuses that are not terminal, for queries.
-    pub const ACTIVE: &'static [ResultStatus] =
-        &[ResultStatus::Pending, ResultStatus::Running, ResultStatus::Stopping];
+    pub const ACTIVE: &'static [ResultStatus] = &[
+        ResultStatus::Pending,
+        ResultStatus::Running,
+        ResultStatus::Stopping,
+    ];
 
     fn is_failure(self) -> bool {
         matches!(
@@ -120,7 +126,10 @@ pub enum TaskEnd {
     /// The agent killed the process tree, or never started it, because of a stop request.
     Stopped,
     /// The task could not be started or run.
-    Error { error_code: ErrorCode, error_info: String },
+    Error {
+        error_code: ErrorCode,
+        error_info: String,
+    },
 }
 
 impl TaskEnd {
@@ -135,17 +144,22 @@ impl TaskEnd {
             return None;
         }
         Some(match self {
-            TaskEnd::Exited if current == ResultStatus::Stopping => {
-                (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted))
-            }
+            TaskEnd::Exited if current == ResultStatus::Stopping => (
+                ResultStatus::Terminated,
+                Some(ErrorCode::ExecutionInterrupted),
+            ),
             TaskEnd::Exited if exit_code == Some(0) => (ResultStatus::Success, None),
             TaskEnd::Exited => (ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero)),
             TaskEnd::TimedOut => (ResultStatus::Timeout, Some(ErrorCode::ExecutionTimeout)),
             TaskEnd::Stopped if current == ResultStatus::Pending => (ResultStatus::Cancelled, None),
-            TaskEnd::Stopped => (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted)),
-            TaskEnd::Error { error_code: ErrorCode::CommandNotApplicable, .. } => {
-                (ResultStatus::Invalid, Some(ErrorCode::CommandNotApplicable))
-            }
+            TaskEnd::Stopped => (
+                ResultStatus::Terminated,
+                Some(ErrorCode::ExecutionInterrupted),
+            ),
+            TaskEnd::Error {
+                error_code: ErrorCode::CommandNotApplicable,
+                ..
+            } => (ResultStatus::Invalid, Some(ErrorCode::CommandNotApplicable)),
             TaskEnd::Error { error_code, .. } => (ResultStatus::Error, Some(*error_code)),
         })
     }
@@ -162,24 +176,42 @@ mod tests {
 
     #[test]
     fn overall_status_follows_the_documented_precedence() {
-        assert_eq!(overall(&[Success, Pending, Running]), InvocationStatus::Pending);
-        assert_eq!(overall(&[Success, Running, Stopping]), InvocationStatus::Running);
+        assert_eq!(
+            overall(&[Success, Pending, Running]),
+            InvocationStatus::Pending
+        );
+        assert_eq!(
+            overall(&[Success, Running, Stopping]),
+            InvocationStatus::Running
+        );
         assert_eq!(overall(&[Terminated, Stopping]), InvocationStatus::Stopping);
         assert_eq!(overall(&[Success, Success]), InvocationStatus::Success);
         assert_eq!(overall(&[Success, Cancelled]), InvocationStatus::Success);
-        assert_eq!(overall(&[Failed, Timeout, Aborted]), InvocationStatus::Failed);
+        assert_eq!(
+            overall(&[Failed, Timeout, Aborted]),
+            InvocationStatus::Failed
+        );
         assert_eq!(overall(&[Failed, Terminated]), InvocationStatus::Failed);
         assert_eq!(overall(&[Cancelled, Terminated]), InvocationStatus::Stopped);
         assert_eq!(overall(&[Success, Failed]), InvocationStatus::PartialFailed);
-        assert_eq!(overall(&[Success, Invalid, Cancelled]), InvocationStatus::PartialFailed);
+        assert_eq!(
+            overall(&[Success, Invalid, Cancelled]),
+            InvocationStatus::PartialFailed
+        );
     }
 
     #[test]
     fn a_finished_task_maps_to_the_documented_result_status() {
         let exited = TaskEnd::Exited;
         assert_eq!(exited.outcome(Running, Some(0)), Some((Success, None)));
-        assert_eq!(exited.outcome(Running, Some(3)), Some((Failed, Some(ErrorCode::ExitCodeNonzero))));
-        assert_eq!(TaskEnd::Stopped.outcome(Pending, None), Some((Cancelled, None)));
+        assert_eq!(
+            exited.outcome(Running, Some(3)),
+            Some((Failed, Some(ErrorCode::ExitCodeNonzero)))
+        );
+        assert_eq!(
+            TaskEnd::Stopped.outcome(Pending, None),
+            Some((Cancelled, None))
+        );
         assert_eq!(
             TaskEnd::Stopped.outcome(Stopping, Some(143)),
             Some((Terminated, Some(ErrorCode::ExecutionInterrupted)))
@@ -188,6 +220,10 @@ mod tests {
             TaskEnd::TimedOut.outcome(Running, None),
             Some((Timeout, Some(ErrorCode::ExecutionTimeout)))
         );
-        assert_eq!(exited.outcome(Cancelled, Some(0)), None, "terminal statuses never change");
+        assert_eq!(
+            exited.outcome(Cancelled, Some(0)),
+            None,
+            "terminal statuses never change"
+        );
     }
 }

@@ -3,15 +3,15 @@
 //! heartbeats) and a reader that hands every frame to the dispatcher.
 
 use super::AppState;
+use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
 use crate::dispatch::Outbound;
 use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
 use crate::protocol::{CommandType, OsType, PROTOCOL_VERSION};
 use crate::store::{self, NewAudit, NewInstance, RegisterRefusal, ids};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use super::auth::PeerIp;
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -41,8 +41,16 @@ pub async fn register(
     check_field("agent_version", &req.agent_version, 64)?;
     let name = req.name.clone().unwrap_or_default();
     check_field("name", &name, 128)?;
-    if req.ip_addresses.len() > 64 || req.ip_addresses.iter().any(|ip| ip.parse::<std::net::IpAddr>().is_err()) {
-        return Err(ApiError::bad_request("InvalidParameter.Register", "`ip_addresses` must be at most 64 IP addresses"));
+    if req.ip_addresses.len() > 64
+        || req
+            .ip_addresses
+            .iter()
+            .any(|ip| ip.parse::<std::net::IpAddr>().is_err())
+    {
+        return Err(ApiError::bad_request(
+            "InvalidParameter.Register",
+            "`ip_addresses` must be at most 64 IP addresses",
+        ));
     }
     let secret = ids::new_secret();
     let supported = match req.os_type {
@@ -60,33 +68,64 @@ pub async fn register(
         secret_hash: ids::hash_secret(&secret),
     };
     let code_hash = ids::hash_secret(&req.activation_code);
-    let instance = state.store.register_instance(&req.activation_id, &code_hash, &new).await.map_err(|e| match e {
-        store::Error::Register(refusal) => refusal_error(&req.activation_id, refusal),
-        other => other.into(),
-    })?;
+    let instance = state
+        .store
+        .register_instance(&req.activation_id, &code_hash, &new)
+        .await
+        .map_err(|e| match e {
+            store::Error::Register(refusal) => refusal_error(&req.activation_id, refusal),
+            other => other.into(),
+        })?;
     let audit = NewAudit {
         username: "agent",
         source_ip: &source_ip,
         action: "RegisterInstance",
         target: &instance.id,
-        detail: &format!("activation {} region {}", req.activation_id, instance.region_id),
+        detail: &format!(
+            "activation {} region {}",
+            req.activation_id, instance.region_id
+        ),
     };
     if let Err(e) = state.store.audit(audit).await {
         tracing::warn!(error = %e, "could not record an audit entry");
     }
-    Ok((StatusCode::CREATED, ApiJson(RegisterResponse { instance_id: instance.id, instance_secret: secret })))
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(RegisterResponse {
+            instance_id: instance.id,
+            instance_secret: secret,
+        }),
+    ))
 }
 
 fn refusal_error(activation_id: &str, refusal: RegisterRefusal) -> ApiError {
     let (status, code, advice) = match refusal {
-        RegisterRefusal::BadCode => (StatusCode::UNAUTHORIZED, "InvalidActivation.Code", "copy both from the activation you created"),
-        RegisterRefusal::Expired => (StatusCode::FORBIDDEN, "InvalidActivation.Expired", "create a new activation"),
-        RegisterRefusal::Disabled => (StatusCode::FORBIDDEN, "InvalidActivation.Disabled", "create a new activation"),
-        RegisterRefusal::UsedUp => {
-            (StatusCode::FORBIDDEN, "InvalidActivation.LimitExceeded", "create a new activation for more instances")
-        }
+        RegisterRefusal::BadCode => (
+            StatusCode::UNAUTHORIZED,
+            "InvalidActivation.Code",
+            "copy both from the activation you created",
+        ),
+        RegisterRefusal::Expired => (
+            StatusCode::FORBIDDEN,
+            "InvalidActivation.Expired",
+            "create a new activation",
+        ),
+        RegisterRefusal::Disabled => (
+            StatusCode::FORBIDDEN,
+            "InvalidActivation.Disabled",
+            "create a new activation",
+        ),
+        RegisterRefusal::UsedUp => (
+            StatusCode::FORBIDDEN,
+            "InvalidActivation.LimitExceeded",
+            "create a new activation for more instances",
+        ),
     };
-    ApiError::new(status, code, format!("enrolment refused by activation {activation_id:?}: {refusal}; {advice}"))
+    ApiError::new(
+        status,
+        code,
+        format!("enrolment refused by activation {activation_id:?}: {refusal}; {advice}"),
+    )
 }
 
 /// `GET /agent/v1/connect`: the agent's WebSocket, authenticated at the upgrade with
@@ -111,10 +150,19 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, A
             "the instance credential is unknown or revoked: the instance may have been deregistered; enrol again with a new activation",
         )
     };
-    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let (instance_id, secret) =
-        value.strip_prefix("Bearer ").and_then(|v| v.split_once(':')).ok_or_else(refused)?;
-    let stored = state.store.instance_secret_hash(instance_id).await?.ok_or_else(refused)?;
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let (instance_id, secret) = value
+        .strip_prefix("Bearer ")
+        .and_then(|v| v.split_once(':'))
+        .ok_or_else(refused)?;
+    let stored = state
+        .store
+        .instance_secret_hash(instance_id)
+        .await?
+        .ok_or_else(refused)?;
     if !constant_time_eq(stored.as_bytes(), ids::hash_secret(secret).as_bytes()) {
         return Err(refused());
     }
@@ -201,7 +249,10 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
                 Message::Binary(_) | Message::Close(_) => return,
             };
             let outcome = match message {
-                Ok(message) => dispatcher.handle(&mut session, message).await.map_err(|e| e.to_string()),
+                Ok(message) => dispatcher
+                    .handle(&mut session, message)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(reason) = outcome {

@@ -4,9 +4,9 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::store::{Role, UserRow, ids};
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -20,12 +20,18 @@ use std::time::{Duration, Instant};
 /// Hashes a password with argon2id (OWASP parameters: 19 MiB, 2 passes, 1 lane).
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 /// Checks a password against an argon2 PHC string.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 /// The authenticated caller of a request.
@@ -68,7 +74,12 @@ pub struct Logins {
 const LOGIN_CACHE_TTL: Duration = Duration::from_secs(300);
 
 impl Logins {
-    async fn verify(&self, state: &AppState, username: &str, password: &str) -> Result<Option<UserRow>, ApiError> {
+    async fn verify(
+        &self,
+        state: &AppState,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<UserRow>, ApiError> {
         let key: [u8; 32] = Sha256::new()
             .chain_update(username.as_bytes())
             .chain_update([0])
@@ -80,10 +91,14 @@ impl Logins {
                 return Ok(Some(user.clone()));
             }
         }
-        let Some(user) = state.store.user_by_name(username).await? else { return Ok(None) };
+        let Some(user) = state.store.user_by_name(username).await? else {
+            return Ok(None);
+        };
         let (password, hash) = (password.to_string(), user.password_hash.clone());
         // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(ApiError::internal)?;
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(ApiError::internal)?;
         if !ok || user.disabled {
             return Ok(None);
         }
@@ -147,19 +162,35 @@ impl FromRequestParts<AppState> for Caller {
                 .decode(encoded.trim())
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or_else(|| unauthorized("InvalidCredentials", "the Basic credentials are not valid Base64 of username:password"))?;
-            let (username, password) = decoded
-                .split_once(':')
-                .ok_or_else(|| unauthorized("InvalidCredentials", "the Basic credentials have no ':' between username and password"))?;
+                .ok_or_else(|| {
+                    unauthorized(
+                        "InvalidCredentials",
+                        "the Basic credentials are not valid Base64 of username:password",
+                    )
+                })?;
+            let (username, password) = decoded.split_once(':').ok_or_else(|| {
+                unauthorized(
+                    "InvalidCredentials",
+                    "the Basic credentials have no ':' between username and password",
+                )
+            })?;
             state
                 .logins
                 .verify(state, username, password)
                 .await?
                 .ok_or_else(|| unauthorized("InvalidCredentials", "wrong username or password"))?
         } else {
-            return Err(unauthorized("Unauthorized", "unsupported Authorization scheme: use Bearer or Basic"));
+            return Err(unauthorized(
+                "Unauthorized",
+                "unsupported Authorization scheme: use Bearer or Basic",
+            ));
         };
-        Ok(Caller { user_id: user.id, username: user.username, role: user.role, source_ip: source_ip(parts) })
+        Ok(Caller {
+            user_id: user.id,
+            username: user.username,
+            role: user.role,
+            source_ip: source_ip(parts),
+        })
     }
 }
 
@@ -178,9 +209,20 @@ mod tests {
 
     #[test]
     fn roles_are_ordered() {
-        let caller = |role| Caller { user_id: 1, username: "u".into(), role, source_ip: "x".into() };
+        let caller = |role| Caller {
+            user_id: 1,
+            username: "u".into(),
+            role,
+            source_ip: "x".into(),
+        };
         assert!(caller(Role::Admin).require(Role::Operator).is_ok());
         assert!(caller(Role::Operator).require(Role::Operator).is_ok());
-        assert_eq!(caller(Role::Viewer).require(Role::Operator).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            caller(Role::Viewer)
+                .require(Role::Operator)
+                .unwrap_err()
+                .status,
+            StatusCode::FORBIDDEN
+        );
     }
 }

@@ -37,8 +37,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        ApiError { status, code: code.into(), message: message.into(), source: None }
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            source: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -54,14 +63,19 @@ impl ApiError {
             "result" => "InvalidResult.NotFound",
             _ => "NotFound",
         };
-        ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} {id:?} does not exist"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            code,
+            format!("{what} {id:?} does not exist"),
+        )
     }
 
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "InternalError".into(),
-            message: "The server hit an internal error; it has been logged with this request id.".into(),
+            message: "The server hit an internal error; it has been logged with this request id."
+                .into(),
             source: Some(source.into()),
         }
     }
@@ -73,12 +87,17 @@ impl IntoResponse for ApiError {
         if let Some(source) = &self.source {
             tracing::error!(request_id, error = ?source, "request failed");
         }
-        let body = ErrorBody { code: self.code.into_owned(), message: self.message, request_id };
+        let body = ErrorBody {
+            code: self.code.into_owned(),
+            message: self.message,
+            request_id,
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"fleetrun\", charset=\"UTF-8\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"fleetrun\", charset=\"UTF-8\""),
+            );
         }
         response
     }
@@ -87,8 +106,16 @@ impl IntoResponse for ApiError {
 impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
         match e {
-            store::Error::NotFound => ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the resource does not exist"),
-            store::Error::Conflict => ApiError::new(StatusCode::CONFLICT, "Conflict", "a resource with that name exists"),
+            store::Error::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the resource does not exist",
+            ),
+            store::Error::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "a resource with that name exists",
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -100,7 +127,11 @@ impl From<dispatch::Error> for ApiError {
             dispatch::Error::Invalid { code, message } => ApiError::bad_request(code, message),
             dispatch::Error::UnknownInstances(ids) => {
                 let shown: Vec<&str> = ids.iter().take(10).map(String::as_str).collect();
-                let more = if ids.len() > shown.len() { format!(" and {} more", ids.len() - shown.len()) } else { String::new() };
+                let more = if ids.len() > shown.len() {
+                    format!(" and {} more", ids.len() - shown.len())
+                } else {
+                    String::new()
+                };
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "InvalidInstance.NotFound",
@@ -111,7 +142,12 @@ impl From<dispatch::Error> for ApiError {
                 )
             }
             dispatch::Error::NotFound(what) => ApiError::not_found(what, ""),
-            dispatch::Error::Quota { name, region_id, used, limit } => ApiError::new(
+            dispatch::Error::Quota {
+                name,
+                region_id,
+                used,
+                limit,
+            } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "QuotaExceeded.RetainedCommand",
                 format!(
@@ -127,12 +163,15 @@ impl From<dispatch::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let code = match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => "RequestTooLarge",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
-            _ => "InvalidParameter.Body",
+        // A body that is not valid for the type is a bad request like any other (axum says 422).
+        let (status, code) = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+            _ => (StatusCode::BAD_REQUEST, "InvalidParameter.Body"),
         };
-        ApiError::new(rejection.status(), code, rejection.body_text())
+        ApiError::new(status, code, rejection.body_text())
     }
 }
 

@@ -31,12 +31,22 @@ pub async fn stream(
     ApiQuery(query): ApiQuery<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    state.store.invocation(&invoke_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("invocation", &invoke_id),
-        other => other.into(),
-    })?;
+    state
+        .store
+        .invocation(&invoke_id)
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => ApiError::not_found("invocation", &invoke_id),
+            other => other.into(),
+        })?;
     Ok(ws.on_upgrade(move |socket| async move {
-        let mut watch = Watch { socket, state, invoke_id, only: query.instance_id, sent: HashMap::new() };
+        let mut watch = Watch {
+            socket,
+            state,
+            invoke_id,
+            only: query.instance_id,
+            sent: HashMap::new(),
+        };
         if let Err(e) = watch.run().await {
             tracing::debug!(error = %e, "live stream ended");
         }
@@ -107,7 +117,10 @@ impl Watch {
         }
         let status = InvocationStatus::from_counts(invocation.counts);
         if status.is_terminal() {
-            self.send(&StreamEvent::Done { invocation_status: status }).await?;
+            self.send(&StreamEvent::Done {
+                invocation_status: status,
+            })
+            .await?;
             return Ok(true);
         }
         Ok(false)
@@ -116,7 +129,13 @@ impl Watch {
     /// Sends an event, trimming output already sent. Returns true after `Done`.
     async fn forward(&mut self, event: &StreamEvent) -> anyhow::Result<bool> {
         match event {
-            StreamEvent::Output { instance_id, seq, offset, stream, data } => {
+            StreamEvent::Output {
+                instance_id,
+                seq,
+                offset,
+                stream,
+                data,
+            } => {
                 if !self.wanted(instance_id) {
                     return Ok(false);
                 }

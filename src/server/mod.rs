@@ -42,12 +42,29 @@ pub struct AppState {
 impl AppState {
     /// State over a store and a started dispatcher.
     pub fn new(store: Store, dispatcher: Dispatcher, shutdown: CancellationToken) -> Self {
-        AppState { store, dispatcher, logins: Arc::default(), shutdown }
+        AppState {
+            store,
+            dispatcher,
+            logins: Arc::default(),
+            shutdown,
+        }
     }
 
     /// Records an audit entry. A failure to record is logged, not returned: the action is done.
-    pub(crate) async fn audit(&self, caller: &auth::Caller, action: &str, target: &str, detail: &str) {
-        let entry = NewAudit { username: &caller.username, source_ip: &caller.source_ip, action, target, detail };
+    pub(crate) async fn audit(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) {
+        let entry = NewAudit {
+            username: &caller.username,
+            source_ip: &caller.source_ip,
+            action,
+            target,
+            detail,
+        };
         if let Err(e) = self.store.audit(entry).await {
             tracing::warn!(error = %e, action, "could not record an audit entry");
         }
@@ -68,7 +85,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
-pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     store.mark_all_offline().await?;
 
@@ -77,7 +98,9 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     let state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(address = %listener.local_addr()?, "fleetrun server listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
 
     tracker.close();
     tracker.wait().await;
@@ -88,9 +111,15 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
 /// Creates the data directory, opens the database (applying migrations) and, on an empty
 /// database, creates the `admin` account.
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
-    let store = Store::open(&args.database_url()).await.context("cannot open the database")?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&args.database_url())
+        .await
+        .context("cannot open the database")?;
     ensure_admin(&store, args).await?;
     Ok(store)
 }
@@ -104,13 +133,17 @@ async fn ensure_admin(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
         Some(secret) => (secret.0.clone(), false),
         None => (ids::new_secret()[..24].to_string(), true),
     };
-    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
+    let hash = hash_password(&password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
     store.create_user("admin", &hash, Role::Admin).await?;
     if generated {
         let file = args.data_dir.join("initial-admin-password");
         crate::files::write_private(&file, &format!("{password}\n"))?;
         println!("fleetrun: created user admin with password {password}");
-        println!("fleetrun: the password is also in {} (mode 0600); change it after logging in", file.display());
+        println!(
+            "fleetrun: the password is also in {} (mode 0600); change it after logging in",
+            file.display()
+        );
     } else {
         tracing::info!("created user admin with the password from FLEETRUN_ADMIN_PASSWORD");
     }

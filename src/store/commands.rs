@@ -86,7 +86,11 @@ pub(super) async fn insert_command(
         .fetch_one(&mut *conn)
         .await?;
     if used as u64 >= quota {
-        return Err(Error::Quota { name: "retained_commands", used: used as u64, limit: quota });
+        return Err(Error::Quota {
+            name: "retained_commands",
+            used: used as u64,
+            limit: quota,
+        });
     }
     let id = super::ids::new_id("c");
     sqlx::query(
@@ -115,7 +119,7 @@ pub(super) async fn insert_command(
 impl Store {
     /// Creates a retained command unless the region's quota is used up.
     pub async fn create_command(&self, new: &NewCommand, quota: u64) -> Result<CommandRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let id = insert_command(&mut tx, new, quota).await?;
         tx.commit().await?;
         self.command(&id).await
@@ -146,21 +150,30 @@ impl Store {
             .bind(&query)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query(&format!("{SELECT} {WHERE} ORDER BY c.created_at DESC LIMIT $3 OFFSET $4"))
-            .bind(region_id)
-            .bind(&query)
-            .bind(limit as i64)
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{SELECT} {WHERE} ORDER BY c.created_at DESC LIMIT $3 OFFSET $4"
+        ))
+        .bind(region_id)
+        .bind(&query)
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
         let commands = rows.iter().map(command_from_row).collect::<Result<_>>()?;
         Ok((commands, total as u64))
     }
 
     /// Changes a retained command.
-    pub async fn update_command(&self, command_id: &str, update: &CommandUpdate) -> Result<CommandRow> {
+    pub async fn update_command(
+        &self,
+        command_id: &str,
+        update: &CommandUpdate,
+    ) -> Result<CommandRow> {
         let (content, names) = match &update.content {
-            Some((content, names)) => (Some(content.as_str()), Some(serde_json::to_string(names).unwrap_or_default())),
+            Some((content, names)) => (
+                Some(content.as_str()),
+                Some(serde_json::to_string(names).unwrap_or_default()),
+            ),
             None => (None, None),
         };
         let done = sqlx::query(
@@ -202,10 +215,11 @@ impl Store {
 
     /// Retained commands per region.
     pub async fn command_counts(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT region_id, COUNT(*) FROM commands GROUP BY region_id ORDER BY region_id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT region_id, COUNT(*) FROM commands GROUP BY region_id ORDER BY region_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
     }
 }
@@ -239,7 +253,17 @@ mod tests {
 
         let refused = store.create_command(&new_command("c"), 2).await;
 
-        assert!(matches!(refused, Err(Error::Quota { used: 2, limit: 2, .. })), "{refused:?}");
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Quota {
+                    used: 2,
+                    limit: 2,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
@@ -247,7 +271,11 @@ mod tests {
         let (store, _dir) = test_store().await;
         let cmd = store.create_command(&new_command("a"), 10).await.unwrap();
 
-        let update = CommandUpdate { name: Some("renamed".into()), working_dir: Some(Some("/tmp".into())), ..Default::default() };
+        let update = CommandUpdate {
+            name: Some("renamed".into()),
+            working_dir: Some(Some("/tmp".into())),
+            ..Default::default()
+        };
         let changed = store.update_command(&cmd.id, &update).await.unwrap();
 
         assert_eq!(changed.name, "renamed");

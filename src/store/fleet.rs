@@ -102,7 +102,8 @@ fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow> {
         name: row.try_get("name")?,
         hostname: row.try_get("hostname")?,
         region_id: row.try_get("region_id")?,
-        os_type: OsType::parse(&os_type).ok_or_else(|| Error::Corrupt(format!("os_type {os_type:?}")))?,
+        os_type: OsType::parse(&os_type)
+            .ok_or_else(|| Error::Corrupt(format!("os_type {os_type:?}")))?,
         os_name: row.try_get("os_name")?,
         ip_addresses: json_vec(row.try_get("ip_addresses")?)?,
         tags: serde_json::from_str(&tags).map_err(|e| Error::Corrupt(e.to_string()))?,
@@ -162,7 +163,7 @@ impl Store {
         new: &NewInstance,
     ) -> Result<InstanceRow> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let activation: Option<ActivationRow> = sqlx::query_as(
             "SELECT id, region_id, description, instance_count_limit, registered_count, created_at, expires_at, disabled \
              FROM activations WHERE id = $1 AND code_hash = $2",
@@ -186,7 +187,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let id = super::ids::new_id("i");
-        let name = if new.name.is_empty() { id.clone() } else { new.name.clone() };
+        let name = if new.name.is_empty() {
+            id.clone()
+        } else {
+            new.name.clone()
+        };
         let row = sqlx::query(
             "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, agent_version, \
              supported_command_types, secret_hash, activation_id, registered_at) \
@@ -213,10 +218,12 @@ impl Store {
 
     /// The stored secret hash of an instance, for authenticating its agent.
     pub async fn instance_secret_hash(&self, instance_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
+                .bind(instance_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// One instance.
@@ -233,7 +240,10 @@ impl Store {
         let mut found = Vec::with_capacity(ids.len());
         // SQLite allows 32,766 variables per statement; stay far below it.
         for batch in ids.chunks(500) {
-            let sql = format!("SELECT * FROM instances WHERE id IN ({})", placeholders(1, batch.len()));
+            let sql = format!(
+                "SELECT * FROM instances WHERE id IN ({})",
+                placeholders(1, batch.len())
+            );
             let mut query = sqlx::query(&sql);
             for id in batch {
                 query = query.bind(id);
@@ -249,13 +259,14 @@ impl Store {
     pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<(Vec<InstanceRow>, u64)> {
         let running = filter.running.map(i64::from);
         let query = filter.query.as_ref().map(|q| q.to_lowercase());
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
-            .bind(&filter.region_id)
-            .bind(running)
-            .bind(filter.fresh_after)
-            .bind(&query)
-            .fetch_one(&self.pool)
-            .await?;
+        let total: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
+                .bind(&filter.region_id)
+                .bind(running)
+                .bind(filter.fresh_after)
+                .bind(&query)
+                .fetch_one(&self.pool)
+                .await?;
         let rows = sqlx::query(&format!(
             "SELECT * FROM instances {INSTANCE_FILTER} ORDER BY region_id, id LIMIT $5 OFFSET $6"
         ))
@@ -273,10 +284,11 @@ impl Store {
 
     /// Every region with its number of instances.
     pub async fn regions(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
     }
 
@@ -304,7 +316,11 @@ impl Store {
     }
 
     /// Records that an agent's connection closed, with its last heartbeat time.
-    pub async fn agent_disconnected(&self, instance_id: &str, last_heartbeat_at: i64) -> Result<()> {
+    pub async fn agent_disconnected(
+        &self,
+        instance_id: &str,
+        last_heartbeat_at: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE instances SET online = 0, last_heartbeat_at = $2 WHERE id = $1")
             .bind(instance_id)
             .bind(last_heartbeat_at)
@@ -315,13 +331,15 @@ impl Store {
 
     /// Marks every instance offline; called at server start, before any agent connects.
     pub async fn mark_all_offline(&self) -> Result<()> {
-        sqlx::query("UPDATE instances SET online = 0").execute(&self.pool).await?;
+        sqlx::query("UPDATE instances SET online = 0")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Writes a batch of heartbeat times in one transaction.
     pub async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (id, at) in beats {
             sqlx::query("UPDATE instances SET last_heartbeat_at = $2 WHERE id = $1 AND online = 1")
                 .bind(id)
@@ -381,11 +399,19 @@ mod tests {
         let act = activation(&store, 1, now_ms() + 60_000).await;
         let code = ids::hash_secret("code");
 
-        let first = store.register_instance(&act.id, &code, &new_instance("web-1")).await.unwrap();
-        let second = store.register_instance(&act.id, &code, &new_instance("web-2")).await;
+        let first = store
+            .register_instance(&act.id, &code, &new_instance("web-1"))
+            .await
+            .unwrap();
+        let second = store
+            .register_instance(&act.id, &code, &new_instance("web-2"))
+            .await;
 
         assert_eq!(first.region_id, "cn-hangzhou");
-        assert!(matches!(second, Err(Error::Register(RegisterRefusal::UsedUp))));
+        assert!(matches!(
+            second,
+            Err(Error::Register(RegisterRefusal::UsedUp))
+        ));
     }
 
     #[tokio::test]
@@ -395,11 +421,21 @@ mod tests {
         let expired = activation(&store, 5, now_ms() - 1).await;
         let code = ids::hash_secret("code");
 
-        let wrong = store.register_instance(&live.id, "nope", &new_instance("a")).await;
-        let late = store.register_instance(&expired.id, &code, &new_instance("a")).await;
+        let wrong = store
+            .register_instance(&live.id, "nope", &new_instance("a"))
+            .await;
+        let late = store
+            .register_instance(&expired.id, &code, &new_instance("a"))
+            .await;
 
-        assert!(matches!(wrong, Err(Error::Register(RegisterRefusal::BadCode))));
-        assert!(matches!(late, Err(Error::Register(RegisterRefusal::Expired))));
+        assert!(matches!(
+            wrong,
+            Err(Error::Register(RegisterRefusal::BadCode))
+        ));
+        assert!(matches!(
+            late,
+            Err(Error::Register(RegisterRefusal::Expired))
+        ));
     }
 
     #[tokio::test]
@@ -407,8 +443,14 @@ mod tests {
         let (store, _dir) = test_store().await;
         let act = activation(&store, 5, now_ms() + 60_000).await;
         let code = ids::hash_secret("code");
-        store.register_instance(&act.id, &code, &new_instance("web-1")).await.unwrap();
-        store.register_instance(&act.id, &code, &new_instance("db-1")).await.unwrap();
+        store
+            .register_instance(&act.id, &code, &new_instance("web-1"))
+            .await
+            .unwrap();
+        store
+            .register_instance(&act.id, &code, &new_instance("db-1"))
+            .await
+            .unwrap();
 
         let filter = |q: &str| InstanceFilter {
             region_id: Some("cn-hangzhou".into()),
@@ -418,7 +460,11 @@ mod tests {
         };
         let (web, total) = store.list_instances(&filter("WEB")).await.unwrap();
         let (none, _) = store
-            .list_instances(&InstanceFilter { region_id: Some("eu-west-1".into()), limit: 10, ..Default::default() })
+            .list_instances(&InstanceFilter {
+                region_id: Some("eu-west-1".into()),
+                limit: 10,
+                ..Default::default()
+            })
             .await
             .unwrap();
 

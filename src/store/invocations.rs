@@ -131,7 +131,8 @@ fn invocation_from_row(row: &SqliteRow) -> Result<InvocationRow> {
         timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
         username: row.try_get("username")?,
         enable_parameter: row.try_get("enable_parameter")?,
-        parameters: serde_json::from_str(&parameters).map_err(|e| super::Error::Corrupt(e.to_string()))?,
+        parameters: serde_json::from_str(&parameters)
+            .map_err(|e| super::Error::Corrupt(e.to_string()))?,
         creator: row.try_get("creator")?,
         created_at: row.try_get("created_at")?,
         counts: BTreeMap::new(),
@@ -145,7 +146,7 @@ impl Store {
     /// command, all in one transaction. Returns the invoke id and the command id.
     pub async fn create_invocation(&self, new: &NewInvocation) -> Result<(String, Option<String>)> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let command_id = match &new.keep {
             Some((command, quota)) => Some(insert_command(&mut tx, command, *quota).await?),
             None => new.command_id.clone(),
@@ -175,7 +176,9 @@ impl Store {
                 .map(|i| format!("($1, ${}, 'Pending', $2)", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!("INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values}");
+            let sql = format!(
+                "INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values}"
+            );
             let mut query = sqlx::query(&sql).bind(&id).bind(new.deliver_by);
             for instance_id in batch {
                 query = query.bind(instance_id);
@@ -193,7 +196,8 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let mut invocation = invocation_from_row(&row)?;
-        self.fill_counts(std::slice::from_mut(&mut invocation)).await?;
+        self.fill_counts(std::slice::from_mut(&mut invocation))
+            .await?;
         Ok(invocation)
     }
 
@@ -223,7 +227,10 @@ impl Store {
     }
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
-    pub async fn list_invocations(&self, filter: &InvocationFilter) -> Result<(Vec<InvocationRow>, u64)> {
+    pub async fn list_invocations(
+        &self,
+        filter: &InvocationFilter,
+    ) -> Result<(Vec<InvocationRow>, u64)> {
         const WHERE: &str = "WHERE ($1 IS NULL OR command_id = $1) \
             AND ($2 IS NULL OR id IN (SELECT invocation_id FROM results WHERE instance_id = $2))";
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM invocations {WHERE}"))
@@ -240,40 +247,51 @@ impl Store {
         .bind(filter.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let mut invocations = rows.iter().map(invocation_from_row).collect::<Result<Vec<_>>>()?;
+        let mut invocations = rows
+            .iter()
+            .map(invocation_from_row)
+            .collect::<Result<Vec<_>>>()?;
         self.fill_counts(&mut invocations).await?;
         Ok((invocations, total as u64))
     }
 
     /// The results of an invocation, ordered by instance id.
     pub async fn results(&self, invoke_id: &str) -> Result<Vec<ResultRow>> {
-        let rows = sqlx::query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
-            .bind(invoke_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
+                .bind(invoke_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(result_from_row).collect()
     }
 
     /// One result.
     pub async fn result(&self, invoke_id: &str, instance_id: &str) -> Result<ResultRow> {
-        let row = sqlx::query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
-            .bind(invoke_id)
-            .bind(instance_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
+                .bind(invoke_id)
+                .bind(instance_id)
+                .fetch_one(&self.pool)
+                .await?;
         result_from_row(&row)
     }
 
     /// Stops results of an invocation (all, or those of the given instances): `Pending` ones
     /// become `Cancelled`, `Running` ones `Stopping`. Returns the changed results.
-    pub async fn stop_results(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<Vec<ResultChange>> {
+    pub async fn stop_results(
+        &self,
+        invoke_id: &str,
+        instance_ids: Option<&[String]>,
+    ) -> Result<Vec<ResultChange>> {
         let now = now_ms();
         let only = match instance_ids {
-            Some(ids) if !ids.is_empty() => format!("AND instance_id IN ({})", placeholders(3, ids.len())),
+            Some(ids) if !ids.is_empty() => {
+                format!("AND instance_id IN ({})", placeholders(3, ids.len()))
+            }
             Some(_) => return Ok(Vec::new()),
             None => String::new(),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut changes = Vec::new();
         for sql in [
             format!(
@@ -308,22 +326,33 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok(DeliveryRow { result_id: row.try_get("result_id")?, invocation: invocation_from_row(row)? }))
+            .map(|row| {
+                Ok(DeliveryRow {
+                    result_id: row.try_get("result_id")?,
+                    invocation: invocation_from_row(row)?,
+                })
+            })
             .collect()
     }
 
     /// The result id of an instance's task, if the task is the instance's own.
     pub async fn result_id(&self, invoke_id: &str, instance_id: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2")
-            .bind(invoke_id)
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2",
+        )
+        .bind(invoke_id)
+        .bind(instance_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Results an agent lost: running on the server but not held by the agent that reconnected.
     /// They end as `Error` / `ExecutionInterrupted`.
-    pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String]) -> Result<Vec<ResultChange>> {
+    pub async fn interrupt_unheld(
+        &self,
+        instance_id: &str,
+        held: &[String],
+    ) -> Result<Vec<ResultChange>> {
         let not_held = if held.is_empty() {
             String::new()
         } else {
@@ -361,8 +390,16 @@ impl Store {
                  (SELECT id FROM instances WHERE online = 0 AND COALESCE(last_heartbeat_at, 0) <= $2)",
                 "Aborted",
             ),
-            (ErrorCode::DeliveryTimeout, "status = 'Pending' AND deliver_by <= $1", "Aborted"),
-            (ErrorCode::ExecutionTimeout, "status IN ('Running', 'Stopping') AND deadline <= $1", "Timeout"),
+            (
+                ErrorCode::DeliveryTimeout,
+                "status = 'Pending' AND deliver_by <= $1",
+                "Aborted",
+            ),
+            (
+                ErrorCode::ExecutionTimeout,
+                "status IN ('Running', 'Stopping') AND deadline <= $1",
+                "Timeout",
+            ),
             (
                 ErrorCode::ClientNotResponse,
                 "status IN ('Running', 'Stopping') AND (instance_id IN \
@@ -371,7 +408,7 @@ impl Store {
                 "Error",
             ),
         ];
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut changes = Vec::new();
         for (code, rule, status) in rules {
             let sql = format!(
@@ -444,7 +481,10 @@ pub(crate) mod tests {
         let ids: Vec<String> = (0..450).map(|i| format!("i-{i:03}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
 
-        let (invoke_id, command_id) = store.create_invocation(&new_invocation(&refs, now_ms() + 1000)).await.unwrap();
+        let (invoke_id, command_id) = store
+            .create_invocation(&new_invocation(&refs, now_ms() + 1000))
+            .await
+            .unwrap();
         let inv = store.invocation(&invoke_id).await.unwrap();
 
         assert!(command_id.is_none());
@@ -454,7 +494,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn stop_cancels_pending_results_and_stops_running_ones() {
         let (store, _dir) = test_store().await;
-        let (id, _) = store.create_invocation(&new_invocation(&["i-a", "i-b"], now_ms() + 60_000)).await.unwrap();
+        let (id, _) = store
+            .create_invocation(&new_invocation(&["i-a", "i-b"], now_ms() + 60_000))
+            .await
+            .unwrap();
         sqlx::query("UPDATE results SET status = 'Running' WHERE instance_id = 'i-b'")
             .execute(&store.pool)
             .await
@@ -462,15 +505,30 @@ pub(crate) mod tests {
 
         let changes = store.stop_results(&id, None).await.unwrap();
 
-        let statuses: Vec<_> = changes.iter().map(|c| (c.instance_id.as_str(), c.status)).collect();
-        assert_eq!(statuses, vec![("i-a", ResultStatus::Cancelled), ("i-b", ResultStatus::Stopping)]);
-        assert!(store.stop_results(&id, None).await.unwrap().is_empty(), "a second stop changes nothing");
+        let statuses: Vec<_> = changes
+            .iter()
+            .map(|c| (c.instance_id.as_str(), c.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ("i-a", ResultStatus::Cancelled),
+                ("i-b", ResultStatus::Stopping)
+            ]
+        );
+        assert!(
+            store.stop_results(&id, None).await.unwrap().is_empty(),
+            "a second stop changes nothing"
+        );
     }
 
     #[tokio::test]
     async fn undelivered_results_are_aborted_after_the_window() {
         let (store, _dir) = test_store().await;
-        let (id, _) = store.create_invocation(&new_invocation(&["i-gone"], 1000)).await.unwrap();
+        let (id, _) = store
+            .create_invocation(&new_invocation(&["i-gone"], 1000))
+            .await
+            .unwrap();
 
         let early = store.enforce_deadlines(999, 0).await.unwrap();
         let late = store.enforce_deadlines(1000, 0).await.unwrap();

@@ -14,15 +14,17 @@ mod output;
 mod users;
 
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
-pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
+pub use fleet::{
+    ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal,
+};
 pub use invocations::{
     DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow,
 };
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use users::{AuditFilter, AuditRow, NewAudit, Role, TokenRow, UserRow};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -38,7 +40,11 @@ pub enum Error {
     Conflict,
     /// A quota would be exceeded.
     #[error("quota {name} exceeded ({used} of {limit} used)")]
-    Quota { name: &'static str, used: u64, limit: u64 },
+    Quota {
+        name: &'static str,
+        used: u64,
+        limit: u64,
+    },
     /// Enrolment refused by its activation.
     #[error("registration refused: {0}")]
     Register(RegisterRefusal),
@@ -92,13 +98,23 @@ impl Store {
 
     /// Opens the database named by a URL: `sqlite:<path>` or a plain file path.
     pub async fn open(url: &str) -> Result<Store> {
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         if url.starts_with("postgres") {
             return Err(Error::Corrupt(
                 "PostgreSQL is not supported yet; use the SQLite default (see docs/ARCHITECTURE.md)".into(),
             ));
         }
         Store::open_sqlite(Path::new(path)).await
+    }
+
+    /// Begins a write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
+    /// transaction that reads first and writes later fails with "database is locked" when
+    /// another writer commits in between, instead of waiting its turn.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Closes every connection, waiting for running statements.
@@ -117,17 +133,23 @@ fn json_vec<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>> {
 }
 
 fn parse_name<T: FromStr>(text: &str) -> Result<T> {
-    text.parse().map_err(|_| Error::Corrupt(format!("unexpected value {text:?}")))
+    text.parse()
+        .map_err(|_| Error::Corrupt(format!("unexpected value {text:?}")))
 }
 
 /// Builds `$first, $first+1, …` for `n` placeholders.
 fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
 pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("test.db")).await.unwrap();
+    let store = Store::open_sqlite(&dir.path().join("test.db"))
+        .await
+        .unwrap();
     (store, dir)
 }

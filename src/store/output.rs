@@ -24,9 +24,24 @@ pub struct OutputLimits {
 /// One report from an agent, already checked to be about the agent's own task.
 #[derive(Debug, Clone)]
 pub enum AgentWrite {
-    Started { result_id: i64, at: i64, grace_ms: i64 },
-    Chunk { result_id: i64, seq: u64, stream: OutputStream, data: Bytes },
-    Finished { result_id: i64, chunks: u64, exit_code: Option<i32>, end: TaskEnd, at: i64 },
+    Started {
+        result_id: i64,
+        at: i64,
+        grace_ms: i64,
+    },
+    Chunk {
+        result_id: i64,
+        seq: u64,
+        stream: OutputStream,
+        data: Bytes,
+    },
+    Finished {
+        result_id: i64,
+        chunks: u64,
+        exit_code: Option<i32>,
+        end: TaskEnd,
+        at: i64,
+    },
 }
 
 /// What became of one [`AgentWrite`], in the same order as the batch.
@@ -40,7 +55,10 @@ pub enum Applied {
     Gap { next_seq: u64 },
     /// `changed` is the new status and error code when this end moved the result; `None` when
     /// it was already terminal.
-    Finished { changed: Option<(ResultStatus, Option<ErrorCode>)>, exit_code: Option<i32> },
+    Finished {
+        changed: Option<(ResultStatus, Option<ErrorCode>)>,
+        exit_code: Option<i32>,
+    },
     /// The end arrived before all the task's output: the agent must re-send.
     Early { next_seq: u64 },
     /// The result no longer exists (its invocation was purged).
@@ -80,7 +98,12 @@ impl State {
         }
         let tail_from = offset.max(limits.head);
         if tail_from < end {
-            self.push(tail_from, stream, &data[(tail_from - offset) as usize..], limits);
+            self.push(
+                tail_from,
+                stream,
+                &data[(tail_from - offset) as usize..],
+                limits,
+            );
         }
         offset
     }
@@ -100,8 +123,12 @@ impl State {
 
 impl Store {
     /// Applies a batch of agent reports in one transaction.
-    pub async fn apply_agent_writes(&self, writes: &[AgentWrite], limits: OutputLimits) -> Result<Vec<Applied>> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn apply_agent_writes(
+        &self,
+        writes: &[AgentWrite],
+        limits: OutputLimits,
+    ) -> Result<Vec<Applied>> {
+        let mut tx = self.write_tx().await?;
         let mut states: HashMap<i64, Option<State>> = HashMap::new();
         let mut applied = Vec::with_capacity(writes.len());
         for write in writes {
@@ -110,7 +137,7 @@ impl Store {
                 | AgentWrite::Chunk { result_id, .. }
                 | AgentWrite::Finished { result_id, .. } => *result_id,
             };
-            if !states.contains_key(&result_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(result_id) {
                 let row = sqlx::query(
                     "SELECT r.status, r.next_seq, r.output_bytes, i.timeout_secs FROM results r \
                      JOIN invocations i ON i.id = r.invocation_id WHERE r.id = $1",
@@ -129,7 +156,7 @@ impl Store {
                     }),
                     None => None,
                 };
-                states.insert(result_id, state);
+                slot.insert(state);
             }
             let Some(Some(state)) = states.get_mut(&result_id) else {
                 applied.push(Applied::Missing);
@@ -189,7 +216,9 @@ impl Store {
             });
         }
         for (result_id, state) in states {
-            let Some(state) = state.filter(|s| s.output_changed) else { continue };
+            let Some(state) = state.filter(|s| s.output_changed) else {
+                continue;
+            };
             store_pieces(&mut tx, result_id, &state, limits).await?;
         }
         tx.commit().await?;
@@ -232,7 +261,9 @@ async fn store_pieces(
     state: &State,
     limits: OutputLimits,
 ) -> Result<()> {
-    let tail_start = limits.head.max(state.output_bytes.saturating_sub(limits.tail));
+    let tail_start = limits
+        .head
+        .max(state.output_bytes.saturating_sub(limits.tail));
     for (offset, stream, data) in &state.pieces {
         let end = offset + data.len() as u64;
         // Head pieces are always kept; tail pieces only where they reach past `tail_start`.
@@ -245,13 +276,15 @@ async fn store_pieces(
         } else {
             (*offset, &data[..])
         };
-        sqlx::query("INSERT INTO output_chunks (result_id, offset, stream, data) VALUES ($1, $2, $3, $4)")
-            .bind(result_id)
-            .bind(offset as i64)
-            .bind(stream.code())
-            .bind(data)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO output_chunks (result_id, offset, stream, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(result_id)
+        .bind(offset as i64)
+        .bind(stream.code())
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
     }
     if tail_start > limits.head {
         sqlx::query("DELETE FROM output_chunks WHERE result_id = $1 AND offset >= $2 AND offset + length(data) <= $3")
@@ -292,13 +325,22 @@ mod tests {
         let new = crate::store::invocations::tests::new_invocation(&["i-a"], now_ms() + 60_000);
         let (id, _) = store.create_invocation(&new).await.unwrap();
         let result_id = store.result_id(&id, "i-a").await.unwrap().unwrap();
-        let started = AgentWrite::Started { result_id, at: now_ms(), grace_ms: 0 };
+        let started = AgentWrite::Started {
+            result_id,
+            at: now_ms(),
+            grace_ms: 0,
+        };
         store.apply_agent_writes(&[started], LIMITS).await.unwrap();
         result_id
     }
 
     fn chunk(result_id: i64, seq: u64, data: &'static [u8]) -> AgentWrite {
-        AgentWrite::Chunk { result_id, seq, stream: OutputStream::Stdout, data: Bytes::from_static(data) }
+        AgentWrite::Chunk {
+            result_id,
+            seq,
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(data),
+        }
     }
 
     #[tokio::test]
@@ -307,10 +349,19 @@ mod tests {
         let id = running_result(&store).await;
         let writes: Vec<_> = (0..5).map(|i| chunk(id, i, b"abcdefg")).collect();
 
-        store.apply_agent_writes(&writes[..2], LIMITS).await.unwrap();
-        store.apply_agent_writes(&writes[2..], LIMITS).await.unwrap();
+        store
+            .apply_agent_writes(&writes[..2], LIMITS)
+            .await
+            .unwrap();
+        store
+            .apply_agent_writes(&writes[2..], LIMITS)
+            .await
+            .unwrap();
         let kept = store.output(id).await.unwrap();
-        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
+        let result = store
+            .result(&store_invocation(&store, id).await, "i-a")
+            .await
+            .unwrap();
 
         let all = b"abcdefg".repeat(5);
         let expected = [&all[..10], &all[all.len() - 10..]].concat();
@@ -324,11 +375,29 @@ mod tests {
         let (store, _dir) = test_store().await;
         let id = running_result(&store).await;
 
-        let first = store.apply_agent_writes(&[chunk(id, 0, b"ab"), chunk(id, 0, b"ab")], LIMITS).await.unwrap();
-        let gap = store.apply_agent_writes(&[chunk(id, 5, b"zz")], LIMITS).await.unwrap();
+        let first = store
+            .apply_agent_writes(&[chunk(id, 0, b"ab"), chunk(id, 0, b"ab")], LIMITS)
+            .await
+            .unwrap();
+        let gap = store
+            .apply_agent_writes(&[chunk(id, 5, b"zz")], LIMITS)
+            .await
+            .unwrap();
 
-        assert_eq!(first[0], Applied::Chunk { offset: Some(0), next_seq: 1 });
-        assert_eq!(first[1], Applied::Chunk { offset: None, next_seq: 1 });
+        assert_eq!(
+            first[0],
+            Applied::Chunk {
+                offset: Some(0),
+                next_seq: 1
+            }
+        );
+        assert_eq!(
+            first[1],
+            Applied::Chunk {
+                offset: None,
+                next_seq: 1
+            }
+        );
         assert_eq!(gap[0], Applied::Gap { next_seq: 1 });
         assert_eq!(store.output(id).await.unwrap(), b"ab");
     }
@@ -345,16 +414,34 @@ mod tests {
             at: now_ms(),
         };
 
-        let early = store.apply_agent_writes(&[fin(1, 0)], LIMITS).await.unwrap();
-        let done = store.apply_agent_writes(&[chunk(id, 0, b"x"), fin(1, 3), fin(1, 0)], LIMITS).await.unwrap();
+        let early = store
+            .apply_agent_writes(&[fin(1, 0)], LIMITS)
+            .await
+            .unwrap();
+        let done = store
+            .apply_agent_writes(&[chunk(id, 0, b"x"), fin(1, 3), fin(1, 0)], LIMITS)
+            .await
+            .unwrap();
 
         assert_eq!(early[0], Applied::Early { next_seq: 0 });
         assert_eq!(
             done[1],
-            Applied::Finished { changed: Some((ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero))), exit_code: Some(3) }
+            Applied::Finished {
+                changed: Some((ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero))),
+                exit_code: Some(3)
+            }
         );
-        assert_eq!(done[2], Applied::Finished { changed: None, exit_code: Some(0) });
-        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
+        assert_eq!(
+            done[2],
+            Applied::Finished {
+                changed: None,
+                exit_code: Some(0)
+            }
+        );
+        let result = store
+            .result(&store_invocation(&store, id).await, "i-a")
+            .await
+            .unwrap();
         assert_eq!(result.error_code, Some(ErrorCode::ExitCodeNonzero));
     }
 

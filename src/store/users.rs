@@ -102,12 +102,19 @@ fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UserRow> {
 impl Store {
     /// Number of accounts (0 on a fresh database).
     pub async fn count_users(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n as u64)
     }
 
     /// Creates an account; `Conflict` when the name is taken.
-    pub async fn create_user(&self, username: &str, password_hash: &str, role: Role) -> Result<i64> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<i64> {
         let id = sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -151,7 +158,14 @@ impl Store {
         .bind(expires_at)
         .execute(&self.pool)
         .await?;
-        Ok(TokenRow { id, user_id, name: name.into(), created_at, last_used_at: None, expires_at })
+        Ok(TokenRow {
+            id,
+            user_id,
+            name: name.into(),
+            created_at,
+            last_used_at: None,
+            expires_at,
+        })
     }
 
     /// The enabled user behind a live (unrevoked, unexpired) token, marking the token used.
@@ -263,21 +277,36 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_or_expired_token_finds_no_user() {
         let (store, _dir) = test_store().await;
-        let uid = store.create_user("ann", "hash", Role::Operator).await.unwrap();
+        let uid = store
+            .create_user("ann", "hash", Role::Operator)
+            .await
+            .unwrap();
         let live = store.create_token(uid, "ci", "h1", None).await.unwrap();
-        store.create_token(uid, "old", "h2", Some(now_ms() - 1)).await.unwrap();
+        store
+            .create_token(uid, "old", "h2", Some(now_ms() - 1))
+            .await
+            .unwrap();
 
-        assert_eq!(store.user_by_token("h1").await.unwrap().unwrap().username, "ann");
+        assert_eq!(
+            store.user_by_token("h1").await.unwrap().unwrap().username,
+            "ann"
+        );
         assert!(store.user_by_token("h2").await.unwrap().is_none());
         store.revoke_token(uid, &live.id).await.unwrap();
         assert!(store.user_by_token("h1").await.unwrap().is_none());
-        assert!(matches!(store.revoke_token(uid, &live.id).await, Err(Error::NotFound)));
+        assert!(matches!(
+            store.revoke_token(uid, &live.id).await,
+            Err(Error::NotFound)
+        ));
     }
 
     #[tokio::test]
     async fn usernames_are_unique() {
         let (store, _dir) = test_store().await;
         store.create_user("ann", "h", Role::Admin).await.unwrap();
-        assert!(matches!(store.create_user("ann", "h", Role::Viewer).await, Err(Error::Conflict)));
+        assert!(matches!(
+            store.create_user("ann", "h", Role::Viewer).await,
+            Err(Error::Conflict)
+        ));
     }
 }

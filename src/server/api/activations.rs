@@ -1,7 +1,9 @@
 //! Activation codes that let agents enrol.
 
 use super::rfc3339;
-use crate::protocol::api::{Activation, ActivationCreated, ActivationsResponse, CreateActivationRequest};
+use crate::protocol::api::{
+    Activation, ActivationCreated, ActivationsResponse, CreateActivationRequest,
+};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson};
@@ -49,7 +51,10 @@ pub async fn create(
     }
     let description = req.description.unwrap_or_default();
     if description.chars().count() > 100 {
-        return Err(ApiError::bad_request("InvalidParameter.Description", "`description` is longer than 100 characters"));
+        return Err(ApiError::bad_request(
+            "InvalidParameter.Description",
+            "`description` is longer than 100 characters",
+        ));
     }
     let code = ids::new_secret();
     let new = NewActivation {
@@ -60,7 +65,17 @@ pub async fn create(
         code_hash: ids::hash_secret(&code),
     };
     let row = state.store.create_activation(&new).await?;
-    state.audit(&caller, "CreateActivation", &row.id, &format!("region {} limit {}", row.region_id, row.instance_count_limit)).await;
+    state
+        .audit(
+            &caller,
+            "CreateActivation",
+            &row.id,
+            &format!(
+                "region {} limit {}",
+                row.region_id, row.instance_count_limit
+            ),
+        )
+        .await;
     let created = ActivationCreated {
         activation_id: row.id,
         activation_code: code,
@@ -70,8 +85,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<ApiJson<ActivationsResponse>, ApiError> {
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<ApiJson<ActivationsResponse>, ApiError> {
     caller.require(Role::Admin)?;
-    let activations: Vec<Activation> = state.store.list_activations().await?.into_iter().map(activation_dto).collect();
-    Ok(ApiJson(ActivationsResponse { total: activations.len() as u64, activations }))
+    let activations: Vec<Activation> = state
+        .store
+        .list_activations()
+        .await?
+        .into_iter()
+        .map(activation_dto)
+        .collect();
+    Ok(ApiJson(ActivationsResponse {
+        total: activations.len() as u64,
+        activations,
+    }))
 }

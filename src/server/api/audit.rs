@@ -29,7 +29,12 @@ pub async fn list(
     let filter = AuditFilter {
         username: query.user.filter(|u| !u.is_empty()),
         action: query.action.filter(|a| !a.is_empty()),
-        since_ms: query.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
+        since_ms: query
+            .since
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_time("since", s))
+            .transpose()?,
         offset,
         limit,
     };

@@ -2,8 +2,8 @@
 
 use super::{rfc3339, window};
 use crate::protocol::api::{
-    Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
-    Quota, QuotasResponse,
+    Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest,
+    ModifyCommandRequest, Quota, QuotasResponse,
 };
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -46,8 +46,13 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateCommandRequest>,
 ) -> Result<(StatusCode, ApiJson<Command>), ApiError> {
     caller.require(Role::Operator)?;
-    let row = state.dispatcher.create_command(&caller.username, req).await?;
-    state.audit(&caller, "CreateCommand", &row.id, &row.name).await;
+    let row = state
+        .dispatcher
+        .create_command(&caller.username, req)
+        .await?;
+    state
+        .audit(&caller, "CreateCommand", &row.id, &row.name)
+        .await;
     Ok((StatusCode::CREATED, ApiJson(command_dto(row))))
 }
 
@@ -69,7 +74,10 @@ pub async fn list(
     let region = query.region_id.as_deref().filter(|r| !r.is_empty());
     let q = query.q.as_deref().filter(|q| !q.trim().is_empty());
     let (rows, total) = state.store.list_commands(region, q, offset, limit).await?;
-    Ok(ApiJson(CommandsResponse { commands: rows.into_iter().map(command_dto).collect(), total }))
+    Ok(ApiJson(CommandsResponse {
+        commands: rows.into_iter().map(command_dto).collect(),
+        total,
+    }))
 }
 
 pub async fn show(
@@ -77,7 +85,11 @@ pub async fn show(
     State(state): State<AppState>,
     Path(command_id): Path<String>,
 ) -> Result<ApiJson<Command>, ApiError> {
-    let row = state.store.command(&command_id).await.map_err(not_found(&command_id))?;
+    let row = state
+        .store
+        .command(&command_id)
+        .await
+        .map_err(not_found(&command_id))?;
     Ok(ApiJson(command_dto(row)))
 }
 
@@ -88,9 +100,14 @@ pub async fn modify(
     ApiJson(req): ApiJson<ModifyCommandRequest>,
 ) -> Result<ApiJson<Command>, ApiError> {
     caller.require(Role::Operator)?;
-    let change = state.dispatcher.check_command_change(&command_id, req).await?;
+    let change = state
+        .dispatcher
+        .check_command_change(&command_id, req)
+        .await?;
     let row = state.dispatcher.modify_command(&command_id, change).await?;
-    state.audit(&caller, "ModifyCommand", &command_id, &row.name).await;
+    state
+        .audit(&caller, "ModifyCommand", &command_id, &row.name)
+        .await;
     Ok(ApiJson(command_dto(row)))
 }
 
@@ -100,7 +117,11 @@ pub async fn delete(
     Path(command_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
-    state.store.delete_command(&command_id).await.map_err(not_found(&command_id))?;
+    state
+        .store
+        .delete_command(&command_id)
+        .await
+        .map_err(not_found(&command_id))?;
     state.audit(&caller, "DeleteCommand", &command_id, "").await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -113,23 +134,47 @@ pub async fn invoke(
 ) -> Result<(StatusCode, ApiJson<InvocationCreated>), ApiError> {
     caller.require(Role::Operator)?;
     let count = req.instance_ids.len();
-    let created = state.dispatcher.invoke_command(&caller.username, &command_id, req).await?;
-    state.audit(&caller, "InvokeCommand", &created.invoke_id, &format!("command {command_id} on {count} instances")).await;
+    let created = state
+        .dispatcher
+        .invoke_command(&caller.username, &command_id, req)
+        .await?;
+    state
+        .audit(
+            &caller,
+            "InvokeCommand",
+            &created.invoke_id,
+            &format!("command {command_id} on {count} instances"),
+        )
+        .await;
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn quotas(_: Caller, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {
+pub async fn quotas(
+    _: Caller,
+    State(state): State<AppState>,
+) -> Result<ApiJson<QuotasResponse>, ApiError> {
     let limit = state.dispatcher.settings().retained_command_quota;
-    let mut used: std::collections::BTreeMap<String, u64> = state.store.command_counts().await?.into_iter().collect();
+    let mut used: std::collections::BTreeMap<String, u64> =
+        state.store.command_counts().await?.into_iter().collect();
     for (region, _) in state.store.regions().await? {
         used.entry(region).or_insert(0);
     }
     let mut quotas: Vec<Quota> = used
         .into_iter()
-        .map(|(region, used)| Quota { name: "retained_commands".into(), region_id: Some(region), used, limit })
+        .map(|(region, used)| Quota {
+            name: "retained_commands".into(),
+            region_id: Some(region),
+            used,
+            limit,
+        })
         .collect();
     let settings = state.dispatcher.settings();
-    quotas.push(Quota { name: "instances_per_invocation".into(), region_id: None, used: 0, limit: settings.max_instances as u64 });
+    quotas.push(Quota {
+        name: "instances_per_invocation".into(),
+        region_id: None,
+        used: 0,
+        limit: settings.max_instances as u64,
+    });
     quotas.push(Quota {
         name: "command_content_bytes".into(),
         region_id: None,

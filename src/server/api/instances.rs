@@ -1,7 +1,9 @@
 //! Regions and instances.
 
 use super::{rfc3339, window};
-use crate::protocol::api::{AgentInfo, Instance, InstanceStatus, InstancesResponse, Region, RegionsResponse};
+use crate::protocol::api::{
+    AgentInfo, Instance, InstanceStatus, InstancesResponse, Region, RegionsResponse,
+};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiQuery};
@@ -21,7 +23,11 @@ pub fn instance_dto(row: InstanceRow, lost_before: i64) -> Instance {
         os_type: row.os_type,
         os_name: row.os_name,
         ip_addresses: row.ip_addresses,
-        status: if fresh { InstanceStatus::Running } else { InstanceStatus::Stopped },
+        status: if fresh {
+            InstanceStatus::Running
+        } else {
+            InstanceStatus::Stopped
+        },
         agent: AgentInfo {
             online: row.online,
             version: row.agent_version,
@@ -37,9 +43,18 @@ fn lost_before(state: &AppState) -> i64 {
     now_ms() - state.dispatcher.settings().heartbeat_loss().as_millis() as i64
 }
 
-pub async fn regions(_: Caller, State(state): State<AppState>) -> Result<ApiJson<RegionsResponse>, ApiError> {
+pub async fn regions(
+    _: Caller,
+    State(state): State<AppState>,
+) -> Result<ApiJson<RegionsResponse>, ApiError> {
     let regions = state.store.regions().await?;
-    let regions = regions.into_iter().map(|(region_id, instance_count)| Region { region_id, instance_count }).collect();
+    let regions = regions
+        .into_iter()
+        .map(|(region_id, instance_count)| Region {
+            region_id,
+            instance_count,
+        })
+        .collect();
     Ok(ApiJson(RegionsResponse { regions }))
 }
 
@@ -80,7 +95,10 @@ pub async fn list(
         limit,
     };
     let (rows, total) = state.store.list_instances(&filter).await?;
-    let instances = rows.into_iter().map(|r| instance_dto(r, fresh_after)).collect();
+    let instances = rows
+        .into_iter()
+        .map(|r| instance_dto(r, fresh_after))
+        .collect();
     Ok(ApiJson(InstancesResponse { instances, total }))
 }
 
@@ -89,10 +107,14 @@ pub async fn show(
     State(state): State<AppState>,
     Path(instance_id): Path<String>,
 ) -> Result<ApiJson<Instance>, ApiError> {
-    let row = state.store.instance(&instance_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("instance", &instance_id),
-        other => other.into(),
-    })?;
+    let row = state
+        .store
+        .instance(&instance_id)
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => ApiError::not_found("instance", &instance_id),
+            other => other.into(),
+        })?;
     Ok(ApiJson(instance_dto(row, lost_before(&state))))
 }
 
@@ -103,11 +125,17 @@ pub async fn deregister(
     Path(instance_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
-    state.store.delete_instance(&instance_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("instance", &instance_id),
-        other => other.into(),
-    })?;
+    state
+        .store
+        .delete_instance(&instance_id)
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => ApiError::not_found("instance", &instance_id),
+            other => other.into(),
+        })?;
     state.dispatcher.disconnect(&instance_id);
-    state.audit(&caller, "DeregisterInstance", &instance_id, "").await;
+    state
+        .audit(&caller, "DeregisterInstance", &instance_id, "")
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

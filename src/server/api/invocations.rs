@@ -1,10 +1,11 @@
 //! RunCommand, execution records, their per-instance results and output, and stop.
 
 use super::{rfc3339, window};
-use crate::protocol::api::{
-    Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
-};
 use crate::protocol::InvocationStatus;
+use crate::protocol::api::{
+    Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest,
+    StopRequest,
+};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiQuery};
@@ -68,7 +69,14 @@ pub async fn create(
     caller.require(Role::Operator)?;
     let count = req.instance_ids.len();
     let created = state.dispatcher.run_command(&caller.username, req).await?;
-    state.audit(&caller, "RunCommand", &created.invoke_id, &format!("on {count} instances")).await;
+    state
+        .audit(
+            &caller,
+            "RunCommand",
+            &created.invoke_id,
+            &format!("on {count} instances"),
+        )
+        .await;
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
@@ -91,7 +99,10 @@ pub async fn list(
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         Some(text) => Some(text.parse::<InvocationStatus>().map_err(|_| {
             let all: Vec<&str> = InvocationStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request("InvalidParameter.Status", format!("status {text:?} is not one of {}", all.join(", ")))
+            ApiError::bad_request(
+                "InvalidParameter.Status",
+                format!("status {text:?} is not one of {}", all.join(", ")),
+            )
         })?),
         None => None,
     };
@@ -106,12 +117,17 @@ pub async fn list(
         (filter.offset, filter.limit) = (0, i64::MAX as u64);
     }
     let (rows, total) = state.store.list_invocations(&filter).await?;
-    let mut invocations: Vec<Invocation> = rows.into_iter().map(|r| invocation_dto(r, None)).collect();
+    let mut invocations: Vec<Invocation> =
+        rows.into_iter().map(|r| invocation_dto(r, None)).collect();
     let total = match status {
         Some(status) => {
             invocations.retain(|i| i.invocation_status == status);
             let total = invocations.len() as u64;
-            invocations = invocations.into_iter().skip(offset as usize).take(limit as usize).collect();
+            invocations = invocations
+                .into_iter()
+                .skip(offset as usize)
+                .take(limit as usize)
+                .collect();
             total
         }
         None => total,
@@ -132,10 +148,18 @@ pub async fn show(
     Path(invoke_id): Path<String>,
     ApiQuery(query): ApiQuery<ShowQuery>,
 ) -> Result<ApiJson<Invocation>, ApiError> {
-    let row = state.store.invocation(&invoke_id).await.map_err(not_found(&invoke_id))?;
+    let row = state
+        .store
+        .invocation(&invoke_id)
+        .await
+        .map_err(not_found(&invoke_id))?;
     let mut results = Vec::new();
     for result in state.store.results(&invoke_id).await? {
-        let output = if query.include_output.unwrap_or(true) { state.store.output(result.id).await? } else { Vec::new() };
+        let output = if query.include_output.unwrap_or(true) {
+            state.store.output(result.id).await?
+        } else {
+            Vec::new()
+        };
         results.push(result_dto(result, &output));
     }
     Ok(ApiJson(invocation_dto(row, Some(results))))
@@ -147,15 +171,27 @@ pub async fn output(
     State(state): State<AppState>,
     Path((invoke_id, instance_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let result = state.store.result(&invoke_id, &instance_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("result", &format!("{invoke_id}/{instance_id}")),
-        other => other.into(),
-    })?;
+    let result = state
+        .store
+        .result(&invoke_id, &instance_id)
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => {
+                ApiError::not_found("result", &format!("{invoke_id}/{instance_id}"))
+            }
+            other => other.into(),
+        })?;
     let bytes = state.store.output(result.id).await?;
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-        (header::HeaderName::from_static("x-fleetrun-dropped"), result.dropped.to_string()),
-        (header::HeaderName::from_static("x-fleetrun-status"), result.status.to_string()),
+        (
+            header::HeaderName::from_static("x-fleetrun-dropped"),
+            result.dropped.to_string(),
+        ),
+        (
+            header::HeaderName::from_static("x-fleetrun-status"),
+            result.status.to_string(),
+        ),
     ];
     Ok((headers, Body::from(bytes)).into_response())
 }
@@ -172,12 +208,25 @@ pub async fn stop(
     let req: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("InvalidParameter.Body", format!("invalid stop body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("InvalidParameter.Body", format!("invalid stop body: {e}"))
+        })?
     };
-    let stopped = state.dispatcher.stop(&invoke_id, req.instance_ids.as_deref()).await.map_err(|e| match e {
-        crate::dispatch::Error::NotFound(_) => ApiError::not_found("invocation", &invoke_id),
-        other => other.into(),
-    })?;
-    state.audit(&caller, "StopInvocation", &invoke_id, &format!("{stopped} results stopped")).await;
+    let stopped = state
+        .dispatcher
+        .stop(&invoke_id, req.instance_ids.as_deref())
+        .await
+        .map_err(|e| match e {
+            crate::dispatch::Error::NotFound(_) => ApiError::not_found("invocation", &invoke_id),
+            other => other.into(),
+        })?;
+    state
+        .audit(
+            &caller,
+            "StopInvocation",
+            &invoke_id,
+            &format!("{stopped} results stopped"),
+        )
+        .await;
     Ok(StatusCode::ACCEPTED)
 }

@@ -19,22 +19,43 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/regions", get(instances::regions))
         .route("/instances", get(instances::list))
-        .route("/instances/{instance_id}", get(instances::show).delete(instances::deregister))
-        .route("/activations", post(activations::create).get(activations::list))
-        .route("/invocations", post(invocations::create).get(invocations::list))
+        .route(
+            "/instances/{instance_id}",
+            get(instances::show).delete(instances::deregister),
+        )
+        .route(
+            "/activations",
+            post(activations::create).get(activations::list),
+        )
+        .route(
+            "/invocations",
+            post(invocations::create).get(invocations::list),
+        )
         .route("/invocations/{invoke_id}", get(invocations::show))
-        .route("/invocations/{invoke_id}/results/{instance_id}/output", get(invocations::output))
+        .route(
+            "/invocations/{invoke_id}/results/{instance_id}/output",
+            get(invocations::output),
+        )
         .route("/invocations/{invoke_id}/stop", post(invocations::stop))
         .route("/invocations/{invoke_id}/stream", get(super::live::stream))
         .route("/commands", post(commands::create).get(commands::list))
-        .route("/commands/{command_id}", get(commands::show).patch(commands::modify).delete(commands::delete))
+        .route(
+            "/commands/{command_id}",
+            get(commands::show)
+                .patch(commands::modify)
+                .delete(commands::delete),
+        )
         .route("/commands/{command_id}/invoke", post(commands::invoke))
         .route("/quotas", get(commands::quotas))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{token_id}", delete(tokens::revoke))
         .route("/audit", get(audit::list))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such API route: see the API table in README.md")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no such API route: see the API table in README.md",
+            )
         })
 }
 
@@ -52,12 +73,19 @@ pub fn window(page: Option<u64>, page_size: Option<u64>) -> Result<(u64, u64), A
 
 /// RFC 3339 UTC text of a stored millisecond timestamp.
 pub fn rfc3339(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Parses an RFC 3339 time from a query into stored milliseconds.
 pub fn parse_time(field: &'static str, text: &str) -> Result<i64, ApiError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
-        ApiError::bad_request("InvalidParameter.Time", format!("`{field}` must be an RFC 3339 time like 2026-01-31T12:00:00Z"))
-    })
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_request(
+                "InvalidParameter.Time",
+                format!("`{field}` must be an RFC 3339 time like 2026-01-31T12:00:00Z"),
+            )
+        })
 }

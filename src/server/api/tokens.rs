@@ -16,21 +16,40 @@ pub async fn create(
 ) -> Result<(StatusCode, ApiJson<TokenCreated>), ApiError> {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 64 {
-        return Err(ApiError::bad_request("InvalidParameter.Name", "a token needs a name of 1 to 64 characters"));
+        return Err(ApiError::bad_request(
+            "InvalidParameter.Name",
+            "a token needs a name of 1 to 64 characters",
+        ));
     }
     let expires_at = match req.expires_in_days {
         Some(days @ 1..=3650) => Some(now_ms() + i64::from(days) * 86_400_000),
-        Some(_) => return Err(ApiError::bad_request("InvalidParameter.ExpiresInDays", "`expires_in_days` must be between 1 and 3650")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "InvalidParameter.ExpiresInDays",
+                "`expires_in_days` must be between 1 and 3650",
+            ));
+        }
         None => None,
     };
     let secret = format!("frt_{}", ids::new_secret());
-    let row = state.store.create_token(caller.user_id, name, &ids::hash_secret(&secret), expires_at).await?;
+    let row = state
+        .store
+        .create_token(caller.user_id, name, &ids::hash_secret(&secret), expires_at)
+        .await?;
     state.audit(&caller, "CreateToken", &row.id, name).await;
-    let created = TokenCreated { token_id: row.id, name: row.name, token: secret, expires_time: expires_at.map(rfc3339) };
+    let created = TokenCreated {
+        token_id: row.id,
+        name: row.name,
+        token: secret,
+        expires_time: expires_at.map(rfc3339),
+    };
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<ApiJson<TokensResponse>, ApiError> {
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<ApiJson<TokensResponse>, ApiError> {
     let rows = state.store.list_tokens(caller.user_id).await?;
     let tokens = rows
         .into_iter()
@@ -50,10 +69,14 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(token_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.revoke_token(caller.user_id, &token_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("token", &token_id),
-        other => other.into(),
-    })?;
+    state
+        .store
+        .revoke_token(caller.user_id, &token_id)
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => ApiError::not_found("token", &token_id),
+            other => other.into(),
+        })?;
     state.audit(&caller, "RevokeToken", &token_id, "").await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,339 @@
+//! Test harness: a real server on a loopback port, real `fleetrun agent` processes, a TCP
+//! proxy that can cut connections, and polling with deadlines (no fixed sleeps).
+
+use clap::Parser as _;
+use fleetrun::client::{ApiClient, Credentials};
+use fleetrun::config::{Cli, Mode};
+use fleetrun::protocol::api::{
+    ActivationCreated, CreateActivationRequest, Invocation, RunCommandRequest,
+};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub const PASSWORD: &str = "test-admin-password";
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server running in this process on a loopback port, stopped on drop.
+pub struct TestApp {
+    pub url: String,
+    pub client: ApiClient,
+    pub data: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    /// A server with a 1 s heartbeat (agents are lost after 3 s) and the given extra flags.
+    pub async fn spawn_with(extra: &[&str]) -> TestApp {
+        let data = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let data_dir = data.path().display().to_string();
+        let mut args = vec![
+            "fleetrun",
+            "serve",
+            "--listen",
+            &address,
+            "--data-dir",
+            &data_dir,
+        ];
+        args.extend([
+            "--admin-password",
+            PASSWORD,
+            "--heartbeat-secs",
+            "1",
+            "--timeout-grace-secs",
+            "5",
+        ]);
+        args.extend(extra);
+        let Mode::Serve(serve) = Cli::parse_from(args).mode else {
+            unreachable!()
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(fleetrun::server::run(serve, listener, shutdown.clone()));
+        let url = format!("http://{address}");
+        let client = ApiClient::new(
+            &url,
+            Credentials::Basic {
+                username: "admin".into(),
+                password: PASSWORD.into(),
+            },
+        );
+        let health = format!("{url}/healthz");
+        eventually(Duration::from_secs(10), "the server to answer", || async {
+            reqwest::get(&health)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        TestApp {
+            url,
+            client,
+            data,
+            shutdown,
+        }
+    }
+
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(&[]).await
+    }
+
+    pub async fn activation(&self, region: &str, limit: u32) -> ActivationCreated {
+        let req = CreateActivationRequest {
+            region_id: region.into(),
+            instance_count_limit: limit,
+            ttl_hours: None,
+            description: None,
+        };
+        self.client.create_activation(&req).await.unwrap()
+    }
+
+    /// Enrols and starts a real agent process in `region`, and waits until it is online.
+    pub async fn agent(&self, region: &str) -> AgentProcess {
+        let activation = self.activation(region, 1).await;
+        let agent = AgentProcess::start(&self.url, Some(&activation), tempfile::tempdir().unwrap());
+        agent.wait_online(self).await;
+        agent
+    }
+
+    /// Runs a command and waits until every result is terminal.
+    pub async fn run_to_end(&self, req: &RunCommandRequest) -> Invocation {
+        let created = self.client.run(req).await.unwrap();
+        self.wait_done(&created.invoke_id, Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn wait_done(&self, invoke_id: &str, timeout: Duration) -> Invocation {
+        eventually(timeout, "the invocation to finish", || async {
+            let inv = self.client.invocation(invoke_id).await.unwrap();
+            inv.invocation_status.is_terminal().then_some(inv)
+        })
+        .await
+    }
+
+    /// Waits until the instance's result in the invocation has the given status.
+    pub async fn wait_result(
+        &self,
+        invoke_id: &str,
+        instance_id: &str,
+        status: &str,
+    ) -> Invocation {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{instance_id} to be {status}"),
+            || async {
+                let inv = self.client.invocation(invoke_id).await.unwrap();
+                let result = inv
+                    .results
+                    .as_ref()?
+                    .iter()
+                    .find(|r| r.instance_id == instance_id)?;
+                (result.invocation_status.as_str() == status).then_some(inv.clone())
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A real `fleetrun agent` process, killed on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    pub state: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    pub fn start(
+        server: &str,
+        activation: Option<&ActivationCreated>,
+        state: tempfile::TempDir,
+    ) -> AgentProcess {
+        let child = agent_command(server, activation, state.path())
+            .spawn()
+            .expect("start fleetrun agent");
+        AgentProcess { child, state }
+    }
+
+    /// The instance id the agent stored after enrolling.
+    pub async fn instance_id(&self) -> String {
+        let path = self.state.path().join("identity.json");
+        eventually(Duration::from_secs(10), "the agent to enrol", || async {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+            value["instance_id"].as_str().map(String::from)
+        })
+        .await
+    }
+
+    pub async fn wait_online(&self, app: &TestApp) {
+        let id = self.instance_id().await;
+        eventually(
+            Duration::from_secs(10),
+            "the agent to be online",
+            || async {
+                let instance = app.client.instance(&id).await.ok()?;
+                (instance.agent.online && format!("{:?}", instance.status) == "Running")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Starts the agent again on the same state directory (no activation needed).
+    pub fn restart(&mut self, server: &str) {
+        self.child = agent_command(server, None, self.state.path())
+            .spawn()
+            .expect("restart fleetrun agent");
+    }
+}
+
+pub fn agent_command(
+    server: &str,
+    activation: Option<&ActivationCreated>,
+    state: &Path,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun"));
+    command
+        .args([
+            "agent",
+            "--server",
+            server,
+            "--reconnect-max-secs",
+            "1",
+            "--kill-grace-secs",
+            "1",
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .env("FLEETRUN_LOG", "warn")
+        .kill_on_drop(true);
+    if let Some(a) = activation {
+        command.args([
+            "--activation-id",
+            &a.activation_id,
+            "--activation-code",
+            &a.activation_code,
+        ]);
+    }
+    command
+}
+
+/// A `sleep` argument unique to this test run, e.g. `600.0123405`, so that process checks
+/// cannot see processes of other tests or earlier runs.
+pub fn unique_seconds(whole: u32) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{whole}.{:05}{n:02}", std::process::id() % 100_000)
+}
+
+/// Live (not zombie) processes whose command line contains `needle`.
+pub fn live_processes(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let dir: PathBuf = entry.path();
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if cmdline.contains(needle) && state != Some('Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A TCP proxy in front of the server whose connections can be cut and refused.
+pub struct Proxy {
+    pub url: String,
+    generation: watch::Sender<u64>,
+    refusing: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let (generation, _) = watch::channel(0u64);
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (gen_tx, refuse) = (generation.clone(), refusing.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if refuse.load(Ordering::SeqCst) {
+                    continue; // dropped at once
+                }
+                let upstream = upstream.clone();
+                let mut cut = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            url,
+            generation,
+            refusing,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones until `restore`.
+    pub fn cut(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

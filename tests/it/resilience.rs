@@ -1,0 +1,185 @@
+//! Offline instances, lost agents, cut connections, restarts: every result still ends, and no
+//! output is lost or doubled.
+
+use crate::helpers::{
+    AgentProcess, Proxy, TestApp, agent_command, eventually, live_processes, sha256, unique_seconds,
+};
+use fleetrun::protocol::api::{InstanceStatus, RunCommandRequest};
+use fleetrun::protocol::{ErrorCode, ResultStatus};
+use std::time::Duration;
+
+#[tokio::test]
+async fn an_offline_target_is_aborted_after_the_delivery_window() {
+    let app = TestApp::spawn_with(&["--delivery-window-secs", "2"]).await;
+    let mut agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    agent.kill9().await;
+
+    let inv = app
+        .run_to_end(&RunCommandRequest::shell(vec![id], "echo never"))
+        .await;
+
+    let result = &inv.results.unwrap()[0];
+    assert_eq!(result.invocation_status, ResultStatus::Aborted);
+    assert!(
+        matches!(
+            result.error_code,
+            Some(ErrorCode::DeliveryTimeout | ErrorCode::ClientNotRunning)
+        ),
+        "{:?}",
+        result.error_code
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_comes_back_inside_the_window_runs_the_task() {
+    let app = TestApp::spawn_with(&["--delivery-window-secs", "30"]).await;
+    let mut agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    agent.kill9().await;
+    let created = app
+        .client
+        .run(&RunCommandRequest::shell(
+            vec![id.clone()],
+            "echo delivered late",
+        ))
+        .await
+        .unwrap();
+
+    agent.restart(&app.url);
+    let inv = app
+        .wait_done(&created.invoke_id, Duration::from_secs(20))
+        .await;
+
+    let result = &inv.results.unwrap()[0];
+    assert_eq!(result.invocation_status, ResultStatus::Success);
+    assert_eq!(result.output, "delivered late\n");
+    assert_eq!(
+        agent.instance_id().await,
+        id,
+        "the restarted agent reuses its credential"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_run_ends_its_result_as_client_not_response() {
+    let app = TestApp::spawn().await;
+    let mut agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let seconds = unique_seconds(30);
+    let created = app
+        .client
+        .run(&RunCommandRequest::shell(
+            vec![id.clone()],
+            format!("sleep {seconds}"),
+        ))
+        .await
+        .unwrap();
+    app.wait_result(&created.invoke_id, &id, "Running").await;
+
+    agent.kill9().await;
+    let inv = app
+        .wait_done(&created.invoke_id, Duration::from_secs(10))
+        .await;
+
+    let result = &inv.results.unwrap()[0];
+    assert_eq!(result.invocation_status, ResultStatus::Error);
+    assert_eq!(result.error_code, Some(ErrorCode::ClientNotResponse));
+    assert_eq!(
+        app.client.instance(&id).await.unwrap().status,
+        InstanceStatus::Stopped
+    );
+    // The agent died without killing its child; clean up after the test.
+    for pid in live_processes(&seconds) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn output_survives_a_cut_connection_without_loss_or_duplication() {
+    let app = TestApp::spawn().await;
+    let proxy = Proxy::start(&app.url).await;
+    let activation = app.activation("local", 1).await;
+    let agent = AgentProcess::start(&proxy.url, Some(&activation), tempfile::tempdir().unwrap());
+    agent.wait_online(&app).await;
+    let id = agent.instance_id().await;
+    let script = "i=0; while [ $i -lt 3000 ]; do echo \"line $i of the streamed output\"; i=$((i+1)); \
+                  if [ $((i % 100)) -eq 0 ]; then sleep 0.05; fi; done";
+    let expected: String = (0..3000)
+        .map(|i| format!("line {i} of the streamed output\n"))
+        .collect();
+
+    let created = app
+        .client
+        .run(&RunCommandRequest::shell(vec![id.clone()], script))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "output to start streaming",
+        || async {
+            let inv = app.client.invocation(&created.invoke_id).await.ok()?;
+            let output = &inv.results?[0].output;
+            output.contains("line 300 ").then_some(())
+        },
+    )
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    let inv = app
+        .wait_done(&created.invoke_id, Duration::from_secs(30))
+        .await;
+    let raw = app.client.output(&created.invoke_id, &id).await.unwrap();
+
+    assert_eq!(
+        inv.results.unwrap()[0].invocation_status,
+        ResultStatus::Success
+    );
+    assert_eq!(raw.len(), expected.len());
+    assert_eq!(sha256(&raw), sha256(expected.as_bytes()));
+}
+
+#[tokio::test]
+async fn an_activation_refuses_agents_past_its_limit_with_a_clear_message() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 1).await;
+    let first = AgentProcess::start(&app.url, Some(&activation), tempfile::tempdir().unwrap());
+    first.wait_online(&app).await;
+
+    let state = tempfile::tempdir().unwrap();
+    let output = agent_command(&app.url, Some(&activation), state.path())
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reached its instance limit"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_deregistered_agent_is_disconnected_and_cannot_reconnect() {
+    let app = TestApp::spawn().await;
+    let mut agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+
+    let response = app
+        .client
+        .raw(reqwest::Method::DELETE, &format!("/instances/{id}"), None)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), agent.child.wait())
+        .await
+        .expect("agent exits")
+        .unwrap();
+
+    assert_eq!(response.status(), 204);
+    assert!(!status.success(), "the agent gives up with an error");
+    let lookup = app
+        .client
+        .raw(reqwest::Method::GET, &format!("/instances/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(lookup.status(), 404);
+}
