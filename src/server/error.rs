@@ -14,16 +14,31 @@ use std::borrow::Cow;
 tokio::task_local! {
     /// The id of the request being handled, for error bodies.
     static REQUEST_ID: String;
+    /// Whether the request came from htmx (`HX-Request`), for console error answers.
+    static IS_HTMX: bool;
 }
 
 /// Gives every request an id (`x-request-id` on the answer, `request_id` in error bodies).
 pub async fn request_id(req: Request, next: Next) -> Response {
     let id = crate::store::ids::new_id("req");
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let htmx = req.headers().contains_key("hx-request");
+    let mut response = REQUEST_ID
+        .scope(id.clone(), IS_HTMX.scope(htmx, next.run(req)))
+        .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Whether the request being handled came from htmx.
+pub fn is_htmx() -> bool {
+    IS_HTMX.try_with(|h| *h).unwrap_or(false)
+}
+
+/// The id of the request being handled.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// An error answer: status, code and a sentence that says how to fix it.

@@ -1,10 +1,11 @@
-//! `GET /api/v1/invocations/{invoke_id}/stream`: a WebSocket of JSON `StreamEvent`s. A watcher
-//! first gets what is stored (statuses and kept output), then live events, with no gap and no
-//! repeat: it subscribes before reading the store, and skips live bytes it already has by
-//! their offset.
+//! Live sockets of an invocation: `GET /api/v1/invocations/{id}/stream` (JSON `StreamEvent`s)
+//! and the console's `…/live` (HTML fragments for htmx). A watcher first gets what is stored
+//! (statuses and kept output), then live events, with no gap and no repeat: it subscribes before
+//! reading the store, and skips live bytes it already has by their offset.
 
 use super::AppState;
 use super::auth::Caller;
+use super::console::records as html;
 use super::error::{ApiError, ApiQuery};
 use crate::protocol::InvocationStatus;
 use crate::protocol::api::StreamEvent;
@@ -15,6 +16,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Debug, Deserialize)]
@@ -39,43 +41,92 @@ pub async fn stream(
             store::Error::NotFound => ApiError::not_found("invocation", &invoke_id),
             other => other.into(),
         })?;
-    Ok(ws.on_upgrade(move |socket| async move {
-        let mut watch = Watch {
-            socket,
-            state,
-            invoke_id,
-            only: query.instance_id,
-            sent: HashMap::new(),
-        };
-        if let Err(e) = watch.run().await {
-            tracing::debug!(error = %e, "live stream ended");
-        }
-    }))
+    let watch = Watch::new(
+        state,
+        invoke_id,
+        query.instance_id.clone(),
+        query.instance_id,
+        Format::Json,
+    );
+    Ok(ws.on_upgrade(move |socket| watch.run(socket)))
 }
 
-struct Watch {
-    socket: WebSocket,
+/// How events are written to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON `StreamEvent` per text frame.
+    Json,
+    /// htmx out-of-band fragments for the console's Command Output panel.
+    Html,
+}
+
+/// One watcher of one invocation.
+pub struct Watch {
     state: AppState,
     invoke_id: String,
-    only: Option<String>,
+    /// Only this instance's output.
+    output_of: Option<String>,
+    /// Only this instance's statuses.
+    status_of: Option<String>,
+    format: Format,
     /// Per instance, the output offset up to which the watcher has everything.
     sent: HashMap<String, u64>,
+    /// HTML: the per-status counts need redrawing.
+    counts_dirty: bool,
 }
 
 impl Watch {
-    async fn run(&mut self) -> anyhow::Result<()> {
+    pub fn new(
+        state: AppState,
+        invoke_id: String,
+        output_of: Option<String>,
+        status_of: Option<String>,
+        format: Format,
+    ) -> Self {
+        Watch {
+            state,
+            invoke_id,
+            output_of,
+            status_of,
+            format,
+            sent: HashMap::new(),
+            counts_dirty: false,
+        }
+    }
+
+    /// Runs until the invocation is done, the client leaves or the server stops.
+    pub async fn run(mut self, mut socket: WebSocket) {
+        if let Err(e) = self.serve(&mut socket).await {
+            tracing::debug!(error = %e, "live stream ended");
+        }
+        // A normal close: clients (htmx's ws extension) reconnect only after abnormal ones.
+        let close = axum::extract::ws::CloseFrame {
+            code: 1000,
+            reason: "done".into(),
+        };
+        let _ = socket.send(Message::Close(Some(close))).await;
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> anyhow::Result<()> {
         let mut rx = self.state.dispatcher.watch(&self.invoke_id);
-        if self.replay().await? {
+        if self.replay(socket).await? {
             return Ok(());
         }
+        // Counts are redrawn at most this often, however fast results change.
+        let mut tick = tokio::time::interval(Duration::from_millis(400));
         loop {
             tokio::select! {
                 event = rx.recv() => match event {
-                    Ok(event) => if self.forward(&event).await? { return Ok(()) },
-                    Err(RecvError::Lagged(_)) => if self.replay().await? { return Ok(()) },
+                    Ok(event) => if self.forward(socket, &event).await? { return Ok(()) },
+                    Err(RecvError::Lagged(_)) => if self.replay(socket).await? { return Ok(()) },
                     Err(RecvError::Closed) => return Ok(()),
                 },
-                incoming = self.socket.recv() => match incoming {
+                _ = tick.tick(), if self.counts_dirty => {
+                    self.counts_dirty = false;
+                    let fragment = html::summary_fragment(&self.state, &self.invoke_id).await?;
+                    send_text(socket, fragment).await?;
+                }
+                incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
                     Some(Ok(_)) => {}
                 },
@@ -84,42 +135,66 @@ impl Watch {
         }
     }
 
-    fn wanted(&self, instance_id: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == instance_id)
+    fn wants_output(&self, instance_id: &str) -> bool {
+        self.output_of
+            .as_deref()
+            .is_none_or(|only| only == instance_id)
+    }
+
+    fn wants_status(&self, instance_id: &str) -> bool {
+        self.status_of
+            .as_deref()
+            .is_none_or(|only| only == instance_id)
     }
 
     /// Sends what is stored past what was sent. Returns true when the invocation is done.
-    async fn replay(&mut self) -> anyhow::Result<bool> {
+    async fn replay(&mut self, socket: &mut WebSocket) -> anyhow::Result<bool> {
         let store = self.state.store.clone();
         let invocation = store.invocation(&self.invoke_id).await?;
         for result in store.results(&self.invoke_id).await? {
-            if !self.wanted(&result.instance_id) {
-                continue;
+            if self.wants_output(&result.instance_id) {
+                let from = self.sent.get(&result.instance_id).copied().unwrap_or(0);
+                if from == 0 && self.format == Format::Html {
+                    // A reconnecting panel already shows some output: start it afresh.
+                    send_text(socket, html::clear_output_fragment(&self.invoke_id)).await?;
+                }
+                for chunk in store.output_chunks(result.id, from).await? {
+                    let event = StreamEvent::Output {
+                        instance_id: result.instance_id.clone(),
+                        seq: None,
+                        offset: chunk.offset,
+                        stream: chunk.stream,
+                        data: Bytes::from(chunk.data),
+                    };
+                    self.forward(socket, &event).await?;
+                }
             }
-            let from = self.sent.get(&result.instance_id).copied().unwrap_or(0);
-            for chunk in store.output_chunks(result.id, from).await? {
-                let event = StreamEvent::Output {
-                    instance_id: result.instance_id.clone(),
-                    seq: None,
-                    offset: chunk.offset,
-                    stream: chunk.stream,
-                    data: Bytes::from(chunk.data),
+            if self.wants_status(&result.instance_id) {
+                let status = StreamEvent::Status {
+                    instance_id: result.instance_id,
+                    invocation_status: result.status,
+                    exit_code: result.exit_code,
+                    error_code: result.error_code,
                 };
-                self.forward(&event).await?;
+                self.forward(socket, &status).await?;
             }
-            let status = StreamEvent::Status {
-                instance_id: result.instance_id,
-                invocation_status: result.status,
-                exit_code: result.exit_code,
-                error_code: result.error_code,
-            };
-            self.send(&status).await?;
         }
         let status = InvocationStatus::from_counts(invocation.counts);
+        if self.format == Format::Html {
+            send_text(
+                socket,
+                html::summary_fragment(&self.state, &self.invoke_id).await?,
+            )
+            .await?;
+            self.counts_dirty = false;
+        }
         if status.is_terminal() {
-            self.send(&StreamEvent::Done {
-                invocation_status: status,
-            })
+            self.forward(
+                socket,
+                &StreamEvent::Done {
+                    invocation_status: status,
+                },
+            )
             .await?;
             return Ok(true);
         }
@@ -127,8 +202,12 @@ impl Watch {
     }
 
     /// Sends an event, trimming output already sent. Returns true after `Done`.
-    async fn forward(&mut self, event: &StreamEvent) -> anyhow::Result<bool> {
-        match event {
+    async fn forward(
+        &mut self,
+        socket: &mut WebSocket,
+        event: &StreamEvent,
+    ) -> anyhow::Result<bool> {
+        let text = match event {
             StreamEvent::Output {
                 instance_id,
                 seq,
@@ -136,7 +215,7 @@ impl Watch {
                 stream,
                 data,
             } => {
-                if !self.wanted(instance_id) {
+                if !self.wants_output(instance_id) {
                     return Ok(false);
                 }
                 let sent = self.sent.entry(instance_id.clone()).or_insert(0);
@@ -146,32 +225,51 @@ impl Watch {
                 }
                 let skip = sent.saturating_sub(*offset) as usize;
                 *sent = end;
-                let event = StreamEvent::Output {
-                    instance_id: instance_id.clone(),
-                    seq: *seq,
-                    offset: offset + skip as u64,
-                    stream: *stream,
-                    data: data.slice(skip..),
-                };
-                self.send(&event).await?;
-                Ok(false)
+                let data = data.slice(skip..);
+                match self.format {
+                    Format::Json => serde_json::to_string(&StreamEvent::Output {
+                        instance_id: instance_id.clone(),
+                        seq: *seq,
+                        offset: offset + skip as u64,
+                        stream: *stream,
+                        data,
+                    })?,
+                    Format::Html => html::output_fragment(&self.invoke_id, &data, *stream),
+                }
             }
             StreamEvent::Status { instance_id, .. } => {
-                if self.wanted(instance_id) {
-                    self.send(event).await?;
+                if !self.wants_status(instance_id) {
+                    return Ok(false);
                 }
-                Ok(false)
+                match self.format {
+                    Format::Json => serde_json::to_string(event)?,
+                    Format::Html => {
+                        self.counts_dirty = true;
+                        html::row_fragment(
+                            &self.state,
+                            &self.invoke_id,
+                            instance_id,
+                            self.output_of.as_deref(),
+                        )
+                        .await?
+                    }
+                }
             }
             StreamEvent::Done { .. } => {
-                self.send(event).await?;
-                Ok(true)
+                let text = match self.format {
+                    Format::Json => serde_json::to_string(event)?,
+                    Format::Html => html::summary_fragment(&self.state, &self.invoke_id).await?,
+                };
+                send_text(socket, text).await?;
+                return Ok(true);
             }
-        }
+        };
+        send_text(socket, text).await?;
+        Ok(false)
     }
+}
 
-    async fn send(&mut self, event: &StreamEvent) -> anyhow::Result<()> {
-        let text = serde_json::to_string(event)?;
-        self.socket.send(Message::Text(text.into())).await?;
-        Ok(())
-    }
+async fn send_text(socket: &mut WebSocket, text: String) -> anyhow::Result<()> {
+    socket.send(Message::Text(text.into())).await?;
+    Ok(())
 }

@@ -6,6 +6,7 @@
 mod agent;
 pub mod api;
 mod auth;
+mod console;
 mod error;
 mod live;
 
@@ -78,7 +79,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api::routes())
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/connect", get(agent::connect))
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(console::security_headers))
         .layer(axum::middleware::from_fn(error::request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -155,6 +155,18 @@ impl Store {
         .await?)
     }
 
+    /// Disables an activation: it enrols no more instances.
+    pub async fn disable_activation(&self, activation_id: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE activations SET disabled = 1 WHERE id = $1")
+            .bind(activation_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+
     /// Enrols an instance through an activation, atomically counting it against the limit.
     pub async fn register_instance(
         &self,

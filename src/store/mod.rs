@@ -21,7 +21,7 @@ pub use invocations::{
     DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow,
 };
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
-pub use users::{AuditFilter, AuditRow, NewAudit, Role, TokenRow, UserRow};
+pub use users::{AuditFilter, AuditRow, NewAudit, Role, SessionRow, TokenRow, UserRow};
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -1,0 +1,439 @@
+//! Execution Records: the list of invocations, one invocation's page, and the Command Output
+//! panel (counts per status, a row per instance, the selected instance's output streaming live).
+
+use super::fragment::output_html;
+use super::{Layout, PageError, Pager, Session, duration, render, when};
+use crate::protocol::{InvocationStatus, OutputStream, ResultStatus};
+use crate::server::AppState;
+use crate::server::live::{Format, Watch};
+use crate::store::{self, InvocationFilter, InvocationRow, ResultRow, Role, now_ms};
+use askama::Template;
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+/// Most result rows the panel draws at once; a status filter narrows them.
+const PANEL_ROWS: usize = 200;
+
+/// An invocation as a row of a listing.
+pub struct RecordView {
+    pub id: String,
+    pub name: String,
+    pub command_type: &'static str,
+    pub command_id: String,
+    pub status: InvocationStatus,
+    pub status_class: &'static str,
+    pub counts: String,
+    pub creator: String,
+    pub created: String,
+}
+
+impl RecordView {
+    pub fn new(row: InvocationRow) -> Self {
+        let status = InvocationStatus::from_counts(row.counts.clone());
+        let counts = row
+            .counts
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        RecordView {
+            name: if row.name.is_empty() {
+                first_line(&row.content)
+            } else {
+                row.name
+            },
+            command_type: row.command_type.label(),
+            command_id: row.command_id.unwrap_or_default(),
+            status_class: super::instances::status_class(status),
+            status,
+            counts,
+            creator: row.creator,
+            created: when(row.created_at),
+            id: row.id,
+        }
+    }
+}
+
+fn first_line(content: &str) -> String {
+    let line = content.lines().next().unwrap_or_default();
+    if line.chars().count() > 60 {
+        format!("{}…", line.chars().take(60).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// One instance's result as a row of the panel.
+pub struct ResultView {
+    pub instance_id: String,
+    pub status: ResultStatus,
+    pub status_class: &'static str,
+    pub exit_code: String,
+    pub error: String,
+    pub duration: String,
+    pub selected: bool,
+}
+
+impl ResultView {
+    fn new(row: &ResultRow, selected: Option<&str>) -> Self {
+        let status_class = match row.status {
+            ResultStatus::Success => "ok",
+            ResultStatus::Running | ResultStatus::Pending | ResultStatus::Stopping => "busy",
+            ResultStatus::Cancelled | ResultStatus::Terminated => "muted",
+            _ => "bad",
+        };
+        let error = match (&row.error_code, &row.error_info) {
+            (Some(code), Some(info)) => format!("{code}: {info}"),
+            (Some(code), None) => code.to_string(),
+            _ => String::new(),
+        };
+        let duration = match (row.start_time, row.finish_time) {
+            (Some(start), Some(end)) => duration(end - start),
+            (Some(start), None) => duration(now_ms() - start),
+            _ => String::new(),
+        };
+        ResultView {
+            instance_id: row.instance_id.clone(),
+            status: row.status,
+            status_class,
+            exit_code: row.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            error,
+            duration,
+            selected: selected == Some(row.instance_id.as_str()),
+        }
+    }
+}
+
+/// The summary of the panel: counts per status and the actions.
+pub struct Summary {
+    pub status: InvocationStatus,
+    pub status_class: &'static str,
+    pub total: u64,
+    pub counts: Vec<(ResultStatus, u64)>,
+    pub active: bool,
+}
+
+impl Summary {
+    fn new(row: &InvocationRow) -> Self {
+        let status = InvocationStatus::from_counts(row.counts.clone());
+        Summary {
+            status,
+            status_class: super::instances::status_class(status),
+            total: row.counts.values().sum(),
+            counts: row.counts.iter().map(|(s, n)| (*s, *n)).collect(),
+            active: !status.is_terminal(),
+        }
+    }
+}
+
+/// The Command Output panel of one invocation.
+#[derive(Template)]
+#[template(path = "records/panel.html")]
+pub struct PanelFragment {
+    pub invoke_id: String,
+    pub name: String,
+    pub summary: Summary,
+    pub rows: Vec<ResultView>,
+    pub hidden_rows: usize,
+    pub selected: String,
+    pub status_filter: String,
+    pub oob: bool,
+}
+
+impl PanelFragment {
+    /// The URL of the panel's live socket.
+    pub fn live_url(&self) -> String {
+        format!(
+            "/console/invocations/{}/live?instance_id={}",
+            self.invoke_id,
+            super::urlencode(&self.selected)
+        )
+    }
+}
+
+/// Loads the panel of an invocation; `selected` defaults to the first instance.
+pub async fn load_panel(
+    state: &AppState,
+    invoke_id: &str,
+    selected: Option<String>,
+    status: Option<String>,
+) -> Result<PanelFragment, PageError> {
+    let invocation = state
+        .store
+        .invocation(invoke_id)
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => PageError::new(
+                StatusCode::NOT_FOUND,
+                format!("Invocation {invoke_id} does not exist."),
+            ),
+            other => other.into(),
+        })?;
+    let results = state.store.results(invoke_id).await?;
+    let filter: Option<ResultStatus> = status
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok());
+    let selected = selected
+        .filter(|s| results.iter().any(|r| &r.instance_id == s))
+        .or_else(|| results.first().map(|r| r.instance_id.clone()))
+        .unwrap_or_default();
+    let matching: Vec<&ResultRow> = results
+        .iter()
+        .filter(|r| filter.is_none_or(|f| r.status == f))
+        .collect();
+    let rows = matching
+        .iter()
+        .take(PANEL_ROWS)
+        .map(|r| ResultView::new(r, Some(&selected)))
+        .collect();
+    Ok(PanelFragment {
+        invoke_id: invocation.id.clone(),
+        name: RecordView::new(invocation.clone()).name,
+        summary: Summary::new(&invocation),
+        rows,
+        hidden_rows: matching.len().saturating_sub(PANEL_ROWS),
+        selected,
+        status_filter: status.unwrap_or_default(),
+        oob: false,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "records/index.html")]
+struct RecordsPage {
+    layout: Layout,
+    records: Vec<RecordView>,
+    pager: Pager,
+    status: String,
+    instance_id: String,
+    command_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IndexQuery {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    instance_id: String,
+    #[serde(default)]
+    command_id: String,
+    page: Option<u64>,
+}
+
+const PAGE_SIZE: u64 = 50;
+
+pub async fn index(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<IndexQuery>,
+) -> Result<Response, PageError> {
+    let status: Option<InvocationStatus> = query.status.parse().ok();
+    let mut pager = Pager::new(query.page, PAGE_SIZE, 0);
+    let mut filter = InvocationFilter {
+        instance_id: Some(query.instance_id.trim().to_string()).filter(|s| !s.is_empty()),
+        command_id: Some(query.command_id.trim().to_string()).filter(|s| !s.is_empty()),
+        offset: pager.offset(),
+        limit: PAGE_SIZE,
+    };
+    // The overall status is derived: filter after reading, then page.
+    if status.is_some() {
+        (filter.offset, filter.limit) = (0, i64::MAX as u64);
+    }
+    let (rows, total) = state.store.list_invocations(&filter).await?;
+    let mut records: Vec<RecordView> = rows.into_iter().map(RecordView::new).collect();
+    pager.total = total;
+    if let Some(status) = status {
+        records.retain(|r| r.status == status);
+        pager.total = records.len() as u64;
+        records = records
+            .into_iter()
+            .skip(pager.offset() as usize)
+            .take(PAGE_SIZE as usize)
+            .collect();
+    }
+    let layout = session.layout(state.store.regions().await?, "records");
+    Ok(render(&RecordsPage {
+        layout,
+        records,
+        pager,
+        status: query.status,
+        instance_id: query.instance_id,
+        command_id: query.command_id,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "records/show.html")]
+struct RecordPage {
+    layout: Layout,
+    invoke_id: String,
+    content: String,
+    command_type: &'static str,
+    creator: String,
+    created: String,
+    /// The rendered panel (our own markup).
+    panel: String,
+}
+
+/// Renders a panel to HTML for embedding in a page or a fragment.
+pub fn render_panel(panel: PanelFragment) -> Result<String, PageError> {
+    panel
+        .render()
+        .map_err(|e| PageError::from(crate::server::ApiError::internal(e)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PanelQuery {
+    instance_id: Option<String>,
+    status: Option<String>,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invoke_id): Path<String>,
+    Query(query): Query<PanelQuery>,
+) -> Result<Response, PageError> {
+    let panel = load_panel(&state, &invoke_id, query.instance_id, query.status).await?;
+    let invocation = state.store.invocation(&invoke_id).await?;
+    let layout = session.layout(state.store.regions().await?, "records");
+    Ok(render(&RecordPage {
+        layout,
+        invoke_id: invoke_id.clone(),
+        content: invocation.content,
+        command_type: invocation.command_type.label(),
+        creator: invocation.creator,
+        created: when(invocation.created_at),
+        panel: render_panel(panel)?,
+    }))
+}
+
+pub async fn panel(
+    State(state): State<AppState>,
+    _: Session,
+    Path(invoke_id): Path<String>,
+    Query(query): Query<PanelQuery>,
+) -> Result<Response, PageError> {
+    Ok(render(
+        &load_panel(&state, &invoke_id, query.instance_id, query.status).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LiveQuery {
+    instance_id: Option<String>,
+}
+
+/// The panel's live socket: HTML fragments swapped in by htmx's ws extension.
+pub async fn live(
+    State(state): State<AppState>,
+    _: Session,
+    Path(invoke_id): Path<String>,
+    Query(query): Query<LiveQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, PageError> {
+    state.store.invocation(&invoke_id).await?;
+    let selected = query.instance_id.filter(|s| !s.is_empty());
+    let watch = Watch::new(state, invoke_id, selected, None, Format::Html);
+    Ok(ws.on_upgrade(move |socket| watch.run(socket)))
+}
+
+pub async fn stop(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invoke_id): Path<String>,
+) -> Result<Response, PageError> {
+    session.require(Role::Operator)?;
+    let stopped = state.dispatcher.stop(&invoke_id, None).await?;
+    state
+        .audit(
+            &session.caller(),
+            "StopInvocation",
+            &invoke_id,
+            &format!("{stopped} results stopped"),
+        )
+        .await;
+    Ok(summary_fragment(&state, &invoke_id)
+        .await
+        .map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .into_response())
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    _: Session,
+    Path((invoke_id, instance_id)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let result = state.store.result(&invoke_id, &instance_id).await?;
+    let bytes = state.store.output(result.id).await?;
+    let disposition = format!("attachment; filename=\"{invoke_id}-{instance_id}.log\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "records/summary.html")]
+struct SummaryFragment<'a> {
+    invoke_id: &'a str,
+    summary: Summary,
+    oob: bool,
+}
+
+#[derive(Template)]
+#[template(path = "records/row.html")]
+struct RowFragment<'a> {
+    invoke_id: &'a str,
+    r: ResultView,
+    oob: bool,
+}
+
+/// Counts and actions of a panel, as out-of-band swaps.
+pub async fn summary_fragment(state: &AppState, invoke_id: &str) -> anyhow::Result<String> {
+    let invocation = state.store.invocation(invoke_id).await?;
+    Ok(SummaryFragment {
+        invoke_id,
+        summary: Summary::new(&invocation),
+        oob: true,
+    }
+    .render()?)
+}
+
+/// One result row of a panel, as an out-of-band swap.
+pub async fn row_fragment(
+    state: &AppState,
+    invoke_id: &str,
+    instance_id: &str,
+    selected: Option<&str>,
+) -> anyhow::Result<String> {
+    let row = state.store.result(invoke_id, instance_id).await?;
+    Ok(RowFragment {
+        invoke_id,
+        r: ResultView::new(&row, selected),
+        oob: true,
+    }
+    .render()?)
+}
+
+/// A piece of the selected instance's output, appended to the panel's output.
+pub fn output_fragment(invoke_id: &str, data: &[u8], stream: OutputStream) -> String {
+    format!(
+        "<div hx-swap-oob=\"beforeend:#output-{invoke_id}\">{}</div>",
+        output_html(data, stream)
+    )
+}
+
+/// Empties the panel's output before a replay.
+pub fn clear_output_fragment(invoke_id: &str) -> String {
+    format!("<div hx-swap-oob=\"innerHTML:#output-{invoke_id}\"></div>")
+}

@@ -1,0 +1,61 @@
+//! Static files, embedded in the binary: vendored htmx and its WebSocket extension (version in
+//! the file name, licences kept), our stylesheet and our one small script.
+
+use axum::extract::Path;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// (path under /static/, content type, bytes)
+const FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "vendor/htmx-2.0.11.min.js",
+        "text/javascript",
+        include_bytes!("../../../static/vendor/htmx-2.0.11.min.js"),
+    ),
+    (
+        "vendor/htmx-ext-ws-2.0.4.min.js",
+        "text/javascript",
+        include_bytes!("../../../static/vendor/htmx-ext-ws-2.0.4.min.js"),
+    ),
+    (
+        "vendor/LICENSE-htmx",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../static/vendor/LICENSE-htmx"),
+    ),
+    (
+        "vendor/LICENSE-htmx-ext-ws",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../static/vendor/LICENSE-htmx-ext-ws"),
+    ),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../../static/console.css"),
+    ),
+    (
+        "console.js",
+        "text/javascript",
+        include_bytes!("../../../static/console.js"),
+    ),
+];
+
+pub async fn serve(Path(path): Path<String>) -> Response {
+    let Some((name, content_type, bytes)) = FILES.iter().find(|(p, _, _)| *p == path) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // Vendored files carry their version in the name and never change; ours may change with a
+    // new build, so they are revalidated hourly.
+    let cache = if name.starts_with("vendor/") {
+        "public, max-age=31536000, immutable"
+    } else {
+        "public, max-age=3600"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        ],
+        *bytes,
+    )
+        .into_response()
+}
