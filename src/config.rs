@@ -133,11 +133,7 @@ pub struct AgentArgs {
     #[arg(long, env = "FLEETRUN_ACTIVATION_CODE", hide_env_values = true)]
     pub activation_code: Option<Secret>,
     /// Directory for the agent's identity (mode 0600) and its output spool.
-    #[arg(
-        long,
-        env = "FLEETRUN_STATE_DIR",
-        default_value = "/var/lib/fleetrun-agent"
-    )]
+    #[arg(long, env = "FLEETRUN_STATE_DIR", default_value = "/var/lib/fleetrun-agent")]
     pub state_dir: PathBuf,
     /// Instance name shown in the console (defaults to the instance id).
     #[arg(long, env = "FLEETRUN_AGENT_NAME")]

@@ -125,9 +125,7 @@ fn spawn_agent(
             .args(["--activation-id", id])
             .env("FLEETRUN_ACTIVATION_CODE", code);
     }
-    command
-        .spawn()
-        .with_context(|| format!("cannot start agent {name}"))
+    command.spawn().with_context(|| format!("cannot start agent {name}"))
 }
 
 async fn stop_child(child: &mut Child) {

@@ -53,7 +53,10 @@ CREATE TABLE instances (
     -- Written in batches by the server, not on every heartbeat; lags by at most one interval.
     last_heartbeat_at       INTEGER,
     -- 1 while the agent holds a connection to the server.
-    online                  INTEGER NOT NULL DEFAULT 0
+    online                  INTEGER NOT NULL DEFAULT 0,
+    -- Which connection set `online`: a closing connection clears it only if it is still its own,
+    -- so a quick reconnect is never recorded offline by the old connection's late cleanup.
+    connection              INTEGER
 );
 CREATE INDEX instances_region ON instances (region_id, id);
 
@@ -118,14 +121,15 @@ CREATE TABLE results (
 CREATE INDEX results_instance ON results (instance_id, status);
 CREATE INDEX results_status ON results (status);
 
--- Kept output. A row covers bytes [offset, offset + length(data)) of one result's output; the
--- kept rows are the head (offset < head limit) and the tail (the last tail-limit bytes).
+-- Kept output. A row covers bytes [pos, pos + length(data)) of one result's output; the kept
+-- rows are the head (pos < head limit) and the tail (the last tail-limit bytes). Rows are never
+-- empty. (`pos`, not `offset`, which PostgreSQL reserves.)
 CREATE TABLE output_chunks (
     result_id INTEGER NOT NULL REFERENCES results (id) ON DELETE CASCADE,
-    offset    INTEGER NOT NULL,
+    pos       INTEGER NOT NULL,
     stream    INTEGER NOT NULL,                -- 0 stdout, 1 stderr
     data      BLOB NOT NULL,
-    PRIMARY KEY (result_id, offset)
+    PRIMARY KEY (result_id, pos)
 ) WITHOUT ROWID;
 
 -- Append-only: the product has no statement that updates or deletes rows here.

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 /// What a running task tells the agent's session.
 #[derive(Debug)]
 pub enum TaskEvent {
-    Started,
+    /// The process started as the leader of process group `pgid`.
+    Started {
+        pgid: i32,
+    },
     Output(OutputStream, Bytes),
     Finished {
         exit_code: Option<i32>,
@@ -23,12 +26,14 @@ pub enum TaskEvent {
 }
 
 /// Settings shared by all tasks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ExecConfig {
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     /// `pwsh`, when installed.
     pub pwsh: Option<PathBuf>,
+    /// Set when the agent itself stops: tasks cut short then end as interrupted, not stopped.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Events of all tasks go to the session through one channel.
@@ -43,9 +48,7 @@ pub async fn run(task: RunTask, config: Arc<ExecConfig>, events: Events, stop: C
     } else {
         imp::run(&task, &config, &events, &stop).await
     };
-    let _ = events
-        .send((id, TaskEvent::Finished { exit_code, end }))
-        .await;
+    let _ = events.send((id, TaskEvent::Finished { exit_code, end })).await;
 }
 
 #[cfg(unix)]
@@ -153,8 +156,8 @@ mod imp {
                 );
             }
         };
-        let _ = events.send((task.task.clone(), TaskEvent::Started)).await;
         let pgid = child.id().map(|pid| pid as i32).unwrap_or_default();
+        let _ = events.send((task.task.clone(), TaskEvent::Started { pgid })).await;
 
         // Readers hold `done_tx` clones: `done_rx` yields None once both pipes are closed.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -204,6 +207,13 @@ mod imp {
                 readers.iter().for_each(|r| r.abort());
             }
         }
+        let end = match end {
+            TaskEnd::Stopped if config.shutting_down.load(std::sync::atomic::Ordering::Relaxed) => TaskEnd::Error {
+                error_code: ErrorCode::ExecutionInterrupted,
+                error_info: "the agent was shut down while the command ran".into(),
+            },
+            end => end,
+        };
         let exit_code = status
             .and_then(Result::ok)
             .and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
@@ -224,13 +234,7 @@ mod imp {
         }
     }
 
-    async fn read_pipe(
-        mut pipe: Pipe,
-        stream: OutputStream,
-        task: String,
-        events: Events,
-        _done: mpsc::Sender<()>,
-    ) {
+    async fn read_pipe(mut pipe: Pipe, stream: OutputStream, task: String, events: Events, _done: mpsc::Sender<()>) {
         let mut buf = vec![0u8; MAX_CHUNK_BYTES];
         loop {
             match pipe.read(&mut buf).await {
@@ -288,16 +292,32 @@ mod imp {
 
     #[derive(Clone)]
     struct Switch {
-        name: CString,
         uid: libc::uid_t,
         gid: libc::gid_t,
+        /// The user's groups, looked up before forking: the lookup (NSS, files) is not safe
+        /// between fork and exec in a multithreaded process.
+        groups: Vec<libc::gid_t>,
     }
 
     impl Switch {
+        fn new(name: &str, uid: u32, gid: u32) -> Switch {
+            let mut groups = vec![0 as libc::gid_t; 256];
+            let mut count = groups.len() as libc::c_int;
+            let name = CString::new(name).unwrap_or_default();
+            // SAFETY: `groups` has room for `count` entries; getgrouplist writes at most that.
+            let ok = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) } >= 0;
+            groups.truncate(if ok { count.max(0) as usize } else { 0 });
+            if groups.is_empty() {
+                groups.push(gid);
+            }
+            Switch { uid, gid, groups }
+        }
+
+        /// Runs in the child between fork and exec: only async-signal-safe calls.
         fn apply(&self) -> std::io::Result<()> {
             // SAFETY: plain system calls on values owned by `self`.
             let ok = unsafe {
-                libc::initgroups(self.name.as_ptr(), self.gid as _) == 0
+                libc::setgroups(self.groups.len() as _, self.groups.as_ptr()) == 0
                     && libc::setgid(self.gid) == 0
                     && libc::setuid(self.uid) == 0
             };
@@ -326,26 +346,10 @@ mod imp {
             Some(name) => {
                 let name = CString::new(name).ok()?;
                 // SAFETY: all pointers are valid for the call; buf outlives the result.
-                unsafe {
-                    libc::getpwnam_r(
-                        name.as_ptr(),
-                        &mut pwd,
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                        &mut found,
-                    )
-                }
+                unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) }
             }
             // SAFETY: as above.
-            None => unsafe {
-                libc::getpwuid_r(
-                    libc::geteuid(),
-                    &mut pwd,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                    &mut found,
-                )
-            },
+            None => unsafe { libc::getpwuid_r(libc::geteuid(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) },
         };
         if rc != 0 || found.is_null() {
             return None;
@@ -399,21 +403,13 @@ mod imp {
                     ),
                 ));
             }
-            let switch = Switch {
-                name: CString::new(user.name.clone()).unwrap_or_default(),
-                uid: user.uid,
-                gid: user.gid,
-            };
+            let switch = Switch::new(&user.name, user.uid, user.gid);
             Ok(Account::from_passwd(user, Some(switch)))
         }
 
         fn from_passwd(p: Passwd, switch: Option<Switch>) -> Account {
             let home = (!p.home.is_empty()).then(|| PathBuf::from(&p.home));
-            let shell = if p.shell.is_empty() {
-                "/bin/sh".into()
-            } else {
-                p.shell
-            };
+            let shell = if p.shell.is_empty() { "/bin/sh".into() } else { p.shell };
             Account {
                 name: p.name,
                 home,
@@ -453,12 +449,7 @@ mod imp {
     }
 
     impl Script {
-        fn create(
-            task: &str,
-            extension: &str,
-            content: &str,
-            account: &Account,
-        ) -> std::io::Result<Script> {
+        fn create(task: &str, extension: &str, content: &str, account: &Account) -> std::io::Result<Script> {
             use std::io::Write as _;
             let mut suffix = [0u8; 8];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
@@ -491,12 +482,7 @@ mod imp {
     use crate::protocol::ErrorCode;
 
     /// Windows (Bat, PowerShell with Job Objects) is not built yet; see README.md.
-    pub async fn run(
-        _: &RunTask,
-        _: &ExecConfig,
-        _: &Events,
-        _: &CancellationToken,
-    ) -> (Option<i32>, TaskEnd) {
+    pub async fn run(_: &RunTask, _: &ExecConfig, _: &Events, _: &CancellationToken) -> (Option<i32>, TaskEnd) {
         let info = "this agent build cannot run commands on this operating system yet".to_string();
         (
             None,

@@ -30,8 +30,7 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
     crate::files::create_private_dir(&args.state_dir)?;
     let path = args.state_dir.join(FILE);
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let identity: Identity = serde_json::from_str(&text)
             .with_context(|| format!("{} is damaged: remove it and enrol again", path.display()))?;
         tracing::info!(instance_id = %identity.instance_id, "using the stored instance credential");

@@ -79,9 +79,7 @@ impl Agent {
                 Err(e) => tracing::warn!("connection to {} failed: {e:#}", self.args.server),
             }
             let cap = Duration::from_secs(self.args.reconnect_max_secs);
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1u32 << attempt.min(16))
-                .min(cap);
+            let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(cap);
             let delay = ceiling.mul_f64(rand::thread_rng().r#gen::<f64>());
             attempt = attempt.saturating_add(1);
             tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
@@ -104,6 +102,9 @@ impl Agent {
 
     /// Stops running tasks on agent shutdown; their ends are spooled for the next start.
     async fn stop_all(&mut self) -> anyhow::Result<()> {
+        self.exec
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for token in self.running.values() {
             token.cancel();
         }
@@ -122,19 +123,14 @@ impl Agent {
     /// Spools a task event and returns the message to send for it.
     fn record(&mut self, task: &str, event: TaskEvent) -> anyhow::Result<AgentMessage> {
         let message = match event {
-            TaskEvent::Started => self.spool.started(task),
+            TaskEvent::Started { pgid } => self.spool.started(task, pgid),
             TaskEvent::Output(stream, data) => self.spool.append(task, stream, data),
             TaskEvent::Finished { exit_code, end } => {
                 self.running.remove(task);
                 self.spool.finished(task, exit_code, end)
             }
         };
-        message.with_context(|| {
-            format!(
-                "cannot write the spool in {}",
-                self.args.state_dir.display()
-            )
-        })
+        message.with_context(|| format!("cannot write the spool in {}", self.args.state_dir.display()))
     }
 
     async fn connect_and_serve(&mut self, shutdown: &CancellationToken) -> anyhow::Result<End> {
@@ -161,23 +157,19 @@ impl Agent {
             held_tasks: self.spool.held(),
         };
         send(&mut socket, &hello.into()).await?;
-        let heartbeat =
-            match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await {
-                Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => {
-                    Duration::from_secs(welcome.heartbeat_secs.max(1))
-                }
-                Ok(Ok(Some(ServerMessage::Refused(refused)))) => bail!(Fatal(format!(
-                    "the server refused this agent: {}",
-                    refused.reason
-                ))),
-                Ok(Ok(_)) => bail!("the server did not answer Hello with Welcome"),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => bail!("no Welcome from the server within 10 s"),
-            };
+        let heartbeat = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await {
+            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => Duration::from_secs(welcome.heartbeat_secs.max(1)),
+            Ok(Ok(Some(ServerMessage::Refused(refused)))) => {
+                bail!(Fatal(format!("the server refused this agent: {}", refused.reason)))
+            }
+            Ok(Ok(_)) => bail!("the server did not answer Hello with Welcome"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("no Welcome from the server within 10 s"),
+        };
         tracing::info!(instance_id = %self.identity.instance_id, "connected to {}", self.args.server);
         for task in self.spool.held() {
-            for message in self.spool.unacknowledged(&task)? {
-                send(&mut socket, &message).await?;
+            for step in self.spool.resend_plan(&task) {
+                send(&mut socket, &self.spool.message(&task, &step)?).await?;
             }
         }
 
@@ -231,10 +223,9 @@ impl Agent {
             }
             ServerMessage::Ack(ack) => self.spool.ack(&ack.task, ack.next_seq, ack.finished)?,
             ServerMessage::Heartbeat | ServerMessage::Welcome(_) => {}
-            ServerMessage::Refused(refused) => bail!(Fatal(format!(
-                "the server refused this agent: {}",
-                refused.reason
-            ))),
+            ServerMessage::Refused(refused) => {
+                bail!(Fatal(format!("the server refused this agent: {}", refused.reason)))
+            }
         }
         Ok(())
     }
@@ -255,27 +246,12 @@ impl Agent {
             };
             let events = self.events_tx.clone();
             let id = task.task.clone();
-            tokio::spawn(async move {
-                events
-                    .send((
-                        id,
-                        TaskEvent::Finished {
-                            exit_code: None,
-                            end,
-                        },
-                    ))
-                    .await
-            });
+            tokio::spawn(async move { events.send((id, TaskEvent::Finished { exit_code: None, end })).await });
             return;
         }
         let token = CancellationToken::new();
         self.running.insert(task.task.clone(), token.clone());
-        tokio::spawn(exec::run(
-            task,
-            self.exec.clone(),
-            self.events_tx.clone(),
-            token,
-        ));
+        tokio::spawn(exec::run(task, self.exec.clone(), self.events_tx.clone(), token));
     }
 }
 
@@ -301,13 +277,8 @@ async fn connect(server: &str, identity: &Identity) -> anyhow::Result<Socket> {
         server.trim_end_matches('/').replacen("http", "ws", 1)
     );
     let mut request = url.as_str().into_client_request()?;
-    let credential = format!(
-        "Bearer {}:{}",
-        identity.instance_id, identity.instance_secret
-    );
-    request
-        .headers_mut()
-        .insert("authorization", credential.parse()?);
+    let credential = format!("Bearer {}:{}", identity.instance_id, identity.instance_secret);
+    request.headers_mut().insert("authorization", credential.parse()?);
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));

@@ -24,6 +24,10 @@ const HEADER: usize = 13;
 struct Meta {
     started: bool,
     finished: Option<Finish>,
+    /// The task's process group and its leader's start time (clock ticks since boot), so that
+    /// an agent restarted after a crash can kill what the task left running, and only that.
+    #[serde(default)]
+    process_group: Option<(i32, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,9 +36,17 @@ struct Finish {
     end: TaskEnd,
 }
 
+/// One step of re-sending a task after a reconnect.
+#[derive(Debug, Clone, Copy)]
+pub enum Resend {
+    Started,
+    Output(Record),
+    Finished,
+}
+
 /// An unacknowledged output record.
 #[derive(Debug, Clone, Copy)]
-struct Record {
+pub struct Record {
     seq: u64,
     pos: u64,
     len: u32,
@@ -53,6 +65,22 @@ struct TaskSpool {
 pub struct Spool {
     dir: PathBuf,
     tasks: BTreeMap<TaskId, TaskSpool>,
+}
+
+/// The start time of a process, from `/proc/<pid>/stat` (field 22), where there is a /proc.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    stat.rsplit_once(") ")?.1.split(' ').nth(19)?.parse().ok()
+}
+
+/// Kills the process group a crashed agent's task left behind, if its leader is still the same
+/// process (a reused pid has another start time).
+fn kill_leftovers(pgid: i32, start: u64) {
+    if pgid > 0 && start_time(pgid) == Some(start) {
+        // SAFETY: kill(2) on a process group; no memory is touched.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
 }
 
 /// Whether a task id is safe to use as a file name (ids are `t-` and base32).
@@ -89,6 +117,9 @@ impl Spool {
             let (file, write_pos, next_seq, unacked) = spool.reload_output(task)?;
             let interrupted = meta.started && meta.finished.is_none();
             if interrupted {
+                if let Some((pgid, start)) = meta.process_group {
+                    kill_leftovers(pgid, start);
+                }
                 meta.finished = Some(Finish {
                     exit_code: None,
                     end: TaskEnd::Error {
@@ -195,23 +226,17 @@ impl Spool {
         self.tasks.keys().cloned().collect()
     }
 
-    /// Records that the task's process started.
-    pub fn started(&mut self, task: &str) -> io::Result<AgentMessage> {
-        self.entry(task)?.meta.started = true;
+    /// Records that the task's process started, leading process group `pgid`.
+    pub fn started(&mut self, task: &str, pgid: i32) -> io::Result<AgentMessage> {
+        let meta = &mut self.entry(task)?.meta;
+        meta.started = true;
+        meta.process_group = start_time(pgid).map(|start| (pgid, start));
         self.save_meta(task)?;
-        Ok(TaskStarted {
-            task: task.to_string(),
-        }
-        .into())
+        Ok(TaskStarted { task: task.to_string() }.into())
     }
 
     /// Appends a piece of output and returns it numbered.
-    pub fn append(
-        &mut self,
-        task: &str,
-        stream: OutputStream,
-        data: Bytes,
-    ) -> io::Result<AgentMessage> {
+    pub fn append(&mut self, task: &str, stream: OutputStream, data: Bytes) -> io::Result<AgentMessage> {
         let t = self.entry(task)?;
         let seq = t.next_seq;
         let mut header = [0u8; HEADER];
@@ -238,12 +263,7 @@ impl Spool {
     }
 
     /// Records how the task ended.
-    pub fn finished(
-        &mut self,
-        task: &str,
-        exit_code: Option<i32>,
-        end: TaskEnd,
-    ) -> io::Result<AgentMessage> {
+    pub fn finished(&mut self, task: &str, exit_code: Option<i32>, end: TaskEnd) -> io::Result<AgentMessage> {
         let t = self.entry(task)?;
         t.meta.finished = Some(Finish {
             exit_code,
@@ -279,48 +299,67 @@ impl Spool {
         Ok(())
     }
 
-    /// Everything of a task the server has not acknowledged, in order: start, output, end.
-    pub fn unacknowledged(&self, task: &str) -> io::Result<Vec<AgentMessage>> {
+    /// What of a task the server has not acknowledged, in order: start, output, end. Only an
+    /// index: [`Spool::message`] reads each piece when it is sent, so memory stays bounded.
+    pub fn resend_plan(&self, task: &str) -> Vec<Resend> {
         let Some(t) = self.tasks.get(task) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
-        let mut messages = Vec::with_capacity(t.unacked.len() + 2);
-        if t.meta.started {
-            messages.push(
-                TaskStarted {
+        let started = t.meta.started.then_some(Resend::Started);
+        let output = t.unacked.iter().map(|r| Resend::Output(*r));
+        let finished = t.meta.finished.as_ref().map(|_| Resend::Finished);
+        started.into_iter().chain(output).chain(finished).collect()
+    }
+
+    /// The message for one step of a [`Spool::resend_plan`].
+    pub fn message(&self, task: &str, step: &Resend) -> io::Result<AgentMessage> {
+        let t = self
+            .tasks
+            .get(task)
+            .ok_or_else(|| io::Error::other("task no longer spooled"))?;
+        Ok(match step {
+            Resend::Started => TaskStarted { task: task.to_string() }.into(),
+            Resend::Output(record) => {
+                let mut data = vec![0u8; record.len as usize];
+                t.file.read_exact_at(&mut data, record.pos + HEADER as u64)?;
+                Output {
                     task: task.to_string(),
+                    seq: record.seq,
+                    stream: record.stream,
+                    data: data.into(),
                 }
-                .into(),
-            );
-        }
-        for record in &t.unacked {
-            let mut data = vec![0u8; record.len as usize];
-            t.file
-                .read_exact_at(&mut data, record.pos + HEADER as u64)?;
-            let output = Output {
-                task: task.to_string(),
-                seq: record.seq,
-                stream: record.stream,
-                data: data.into(),
-            };
-            messages.push(output.into());
-        }
-        if let Some(finish) = &t.meta.finished {
-            let finished = TaskFinished {
-                task: task.to_string(),
-                chunks: t.next_seq,
-                exit_code: finish.exit_code,
-                end: finish.end.clone(),
-            };
-            messages.push(finished.into());
-        }
-        Ok(messages)
+                .into()
+            }
+            Resend::Finished => {
+                let finish = t
+                    .meta
+                    .finished
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("task has not ended"))?;
+                let end = finish.end.clone();
+                TaskFinished {
+                    task: task.to_string(),
+                    chunks: t.next_seq,
+                    exit_code: finish.exit_code,
+                    end,
+                }
+                .into()
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unacknowledged(spool: &Spool, task: &str) -> Vec<AgentMessage> {
+        spool
+            .resend_plan(task)
+            .iter()
+            .map(|step| spool.message(task, step).unwrap())
+            .collect()
+    }
 
     fn seqs(messages: &[AgentMessage]) -> Vec<String> {
         messages
@@ -340,27 +379,21 @@ mod tests {
     fn unacknowledged_output_is_resent_in_order_and_acks_forget_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path()).unwrap();
-        spool.started("t-a").unwrap();
+        spool.started("t-a", 0).unwrap();
         for piece in ["one", "two", "three"] {
-            spool
-                .append("t-a", OutputStream::Stdout, Bytes::from(piece))
-                .unwrap();
+            spool.append("t-a", OutputStream::Stdout, Bytes::from(piece)).unwrap();
         }
 
         spool.ack("t-a", 2, false).unwrap();
         spool.finished("t-a", Some(0), TaskEnd::Exited).unwrap();
 
         assert_eq!(
-            seqs(&spool.unacknowledged("t-a").unwrap()),
+            seqs(&unacknowledged(&spool, "t-a")),
             ["started", "2:three", "finished:3"]
         );
         spool.ack("t-a", 3, true).unwrap();
         assert!(!spool.holds("t-a"));
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "files removed"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files removed");
     }
 
     #[test]
@@ -368,14 +401,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut spool = Spool::open(dir.path()).unwrap();
-            spool.started("t-a").unwrap();
+            spool.started("t-a", 0).unwrap();
             spool
                 .append("t-a", OutputStream::Stderr, Bytes::from("partial"))
                 .unwrap();
         }
 
         let spool = Spool::open(dir.path()).unwrap();
-        let messages = spool.unacknowledged("t-a").unwrap();
+        let messages = unacknowledged(&spool, "t-a");
 
         assert_eq!(seqs(&messages), ["started", "0:partial", "finished:1"]);
         let AgentMessage::TaskFinished(finished) = &messages[2] else {

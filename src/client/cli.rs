@@ -141,10 +141,7 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
                     } else {
                         println!("{} {} ({})", inv.invoke_id, inv.invocation_status, inv.name);
                         for r in inv.results.unwrap_or_default() {
-                            let code = r
-                                .exit_code
-                                .map(|c| c.to_string())
-                                .unwrap_or_else(|| "-".into());
+                            let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
                             println!("== {} {} exit {code}", r.instance_id, r.invocation_status);
                             print!("{}", r.output);
                         }
@@ -158,11 +155,7 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
                         for inv in list.invocations {
                             println!(
                                 "{:<24} {:<14} {:>5} {} {}",
-                                inv.invoke_id,
-                                inv.invocation_status,
-                                inv.instance_count,
-                                inv.created_time,
-                                inv.name
+                                inv.invoke_id, inv.invocation_status, inv.instance_count, inv.created_time, inv.name
                             );
                         }
                     }
@@ -171,10 +164,7 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
             Ok(0)
         }
         Mode::Stop(args) => {
-            args.client
-                .client()?
-                .stop(&args.invoke_id, args.instances)
-                .await?;
+            args.client.client()?.stop(&args.invoke_id, args.instances).await?;
             println!("stop requested for {}", args.invoke_id);
             Ok(0)
         }
@@ -207,9 +197,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut stdout = std::io::stdout();
     client
         .stream(&created.invoke_id, None, |event| match event {
-            StreamEvent::Output {
-                instance_id, data, ..
-            } => {
+            StreamEvent::Output { instance_id, data, .. } => {
                 for line in String::from_utf8_lossy(data).split_inclusive('\n') {
                     let _ = write!(stdout, "{instance_id}: {line}");
                 }
@@ -221,9 +209,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 exit_code,
                 ..
             } if invocation_status.is_terminal() => {
-                let code = exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into());
+                let code = exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
                 eprintln!("{instance_id}: {invocation_status} (exit code {code})");
             }
             StreamEvent::Status { .. } => {}
@@ -231,9 +217,5 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         })
         .await?;
     eprintln!("{}: {overall}", created.invoke_id);
-    Ok(if overall == InvocationStatus::Success {
-        0
-    } else {
-        1
-    })
+    Ok(if overall == InvocationStatus::Success { 0 } else { 1 })
 }

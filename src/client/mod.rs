@@ -6,8 +6,8 @@ mod cli;
 pub use cli::{InstancesArgs, InvocationsArgs, RunArgs, StopArgs, run_cli};
 
 use crate::protocol::api::{
-    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation,
-    InvocationCreated, InvocationsResponse, RunCommandRequest, StopRequest, StreamEvent,
+    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,
+    InvocationsResponse, RunCommandRequest, StopRequest, StreamEvent,
 };
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -51,40 +51,23 @@ impl ApiClient {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let builder = self
-            .http
-            .request(method, format!("{}/api/v1{path}", self.base));
+        let builder = self.http.request(method, format!("{}/api/v1{path}", self.base));
         match &self.credentials {
             Credentials::Token(token) => builder.bearer_auth(token),
-            Credentials::Basic { username, password } => {
-                builder.basic_auth(username, Some(password))
-            }
+            Credentials::Basic { username, password } => builder.basic_auth(username, Some(password)),
         }
     }
 
     async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> anyhow::Result<T> {
-        let response = check(
-            builder
-                .send()
-                .await
-                .context("cannot reach the fleetrun server")?,
-        )
-        .await?;
-        response
-            .json()
-            .await
-            .context("the server's answer is malformed")
+        let response = check(builder.send().await.context("cannot reach the fleetrun server")?).await?;
+        response.json().await.context("the server's answer is malformed")
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.request(Method::GET, path)).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
@@ -97,10 +80,7 @@ impl ApiClient {
         self.get(&format!("/instances/{instance_id}")).await
     }
 
-    pub async fn create_activation(
-        &self,
-        req: &CreateActivationRequest,
-    ) -> anyhow::Result<ActivationCreated> {
+    pub async fn create_activation(&self, req: &CreateActivationRequest) -> anyhow::Result<ActivationCreated> {
         self.post("/activations", req).await
     }
 
@@ -125,11 +105,7 @@ impl ApiClient {
         Ok(response.bytes().await?.to_vec())
     }
 
-    pub async fn stop(
-        &self,
-        invoke_id: &str,
-        instance_ids: Option<Vec<String>>,
-    ) -> anyhow::Result<()> {
+    pub async fn stop(&self, invoke_id: &str, instance_ids: Option<Vec<String>>) -> anyhow::Result<()> {
         let path = format!("/invocations/{invoke_id}/stop");
         check(
             self.request(Method::POST, &path)
@@ -177,8 +153,7 @@ impl ApiClient {
                 use base64::Engine as _;
                 format!(
                     "Basic {}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{password}"))
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
                 )
             }
         };
@@ -190,8 +165,7 @@ impl ApiClient {
             let Message::Text(text) = message? else {
                 continue;
             };
-            let event: StreamEvent =
-                serde_json::from_str(&text).context("malformed stream event")?;
+            let event: StreamEvent = serde_json::from_str(&text).context("malformed stream event")?;
             on_event(&event);
             if matches!(event, StreamEvent::Done { .. }) {
                 break;

@@ -137,12 +137,7 @@ const WATCH_BUFFER: usize = 4096;
 impl Dispatcher {
     /// Starts the dispatcher and its background tasks (batching writer, deadlines, heartbeat
     /// flush, retention). They stop when `shutdown` is cancelled; await `tracker` after that.
-    pub fn start(
-        store: Store,
-        settings: Settings,
-        shutdown: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Dispatcher {
+    pub fn start(store: Store, settings: Settings, shutdown: CancellationToken, tracker: &TaskTracker) -> Dispatcher {
         let (writer_tx, writer_rx) = mpsc::channel(8192);
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
@@ -178,33 +173,29 @@ impl Dispatcher {
     /// Subscribes to live events of an invocation. Subscribe before reading stored state, so
     /// nothing committed in between is missed (events are published after their commit).
     pub fn watch(&self, invoke_id: &str) -> broadcast::Receiver<Arc<StreamEvent>> {
-        let mut watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
         watchers
             .entry(invoke_id.to_string())
             .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
             .subscribe()
     }
 
+    /// Forgets an invocation's live channel once its last watcher has gone.
+    pub fn unwatch(&self, invoke_id: &str) {
+        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if watchers.get(invoke_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            watchers.remove(invoke_id);
+        }
+    }
+
     /// Stops results of an invocation (all, or those of `instance_ids`). Returns how many changed.
-    pub async fn stop(
-        &self,
-        invoke_id: &str,
-        instance_ids: Option<&[String]>,
-    ) -> Result<usize, Error> {
+    pub async fn stop(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<usize, Error> {
         self.inner
             .store
             .invocation(invoke_id)
             .await
             .map_err(not_found("invocation"))?;
-        let changes = self
-            .inner
-            .store
-            .stop_results(invoke_id, instance_ids)
-            .await?;
+        let changes = self.inner.store.stop_results(invoke_id, instance_ids).await?;
         for change in &changes {
             // Cancelled results may already be on their way to the agent: stop them there too.
             self.send_stop(&change.instance_id, invoke_id);
@@ -230,9 +221,7 @@ impl Dispatcher {
         let Some(tx) = self.lock_agents().get(instance_id).map(|l| l.tx.clone()) else {
             return false;
         };
-        if let Err(mpsc::error::TrySendError::Full(message)) =
-            tx.try_send(Outbound::Message(message))
-        {
+        if let Err(mpsc::error::TrySendError::Full(message)) = tx.try_send(Outbound::Message(message)) {
             tokio::spawn(async move {
                 let _ = tx.send(message).await;
             });
@@ -241,13 +230,7 @@ impl Dispatcher {
     }
 
     fn send_stop(&self, instance_id: &str, task: &str) {
-        self.send_to(
-            instance_id,
-            StopTask {
-                task: task.to_string(),
-            }
-            .into(),
-        );
+        self.send_to(instance_id, StopTask { task: task.to_string() }.into());
     }
 
     fn send_run(&self, instance_id: &str, run: RunTask) -> bool {
@@ -256,11 +239,7 @@ impl Dispatcher {
 
     /// Publishes an event to the watchers of an invocation, if there are any.
     fn publish(&self, invoke_id: &str, event: StreamEvent) {
-        let mut watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = watchers.get(invoke_id) {
             if tx.send(Arc::new(event)).is_err() {
                 watchers.remove(invoke_id);
@@ -269,14 +248,8 @@ impl Dispatcher {
     }
 
     fn is_watched(&self, invoke_id: &str) -> bool {
-        let watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        watchers
-            .get(invoke_id)
-            .is_some_and(|tx| tx.receiver_count() > 0)
+        let watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        watchers.get(invoke_id).is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Tells watchers about status changes, and that an invocation is done when it is.
@@ -340,11 +313,7 @@ impl Dispatcher {
 
     async fn flush_heartbeats(&self) {
         let beats: Vec<(String, i64)> = {
-            let mut map = self
-                .inner
-                .heartbeats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut map = self.inner.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
             map.drain().collect()
         };
         if beats.is_empty() {

@@ -7,13 +7,7 @@ use std::collections::BTreeMap;
 pub const BUILTIN_PREFIX: &str = "fleetrun::";
 
 /// The built-in parameter names (after the prefix).
-pub const BUILTINS: &[&str] = &[
-    "instance_id",
-    "instance_name",
-    "region_id",
-    "invoke_id",
-    "command_id",
-];
+pub const BUILTINS: &[&str] = &["instance_id", "instance_name", "region_id", "invoke_id", "command_id"];
 
 /// Most custom parameters one command may declare (Alibaba's limit).
 pub const MAX_PARAMETERS: usize = 20;
@@ -109,11 +103,7 @@ pub fn check(content: &str, values: &BTreeMap<String, String>) -> Result<Vec<Str
 
 /// The content with every placeholder replaced. Unknown names (already refused by [`check`])
 /// are left as they are.
-pub fn fill(
-    content: &str,
-    values: &BTreeMap<String, String>,
-    builtins: &BTreeMap<&str, String>,
-) -> String {
+pub fn fill(content: &str, values: &BTreeMap<String, String>, builtins: &BTreeMap<&str, String>) -> String {
     let mut out = String::with_capacity(content.len());
     let mut copied = 0;
     for p in placeholders(content) {
@@ -136,10 +126,7 @@ mod tests {
     use super::*;
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -152,11 +139,7 @@ mod tests {
     fn check_names_unknown_and_missing_parameters() {
         let content = "echo {{who}}";
         assert!(check(content, &values(&[("who", "x")])).is_ok());
-        assert!(
-            check(content, &values(&[]))
-                .unwrap_err()
-                .contains("\"who\"")
-        );
+        assert!(check(content, &values(&[])).unwrap_err().contains("\"who\""));
         assert!(
             check(content, &values(&[("who", "x"), ("extra", "y")]))
                 .unwrap_err()

@@ -5,12 +5,10 @@ use super::{Dispatcher, Error, builtins, not_found, params};
 use crate::protocol::CommandType;
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{
-    ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest,
-    ModifyCommandRequest, RunCommandRequest,
+    ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
+    RunCommandRequest,
 };
-use crate::store::{
-    self, CommandRow, CommandUpdate, InstanceRow, NewCommand, NewInvocation, now_ms,
-};
+use crate::store::{self, CommandRow, CommandUpdate, InstanceRow, NewCommand, NewInvocation, now_ms};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashSet};
 
@@ -49,17 +47,12 @@ pub struct CommandChange(CommandUpdate);
 impl Dispatcher {
     /// RunCommand: checks the request, stores the invocation (and the retained command when
     /// `keep_command`), and delivers the task to every connected target.
-    pub async fn run_command(
-        &self,
-        creator: &str,
-        req: RunCommandRequest,
-    ) -> Result<InvocationCreated, Error> {
+    pub async fn run_command(&self, creator: &str, req: RunCommandRequest) -> Result<InvocationCreated, Error> {
         let max = self.inner.settings.max_content_bytes;
         let content = decode_content(&req.command_content, req.content_encoding, max)?;
         let run = Run {
             name: check_text("Name", req.name, MAX_NAME)?.unwrap_or_default(),
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?
-                .unwrap_or_default(),
+            description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
             command_type: req.command_type,
             content,
             working_dir: check_working_dir(req.working_dir)?,
@@ -182,19 +175,12 @@ impl Dispatcher {
             // aborted when the delivery window closes.
             self.send_run(&instance.id, task);
         }
-        Ok(InvocationCreated {
-            invoke_id,
-            command_id,
-        })
+        Ok(InvocationCreated { invoke_id, command_id })
     }
 
     /// Loads and checks the target instances: all registered, no duplicates, within the limit,
     /// and able to run the command type.
-    async fn targets(
-        &self,
-        ids: &[String],
-        command_type: CommandType,
-    ) -> Result<Vec<InstanceRow>, Error> {
+    async fn targets(&self, ids: &[String], command_type: CommandType) -> Result<Vec<InstanceRow>, Error> {
         let max = self.inner.settings.max_instances;
         if ids.is_empty() {
             return Err(invalid(
@@ -215,29 +201,20 @@ impl Dispatcher {
         if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
             return Err(invalid(
                 "InvalidParameter.InstanceIds",
-                format!(
-                    "instance {dup:?} is named twice in `instance_ids`: name each instance once"
-                ),
+                format!("instance {dup:?} is named twice in `instance_ids`: name each instance once"),
             ));
         }
         let instances = self.inner.store.instances_by_ids(ids).await?;
         if instances.len() < ids.len() {
             let known: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
-            let unknown = ids
-                .iter()
-                .filter(|id| !known.contains(id.as_str()))
-                .cloned()
-                .collect();
+            let unknown = ids.iter().filter(|id| !known.contains(id.as_str())).cloned().collect();
             return Err(Error::UnknownInstances(unknown));
         }
-        if let Some(bad) = instances.iter().find(|i| {
-            !command_type.fits_os(i.os_type) || !i.supported_command_types.contains(&command_type)
-        }) {
-            let supported: Vec<&str> = bad
-                .supported_command_types
-                .iter()
-                .map(|t| t.as_str())
-                .collect();
+        if let Some(bad) = instances
+            .iter()
+            .find(|i| !command_type.fits_os(i.os_type) || !i.supported_command_types.contains(&command_type))
+        {
+            let supported: Vec<&str> = bad.supported_command_types.iter().map(|t| t.as_str()).collect();
             return Err(invalid(
                 "InvalidParameter.Type",
                 format!(
@@ -252,17 +229,9 @@ impl Dispatcher {
     }
 
     /// CreateCommand: stores a retained command within its region's quota.
-    pub async fn create_command(
-        &self,
-        creator: &str,
-        req: CreateCommandRequest,
-    ) -> Result<CommandRow, Error> {
+    pub async fn create_command(&self, creator: &str, req: CreateCommandRequest) -> Result<CommandRow, Error> {
         let settings = &self.inner.settings;
-        let content = decode_content(
-            &req.command_content,
-            req.content_encoding,
-            settings.max_content_bytes,
-        )?;
+        let content = decode_content(&req.command_content, req.content_encoding, settings.max_content_bytes)?;
         let name = check_text("Name", Some(req.name), MAX_NAME)?.unwrap_or_default();
         if name.trim().is_empty() {
             return Err(invalid(
@@ -274,8 +243,7 @@ impl Dispatcher {
         let new = NewCommand {
             region_id: req.region_id.clone(),
             name,
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?
-                .unwrap_or_default(),
+            description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
             command_type: req.command_type,
             parameter_names: command_parameters(&content, req.enable_parameter)?,
             content,
@@ -286,19 +254,15 @@ impl Dispatcher {
             creator: creator.to_string(),
         };
         let quota = settings.retained_command_quota;
-        self.inner
-            .store
-            .create_command(&new, quota)
-            .await
-            .map_err(|e| match e {
-                store::Error::Quota { name, used, limit } => Error::Quota {
-                    name,
-                    region_id: req.region_id,
-                    used,
-                    limit,
-                },
-                other => Error::Store(other),
-            })
+        self.inner.store.create_command(&new, quota).await.map_err(|e| match e {
+            store::Error::Quota { name, used, limit } => Error::Quota {
+                name,
+                region_id: req.region_id,
+                used,
+                limit,
+            },
+            other => Error::Store(other),
+        })
     }
 
     /// Checks a ModifyCommand request against the command it changes.
@@ -315,11 +279,7 @@ impl Dispatcher {
             .map_err(not_found("command"))?;
         let content = match req.command_content {
             Some(text) => {
-                let content = decode_content(
-                    &text,
-                    req.content_encoding,
-                    self.inner.settings.max_content_bytes,
-                )?;
+                let content = decode_content(&text, req.content_encoding, self.inner.settings.max_content_bytes)?;
                 let names = command_parameters(&content, command.enable_parameter)?;
                 Some((content, names))
             }
@@ -336,21 +296,14 @@ impl Dispatcher {
             name,
             description: check_text("Description", req.description, MAX_DESCRIPTION)?,
             content,
-            working_dir: req
-                .working_dir
-                .map(|d| check_working_dir(Some(d)))
-                .transpose()?,
+            working_dir: req.working_dir.map(|d| check_working_dir(Some(d))).transpose()?,
             timeout_secs: req.timeout_secs.map(check_timeout).transpose()?,
             username: req.username.map(|u| check_username(Some(u))).transpose()?,
         }))
     }
 
     /// Applies a checked ModifyCommand.
-    pub async fn modify_command(
-        &self,
-        command_id: &str,
-        change: CommandChange,
-    ) -> Result<CommandRow, Error> {
+    pub async fn modify_command(&self, command_id: &str, change: CommandChange) -> Result<CommandRow, Error> {
         self.inner
             .store
             .update_command(command_id, &change.0)
@@ -363,10 +316,7 @@ fn quota_error(instances: &[InstanceRow]) -> impl Fn(store::Error) -> Error + '_
     move |e| match e {
         store::Error::Quota { name, used, limit } => Error::Quota {
             name,
-            region_id: instances
-                .first()
-                .map(|i| i.region_id.clone())
-                .unwrap_or_default(),
+            region_id: instances.first().map(|i| i.region_id.clone()).unwrap_or_default(),
             used,
             limit,
         },
@@ -398,19 +348,12 @@ fn decode_content(text: &str, encoding: ContentEncoding, max: usize) -> Result<S
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text.trim().as_bytes())
                 .map_err(|e| invalid(CODE, format!("`command_content` is not valid Base64 ({e}): encode it again, or set content_encoding to PlainText")))?;
-            String::from_utf8(bytes).map_err(|_| {
-                invalid(
-                    CODE,
-                    "`command_content` decodes to bytes that are not UTF-8 text",
-                )
-            })?
+            String::from_utf8(bytes)
+                .map_err(|_| invalid(CODE, "`command_content` decodes to bytes that are not UTF-8 text"))?
         }
     };
     if content.trim().is_empty() {
-        return Err(invalid(
-            CODE,
-            "`command_content` is empty: write the command to run",
-        ));
+        return Err(invalid(CODE, "`command_content` is empty: write the command to run"));
     }
     if content.len() > max {
         return Err(invalid(
@@ -488,11 +431,7 @@ fn check_timeout(secs: u64) -> Result<u64, Error> {
 }
 
 /// Checks an optional text field; blank counts as absent.
-fn check_text(
-    field: &'static str,
-    value: Option<String>,
-    max: usize,
-) -> Result<Option<String>, Error> {
+fn check_text(field: &'static str, value: Option<String>, max: usize) -> Result<Option<String>, Error> {
     let code = match field {
         "Name" => "InvalidParameter.Name",
         _ => "InvalidParameter.Description",
@@ -510,10 +449,7 @@ fn check_text(
             ),
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(invalid(
             code,
             format!("`{}` contains control characters", field.to_lowercase()),
@@ -536,14 +472,11 @@ fn check_working_dir(value: Option<String>) -> Result<Option<String>, Error> {
     if dir.chars().any(char::is_control) {
         return Err(invalid(CODE, "`working_dir` contains control characters"));
     }
-    let windows_absolute =
-        dir.len() >= 3 && dir.as_bytes()[1] == b':' && matches!(dir.as_bytes()[2], b'\\' | b'/');
+    let windows_absolute = dir.len() >= 3 && dir.as_bytes()[1] == b':' && matches!(dir.as_bytes()[2], b'\\' | b'/');
     if !dir.starts_with('/') && !windows_absolute {
         return Err(invalid(
             CODE,
-            format!(
-                "`working_dir` {dir:?} is not an absolute path: use one like /var/tmp or C:\\Temp"
-            ),
+            format!("`working_dir` {dir:?} is not an absolute path: use one like /var/tmp or C:\\Temp"),
         ));
     }
     Ok(Some(dir))
@@ -580,9 +513,7 @@ pub fn check_region(region: &str) -> Result<(), Error> {
     } else {
         Err(invalid(
             "InvalidParameter.RegionId",
-            format!(
-                "region id {region:?} is not valid: use lowercase letters, digits and dashes, like cn-hangzhou"
-            ),
+            format!("region id {region:?} is not valid: use lowercase letters, digits and dashes, like cn-hangzhou"),
         ))
     }
 }
@@ -618,20 +549,13 @@ mod tests {
         assert!(check_timeout(0).is_err());
         assert!(check_timeout(1).is_ok());
         assert!(check_timeout(604_800).is_ok());
-        assert_eq!(
-            code(check_timeout(604_801).unwrap_err()),
-            "InvalidParameter.Timeout"
-        );
+        assert_eq!(code(check_timeout(604_801).unwrap_err()), "InvalidParameter.Timeout");
     }
 
     #[test]
     fn working_dirs_must_be_absolute() {
         assert!(check_working_dir(Some("/tmp".into())).unwrap().is_some());
-        assert!(
-            check_working_dir(Some("C:\\Temp".into()))
-                .unwrap()
-                .is_some()
-        );
+        assert!(check_working_dir(Some("C:\\Temp".into())).unwrap().is_some());
         assert!(check_working_dir(Some("../etc".into())).is_err());
         assert!(check_working_dir(Some("".into())).unwrap().is_none());
     }

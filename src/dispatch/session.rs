@@ -2,7 +2,7 @@
 //! detach when the socket closes.
 
 use super::{AgentLink, Dispatcher, builtins, params, writer};
-use crate::protocol::agent::{AgentMessage, Hello, RunTask, Welcome};
+use crate::protocol::agent::{Ack, AgentMessage, Hello, RunTask, Welcome};
 use crate::protocol::{PROTOCOL_VERSION, TaskEnd};
 use crate::store::{AgentWrite, now_ms};
 use std::collections::HashMap;
@@ -23,6 +23,8 @@ pub enum SessionError {
     Protocol(&'static str),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("the store is unavailable")]
+    Storage,
 }
 
 /// An attached agent connection. Owned by the connection's reader.
@@ -53,7 +55,11 @@ impl Dispatcher {
             .instance(instance_id)
             .await
             .map_err(super::not_found("instance"))?;
-        store.agent_connected(instance_id, hello).await?;
+        let id = self
+            .inner
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        store.agent_connected(instance_id, id, hello).await?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -62,10 +68,6 @@ impl Dispatcher {
             max_frame_bytes: crate::protocol::agent::MAX_FRAME_BYTES,
         };
         let _ = tx.try_send(Outbound::Message(welcome.into()));
-        let id = self
-            .inner
-            .next_session
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let previous = self.lock_agents().insert(
             instance_id.to_string(),
             AgentLink {
@@ -74,9 +76,7 @@ impl Dispatcher {
             },
         );
         if let Some(previous) = previous {
-            let _ = previous
-                .tx
-                .try_send(Outbound::Close("replaced by a newer connection"));
+            let _ = previous.tx.try_send(Outbound::Close("replaced by a newer connection"));
         }
         let mut session = AgentSession {
             instance_id: instance_id.to_string(),
@@ -86,9 +86,7 @@ impl Dispatcher {
             last_heartbeat: now_ms(),
         };
 
-        let lost = store
-            .interrupt_unheld(instance_id, &hello.held_tasks)
-            .await?;
+        let lost = store.interrupt_unheld(instance_id, &hello.held_tasks).await?;
         self.publish_changes(&lost).await;
         for delivery in store.deliveries(instance_id).await? {
             let inv = delivery.invocation;
@@ -124,22 +122,14 @@ impl Dispatcher {
     }
 
     /// Handles one frame from an attached agent.
-    pub async fn handle(
-        &self,
-        session: &mut AgentSession,
-        message: AgentMessage,
-    ) -> Result<(), SessionError> {
+    pub async fn handle(&self, session: &mut AgentSession, message: AgentMessage) -> Result<(), SessionError> {
         let now = now_ms();
         let grace_ms = self.inner.settings.timeout_grace.as_millis() as i64;
         let (task, write) = match message {
             AgentMessage::Hello(_) => return Err(SessionError::Protocol("a second Hello")),
             AgentMessage::Heartbeat => {
                 session.last_heartbeat = now;
-                let mut beats = self
-                    .inner
-                    .heartbeats
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut beats = self.inner.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
                 beats.insert(session.instance_id.clone(), now);
                 return Ok(());
             }
@@ -148,8 +138,11 @@ impl Dispatcher {
                 at: now,
                 grace_ms,
             }),
+            AgentMessage::Output(m) if m.data.is_empty() => {
+                return Err(SessionError::Protocol("an empty output chunk"));
+            }
             AgentMessage::Output(m) => {
-                let Some(result_id) = self.own_task(session, &m.task).await else {
+                let Some(result_id) = self.own_task(session, &m.task).await? else {
                     return Ok(());
                 };
                 let write = AgentWrite::Chunk {
@@ -161,7 +154,7 @@ impl Dispatcher {
                 return self.queue(session, m.task, write).await;
             }
             AgentMessage::TaskFinished(m) => {
-                let Some(result_id) = self.own_task(session, &m.task).await else {
+                let Some(result_id) = self.own_task(session, &m.task).await? else {
                     return Ok(());
                 };
                 let end: TaskEnd = m.end;
@@ -175,18 +168,13 @@ impl Dispatcher {
                 return self.queue(session, m.task, write).await;
             }
         };
-        let Some(result_id) = self.own_task(session, &task).await else {
+        let Some(result_id) = self.own_task(session, &task).await? else {
             return Ok(());
         };
         self.queue(session, task, write(result_id)).await
     }
 
-    async fn queue(
-        &self,
-        session: &AgentSession,
-        task: String,
-        write: AgentWrite,
-    ) -> Result<(), SessionError> {
+    async fn queue(&self, session: &AgentSession, task: String, write: AgentWrite) -> Result<(), SessionError> {
         let item = writer::Item {
             write,
             task,
@@ -202,22 +190,31 @@ impl Dispatcher {
 
     /// The result id of a task of the session's own instance. A task of another instance, or
     /// one that does not exist, is refused: logged and ignored, its result untouched.
-    async fn own_task(&self, session: &mut AgentSession, task: &str) -> Option<i64> {
+    ///
+    /// A refused task is acknowledged as finished, so the agent stops re-sending it; a store
+    /// error ends the connection, so the agent re-sends after reconnecting.
+    async fn own_task(&self, session: &mut AgentSession, task: &str) -> Result<Option<i64>, SessionError> {
         if let Some(id) = session.tasks.get(task) {
-            return Some(*id);
+            return Ok(Some(*id));
         }
         match self.inner.store.result_id(task, &session.instance_id).await {
             Ok(Some(id)) => {
                 session.tasks.insert(task.to_string(), id);
-                Some(id)
+                Ok(Some(id))
             }
             Ok(None) => {
                 tracing::warn!(instance_id = %session.instance_id, task, "refused a report about a task that is not this instance's");
-                None
+                let forget = Ack {
+                    task: task.to_string(),
+                    next_seq: u64::MAX,
+                    finished: true,
+                };
+                let _ = session.tx.try_send(Outbound::Message(forget.into()));
+                Ok(None)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not look up a task");
-                None
+                Err(SessionError::Storage)
             }
         }
     }
@@ -238,7 +235,7 @@ impl Dispatcher {
             if let Err(e) = self
                 .inner
                 .store
-                .agent_disconnected(&session.instance_id, session.last_heartbeat)
+                .agent_disconnected(&session.instance_id, session.id, session.last_heartbeat)
                 .await
             {
                 tracing::warn!(error = %e, "could not record an agent offline");

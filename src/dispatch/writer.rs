@@ -25,11 +25,7 @@ pub struct Item {
 /// Most reports applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
-pub(super) async fn run(
-    dispatcher: Dispatcher,
-    mut rx: mpsc::Receiver<Item>,
-    shutdown: CancellationToken,
-) {
+pub(super) async fn run(dispatcher: Dispatcher, mut rx: mpsc::Receiver<Item>, shutdown: CancellationToken) {
     let mut items = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
@@ -57,16 +53,14 @@ struct Acks(HashMap<(String, String), (mpsc::Sender<Outbound>, Ack)>);
 impl Acks {
     fn add(&mut self, item: &Item, next_seq: u64, finished: bool) {
         let key = (item.instance_id.clone(), item.task.clone());
-        let entry = self.0.entry(key).or_insert_with(|| {
-            (
-                item.reply.clone(),
-                Ack {
-                    task: item.task.clone(),
-                    next_seq,
-                    finished: false,
-                },
-            )
-        });
+        let ack = Ack {
+            task: item.task.clone(),
+            next_seq,
+            finished: false,
+        };
+        let entry = self.0.entry(key).or_insert_with(|| (item.reply.clone(), ack));
+        // The latest report's connection: after a reconnect the earlier one is closed.
+        entry.0 = item.reply.clone();
         entry.1.next_seq = entry.1.next_seq.max(next_seq);
         entry.1.finished |= finished;
     }
@@ -82,11 +76,17 @@ impl Dispatcher {
             .await
         {
             Ok(applied) => applied,
-            Err(e) => {
-                tracing::error!(error = ?e, "could not store agent reports; closing their connections");
-                for item in &items {
-                    let _ = item.reply.try_send(Outbound::Close("storage error"));
+            Err(e) if items.len() > 1 => {
+                // Apply one by one, so that one bad report fails alone.
+                tracing::warn!(error = ?e, "a batch of agent reports failed; retrying them one by one");
+                for item in items {
+                    Box::pin(self.apply(vec![item])).await;
                 }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "could not store an agent report; closing its connection");
+                let _ = items[0].reply.try_send(Outbound::Close("storage error"));
                 return;
             }
         };
@@ -96,13 +96,7 @@ impl Dispatcher {
             match applied {
                 Applied::Chunk { offset, next_seq } => {
                     acks.add(item, next_seq, false);
-                    if let (
-                        Some(offset),
-                        AgentWrite::Chunk {
-                            seq, stream, data, ..
-                        },
-                    ) = (offset, &item.write)
-                    {
+                    if let (Some(offset), AgentWrite::Chunk { seq, stream, data, .. }) = (offset, &item.write) {
                         let event = StreamEvent::Output {
                             instance_id: item.instance_id.clone(),
                             seq: Some(*seq),
@@ -132,9 +126,7 @@ impl Dispatcher {
                 }
                 Applied::Gap { .. } | Applied::Early { .. } => {
                     tracing::warn!(instance_id = %item.instance_id, task = %item.task, "output out of sequence; asking the agent to re-send");
-                    let _ = item
-                        .reply
-                        .try_send(Outbound::Close("output out of sequence"));
+                    let _ = item.reply.try_send(Outbound::Close("output out of sequence"));
                 }
                 Applied::Missing => acks.add(item, u64::MAX, true),
             }
@@ -147,12 +139,7 @@ impl Dispatcher {
     }
 }
 
-fn change(
-    item: &Item,
-    status: ResultStatus,
-    exit_code: Option<i32>,
-    error_code: Option<ErrorCode>,
-) -> ResultChange {
+fn change(item: &Item, status: ResultStatus, exit_code: Option<i32>, error_code: Option<ErrorCode>) -> ResultChange {
     ResultChange {
         invocation_id: item.task.clone(),
         instance_id: item.instance_id.clone(),

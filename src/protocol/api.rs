@@ -434,10 +434,9 @@ mod tests {
 
     #[test]
     fn run_command_defaults_match_the_design() {
-        let req: RunCommandRequest = serde_json::from_str(
-            r#"{"instance_ids":["i-1"],"type":"RunShellScript","command_content":"echo hi"}"#,
-        )
-        .unwrap();
+        let req: RunCommandRequest =
+            serde_json::from_str(r#"{"instance_ids":["i-1"],"type":"RunShellScript","command_content":"echo hi"}"#)
+                .unwrap();
 
         assert_eq!(req, RunCommandRequest::shell(vec!["i-1".into()], "echo hi"));
     }

@@ -108,11 +108,7 @@ pub enum OsType {
 impl OsType {
     /// The OS this binary was built for.
     pub fn current() -> Self {
-        if cfg!(windows) {
-            OsType::Windows
-        } else {
-            OsType::Linux
-        }
+        if cfg!(windows) { OsType::Windows } else { OsType::Linux }
     }
 
     /// The name used on the wire and in the database.
@@ -155,27 +151,19 @@ impl ErrorCode {
     pub fn default_info(self) -> &'static str {
         match self {
             ErrorCode::InstanceNotExists => "The specified instance does not exist.",
-            ErrorCode::CommandNotApplicable => {
-                "The instance cannot run this command type (OS or interpreter missing)."
-            }
+            ErrorCode::CommandNotApplicable => "The instance cannot run this command type (OS or interpreter missing).",
             ErrorCode::AccountNotExists => "The specified account does not exist on the instance.",
-            ErrorCode::DirectoryNotExists => {
-                "The working directory does not exist on the instance."
-            }
+            ErrorCode::DirectoryNotExists => "The working directory does not exist on the instance.",
             ErrorCode::ClientNotRunning => {
                 "The agent on the instance is not running, so the command could not be delivered."
             }
             ErrorCode::ClientNotResponse => {
                 "The agent stopped responding while the command ran; its outcome is unknown."
             }
-            ErrorCode::DeliveryTimeout => {
-                "The command could not be delivered within the delivery window."
-            }
+            ErrorCode::DeliveryTimeout => "The command could not be delivered within the delivery window.",
             ErrorCode::ExecutionTimeout => "The command ran past its timeout and was killed.",
             ErrorCode::ExecutionException => "The command could not be started or run.",
-            ErrorCode::ExecutionInterrupted => {
-                "The command was interrupted (the agent restarted while it ran)."
-            }
+            ErrorCode::ExecutionInterrupted => "The command was interrupted (the agent restarted while it ran).",
             ErrorCode::ExitCodeNonzero => "The command exited with a non-zero exit code.",
         }
     }

@@ -39,11 +39,7 @@ impl ResultStatus {
     }
 
     /// The statuses that are not terminal, for queries.
-    pub const ACTIVE: &'static [ResultStatus] = &[
-        ResultStatus::Pending,
-        ResultStatus::Running,
-        ResultStatus::Stopping,
-    ];
+    pub const ACTIVE: &'static [ResultStatus] = &[ResultStatus::Pending, ResultStatus::Running, ResultStatus::Stopping];
 
     fn is_failure(self) -> bool {
         matches!(
@@ -126,36 +122,25 @@ pub enum TaskEnd {
     /// The agent killed the process tree, or never started it, because of a stop request.
     Stopped,
     /// The task could not be started or run.
-    Error {
-        error_code: ErrorCode,
-        error_info: String,
-    },
+    Error { error_code: ErrorCode, error_info: String },
 }
 
 impl TaskEnd {
     /// The status and error code a result moves to when its task ends this way, given the
     /// result's current status. `None` when the result is already terminal: first word wins.
-    pub fn outcome(
-        &self,
-        current: ResultStatus,
-        exit_code: Option<i32>,
-    ) -> Option<(ResultStatus, Option<ErrorCode>)> {
+    pub fn outcome(&self, current: ResultStatus, exit_code: Option<i32>) -> Option<(ResultStatus, Option<ErrorCode>)> {
         if current.is_terminal() {
             return None;
         }
         Some(match self {
-            TaskEnd::Exited if current == ResultStatus::Stopping => (
-                ResultStatus::Terminated,
-                Some(ErrorCode::ExecutionInterrupted),
-            ),
+            TaskEnd::Exited if current == ResultStatus::Stopping => {
+                (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted))
+            }
             TaskEnd::Exited if exit_code == Some(0) => (ResultStatus::Success, None),
             TaskEnd::Exited => (ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero)),
             TaskEnd::TimedOut => (ResultStatus::Timeout, Some(ErrorCode::ExecutionTimeout)),
             TaskEnd::Stopped if current == ResultStatus::Pending => (ResultStatus::Cancelled, None),
-            TaskEnd::Stopped => (
-                ResultStatus::Terminated,
-                Some(ErrorCode::ExecutionInterrupted),
-            ),
+            TaskEnd::Stopped => (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted)),
             TaskEnd::Error {
                 error_code: ErrorCode::CommandNotApplicable,
                 ..
@@ -176,28 +161,16 @@ mod tests {
 
     #[test]
     fn overall_status_follows_the_documented_precedence() {
-        assert_eq!(
-            overall(&[Success, Pending, Running]),
-            InvocationStatus::Pending
-        );
-        assert_eq!(
-            overall(&[Success, Running, Stopping]),
-            InvocationStatus::Running
-        );
+        assert_eq!(overall(&[Success, Pending, Running]), InvocationStatus::Pending);
+        assert_eq!(overall(&[Success, Running, Stopping]), InvocationStatus::Running);
         assert_eq!(overall(&[Terminated, Stopping]), InvocationStatus::Stopping);
         assert_eq!(overall(&[Success, Success]), InvocationStatus::Success);
         assert_eq!(overall(&[Success, Cancelled]), InvocationStatus::Success);
-        assert_eq!(
-            overall(&[Failed, Timeout, Aborted]),
-            InvocationStatus::Failed
-        );
+        assert_eq!(overall(&[Failed, Timeout, Aborted]), InvocationStatus::Failed);
         assert_eq!(overall(&[Failed, Terminated]), InvocationStatus::Failed);
         assert_eq!(overall(&[Cancelled, Terminated]), InvocationStatus::Stopped);
         assert_eq!(overall(&[Success, Failed]), InvocationStatus::PartialFailed);
-        assert_eq!(
-            overall(&[Success, Invalid, Cancelled]),
-            InvocationStatus::PartialFailed
-        );
+        assert_eq!(overall(&[Success, Invalid, Cancelled]), InvocationStatus::PartialFailed);
     }
 
     #[test]
@@ -208,10 +181,7 @@ mod tests {
             exited.outcome(Running, Some(3)),
             Some((Failed, Some(ErrorCode::ExitCodeNonzero)))
         );
-        assert_eq!(
-            TaskEnd::Stopped.outcome(Pending, None),
-            Some((Cancelled, None))
-        );
+        assert_eq!(TaskEnd::Stopped.outcome(Pending, None), Some((Cancelled, None)));
         assert_eq!(
             TaskEnd::Stopped.outcome(Stopping, Some(143)),
             Some((Terminated, Some(ErrorCode::ExecutionInterrupted)))

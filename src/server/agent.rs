@@ -81,10 +81,7 @@ pub async fn register(
         source_ip: &source_ip,
         action: "RegisterInstance",
         target: &instance.id,
-        detail: &format!(
-            "activation {} region {}",
-            req.activation_id, instance.region_id
-        ),
+        detail: &format!("activation {} region {}", req.activation_id, instance.region_id),
     };
     if let Err(e) = state.store.audit(audit).await {
         tracing::warn!(error = %e, "could not record an audit entry");

@@ -20,18 +20,12 @@ use std::time::{Duration, Instant};
 /// Hashes a password with argon2id (OWASP parameters: 19 MiB, 2 passes, 1 lane).
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 /// Checks a password against an argon2 PHC string.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
 /// The authenticated caller of a request.
@@ -74,12 +68,7 @@ pub struct Logins {
 const LOGIN_CACHE_TTL: Duration = Duration::from_secs(300);
 
 impl Logins {
-    async fn verify(
-        &self,
-        state: &AppState,
-        username: &str,
-        password: &str,
-    ) -> Result<Option<UserRow>, ApiError> {
+    async fn verify(&self, state: &AppState, username: &str, password: &str) -> Result<Option<UserRow>, ApiError> {
         let key: [u8; 32] = Sha256::new()
             .chain_update(username.as_bytes())
             .chain_update([0])
@@ -151,12 +140,16 @@ impl FromRequestParts<AppState> for Caller {
         };
         let value = value.to_str().unwrap_or_default();
         let user = if let Some(token) = value.strip_prefix("Bearer ") {
-            state.store.user_by_token(&ids::hash_secret(token.trim())).await?.ok_or_else(|| {
-                unauthorized(
-                    "InvalidToken",
-                    "the API token is unknown, revoked or expired: create a new one with POST /api/v1/tokens",
-                )
-            })?
+            state
+                .store
+                .user_by_token(&ids::hash_secret(token.trim()))
+                .await?
+                .ok_or_else(|| {
+                    unauthorized(
+                        "InvalidToken",
+                        "the API token is unknown, revoked or expired: create a new one with POST /api/v1/tokens",
+                    )
+                })?
         } else if let Some(encoded) = value.strip_prefix("Basic ") {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
@@ -218,10 +211,7 @@ mod tests {
         assert!(caller(Role::Admin).require(Role::Operator).is_ok());
         assert!(caller(Role::Operator).require(Role::Operator).is_ok());
         assert_eq!(
-            caller(Role::Viewer)
-                .require(Role::Operator)
-                .unwrap_err()
-                .status,
+            caller(Role::Viewer).require(Role::Operator).unwrap_err().status,
             StatusCode::FORBIDDEN
         );
     }

@@ -22,9 +22,7 @@ tokio::task_local! {
 pub async fn request_id(req: Request, next: Next) -> Response {
     let id = crate::store::ids::new_id("req");
     let htmx = req.headers().contains_key("hx-request");
-    let mut response = REQUEST_ID
-        .scope(id.clone(), IS_HTMX.scope(htmx, next.run(req)))
-        .await;
+    let mut response = REQUEST_ID.scope(id.clone(), IS_HTMX.scope(htmx, next.run(req))).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -52,11 +50,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code: code.into(),
@@ -78,19 +72,14 @@ impl ApiError {
             "result" => "InvalidResult.NotFound",
             _ => "NotFound",
         };
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            code,
-            format!("{what} {id:?} does not exist"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} {id:?} does not exist"))
     }
 
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "InternalError".into(),
-            message: "The server hit an internal error; it has been logged with this request id."
-                .into(),
+            message: "The server hit an internal error; it has been logged with this request id.".into(),
             source: Some(source.into()),
         }
     }
@@ -121,16 +110,10 @@ impl IntoResponse for ApiError {
 impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
         match e {
-            store::Error::NotFound => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "the resource does not exist",
-            ),
-            store::Error::Conflict => ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                "a resource with that name exists",
-            ),
+            store::Error::NotFound => ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the resource does not exist"),
+            store::Error::Conflict => {
+                ApiError::new(StatusCode::CONFLICT, "Conflict", "a resource with that name exists")
+            }
             other => ApiError::internal(other),
         }
     }
@@ -181,9 +164,7 @@ impl From<JsonRejection> for ApiError {
         // A body that is not valid for the type is a bad request like any other (axum says 422).
         let (status, code) = match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
-            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
             _ => (StatusCode::BAD_REQUEST, "InvalidParameter.Body"),
         };
         ApiError::new(status, code, rejection.body_text())

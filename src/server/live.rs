@@ -33,14 +33,10 @@ pub async fn stream(
     ApiQuery(query): ApiQuery<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    state
-        .store
-        .invocation(&invoke_id)
-        .await
-        .map_err(|e| match e {
-            store::Error::NotFound => ApiError::not_found("invocation", &invoke_id),
-            other => other.into(),
-        })?;
+    state.store.invocation(&invoke_id).await.map_err(|e| match e {
+        store::Error::NotFound => ApiError::not_found("invocation", &invoke_id),
+        other => other.into(),
+    })?;
     let watch = Watch::new(
         state,
         invoke_id,
@@ -99,6 +95,7 @@ impl Watch {
         if let Err(e) = self.serve(&mut socket).await {
             tracing::debug!(error = %e, "live stream ended");
         }
+        self.state.dispatcher.unwatch(&self.invoke_id);
         // A normal close: clients (htmx's ws extension) reconnect only after abnormal ones.
         let close = axum::extract::ws::CloseFrame {
             code: 1000,
@@ -136,15 +133,11 @@ impl Watch {
     }
 
     fn wants_output(&self, instance_id: &str) -> bool {
-        self.output_of
-            .as_deref()
-            .is_none_or(|only| only == instance_id)
+        self.output_of.as_deref().is_none_or(|only| only == instance_id)
     }
 
     fn wants_status(&self, instance_id: &str) -> bool {
-        self.status_of
-            .as_deref()
-            .is_none_or(|only| only == instance_id)
+        self.status_of.as_deref().is_none_or(|only| only == instance_id)
     }
 
     /// Sends what is stored past what was sent. Returns true when the invocation is done.
@@ -181,11 +174,7 @@ impl Watch {
         }
         let status = InvocationStatus::from_counts(invocation.counts);
         if self.format == Format::Html {
-            send_text(
-                socket,
-                html::summary_fragment(&self.state, &self.invoke_id).await?,
-            )
-            .await?;
+            send_text(socket, html::summary_fragment(&self.state, &self.invoke_id).await?).await?;
             self.counts_dirty = false;
         }
         if status.is_terminal() {
@@ -202,11 +191,7 @@ impl Watch {
     }
 
     /// Sends an event, trimming output already sent. Returns true after `Done`.
-    async fn forward(
-        &mut self,
-        socket: &mut WebSocket,
-        event: &StreamEvent,
-    ) -> anyhow::Result<bool> {
+    async fn forward(&mut self, socket: &mut WebSocket, event: &StreamEvent) -> anyhow::Result<bool> {
         let text = match event {
             StreamEvent::Output {
                 instance_id,
@@ -245,13 +230,7 @@ impl Watch {
                     Format::Json => serde_json::to_string(event)?,
                     Format::Html => {
                         self.counts_dirty = true;
-                        html::row_fragment(
-                            &self.state,
-                            &self.invoke_id,
-                            instance_id,
-                            self.output_of.as_deref(),
-                        )
-                        .await?
+                        html::row_fragment(&self.state, &self.invoke_id, instance_id, self.output_of.as_deref()).await?
                     }
                 }
             }

@@ -52,13 +52,7 @@ impl AppState {
     }
 
     /// Records an audit entry. A failure to record is logged, not returned: the action is done.
-    pub(crate) async fn audit(
-        &self,
-        caller: &auth::Caller,
-        action: &str,
-        target: &str,
-        detail: &str,
-    ) {
+    pub(crate) async fn audit(&self, caller: &auth::Caller, action: &str, target: &str, detail: &str) {
         let entry = NewAudit {
             username: &caller.username,
             source_ip: &caller.source_ip,
@@ -88,11 +82,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
-pub async fn run(
-    args: ServeArgs,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     store.mark_all_offline().await?;
 
@@ -114,12 +104,8 @@ pub async fn run(
 /// Creates the data directory, opens the database (applying migrations) and, on an empty
 /// database, creates the `admin` account.
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            args.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let store = Store::open(&args.database_url())
         .await
         .context("cannot open the database")?;
@@ -136,8 +122,7 @@ async fn ensure_admin(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
         Some(secret) => (secret.0.clone(), false),
         None => (ids::new_secret()[..24].to_string(), true),
     };
-    let hash = hash_password(&password)
-        .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
+    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
     store.create_user("admin", &hash, Role::Admin).await?;
     if generated {
         let file = args.data_dir.join("initial-admin-password");

@@ -76,11 +76,7 @@ fn command_from_row(row: &SqliteRow) -> Result<CommandRow> {
 }
 
 /// Inserts a command inside a transaction after checking the region's quota.
-pub(super) async fn insert_command(
-    conn: &mut sqlx::SqliteConnection,
-    new: &NewCommand,
-    quota: u64,
-) -> Result<String> {
+pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewCommand, quota: u64) -> Result<String> {
     let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
         .bind(&new.region_id)
         .fetch_one(&mut *conn)
@@ -164,11 +160,7 @@ impl Store {
     }
 
     /// Changes a retained command.
-    pub async fn update_command(
-        &self,
-        command_id: &str,
-        update: &CommandUpdate,
-    ) -> Result<CommandRow> {
+    pub async fn update_command(&self, command_id: &str, update: &CommandUpdate) -> Result<CommandRow> {
         let (content, names) = match &update.content {
             Some((content, names)) => (
                 Some(content.as_str()),
@@ -215,11 +207,10 @@ impl Store {
 
     /// Retained commands per region.
     pub async fn command_counts(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT region_id, COUNT(*) FROM commands GROUP BY region_id ORDER BY region_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT region_id, COUNT(*) FROM commands GROUP BY region_id ORDER BY region_id")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
     }
 }
@@ -254,14 +245,7 @@ mod tests {
         let refused = store.create_command(&new_command("c"), 2).await;
 
         assert!(
-            matches!(
-                refused,
-                Err(Error::Quota {
-                    used: 2,
-                    limit: 2,
-                    ..
-                })
-            ),
+            matches!(refused, Err(Error::Quota { used: 2, limit: 2, .. })),
             "{refused:?}"
         );
     }

@@ -102,8 +102,7 @@ fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow> {
         name: row.try_get("name")?,
         hostname: row.try_get("hostname")?,
         region_id: row.try_get("region_id")?,
-        os_type: OsType::parse(&os_type)
-            .ok_or_else(|| Error::Corrupt(format!("os_type {os_type:?}")))?,
+        os_type: OsType::parse(&os_type).ok_or_else(|| Error::Corrupt(format!("os_type {os_type:?}")))?,
         os_name: row.try_get("os_name")?,
         ip_addresses: json_vec(row.try_get("ip_addresses")?)?,
         tags: serde_json::from_str(&tags).map_err(|e| Error::Corrupt(e.to_string()))?,
@@ -230,12 +229,10 @@ impl Store {
 
     /// The stored secret hash of an instance, for authenticating its agent.
     pub async fn instance_secret_hash(&self, instance_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
-                .bind(instance_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// One instance.
@@ -252,10 +249,7 @@ impl Store {
         let mut found = Vec::with_capacity(ids.len());
         // SQLite allows 32,766 variables per statement; stay far below it.
         for batch in ids.chunks(500) {
-            let sql = format!(
-                "SELECT * FROM instances WHERE id IN ({})",
-                placeholders(1, batch.len())
-            );
+            let sql = format!("SELECT * FROM instances WHERE id IN ({})", placeholders(1, batch.len()));
             let mut query = sqlx::query(&sql);
             for id in batch {
                 query = query.bind(id);
@@ -271,14 +265,13 @@ impl Store {
     pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<(Vec<InstanceRow>, u64)> {
         let running = filter.running.map(i64::from);
         let query = filter.query.as_ref().map(|q| q.to_lowercase());
-        let total: i64 =
-            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
-                .bind(&filter.region_id)
-                .bind(running)
-                .bind(filter.fresh_after)
-                .bind(&query)
-                .fetch_one(&self.pool)
-                .await?;
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
+            .bind(&filter.region_id)
+            .bind(running)
+            .bind(filter.fresh_after)
+            .bind(&query)
+            .fetch_one(&self.pool)
+            .await?;
         let rows = sqlx::query(&format!(
             "SELECT * FROM instances {INSTANCE_FILTER} ORDER BY region_id, id LIMIT $5 OFFSET $6"
         ))
@@ -296,11 +289,10 @@ impl Store {
 
     /// Every region with its number of instances.
     pub async fn regions(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
     }
 
@@ -308,11 +300,12 @@ impl Store {
     pub async fn agent_connected(
         &self,
         instance_id: &str,
+        connection: u64,
         hello: &crate::protocol::agent::Hello,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
-             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = 1 WHERE id = $1",
+             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = 1, connection = $9 WHERE id = $1",
         )
         .bind(instance_id)
         .bind(&hello.hostname)
@@ -322,28 +315,30 @@ impl Store {
         .bind(to_json(&hello.supported_command_types))
         .bind(hello.os_type.as_str())
         .bind(now_ms())
+        .bind(connection as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Records that an agent's connection closed, with its last heartbeat time.
-    pub async fn agent_disconnected(
-        &self,
-        instance_id: &str,
-        last_heartbeat_at: i64,
-    ) -> Result<()> {
-        sqlx::query("UPDATE instances SET online = 0, last_heartbeat_at = $2 WHERE id = $1")
-            .bind(instance_id)
-            .bind(last_heartbeat_at)
-            .execute(&self.pool)
-            .await?;
+    /// Records that an agent's connection closed, with its last heartbeat time, unless a newer
+    /// connection of the instance has taken over.
+    pub async fn agent_disconnected(&self, instance_id: &str, connection: u64, last_heartbeat_at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET online = 0, connection = NULL, last_heartbeat_at = $2 \
+             WHERE id = $1 AND connection = $3",
+        )
+        .bind(instance_id)
+        .bind(last_heartbeat_at)
+        .bind(connection as i64)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Marks every instance offline; called at server start, before any agent connects.
     pub async fn mark_all_offline(&self) -> Result<()> {
-        sqlx::query("UPDATE instances SET online = 0")
+        sqlx::query("UPDATE instances SET online = 0, connection = NULL")
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -415,15 +410,10 @@ mod tests {
             .register_instance(&act.id, &code, &new_instance("web-1"))
             .await
             .unwrap();
-        let second = store
-            .register_instance(&act.id, &code, &new_instance("web-2"))
-            .await;
+        let second = store.register_instance(&act.id, &code, &new_instance("web-2")).await;
 
         assert_eq!(first.region_id, "cn-hangzhou");
-        assert!(matches!(
-            second,
-            Err(Error::Register(RegisterRefusal::UsedUp))
-        ));
+        assert!(matches!(second, Err(Error::Register(RegisterRefusal::UsedUp))));
     }
 
     #[tokio::test]
@@ -433,21 +423,11 @@ mod tests {
         let expired = activation(&store, 5, now_ms() - 1).await;
         let code = ids::hash_secret("code");
 
-        let wrong = store
-            .register_instance(&live.id, "nope", &new_instance("a"))
-            .await;
-        let late = store
-            .register_instance(&expired.id, &code, &new_instance("a"))
-            .await;
+        let wrong = store.register_instance(&live.id, "nope", &new_instance("a")).await;
+        let late = store.register_instance(&expired.id, &code, &new_instance("a")).await;
 
-        assert!(matches!(
-            wrong,
-            Err(Error::Register(RegisterRefusal::BadCode))
-        ));
-        assert!(matches!(
-            late,
-            Err(Error::Register(RegisterRefusal::Expired))
-        ));
+        assert!(matches!(wrong, Err(Error::Register(RegisterRefusal::BadCode))));
+        assert!(matches!(late, Err(Error::Register(RegisterRefusal::Expired))));
     }
 
     #[tokio::test]

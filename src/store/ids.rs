@@ -21,10 +21,7 @@ pub fn new_id(prefix: &str) -> String {
 pub fn new_secret() -> String {
     let mut bytes = [0u8; 52];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| BASE32[usize::from(b & 31)] as char)
-        .collect()
+    bytes.iter().map(|b| BASE32[usize::from(b & 31)] as char).collect()
 }
 
 /// SHA-256 of a high-entropy secret, hex encoded: how tokens, activation codes and instance

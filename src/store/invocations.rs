@@ -131,8 +131,7 @@ fn invocation_from_row(row: &SqliteRow) -> Result<InvocationRow> {
         timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
         username: row.try_get("username")?,
         enable_parameter: row.try_get("enable_parameter")?,
-        parameters: serde_json::from_str(&parameters)
-            .map_err(|e| super::Error::Corrupt(e.to_string()))?,
+        parameters: serde_json::from_str(&parameters).map_err(|e| super::Error::Corrupt(e.to_string()))?,
         creator: row.try_get("creator")?,
         created_at: row.try_get("created_at")?,
         counts: BTreeMap::new(),
@@ -176,9 +175,7 @@ impl Store {
                 .map(|i| format!("($1, ${}, 'Pending', $2)", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!(
-                "INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values}"
-            );
+            let sql = format!("INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values}");
             let mut query = sqlx::query(&sql).bind(&id).bind(new.deliver_by);
             for instance_id in batch {
                 query = query.bind(instance_id);
@@ -196,41 +193,39 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let mut invocation = invocation_from_row(&row)?;
-        self.fill_counts(std::slice::from_mut(&mut invocation))
-            .await?;
+        self.fill_counts(std::slice::from_mut(&mut invocation)).await?;
         Ok(invocation)
     }
 
     async fn fill_counts(&self, invocations: &mut [InvocationRow]) -> Result<()> {
-        if invocations.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "SELECT invocation_id, status, COUNT(*) AS n FROM results WHERE invocation_id IN ({}) \
-             GROUP BY invocation_id, status",
-            placeholders(1, invocations.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for inv in invocations.iter() {
-            query = query.bind(&inv.id);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        for row in rows {
-            let id: String = row.try_get("invocation_id")?;
-            let status: ResultStatus = parse_name(row.try_get("status")?)?;
-            let n: i64 = row.try_get("n")?;
-            if let Some(inv) = invocations.iter_mut().find(|i| i.id == id) {
-                inv.counts.insert(status, n as u64);
+        // SQLite allows 32,766 variables per statement: count in batches.
+        for batch in invocations.chunks_mut(500) {
+            let sql = format!(
+                "SELECT invocation_id, status, COUNT(*) AS n FROM results WHERE invocation_id IN ({}) \
+                 GROUP BY invocation_id, status",
+                placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for inv in batch.iter() {
+                query = query.bind(&inv.id);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let positions: std::collections::HashMap<String, usize> =
+                batch.iter().enumerate().map(|(i, inv)| (inv.id.clone(), i)).collect();
+            for row in rows {
+                let id: String = row.try_get("invocation_id")?;
+                let status: ResultStatus = parse_name(row.try_get("status")?)?;
+                let n: i64 = row.try_get("n")?;
+                if let Some(&i) = positions.get(&id) {
+                    batch[i].counts.insert(status, n as u64);
+                }
             }
         }
         Ok(())
     }
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
-    pub async fn list_invocations(
-        &self,
-        filter: &InvocationFilter,
-    ) -> Result<(Vec<InvocationRow>, u64)> {
+    pub async fn list_invocations(&self, filter: &InvocationFilter) -> Result<(Vec<InvocationRow>, u64)> {
         const WHERE: &str = "WHERE ($1 IS NULL OR command_id = $1) \
             AND ($2 IS NULL OR id IN (SELECT invocation_id FROM results WHERE instance_id = $2))";
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM invocations {WHERE}"))
@@ -247,42 +242,33 @@ impl Store {
         .bind(filter.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let mut invocations = rows
-            .iter()
-            .map(invocation_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let mut invocations = rows.iter().map(invocation_from_row).collect::<Result<Vec<_>>>()?;
         self.fill_counts(&mut invocations).await?;
         Ok((invocations, total as u64))
     }
 
     /// The results of an invocation, ordered by instance id.
     pub async fn results(&self, invoke_id: &str) -> Result<Vec<ResultRow>> {
-        let rows =
-            sqlx::query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
-                .bind(invoke_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
+            .bind(invoke_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(result_from_row).collect()
     }
 
     /// One result.
     pub async fn result(&self, invoke_id: &str, instance_id: &str) -> Result<ResultRow> {
-        let row =
-            sqlx::query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
-                .bind(invoke_id)
-                .bind(instance_id)
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
+            .bind(invoke_id)
+            .bind(instance_id)
+            .fetch_one(&self.pool)
+            .await?;
         result_from_row(&row)
     }
 
     /// Stops results of an invocation (all, or those of the given instances): `Pending` ones
     /// become `Cancelled`, `Running` ones `Stopping`. Returns the changed results.
-    pub async fn stop_results(
-        &self,
-        invoke_id: &str,
-        instance_ids: Option<&[String]>,
-    ) -> Result<Vec<ResultChange>> {
+    pub async fn stop_results(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<Vec<ResultChange>> {
         let now = now_ms();
         let only = match instance_ids {
             Some(ids) if !ids.is_empty() => {
@@ -337,22 +323,18 @@ impl Store {
 
     /// The result id of an instance's task, if the task is the instance's own.
     pub async fn result_id(&self, invoke_id: &str, instance_id: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2",
+        Ok(
+            sqlx::query_scalar("SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2")
+                .bind(invoke_id)
+                .bind(instance_id)
+                .fetch_optional(&self.pool)
+                .await?,
         )
-        .bind(invoke_id)
-        .bind(instance_id)
-        .fetch_optional(&self.pool)
-        .await?)
     }
 
     /// Results an agent lost: running on the server but not held by the agent that reconnected.
     /// They end as `Error` / `ExecutionInterrupted`.
-    pub async fn interrupt_unheld(
-        &self,
-        instance_id: &str,
-        held: &[String],
-    ) -> Result<Vec<ResultChange>> {
+    pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String]) -> Result<Vec<ResultChange>> {
         let not_held = if held.is_empty() {
             String::new()
         } else {
@@ -378,7 +360,7 @@ impl Store {
     /// running on an instance whose heartbeat is older than `lost_before` → `Error`.
     pub async fn enforce_deadlines(&self, now: i64, lost_before: i64) -> Result<Vec<ResultChange>> {
         // Each statement: the code, the rule, the status it sets.
-        let rules: [(ErrorCode, &str, &str); 5] = [
+        let rules: [(ErrorCode, &str, &str); 6] = [
             (
                 ErrorCode::InstanceNotExists,
                 "status = 'Pending' AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
@@ -397,8 +379,14 @@ impl Store {
             ),
             (
                 ErrorCode::ExecutionTimeout,
-                "status IN ('Running', 'Stopping') AND deadline <= $1",
+                "status = 'Running' AND deadline <= $1",
                 "Timeout",
+            ),
+            // A stop the agent never confirmed: the command counts as stopped all the same.
+            (
+                ErrorCode::ExecutionInterrupted,
+                "status = 'Stopping' AND deadline <= $1",
+                "Terminated",
             ),
             (
                 ErrorCode::ClientNotResponse,
@@ -505,16 +493,10 @@ pub(crate) mod tests {
 
         let changes = store.stop_results(&id, None).await.unwrap();
 
-        let statuses: Vec<_> = changes
-            .iter()
-            .map(|c| (c.instance_id.as_str(), c.status))
-            .collect();
+        let statuses: Vec<_> = changes.iter().map(|c| (c.instance_id.as_str(), c.status)).collect();
         assert_eq!(
             statuses,
-            vec![
-                ("i-a", ResultStatus::Cancelled),
-                ("i-b", ResultStatus::Stopping)
-            ]
+            vec![("i-a", ResultStatus::Cancelled), ("i-b", ResultStatus::Stopping)]
         );
         assert!(
             store.stop_results(&id, None).await.unwrap().is_empty(),

@@ -14,12 +14,8 @@ mod output;
 mod users;
 
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
-pub use fleet::{
-    ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal,
-};
-pub use invocations::{
-    DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow,
-};
+pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
+pub use invocations::{DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow};
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use users::{AuditFilter, AuditRow, NewAudit, Role, SessionRow, TokenRow, UserRow};
 
@@ -40,11 +36,7 @@ pub enum Error {
     Conflict,
     /// A quota would be exceeded.
     #[error("quota {name} exceeded ({used} of {limit} used)")]
-    Quota {
-        name: &'static str,
-        used: u64,
-        limit: u64,
-    },
+    Quota { name: &'static str, used: u64, limit: u64 },
     /// Enrolment refused by its activation.
     #[error("registration refused: {0}")]
     Register(RegisterRefusal),
@@ -83,9 +75,10 @@ impl Store {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL is durable across application crashes; only a power cut can lose
-            // the last commits, which the agent then re-sends (acks follow commits).
-            .synchronous(SqliteSynchronous::Normal)
+            // Agents forget output once it is acknowledged, and acks follow commits, so a commit
+            // must survive a power cut: FULL syncs the WAL on every commit. Group commit keeps
+            // that to one sync per batch, not one per chunk.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -148,8 +141,6 @@ fn placeholders(first: usize, n: usize) -> String {
 #[cfg(test)]
 pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("test.db"))
-        .await
-        .unwrap();
+    let store = Store::open_sqlite(&dir.path().join("test.db")).await.unwrap();
     (store, dir)
 }

@@ -98,12 +98,7 @@ impl State {
         }
         let tail_from = offset.max(limits.head);
         if tail_from < end {
-            self.push(
-                tail_from,
-                stream,
-                &data[(tail_from - offset) as usize..],
-                limits,
-            );
+            self.push(tail_from, stream, &data[(tail_from - offset) as usize..], limits);
         }
         offset
     }
@@ -123,11 +118,7 @@ impl State {
 
 impl Store {
     /// Applies a batch of agent reports in one transaction.
-    pub async fn apply_agent_writes(
-        &self,
-        writes: &[AgentWrite],
-        limits: OutputLimits,
-    ) -> Result<Vec<Applied>> {
+    pub async fn apply_agent_writes(&self, writes: &[AgentWrite], limits: OutputLimits) -> Result<Vec<Applied>> {
         let mut tx = self.write_tx().await?;
         let mut states: HashMap<i64, Option<State>> = HashMap::new();
         let mut applied = Vec::with_capacity(writes.len());
@@ -167,28 +158,49 @@ impl Store {
                     let changed = state.status == ResultStatus::Pending;
                     if changed {
                         state.status = ResultStatus::Running;
-                        sqlx::query("UPDATE results SET status = 'Running', start_time = $2, deadline = $3 WHERE id = $1")
-                            .bind(result_id)
-                            .bind(at)
-                            .bind(at + state.timeout_ms + grace_ms)
-                            .execute(&mut *tx)
-                            .await?;
+                        sqlx::query(
+                            "UPDATE results SET status = 'Running', start_time = $2, deadline = $3 WHERE id = $1",
+                        )
+                        .bind(result_id)
+                        .bind(at)
+                        .bind(at + state.timeout_ms + grace_ms)
+                        .execute(&mut *tx)
+                        .await?;
                     }
-                    Applied::Started { status: state.status, changed }
+                    Applied::Started {
+                        status: state.status,
+                        changed,
+                    }
                 }
                 AgentWrite::Chunk { seq, stream, data, .. } => {
                     if *seq < state.next_seq {
-                        Applied::Chunk { offset: None, next_seq: state.next_seq }
+                        Applied::Chunk {
+                            offset: None,
+                            next_seq: state.next_seq,
+                        }
                     } else if *seq > state.next_seq {
-                        Applied::Gap { next_seq: state.next_seq }
+                        Applied::Gap {
+                            next_seq: state.next_seq,
+                        }
                     } else {
                         let offset = state.append(*stream, data, limits);
-                        Applied::Chunk { offset: Some(offset), next_seq: state.next_seq }
+                        Applied::Chunk {
+                            offset: Some(offset),
+                            next_seq: state.next_seq,
+                        }
                     }
                 }
-                AgentWrite::Finished { chunks, exit_code, end, at, .. } => {
+                AgentWrite::Finished {
+                    chunks,
+                    exit_code,
+                    end,
+                    at,
+                    ..
+                } => {
                     if *chunks > state.next_seq {
-                        Applied::Early { next_seq: state.next_seq }
+                        Applied::Early {
+                            next_seq: state.next_seq,
+                        }
                     } else {
                         let outcome = end.outcome(state.status, *exit_code);
                         if let Some((status, error_code)) = outcome {
@@ -210,7 +222,10 @@ impl Store {
                             .execute(&mut *tx)
                             .await?;
                         }
-                        Applied::Finished { changed: outcome, exit_code: *exit_code }
+                        Applied::Finished {
+                            changed: outcome,
+                            exit_code: *exit_code,
+                        }
                     }
                 }
             });
@@ -229,8 +244,8 @@ impl Store {
     /// `from` is returned whole.
     pub async fn output_chunks(&self, result_id: i64, from: u64) -> Result<Vec<ChunkRow>> {
         let rows = sqlx::query(
-            "SELECT offset, stream, data FROM output_chunks WHERE result_id = $1 \
-             AND offset + length(data) > $2 ORDER BY offset",
+            "SELECT pos, stream, data FROM output_chunks WHERE result_id = $1 \
+             AND pos + length(data) > $2 ORDER BY pos",
         )
         .bind(result_id)
         .bind(from as i64)
@@ -239,7 +254,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 Ok(ChunkRow {
-                    offset: row.try_get::<i64, _>("offset")? as u64,
+                    offset: row.try_get::<i64, _>("pos")? as u64,
                     stream: OutputStream::from_code(row.try_get("stream")?),
                     data: row.try_get("data")?,
                 })
@@ -261,9 +276,7 @@ async fn store_pieces(
     state: &State,
     limits: OutputLimits,
 ) -> Result<()> {
-    let tail_start = limits
-        .head
-        .max(state.output_bytes.saturating_sub(limits.tail));
+    let tail_start = limits.head.max(state.output_bytes.saturating_sub(limits.tail));
     for (offset, stream, data) in &state.pieces {
         let end = offset + data.len() as u64;
         // Head pieces are always kept; tail pieces only where they reach past `tail_start`.
@@ -276,26 +289,24 @@ async fn store_pieces(
         } else {
             (*offset, &data[..])
         };
-        sqlx::query(
-            "INSERT INTO output_chunks (result_id, offset, stream, data) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(result_id)
-        .bind(offset as i64)
-        .bind(stream.code())
-        .bind(data)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO output_chunks (result_id, pos, stream, data) VALUES ($1, $2, $3, $4)")
+            .bind(result_id)
+            .bind(offset as i64)
+            .bind(stream.code())
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
     }
     if tail_start > limits.head {
-        sqlx::query("DELETE FROM output_chunks WHERE result_id = $1 AND offset >= $2 AND offset + length(data) <= $3")
+        sqlx::query("DELETE FROM output_chunks WHERE result_id = $1 AND pos >= $2 AND pos + length(data) <= $3")
             .bind(result_id)
             .bind(limits.head as i64)
             .bind(tail_start as i64)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE output_chunks SET data = substr(data, $3 - offset + 1), offset = $3 \
-             WHERE result_id = $1 AND offset >= $2 AND offset < $3",
+            "UPDATE output_chunks SET data = substr(data, $3 - pos + 1), pos = $3 \
+             WHERE result_id = $1 AND pos >= $2 AND pos < $3",
         )
         .bind(result_id)
         .bind(limits.head as i64)
@@ -349,19 +360,10 @@ mod tests {
         let id = running_result(&store).await;
         let writes: Vec<_> = (0..5).map(|i| chunk(id, i, b"abcdefg")).collect();
 
-        store
-            .apply_agent_writes(&writes[..2], LIMITS)
-            .await
-            .unwrap();
-        store
-            .apply_agent_writes(&writes[2..], LIMITS)
-            .await
-            .unwrap();
+        store.apply_agent_writes(&writes[..2], LIMITS).await.unwrap();
+        store.apply_agent_writes(&writes[2..], LIMITS).await.unwrap();
         let kept = store.output(id).await.unwrap();
-        let result = store
-            .result(&store_invocation(&store, id).await, "i-a")
-            .await
-            .unwrap();
+        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
 
         let all = b"abcdefg".repeat(5);
         let expected = [&all[..10], &all[all.len() - 10..]].concat();
@@ -379,10 +381,7 @@ mod tests {
             .apply_agent_writes(&[chunk(id, 0, b"ab"), chunk(id, 0, b"ab")], LIMITS)
             .await
             .unwrap();
-        let gap = store
-            .apply_agent_writes(&[chunk(id, 5, b"zz")], LIMITS)
-            .await
-            .unwrap();
+        let gap = store.apply_agent_writes(&[chunk(id, 5, b"zz")], LIMITS).await.unwrap();
 
         assert_eq!(
             first[0],
@@ -414,10 +413,7 @@ mod tests {
             at: now_ms(),
         };
 
-        let early = store
-            .apply_agent_writes(&[fin(1, 0)], LIMITS)
-            .await
-            .unwrap();
+        let early = store.apply_agent_writes(&[fin(1, 0)], LIMITS).await.unwrap();
         let done = store
             .apply_agent_writes(&[chunk(id, 0, b"x"), fin(1, 3), fin(1, 0)], LIMITS)
             .await
@@ -438,10 +434,7 @@ mod tests {
                 exit_code: Some(0)
             }
         );
-        let result = store
-            .result(&store_invocation(&store, id).await, "i-a")
-            .await
-            .unwrap();
+        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
         assert_eq!(result.error_code, Some(ErrorCode::ExitCodeNonzero));
     }
 

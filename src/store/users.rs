@@ -109,12 +109,7 @@ impl Store {
     }
 
     /// Creates an account; `Conflict` when the name is taken.
-    pub async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        role: Role,
-    ) -> Result<i64> {
+    pub async fn create_user(&self, username: &str, password_hash: &str, role: Role) -> Result<i64> {
         let id = sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -214,14 +209,13 @@ impl Store {
 
     /// Revokes one of a user's tokens; `NotFound` when it is not theirs or already revoked.
     pub async fn revoke_token(&self, user_id: i64, token_id: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(token_id)
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+                .bind(token_id)
+                .bind(user_id)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(super::Error::NotFound);
         }
@@ -277,27 +271,15 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_or_expired_token_finds_no_user() {
         let (store, _dir) = test_store().await;
-        let uid = store
-            .create_user("ann", "hash", Role::Operator)
-            .await
-            .unwrap();
+        let uid = store.create_user("ann", "hash", Role::Operator).await.unwrap();
         let live = store.create_token(uid, "ci", "h1", None).await.unwrap();
-        store
-            .create_token(uid, "old", "h2", Some(now_ms() - 1))
-            .await
-            .unwrap();
+        store.create_token(uid, "old", "h2", Some(now_ms() - 1)).await.unwrap();
 
-        assert_eq!(
-            store.user_by_token("h1").await.unwrap().unwrap().username,
-            "ann"
-        );
+        assert_eq!(store.user_by_token("h1").await.unwrap().unwrap().username, "ann");
         assert!(store.user_by_token("h2").await.unwrap().is_none());
         store.revoke_token(uid, &live.id).await.unwrap();
         assert!(store.user_by_token("h1").await.unwrap().is_none());
-        assert!(matches!(
-            store.revoke_token(uid, &live.id).await,
-            Err(Error::NotFound)
-        ));
+        assert!(matches!(store.revoke_token(uid, &live.id).await, Err(Error::NotFound)));
     }
 
     #[tokio::test]
@@ -322,13 +304,7 @@ pub struct SessionRow {
 
 impl Store {
     /// Starts a session for a user.
-    pub async fn create_session(
-        &self,
-        id_hash: &str,
-        user_id: i64,
-        csrf: &str,
-        expires_at: i64,
-    ) -> Result<()> {
+    pub async fn create_session(&self, id_hash: &str, user_id: i64, csrf: &str, expires_at: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO sessions (id_hash, user_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )

@@ -10,9 +10,7 @@ use serde_json::json;
 
 async fn refusal(result: anyhow::Result<impl std::fmt::Debug>) -> (u16, String, String) {
     let error = result.expect_err("the request should be refused");
-    let failure = error
-        .downcast_ref::<ApiFailure>()
-        .expect("an API error answer");
+    let failure = error.downcast_ref::<ApiFailure>().expect("an API error answer");
     (
         failure.status.as_u16(),
         failure.body.code.clone(),
@@ -27,8 +25,7 @@ async fn run_command_refusals_name_the_problem_and_the_fix() {
     let id = agent.instance_id().await;
 
     let oversize = RunCommandRequest::shell(vec![id.clone()], "x".repeat(64 * 1024 + 1));
-    let unknown =
-        RunCommandRequest::shell(vec![id.clone(), "i-doesnotexist00000000".into()], "true");
+    let unknown = RunCommandRequest::shell(vec![id.clone(), "i-doesnotexist00000000".into()], "true");
     let mut bat = RunCommandRequest::shell(vec![id.clone()], "dir");
     bat.command_type = CommandType::RunBatScript;
     let mut timeout = RunCommandRequest::shell(vec![id.clone()], "true");
@@ -38,10 +35,7 @@ async fn run_command_refusals_name_the_problem_and_the_fix() {
     keep.name = Some("kept".into());
 
     let (status, code, message) = refusal(app.client.run(&oversize).await).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (400, "InvalidParameter.CommandContent")
-    );
+    assert_eq!((status, code.as_str()), (400, "InvalidParameter.CommandContent"));
     assert!(
         message.contains("65537 bytes") && message.contains("limit is 65536"),
         "{message}"
@@ -63,10 +57,7 @@ async fn run_command_refusals_name_the_problem_and_the_fix() {
 
     app.client.run(&keep).await.unwrap();
     let (status, code, message) = refusal(app.client.run(&keep).await).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (403, "QuotaExceeded.RetainedCommand")
-    );
+    assert_eq!((status, code.as_str()), (403, "QuotaExceeded.RetainedCommand"));
     assert!(
         message.contains("1 of 1") && message.contains("--retained-command-quota"),
         "{message}"
@@ -81,11 +72,7 @@ async fn requests_without_valid_credentials_are_refused() {
     let app = TestApp::spawn().await;
     let http = reqwest::Client::new();
 
-    let anonymous = http
-        .get(format!("{}/api/v1/instances", app.url))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = http.get(format!("{}/api/v1/instances", app.url)).send().await.unwrap();
     let wrong = ApiClient::new(
         &app.url,
         Credentials::Basic {
@@ -94,30 +81,16 @@ async fn requests_without_valid_credentials_are_refused() {
         },
     );
     let bad_token = ApiClient::new(&app.url, Credentials::Token("frt_not-a-token".into()));
-    let health = http
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap();
+    let health = http.get(format!("{}/healthz", app.url)).send().await.unwrap();
 
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
     let body: serde_json::Value = anonymous.json().await.unwrap();
     assert_eq!(body["code"], "Unauthorized");
     assert!(body["request_id"].as_str().unwrap().starts_with("req-"));
-    assert_eq!(
-        refusal(wrong.instances("").await).await.1,
-        "InvalidCredentials"
-    );
-    assert_eq!(
-        refusal(bad_token.instances("").await).await.1,
-        "InvalidToken"
-    );
-    assert_eq!(
-        health.status(),
-        200,
-        "only /healthz answers without credentials"
-    );
+    assert_eq!(refusal(wrong.instances("").await).await.1, "InvalidCredentials");
+    assert_eq!(refusal(bad_token.instances("").await).await.1, "InvalidToken");
+    assert_eq!(health.status(), 200, "only /healthz answers without credentials");
 }
 
 #[tokio::test]
@@ -149,20 +122,13 @@ async fn unknown_fields_and_bad_json_are_refused_with_the_field_named() {
     let app = TestApp::spawn().await;
     let body = json!({"instance_ids": ["i-x"], "type": "RunShellScript", "command_content": "true", "timout_secs": 5});
 
-    let typo = app
-        .client
-        .raw(Method::POST, "/invocations", Some(&body))
-        .await
-        .unwrap();
+    let typo = app.client.raw(Method::POST, "/invocations", Some(&body)).await.unwrap();
     let status = typo.status();
     let typo: serde_json::Value = typo.json().await.unwrap();
 
     assert_eq!(status, 400);
     assert_eq!(typo["code"], "InvalidParameter.Body");
-    assert!(
-        typo["message"].as_str().unwrap().contains("timout_secs"),
-        "{typo}"
-    );
+    assert!(typo["message"].as_str().unwrap().contains("timout_secs"), "{typo}");
 }
 
 #[tokio::test]
@@ -171,10 +137,7 @@ async fn the_live_stream_replays_stored_output_then_ends_with_done() {
     let agent = app.agent("local").await;
     let id = agent.instance_id().await;
     let inv = app
-        .run_to_end(&RunCommandRequest::shell(
-            vec![id.clone()],
-            "echo one; echo two >&2",
-        ))
+        .run_to_end(&RunCommandRequest::shell(vec![id.clone()], "echo one; echo two >&2"))
         .await;
 
     let mut events = Vec::new();

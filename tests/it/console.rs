@@ -30,7 +30,9 @@ impl Browser {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("chromedriver is needed for the browser tests: apt-get install chromium chromium-driver (.ci/run does)");
+            .expect(
+                "chromedriver is needed for the browser tests: apt-get install chromium chromium-driver (.ci/run does)",
+            );
         let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
         let port = loop {
             let line = lines
@@ -61,10 +63,7 @@ impl Browser {
     }
 
     async fn login(&self, app: &TestApp) {
-        self.client
-            .goto(&format!("{}/login", app.url))
-            .await
-            .unwrap();
+        self.client.goto(&format!("{}/login", app.url)).await.unwrap();
         self.client
             .find(Locator::Id("username"))
             .await
@@ -105,10 +104,7 @@ impl Browser {
             element.is_displayed().await.ok()?.then_some(element)
         })
         .await;
-        element
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        element.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -126,11 +122,7 @@ impl Browser {
     /// The id of the invocation whose panel is on screen (the newest one).
     async fn panel_invoke_id(&self) -> String {
         eventually(WAIT, "a Command Output panel", || async {
-            let panels = self
-                .client
-                .find_all(Locator::Css(".output-panel"))
-                .await
-                .ok()?;
+            let panels = self.client.find_all(Locator::Css(".output-panel")).await.ok()?;
             let id = panels.last()?.attr("id").await.ok()??;
             id.strip_prefix("panel-").map(String::from)
         })
@@ -171,9 +163,7 @@ async fn picking_a_region_lists_only_its_instances() {
     browser.login(&app).await;
     let select = browser.client.find(Locator::Id("region")).await.unwrap();
     select.select_by_value("eu-central-1").await.unwrap();
-    let listed = browser
-        .wait_text(".page-head .muted", "Region eu-central-1")
-        .await;
+    let listed = browser.wait_text(".page-head .muted", "Region eu-central-1").await;
 
     assert!(listed.contains("1 instances"), "{listed}");
     let table = browser.wait_text("#instance-rows", &frankfurt[0].1).await;
@@ -189,13 +179,7 @@ async fn send_command_from_an_instance_page_shows_its_output_and_success() {
     let app = TestApp::spawn().await;
     let fleet = agents(&app, "local", 1).await;
     let id = &fleet[0].1;
-    let hostname = String::from_utf8(
-        std::process::Command::new("hostname")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let hostname = String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap();
     let browser = Browser::start().await;
     browser.login(&app).await;
 
@@ -206,34 +190,23 @@ async fn send_command_from_an_instance_page_shows_its_output_and_success() {
         .unwrap();
     browser.click("#tab-commands").await;
     browser.click("#send-command").await;
-    browser
-        .type_into("#content-linux", "echo hello-$(hostname)")
-        .await;
+    browser.type_into("#content-linux", "echo hello-$(hostname)").await;
     let shell = browser
         .client
         .find(Locator::Css("input[name=type_linux][value=RunShellScript]"))
         .await
         .unwrap();
-    assert!(
-        shell.is_selected().await.unwrap(),
-        "Shell is the default type on Linux"
-    );
+    assert!(shell.is_selected().await.unwrap(), "Shell is the default type on Linux");
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
     let row = format!("#row-{invoke_id}-{id}");
     browser.wait_text(&format!("{row} .badge"), "Success").await;
 
     let output = browser
-        .wait_text(
-            &format!("#output-{invoke_id}"),
-            &format!("hello-{}", hostname.trim()),
-        )
+        .wait_text(&format!("#output-{invoke_id}"), &format!("hello-{}", hostname.trim()))
         .await;
     assert_eq!(output.trim(), format!("hello-{}", hostname.trim()));
-    assert_eq!(
-        browser.wait_text(&format!("{row} .exit-code"), "0").await,
-        "0"
-    );
+    assert_eq!(browser.wait_text(&format!("{row} .exit-code"), "0").await, "0");
     browser.screenshot("send-command-one-instance").await;
     browser.close().await;
 }
@@ -246,9 +219,7 @@ async fn one_command_to_three_selected_instances_shows_each_output() {
     browser.login(&app).await;
 
     for (_, id) in &fleet {
-        browser
-            .click(&format!("#instance-rows input[value={id}]"))
-            .await;
+        browser.click(&format!("#instance-rows input[value={id}]")).await;
     }
     browser.click("#more-button").await;
     browser.click("#send-command-batch").await;
@@ -257,20 +228,12 @@ async fn one_command_to_three_selected_instances_shows_each_output() {
         .await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
-    browser
-        .wait_text(&format!("#summary-{invoke_id}"), "Success 3")
-        .await;
+    browser.wait_text(&format!("#summary-{invoke_id}"), "Success 3").await;
 
     for (_, id) in &fleet {
-        browser
-            .click(&format!("#row-{invoke_id}-{id} a.instance-link"))
-            .await;
-        browser
-            .wait_text(&format!("#selected-{invoke_id}"), id)
-            .await;
-        let output = browser
-            .wait_text(&format!("#output-{invoke_id}"), "I am")
-            .await;
+        browser.click(&format!("#row-{invoke_id}-{id} a.instance-link")).await;
+        browser.wait_text(&format!("#selected-{invoke_id}"), id).await;
+        let output = browser.wait_text(&format!("#output-{invoke_id}"), "I am").await;
         assert_eq!(output.trim(), format!("I am {id}"));
     }
     browser.screenshot("send-command-three-instances").await;
@@ -286,20 +249,14 @@ async fn stop_terminates_a_command_on_two_instances() {
     browser.login(&app).await;
 
     for (_, id) in &fleet {
-        browser
-            .click(&format!("#instance-rows input[value={id}]"))
-            .await;
+        browser.click(&format!("#instance-rows input[value={id}]")).await;
     }
     browser.click("#more-button").await;
     browser.click("#send-command-batch").await;
-    browser
-        .type_into("#content-linux", &format!("sleep {seconds}"))
-        .await;
+    browser.type_into("#content-linux", &format!("sleep {seconds}")).await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
-    browser
-        .wait_text(&format!("#summary-{invoke_id}"), "Running 2")
-        .await;
+    browser.wait_text(&format!("#summary-{invoke_id}"), "Running 2").await;
     browser.click(&format!("#stop-{invoke_id}")).await;
 
     for (_, id) in &fleet {
@@ -307,13 +264,8 @@ async fn stop_terminates_a_command_on_two_instances() {
             .wait_text(&format!("#row-{invoke_id}-{id} .badge"), "Terminated")
             .await;
     }
-    browser
-        .wait_text(&format!("#overall-{invoke_id}"), "Stopped")
-        .await;
-    assert!(
-        live_processes(&seconds).is_empty(),
-        "a sleep survived the stop"
-    );
+    browser.wait_text(&format!("#overall-{invoke_id}"), "Stopped").await;
+    assert!(live_processes(&seconds).is_empty(), "a sleep survived the stop");
     browser.screenshot("stop-two-instances").await;
     browser.close().await;
 }
@@ -333,16 +285,12 @@ async fn a_retained_command_is_listed_and_runs_from_the_commands_page() {
         .unwrap();
     browser.click("#tab-commands").await;
     browser.click("#send-command").await;
-    browser
-        .type_into("#content-linux", "echo retained-run")
-        .await;
+    browser.type_into("#content-linux", "echo retained-run").await;
     browser.click("#retain").await;
     browser.type_into("#command-name", "say-retained").await;
     browser.click("#run-button").await;
     let first = browser.panel_invoke_id().await;
-    browser
-        .wait_text(&format!("#overall-{first}"), "Success")
-        .await;
+    browser.wait_text(&format!("#overall-{first}"), "Success").await;
 
     browser
         .client
@@ -351,18 +299,12 @@ async fn a_retained_command_is_listed_and_runs_from_the_commands_page() {
         .unwrap();
     browser.wait_text("#commands", "say-retained").await;
     browser.click("#commands button.primary").await;
-    browser
-        .click(&format!("#instance-picker input[value={id}]"))
-        .await;
+    browser.click(&format!("#instance-picker input[value={id}]")).await;
     browser.click("#run-button").await;
     let second = browser.panel_invoke_id().await;
-    browser
-        .wait_text(&format!("#overall-{second}"), "Success")
-        .await;
+    browser.wait_text(&format!("#overall-{second}"), "Success").await;
 
-    let output = browser
-        .wait_text(&format!("#output-{second}"), "retained-run")
-        .await;
+    let output = browser.wait_text(&format!("#output-{second}"), "retained-run").await;
     assert_eq!(output.trim(), "retained-run");
     assert_ne!(first, second);
     browser.screenshot("run-retained-command").await;
@@ -390,9 +332,7 @@ async fn markup_in_output_is_shown_literally_and_runs_no_script() {
         .await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
-    let output = browser
-        .wait_text(&format!("#output-{invoke_id}"), "alert(1)")
-        .await;
+    let output = browser.wait_text(&format!("#output-{invoke_id}"), "alert(1)").await;
 
     assert_eq!(output.trim(), hostile);
     let injected = browser
@@ -434,26 +374,18 @@ async fn reloading_mid_stream_shows_the_output_once_and_in_order() {
         .await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
-    browser
-        .wait_text(&format!("#output-{invoke_id}"), "line-5")
-        .await;
+    browser.wait_text(&format!("#output-{invoke_id}"), "line-5").await;
     browser
         .client
         .goto(&format!("{}/console/invocations/{invoke_id}", app.url))
         .await
         .unwrap();
-    browser
-        .wait_text(&format!("#output-{invoke_id}"), "line-")
-        .await;
+    browser.wait_text(&format!("#output-{invoke_id}"), "line-").await;
     browser.client.refresh().await.unwrap();
-    browser
-        .wait_text(&format!("#overall-{invoke_id}"), "Success")
-        .await;
+    browser.wait_text(&format!("#overall-{invoke_id}"), "Success").await;
 
     let expected: String = (1..=40).map(|i| format!("line-{i}\n")).collect();
-    let output = browser
-        .wait_text(&format!("#output-{invoke_id}"), "line-40")
-        .await;
+    let output = browser.wait_text(&format!("#output-{invoke_id}"), "line-40").await;
     assert_eq!(output.trim(), expected.trim());
     browser.screenshot("reload-mid-stream").await;
     browser.close().await;

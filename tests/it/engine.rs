@@ -21,11 +21,7 @@ async fn two_agents_enrol_and_are_running_within_seconds() {
             .iter()
             .all(|i| i.status == InstanceStatus::Running && i.agent.online)
     );
-    let ids: Vec<String> = list
-        .instances
-        .iter()
-        .map(|i| i.instance_id.clone())
-        .collect();
+    let ids: Vec<String> = list.instances.iter().map(|i| i.instance_id.clone()).collect();
     assert!(ids.contains(&a.instance_id().await) && ids.contains(&b.instance_id().await));
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -46,13 +42,8 @@ async fn exit_codes_decide_failed_success_and_partial_failed() {
             "echo hello; echo oops >&2; exit 3",
         ))
         .await;
-    let success = app
-        .run_to_end(&RunCommandRequest::shell(ids.clone(), "exit 0"))
-        .await;
-    let mut mixed = RunCommandRequest::shell(
-        ids.clone(),
-        format!("[ {{{{fleetrun::instance_id}}}} = {} ]", ids[0]),
-    );
+    let success = app.run_to_end(&RunCommandRequest::shell(ids.clone(), "exit 0")).await;
+    let mut mixed = RunCommandRequest::shell(ids.clone(), format!("[ {{{{fleetrun::instance_id}}}} = {} ]", ids[0]));
     mixed.enable_parameter = true;
     let mixed = app.run_to_end(&mixed).await;
 
@@ -98,10 +89,7 @@ async fn five_mib_of_output_keeps_exactly_the_first_and_last_512_kib_byte_for_by
     assert_eq!(result.invocation_status, ResultStatus::Success);
     let kept = [&data[..512 * 1024], &data[data.len() - 512 * 1024..]].concat();
     assert_eq!(raw.len(), kept.len());
-    assert!(
-        raw == kept,
-        "kept bytes differ from the first and last 512 KiB"
-    );
+    assert!(raw == kept, "kept bytes differ from the first and last 512 KiB");
     assert_eq!(result.dropped, (data.len() - kept.len()) as u64);
 }
 
@@ -110,10 +98,7 @@ async fn a_command_past_its_timeout_is_killed_with_its_whole_tree() {
     let app = TestApp::spawn().await;
     let agent = app.agent("local").await;
     let (a, b) = (unique_seconds(60), unique_seconds(60));
-    let mut req = RunCommandRequest::shell(
-        vec![agent.instance_id().await],
-        format!("sleep {a} & sleep {b}"),
-    );
+    let mut req = RunCommandRequest::shell(vec![agent.instance_id().await], format!("sleep {a} & sleep {b}"));
     req.timeout_secs = 2;
 
     let inv = app.run_to_end(&req).await;
@@ -140,20 +125,14 @@ async fn stop_terminates_a_running_tree_and_cancels_what_has_not_started() {
         .await
         .unwrap();
     app.wait_result(&created.invoke_id, &id, "Running").await;
-    let both_running = || async {
-        (!live_processes(&first).is_empty() && !live_processes(&second).is_empty()).then_some(())
-    };
+    let both_running =
+        || async { (!live_processes(&first).is_empty() && !live_processes(&second).is_empty()).then_some(()) };
     eventually(Duration::from_secs(5), "both sleeps to start", both_running).await;
 
     app.client.stop(&created.invoke_id, None).await.unwrap();
-    let stopped = app
-        .wait_done(&created.invoke_id, Duration::from_secs(15))
-        .await;
+    let stopped = app.wait_done(&created.invoke_id, Duration::from_secs(15)).await;
 
-    assert_eq!(
-        stopped.results.unwrap()[0].invocation_status,
-        ResultStatus::Terminated
-    );
+    assert_eq!(stopped.results.unwrap()[0].invocation_status, ResultStatus::Terminated);
     assert_eq!(stopped.invocation_status, InvocationStatus::Stopped);
     assert!(
         live_processes(&first).is_empty() && live_processes(&second).is_empty(),
@@ -167,13 +146,8 @@ async fn stop_terminates_a_running_tree_and_cancels_what_has_not_started() {
         .await
         .unwrap();
     app.client.stop(&pending.invoke_id, None).await.unwrap();
-    let cancelled = app
-        .wait_done(&pending.invoke_id, Duration::from_secs(5))
-        .await;
-    assert_eq!(
-        cancelled.results.unwrap()[0].invocation_status,
-        ResultStatus::Cancelled
-    );
+    let cancelled = app.wait_done(&pending.invoke_id, Duration::from_secs(5)).await;
+    assert_eq!(cancelled.results.unwrap()[0].invocation_status, ResultStatus::Cancelled);
 }
 
 #[tokio::test]
@@ -199,10 +173,7 @@ async fn working_dir_username_and_parameters_reach_the_process() {
     let app = TestApp::spawn().await;
     let agent = app.agent("local").await;
     let id = agent.instance_id().await;
-    let mut req = RunCommandRequest::shell(
-        vec![id.clone()],
-        "pwd; echo {{greeting}} {{ fleetrun::instance_id }}",
-    );
+    let mut req = RunCommandRequest::shell(vec![id.clone()], "pwd; echo {{greeting}} {{ fleetrun::instance_id }}");
     req.working_dir = Some("/tmp".into());
     req.enable_parameter = true;
     req.parameters = BTreeMap::from([("greeting".to_string(), "hi there".to_string())]);
@@ -215,10 +186,7 @@ async fn working_dir_username_and_parameters_reach_the_process() {
     let bad_dir = app.run_to_end(&missing_dir).await;
     let bad_user = app.run_to_end(&missing_user).await;
 
-    assert_eq!(
-        ok.results.unwrap()[0].output,
-        format!("/tmp\nhi there {id}\n")
-    );
+    assert_eq!(ok.results.unwrap()[0].output, format!("/tmp\nhi there {id}\n"));
     let dir_result = &bad_dir.results.unwrap()[0];
     assert_eq!(
         (dir_result.invocation_status, dir_result.error_code),
@@ -262,11 +230,7 @@ async fn a_retained_command_is_listed_and_runs_again_by_id() {
     let second = app.wait_done(&invoke_id, Duration::from_secs(30)).await;
     let listed: serde_json::Value = app
         .client
-        .raw(
-            reqwest::Method::GET,
-            "/commands?region_id=cn-hangzhou",
-            None,
-        )
+        .raw(reqwest::Method::GET, "/commands?region_id=cn-hangzhou", None)
         .await
         .unwrap()
         .json()
@@ -278,8 +242,5 @@ async fn a_retained_command_is_listed_and_runs_again_by_id() {
     assert_eq!(listed["total"], 1);
     assert_eq!(listed["commands"][0]["name"], "say");
     assert_eq!(listed["commands"][0]["invoke_times"], 2);
-    assert_eq!(
-        listed["commands"][0]["parameter_names"],
-        serde_json::json!(["word"])
-    );
+    assert_eq!(listed["commands"][0]["parameter_names"], serde_json::json!(["word"]));
 }

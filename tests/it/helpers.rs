@@ -4,9 +4,7 @@
 use clap::Parser as _;
 use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::config::{Cli, Mode};
-use fleetrun::protocol::api::{
-    ActivationCreated, CreateActivationRequest, Invocation, RunCommandRequest,
-};
+use fleetrun::protocol::api::{ActivationCreated, CreateActivationRequest, Invocation, RunCommandRequest};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,14 +50,7 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let data_dir = data.path().display().to_string();
-        let mut args = vec![
-            "fleetrun",
-            "serve",
-            "--listen",
-            &address,
-            "--data-dir",
-            &data_dir,
-        ];
+        let mut args = vec!["fleetrun", "serve", "--listen", &address, "--data-dir", &data_dir];
         args.extend([
             "--admin-password",
             PASSWORD,
@@ -84,10 +75,7 @@ impl TestApp {
         );
         let health = format!("{url}/healthz");
         eventually(Duration::from_secs(10), "the server to answer", || async {
-            reqwest::get(&health)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
+            reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
         })
         .await;
         TestApp {
@@ -123,8 +111,7 @@ impl TestApp {
     /// Runs a command and waits until every result is terminal.
     pub async fn run_to_end(&self, req: &RunCommandRequest) -> Invocation {
         let created = self.client.run(req).await.unwrap();
-        self.wait_done(&created.invoke_id, Duration::from_secs(30))
-            .await
+        self.wait_done(&created.invoke_id, Duration::from_secs(30)).await
     }
 
     pub async fn wait_done(&self, invoke_id: &str, timeout: Duration) -> Invocation {
@@ -136,22 +123,13 @@ impl TestApp {
     }
 
     /// Waits until the instance's result in the invocation has the given status.
-    pub async fn wait_result(
-        &self,
-        invoke_id: &str,
-        instance_id: &str,
-        status: &str,
-    ) -> Invocation {
+    pub async fn wait_result(&self, invoke_id: &str, instance_id: &str, status: &str) -> Invocation {
         eventually(
             Duration::from_secs(30),
             &format!("{instance_id} to be {status}"),
             || async {
                 let inv = self.client.invocation(invoke_id).await.unwrap();
-                let result = inv
-                    .results
-                    .as_ref()?
-                    .iter()
-                    .find(|r| r.instance_id == instance_id)?;
+                let result = inv.results.as_ref()?.iter().find(|r| r.instance_id == instance_id)?;
                 (result.invocation_status.as_str() == status).then_some(inv.clone())
             },
         )
@@ -172,11 +150,7 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    pub fn start(
-        server: &str,
-        activation: Option<&ActivationCreated>,
-        state: tempfile::TempDir,
-    ) -> AgentProcess {
+    pub fn start(server: &str, activation: Option<&ActivationCreated>, state: tempfile::TempDir) -> AgentProcess {
         let child = agent_command(server, activation, state.path())
             .spawn()
             .expect("start fleetrun agent");
@@ -196,15 +170,10 @@ impl AgentProcess {
 
     pub async fn wait_online(&self, app: &TestApp) {
         let id = self.instance_id().await;
-        eventually(
-            Duration::from_secs(10),
-            "the agent to be online",
-            || async {
-                let instance = app.client.instance(&id).await.ok()?;
-                (instance.agent.online && format!("{:?}", instance.status) == "Running")
-                    .then_some(())
-            },
-        )
+        eventually(Duration::from_secs(10), "the agent to be online", || async {
+            let instance = app.client.instance(&id).await.ok()?;
+            (instance.agent.online && format!("{:?}", instance.status) == "Running").then_some(())
+        })
         .await;
     }
 
@@ -221,11 +190,7 @@ impl AgentProcess {
     }
 }
 
-pub fn agent_command(
-    server: &str,
-    activation: Option<&ActivationCreated>,
-    state: &Path,
-) -> Command {
+pub fn agent_command(server: &str, activation: Option<&ActivationCreated>, state: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun"));
     command
         .args([
@@ -332,8 +297,5 @@ impl Proxy {
 
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

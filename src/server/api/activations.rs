@@ -1,9 +1,7 @@
 //! Activation codes that let agents enrol.
 
 use super::rfc3339;
-use crate::protocol::api::{
-    Activation, ActivationCreated, ActivationsResponse, CreateActivationRequest,
-};
+use crate::protocol::api::{Activation, ActivationCreated, ActivationsResponse, CreateActivationRequest};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson};
@@ -70,10 +68,7 @@ pub async fn create(
             &caller,
             "CreateActivation",
             &row.id,
-            &format!(
-                "region {} limit {}",
-                row.region_id, row.instance_count_limit
-            ),
+            &format!("region {} limit {}", row.region_id, row.instance_count_limit),
         )
         .await;
     let created = ActivationCreated {
@@ -85,10 +80,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn list(
-    caller: Caller,
-    State(state): State<AppState>,
-) -> Result<ApiJson<ActivationsResponse>, ApiError> {
+pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<ApiJson<ActivationsResponse>, ApiError> {
     caller.require(Role::Admin)?;
     let activations: Vec<Activation> = state
         .store

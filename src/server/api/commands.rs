@@ -2,8 +2,8 @@
 
 use super::{rfc3339, window};
 use crate::protocol::api::{
-    Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest,
-    ModifyCommandRequest, Quota, QuotasResponse,
+    Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
+    Quota, QuotasResponse,
 };
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -46,13 +46,8 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateCommandRequest>,
 ) -> Result<(StatusCode, ApiJson<Command>), ApiError> {
     caller.require(Role::Operator)?;
-    let row = state
-        .dispatcher
-        .create_command(&caller.username, req)
-        .await?;
-    state
-        .audit(&caller, "CreateCommand", &row.id, &row.name)
-        .await;
+    let row = state.dispatcher.create_command(&caller.username, req).await?;
+    state.audit(&caller, "CreateCommand", &row.id, &row.name).await;
     Ok((StatusCode::CREATED, ApiJson(command_dto(row))))
 }
 
@@ -85,11 +80,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(command_id): Path<String>,
 ) -> Result<ApiJson<Command>, ApiError> {
-    let row = state
-        .store
-        .command(&command_id)
-        .await
-        .map_err(not_found(&command_id))?;
+    let row = state.store.command(&command_id).await.map_err(not_found(&command_id))?;
     Ok(ApiJson(command_dto(row)))
 }
 
@@ -100,14 +91,9 @@ pub async fn modify(
     ApiJson(req): ApiJson<ModifyCommandRequest>,
 ) -> Result<ApiJson<Command>, ApiError> {
     caller.require(Role::Operator)?;
-    let change = state
-        .dispatcher
-        .check_command_change(&command_id, req)
-        .await?;
+    let change = state.dispatcher.check_command_change(&command_id, req).await?;
     let row = state.dispatcher.modify_command(&command_id, change).await?;
-    state
-        .audit(&caller, "ModifyCommand", &command_id, &row.name)
-        .await;
+    state.audit(&caller, "ModifyCommand", &command_id, &row.name).await;
     Ok(ApiJson(command_dto(row)))
 }
 
@@ -149,13 +135,9 @@ pub async fn invoke(
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn quotas(
-    _: Caller,
-    State(state): State<AppState>,
-) -> Result<ApiJson<QuotasResponse>, ApiError> {
+pub async fn quotas(_: Caller, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {
     let limit = state.dispatcher.settings().retained_command_quota;
-    let mut used: std::collections::BTreeMap<String, u64> =
-        state.store.command_counts().await?.into_iter().collect();
+    let mut used: std::collections::BTreeMap<String, u64> = state.store.command_counts().await?.into_iter().collect();
     for (region, _) in state.store.regions().await? {
         used.entry(region).or_insert(0);
     }

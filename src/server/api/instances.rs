@@ -1,9 +1,7 @@
 //! Regions and instances.
 
 use super::{rfc3339, window};
-use crate::protocol::api::{
-    AgentInfo, Instance, InstanceStatus, InstancesResponse, Region, RegionsResponse,
-};
+use crate::protocol::api::{AgentInfo, Instance, InstanceStatus, InstancesResponse, Region, RegionsResponse};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiQuery};
@@ -43,10 +41,7 @@ fn lost_before(state: &AppState) -> i64 {
     now_ms() - state.dispatcher.settings().heartbeat_loss().as_millis() as i64
 }
 
-pub async fn regions(
-    _: Caller,
-    State(state): State<AppState>,
-) -> Result<ApiJson<RegionsResponse>, ApiError> {
+pub async fn regions(_: Caller, State(state): State<AppState>) -> Result<ApiJson<RegionsResponse>, ApiError> {
     let regions = state.store.regions().await?;
     let regions = regions
         .into_iter()
@@ -95,10 +90,7 @@ pub async fn list(
         limit,
     };
     let (rows, total) = state.store.list_instances(&filter).await?;
-    let instances = rows
-        .into_iter()
-        .map(|r| instance_dto(r, fresh_after))
-        .collect();
+    let instances = rows.into_iter().map(|r| instance_dto(r, fresh_after)).collect();
     Ok(ApiJson(InstancesResponse { instances, total }))
 }
 
@@ -107,14 +99,10 @@ pub async fn show(
     State(state): State<AppState>,
     Path(instance_id): Path<String>,
 ) -> Result<ApiJson<Instance>, ApiError> {
-    let row = state
-        .store
-        .instance(&instance_id)
-        .await
-        .map_err(|e| match e {
-            store::Error::NotFound => ApiError::not_found("instance", &instance_id),
-            other => other.into(),
-        })?;
+    let row = state.store.instance(&instance_id).await.map_err(|e| match e {
+        store::Error::NotFound => ApiError::not_found("instance", &instance_id),
+        other => other.into(),
+    })?;
     Ok(ApiJson(instance_dto(row, lost_before(&state))))
 }
 
@@ -125,17 +113,11 @@ pub async fn deregister(
     Path(instance_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
-    state
-        .store
-        .delete_instance(&instance_id)
-        .await
-        .map_err(|e| match e {
-            store::Error::NotFound => ApiError::not_found("instance", &instance_id),
-            other => other.into(),
-        })?;
+    state.store.delete_instance(&instance_id).await.map_err(|e| match e {
+        store::Error::NotFound => ApiError::not_found("instance", &instance_id),
+        other => other.into(),
+    })?;
     state.dispatcher.disconnect(&instance_id);
-    state
-        .audit(&caller, "DeregisterInstance", &instance_id, "")
-        .await;
+    state.audit(&caller, "DeregisterInstance", &instance_id, "").await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,8 +3,7 @@
 use super::{rfc3339, window};
 use crate::protocol::InvocationStatus;
 use crate::protocol::api::{
-    Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest,
-    StopRequest,
+    Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
 };
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -117,8 +116,7 @@ pub async fn list(
         (filter.offset, filter.limit) = (0, i64::MAX as u64);
     }
     let (rows, total) = state.store.list_invocations(&filter).await?;
-    let mut invocations: Vec<Invocation> =
-        rows.into_iter().map(|r| invocation_dto(r, None)).collect();
+    let mut invocations: Vec<Invocation> = rows.into_iter().map(|r| invocation_dto(r, None)).collect();
     let total = match status {
         Some(status) => {
             invocations.retain(|i| i.invocation_status == status);
@@ -176,9 +174,7 @@ pub async fn output(
         .result(&invoke_id, &instance_id)
         .await
         .map_err(|e| match e {
-            store::Error::NotFound => {
-                ApiError::not_found("result", &format!("{invoke_id}/{instance_id}"))
-            }
+            store::Error::NotFound => ApiError::not_found("result", &format!("{invoke_id}/{instance_id}")),
             other => other.into(),
         })?;
     let bytes = state.store.output(result.id).await?;
@@ -208,9 +204,8 @@ pub async fn stop(
     let req: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("InvalidParameter.Body", format!("invalid stop body: {e}"))
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("InvalidParameter.Body", format!("invalid stop body: {e}")))?
     };
     let stopped = state
         .dispatcher

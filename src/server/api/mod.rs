@@ -23,14 +23,8 @@ pub fn routes() -> Router<AppState> {
             "/instances/{instance_id}",
             get(instances::show).delete(instances::deregister),
         )
-        .route(
-            "/activations",
-            post(activations::create).get(activations::list),
-        )
-        .route(
-            "/invocations",
-            post(invocations::create).get(invocations::list),
-        )
+        .route("/activations", post(activations::create).get(activations::list))
+        .route("/invocations", post(invocations::create).get(invocations::list))
         .route("/invocations/{invoke_id}", get(invocations::show))
         .route(
             "/invocations/{invoke_id}/results/{instance_id}/output",
@@ -41,9 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/commands", post(commands::create).get(commands::list))
         .route(
             "/commands/{command_id}",
-            get(commands::show)
-                .patch(commands::modify)
-                .delete(commands::delete),
+            get(commands::show).patch(commands::modify).delete(commands::delete),
         )
         .route("/commands/{command_id}/invoke", post(commands::invoke))
         .route("/quotas", get(commands::quotas))

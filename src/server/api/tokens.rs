@@ -46,10 +46,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn list(
-    caller: Caller,
-    State(state): State<AppState>,
-) -> Result<ApiJson<TokensResponse>, ApiError> {
+pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<ApiJson<TokensResponse>, ApiError> {
     let rows = state.store.list_tokens(caller.user_id).await?;
     let tokens = rows
         .into_iter()

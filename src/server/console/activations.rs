@@ -118,7 +118,8 @@ pub async fn create(
         .filter(|h| (1..=8760).contains(h));
     let region_ok = crate::dispatch::check_region(form.region_id.trim()).is_ok();
     let (Some(limit), Some(ttl), true) = (limit, ttl, region_ok) else {
-        let error = "Use a region like cn-hangzhou, an instance limit from 1 to 100000 and an expiry from 1 to 8760 hours.";
+        let error =
+            "Use a region like cn-hangzhou, an instance limit from 1 to 100000 and an expiry from 1 to 8760 hours.";
         return page(&state, &session, None, error.into()).await;
     };
     let code = ids::new_secret();
@@ -146,13 +147,7 @@ pub async fn create(
         "sudo fleetrun agent --server http://{host} --activation-id {} --activation-code {code} --state-dir /var/lib/fleetrun-agent",
         row.id
     );
-    page(
-        &state,
-        &session,
-        Some((row.id, code, command)),
-        String::new(),
-    )
-    .await
+    page(&state, &session, Some((row.id, code, command)), String::new()).await
 }
 
 pub async fn disable(

@@ -158,11 +158,7 @@ pub async fn update(
                 timeout_secs: Some(timeout),
                 username: Some(form.username.clone()),
             };
-            match state
-                .dispatcher
-                .check_command_change(&command_id, req)
-                .await
-            {
+            match state.dispatcher.check_command_change(&command_id, req).await {
                 Ok(change) => state
                     .dispatcher
                     .modify_command(&command_id, change)
@@ -176,12 +172,7 @@ pub async fn update(
     match outcome {
         Ok(command) => {
             state
-                .audit(
-                    &session.caller(),
-                    "ModifyCommand",
-                    &command_id,
-                    &command.name,
-                )
+                .audit(&session.caller(), "ModifyCommand", &command_id, &command.name)
                 .await;
             Ok(render(&CommandPage {
                 layout,
@@ -192,8 +183,7 @@ pub async fn update(
         }
         Err(error) => {
             let mut command: CommandView = state.store.command(&command_id).await?.into();
-            (command.name, command.description, command.content) =
-                (form.name, form.description, form.content);
+            (command.name, command.description, command.content) = (form.name, form.description, form.content);
             (command.working_dir, command.username) = (form.working_dir, form.username);
             Ok(render(&CommandPage {
                 layout,
@@ -212,9 +202,7 @@ pub async fn delete(
 ) -> Result<Response, PageError> {
     session.require(Role::Operator)?;
     state.store.delete_command(&command_id).await?;
-    state
-        .audit(&session.caller(), "DeleteCommand", &command_id, "")
-        .await;
+    state.audit(&session.caller(), "DeleteCommand", &command_id, "").await;
     let mut response = render(&super::ToastNote {
         message: "Command deleted.",
     });

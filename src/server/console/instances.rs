@@ -41,15 +41,8 @@ impl InstanceView {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            last_heartbeat: row
-                .last_heartbeat_at
-                .map(when)
-                .unwrap_or_else(|| "never".into()),
-            types: row
-                .supported_command_types
-                .iter()
-                .map(|t| t.label())
-                .collect(),
+            last_heartbeat: row.last_heartbeat_at.map(when).unwrap_or_else(|| "never".into()),
+            types: row.supported_command_types.iter().map(|t| t.label()).collect(),
             id: row.id,
             name: row.name,
             region: row.region_id,
@@ -170,17 +163,13 @@ pub async fn show(
     session: Session,
     Path(instance_id): Path<String>,
 ) -> Result<Response, PageError> {
-    let row = state
-        .store
-        .instance(&instance_id)
-        .await
-        .map_err(|e| match e {
-            crate::store::Error::NotFound => PageError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("Instance {instance_id} does not exist."),
-            ),
-            other => other.into(),
-        })?;
+    let row = state.store.instance(&instance_id).await.map_err(|e| match e {
+        crate::store::Error::NotFound => PageError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("Instance {instance_id} does not exist."),
+        ),
+        other => other.into(),
+    })?;
     let filter = InvocationFilter {
         instance_id: Some(instance_id),
         limit: 50,

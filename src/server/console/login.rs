@@ -38,9 +38,7 @@ pub async fn form(Query(query): Query<NextQuery>) -> Response {
 /// Only local paths, so a crafted link cannot send people elsewhere after logging in.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
-            path.to_string()
-        }
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.to_string(),
         _ => Url::INSTANCES.to_string(),
     }
 }
@@ -87,12 +85,7 @@ pub async fn submit(
     let expires_at = now_ms() + SESSION_HOURS * 3_600_000;
     state
         .store
-        .create_session(
-            &ids::hash_secret(&secret),
-            user.id,
-            &ids::new_secret(),
-            expires_at,
-        )
+        .create_session(&ids::hash_secret(&secret), user.id, &ids::new_secret(), expires_at)
         .await?;
     let _ = state.store.audit(audit("Login")).await;
     let cookie = format!(
@@ -102,20 +95,14 @@ pub async fn submit(
     let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&cookie)
-            .map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        HeaderValue::from_str(&cookie).map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
     );
     Ok(response)
 }
 
-pub async fn logout(
-    State(state): State<AppState>,
-    session: Session,
-) -> Result<Response, PageError> {
+pub async fn logout(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
     state.store.delete_session(&session.id_hash).await?;
-    state
-        .audit(&session.caller(), "Logout", "console", "")
-        .await;
+    state.audit(&session.caller(), "Logout", "console", "").await;
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     headers.insert(

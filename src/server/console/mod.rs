@@ -43,10 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/send/parameters", post(send::parameters))
         .route("/console/invocations", get(records::index))
         .route("/console/invocations/{invoke_id}", get(records::show))
-        .route(
-            "/console/invocations/{invoke_id}/panel",
-            get(records::panel),
-        )
+        .route("/console/invocations/{invoke_id}/panel", get(records::panel))
         .route("/console/invocations/{invoke_id}/live", get(records::live))
         .route("/console/invocations/{invoke_id}/stop", post(records::stop))
         .route(
@@ -58,10 +55,7 @@ pub fn routes() -> Router<AppState> {
             "/console/commands/{command_id}",
             get(commands::show).post(commands::update),
         )
-        .route(
-            "/console/commands/{command_id}/delete",
-            post(commands::delete),
-        )
+        .route("/console/commands/{command_id}/delete", post(commands::delete))
         .route(
             "/console/activations",
             get(activations::index).post(activations::create),
@@ -178,7 +172,11 @@ impl FromRequestParts<AppState> for Session {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if !safe && !constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
-            return Err(PageError::new(StatusCode::FORBIDDEN, "The form was stale or not sent by this console (CSRF check failed). Reload the page and try again.").into_response());
+            return Err(PageError::new(
+                StatusCode::FORBIDDEN,
+                "The form was stale or not sent by this console (CSRF check failed). Reload the page and try again.",
+            )
+            .into_response());
         }
         Ok(Session {
             user: session.user,
@@ -203,11 +201,7 @@ fn to_login(parts: &Parts) -> Response {
             .insert("hx-redirect", HeaderValue::from_static(Url::LOGIN));
         return response;
     }
-    let next = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let next = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let target = format!("{}?next={}", Url::LOGIN, urlencode(next));
     Redirect::to(&target).into_response()
 }
@@ -216,9 +210,7 @@ fn to_login(parts: &Parts) -> Response {
 pub fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -305,10 +297,7 @@ struct ErrorPage<'a> {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let html = if is_htmx() {
-            ToastFragment {
-                message: &self.message,
-            }
-            .render()
+            ToastFragment { message: &self.message }.render()
         } else {
             ErrorPage {
                 status: self.status.as_u16(),
@@ -316,8 +305,7 @@ impl IntoResponse for PageError {
             }
             .render()
         };
-        let mut response =
-            (self.status, Html(html.unwrap_or_else(|_| "error".into()))).into_response();
+        let mut response = (self.status, Html(html.unwrap_or_else(|_| "error".into()))).into_response();
         if is_htmx() {
             // Show the toast whatever the request targeted, even on an error status.
             let headers = response.headers_mut();
@@ -389,10 +377,7 @@ pub fn duration(ms: i64) -> String {
 
 /// Sets security headers on every answer: a Content-Security-Policy without inline scripts,
 /// no framing, no MIME sniffing, no referrer leaks.
-pub async fn security_headers(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
     headers.insert(
@@ -402,15 +387,9 @@ pub async fn security_headers(
              frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
     );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }
 
@@ -428,9 +407,6 @@ mod tests {
     #[test]
     fn pager_counts_pages() {
         let pager = Pager::new(Some(2), 50, 120);
-        assert_eq!(
-            (pager.offset(), pager.pages(), pager.has_next()),
-            (50, 3, true)
-        );
+        assert_eq!((pager.offset(), pager.pages(), pager.has_next()), (50, 3, true));
     }
 }

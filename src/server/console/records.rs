@@ -162,22 +162,14 @@ pub async fn load_panel(
     selected: Option<String>,
     status: Option<String>,
 ) -> Result<PanelFragment, PageError> {
-    let invocation = state
-        .store
-        .invocation(invoke_id)
-        .await
-        .map_err(|e| match e {
-            store::Error::NotFound => PageError::new(
-                StatusCode::NOT_FOUND,
-                format!("Invocation {invoke_id} does not exist."),
-            ),
-            other => other.into(),
-        })?;
+    let invocation = state.store.invocation(invoke_id).await.map_err(|e| match e {
+        store::Error::NotFound => {
+            PageError::new(StatusCode::NOT_FOUND, format!("Invocation {invoke_id} does not exist."))
+        }
+        other => other.into(),
+    })?;
     let results = state.store.results(invoke_id).await?;
-    let filter: Option<ResultStatus> = status
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .and_then(|s| s.parse().ok());
+    let filter: Option<ResultStatus> = status.as_deref().filter(|s| !s.is_empty()).and_then(|s| s.parse().ok());
     let selected = selected
         .filter(|s| results.iter().any(|r| &r.instance_id == s))
         .or_else(|| results.first().map(|r| r.instance_id.clone()))

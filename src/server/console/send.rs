@@ -136,14 +136,10 @@ pub async fn dialog(
         };
         form.fields
             .insert(format!("type_{os}"), command.command_type.to_string());
+        form.fields.insert(format!("content_{os}"), command.content.clone());
+        form.fields.insert("timeout".into(), command.timeout_secs.to_string());
         form.fields
-            .insert(format!("content_{os}"), command.content.clone());
-        form.fields
-            .insert("timeout".into(), command.timeout_secs.to_string());
-        form.fields.insert(
-            "working_dir".into(),
-            command.working_dir.unwrap_or_default(),
-        );
+            .insert("working_dir".into(), command.working_dir.unwrap_or_default());
         form.fields
             .insert("username".into(), command.username.unwrap_or_default());
         form.fields.insert("name".into(), command.name);
@@ -166,16 +162,8 @@ async fn build(
             continue;
         }
         // The types every instance of the group supports.
-        let mut types: Vec<CommandType> = CommandType::ALL
-            .iter()
-            .copied()
-            .filter(|t| t.fits_os(os))
-            .collect();
-        types.retain(|t| {
-            members
-                .iter()
-                .all(|i| i.supported_command_types.contains(t))
-        });
+        let mut types: Vec<CommandType> = CommandType::ALL.iter().copied().filter(|t| t.fits_os(os)).collect();
+        types.retain(|t| members.iter().all(|i| i.supported_command_types.contains(t)));
         let default = if os == OsType::Windows {
             CommandType::RunBatScript
         } else {
@@ -190,10 +178,7 @@ async fn build(
             .unwrap_or(default);
         groups.push(Group {
             os: os.as_str(),
-            instances: members
-                .iter()
-                .map(|i| (i.id.clone(), i.name.clone()))
-                .collect(),
+            instances: members.iter().map(|i| (i.id.clone(), i.name.clone())).collect(),
             types,
             command_type,
             content: form.get(&format!("content_{}", os.as_str())).to_string(),
@@ -304,10 +289,7 @@ pub async fn run(
         );
     }
     if form.keep() && form.get("name").trim().is_empty() {
-        errors.insert(
-            "name",
-            "A retained command needs a Command Name.".to_string(),
-        );
+        errors.insert("name", "A retained command needs a Command Name.".to_string());
     }
     let mut panels = Vec::new();
     if errors.is_empty() {
@@ -322,9 +304,7 @@ pub async fn run(
             )
             .await
             {
-                Ok(invoke_id) => panels.push(render_panel(
-                    load_panel(&state, &invoke_id, None, None).await?,
-                )?),
+                Ok(invoke_id) => panels.push(render_panel(load_panel(&state, &invoke_id, None, None).await?)?),
                 Err(dispatch::Error::Invalid { code, message }) => {
                     errors.insert(field_of(code, group.os), message);
                 }
@@ -377,11 +357,7 @@ async fn submit(
 ) -> Result<String, dispatch::Error> {
     let instance_ids: Vec<String> = group.instances.iter().map(|(id, _)| id.clone()).collect();
     let names = custom_names(&group.content);
-    let values: BTreeMap<String, String> = parameters
-        .iter()
-        .filter(|(n, _)| names.contains(n))
-        .cloned()
-        .collect();
+    let values: BTreeMap<String, String> = parameters.iter().filter(|(n, _)| names.contains(n)).cloned().collect();
     let text = |key: &str| Some(form.get(key).trim().to_string()).filter(|v| !v.is_empty());
     let caller = session.caller();
     // A retained command run unchanged counts as a run of that command.
@@ -423,10 +399,7 @@ async fn submit(
         working_dir: text("working_dir"),
         username: text("username"),
         // Parameters are on when the content has custom values or uses a built-in.
-        enable_parameter: !values.is_empty()
-            || group
-                .content
-                .contains(&format!("{{{{{}", dispatch::BUILTIN_PREFIX)),
+        enable_parameter: !values.is_empty() || group.content.contains(&format!("{{{{{}", dispatch::BUILTIN_PREFIX)),
         parameters: values,
     };
     let count = req.instance_ids.len();
