@@ -179,7 +179,7 @@ async fn send_command_from_an_instance_page_shows_its_output_and_success() {
     let app = TestApp::spawn().await;
     let fleet = agents(&app, "local", 1).await;
     let id = &fleet[0].1;
-    let hostname = String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap();
+    let hostname = app.client.instance(id).await.unwrap().hostname;
     let browser = Browser::start().await;
     browser.login(&app).await;
 

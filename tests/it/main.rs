@@ -2,6 +2,7 @@
 
 mod api;
 mod console;
+mod console_http;
 mod engine;
 mod helpers;
 mod resilience;
