@@ -11,7 +11,7 @@ mod session;
 mod writer;
 
 pub use params::{BUILTIN_PREFIX, custom_names};
-pub use run::{CommandChange, check_region};
+pub use run::{CommandChange, Run, check_region, check_run_command};
 pub use session::{AgentSession, Outbound, SessionError};
 
 use crate::protocol::agent::{RunTask, ServerMessage, StopTask};

@@ -28,7 +28,7 @@ fn invalid(code: &'static str, message: impl Into<String>) -> Error {
 }
 
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
-struct Run {
+pub struct Run {
     name: String,
     description: String,
     command_type: CommandType,
@@ -48,27 +48,9 @@ impl Dispatcher {
     /// RunCommand: checks the request, stores the invocation (and the retained command when
     /// `keep_command`), and delivers the task to every connected target.
     pub async fn run_command(&self, creator: &str, req: RunCommandRequest) -> Result<InvocationCreated, Error> {
-        let max = self.inner.settings.max_content_bytes;
-        let content = decode_content(&req.command_content, req.content_encoding, max)?;
-        let run = Run {
-            name: check_text("Name", req.name, MAX_NAME)?.unwrap_or_default(),
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
-            command_type: req.command_type,
-            content,
-            working_dir: check_working_dir(req.working_dir)?,
-            timeout_secs: check_timeout(req.timeout_secs)?,
-            username: check_username(req.username)?,
-            enable_parameter: req.enable_parameter,
-            parameters: req.parameters,
-            instance_ids: req.instance_ids,
-        };
-        if req.keep_command && run.name.trim().is_empty() {
-            return Err(invalid(
-                "InvalidParameter.Name",
-                "`name` is required when `keep_command` is true: a retained command needs a name",
-            ));
-        }
-        self.launch(creator, run, req.keep_command, None).await
+        let keep = req.keep_command;
+        let run = check_run_command(req, &self.inner.settings)?;
+        self.launch(creator, run, keep, None).await
     }
 
     /// InvokeCommand: runs a retained command; options given override the command's own for
@@ -97,6 +79,7 @@ impl Dispatcher {
             parameters: req.parameters,
             instance_ids: req.instance_ids,
         };
+        check_parameters(&run, self.inner.settings.max_content_bytes)?;
         self.launch(creator, run, false, Some(command.id)).await
     }
 
@@ -108,7 +91,6 @@ impl Dispatcher {
         command_id: Option<String>,
     ) -> Result<InvocationCreated, Error> {
         let settings = &self.inner.settings;
-        check_parameters(&run, settings.max_content_bytes)?;
         let instances = self.targets(&run.instance_ids, run.command_type).await?;
         let keep = if keep {
             let region_id = single_region(&instances)?;
@@ -181,29 +163,7 @@ impl Dispatcher {
     /// Loads and checks the target instances: all registered, no duplicates, within the limit,
     /// and able to run the command type.
     async fn targets(&self, ids: &[String], command_type: CommandType) -> Result<Vec<InstanceRow>, Error> {
-        let max = self.inner.settings.max_instances;
-        if ids.is_empty() {
-            return Err(invalid(
-                "InvalidParameter.InstanceIds",
-                "`instance_ids` is empty: name at least one instance",
-            ));
-        }
-        if ids.len() > max {
-            return Err(invalid(
-                "InvalidParameter.InstanceIds",
-                format!(
-                    "{} instances named; one invocation may target at most {max}: split the run",
-                    ids.len()
-                ),
-            ));
-        }
-        let mut seen = HashSet::with_capacity(ids.len());
-        if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
-            return Err(invalid(
-                "InvalidParameter.InstanceIds",
-                format!("instance {dup:?} is named twice in `instance_ids`: name each instance once"),
-            ));
-        }
+        check_instance_ids(ids, self.inner.settings.max_instances)?;
         let instances = self.inner.store.instances_by_ids(ids).await?;
         if instances.len() < ids.len() {
             let known: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
@@ -310,6 +270,61 @@ impl Dispatcher {
             .await
             .map_err(not_found("command"))
     }
+}
+
+/// Checks a RunCommand request as far as that is possible without the database: content,
+/// names, timeout, working directory, username, parameters and the shape of `instance_ids`.
+/// Public so that the fuzz target can drive it.
+pub fn check_run_command(req: RunCommandRequest, settings: &super::Settings) -> Result<Run, Error> {
+    let content = decode_content(&req.command_content, req.content_encoding, settings.max_content_bytes)?;
+    let run = Run {
+        name: check_text("Name", req.name, MAX_NAME)?.unwrap_or_default(),
+        description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
+        command_type: req.command_type,
+        content,
+        working_dir: check_working_dir(req.working_dir)?,
+        timeout_secs: check_timeout(req.timeout_secs)?,
+        username: check_username(req.username)?,
+        enable_parameter: req.enable_parameter,
+        parameters: req.parameters,
+        instance_ids: req.instance_ids,
+    };
+    if req.keep_command && run.name.trim().is_empty() {
+        return Err(invalid(
+            "InvalidParameter.Name",
+            "`name` is required when `keep_command` is true: a retained command needs a name",
+        ));
+    }
+    check_parameters(&run, settings.max_content_bytes)?;
+    check_instance_ids(&run.instance_ids, settings.max_instances)?;
+    Ok(run)
+}
+
+/// Checks the shape of `instance_ids`: not empty, within the limit, no duplicates.
+fn check_instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Err(invalid(
+            "InvalidParameter.InstanceIds",
+            "`instance_ids` is empty: name at least one instance",
+        ));
+    }
+    if ids.len() > max {
+        return Err(invalid(
+            "InvalidParameter.InstanceIds",
+            format!(
+                "{} instances named; one invocation may target at most {max}: split the run",
+                ids.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+        return Err(invalid(
+            "InvalidParameter.InstanceIds",
+            format!("instance {dup:?} is named twice in `instance_ids`: name each instance once"),
+        ));
+    }
+    Ok(())
 }
 
 fn quota_error(instances: &[InstanceRow]) -> impl Fn(store::Error) -> Error + '_ {
