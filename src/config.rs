@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// Directory for the database and the initial admin password.
     #[arg(long, env = "FLEETRUN_DATA_DIR", default_value = "./fleetrun-data")]
     pub data_dir: PathBuf,
+    /// PEM certificate chain: serve HTTPS (and WSS to agents) with it. Needs --tls-key.
+    #[arg(long, env = "FLEETRUN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLEETRUN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Database URL; defaults to the SQLite file `<data-dir>/fleetrun.db`.
     #[arg(long, env = "FLEETRUN_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -141,6 +147,13 @@ pub struct AgentArgs {
     /// Longest wait between reconnection attempts, in seconds.
     #[arg(long, env = "FLEETRUN_RECONNECT_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconnect_max_secs: u64,
+    /// PEM file of the CA that signed the server's certificate, trusted besides the system roots.
+    #[arg(long, env = "FLEETRUN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on this machine (credentials and commands
+    /// then cross the network unencrypted).
+    #[arg(long, env = "FLEETRUN_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
     /// Time between SIGTERM and SIGKILL when a command is stopped or times out, in seconds.
     #[arg(long, env = "FLEETRUN_KILL_GRACE_SECS", default_value_t = 3)]
     pub kill_grace_secs: u64,

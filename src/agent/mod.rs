@@ -10,6 +10,7 @@ mod host;
 mod identity;
 mod session;
 mod spool;
+mod tls;
 
 use crate::config::AgentArgs;
 use anyhow::Context as _;
@@ -19,8 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs the agent until `shutdown` is cancelled or the server refuses it for good.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    check_server_url(&args.server)?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    check_server_url(&args.server, args.insecure_plaintext)?;
+    let tls = tls::client_config(args.ca_file.as_deref())?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .use_preconfigured_tls((*tls).clone())
+        .build()?;
     let identity = tokio::select! {
         identity = identity::load_or_enrol(&args, &http) => identity?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -31,16 +36,52 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         pwsh: host::which("pwsh"),
         shutting_down: Default::default(),
     });
-    session::Agent::new(args, identity, spool, exec).run(shutdown).await
+    session::Agent::new(args, identity, spool, exec, tls)
+        .run(shutdown)
+        .await
 }
 
-/// Refuses URLs the agent cannot use, with the reason.
-fn check_server_url(url: &str) -> anyhow::Result<()> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        anyhow::bail!("--server {url:?} must start with http:// or https://");
+/// Refuses URLs the agent cannot use, and plain HTTP to another machine unless allowed: the
+/// instance credential and every command would cross the network unencrypted.
+fn check_server_url(url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--server {url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if insecure_plaintext || is_loopback(&parsed) => Ok(()),
+        "http" => anyhow::bail!(
+            "refusing plain http:// to {}: the instance credential and every command would cross the network \
+             unencrypted. Serve with --tls-cert/--tls-key and use https://, or pass --insecure-plaintext if \
+             this network is trusted",
+            parsed.host_str().unwrap_or_default()
+        ),
+        other => anyhow::bail!("--server must use https:// or http://, not {other}://"),
     }
-    if url.starts_with("https://") {
-        anyhow::bail!("this agent build has no TLS support yet; use http:// on a trusted network or loopback");
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_refused_to_other_machines_unless_allowed() {
+        assert!(check_server_url("http://127.0.0.1:8080", false).is_ok());
+        assert!(check_server_url("http://localhost:8080", false).is_ok());
+        assert!(check_server_url("http://[::1]:8080", false).is_ok());
+        assert!(check_server_url("https://fleet.example", false).is_ok());
+        let refused = check_server_url("http://fleet.example:8080", false)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("--insecure-plaintext"), "{refused}");
+        assert!(check_server_url("http://fleet.example:8080", true).is_ok());
+        assert!(check_server_url("ftp://fleet.example", true).is_err());
+    }
 }

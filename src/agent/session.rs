@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -49,16 +50,25 @@ pub struct Agent {
     running: HashMap<String, CancellationToken>,
     events_tx: exec::Events,
     events_rx: mpsc::Receiver<(String, TaskEvent)>,
+    /// TLS client configuration for `wss://` servers.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Agent {
-    pub fn new(args: AgentArgs, identity: Identity, spool: Spool, exec: Arc<ExecConfig>) -> Agent {
+    pub fn new(
+        args: AgentArgs,
+        identity: Identity,
+        spool: Spool,
+        exec: Arc<ExecConfig>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Agent {
         let (events_tx, events_rx) = mpsc::channel(256);
         Agent {
             args,
             identity,
             spool,
             exec,
+            tls,
             running: HashMap::new(),
             events_tx,
             events_rx,
@@ -135,7 +145,7 @@ impl Agent {
 
     async fn connect_and_serve(&mut self, shutdown: &CancellationToken) -> anyhow::Result<End> {
         let (server, identity) = (self.args.server.clone(), self.identity.clone());
-        let connecting = connect(&server, &identity);
+        let connecting = connect(&server, &identity, self.tls.clone());
         tokio::pin!(connecting);
         // Keep spooling task events while the connection is being made.
         let mut socket = loop {
@@ -271,7 +281,7 @@ fn is_fatal(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Fatal>().is_some()
 }
 
-async fn connect(server: &str, identity: &Identity) -> anyhow::Result<Socket> {
+async fn connect(server: &str, identity: &Identity, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Socket> {
     let url = format!(
         "{}/agent/v1/connect",
         server.trim_end_matches('/').replacen("http", "ws", 1)
@@ -282,7 +292,8 @@ async fn connect(server: &str, identity: &Identity) -> anyhow::Result<Socket> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(Connector::Rustls(tls)));
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((socket, _))) => Ok(socket),
         Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {

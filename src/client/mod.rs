@@ -43,10 +43,15 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, credentials: Credentials) -> ApiClient {
+        ApiClient::with_http(base, credentials, reqwest::Client::new())
+    }
+
+    /// A client using a configured reqwest client (e.g. one trusting a private CA).
+    pub fn with_http(base: &str, credentials: Credentials, http: reqwest::Client) -> ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             credentials,
-            http: reqwest::Client::new(),
+            http,
         }
     }
 

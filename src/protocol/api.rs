@@ -428,6 +428,53 @@ pub struct AuditResponse {
     pub total: u64,
 }
 
+/// `POST /api/v1/users` (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+}
+
+/// `PATCH /api/v1/users/{username}`: an admin may change anything; a user may change only their
+/// own password, giving the current one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyUserRequest {
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub current_password: Option<String>,
+}
+
+/// An account (never with its password).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    pub role: String,
+    pub disabled: bool,
+    pub created_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsersResponse {
+    pub users: Vec<User>,
+}
+
+/// `GET/PATCH /api/v1/settings` (admin): server settings changed at run time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Whether the API accepts HTTP Basic (API tokens always work).
+    pub basic_auth_enabled: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,11 @@ impl Logins {
         Ok(Some(user))
     }
 
+    /// Forgets every verified password (after a password change or a disabled account).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (UserRow, Instant)>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -167,11 +172,29 @@ impl FromRequestParts<AppState> for Caller {
                     "the Basic credentials have no ':' between username and password",
                 )
             })?;
-            state
-                .logins
-                .verify(state, username, password)
-                .await?
-                .ok_or_else(|| unauthorized("InvalidCredentials", "wrong username or password"))?
+            if !state.basic_auth_enabled() {
+                return Err(unauthorized(
+                    "BasicAuthDisabled",
+                    "HTTP Basic is switched off on this server: send `Authorization: Bearer <api token>`",
+                ));
+            }
+            let keys = super::throttle::keys(&source_ip(parts), username);
+            if let Err(wait) = state.throttle.check(&keys) {
+                let refusal = super::throttle::refusal(wait);
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Throttling.Login", refusal);
+                error.retry_after = Some(wait.as_secs().max(1));
+                return Err(error);
+            }
+            match state.logins.verify(state, username, password).await? {
+                Some(user) => {
+                    state.throttle.succeeded(&keys);
+                    user
+                }
+                None => {
+                    state.throttle.failed(&keys);
+                    return Err(unauthorized("InvalidCredentials", "wrong username or password"));
+                }
+            }
         } else {
             return Err(unauthorized(
                 "Unauthorized",

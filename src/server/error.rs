@@ -47,6 +47,8 @@ pub struct ApiError {
     pub message: String,
     /// The cause of a 5xx, logged once at the boundary and never shown to the client.
     source: Option<anyhow::Error>,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -56,6 +58,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl ApiError {
             code: "InternalError".into(),
             message: "The server hit an internal error; it has been logged with this request id.".into(),
             source: Some(source.into()),
+            retry_after: None,
         }
     }
 }
@@ -97,6 +101,12 @@ impl IntoResponse for ApiError {
             request_id,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, secs);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -162,12 +172,22 @@ impl From<dispatch::Error> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         // A body that is not valid for the type is a bad request like any other (axum says 422).
-        let (status, code) = match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
-            _ => (StatusCode::BAD_REQUEST, "InvalidParameter.Body"),
-        };
-        ApiError::new(status, code, rejection.body_text())
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLarge",
+                format!(
+                    "the request body is larger than the {} MiB limit",
+                    super::MAX_BODY_BYTES / (1024 * 1024)
+                ),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "InvalidParameter.Body", rejection.body_text()),
+        }
     }
 }
 

@@ -8,7 +8,9 @@ pub mod api;
 mod auth;
 mod console;
 mod error;
+mod listen;
 mod live;
+pub(crate) mod throttle;
 
 pub use auth::{hash_password, verify_password};
 pub use error::ApiError;
@@ -20,7 +22,6 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +37,14 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     /// Recently verified Basic-auth passwords.
     logins: Arc<auth::Logins>,
+    /// Recent failed logins, per address and per username.
+    pub(crate) throttle: Arc<throttle::LoginThrottle>,
+    /// Whether HTTP Basic is accepted on the API (an admin can switch it off).
+    basic_auth: Arc<std::sync::atomic::AtomicBool>,
     /// Cancelled when the server shuts down; long-lived sockets watch it.
     shutdown: CancellationToken,
+    /// Served over TLS: cookies are `Secure` and answers carry HSTS.
+    pub(crate) tls: bool,
 }
 
 impl AppState {
@@ -47,8 +54,30 @@ impl AppState {
             store,
             dispatcher,
             logins: Arc::default(),
+            throttle: Arc::default(),
+            basic_auth: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             shutdown,
+            tls: false,
         }
+    }
+
+    /// Forgets verified Basic-auth passwords (after an account changed).
+    pub(crate) fn forget_logins(&self) {
+        self.logins.clear();
+    }
+
+    /// Whether the API accepts HTTP Basic.
+    pub(crate) fn basic_auth_enabled(&self) -> bool {
+        self.basic_auth.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Switches HTTP Basic on the API on or off, and remembers it.
+    pub(crate) async fn set_basic_auth(&self, enabled: bool) -> Result<(), crate::store::Error> {
+        self.store
+            .set_setting("basic_auth", if enabled { "on" } else { "off" })
+            .await?;
+        self.basic_auth.store(enabled, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records an audit entry. A failure to record is logged, not returned: the action is done.
@@ -75,7 +104,10 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/connect", get(agent::connect))
         .merge(console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(console::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            console::security_headers,
+        ))
         .layer(axum::middleware::from_fn(error::request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -88,12 +120,18 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
 
     let tracker = TaskTracker::new();
     let dispatcher = Dispatcher::start(store.clone(), args.settings(), shutdown.clone(), &tracker);
-    let state = AppState::new(store.clone(), dispatcher, shutdown.clone());
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tracing::info!(address = %listener.local_addr()?, "fleetrun server listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::tls_config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("give both --tls-cert and --tls-key, or neither"),
+    };
+    let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
+    state.tls = tls.is_some();
+    let basic_auth = store.setting("basic_auth").await?.is_none_or(|v| v != "off");
+    state.basic_auth.store(basic_auth, std::sync::atomic::Ordering::Relaxed);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("fleetrun server listening on {scheme}://{}", listener.local_addr()?);
+    listen::serve(listener, router(state), tls, shutdown.clone()).await?;
 
     tracker.close();
     tracker.wait().await;
@@ -119,6 +157,10 @@ async fn ensure_admin(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (password, generated) = match &args.admin_password {
+        Some(secret) if secret.0.chars().count() < api::users::MIN_PASSWORD => anyhow::bail!(
+            "FLEETRUN_ADMIN_PASSWORD is too short: use at least {} characters",
+            api::users::MIN_PASSWORD
+        ),
         Some(secret) => (secret.0.clone(), false),
         None => (ids::new_secret()[..24].to_string(), true),
     };

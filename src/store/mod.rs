@@ -17,7 +17,7 @@ pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
 pub use invocations::{DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow};
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
-pub use users::{AuditFilter, AuditRow, NewAudit, Role, SessionRow, TokenRow, UserRow};
+pub use users::{AccountRow, AuditFilter, AuditRow, NewAudit, Role, SessionRow, TokenRow, UserRow, UserUpdate};
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

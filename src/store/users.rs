@@ -357,3 +357,124 @@ impl Store {
         Ok(())
     }
 }
+
+/// An account as listed (without its password hash).
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+/// Changes to an account; `None` keeps the old value.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    pub password_hash: Option<String>,
+}
+
+impl Store {
+    /// Every account, by name.
+    pub async fn list_users(&self) -> Result<Vec<AccountRow>> {
+        let rows = sqlx::query("SELECT username, role, disabled, created_at FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let role: String = r.try_get("role")?;
+                Ok(AccountRow {
+                    username: r.try_get("username")?,
+                    role: Role::parse(&role).ok_or_else(|| super::Error::Corrupt(format!("role {role:?}")))?,
+                    disabled: r.try_get::<i64, _>("disabled")? != 0,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Changes an account. Refuses (`Conflict`) to leave no enabled admin. A new password or a
+    /// disabled account ends every session of the user.
+    pub async fn update_user(&self, username: &str, update: &UserUpdate) -> Result<UserRow> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_one(&mut *tx)
+            .await?;
+        let user = user_from_row(&row)?;
+        let role = update.role.unwrap_or(user.role);
+        let disabled = update.disabled.unwrap_or(user.disabled);
+        if user.role == Role::Admin && !user.disabled && (role != Role::Admin || disabled) {
+            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+                .fetch_one(&mut *tx)
+                .await?;
+            if admins <= 1 {
+                return Err(super::Error::Conflict);
+            }
+        }
+        let hash = update.password_hash.clone().unwrap_or(user.password_hash.clone());
+        sqlx::query("UPDATE users SET role = $2, disabled = $3, password_hash = $4 WHERE id = $1")
+            .bind(user.id)
+            .bind(role.as_str())
+            .bind(disabled)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        if update.password_hash.is_some() || disabled {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(user.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(UserRow {
+            role,
+            disabled,
+            password_hash: hash,
+            ..user
+        })
+    }
+
+    /// Deletes an account with its sessions and tokens. Refuses (`Conflict`) the last enabled admin.
+    pub async fn delete_user(&self, username: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_one(&mut *tx)
+            .await?;
+        let user = user_from_row(&row)?;
+        if user.role == Role::Admin && !user.disabled {
+            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+                .fetch_one(&mut *tx)
+                .await?;
+            if admins <= 1 {
+                return Err(super::Error::Conflict);
+            }
+        }
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A server setting, if set.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Sets a server setting.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

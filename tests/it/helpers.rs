@@ -46,6 +46,16 @@ pub struct TestApp {
 impl TestApp {
     /// A server with a 1 s heartbeat (agents are lost after 3 s) and the given extra flags.
     pub async fn spawn_with(extra: &[&str]) -> TestApp {
+        TestApp::start(extra, None).await
+    }
+
+    /// A server on HTTPS with the given certificate and key, trusted through `ca_pem`.
+    pub async fn spawn_tls(cert: &Path, key: &Path, ca_pem: &str) -> TestApp {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        TestApp::start(&["--tls-cert", &cert, "--tls-key", &key], Some(ca_pem)).await
+    }
+
+    async fn start(extra: &[&str], ca_pem: Option<&str>) -> TestApp {
         let data = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -65,17 +75,25 @@ impl TestApp {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(fleetrun::server::run(serve, listener, shutdown.clone()));
-        let url = format!("http://{address}");
-        let client = ApiClient::new(
-            &url,
-            Credentials::Basic {
-                username: "admin".into(),
-                password: PASSWORD.into(),
-            },
-        );
+        let (url, http) = match ca_pem {
+            Some(pem) => {
+                let ca = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
+                let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+                (
+                    format!("https://localhost:{}", address.rsplit(':').next().unwrap()),
+                    http,
+                )
+            }
+            None => (format!("http://{address}"), reqwest::Client::new()),
+        };
+        let credentials = Credentials::Basic {
+            username: "admin".into(),
+            password: PASSWORD.into(),
+        };
+        let client = ApiClient::with_http(&url, credentials, http.clone());
         let health = format!("{url}/healthz");
         eventually(Duration::from_secs(10), "the server to answer", || async {
-            reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
+            http.get(&health).send().await.ok().filter(|r| r.status().is_success())
         })
         .await;
         TestApp {

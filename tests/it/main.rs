@@ -6,3 +6,4 @@ mod console_http;
 mod engine;
 mod helpers;
 mod resilience;
+mod security;

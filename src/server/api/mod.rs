@@ -6,6 +6,7 @@ mod commands;
 mod instances;
 mod invocations;
 mod tokens;
+pub mod users;
 
 use super::AppState;
 use super::error::ApiError;
@@ -42,6 +43,12 @@ pub fn routes() -> Router<AppState> {
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{token_id}", delete(tokens::revoke))
         .route("/audit", get(audit::list))
+        .route("/users", post(users::create).get(users::list))
+        .route(
+            "/users/{username}",
+            axum::routing::patch(users::modify).delete(users::delete),
+        )
+        .route("/settings", get(users::settings).patch(users::modify_settings))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

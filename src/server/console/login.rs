@@ -55,6 +55,15 @@ pub async fn submit(
     PeerIp(ip): PeerIp,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
+    let keys = crate::server::throttle::keys(&ip, &form.username);
+    if let Err(wait) = state.throttle.check(&keys) {
+        let page = LoginPage {
+            error: crate::server::throttle::refusal(wait),
+            username: form.username.clone(),
+            next: safe_next(form.next.as_deref()),
+        };
+        return Ok((StatusCode::TOO_MANY_REQUESTS, render(&page)).into_response());
+    }
     let user = state.store.user_by_name(&form.username).await?;
     let verified = match &user {
         Some(user) if !user.disabled => {
@@ -73,6 +82,7 @@ pub async fn submit(
         detail: "",
     };
     let Some(user) = user.filter(|_| verified) else {
+        state.throttle.failed(&keys);
         let _ = state.store.audit(audit("LoginFailed")).await;
         let page = LoginPage {
             error: "Wrong username or password.".into(),
@@ -87,9 +97,11 @@ pub async fn submit(
         .store
         .create_session(&ids::hash_secret(&secret), user.id, &ids::new_secret(), expires_at)
         .await?;
+    state.throttle.succeeded(&keys);
     let _ = state.store.audit(audit("Login")).await;
+    let secure = if state.tls { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_HOURS * 3600
     );
     let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();

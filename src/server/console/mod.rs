@@ -14,6 +14,7 @@ mod login;
 pub(super) mod records;
 mod send;
 mod static_files;
+mod users;
 
 use super::AppState;
 use super::auth::{Caller, source_ip};
@@ -65,6 +66,13 @@ pub fn routes() -> Router<AppState> {
             post(activations::disable),
         )
         .route("/console/audit", get(audit::index))
+        .route("/console/users", get(users::index).post(users::create))
+        .route("/console/users/{username}", post(users::change))
+        .route("/console/settings", post(users::settings))
+        .route("/console/account", get(users::account))
+        .route("/console/account/password", post(users::password))
+        .route("/console/account/tokens", post(users::create_token))
+        .route("/console/account/tokens/{token_id}/revoke", post(users::revoke_token))
         .route("/static/{*path}", get(static_files::serve))
 }
 
@@ -377,9 +385,19 @@ pub fn duration(ms: i64) -> String {
 
 /// Sets security headers on every answer: a Content-Security-Policy without inline scripts,
 /// no framing, no MIME sniffing, no referrer leaks.
-pub async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn security_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
+    if state.tls {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

@@ -1,0 +1,427 @@
+//! Who may do what and who may be an agent: roles on every kind of route, throttled logins,
+//! expired and revoked credentials, logout everywhere, agents confined to their own tasks,
+//! TLS end to end, plaintext refused, body limits and slow clients.
+
+use crate::helpers::{AgentProcess, PASSWORD, TestApp, eventually};
+use fleetrun::client::{ApiClient, ApiFailure, Credentials};
+use fleetrun::protocol::agent::{AgentMessage, Hello, Output, ServerMessage, TaskFinished, TaskStarted};
+use fleetrun::protocol::api::RunCommandRequest;
+use fleetrun::protocol::{CommandType, OsType, OutputStream, PROTOCOL_VERSION, ResultStatus, TaskEnd};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+async fn status_of(result: anyhow::Result<reqwest::Response>) -> u16 {
+    result.unwrap().status().as_u16()
+}
+
+async fn user(app: &TestApp, name: &str, role: &str) -> ApiClient {
+    let password = format!("{name}-password-long");
+    let body = json!({"username": name, "password": password, "role": role});
+    let created = app.client.raw(Method::POST, "/users", Some(&body)).await.unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    ApiClient::new(
+        &app.url,
+        Credentials::Basic {
+            username: name.into(),
+            password,
+        },
+    )
+}
+
+#[tokio::test]
+async fn each_role_reaches_exactly_its_routes() {
+    let app = TestApp::spawn().await;
+    let viewer = user(&app, "vera", "viewer").await;
+    let operator = user(&app, "otto", "operator").await;
+    let run = json!({"instance_ids": ["i-aaaaaaaaaaaaaaaaaaaa"], "type": "RunShellScript", "command_content": "true"});
+    let command = json!({"region_id": "local", "name": "n", "type": "RunShellScript", "command_content": "true"});
+    let activation = json!({"region_id": "local", "instance_count_limit": 1});
+    let new_user = json!({"username": "x", "password": "long-enough-password", "role": "viewer"});
+    // (method, path, body, viewer, operator, admin): 403 means refused by role; any other
+    // status means the role was allowed through (the rest is about the request itself).
+    let table: Vec<(Method, &str, Option<serde_json::Value>, u16, u16, u16)> = vec![
+        (Method::GET, "/instances", None, 200, 200, 200),
+        (Method::GET, "/regions", None, 200, 200, 200),
+        (Method::GET, "/invocations", None, 200, 200, 200),
+        (Method::GET, "/commands", None, 200, 200, 200),
+        (Method::GET, "/quotas", None, 200, 200, 200),
+        (Method::GET, "/tokens", None, 200, 200, 200),
+        (Method::POST, "/invocations", Some(run), 403, 404, 404),
+        (
+            Method::POST,
+            "/invocations/t-aaaaaaaaaaaaaaaaaaaa/stop",
+            None,
+            403,
+            404,
+            404,
+        ),
+        (Method::POST, "/commands", Some(command), 403, 201, 201),
+        (Method::DELETE, "/commands/c-aaaaaaaaaaaaaaaaaaaa", None, 403, 404, 404),
+        (Method::POST, "/activations", Some(activation), 403, 403, 201),
+        (Method::GET, "/activations", None, 403, 403, 200),
+        (Method::DELETE, "/instances/i-aaaaaaaaaaaaaaaaaaaa", None, 403, 403, 404),
+        (Method::GET, "/audit", None, 403, 403, 200),
+        (Method::GET, "/users", None, 403, 403, 200),
+        (Method::POST, "/users", Some(new_user), 403, 403, 201),
+        (Method::GET, "/settings", None, 403, 403, 200),
+    ];
+
+    for (method, path, body, as_viewer, as_operator, as_admin) in table {
+        for (who, client, expected) in [
+            ("viewer", &viewer, as_viewer),
+            ("operator", &operator, as_operator),
+            ("admin", &app.client, as_admin),
+        ] {
+            let status = status_of(client.raw(method.clone(), path, body.as_ref()).await).await;
+            assert_eq!(status, expected, "{who} {method} {path}");
+        }
+    }
+    let command = json!({"region_id": "local", "name": "n", "type": "RunShellScript", "command_content": "true"});
+    let refused = viewer.raw(Method::POST, "/commands", Some(&command)).await.unwrap();
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("operator role"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn repeated_wrong_passwords_are_throttled_with_a_time_to_wait() {
+    let app = TestApp::spawn().await;
+    let wrong = ApiClient::new(
+        &app.url,
+        Credentials::Basic {
+            username: "admin".into(),
+            password: "wrong".into(),
+        },
+    );
+
+    for _ in 0..5 {
+        let failure = wrong.instances("").await.unwrap_err();
+        assert_eq!(failure.downcast_ref::<ApiFailure>().unwrap().status, 401);
+    }
+    let throttled = wrong.raw(Method::GET, "/instances", None).await.unwrap();
+    let right_password_too = app.client.raw(Method::GET, "/instances", None).await.unwrap();
+
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.headers().contains_key("retry-after"));
+    let body: serde_json::Value = throttled.json().await.unwrap();
+    assert_eq!(body["code"], "Throttling.Login");
+    assert!(body["message"].as_str().unwrap().contains("try again in"), "{body}");
+    assert_eq!(
+        right_password_too.status(),
+        429,
+        "the address is throttled, whatever the password"
+    );
+}
+
+#[tokio::test]
+async fn expired_tokens_and_basic_auth_switched_off_are_refused() {
+    let app = TestApp::spawn().await;
+    let created: serde_json::Value = app
+        .client
+        .raw(Method::POST, "/tokens", Some(&json!({"name": "ci"})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = ApiClient::new(&app.url, Credentials::Token(created["token"].as_str().unwrap().into()));
+    let old: serde_json::Value = app
+        .client
+        .raw(
+            Method::POST,
+            "/tokens",
+            Some(&json!({"name": "old", "expires_in_days": 1})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Age the second token past its expiry, straight in the database file.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", app.data.path().join("fleetrun.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE api_tokens SET expires_at = 1 WHERE id = $1")
+        .bind(old["token_id"].as_str())
+        .execute(&db)
+        .await
+        .unwrap();
+    let expired = ApiClient::new(&app.url, Credentials::Token(old["token"].as_str().unwrap().into()));
+
+    let off = token
+        .raw(Method::PATCH, "/settings", Some(&json!({"basic_auth_enabled": false})))
+        .await
+        .unwrap();
+    let basic = app.client.raw(Method::GET, "/instances", None).await.unwrap();
+
+    assert_eq!(
+        expired.raw(Method::GET, "/instances", None).await.unwrap().status(),
+        401
+    );
+    assert_eq!(off.status(), 200);
+    assert_eq!(basic.status(), 401);
+    let body: serde_json::Value = basic.json().await.unwrap();
+    assert_eq!(body["code"], "BasicAuthDisabled");
+    assert_eq!(
+        token.raw(Method::GET, "/instances", None).await.unwrap().status(),
+        200,
+        "tokens still work"
+    );
+}
+
+#[tokio::test]
+async fn a_password_change_ends_every_session_of_the_user() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = [("username", "admin"), ("password", PASSWORD)];
+    let login = http
+        .post(format!("{}/login", app.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = |cookie: String| {
+        let http = http.clone();
+        let url = format!("{}/console/instances", app.url);
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap().status() }
+    };
+    assert_eq!(page(cookie.clone()).await, 200);
+
+    let body = json!({"password": "a-brand-new-password"});
+    let changed = app
+        .client
+        .raw(Method::PATCH, "/users/admin", Some(&body))
+        .await
+        .unwrap();
+
+    assert_eq!(changed.status(), 200);
+    assert_eq!(
+        page(cookie).await,
+        303,
+        "the old session now redirects to the login page"
+    );
+    let old = app.client.raw(Method::GET, "/instances", None).await.unwrap();
+    assert_eq!(old.status(), 401, "the old password no longer works");
+}
+
+/// Registers an instance through the API and returns (instance id, secret).
+async fn register(
+    app: &TestApp,
+    activation: &fleetrun::protocol::api::ActivationCreated,
+    host: &str,
+) -> (String, String) {
+    let body = json!({
+        "activation_id": activation.activation_id, "activation_code": activation.activation_code,
+        "hostname": host, "os_type": "linux", "os_name": "test", "ip_addresses": [], "agent_version": "0.1.0"
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/agent/v1/register", app.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let value: serde_json::Value = response.json().await.unwrap();
+    (
+        value["instance_id"].as_str().unwrap().into(),
+        value["instance_secret"].as_str().unwrap().into(),
+    )
+}
+
+#[tokio::test]
+async fn an_agent_cannot_report_on_another_instances_task() {
+    let app = TestApp::spawn_with(&["--delivery-window-secs", "60"]).await;
+    let activation = app.activation("local", 2).await;
+    let (a, a_secret) = register(&app, &activation, "a").await;
+    let (b, _) = register(&app, &activation, "b").await;
+    let created = app
+        .client
+        .run(&RunCommandRequest::shell(vec![b.clone()], "true"))
+        .await
+        .unwrap();
+    let url = format!("{}/agent/v1/connect", app.url.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {a}:{a_secret}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "hand-written".into(),
+        hostname: "a".into(),
+        os_type: OsType::Linux,
+        os_name: "test".into(),
+        ip_addresses: vec![],
+        supported_command_types: vec![CommandType::RunShellScript],
+        held_tasks: vec![],
+    };
+    let send = |m: AgentMessage| Message::Text(m.encode().into());
+    socket.send(send(hello.into())).await.unwrap();
+    let task = created.invoke_id.clone();
+
+    socket
+        .send(send(TaskStarted { task: task.clone() }.into()))
+        .await
+        .unwrap();
+    let output = Output {
+        task: task.clone(),
+        seq: 0,
+        stream: OutputStream::Stdout,
+        data: "forged".into(),
+    };
+    socket.send(send(output.into())).await.unwrap();
+    let end = TaskFinished {
+        task: task.clone(),
+        chunks: 1,
+        exit_code: Some(0),
+        end: TaskEnd::Exited,
+    };
+    socket.send(send(end.into())).await.unwrap();
+    // The server refuses by telling the agent to forget the task (and leaves B's result alone).
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = socket.next().await {
+            if let Message::Text(text) = frame {
+                if let Ok(ServerMessage::Ack(ack)) = ServerMessage::decode(&text) {
+                    if ack.task == task && ack.finished {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    })
+    .await;
+
+    assert_eq!(refused, Ok(true));
+    let inv = app.client.invocation(&created.invoke_id).await.unwrap();
+    let result = &inv.results.unwrap()[0];
+    assert_eq!(result.instance_id, b);
+    assert_eq!(result.invocation_status, ResultStatus::Pending);
+    assert_eq!(result.output, "");
+}
+
+#[tokio::test]
+async fn tls_end_to_end_with_the_agent_trusting_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleetrun test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (cert_path, key_path, ca_path) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let app = TestApp::spawn_tls(&cert_path, &key_path, &ca.pem()).await;
+    let activation = app.activation("local", 1).await;
+
+    let state = tempfile::tempdir().unwrap();
+    let mut command = crate::helpers::agent_command(&app.url, Some(&activation), state.path());
+    command.arg("--ca-file").arg(&ca_path);
+    let agent = AgentProcess {
+        child: command.spawn().unwrap(),
+        state,
+    };
+    agent.wait_online(&app).await;
+    let inv = app
+        .run_to_end(&RunCommandRequest::shell(
+            vec![agent.instance_id().await],
+            "echo over tls",
+        ))
+        .await;
+    let untrusted = reqwest::Client::new().get(format!("{}/healthz", app.url)).send().await;
+
+    assert!(app.url.starts_with("https://"));
+    assert_eq!(inv.results.unwrap()[0].output, "over tls\n");
+    assert!(untrusted.is_err(), "a client without the CA must not connect");
+    let page = app.client.raw(Method::GET, "/instances", None).await.unwrap();
+    assert!(page.headers().contains_key("strict-transport-security"));
+}
+
+#[tokio::test]
+async fn an_agent_refuses_plaintext_to_another_machine() {
+    let state = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"))
+        .args([
+            "agent",
+            "--server",
+            "http://fleet.example:8080",
+            "--activation-id",
+            "act-x",
+            "--activation-code",
+            "y",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing plain http://") && stderr.contains("--insecure-plaintext"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversize_body_is_refused_naming_the_limit() {
+    let app = TestApp::spawn().await;
+    let body =
+        json!({"instance_ids": ["i-x"], "type": "RunShellScript", "command_content": "x".repeat(2 * 1024 * 1024)});
+
+    let response = app.client.raw(Method::POST, "/invocations", Some(&body)).await.unwrap();
+
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "RequestTooLarge");
+    assert!(body["message"].as_str().unwrap().contains("1 MiB"), "{body}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = TestApp::spawn().await;
+    let address = app.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut buf)).await;
+
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "the server kept a slow client forever"
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", app.url)).await.unwrap().status(),
+        200
+    );
+}
