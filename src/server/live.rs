@@ -19,6 +19,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
+/// Largest frame a watcher may send: watchers only listen, so anything big is hostile.
+pub const WATCHER_FRAME: usize = 16 * 1024;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
@@ -44,7 +47,10 @@ pub async fn stream(
         query.instance_id,
         Format::Json,
     );
-    Ok(ws.on_upgrade(move |socket| watch.run(socket)))
+    Ok(ws
+        .max_message_size(WATCHER_FRAME)
+        .max_frame_size(WATCHER_FRAME)
+        .on_upgrade(move |socket| watch.run(socket)))
 }
 
 /// How events are written to the socket.

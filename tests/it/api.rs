@@ -161,3 +161,91 @@ async fn the_live_stream_replays_stored_output_then_ends_with_done() {
         Some(fleetrun::protocol::api::StreamEvent::Done { .. })
     ));
 }
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_from_where() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let bad = ApiClient::new(
+        &app.url,
+        Credentials::Basic {
+            username: "admin".into(),
+            password: "nope".into(),
+        },
+    );
+    let _ = bad.instances("").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = [("username", "admin"), ("password", "wrong")];
+    http.post(format!("{}/login", app.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let created = app
+        .client
+        .run(&RunCommandRequest::shell(vec![id.clone()], "sleep 5"))
+        .await
+        .unwrap();
+    app.client.stop(&created.invoke_id, None).await.unwrap();
+    let token: serde_json::Value = app
+        .client
+        .raw(Method::POST, "/tokens", Some(&json!({"name": "t"})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    app.client
+        .raw(
+            Method::DELETE,
+            &format!("/tokens/{}", token["token_id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
+    app.client
+        .raw(Method::DELETE, &format!("/instances/{id}"), None)
+        .await
+        .unwrap();
+
+    let audit: serde_json::Value = app
+        .client
+        .raw(Method::GET, "/audit?page_size=100", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let entries = audit["entries"].as_array().unwrap();
+    let has = |action: &str, target: &str| {
+        entries.iter().any(|e| {
+            e["action"] == action && e["target"].as_str().unwrap().contains(target) && e["source_ip"] == "127.0.0.1"
+        })
+    };
+    for (action, target) in [
+        ("CreateActivation", "act-"),
+        ("RegisterInstance", id.as_str()),
+        ("LoginFailed", "console"),
+        ("RunCommand", created.invoke_id.as_str()),
+        ("StopInvocation", created.invoke_id.as_str()),
+        ("CreateToken", "tok-"),
+        ("RevokeToken", "tok-"),
+        ("DeregisterInstance", id.as_str()),
+    ] {
+        assert!(has(action, target), "no {action} on {target} in {entries:?}");
+    }
+    let filtered: serde_json::Value = app
+        .client
+        .raw(Method::GET, "/audit?action=RunCommand&user=admin", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filtered["total"], 1);
+}

@@ -15,10 +15,14 @@ struct Console {
 
 impl Console {
     async fn login(app: &TestApp) -> Console {
+        Console::login_as(app, "admin", PASSWORD).await
+    }
+
+    async fn login_as(app: &TestApp, username: &str, password: &str) -> Console {
         let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
         let form = [
-            ("username", "admin"),
-            ("password", PASSWORD),
+            ("username", username),
+            ("password", password),
             ("next", "/console/instances"),
         ];
         let response = http
@@ -210,4 +214,44 @@ async fn an_oversize_command_is_refused_next_to_the_content_field() {
     let field_at = html.find(r#"name="content_linux""#).unwrap();
     assert!(error_at > field_at, "the error follows the content field");
     assert_eq!(app.client.invocations("").await.unwrap().total, 0, "nothing was run");
+}
+
+#[tokio::test]
+async fn an_admin_adds_a_viewer_who_can_look_but_not_run() {
+    let app = TestApp::spawn().await;
+    let id = app.agent("local").await.instance_id().await;
+    let admin = Console::login(&app).await;
+
+    let created = admin
+        .post(
+            "/console/users",
+            &[
+                ("username", "vic"),
+                ("password", "vic-password-123"),
+                ("role", "viewer"),
+            ],
+            true,
+        )
+        .await;
+    let viewer = Console::login_as(&app, "vic", "vic-password-123").await;
+    let look = viewer.get("/console/instances").await;
+    let run = viewer
+        .post(
+            "/console/send",
+            &[
+                ("instance_ids", id.as_str()),
+                ("type_linux", "RunShellScript"),
+                ("content_linux", "true"),
+            ],
+            true,
+        )
+        .await;
+    let users = viewer.get("/console/users").await;
+
+    assert!(created.text().await.unwrap().contains("User vic created."));
+    assert_eq!(look.status(), 200);
+    assert_eq!(run.status(), 403);
+    assert!(run.text().await.unwrap().contains("operator role"));
+    assert_eq!(users.status(), 403);
+    assert_eq!(app.client.invocations("").await.unwrap().total, 0);
 }

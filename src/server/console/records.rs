@@ -332,7 +332,10 @@ pub async fn live(
     state.store.invocation(&invoke_id).await?;
     let selected = query.instance_id.filter(|s| !s.is_empty());
     let watch = Watch::new(state, invoke_id, selected, None, Format::Html);
-    Ok(ws.on_upgrade(move |socket| watch.run(socket)))
+    Ok(ws
+        .max_message_size(crate::server::live::WATCHER_FRAME)
+        .max_frame_size(crate::server::live::WATCHER_FRAME)
+        .on_upgrade(move |socket| watch.run(socket)))
 }
 
 pub async fn stop(
