@@ -5,5 +5,6 @@ mod console;
 mod console_http;
 mod engine;
 mod helpers;
+mod hostile;
 mod resilience;
 mod security;

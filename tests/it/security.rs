@@ -2,7 +2,7 @@
 //! expired and revoked credentials, logout everywhere, agents confined to their own tasks,
 //! TLS end to end, plaintext refused, body limits and slow clients.
 
-use crate::helpers::{AgentProcess, PASSWORD, TestApp, eventually};
+use crate::helpers::{AgentProcess, PASSWORD, TestApp};
 use fleetrun::client::{ApiClient, ApiFailure, Credentials};
 use fleetrun::protocol::agent::{AgentMessage, Hello, Output, ServerMessage, TaskFinished, TaskStarted};
 use fleetrun::protocol::api::RunCommandRequest;
