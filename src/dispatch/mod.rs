@@ -190,6 +190,9 @@ impl Dispatcher {
 
     /// Stops results of an invocation (all, or those of `instance_ids`). Returns how many changed.
     pub async fn stop(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<usize, Error> {
+        if let Some(ids) = instance_ids {
+            run::check_instance_ids(ids, self.inner.settings.max_instances)?;
+        }
         self.inner
             .store
             .invocation(invoke_id)

@@ -80,6 +80,11 @@ pub fn check(content: &str, values: &BTreeMap<String, String>) -> Result<Vec<Str
             }
         }
     }
+    if let Some((name, _)) = values.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(format!(
+            "the value of parameter {name:?} contains a NUL byte, which no shell can take"
+        ));
+    }
     let names = custom_names(content);
     if names.len() > MAX_PARAMETERS {
         return Err(format!(

@@ -245,6 +245,12 @@ impl Dispatcher {
             }
             None => None,
         };
+        if req.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid(
+                "InvalidParameter.Name",
+                "`name` is empty: give the command a name",
+            ));
+        }
         let name = check_text("Name", req.name, MAX_NAME)?;
         if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return Err(invalid(
@@ -301,7 +307,7 @@ pub fn check_run_command(req: RunCommandRequest, settings: &super::Settings) -> 
 }
 
 /// Checks the shape of `instance_ids`: not empty, within the limit, no duplicates.
-fn check_instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
+pub(super) fn check_instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
     if ids.is_empty() {
         return Err(invalid(
             "InvalidParameter.InstanceIds",

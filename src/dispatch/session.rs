@@ -86,6 +86,23 @@ impl Dispatcher {
             last_heartbeat: now_ms(),
         };
 
+        // Should settling fail, the connection must not stay recorded as online.
+        if let Err(e) = self.settle(&instance, hello, &mut session).await {
+            self.detach(session).await;
+            return Err(e);
+        }
+        Ok((session, rx))
+    }
+
+    /// Ends what the agent lost and delivers its pending tasks.
+    async fn settle(
+        &self,
+        instance: &crate::store::InstanceRow,
+        hello: &Hello,
+        session: &mut AgentSession,
+    ) -> Result<(), super::Error> {
+        let store = &self.inner.store;
+        let instance_id = instance.id.as_str();
         let lost = store.interrupt_unheld(instance_id, &hello.held_tasks).await?;
         self.publish_changes(&lost).await;
         for delivery in store.deliveries(instance_id).await? {
@@ -118,7 +135,7 @@ impl Dispatcher {
                 },
             );
         }
-        Ok((session, rx))
+        Ok(())
     }
 
     /// Handles one frame from an attached agent.

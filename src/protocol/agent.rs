@@ -55,6 +55,45 @@ pub struct Hello {
     pub held_tasks: Vec<TaskId>,
 }
 
+/// Most tasks a `Hello` may list as held.
+pub const MAX_HELD_TASKS: usize = 10_000;
+
+impl Hello {
+    /// Checks the agent's facts before they are stored: lengths, no control characters, real IP
+    /// addresses, plausible task ids. The error says what was wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let text = |field: &str, value: &str, max: usize| {
+            if value.chars().count() > max || value.chars().any(char::is_control) {
+                Err(format!(
+                    "`{field}` must be at most {max} characters without control characters"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        text("hostname", &self.hostname, 255)?;
+        text("os_name", &self.os_name, 255)?;
+        text("agent_version", &self.agent_version, 64)?;
+        if self.ip_addresses.len() > 64
+            || self
+                .ip_addresses
+                .iter()
+                .any(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err("`ip_addresses` must be at most 64 IP addresses".into());
+        }
+        let plausible = |t: &TaskId| {
+            (1..=64).contains(&t.len())
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if self.held_tasks.len() > MAX_HELD_TASKS || !self.held_tasks.iter().all(plausible) {
+            return Err(format!("`held_tasks` must be at most {MAX_HELD_TASKS} task ids"));
+        }
+        Ok(())
+    }
+}
+
 /// The server's answer to a compatible `Hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {

@@ -182,7 +182,16 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
         _ => return,
     };
     let hello = match hello {
-        Ok(AgentMessage::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => hello,
+        Ok(AgentMessage::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => match hello.check() {
+            Ok(()) => hello,
+            Err(reason) => {
+                tracing::warn!(%instance_id, %reason, "refused an agent's Hello");
+                let reason = format!("the Hello was refused: {reason}");
+                let _ = sink.send(text(Refused { reason }.into())).await;
+                let _ = sink.close().await;
+                return;
+            }
+        },
         Ok(AgentMessage::Hello(hello)) => {
             let reason = format!(
                 "agent protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}: install a matching agent",

@@ -4,7 +4,7 @@
 use crate::dispatch;
 use crate::protocol::api::ErrorBody;
 use crate::store;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -196,6 +196,17 @@ impl From<QueryRejection> for ApiError {
         ApiError::bad_request("InvalidParameter.Query", rejection.body_text())
     }
 }
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request("InvalidParameter.Path", rejection.body_text())
+    }
+}
+
+/// `axum::extract::Path` whose rejections are `ApiError`s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
 
 /// `axum::Json` whose rejections are `ApiError`s.
 #[derive(Debug, FromRequest)]

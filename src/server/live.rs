@@ -6,12 +6,12 @@
 use super::AppState;
 use super::auth::Caller;
 use super::console::records as html;
-use super::error::{ApiError, ApiQuery};
+use super::error::{ApiError, ApiPath, ApiQuery};
 use crate::protocol::InvocationStatus;
 use crate::protocol::api::StreamEvent;
 use crate::store;
+use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
 use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -32,7 +32,7 @@ pub struct StreamQuery {
 pub async fn stream(
     _: Caller,
     State(state): State<AppState>,
-    Path(invoke_id): Path<String>,
+    ApiPath(invoke_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {

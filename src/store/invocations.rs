@@ -270,31 +270,34 @@ impl Store {
     /// become `Cancelled`, `Running` ones `Stopping`. Returns the changed results.
     pub async fn stop_results(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<Vec<ResultChange>> {
         let now = now_ms();
-        let only = match instance_ids {
-            Some(ids) if !ids.is_empty() => {
-                format!("AND instance_id IN ({})", placeholders(3, ids.len()))
-            }
-            Some(_) => return Ok(Vec::new()),
-            None => String::new(),
+        // All results, or the named instances in batches (SQLite caps variables per statement).
+        let batches: Vec<Option<&[String]>> = match instance_ids {
+            Some(ids) => ids.chunks(500).map(Some).collect(),
+            None => vec![None],
         };
         let mut tx = self.write_tx().await?;
         let mut changes = Vec::new();
-        for sql in [
-            format!(
-                "UPDATE results SET status = 'Cancelled', stop_time = $2, finish_time = $2 \
-                 WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
-            ),
-            format!(
-                "UPDATE results SET status = 'Stopping', stop_time = $2 \
-                 WHERE invocation_id = $1 AND status = 'Running' {only} RETURNING {CHANGE_COLUMNS}"
-            ),
-        ] {
-            let mut query = sqlx::query(&sql).bind(invoke_id).bind(now);
-            for id in instance_ids.unwrap_or_default() {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                changes.push(change_from_row(&row)?);
+        for batch in batches {
+            let only = batch
+                .map(|ids| format!("AND instance_id IN ({})", placeholders(3, ids.len())))
+                .unwrap_or_default();
+            for sql in [
+                format!(
+                    "UPDATE results SET status = 'Cancelled', stop_time = $2, finish_time = $2 \
+                     WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
+                ),
+                format!(
+                    "UPDATE results SET status = 'Stopping', stop_time = $2 \
+                     WHERE invocation_id = $1 AND status = 'Running' {only} RETURNING {CHANGE_COLUMNS}"
+                ),
+            ] {
+                let mut query = sqlx::query(&sql).bind(invoke_id).bind(now);
+                for id in batch.unwrap_or_default() {
+                    query = query.bind(id);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    changes.push(change_from_row(&row)?);
+                }
             }
         }
         tx.commit().await?;
@@ -335,24 +338,33 @@ impl Store {
     /// Results an agent lost: running on the server but not held by the agent that reconnected.
     /// They end as `Error` / `ExecutionInterrupted`.
     pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String]) -> Result<Vec<ResultChange>> {
-        let not_held = if held.is_empty() {
-            String::new()
-        } else {
-            format!("AND invocation_id NOT IN ({})", placeholders(4, held.len()))
-        };
-        let sql = format!(
-            "UPDATE results SET status = 'Error', error_code = 'ExecutionInterrupted', error_info = $3, finish_time = $2 \
-             WHERE instance_id = $1 AND status IN ('Running', 'Stopping') {not_held} RETURNING {CHANGE_COLUMNS}"
-        );
-        let mut query = sqlx::query(&sql)
-            .bind(instance_id)
-            .bind(now_ms())
-            .bind(ErrorCode::ExecutionInterrupted.default_info());
-        for task in held {
-            query = query.bind(task);
+        let running: Vec<String> = sqlx::query_scalar(
+            "SELECT invocation_id FROM results WHERE instance_id = $1 AND status IN ('Running', 'Stopping')",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let lost: Vec<&String> = running.iter().filter(|task| !held.contains(task)).collect();
+        let mut changes = Vec::new();
+        for batch in lost.chunks(500) {
+            let sql = format!(
+                "UPDATE results SET status = 'Error', error_code = 'ExecutionInterrupted', error_info = $3, \
+                 finish_time = $2 WHERE instance_id = $1 AND status IN ('Running', 'Stopping') \
+                 AND invocation_id IN ({}) RETURNING {CHANGE_COLUMNS}",
+                placeholders(4, batch.len())
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(instance_id)
+                .bind(now_ms())
+                .bind(ErrorCode::ExecutionInterrupted.default_info());
+            for task in batch {
+                query = query.bind(task);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                changes.push(change_from_row(&row)?);
+            }
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(change_from_row).collect()
+        Ok(changes)
     }
 
     /// Applies the server's own deadlines at time `now` and returns every result it ended:

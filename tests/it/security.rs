@@ -33,6 +33,9 @@ async fn user(app: &TestApp, name: &str, role: &str) -> ApiClient {
     )
 }
 
+/// (method, path, body, status as viewer, as operator, as admin).
+type RouteCase = (Method, &'static str, Option<serde_json::Value>, u16, u16, u16);
+
 #[tokio::test]
 async fn each_role_reaches_exactly_its_routes() {
     let app = TestApp::spawn().await;
@@ -44,7 +47,7 @@ async fn each_role_reaches_exactly_its_routes() {
     let new_user = json!({"username": "x", "password": "long-enough-password", "role": "viewer"});
     // (method, path, body, viewer, operator, admin): 403 means refused by role; any other
     // status means the role was allowed through (the rest is about the request itself).
-    let table: Vec<(Method, &str, Option<serde_json::Value>, u16, u16, u16)> = vec![
+    let table: Vec<RouteCase> = vec![
         (Method::GET, "/instances", None, 200, 200, 200),
         (Method::GET, "/regions", None, 200, 200, 200),
         (Method::GET, "/invocations", None, 200, 200, 200),

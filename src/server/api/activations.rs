@@ -48,10 +48,10 @@ pub async fn create(
         ));
     }
     let description = req.description.unwrap_or_default();
-    if description.chars().count() > 100 {
+    if description.chars().count() > 100 || description.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "InvalidParameter.Description",
-            "`description` is longer than 100 characters",
+            "`description` must be at most 100 characters without control characters",
         ));
     }
     let code = ids::new_secret();

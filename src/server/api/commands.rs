@@ -7,9 +7,9 @@ use crate::protocol::api::{
 };
 use crate::server::AppState;
 use crate::server::auth::Caller;
-use crate::server::error::{ApiError, ApiJson, ApiQuery};
+use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::{self, CommandRow, Role};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
@@ -78,7 +78,7 @@ pub async fn list(
 pub async fn show(
     _: Caller,
     State(state): State<AppState>,
-    Path(command_id): Path<String>,
+    ApiPath(command_id): ApiPath<String>,
 ) -> Result<ApiJson<Command>, ApiError> {
     let row = state.store.command(&command_id).await.map_err(not_found(&command_id))?;
     Ok(ApiJson(command_dto(row)))
@@ -87,7 +87,7 @@ pub async fn show(
 pub async fn modify(
     caller: Caller,
     State(state): State<AppState>,
-    Path(command_id): Path<String>,
+    ApiPath(command_id): ApiPath<String>,
     ApiJson(req): ApiJson<ModifyCommandRequest>,
 ) -> Result<ApiJson<Command>, ApiError> {
     caller.require(Role::Operator)?;
@@ -100,7 +100,7 @@ pub async fn modify(
 pub async fn delete(
     caller: Caller,
     State(state): State<AppState>,
-    Path(command_id): Path<String>,
+    ApiPath(command_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
     state
@@ -115,7 +115,7 @@ pub async fn delete(
 pub async fn invoke(
     caller: Caller,
     State(state): State<AppState>,
-    Path(command_id): Path<String>,
+    ApiPath(command_id): ApiPath<String>,
     ApiJson(req): ApiJson<InvokeCommandRequest>,
 ) -> Result<(StatusCode, ApiJson<InvocationCreated>), ApiError> {
     caller.require(Role::Operator)?;

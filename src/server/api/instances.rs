@@ -4,9 +4,9 @@ use super::{rfc3339, window};
 use crate::protocol::api::{AgentInfo, Instance, InstanceStatus, InstancesResponse, Region, RegionsResponse};
 use crate::server::AppState;
 use crate::server::auth::Caller;
-use crate::server::error::{ApiError, ApiJson, ApiQuery};
+use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::{self, InstanceFilter, InstanceRow, Role, now_ms};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
@@ -97,7 +97,7 @@ pub async fn list(
 pub async fn show(
     _: Caller,
     State(state): State<AppState>,
-    Path(instance_id): Path<String>,
+    ApiPath(instance_id): ApiPath<String>,
 ) -> Result<ApiJson<Instance>, ApiError> {
     let row = state.store.instance(&instance_id).await.map_err(|e| match e {
         store::Error::NotFound => ApiError::not_found("instance", &instance_id),
@@ -110,7 +110,7 @@ pub async fn show(
 pub async fn deregister(
     caller: Caller,
     State(state): State<AppState>,
-    Path(instance_id): Path<String>,
+    ApiPath(instance_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     state.store.delete_instance(&instance_id).await.map_err(|e| match e {

@@ -7,10 +7,10 @@ use crate::protocol::api::{
 };
 use crate::server::AppState;
 use crate::server::auth::Caller;
-use crate::server::error::{ApiError, ApiJson, ApiQuery};
+use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::{self, InvocationFilter, InvocationRow, ResultRow, Role};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -143,7 +143,7 @@ pub struct ShowQuery {
 pub async fn show(
     _: Caller,
     State(state): State<AppState>,
-    Path(invoke_id): Path<String>,
+    ApiPath(invoke_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ShowQuery>,
 ) -> Result<ApiJson<Invocation>, ApiError> {
     let row = state
@@ -167,7 +167,7 @@ pub async fn show(
 pub async fn output(
     _: Caller,
     State(state): State<AppState>,
-    Path((invoke_id, instance_id)): Path<(String, String)>,
+    ApiPath((invoke_id, instance_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let result = state
         .store
@@ -196,7 +196,7 @@ pub async fn output(
 pub async fn stop(
     caller: Caller,
     State(state): State<AppState>,
-    Path(invoke_id): Path<String>,
+    ApiPath(invoke_id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;

@@ -49,6 +49,13 @@ pub fn routes() -> Router<AppState> {
             axum::routing::patch(users::modify).delete(users::delete),
         )
         .route("/settings", get(users::settings).patch(users::modify_settings))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "this route does not take that method: see the API table in README.md",
+            )
+        })
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -61,10 +68,10 @@ pub fn routes() -> Router<AppState> {
 /// Offset and limit of a listing from its `page` (from 1) and `page_size` (1–1000, default 100).
 pub fn window(page: Option<u64>, page_size: Option<u64>) -> Result<(u64, u64), ApiError> {
     let (page, page_size) = (page.unwrap_or(1), page_size.unwrap_or(100));
-    if page == 0 || !(1..=1000).contains(&page_size) {
+    if !(1..=1_000_000_000).contains(&page) || !(1..=1000).contains(&page_size) {
         return Err(ApiError::bad_request(
             "InvalidParameter.Page",
-            "`page` starts at 1 and `page_size` must be between 1 and 1000",
+            "`page` must be between 1 and 1000000000 and `page_size` between 1 and 1000",
         ));
     }
     Ok(((page - 1).saturating_mul(page_size), page_size))

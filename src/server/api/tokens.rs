@@ -4,9 +4,9 @@ use super::rfc3339;
 use crate::protocol::api::{CreateTokenRequest, Token, TokenCreated, TokensResponse};
 use crate::server::AppState;
 use crate::server::auth::Caller;
-use crate::server::error::{ApiError, ApiJson};
+use crate::server::error::{ApiError, ApiJson, ApiPath};
 use crate::store::{self, ids, now_ms};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 pub async fn create(
@@ -15,7 +15,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, ApiJson<TokenCreated>), ApiError> {
     let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 64 {
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "InvalidParameter.Name",
             "a token needs a name of 1 to 64 characters",
@@ -64,7 +64,7 @@ pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<ApiJs
 pub async fn revoke(
     caller: Caller,
     State(state): State<AppState>,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state
         .store

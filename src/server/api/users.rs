@@ -4,9 +4,9 @@ use super::rfc3339;
 use crate::protocol::api::{CreateUserRequest, ModifyUserRequest, ServerSettings, User, UsersResponse};
 use crate::server::AppState;
 use crate::server::auth::{Caller, hash_password, verify_password};
-use crate::server::error::{ApiError, ApiJson};
+use crate::server::error::{ApiError, ApiJson, ApiPath};
 use crate::store::{self, AccountRow, Role, UserUpdate};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 /// Shortest and longest password accepted.
@@ -123,7 +123,7 @@ pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<ApiJs
 pub async fn modify(
     caller: Caller,
     State(state): State<AppState>,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
     ApiJson(req): ApiJson<ModifyUserRequest>,
 ) -> Result<ApiJson<User>, ApiError> {
     let own = caller.username == username;
@@ -188,7 +188,7 @@ pub async fn modify(
 pub async fn delete(
     caller: Caller,
     State(state): State<AppState>,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     if caller.username == username {

@@ -1,11 +1,10 @@
 //! The Activations page: create an activation (the code is shown once, with the agent command
 //! line to paste on a host), list them, disable one.
 
-use super::{Layout, PageError, Session, render, when};
+use super::{ConsoleForm, Layout, PageError, Session, render, when};
 use crate::server::AppState;
 use crate::store::{ActivationRow, NewActivation, Role, ids, now_ms};
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
@@ -101,7 +100,7 @@ pub async fn create(
     State(state): State<AppState>,
     session: Session,
     headers: HeaderMap,
-    Form(form): Form<CreateForm>,
+    ConsoleForm(form): ConsoleForm<CreateForm>,
 ) -> Result<Response, PageError> {
     session.require(Role::Admin)?;
     let limit = form
@@ -116,10 +115,10 @@ pub async fn create(
         .parse::<i64>()
         .ok()
         .filter(|h| (1..=8760).contains(h));
-    let region_ok = crate::dispatch::check_region(form.region_id.trim()).is_ok();
+    let region_ok =
+        crate::dispatch::check_region(form.region_id.trim()).is_ok() && !form.description.chars().any(char::is_control);
     let (Some(limit), Some(ttl), true) = (limit, ttl, region_ok) else {
-        let error =
-            "Use a region like cn-hangzhou, an instance limit from 1 to 100000 and an expiry from 1 to 8760 hours.";
+        let error = "Use a region like cn-hangzhou, an instance limit from 1 to 100000, an expiry from 1 to 8760 hours and a description without control characters.";
         return page(&state, &session, None, error.into()).await;
     };
     let code = ids::new_secret();

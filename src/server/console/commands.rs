@@ -1,11 +1,10 @@
 //! The Commands page: retained commands with their quota use; view and edit, delete, Run.
 
-use super::{Layout, PageError, Pager, Session, render, when};
+use super::{ConsoleForm, Layout, PageError, Pager, Session, render, when};
 use crate::protocol::api::{ContentEncoding, ModifyCommandRequest};
 use crate::server::AppState;
 use crate::store::{CommandRow, Role};
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::Response;
@@ -138,7 +137,7 @@ pub async fn update(
     State(state): State<AppState>,
     session: Session,
     Path(command_id): Path<String>,
-    Form(form): Form<EditForm>,
+    ConsoleForm(form): ConsoleForm<EditForm>,
 ) -> Result<Response, PageError> {
     session.require(Role::Operator)?;
     let layout = session.layout(state.store.regions().await?, "commands");

@@ -1,11 +1,10 @@
 //! Logging in and out, and the region picked in the top bar.
 
-use super::{COOKIE, PageError, Session, Url, render};
+use super::{COOKIE, ConsoleForm, PageError, Session, Url, render};
 use crate::server::AppState;
 use crate::server::auth::{PeerIp, verify_password};
 use crate::store::{NewAudit, ids, now_ms};
 use askama::Template;
-use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -53,7 +52,7 @@ pub struct LoginForm {
 pub async fn submit(
     State(state): State<AppState>,
     PeerIp(ip): PeerIp,
-    Form(form): Form<LoginForm>,
+    ConsoleForm(form): ConsoleForm<LoginForm>,
 ) -> Result<Response, PageError> {
     let keys = crate::server::throttle::keys(&ip, &form.username);
     if let Err(wait) = state.throttle.check(&keys) {
@@ -133,7 +132,7 @@ pub struct RegionForm {
 pub async fn pick_region(
     State(state): State<AppState>,
     session: Session,
-    Form(form): Form<RegionForm>,
+    ConsoleForm(form): ConsoleForm<RegionForm>,
 ) -> Result<Response, PageError> {
     if !form.region_id.is_empty() {
         crate::dispatch::check_region(&form.region_id)?;

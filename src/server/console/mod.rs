@@ -324,6 +324,29 @@ impl IntoResponse for PageError {
     }
 }
 
+impl From<axum::extract::rejection::FormRejection> for PageError {
+    fn from(rejection: axum::extract::rejection::FormRejection) -> Self {
+        // axum reports a form over the body limit as a buffering failure; it is a 413.
+        let too_large = rejection.body_text().contains("length limit exceeded");
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE || too_large {
+            let limit = crate::server::MAX_BODY_BYTES / (1024 * 1024);
+            return PageError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("The form is larger than the {limit} MiB limit."),
+            );
+        }
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("The form was incomplete or malformed: {}", rejection.body_text()),
+        )
+    }
+}
+
+/// `axum::Form` whose rejections are `PageError`s (400 with a sentence, not axum's 422 text).
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Form), rejection(PageError))]
+pub struct ConsoleForm<T>(pub T);
+
 /// Pagination state for a listing page.
 #[derive(Debug, Clone)]
 pub struct Pager {
@@ -334,8 +357,9 @@ pub struct Pager {
 
 impl Pager {
     pub fn new(page: Option<u64>, page_size: u64, total: u64) -> Pager {
+        // Clamped, so that an absurd page number is just an empty page.
         Pager {
-            page: page.unwrap_or(1).max(1),
+            page: page.unwrap_or(1).clamp(1, 1_000_000_000),
             page_size,
             total,
         }

@@ -1,13 +1,12 @@
 //! Users (admin: create, change role, disable, reset password, switch Basic auth) and Account
 //! (anyone: change one's own password, API tokens).
 
-use super::{Layout, PageError, Session, render, when};
+use super::{ConsoleForm, Layout, PageError, Session, render, when};
 use crate::server::AppState;
 use crate::server::api::users::{check_password, check_username, hash, parse_role};
 use crate::server::auth::verify_password;
 use crate::store::{self, AccountRow, Role, UserUpdate, ids, now_ms};
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
@@ -57,7 +56,7 @@ pub struct CreateForm {
 pub async fn create(
     State(state): State<AppState>,
     session: Session,
-    Form(form): Form<CreateForm>,
+    ConsoleForm(form): ConsoleForm<CreateForm>,
 ) -> Result<Response, PageError> {
     session.require(Role::Admin)?;
     let checked = check_username(&form.username)
@@ -108,7 +107,7 @@ pub async fn change(
     State(state): State<AppState>,
     session: Session,
     Path(username): Path<String>,
-    Form(form): Form<ChangeForm>,
+    ConsoleForm(form): ConsoleForm<ChangeForm>,
 ) -> Result<Response, PageError> {
     session.require(Role::Admin)?;
     let role = match form.role.as_deref().map(parse_role).transpose() {
@@ -149,7 +148,7 @@ pub struct SettingsForm {
 pub async fn settings(
     State(state): State<AppState>,
     session: Session,
-    Form(form): Form<SettingsForm>,
+    ConsoleForm(form): ConsoleForm<SettingsForm>,
 ) -> Result<Response, PageError> {
     session.require(Role::Admin)?;
     let enabled = form.basic_auth == "on";
@@ -233,7 +232,7 @@ pub struct PasswordForm {
 pub async fn password(
     State(state): State<AppState>,
     session: Session,
-    Form(form): Form<PasswordForm>,
+    ConsoleForm(form): ConsoleForm<PasswordForm>,
 ) -> Result<Response, PageError> {
     let hash_now = session.user.password_hash.clone();
     let current = form.current_password.clone();
@@ -280,10 +279,10 @@ pub struct TokenForm {
 pub async fn create_token(
     State(state): State<AppState>,
     session: Session,
-    Form(form): Form<TokenForm>,
+    ConsoleForm(form): ConsoleForm<TokenForm>,
 ) -> Result<Response, PageError> {
     let name = form.name.trim();
-    if name.is_empty() || name.chars().count() > 64 {
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return account_page(
             &state,
             &session,
