@@ -194,6 +194,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut overall = InvocationStatus::Pending;
+    let mut ended = std::collections::HashSet::new();
     let mut stdout = std::io::stdout();
     client
         .stream(&created.invoke_id, None, |event| match event {
@@ -209,8 +210,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 exit_code,
                 ..
             } if invocation_status.is_terminal() => {
-                let code = exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                eprintln!("{instance_id}: {invocation_status} (exit code {code})");
+                // The stream may repeat a status (stored, then live): report each end once.
+                if ended.insert(instance_id.clone()) {
+                    let code = exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                    eprintln!("{instance_id}: {invocation_status} (exit code {code})");
+                }
             }
             StreamEvent::Status { .. } => {}
             StreamEvent::Done { invocation_status } => overall = *invocation_status,
