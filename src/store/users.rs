@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_enabled_admin_cannot_be_demoted_disabled_or_deleted() {
+        let (store, _dir) = test_store().await;
+        store.create_user("root", "h", Role::Admin).await.unwrap();
+        let demote = UserUpdate {
+            role: Some(Role::Viewer),
+            ..Default::default()
+        };
+        let disable = UserUpdate {
+            disabled: Some(true),
+            ..Default::default()
+        };
+
+        assert!(matches!(store.update_user("root", &demote).await, Err(Error::Conflict)));
+        assert!(matches!(
+            store.update_user("root", &disable).await,
+            Err(Error::Conflict)
+        ));
+        assert!(matches!(store.delete_user("root").await, Err(Error::Conflict)));
+        store.create_user("second", "h", Role::Admin).await.unwrap();
+        assert_eq!(store.update_user("root", &demote).await.unwrap().role, Role::Viewer);
+    }
+
+    #[tokio::test]
     async fn usernames_are_unique() {
         let (store, _dir) = test_store().await;
         store.create_user("ann", "h", Role::Admin).await.unwrap();
@@ -358,6 +381,21 @@ impl Store {
     }
 }
 
+/// Refuses (`Conflict`) to take away the last enabled admin: `user` may lose its rights only
+/// if it is not an enabled admin or another enabled admin remains.
+async fn ensure_another_admin(conn: &mut sqlx::SqliteConnection, user: &UserRow) -> Result<()> {
+    if user.role != Role::Admin || user.disabled {
+        return Ok(());
+    }
+    let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+        .fetch_one(&mut *conn)
+        .await?;
+    if admins <= 1 {
+        return Err(super::Error::Conflict);
+    }
+    Ok(())
+}
+
 /// An account as listed (without its password hash).
 #[derive(Debug, Clone)]
 pub struct AccountRow {
@@ -405,13 +443,8 @@ impl Store {
         let user = user_from_row(&row)?;
         let role = update.role.unwrap_or(user.role);
         let disabled = update.disabled.unwrap_or(user.disabled);
-        if user.role == Role::Admin && !user.disabled && (role != Role::Admin || disabled) {
-            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
-                .fetch_one(&mut *tx)
-                .await?;
-            if admins <= 1 {
-                return Err(super::Error::Conflict);
-            }
+        if role != Role::Admin || disabled {
+            ensure_another_admin(&mut tx, &user).await?;
         }
         let hash = update.password_hash.clone().unwrap_or(user.password_hash.clone());
         sqlx::query("UPDATE users SET role = $2, disabled = $3, password_hash = $4 WHERE id = $1")
@@ -444,14 +477,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let user = user_from_row(&row)?;
-        if user.role == Role::Admin && !user.disabled {
-            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
-                .fetch_one(&mut *tx)
-                .await?;
-            if admins <= 1 {
-                return Err(super::Error::Conflict);
-            }
-        }
+        ensure_another_admin(&mut tx, &user).await?;
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(user.id)
             .execute(&mut *tx)

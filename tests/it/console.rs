@@ -129,6 +129,25 @@ impl Browser {
         .await
     }
 
+    /// On the Instances page: tick each instance → More → Send Command.
+    async fn send_command_to_selection(&self, fleet: &[(AgentProcess, String)]) {
+        for (_, id) in fleet {
+            self.click(&format!("#instance-rows input[value={id}]")).await;
+        }
+        self.click("#more-button").await;
+        self.click("#send-command-batch").await;
+    }
+
+    /// The instance's page → Remote Commands → Send Command.
+    async fn open_send_command(&self, app: &TestApp, instance_id: &str) {
+        self.client
+            .goto(&format!("{}/console/instances/{instance_id}", app.url))
+            .await
+            .unwrap();
+        self.click("#tab-commands").await;
+        self.click("#send-command").await;
+    }
+
     async fn screenshot(&self, name: &str) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();
@@ -183,13 +202,7 @@ async fn send_command_from_an_instance_page_shows_its_output_and_success() {
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    browser
-        .client
-        .goto(&format!("{}/console/instances/{id}", app.url))
-        .await
-        .unwrap();
-    browser.click("#tab-commands").await;
-    browser.click("#send-command").await;
+    browser.open_send_command(&app, id).await;
     browser.type_into("#content-linux", "echo hello-$(hostname)").await;
     let shell = browser
         .client
@@ -218,11 +231,7 @@ async fn one_command_to_three_selected_instances_shows_each_output() {
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    for (_, id) in &fleet {
-        browser.click(&format!("#instance-rows input[value={id}]")).await;
-    }
-    browser.click("#more-button").await;
-    browser.click("#send-command-batch").await;
+    browser.send_command_to_selection(&fleet).await;
     browser
         .type_into("#content-linux", "echo I am {{fleetrun::instance_id}}")
         .await;
@@ -248,11 +257,7 @@ async fn stop_terminates_a_command_on_two_instances() {
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    for (_, id) in &fleet {
-        browser.click(&format!("#instance-rows input[value={id}]")).await;
-    }
-    browser.click("#more-button").await;
-    browser.click("#send-command-batch").await;
+    browser.send_command_to_selection(&fleet).await;
     browser.type_into("#content-linux", &format!("sleep {seconds}")).await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
@@ -278,13 +283,7 @@ async fn a_retained_command_is_listed_and_runs_from_the_commands_page() {
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    browser
-        .client
-        .goto(&format!("{}/console/instances/{id}", app.url))
-        .await
-        .unwrap();
-    browser.click("#tab-commands").await;
-    browser.click("#send-command").await;
+    browser.open_send_command(&app, id).await;
     browser.type_into("#content-linux", "echo retained-run").await;
     browser.click("#retain").await;
     browser.type_into("#command-name", "say-retained").await;
@@ -320,13 +319,7 @@ async fn markup_in_output_is_shown_literally_and_runs_no_script() {
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    browser
-        .client
-        .goto(&format!("{}/console/instances/{id}", app.url))
-        .await
-        .unwrap();
-    browser.click("#tab-commands").await;
-    browser.click("#send-command").await;
+    browser.open_send_command(&app, id).await;
     browser
         .type_into("#content-linux", &format!("printf '%s\\n' '{hostile}'"))
         .await;
@@ -359,13 +352,7 @@ async fn reloading_mid_stream_shows_the_output_once_and_in_order() {
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    browser
-        .client
-        .goto(&format!("{}/console/instances/{id}", app.url))
-        .await
-        .unwrap();
-    browser.click("#tab-commands").await;
-    browser.click("#send-command").await;
+    browser.open_send_command(&app, id).await;
     browser
         .type_into(
             "#content-linux",
