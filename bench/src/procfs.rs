@@ -1,0 +1,86 @@
+//! Process accounting read from `/proc`: resident memory and CPU time of a process, so every
+//! figure about memory and CPU comes from the kernel, not from timers inside fleetrun.
+
+use anyhow::Context as _;
+use std::time::{Duration, Instant};
+
+/// Resident set size (`VmRSS`) of `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib as f64 / 1024.0)
+}
+
+/// Peak resident set size (`VmHWM`) of `pid`, in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib as f64 / 1024.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid}"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} for process {pid}"))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("malformed {field} line {line:?}"))
+}
+
+/// CPU time (user + system, all threads, including ones that exited) used by `pid` so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// CPU time used by a process between two readings.
+pub struct CpuMeter {
+    pid: u32,
+    cpu: Duration,
+    at: Instant,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> anyhow::Result<Self> {
+        Ok(CpuMeter {
+            pid,
+            cpu: cpu_time(pid)?,
+            at: Instant::now(),
+        })
+    }
+
+    /// CPU time used since `start`, and the wall time that passed.
+    pub fn read(&self) -> anyhow::Result<(Duration, Duration)> {
+        Ok((cpu_time(self.pid)?.saturating_sub(self.cpu), self.at.elapsed()))
+    }
+}
+
+/// Waits until `pid` uses less than `busy` of one core over 500 ms (at most `limit`), so a
+/// scenario does not start while the server still digests the previous one. Returns the wait.
+pub async fn settle(pid: u32, busy: f64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let Ok(meter) = CpuMeter::start(pid) else {
+            break;
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match meter.read() {
+            Ok((cpu, wall)) if cpu.as_secs_f64() / wall.as_secs_f64() < busy => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    started.elapsed()
+}
