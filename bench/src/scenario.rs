@@ -179,7 +179,16 @@ fn machine() -> serde_json::Value {
 /// The idle agent and the start of its measurement window.
 struct Idle {
     fleet: RealFleet,
-    meter: CpuMeter,
+    /// Ends with the reading taken `idle_secs` after the window opened.
+    window: tokio::task::JoinHandle<anyhow::Result<IdleReading>>,
+}
+
+/// The idle agent's accounting at the end of its window.
+struct IdleReading {
+    cpu: Duration,
+    wall: Duration,
+    rss: f64,
+    peak_rss: f64,
 }
 
 impl Bench {
@@ -205,36 +214,40 @@ impl Bench {
         let timed = self.timed(&req, Wait::Stream).await?;
         check_status(&timed)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let meter = CpuMeter::start(fleet.agents[0].pid)?;
-        self.log(format!(
-            "idle agent {} measured for {} s",
-            fleet.agents[0].pid, self.args.idle_secs
-        ));
-        Ok(Idle { fleet, meter })
+        let pid = fleet.agents[0].pid;
+        let meter = CpuMeter::start(pid)?;
+        let window = Duration::from_secs(self.args.idle_secs);
+        self.log(format!("idle agent {pid} measured for {} s", window.as_secs()));
+        // Its own accounting only, so the window may overlap the other scenarios.
+        let window = tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let (cpu, wall) = meter.read()?;
+            Ok(IdleReading {
+                cpu,
+                wall,
+                rss: procfs::rss_mib(pid)?,
+                peak_rss: procfs::peak_rss_mib(pid)?,
+            })
+        });
+        Ok(Idle { fleet, window })
     }
 
     async fn finish_idle(&mut self, idle: Idle) -> anyhow::Result<()> {
-        let window = Duration::from_secs(self.args.idle_secs);
-        let (_, wall) = idle.meter.read()?;
-        if wall < window {
-            tokio::time::sleep(window - wall).await;
-        }
-        let pid = idle.fleet.agents[0].pid;
-        let (cpu, wall) = idle.meter.read()?;
-        let rss = procfs::rss_mib(pid)?;
-        let pct = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
+        let reading = idle.window.await;
+        idle.fleet.stop(Duration::from_secs(5)).await;
+        let IdleReading {
+            cpu,
+            wall,
+            rss,
+            peak_rss,
+        } = reading??;
         self.results.set("agent_idle_rss_mb", rss);
-        self.results.set("agent_idle_cpu_pct", pct);
+        self.results
+            .set("agent_idle_cpu_pct", cpu.as_secs_f64() / wall.as_secs_f64() * 100.0);
         self.results.detail(
             "agent_idle",
-            json!({
-                "window_secs": wall.as_secs_f64(),
-                "cpu_ms": ms(cpu),
-                "rss_mb": rss,
-                "peak_rss_mb": procfs::peak_rss_mib(pid)?,
-            }),
+            json!({ "window_secs": wall.as_secs_f64(), "cpu_ms": ms(cpu), "rss_mb": rss, "peak_rss_mb": peak_rss }),
         );
-        idle.fleet.stop(Duration::from_secs(5)).await;
         Ok(())
     }
 
