@@ -289,7 +289,9 @@ async fn connect(server: &str, identity: &Identity, tls: Arc<rustls::ClientConfi
     let mut request = url.as_str().into_client_request()?;
     let credential = format!("Bearer {}:{}", identity.instance_id, identity.instance_secret);
     request.headers_mut().insert("authorization", credential.parse()?);
+    // A small read buffer (128 KiB by default) keeps the idle agent small; frames still reach 1 MiB.
     let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
     let connecting =
