@@ -45,10 +45,28 @@ fn clock_ticks() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
+/// On-CPU time of the threads `pid` has now, from `se.sum_exec_runtime` in
+/// `/proc/<pid>/task/*/sched` (microsecond precision, but threads that exit take their time
+/// with them).
+fn thread_cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let millis: f64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("sched")).ok())
+        .filter_map(|text| {
+            let line = text.lines().find(|l| l.starts_with("se.sum_exec_runtime"))?;
+            line.split(':').nth(1)?.trim().parse::<f64>().ok()
+        })
+        .sum();
+    Duration::from_secs_f64(millis / 1000.0)
+}
+
 /// CPU time used by a process between two readings.
 pub struct CpuMeter {
     pid: u32,
     cpu: Duration,
+    threads: Duration,
     at: Instant,
 }
 
@@ -57,13 +75,18 @@ impl CpuMeter {
         Ok(CpuMeter {
             pid,
             cpu: cpu_time(pid)?,
+            threads: thread_cpu_time(pid),
             at: Instant::now(),
         })
     }
 
-    /// CPU time used since `start`, and the wall time that passed.
+    /// CPU time used since `start`, and the wall time that passed. The larger of two
+    /// readings: clock ticks (10 ms resolution, every thread) and per-thread nanosecond
+    /// counters (threads that exited in between are missing).
     pub fn read(&self) -> anyhow::Result<(Duration, Duration)> {
-        Ok((cpu_time(self.pid)?.saturating_sub(self.cpu), self.at.elapsed()))
+        let ticks = cpu_time(self.pid)?.saturating_sub(self.cpu);
+        let threads = thread_cpu_time(self.pid).saturating_sub(self.threads);
+        Ok((ticks.max(threads), self.at.elapsed()))
     }
 }
 
