@@ -67,16 +67,19 @@ NO_COLOR=1 "$SERVER_BIN" serve \
 SERVER_PID=$!
 
 # The address the server bound: from its "listening" log line, or from the socket table.
+# Never fails: an empty answer means "not yet".
 bound_address() {
-    sed -e 's/\x1b\[[0-9;]*m//g' "$WORK/server.log" |
-        sed -n 's/.*listening[^0-9]*\([0-9][0-9.]*:[0-9][0-9]*\).*/\1/p' | head -n1
-    if command -v ss >/dev/null; then
-        ss -ltnpH 2>/dev/null | grep "pid=$SERVER_PID," | awk '{print $4}' | head -n1
-    fi
+    {
+        sed -e 's/\x1b\[[0-9;]*m//g' "$WORK/server.log" |
+            sed -n 's/.*listening[^0-9]*\([0-9][0-9.]*:[0-9][0-9]*\).*/\1/p'
+        if command -v ss >/dev/null; then
+            ss -ltnpH 2>/dev/null | grep "pid=$SERVER_PID," | awk '{print $4}'
+        fi
+    } | head -n1 || true
 }
 ADDRESS=""
 for _ in $(seq 100); do
-    ADDRESS=$(bound_address | head -n1)
+    ADDRESS=$(bound_address)
     [[ -n "$ADDRESS" ]] && break
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
     sleep 0.1
