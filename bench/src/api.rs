@@ -29,6 +29,7 @@ pub struct Timed {
 }
 
 impl Api {
+    /// The server at `base`, as `admin` with `password` (HTTP Basic).
     pub fn new(base: &str, password: &str) -> Api {
         let credentials = Credentials::Basic {
             username: "admin".into(),

@@ -14,6 +14,15 @@ pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     status_kib(pid, "VmHWM:").map(|kib| kib as f64 / 1024.0)
 }
 
+/// Anonymous (heap, stacks) and file-backed (the executable's and libraries' pages) parts of
+/// the resident set of `pid`, in MiB.
+pub fn rss_split_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        status_kib(pid, "RssAnon:")? as f64 / 1024.0,
+        status_kib(pid, "RssFile:")? as f64 / 1024.0,
+    ))
+}
+
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid}"))?;
     let line = status
@@ -71,6 +80,7 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// Starts measuring `pid` now.
     pub fn start(pid: u32) -> anyhow::Result<Self> {
         Ok(CpuMeter {
             pid,

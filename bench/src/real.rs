@@ -81,6 +81,7 @@ impl RealFleet {
         Ok(fleet)
     }
 
+    /// Instance ids of the fleet, in start order.
     pub fn instance_ids(&self) -> Vec<String> {
         self.agents.iter().map(|a| a.instance_id.clone()).collect()
     }

@@ -21,6 +21,7 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
+/// A duration in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -130,11 +131,12 @@ impl Results {
         let rounded = if value.abs() >= 100.0 {
             value.round()
         } else {
-            (value * 1000.0).round() / 1000.0
+            (value * 10_000.0).round() / 10_000.0
         };
         self.figures.insert(key.into(), json!(rounded));
     }
 
+    /// Records a detail that explains the figures (`details.json`).
     pub fn detail(&mut self, key: &str, value: Value) {
         self.details.insert(key.into(), value);
     }
@@ -201,8 +203,10 @@ fn fmt(v: f64) -> String {
         format!("{v:.1}")
     } else if v >= 1.0 {
         format!("{v:.2}")
-    } else {
+    } else if v >= 0.01 {
         format!("{v:.3}")
+    } else {
+        format!("{v:.4}")
     }
 }
 

@@ -189,6 +189,8 @@ struct IdleReading {
     wall: Duration,
     rss: f64,
     peak_rss: f64,
+    /// Anonymous and file-backed MiB of `rss`.
+    split: (f64, f64),
 }
 
 impl Bench {
@@ -227,6 +229,7 @@ impl Bench {
                 wall,
                 rss: procfs::rss_mib(pid)?,
                 peak_rss: procfs::peak_rss_mib(pid)?,
+                split: procfs::rss_split_mib(pid)?,
             })
         });
         Ok(Idle { fleet, window })
@@ -240,13 +243,21 @@ impl Bench {
             wall,
             rss,
             peak_rss,
+            split: (anon, file),
         } = reading??;
         self.results.set("agent_idle_rss_mb", rss);
         self.results
             .set("agent_idle_cpu_pct", cpu.as_secs_f64() / wall.as_secs_f64() * 100.0);
         self.results.detail(
             "agent_idle",
-            json!({ "window_secs": wall.as_secs_f64(), "cpu_ms": ms(cpu), "rss_mb": rss, "peak_rss_mb": peak_rss }),
+            json!({
+                "window_secs": wall.as_secs_f64(),
+                "cpu_ms": ms(cpu),
+                "rss_mb": rss,
+                "rss_anon_mb": anon,
+                "rss_file_mb": file,
+                "peak_rss_mb": peak_rss,
+            }),
         );
         Ok(())
     }

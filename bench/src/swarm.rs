@@ -37,6 +37,7 @@ const CONNECT_ATTEMPTS: u32 = 5;
 /// The credential of one enrolled instance.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The enrolled instance (`i-…`).
     pub instance_id: String,
     secret: String,
 }
@@ -73,9 +74,13 @@ pub struct Counters {
     pub connected: AtomicU64,
     /// Connections lost after `Welcome` (each agent then reconnects).
     pub disconnects: AtomicU64,
+    /// Heartbeats sent by all agents.
     pub heartbeats_sent: AtomicU64,
+    /// `RunTask`s answered with `TaskStarted`.
     pub tasks_started: AtomicU64,
+    /// `TaskFinished` sent.
     pub tasks_finished: AtomicU64,
+    /// `Output` frames sent, and the bytes of output in them.
     pub chunks_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// The heartbeat interval the server announced in its last `Welcome`, in seconds.
@@ -250,12 +255,16 @@ impl Drop for Swarm {
 /// - `exit=C`: report exit code C (default 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Directive {
+    /// Bytes printed at once (`out=`).
     pub output: usize,
+    /// Lines streamed instead: (count, interval, bytes per line).
     pub stream: Option<(u64, Duration, usize)>,
+    /// Exit code reported.
     pub exit_code: i32,
 }
 
 impl Directive {
+    /// The directive of a task's content; `default_output` bytes when it has none.
     pub fn parse(content: &str, default_output: usize) -> Directive {
         let mut directive = Directive {
             output: default_output,
