@@ -155,7 +155,7 @@ impl Results {
     /// The table of every figure against its target and Salt's, as Markdown.
     pub fn table(&self) -> String {
         let mut out = String::from(
-            "| key | fleetrun | target | met | Salt 3008 (same machine) | Salt / fleetrun |\n|---|---:|---:|:---:|---|---:|\n",
+            "| key | fleetrun | target | met | Salt 3008 (same kind of machine) | Salt / fleetrun |\n|---|---:|---:|:---:|---|---:|\n",
         );
         for spec in SPECS {
             let value = self.figures.get(spec.key).and_then(Value::as_f64);
