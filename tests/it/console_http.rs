@@ -2,7 +2,7 @@
 //! inline errors. (The browser tests in `console.rs` drive the same pages in Chromium.)
 
 use crate::helpers::{PASSWORD, TestApp};
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, LOCATION};
 use reqwest::redirect::Policy;
 
 /// A logged-in console client: the session cookie and the page's CSRF token.
@@ -20,39 +20,11 @@ impl Console {
 
     async fn login_as(app: &TestApp, username: &str, password: &str) -> Console {
         let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
-        let form = [
-            ("username", username),
-            ("password", password),
-            ("next", "/console/instances"),
-        ];
-        let response = http
-            .post(format!("{}/login", app.url))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 303);
-        let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_string();
+        let (set_cookie, cookie, csrf) = crate::helpers::console_session(&http, &app.url, username, password).await;
         assert!(
             set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
             "{set_cookie}"
         );
-        let cookie = set_cookie.split(';').next().unwrap().to_string();
-        let page = http
-            .get(format!("{}/console/instances", app.url))
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
-        let html = page.text().await.unwrap();
-        let csrf = html
-            .split("X-CSRF-Token&#34;:&#34;")
-            .nth(1)
-            .unwrap()
-            .split("&#34;")
-            .next()
-            .unwrap()
-            .to_string();
         Console {
             http,
             url: app.url.clone(),

@@ -317,3 +317,38 @@ pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Logs in to the console with `http` (which must not follow redirects) and returns the
+/// `Set-Cookie` header, the cookie to send back, and the page's CSRF token.
+pub async fn console_session(
+    http: &reqwest::Client,
+    url: &str,
+    username: &str,
+    password: &str,
+) -> (String, String, String) {
+    let form = [
+        ("username", username),
+        ("password", password),
+        ("next", "/console/instances"),
+    ];
+    let response = http.post(format!("{url}/login")).form(&form).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{username} logs in");
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = http
+        .get(format!("{url}/console/instances"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("X-CSRF-Token&#34;:&#34;")
+        .nth(1)
+        .unwrap()
+        .split("&#34;")
+        .next()
+        .unwrap()
+        .to_string();
+    (set_cookie, cookie, csrf)
+}

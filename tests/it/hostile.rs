@@ -25,7 +25,7 @@ use fleetrun::protocol::api::{ActivationCreated, RunCommandRequest};
 use fleetrun::protocol::{CommandType, ErrorCode, OsType, OutputStream, PROTOCOL_VERSION, TaskEnd};
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderName, HeaderValue, SET_COOKIE};
+use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderName, HeaderValue};
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -1096,31 +1096,7 @@ impl Console {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let form = [("username", "admin"), ("password", PASSWORD)];
-        let response = http
-            .post(format!("{}/login", app.url))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 303, "admin logs in");
-        let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_string();
-        let cookie = set_cookie.split(';').next().unwrap().to_string();
-        let page = http
-            .get(format!("{}/console/instances", app.url))
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
-        let html = page.text().await.unwrap();
-        let csrf = html
-            .split("X-CSRF-Token&#34;:&#34;")
-            .nth(1)
-            .unwrap()
-            .split("&#34;")
-            .next()
-            .unwrap()
-            .to_string();
+        let (_, cookie, csrf) = crate::helpers::console_session(&http, &app.url, "admin", PASSWORD).await;
         Console {
             http,
             url: app.url.clone(),
