@@ -1,12 +1,13 @@
 //! Command-line options, one clap struct per mode. Every option can also be set by an
 //! environment variable `FLEETRUN_*`.
 
-use crate::dispatch::Settings;
-use crate::store::OutputLimits;
+//!
+//! This module depends on nothing else of fleetrun: modes take their struct from here, and
+//! turn it into their own settings (`server::settings`, for instance).
+
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// fleetrun: send commands to a fleet of machines and watch their output live.
 #[derive(Debug, Parser)]
@@ -28,13 +29,13 @@ pub enum Mode {
     /// Start a server and four local agents in two regions, to try fleetrun on one machine.
     Demo(DemoArgs),
     /// Run a shell command on instances and print their output (client).
-    Run(crate::client::RunArgs),
+    Run(RunArgs),
     /// List instances (client).
-    Instances(crate::client::InstancesArgs),
+    Instances(InstancesArgs),
     /// List invocations, or show one (client).
-    Invocations(crate::client::InvocationsArgs),
+    Invocations(InvocationsArgs),
     /// Stop an invocation (client).
-    Stop(crate::client::StopArgs),
+    Stop(StopArgs),
 }
 
 /// A secret option value; `Debug` never prints it.
@@ -101,24 +102,6 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The dispatcher settings these options describe.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            heartbeat: Duration::from_secs(self.heartbeat_secs),
-            delivery_window: Duration::from_secs(self.delivery_window_secs),
-            timeout_grace: Duration::from_secs(self.timeout_grace_secs),
-            output: OutputLimits {
-                head: self.output_limit_bytes / 2,
-                tail: self.output_limit_bytes - self.output_limit_bytes / 2,
-            },
-            max_content_bytes: self.max_content_bytes,
-            max_instances: self.max_instances,
-            retained_command_quota: self.retained_command_quota,
-            retention: Duration::from_secs(self.retention_days * 24 * 3600),
-            ..Settings::default()
-        }
-    }
-
     /// The database URL, defaulting to the SQLite file in the data directory.
     pub fn database_url(&self) -> String {
         self.database_url
@@ -172,29 +155,87 @@ pub struct DemoArgs {
     pub admin_password: Option<Secret>,
 }
 
+/// Where the server is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "FLEETRUN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token (preferred over username and password).
+    #[arg(long, env = "FLEETRUN_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    #[arg(long, env = "FLEETRUN_USER", default_value = "admin")]
+    pub user: String,
+    #[arg(long, env = "FLEETRUN_PASSWORD", hide_env_values = true)]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Instance ids, comma-separated.
+    #[arg(long, short = 'i', value_delimiter = ',', required = true)]
+    pub instances: Vec<String>,
+    /// Command type.
+    #[arg(long = "type", default_value = "RunShellScript", value_parser = ["RunShellScript", "RunBatScript", "RunPowerShellScript"])]
+    pub command_type: String,
+    /// Timeout in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub working_dir: Option<String>,
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Parameter values as name=value (enables parameters).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Return after printing the invoke id instead of waiting for the output.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The command content.
+    pub content: String,
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| "expected name=value".to_string())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstancesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InvocationsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Show this invocation with its results.
+    pub invoke_id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub invoke_id: String,
+    /// Only these instances (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub instances: Option<Vec<String>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serve_defaults_match_the_design() {
-        let cli = Cli::parse_from(["fleetrun", "serve"]);
-        let Mode::Serve(args) = cli.mode else {
-            panic!("not serve")
-        };
-        let settings = args.settings();
-
-        assert_eq!(
-            settings.output,
-            OutputLimits {
-                head: 512 * 1024,
-                tail: 512 * 1024
-            }
-        );
-        assert_eq!(settings.heartbeat, Duration::from_secs(20));
-        assert_eq!(settings.retained_command_quota, 500);
-        assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
-    }
 
     #[test]
     fn secrets_are_not_printed() {

@@ -1,27 +1,11 @@
 //! The client subcommands. They print plain text for people; `--json` prints the API's JSON.
 
 use super::{ApiClient, Credentials};
-use crate::config::Secret;
+use crate::config::{ClientArgs, RunArgs};
+use crate::protocol::InvocationStatus;
 use crate::protocol::api::{ContentEncoding, RunCommandRequest, StreamEvent};
-use crate::protocol::{CommandType, InvocationStatus};
-use clap::Args;
 use std::collections::BTreeMap;
 use std::io::Write as _;
-
-/// Where the server is and who is asking.
-#[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
-    /// Server URL.
-    #[arg(long, env = "FLEETRUN_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// API token (preferred over username and password).
-    #[arg(long, env = "FLEETRUN_TOKEN", hide_env_values = true)]
-    pub token: Option<Secret>,
-    #[arg(long, env = "FLEETRUN_USER", default_value = "admin")]
-    pub user: String,
-    #[arg(long, env = "FLEETRUN_PASSWORD", hide_env_values = true)]
-    pub password: Option<Secret>,
-}
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<ApiClient> {
@@ -37,69 +21,6 @@ impl ClientArgs {
         };
         Ok(ApiClient::new(&self.server, credentials))
     }
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Instance ids, comma-separated.
-    #[arg(long, short = 'i', value_delimiter = ',', required = true)]
-    pub instances: Vec<String>,
-    /// Command type: RunShellScript, RunBatScript or RunPowerShellScript.
-    #[arg(long = "type", default_value = "RunShellScript")]
-    pub command_type: CommandType,
-    /// Timeout in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-    #[arg(long)]
-    pub working_dir: Option<String>,
-    #[arg(long)]
-    pub username: Option<String>,
-    /// Parameter values as name=value (enables parameters).
-    #[arg(long = "param", value_parser = parse_param)]
-    pub params: Vec<(String, String)>,
-    /// Return after printing the invoke id instead of waiting for the output.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// The command content.
-    pub content: String,
-}
-
-fn parse_param(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| "expected name=value".to_string())
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct InstancesArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[arg(long)]
-    pub region: Option<String>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct InvocationsArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Show this invocation with its results.
-    pub invoke_id: Option<String>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct StopArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    pub invoke_id: String,
-    /// Only these instances (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub instances: Option<Vec<String>>,
 }
 
 /// Runs a client subcommand; returns the process exit code.
@@ -177,7 +98,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let parameters: BTreeMap<String, String> = args.params.into_iter().collect();
     let req = RunCommandRequest {
         instance_ids: args.instances,
-        command_type: args.command_type,
+        command_type: args
+            .command_type
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown --type {}", args.command_type))?,
         command_content: args.content,
         content_encoding: ContentEncoding::PlainText,
         timeout_secs: args.timeout,

@@ -3,7 +3,7 @@
 
 mod cli;
 
-pub use cli::{InstancesArgs, InvocationsArgs, RunArgs, StopArgs, run_cli};
+pub use cli::run_cli;
 
 use crate::protocol::api::{
     ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,

@@ -5,12 +5,10 @@
 //! which invocation) and calls `store` for everything durable. It knows nothing of HTTP:
 //! no axum, no SQL.
 
-mod params;
 mod run;
 mod session;
 mod writer;
 
-pub use params::{BUILTIN_PREFIX, custom_names};
 pub use run::{CommandChange, Run, check_region, check_run_command};
 pub use session::{AgentSession, Outbound, SessionError};
 

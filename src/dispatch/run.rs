@@ -1,13 +1,14 @@
 //! RunCommand, InvokeCommand and retained-command changes: checking a request field by field,
 //! storing the invocation, and handing each instance its task.
 
-use super::{Dispatcher, Error, builtins, not_found, params};
+use super::{Dispatcher, Error, builtins, not_found};
 use crate::protocol::CommandType;
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{
     ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
     RunCommandRequest,
 };
+use crate::protocol::params;
 use crate::store::{self, CommandRow, CommandUpdate, InstanceRow, NewCommand, NewInvocation, now_ms};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashSet};

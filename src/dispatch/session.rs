@@ -1,8 +1,9 @@
 //! One agent's connection as the dispatcher sees it: attach on `Hello`, the reports it sends,
 //! detach when the socket closes.
 
-use super::{AgentLink, Dispatcher, builtins, params, writer};
+use super::{AgentLink, Dispatcher, builtins, writer};
 use crate::protocol::agent::{Ack, AgentMessage, Hello, RunTask, Welcome};
+use crate::protocol::params;
 use crate::protocol::{PROTOCOL_VERSION, TaskEnd};
 use crate::store::{AgentWrite, now_ms};
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod params;
 mod status;
 
 pub use status::{InvocationStatus, ResultStatus, TaskEnd};

@@ -16,13 +16,14 @@ pub use auth::{hash_password, verify_password};
 pub use error::ApiError;
 
 use crate::config::ServeArgs;
-use crate::dispatch::Dispatcher;
-use crate::store::{NewAudit, Role, Store, ids};
+use crate::dispatch::{Dispatcher, Settings};
+use crate::store::{NewAudit, OutputLimits, Role, Store, ids};
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,13 +114,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The dispatcher settings that `fleetrun serve`'s options describe.
+pub fn settings(args: &ServeArgs) -> Settings {
+    let output = args.output_limit_bytes;
+    Settings {
+        heartbeat: Duration::from_secs(args.heartbeat_secs),
+        delivery_window: Duration::from_secs(args.delivery_window_secs),
+        timeout_grace: Duration::from_secs(args.timeout_grace_secs),
+        output: OutputLimits {
+            head: output / 2,
+            tail: output - output / 2,
+        },
+        max_content_bytes: args.max_content_bytes,
+        max_instances: args.max_instances,
+        retained_command_quota: args.retained_command_quota,
+        retention: Duration::from_secs(args.retention_days * 24 * 3600),
+        ..Settings::default()
+    }
+}
+
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     store.mark_all_offline().await?;
 
     let tracker = TaskTracker::new();
-    let dispatcher = Dispatcher::start(store.clone(), args.settings(), shutdown.clone(), &tracker);
+    let dispatcher = Dispatcher::start(store.clone(), settings(&args), shutdown.clone(), &tracker);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(listen::tls_config(cert, key)?),
         (None, None) => None,
@@ -178,4 +198,30 @@ async fn ensure_admin(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!("created user admin with the password from FLEETRUN_ADMIN_PASSWORD");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Mode};
+    use clap::Parser as _;
+
+    #[test]
+    fn serve_defaults_match_the_design() {
+        let Mode::Serve(args) = Cli::parse_from(["fleetrun", "serve"]).mode else {
+            panic!("not serve")
+        };
+        let settings = settings(&args);
+
+        assert_eq!(
+            settings.output,
+            OutputLimits {
+                head: 512 * 1024,
+                tail: 512 * 1024
+            }
+        );
+        assert_eq!(settings.heartbeat, Duration::from_secs(20));
+        assert_eq!(settings.retained_command_quota, 500);
+        assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
+    }
 }

@@ -4,8 +4,9 @@
 
 use super::records::{load_panel, render_panel};
 use super::{PageError, Session, render};
-use crate::dispatch::{self, custom_names};
+use crate::dispatch;
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
+use crate::protocol::params::{self, custom_names};
 use crate::protocol::{CommandType, OsType};
 use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow, Role};
@@ -399,7 +400,7 @@ async fn submit(
         working_dir: text("working_dir"),
         username: text("username"),
         // Parameters are on when the content has custom values or uses a built-in.
-        enable_parameter: !values.is_empty() || group.content.contains(&format!("{{{{{}", dispatch::BUILTIN_PREFIX)),
+        enable_parameter: !values.is_empty() || group.content.contains(&format!("{{{{{}", params::BUILTIN_PREFIX)),
         parameters: values,
     };
     let count = req.instance_ids.len();

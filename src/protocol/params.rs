@@ -1,5 +1,6 @@
 //! `{{name}}` parameters in command content: finding them, checking the values given, and
-//! filling them in for one instance.
+//! filling them in for one instance. Pure functions, shared by the server's domain layer and the
+//! CLI (which turns parameters on when the content has placeholders).
 
 use std::collections::BTreeMap;
 
@@ -50,6 +51,11 @@ fn is_name(name: &str) -> bool {
         && plain
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `content` has any `{{name}}` placeholder, custom or built-in.
+pub fn has_placeholders(content: &str) -> bool {
+    placeholders(content).next().is_some()
 }
 
 /// The custom parameter names used in `content`, in order of first use, without duplicates.
