@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Retained commands allowed per region.
     #[arg(long, env = "FLEETRUN_RETAINED_COMMAND_QUOTA", default_value_t = 500)]
     pub retained_command_quota: u64,
+    /// Seconds a client may take to send its request headers or finish a TLS handshake
+    /// (slow clients are cut off).
+    #[arg(long, env = "FLEETRUN_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_timeout_secs: u64,
     /// Days invocations and their output are kept.
     #[arg(long, env = "FLEETRUN_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub retention_days: u64,

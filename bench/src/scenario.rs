@@ -309,7 +309,7 @@ impl Bench {
                 "server_cpu_ms": server_cpu,
                 "bench_cpu_ms": bench_cpu,
                 "instances": req.instance_ids.len(),
-                "content": req.command_content,
+                "content": req.spec.content,
                 "waited_by": format!("{wait:?}"),
             }),
         );
@@ -627,7 +627,7 @@ impl Bench {
             vec![instance_id.to_string()],
             format!("yes fleetrun-bench-ingest-line | head -c {bytes}"),
         );
-        req.timeout_secs = 600;
+        req.spec.timeout_secs = 600;
         let mut rates = Vec::new();
         let mut server_cpu = Vec::new();
         let mut agent_cpu = Vec::new();

@@ -2,8 +2,9 @@
 
 use super::{ApiClient, Credentials};
 use crate::config::{ClientArgs, RunArgs};
+use crate::protocol::CommandSpec;
 use crate::protocol::InvocationStatus;
-use crate::protocol::api::{ContentEncoding, RunCommandRequest, StreamEvent};
+use crate::protocol::api::{RunCommandRequest, StreamEvent};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
@@ -96,21 +97,26 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let client = args.client.client()?;
     let parameters: BTreeMap<String, String> = args.params.into_iter().collect();
-    let req = RunCommandRequest {
-        instance_ids: args.instances,
+    let spec = CommandSpec {
         command_type: args
             .command_type
             .parse()
             .map_err(|_| anyhow::anyhow!("unknown --type {}", args.command_type))?,
-        command_content: args.content,
-        content_encoding: ContentEncoding::PlainText,
+        content: args.content,
         timeout_secs: args.timeout,
         working_dir: args.working_dir,
         username: args.username,
         enable_parameter: !parameters.is_empty(),
-        parameters,
-        ..RunCommandRequest::shell(Vec::new(), "")
     };
+    let req = RunCommandRequest {
+        parameters,
+        ..RunCommandRequest::new(Vec::new(), spec)
+    };
+    let req = RunCommandRequest {
+        instance_ids: args.instances,
+        ..req
+    };
+
     let created = client.run(&req).await?;
     eprintln!("invocation {}", created.invoke_id);
     if args.no_wait {

@@ -1,23 +1,46 @@
-//! The dispatcher: connected agents, the life of an invocation from RunCommand to the last
-//! terminal result, the server's own deadlines, and live fan-out of output to watchers.
+//! The domain: every rule, limit and audit write of fleetrun, and the in-memory state of this
+//! server. Every surface (the console, the JSON API, and those to come) extracts its input,
+//! makes one call here and renders the answer; none holds a rule of its own.
 //!
-//! It owns the in-memory state of this server (which agents are connected here, who watches
-//! which invocation) and calls `store` for everything durable. It knows nothing of HTTP:
-//! no axum, no SQL.
+//! The rooms:
+//! - [`check`]: pure validators, one per value, returning checked values or typed errors;
+//! - [`error`]: the typed refusals (`Field`, `NotFound { kind, id }`, …) surfaces render;
+//! - [`actor`]: who asks; every mutating call takes an `Actor`, checks its role and writes the
+//!   one audit entry for the action;
+//! - `accounts`: logins (throttled), sessions, users, tokens, settings;
+//! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
+//! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
+//! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
+//!
+//! The dispatcher owns what is in memory (which agents are connected here, who watches which
+//! invocation, login throttling) and calls `store` for everything durable. It knows nothing of
+//! HTTP: no axum, no SQL.
 
+mod accounts;
+pub mod actor;
+pub mod check;
+mod commands;
+pub mod error;
+mod fleet;
 mod run;
 mod session;
+mod throttle;
 mod writer;
 
-pub use run::{CommandChange, Run, check_region, check_run_command};
-pub use session::{AgentSession, Outbound, SessionError};
+pub use accounts::{FirstAdmin, NewSession, SESSION_HOURS, UserChange, hash_password, verify_password};
+pub use actor::{Actor, Via};
+pub use commands::QuotaUse;
+pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
+pub use fleet::{ActivationRequest, Liveness};
+pub use run::{Run, Stopped, check_run_command, task_for};
+pub use session::{AgentSession, Outbound, Outbox, SessionError};
 
+use crate::protocol::ResultStatus;
 use crate::protocol::agent::{RunTask, ServerMessage, StopTask};
 use crate::protocol::api::StreamEvent;
-use crate::protocol::{InvocationStatus, ResultStatus};
-use crate::store::{self, OutputLimits, ResultChange, Store, now_ms};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
+use crate::store::{OutputLimits, ResultChange, Store, now_ms};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -73,33 +96,37 @@ impl Settings {
     }
 }
 
-/// What went wrong in a dispatcher call; `server` turns it into an HTTP answer.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A field of the request is unusable. `code` is the API error code naming the field.
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    /// Instance ids that are not registered.
-    #[error("unknown instances: {0:?}")]
-    UnknownInstances(Vec<String>),
-    /// The named thing does not exist.
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// A quota is used up.
-    #[error("quota {name} exceeded")]
-    Quota {
-        name: &'static str,
-        region_id: String,
-        used: u64,
-        limit: u64,
-    },
-    #[error(transparent)]
-    Store(store::Error),
+/// Where the domain's "now" comes from: the wall clock, or a clock tests move by hand, so
+/// deadlines (delivery window, timeout, heartbeat loss) are tested without waiting for them.
+/// (Tokio's paused clock does not serve here: while SQLite works on its own thread the runtime
+/// looks idle, auto-advances, and fires sqlx's pool timeouts.)
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    Wall,
+    /// Milliseconds since the Unix epoch, moved by [`Clock::advance`].
+    Manual(Arc<AtomicI64>),
 }
 
-impl From<store::Error> for Error {
-    fn from(e: store::Error) -> Self {
-        Error::Store(e)
+impl Clock {
+    /// A manual clock starting at the current wall time.
+    pub fn manual() -> Clock {
+        Clock::Manual(Arc::new(AtomicI64::new(now_ms())))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        match self {
+            Clock::Wall => now_ms(),
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Moves a manual clock forward; the wall clock moves by itself.
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(ms) = self {
+            ms.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        }
     }
 }
 
@@ -112,6 +139,9 @@ pub struct Dispatcher {
 struct Inner {
     store: Store,
     settings: Settings,
+    clock: Clock,
+    /// Login throttling, verified Basic-auth passwords, run-time settings.
+    accounts: accounts::Accounts,
     /// Agents connected to this server, by instance id. Written by `attach`/`detach`.
     agents: Mutex<HashMap<String, AgentLink>>,
     /// Live watchers by invoke id. An entry is removed once nobody listens.
@@ -126,7 +156,11 @@ struct Inner {
 /// The way to one connected agent.
 struct AgentLink {
     session: u64,
+    /// Messages in order. Bounded: an agent that stops reading has its connection closed
+    /// rather than its messages piling up (it re-sends, and gets its work again, on reconnect).
     tx: mpsc::Sender<Outbound>,
+    /// Cancelled to close the connection when its queue is full.
+    close: CancellationToken,
 }
 
 /// Events buffered per watcher before it counts as lagging.
@@ -136,11 +170,26 @@ impl Dispatcher {
     /// Starts the dispatcher and its background tasks (batching writer, deadlines, heartbeat
     /// flush, retention). They stop when `shutdown` is cancelled; await `tracker` after that.
     pub fn start(store: Store, settings: Settings, shutdown: CancellationToken, tracker: &TaskTracker) -> Dispatcher {
+        let (dispatcher, writer_rx) = Dispatcher::build(store, settings, Clock::Wall);
+        tracker.spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
+        tracker.spawn(dispatcher.clone().run_housekeeping(shutdown));
+        dispatcher
+    }
+
+    /// A dispatcher without background tasks, for one-off domain calls before a server runs
+    /// (the demo creating its activations).
+    pub fn offline(store: Store, settings: Settings) -> Dispatcher {
+        Dispatcher::build(store, settings, Clock::Wall).0
+    }
+
+    fn build(store: Store, settings: Settings, clock: Clock) -> (Dispatcher, mpsc::Receiver<writer::Item>) {
         let (writer_tx, writer_rx) = mpsc::channel(8192);
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 store,
                 settings,
+                clock,
+                accounts: accounts::Accounts::default(),
                 agents: Mutex::default(),
                 watchers: Mutex::default(),
                 heartbeats: Mutex::default(),
@@ -148,9 +197,12 @@ impl Dispatcher {
                 next_session: AtomicU64::new(1),
             }),
         };
-        tracker.spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
-        tracker.spawn(dispatcher.clone().run_housekeeping(shutdown));
-        dispatcher
+        (dispatcher, writer_rx)
+    }
+
+    /// The domain's now, in milliseconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
     }
 
     /// The store behind the dispatcher.
@@ -186,29 +238,10 @@ impl Dispatcher {
         }
     }
 
-    /// Stops results of an invocation (all, or those of `instance_ids`). Returns how many changed.
-    pub async fn stop(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<usize, Error> {
-        if let Some(ids) = instance_ids {
-            run::check_instance_ids(ids, self.inner.settings.max_instances)?;
-        }
-        self.inner
-            .store
-            .invocation(invoke_id)
-            .await
-            .map_err(not_found("invocation"))?;
-        let changes = self.inner.store.stop_results(invoke_id, instance_ids).await?;
-        for change in &changes {
-            // Cancelled results may already be on their way to the agent: stop them there too.
-            self.send_stop(&change.instance_id, invoke_id);
-        }
-        self.publish_changes(&changes).await;
-        Ok(changes.len())
-    }
-
     /// Drops an instance's connection, if any (after deregistration).
-    pub fn disconnect(&self, instance_id: &str) {
+    fn disconnect(&self, instance_id: &str) {
         if let Some(link) = self.lock_agents().remove(instance_id) {
-            let _ = link.tx.try_send(Outbound::Close("instance deregistered"));
+            link.close.cancel();
         }
     }
 
@@ -216,26 +249,28 @@ impl Dispatcher {
         self.inner.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a message to a connected agent. Never waits: a full queue hands the message to a
-    /// task so that one slow agent cannot hold up a fan-out to thousands.
-    fn send_to(&self, instance_id: &str, message: ServerMessage) -> bool {
-        let Some(tx) = self.lock_agents().get(instance_id).map(|l| l.tx.clone()) else {
-            return false;
-        };
-        if let Err(mpsc::error::TrySendError::Full(message)) = tx.try_send(Outbound::Message(message)) {
-            tokio::spawn(async move {
-                let _ = tx.send(message).await;
-            });
+    /// Queues messages to connected agents, in order, taking the registry lock once. Never
+    /// waits: an agent whose queue is full is disconnected (see [`AgentLink`]). Messages to
+    /// agents not connected here are dropped; the store holds what they need on reconnect.
+    fn send_many<'a>(&self, messages: impl IntoIterator<Item = (&'a str, ServerMessage)>) {
+        let agents = self.lock_agents();
+        for (instance_id, message) in messages {
+            let Some(link) = agents.get(instance_id) else {
+                continue;
+            };
+            if link.tx.try_send(Outbound::Message(message)).is_err() && !link.close.is_cancelled() {
+                tracing::warn!(instance_id, "agent is not reading its messages; closing its connection");
+                link.close.cancel();
+            }
         }
-        true
     }
 
     fn send_stop(&self, instance_id: &str, task: &str) {
-        self.send_to(instance_id, StopTask { task: task.to_string() }.into());
+        self.send_many([(instance_id, StopTask { task: task.to_string() }.into())]);
     }
 
-    fn send_run(&self, instance_id: &str, run: RunTask) -> bool {
-        self.send_to(instance_id, run.into())
+    fn send_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a str, RunTask)>) {
+        self.send_many(runs.into_iter().map(|(id, run)| (id, run.into())));
     }
 
     /// Publishes an event to the watchers of an invocation, if there are any.
@@ -264,6 +299,7 @@ impl Dispatcher {
                     invocation_status: change.status,
                     exit_code: change.exit_code,
                     error_code: change.error_code,
+                    error_info: change.error_info.clone(),
                 },
             );
             if change.status.is_terminal() {
@@ -273,7 +309,7 @@ impl Dispatcher {
         for invoke_id in touched.into_iter().filter(|id| self.is_watched(id)) {
             match self.inner.store.invocation(invoke_id).await {
                 Ok(inv) => {
-                    let status = InvocationStatus::from_counts(inv.counts);
+                    let status = inv.status();
                     if status.is_terminal() {
                         self.publish(
                             invoke_id,
@@ -300,7 +336,7 @@ impl Dispatcher {
                 _ = flush.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.enforce_deadlines().await,
                 _ = purge.tick() => {
-                    let before = now_ms() - settings.retention.as_millis() as i64;
+                    let before = self.now() - settings.retention.as_millis() as i64;
                     match self.inner.store.purge_invocations(before).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(invocations = n, "purged invocations past retention"),
@@ -326,9 +362,7 @@ impl Dispatcher {
     }
 
     async fn enforce_deadlines(&self) {
-        let now = now_ms();
-        let lost_before = now - self.inner.settings.heartbeat_loss().as_millis() as i64;
-        match self.inner.store.enforce_deadlines(now, lost_before).await {
+        match self.inner.store.enforce_deadlines(self.now(), self.lost_before()).await {
             Ok(changes) => {
                 for change in changes.iter().filter(|c| c.status == ResultStatus::Timeout) {
                     self.send_stop(&change.instance_id, &change.invocation_id);
@@ -338,29 +372,4 @@ impl Dispatcher {
             Err(e) => tracing::warn!(error = %e, "deadline check failed"),
         }
     }
-}
-
-/// Maps the store's `NotFound` to the dispatcher's, naming what was missing.
-fn not_found(what: &'static str) -> impl Fn(store::Error) -> Error {
-    move |e| match e {
-        store::Error::NotFound => Error::NotFound(what),
-        other => Error::Store(other),
-    }
-}
-
-/// The built-in parameter values for one instance.
-fn builtins<'a>(
-    instance_id: &str,
-    instance_name: &str,
-    region_id: &str,
-    invoke_id: &str,
-    command_id: Option<&str>,
-) -> BTreeMap<&'a str, String> {
-    BTreeMap::from([
-        ("instance_id", instance_id.to_string()),
-        ("instance_name", instance_name.to_string()),
-        ("region_id", region_id.to_string()),
-        ("invoke_id", invoke_id.to_string()),
-        ("command_id", command_id.unwrap_or_default().to_string()),
-    ])
 }

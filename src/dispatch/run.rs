@@ -1,183 +1,187 @@
-//! RunCommand, InvokeCommand and retained-command changes: checking a request field by field,
-//! storing the invocation, and handing each instance its task.
+//! Running commands: RunCommand and InvokeCommand check a request, store the invocation and
+//! hand each connected target its task; Stop ends them. [`task_for`] is the one place a stored
+//! invocation becomes an agent's `RunTask`, at launch and at delivery after a reconnect alike.
 
-use super::{Dispatcher, Error, builtins, not_found};
-use crate::protocol::CommandType;
+use super::actor::Actor;
+use super::check;
+use super::commands::{command_parameters, command_refusal};
+use super::error::{Error, Field, Kind, invalid, not_found};
+use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
-use crate::protocol::api::{
-    ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
-    RunCommandRequest,
-};
-use crate::protocol::params;
-use crate::store::{self, CommandRow, CommandUpdate, InstanceRow, NewCommand, NewInvocation, now_ms};
-use base64::Engine as _;
+use crate::protocol::api::{InvocationCreated, InvokeCommandRequest, RunCommandRequest};
+use crate::protocol::{CommandSpec, InvocationStatus, params};
+use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, Role};
 use std::collections::{BTreeMap, HashSet};
 
-/// Longest name, description, working directory and username (Alibaba's limits).
-const MAX_NAME: usize = 128;
-const MAX_DESCRIPTION: usize = 512;
-const MAX_WORKING_DIR: usize = 200;
-const MAX_USERNAME: usize = 255;
-/// Timeout range: one second to seven days.
-const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=7 * 24 * 3600;
-
-fn invalid(code: &'static str, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        code,
-        message: message.into(),
-    }
-}
-
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
+#[derive(Debug)]
 pub struct Run {
     name: String,
     description: String,
-    command_type: CommandType,
-    content: String,
-    working_dir: Option<String>,
-    timeout_secs: u64,
-    username: Option<String>,
-    enable_parameter: bool,
+    /// Content decoded.
+    spec: CommandSpec,
     parameters: BTreeMap<String, String>,
     instance_ids: Vec<String>,
 }
 
-/// A checked change to a retained command.
-pub struct CommandChange(CommandUpdate);
+/// What a stop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Results that changed (cancelled or asked to stop).
+    pub changed: usize,
+    /// The invocation's overall status after the stop.
+    pub status: InvocationStatus,
+}
+
+/// The task an instance runs for an invocation: the content with its parameters filled in
+/// for that instance (built-ins included).
+pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow) -> RunTask {
+    let spec = &invocation.spec;
+    let content = if spec.enable_parameter {
+        let builtins = BTreeMap::from([
+            ("instance_id", instance.id.clone()),
+            ("instance_name", instance.name.clone()),
+            ("region_id", instance.region_id.clone()),
+            ("invoke_id", invocation.id.clone()),
+            ("command_id", invocation.command_id.clone().unwrap_or_default()),
+        ]);
+        params::fill(&spec.content, &invocation.parameters, &builtins)
+    } else {
+        spec.content.clone()
+    };
+    RunTask {
+        task: invocation.id.clone(),
+        command_type: spec.command_type,
+        content,
+        working_dir: spec.working_dir.clone(),
+        username: spec.username.clone(),
+        timeout_secs: spec.timeout_secs,
+    }
+}
 
 impl Dispatcher {
-    /// RunCommand: checks the request, stores the invocation (and the retained command when
-    /// `keep_command`), and delivers the task to every connected target.
-    pub async fn run_command(&self, creator: &str, req: RunCommandRequest) -> Result<InvocationCreated, Error> {
+    /// RunCommand (operator): checks the request, stores the invocation (and the retained
+    /// command when `keep_command`), and delivers the task to every connected target.
+    pub async fn run_command(&self, actor: &Actor, req: RunCommandRequest) -> Result<InvocationCreated, Error> {
+        actor.require(Role::Operator)?;
         let keep = req.keep_command;
+        let count = req.instance_ids.len();
         let run = check_run_command(req, &self.inner.settings)?;
-        self.launch(creator, run, keep, None).await
+        let created = self.launch(actor, run, keep, None).await?;
+        self.audit(
+            actor,
+            "RunCommand",
+            &created.invoke_id,
+            &format!("on {count} instances"),
+        )
+        .await;
+        Ok(created)
     }
 
-    /// InvokeCommand: runs a retained command; options given override the command's own for
-    /// this run only.
+    /// InvokeCommand (operator): runs a retained command; options given override the
+    /// command's own for this run only.
     pub async fn invoke_command(
         &self,
-        creator: &str,
+        actor: &Actor,
         command_id: &str,
         req: InvokeCommandRequest,
     ) -> Result<InvocationCreated, Error> {
+        actor.require(Role::Operator)?;
         let command = self
             .inner
             .store
             .command(command_id)
             .await
-            .map_err(not_found("command"))?;
+            .map_err(not_found(Kind::Command, command_id))?;
+        let spec = CommandSpec {
+            timeout_secs: check::Timeout::parse(req.timeout_secs.unwrap_or(command.spec.timeout_secs))?.secs(),
+            working_dir: check::WorkingDir::parse(req.working_dir)?
+                .map(check::WorkingDir::into_inner)
+                .or(command.spec.working_dir),
+            username: check::Username::parse(req.username)?
+                .map(check::Username::into_inner)
+                .or(command.spec.username),
+            ..command.spec
+        };
+        let count = req.instance_ids.len();
         let run = Run {
             name: command.name,
             description: command.description,
-            command_type: command.command_type,
-            content: command.content,
-            working_dir: check_working_dir(req.working_dir)?.or(command.working_dir),
-            timeout_secs: check_timeout(req.timeout_secs.unwrap_or(command.timeout_secs))?,
-            username: check_username(req.username)?.or(command.username),
-            enable_parameter: command.enable_parameter,
+            spec,
             parameters: req.parameters,
             instance_ids: req.instance_ids,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
-        self.launch(creator, run, false, Some(command.id)).await
+        let created = self.launch(actor, run, false, Some(command.id)).await?;
+        let detail = format!("command {command_id} on {count} instances");
+        self.audit(actor, "InvokeCommand", &created.invoke_id, &detail).await;
+        Ok(created)
     }
 
     async fn launch(
         &self,
-        creator: &str,
+        actor: &Actor,
         run: Run,
         keep: bool,
         command_id: Option<String>,
     ) -> Result<InvocationCreated, Error> {
         let settings = &self.inner.settings;
-        let instances = self.targets(&run.instance_ids, run.command_type).await?;
+        let instances = self.targets(&run.instance_ids, &run.spec).await?;
+        let region = instances.first().map(|i| i.region_id.clone()).unwrap_or_default();
         let keep = if keep {
-            let region_id = single_region(&instances)?;
-            let new = NewCommand {
-                region_id,
+            let command = NewCommand {
+                region_id: single_region(&instances)?,
                 name: run.name.clone(),
                 description: run.description.clone(),
-                command_type: run.command_type,
-                content: run.content.clone(),
-                working_dir: run.working_dir.clone(),
-                timeout_secs: run.timeout_secs,
-                username: run.username.clone(),
-                enable_parameter: run.enable_parameter,
-                parameter_names: params::custom_names(&run.content),
-                creator: creator.to_string(),
+                parameter_names: command_parameters(&run.spec)?,
+                spec: run.spec.clone(),
+                creator: actor.username.clone(),
             };
-            Some((new, settings.retained_command_quota))
+            Some((command, settings.retained_command_quota))
         } else {
             None
         };
         let new = NewInvocation {
-            name: run.name,
-            command_type: run.command_type,
-            content: run.content,
-            working_dir: run.working_dir,
-            timeout_secs: run.timeout_secs,
-            username: run.username,
-            enable_parameter: run.enable_parameter,
+            name: run.name.clone(),
+            spec: run.spec,
             parameters: run.parameters,
-            creator: creator.to_string(),
+            creator: actor.username.clone(),
             command_id,
             keep,
             instance_ids: run.instance_ids,
-            deliver_by: now_ms() + settings.delivery_window.as_millis() as i64,
+            deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
         };
         let (invoke_id, command_id) = self
             .inner
             .store
             .create_invocation(&new)
             .await
-            .map_err(quota_error(&instances))?;
-        for instance in &instances {
-            let content = if new.enable_parameter {
-                let values = builtins(
-                    &instance.id,
-                    &instance.name,
-                    &instance.region_id,
-                    &invoke_id,
-                    command_id.as_deref(),
-                );
-                params::fill(&new.content, &new.parameters, &values)
-            } else {
-                new.content.clone()
-            };
-            let task = RunTask {
-                task: invoke_id.clone(),
-                command_type: new.command_type,
-                content,
-                working_dir: new.working_dir.clone(),
-                username: new.username.clone(),
-                timeout_secs: new.timeout_secs,
-            };
-            // Offline targets stay Pending: they get the task when they connect, or are
-            // aborted when the delivery window closes.
-            self.send_run(&instance.id, task);
-        }
+            .map_err(|e| command_refusal(e, &region, &run.name))?;
+        let invocation = self.inner.store.invocation(&invoke_id).await?;
+        // One lock for the whole fan-out; offline targets stay Pending: they get the task when
+        // they connect, or are aborted when the delivery window closes.
+        self.send_runs(instances.iter().map(|i| (i.id.as_str(), task_for(&invocation, i))));
         Ok(InvocationCreated { invoke_id, command_id })
     }
 
     /// Loads and checks the target instances: all registered, no duplicates, within the limit,
     /// and able to run the command type.
-    async fn targets(&self, ids: &[String], command_type: CommandType) -> Result<Vec<InstanceRow>, Error> {
-        check_instance_ids(ids, self.inner.settings.max_instances)?;
+    async fn targets(&self, ids: &[String], spec: &CommandSpec) -> Result<Vec<InstanceRow>, Error> {
+        check::instance_ids(ids, self.inner.settings.max_instances)?;
         let instances = self.inner.store.instances_by_ids(ids).await?;
         if instances.len() < ids.len() {
             let known: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
             let unknown = ids.iter().filter(|id| !known.contains(id.as_str())).cloned().collect();
             return Err(Error::UnknownInstances(unknown));
         }
+        let command_type = spec.command_type;
         if let Some(bad) = instances
             .iter()
             .find(|i| !command_type.fits_os(i.os_type) || !i.supported_command_types.contains(&command_type))
         {
             let supported: Vec<&str> = bad.supported_command_types.iter().map(|t| t.as_str()).collect();
             return Err(invalid(
-                "InvalidParameter.Type",
+                Field::Type,
                 format!(
                     "instance {} ({}) cannot run {command_type}; it supports [{}]: choose one of those types or leave the instance out",
                     bad.id,
@@ -189,168 +193,110 @@ impl Dispatcher {
         Ok(instances)
     }
 
-    /// CreateCommand: stores a retained command within its region's quota.
-    pub async fn create_command(&self, creator: &str, req: CreateCommandRequest) -> Result<CommandRow, Error> {
-        let settings = &self.inner.settings;
-        let content = decode_content(&req.command_content, req.content_encoding, settings.max_content_bytes)?;
-        let name = check_text("Name", Some(req.name), MAX_NAME)?.unwrap_or_default();
-        if name.trim().is_empty() {
-            return Err(invalid(
-                "InvalidParameter.Name",
-                "`name` is empty: give the command a name",
-            ));
-        }
-        check_region(&req.region_id)?;
-        let new = NewCommand {
-            region_id: req.region_id.clone(),
-            name,
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
-            command_type: req.command_type,
-            parameter_names: command_parameters(&content, req.enable_parameter)?,
-            content,
-            working_dir: check_working_dir(req.working_dir)?,
-            timeout_secs: check_timeout(req.timeout_secs)?,
-            username: check_username(req.username)?,
-            enable_parameter: req.enable_parameter,
-            creator: creator.to_string(),
-        };
-        let quota = settings.retained_command_quota;
-        self.inner.store.create_command(&new, quota).await.map_err(|e| match e {
-            store::Error::Quota { name, used, limit } => Error::Quota {
-                name,
-                region_id: req.region_id,
-                used,
-                limit,
-            },
-            other => Error::Store(other),
-        })
-    }
-
-    /// Checks a ModifyCommand request against the command it changes.
-    pub async fn check_command_change(
+    /// StopInvocation (operator): all results, or those of `instance_ids`. `Pending` ones are
+    /// cancelled at once, `Running` ones asked to stop.
+    pub async fn stop(
         &self,
-        command_id: &str,
-        req: ModifyCommandRequest,
-    ) -> Result<CommandChange, Error> {
-        let command = self
-            .inner
-            .store
-            .command(command_id)
-            .await
-            .map_err(not_found("command"))?;
-        let content = match req.command_content {
-            Some(text) => {
-                let content = decode_content(&text, req.content_encoding, self.inner.settings.max_content_bytes)?;
-                let names = command_parameters(&content, command.enable_parameter)?;
-                Some((content, names))
-            }
-            None => None,
-        };
-        if req.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(invalid(
-                "InvalidParameter.Name",
-                "`name` is empty: give the command a name",
-            ));
+        actor: &Actor,
+        invoke_id: &str,
+        instance_ids: Option<&[String]>,
+    ) -> Result<Stopped, Error> {
+        actor.require(Role::Operator)?;
+        if let Some(ids) = instance_ids {
+            check::instance_ids(ids, self.inner.settings.max_instances)?;
         }
-        let name = check_text("Name", req.name, MAX_NAME)?;
-        if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(invalid(
-                "InvalidParameter.Name",
-                "`name` is empty: give the command a name",
-            ));
-        }
-        Ok(CommandChange(CommandUpdate {
-            name,
-            description: check_text("Description", req.description, MAX_DESCRIPTION)?,
-            content,
-            working_dir: req.working_dir.map(|d| check_working_dir(Some(d))).transpose()?,
-            timeout_secs: req.timeout_secs.map(check_timeout).transpose()?,
-            username: req.username.map(|u| check_username(Some(u))).transpose()?,
-        }))
-    }
-
-    /// Applies a checked ModifyCommand.
-    pub async fn modify_command(&self, command_id: &str, change: CommandChange) -> Result<CommandRow, Error> {
         self.inner
             .store
-            .update_command(command_id, &change.0)
+            .invocation(invoke_id)
             .await
-            .map_err(not_found("command"))
+            .map_err(not_found(Kind::Invocation, invoke_id))?;
+        let changes = self
+            .inner
+            .store
+            .stop_results(invoke_id, instance_ids, self.now(), &actor.username)
+            .await?;
+        for change in &changes {
+            // Cancelled results may already be on their way to the agent: stop them there too.
+            self.send_stop(&change.instance_id, invoke_id);
+        }
+        self.publish_changes(&changes).await;
+        let status = self.inner.store.invocation(invoke_id).await?.status();
+        let detail = format!("{} results stopped", changes.len());
+        self.audit(actor, "StopInvocation", invoke_id, &detail).await;
+        Ok(Stopped {
+            changed: changes.len(),
+            status,
+        })
     }
 }
 
 /// Checks a RunCommand request as far as that is possible without the database: content,
 /// names, timeout, working directory, username, parameters and the shape of `instance_ids`.
 /// Public so that the fuzz target can drive it.
-pub fn check_run_command(req: RunCommandRequest, settings: &super::Settings) -> Result<Run, Error> {
-    let content = decode_content(&req.command_content, req.content_encoding, settings.max_content_bytes)?;
+pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<Run, Error> {
+    let spec = CommandSpec {
+        content: check::content(&req.spec.content, req.content_encoding, settings.max_content_bytes)?,
+        timeout_secs: check::Timeout::parse(req.spec.timeout_secs)?.secs(),
+        working_dir: check::WorkingDir::parse(req.spec.working_dir)?.map(check::WorkingDir::into_inner),
+        username: check::Username::parse(req.spec.username)?.map(check::Username::into_inner),
+        ..req.spec
+    };
     let run = Run {
-        name: check_text("Name", req.name, MAX_NAME)?.unwrap_or_default(),
-        description: check_text("Description", req.description, MAX_DESCRIPTION)?.unwrap_or_default(),
-        command_type: req.command_type,
-        content,
-        working_dir: check_working_dir(req.working_dir)?,
-        timeout_secs: check_timeout(req.timeout_secs)?,
-        username: check_username(req.username)?,
-        enable_parameter: req.enable_parameter,
+        name: check::text(Field::Name, "name", req.name, check::MAX_NAME)?.unwrap_or_default(),
+        description: check::text(
+            Field::Description,
+            "description",
+            req.description,
+            check::MAX_DESCRIPTION,
+        )?
+        .unwrap_or_default(),
+        spec,
         parameters: req.parameters,
         instance_ids: req.instance_ids,
     };
     if req.keep_command && run.name.trim().is_empty() {
         return Err(invalid(
-            "InvalidParameter.Name",
+            Field::Name,
             "`name` is required when `keep_command` is true: a retained command needs a name",
         ));
     }
     check_parameters(&run, settings.max_content_bytes)?;
-    check_instance_ids(&run.instance_ids, settings.max_instances)?;
+    check::instance_ids(&run.instance_ids, settings.max_instances)?;
     Ok(run)
 }
 
-/// Checks the shape of `instance_ids`: not empty, within the limit, no duplicates.
-pub(super) fn check_instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
-    if ids.is_empty() {
-        return Err(invalid(
-            "InvalidParameter.InstanceIds",
-            "`instance_ids` is empty: name at least one instance",
-        ));
+/// One rule for parameters on every surface: when they are on, built-ins are always filled,
+/// every custom placeholder needs a value (the refusal names it), and no value may name a
+/// placeholder the content lacks; when they are off, no values may be given.
+fn check_parameters(run: &Run, max: usize) -> Result<(), Error> {
+    if !run.spec.enable_parameter {
+        if !run.parameters.is_empty() {
+            return Err(invalid(
+                Field::Parameters,
+                "`parameters` are given but `enable_parameter` is false: set it to true to fill {{name}} placeholders",
+            ));
+        }
+        return Ok(());
     }
-    if ids.len() > max {
+    params::check(&run.spec.content, &run.parameters).map_err(|m| invalid(Field::Parameters, m))?;
+    let filled = params::fill(&run.spec.content, &run.parameters, &BTreeMap::new());
+    if filled.len() > max {
         return Err(invalid(
-            "InvalidParameter.InstanceIds",
+            Field::Parameters,
             format!(
-                "{} instances named; one invocation may target at most {max}: split the run",
-                ids.len()
+                "with parameters filled in the content is {} bytes; the limit is {max}",
+                filled.len()
             ),
         ));
     }
-    let mut seen = HashSet::with_capacity(ids.len());
-    if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
-        return Err(invalid(
-            "InvalidParameter.InstanceIds",
-            format!("instance {dup:?} is named twice in `instance_ids`: name each instance once"),
-        ));
-    }
     Ok(())
-}
-
-fn quota_error(instances: &[InstanceRow]) -> impl Fn(store::Error) -> Error + '_ {
-    move |e| match e {
-        store::Error::Quota { name, used, limit } => Error::Quota {
-            name,
-            region_id: instances.first().map(|i| i.region_id.clone()).unwrap_or_default(),
-            used,
-            limit,
-        },
-        other => Error::Store(other),
-    }
 }
 
 fn single_region(instances: &[InstanceRow]) -> Result<String, Error> {
     let first = &instances[0].region_id;
     match instances.iter().find(|i| &i.region_id != first) {
         Some(other) => Err(invalid(
-            "InvalidParameter.InstanceIds",
+            Field::InstanceIds,
             format!(
                 "a retained command belongs to one region, but the instances are in {first} and {}: \
                  run it per region, or set keep_command to false",
@@ -361,232 +307,68 @@ fn single_region(instances: &[InstanceRow]) -> Result<String, Error> {
     }
 }
 
-/// Decodes and checks command content: valid encoding, UTF-8, not empty, within the limit.
-fn decode_content(text: &str, encoding: ContentEncoding, max: usize) -> Result<String, Error> {
-    const CODE: &str = "InvalidParameter.CommandContent";
-    let content = match encoding {
-        ContentEncoding::PlainText => text.to_string(),
-        ContentEncoding::Base64 => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text.trim().as_bytes())
-                .map_err(|e| invalid(CODE, format!("`command_content` is not valid Base64 ({e}): encode it again, or set content_encoding to PlainText")))?;
-            String::from_utf8(bytes)
-                .map_err(|_| invalid(CODE, "`command_content` decodes to bytes that are not UTF-8 text"))?
-        }
-    };
-    if content.trim().is_empty() {
-        return Err(invalid(CODE, "`command_content` is empty: write the command to run"));
-    }
-    if content.len() > max {
-        return Err(invalid(
-            CODE,
-            format!(
-                "`command_content` is {} bytes; the limit is {max} bytes ({} KiB) after decoding: shorten it, or ship a script file and run that",
-                content.len(),
-                max / 1024
-            ),
-        ));
-    }
-    if content.contains('\0') {
-        return Err(invalid(
-            CODE,
-            "`command_content` contains a NUL byte, which no shell can run",
-        ));
-    }
-    Ok(content)
-}
-
-/// Checks parameters against the content (or that none are given when disabled), and that the
-/// filled-in content stays within the limit.
-fn check_parameters(run: &Run, max: usize) -> Result<(), Error> {
-    const CODE: &str = "InvalidParameter.Parameters";
-    if !run.enable_parameter {
-        if !run.parameters.is_empty() {
-            return Err(invalid(
-                CODE,
-                "`parameters` are given but `enable_parameter` is false: set it to true to fill {{name}} placeholders",
-            ));
-        }
-        return Ok(());
-    }
-    params::check(&run.content, &run.parameters).map_err(|m| invalid(CODE, m))?;
-    let filled = params::fill(&run.content, &run.parameters, &BTreeMap::new());
-    if filled.len() > max {
-        return Err(invalid(
-            CODE,
-            format!(
-                "with parameters filled in the content is {} bytes; the limit is {max}",
-                filled.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn command_parameters(content: &str, enabled: bool) -> Result<Vec<String>, Error> {
-    if !enabled {
-        return Ok(Vec::new());
-    }
-    let names = params::custom_names(content);
-    if names.len() > params::MAX_PARAMETERS {
-        return Err(invalid(
-            "InvalidParameter.Parameters",
-            format!(
-                "the content declares {} parameters; at most {} are allowed",
-                names.len(),
-                params::MAX_PARAMETERS
-            ),
-        ));
-    }
-    Ok(names)
-}
-
-fn check_timeout(secs: u64) -> Result<u64, Error> {
-    if TIMEOUT_RANGE.contains(&secs) {
-        Ok(secs)
-    } else {
-        Err(invalid(
-            "InvalidParameter.Timeout",
-            format!("`timeout_secs` is {secs}; it must be between 1 and 604800 (7 days)"),
-        ))
-    }
-}
-
-/// Checks an optional text field; blank counts as absent.
-fn check_text(field: &'static str, value: Option<String>, max: usize) -> Result<Option<String>, Error> {
-    let code = match field {
-        "Name" => "InvalidParameter.Name",
-        _ => "InvalidParameter.Description",
-    };
-    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
-        return Ok(None);
-    };
-    let chars = value.chars().count();
-    if chars > max {
-        return Err(invalid(
-            code,
-            format!(
-                "`{}` is {chars} characters; at most {max} are allowed",
-                field.to_lowercase()
-            ),
-        ));
-    }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(invalid(
-            code,
-            format!("`{}` contains control characters", field.to_lowercase()),
-        ));
-    }
-    Ok(Some(value))
-}
-
-fn check_working_dir(value: Option<String>) -> Result<Option<String>, Error> {
-    const CODE: &str = "InvalidParameter.WorkingDir";
-    let Some(dir) = value.filter(|v| !v.trim().is_empty()) else {
-        return Ok(None);
-    };
-    if dir.chars().count() > MAX_WORKING_DIR {
-        return Err(invalid(
-            CODE,
-            format!("`working_dir` is longer than {MAX_WORKING_DIR} characters"),
-        ));
-    }
-    if dir.chars().any(char::is_control) {
-        return Err(invalid(CODE, "`working_dir` contains control characters"));
-    }
-    let windows_absolute = dir.len() >= 3 && dir.as_bytes()[1] == b':' && matches!(dir.as_bytes()[2], b'\\' | b'/');
-    if !dir.starts_with('/') && !windows_absolute {
-        return Err(invalid(
-            CODE,
-            format!("`working_dir` {dir:?} is not an absolute path: use one like /var/tmp or C:\\Temp"),
-        ));
-    }
-    Ok(Some(dir))
-}
-
-fn check_username(value: Option<String>) -> Result<Option<String>, Error> {
-    let Some(name) = value.filter(|v| !v.trim().is_empty()) else {
-        return Ok(None);
-    };
-    let valid = name.len() <= MAX_USERNAME
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '$' | '\\' | '@'));
-    if !valid {
-        return Err(invalid(
-            "InvalidParameter.Username",
-            format!(
-                "`username` {name:?} is not a valid account name (letters, digits, . _ - $ \\ @; at most {MAX_USERNAME})"
-            ),
-        ));
-    }
-    Ok(Some(name))
-}
-
-/// Checks a region id: lowercase letters, digits and dashes, 1–64 characters.
-pub fn check_region(region: &str) -> Result<(), Error> {
-    let valid = !region.is_empty()
-        && region.len() <= 64
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid(
-            "InvalidParameter.RegionId",
-            format!("region id {region:?} is not valid: use lowercase letters, digits and dashes, like cn-hangzhou"),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{CommandType, OsType};
 
-    fn code(e: Error) -> &'static str {
-        match e {
-            Error::Invalid { code, .. } => code,
-            other => panic!("not a validation error: {other:?}"),
+    fn instance(name: &str) -> InstanceRow {
+        InstanceRow {
+            id: "i-1".into(),
+            name: name.into(),
+            hostname: "h".into(),
+            region_id: "local".into(),
+            os_type: OsType::Linux,
+            os_name: "Debian".into(),
+            ip_addresses: vec![],
+            tags: BTreeMap::new(),
+            agent_version: "0".into(),
+            supported_command_types: vec![CommandType::RunShellScript],
+            registered_at: 0,
+            last_heartbeat_at: None,
+            online: true,
+        }
+    }
+
+    fn invocation(content: &str, enable_parameter: bool) -> InvocationRow {
+        InvocationRow {
+            id: "t-1".into(),
+            command_id: None,
+            name: String::new(),
+            spec: CommandSpec {
+                enable_parameter,
+                ..CommandSpec::shell(content)
+            },
+            parameters: BTreeMap::from([("who".to_string(), "ann".to_string())]),
+            creator: "admin".into(),
+            created_at: 0,
+            counts: BTreeMap::new(),
         }
     }
 
     #[test]
-    fn content_is_decoded_and_limited() {
-        assert_eq!(
-            decode_content("ZWNobyBoaQ==", ContentEncoding::Base64, 100).unwrap(),
-            "echo hi"
+    fn a_task_has_custom_and_builtin_parameters_filled_for_its_instance() {
+        let task = task_for(
+            &invocation("hi {{who}} on {{fleetrun::instance_name}}", true),
+            &instance("web-1"),
         );
-        assert_eq!(
-            code(decode_content("%%%", ContentEncoding::Base64, 100).unwrap_err()),
-            "InvalidParameter.CommandContent"
+        assert_eq!(task.content, "hi ann on web-1");
+        assert_eq!(task.task, "t-1");
+        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"));
+        assert_eq!(raw.content, "hi {{who}}", "parameters off: content taken literally");
+    }
+
+    #[test]
+    fn a_missing_custom_value_is_refused_by_name_and_builtins_need_none() {
+        let mut req = RunCommandRequest::shell(vec!["i-1".into()], "echo {{who}} {{fleetrun::instance_id}}");
+        req.spec.enable_parameter = true;
+        let err = check_run_command(req.clone(), &Settings::default()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { field: Field::Parameters, message } if message.contains("\"who\"")),
+            "{err:?}"
         );
-        let err = decode_content(&"x".repeat(101), ContentEncoding::PlainText, 100).unwrap_err();
-        assert!(err.to_string().contains("the limit is 100 bytes"), "{err}");
-        assert!(decode_content("  ", ContentEncoding::PlainText, 100).is_err());
-    }
 
-    #[test]
-    fn timeouts_outside_one_second_to_seven_days_are_refused() {
-        assert!(check_timeout(0).is_err());
-        assert!(check_timeout(1).is_ok());
-        assert!(check_timeout(604_800).is_ok());
-        assert_eq!(code(check_timeout(604_801).unwrap_err()), "InvalidParameter.Timeout");
-    }
-
-    #[test]
-    fn working_dirs_must_be_absolute() {
-        assert!(check_working_dir(Some("/tmp".into())).unwrap().is_some());
-        assert!(check_working_dir(Some("C:\\Temp".into())).unwrap().is_some());
-        assert!(check_working_dir(Some("../etc".into())).is_err());
-        assert!(check_working_dir(Some("".into())).unwrap().is_none());
-    }
-
-    #[test]
-    fn usernames_and_regions_are_checked() {
-        assert!(check_username(Some("www-data".into())).is_ok());
-        assert!(check_username(Some("root; rm -rf /".into())).is_err());
-        assert!(check_region("cn-hangzhou").is_ok());
-        assert!(check_region("CN Hangzhou").is_err());
+        req.spec.content = "echo {{fleetrun::instance_id}}".into();
+        assert!(check_run_command(req, &Settings::default()).is_ok());
     }
 }

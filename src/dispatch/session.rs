@@ -1,13 +1,14 @@
 //! One agent's connection as the dispatcher sees it: attach on `Hello`, the reports it sends,
 //! detach when the socket closes.
 
-use super::{AgentLink, Dispatcher, builtins, writer};
-use crate::protocol::agent::{Ack, AgentMessage, Hello, RunTask, Welcome};
-use crate::protocol::params;
+use super::error::{Error, Kind, not_found};
+use super::{AgentLink, Dispatcher, task_for, writer};
+use crate::protocol::agent::{Ack, AgentMessage, Hello, Welcome};
 use crate::protocol::{PROTOCOL_VERSION, TaskEnd};
-use crate::store::{AgentWrite, now_ms};
+use crate::store::AgentWrite;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// What the socket writer of an agent connection sends.
 #[derive(Debug)]
@@ -39,29 +40,33 @@ pub struct AgentSession {
     last_heartbeat: i64,
 }
 
-/// Messages queued per agent connection before senders have to wait.
+/// What the connection's writer sends: queued messages, in order, until `close` is cancelled.
+pub struct Outbox {
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Cancelled when the connection must close (deregistered, or not reading its messages).
+    pub close: CancellationToken,
+}
+
+/// Messages queued per agent connection; a connection whose queue is full is closed.
 const AGENT_QUEUE: usize = 1024;
 
 impl Dispatcher {
     /// Registers a connection that sent a compatible `Hello`: records the agent's facts, queues
     /// `Welcome`, settles tasks the agent no longer holds and delivers pending ones. A previous
     /// connection of the same instance is closed.
-    pub async fn attach(
-        &self,
-        instance_id: &str,
-        hello: &Hello,
-    ) -> Result<(AgentSession, mpsc::Receiver<Outbound>), super::Error> {
+    pub async fn attach(&self, instance_id: &str, hello: &Hello) -> Result<(AgentSession, Outbox), Error> {
         let store = &self.inner.store;
         let instance = store
             .instance(instance_id)
             .await
-            .map_err(super::not_found("instance"))?;
+            .map_err(not_found(Kind::Instance, instance_id))?;
         let id = self
             .inner
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        store.agent_connected(instance_id, id, hello).await?;
+        store.agent_connected(instance_id, id, hello, self.now()).await?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        let close = CancellationToken::new();
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
             instance_id: instance_id.to_string(),
@@ -74,17 +79,19 @@ impl Dispatcher {
             AgentLink {
                 session: id,
                 tx: tx.clone(),
+                close: close.clone(),
             },
         );
         if let Some(previous) = previous {
-            let _ = previous.tx.try_send(Outbound::Close("replaced by a newer connection"));
+            // Replaced by this newer connection.
+            previous.close.cancel();
         }
         let mut session = AgentSession {
             instance_id: instance_id.to_string(),
             id,
             tx,
             tasks: HashMap::new(),
-            last_heartbeat: now_ms(),
+            last_heartbeat: self.now(),
         };
 
         // Should settling fail, the connection must not stay recorded as online.
@@ -92,7 +99,7 @@ impl Dispatcher {
             self.detach(session).await;
             return Err(e);
         }
-        Ok((session, rx))
+        Ok((session, Outbox { rx, close }))
     }
 
     /// Ends what the agent lost and delivers its pending tasks.
@@ -101,47 +108,26 @@ impl Dispatcher {
         instance: &crate::store::InstanceRow,
         hello: &Hello,
         session: &mut AgentSession,
-    ) -> Result<(), super::Error> {
+    ) -> Result<(), Error> {
         let store = &self.inner.store;
-        let instance_id = instance.id.as_str();
-        let lost = store.interrupt_unheld(instance_id, &hello.held_tasks).await?;
+        let now = self.now();
+        let lost = store.interrupt_unheld(&instance.id, &hello.held_tasks, now).await?;
         self.publish_changes(&lost).await;
-        for delivery in store.deliveries(instance_id).await? {
-            let inv = delivery.invocation;
-            session.tasks.insert(inv.id.clone(), delivery.result_id);
-            if hello.held_tasks.contains(&inv.id) {
-                continue;
+        let mut runs = Vec::new();
+        for delivery in store.deliveries(&instance.id, now).await? {
+            let invocation = delivery.invocation;
+            session.tasks.insert(invocation.id.clone(), delivery.result_id);
+            if !hello.held_tasks.contains(&invocation.id) {
+                runs.push((instance.id.as_str(), task_for(&invocation, instance)));
             }
-            let content = if inv.enable_parameter {
-                let values = builtins(
-                    &instance.id,
-                    &instance.name,
-                    &instance.region_id,
-                    &inv.id,
-                    inv.command_id.as_deref(),
-                );
-                params::fill(&inv.content, &inv.parameters, &values)
-            } else {
-                inv.content.clone()
-            };
-            self.send_run(
-                instance_id,
-                RunTask {
-                    task: inv.id,
-                    command_type: inv.command_type,
-                    content,
-                    working_dir: inv.working_dir,
-                    username: inv.username,
-                    timeout_secs: inv.timeout_secs,
-                },
-            );
         }
+        self.send_runs(runs);
         Ok(())
     }
 
     /// Handles one frame from an attached agent.
     pub async fn handle(&self, session: &mut AgentSession, message: AgentMessage) -> Result<(), SessionError> {
-        let now = now_ms();
+        let now = self.now();
         let grace_ms = self.inner.settings.timeout_grace.as_millis() as i64;
         let (task, write) = match message {
             AgentMessage::Hello(_) => return Err(SessionError::Protocol("a second Hello")),

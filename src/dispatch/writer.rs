@@ -109,7 +109,7 @@ impl Dispatcher {
                 }
                 Applied::Started { status, changed } => {
                     if changed {
-                        changes.push(change(item, status, None, None));
+                        changes.push(change(item, status, None, None, None));
                     } else if status.is_terminal() || status == ResultStatus::Stopping {
                         // Cancelled, timed out or stopped while on its way: make the agent stop.
                         let stop = StopTask {
@@ -120,8 +120,8 @@ impl Dispatcher {
                 }
                 Applied::Finished { changed, exit_code } => {
                     acks.add(item, 0, true);
-                    if let Some((status, error_code)) = changed {
-                        changes.push(change(item, status, exit_code, error_code));
+                    if let Some((status, error_code, error_info)) = changed {
+                        changes.push(change(item, status, exit_code, error_code, error_info));
                     }
                 }
                 Applied::Gap { .. } | Applied::Early { .. } => {
@@ -139,12 +139,19 @@ impl Dispatcher {
     }
 }
 
-fn change(item: &Item, status: ResultStatus, exit_code: Option<i32>, error_code: Option<ErrorCode>) -> ResultChange {
+fn change(
+    item: &Item,
+    status: ResultStatus,
+    exit_code: Option<i32>,
+    error_code: Option<ErrorCode>,
+    error_info: Option<String>,
+) -> ResultChange {
     ResultChange {
         invocation_id: item.task.clone(),
         instance_id: item.instance_id.clone(),
         status,
         exit_code,
         error_code,
+        error_info,
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Request bodies reject unknown fields, so a misspelt option is an error, not a silent default.
 
-use super::{CommandType, ErrorCode, InvocationStatus, OsType, OutputStream, ResultStatus};
+use super::CommandType;
+use super::{CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, ResultStatus};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -59,6 +60,15 @@ pub struct AgentInfo {
     pub version: String,
     pub last_heartbeat_time: Option<String>,
     pub supported_command_types: Vec<CommandType>,
+}
+
+/// `PATCH /api/v1/instances/{instance_id}`: fields left out keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyInstanceRequest {
+    /// The name shown in the console (1–128 characters).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `GET /api/v1/instances`.
@@ -136,18 +146,13 @@ pub enum ContentEncoding {
     Base64,
 }
 
-fn default_timeout() -> u64 {
-    60
-}
-
 /// `POST /api/v1/invocations` (RunCommand).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RunCommandRequest {
     pub instance_ids: Vec<String>,
-    #[serde(rename = "type")]
-    pub command_type: CommandType,
-    pub command_content: String,
+    /// What to run; `command_content` is encoded as `content_encoding` says.
+    #[serde(flatten)]
+    pub spec: CommandSpec,
     #[serde(default)]
     pub content_encoding: ContentEncoding,
     #[serde(default)]
@@ -156,34 +161,29 @@ pub struct RunCommandRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub enable_parameter: bool,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub no_unknown_fields: NoUnknownFields,
 }
 
 impl RunCommandRequest {
     /// A plain-text shell command with every option at its default.
     pub fn shell(instance_ids: Vec<String>, content: impl Into<String>) -> Self {
+        RunCommandRequest::new(instance_ids, CommandSpec::shell(content))
+    }
+
+    /// A plain-text command with the given spec and no other option.
+    pub fn new(instance_ids: Vec<String>, spec: CommandSpec) -> Self {
         RunCommandRequest {
             instance_ids,
-            command_type: CommandType::RunShellScript,
-            command_content: content.into(),
+            spec,
             content_encoding: ContentEncoding::PlainText,
             keep_command: false,
             name: None,
             description: None,
-            timeout_secs: default_timeout(),
-            working_dir: None,
-            username: None,
-            enable_parameter: false,
             parameters: BTreeMap::new(),
+            no_unknown_fields: NoUnknownFields,
         }
     }
 }
@@ -202,12 +202,8 @@ pub struct Invocation {
     pub invoke_id: String,
     pub command_id: Option<String>,
     pub name: String,
-    #[serde(rename = "type")]
-    pub command_type: CommandType,
-    pub command_content: String,
-    pub working_dir: Option<String>,
-    pub username: Option<String>,
-    pub timeout_secs: u64,
+    #[serde(flatten)]
+    pub spec: CommandSpec,
     pub parameters: BTreeMap<String, String>,
     pub invocation_status: InvocationStatus,
     /// Number of results in each status; statuses with none are left out.
@@ -272,6 +268,9 @@ pub enum StreamEvent {
         invocation_status: ResultStatus,
         exit_code: Option<i32>,
         error_code: Option<ErrorCode>,
+        /// Why, in a sentence, when the result did not succeed or was stopped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_info: Option<String>,
     },
     /// Every result is terminal; the stream ends.
     Done { invocation_status: InvocationStatus },
@@ -279,25 +278,18 @@ pub enum StreamEvent {
 
 /// `POST /api/v1/commands` (CreateCommand).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateCommandRequest {
     pub region_id: String,
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
-    #[serde(rename = "type")]
-    pub command_type: CommandType,
-    pub command_content: String,
+    /// What to run; `command_content` is encoded as `content_encoding` says.
+    #[serde(flatten)]
+    pub spec: CommandSpec,
     #[serde(default)]
     pub content_encoding: ContentEncoding,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub enable_parameter: bool,
+    #[serde(flatten)]
+    pub no_unknown_fields: NoUnknownFields,
 }
 
 /// `PATCH /api/v1/commands/{command_id}`: fields left out keep their value.
@@ -343,13 +335,8 @@ pub struct Command {
     pub region_id: String,
     pub name: String,
     pub description: String,
-    #[serde(rename = "type")]
-    pub command_type: CommandType,
-    pub command_content: String,
-    pub working_dir: Option<String>,
-    pub timeout_secs: u64,
-    pub username: Option<String>,
-    pub enable_parameter: bool,
+    #[serde(flatten)]
+    pub spec: CommandSpec,
     pub parameter_names: Vec<String>,
     pub invoke_times: u64,
     pub creator: String,
@@ -417,6 +404,9 @@ pub struct AuditEntry {
     pub time: String,
     pub username: String,
     pub source_ip: String,
+    /// The surface the action came through: `api`, `console`, `agent` or `server`.
+    #[serde(default)]
+    pub via: String,
     pub action: String,
     pub target: String,
     pub detail: String,

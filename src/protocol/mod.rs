@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod api;
 pub mod params;
+mod spec;
 mod status;
 
-pub use status::{InvocationStatus, ResultStatus, TaskEnd};
+pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
+pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,13 @@ macro_rules! name_enum {
                     $(stringify!($variant) => Ok($name::$variant),)+
                     _ => Err($crate::protocol::UnknownName(s.chars().take(64).collect())),
                 }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::protocol::UnknownName;
+            fn try_from(s: String) -> Result<Self, $crate::protocol::UnknownName> {
+                s.parse()
             }
         }
 
@@ -127,6 +136,13 @@ impl OsType {
             "windows" => Some(OsType::Windows),
             _ => None,
         }
+    }
+}
+
+impl TryFrom<String> for OsType {
+    type Error = UnknownName;
+    fn try_from(s: String) -> Result<Self, UnknownName> {
+        OsType::parse(&s).ok_or(UnknownName(s))
     }
 }
 

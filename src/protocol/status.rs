@@ -41,20 +41,34 @@ impl ResultStatus {
     /// The statuses that are not terminal, for queries.
     pub const ACTIVE: &'static [ResultStatus] = &[ResultStatus::Pending, ResultStatus::Running, ResultStatus::Stopping];
 
-    fn is_failure(self) -> bool {
-        matches!(
-            self,
+    /// The group the overall-status rules count this status in.
+    pub fn group(self) -> Group {
+        match self {
+            ResultStatus::Pending => Group::Pending,
+            ResultStatus::Running => Group::Running,
+            ResultStatus::Stopping => Group::Stopping,
+            ResultStatus::Success => Group::Success,
             ResultStatus::Invalid
-                | ResultStatus::Aborted
-                | ResultStatus::Failed
-                | ResultStatus::Error
-                | ResultStatus::Timeout
-        )
+            | ResultStatus::Aborted
+            | ResultStatus::Failed
+            | ResultStatus::Error
+            | ResultStatus::Timeout => Group::Failure,
+            ResultStatus::Cancelled | ResultStatus::Terminated => Group::Stopped,
+        }
     }
+}
 
-    fn is_stopped(self) -> bool {
-        matches!(self, ResultStatus::Cancelled | ResultStatus::Terminated)
-    }
+/// How the overall-status rules group result statuses (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Pending,
+    Running,
+    Stopping,
+    Success,
+    /// Invalid, Aborted, Failed, Error, Timeout.
+    Failure,
+    /// Cancelled, Terminated.
+    Stopped,
 }
 
 name_enum! {
@@ -71,35 +85,34 @@ name_enum! {
 }
 
 impl InvocationStatus {
-    /// Derives the overall status from per-status result counts (DESIGN.md §3 precedence:
-    /// Pending, Running, Stopping, then the terminal rules).
+    /// The overall status rules, in precedence order (DESIGN.md §3): the first rule whose
+    /// groups all have at least one result wins; an invocation without results is `Pending`.
+    /// `from_counts` evaluates them in Rust and the store turns the same table into SQL, so
+    /// listings filter by overall status in the database.
+    pub const RULES: &'static [(InvocationStatus, &'static [Group])] = &[
+        (InvocationStatus::Pending, &[Group::Pending]),
+        (InvocationStatus::Running, &[Group::Running]),
+        (InvocationStatus::Stopping, &[Group::Stopping]),
+        (InvocationStatus::PartialFailed, &[Group::Success, Group::Failure]),
+        (InvocationStatus::Success, &[Group::Success]),
+        (InvocationStatus::Failed, &[Group::Failure]),
+        (InvocationStatus::Stopped, &[Group::Stopped]),
+    ];
+
+    /// Derives the overall status from per-status result counts.
     pub fn from_counts<I>(counts: I) -> Self
     where
         I: IntoIterator<Item = (ResultStatus, u64)>,
     {
-        let (mut pending, mut running, mut stopping) = (false, false, false);
-        let (mut success, mut failed, mut stopped) = (0u64, 0u64, 0u64);
-        for (status, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
-            match status {
-                ResultStatus::Pending => pending = true,
-                ResultStatus::Running => running = true,
-                ResultStatus::Stopping => stopping = true,
-                ResultStatus::Success => success += n,
-                s if s.is_failure() => failed += n,
-                s if s.is_stopped() => stopped += n,
-                _ => {}
-            }
-        }
-        match () {
-            _ if pending => InvocationStatus::Pending,
-            _ if running => InvocationStatus::Running,
-            _ if stopping => InvocationStatus::Stopping,
-            _ if success > 0 && failed > 0 => InvocationStatus::PartialFailed,
-            _ if success > 0 => InvocationStatus::Success,
-            _ if failed > 0 => InvocationStatus::Failed,
-            _ if stopped > 0 => InvocationStatus::Stopped,
-            _ => InvocationStatus::Pending,
-        }
+        let present: Vec<Group> = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(status, _)| status.group())
+            .collect();
+        InvocationStatus::RULES
+            .iter()
+            .find(|(_, needs)| needs.iter().all(|g| present.contains(g)))
+            .map_or(InvocationStatus::Pending, |(status, _)| *status)
     }
 
     /// Whether no result of the invocation can change any more.
@@ -133,14 +146,14 @@ impl TaskEnd {
             return None;
         }
         Some(match self {
-            TaskEnd::Exited if current == ResultStatus::Stopping => {
-                (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted))
-            }
+            // A user's stop: `Terminated`, with no error code (Alibaba's wording), whether the
+            // process died of the signal or handled it and exited.
+            TaskEnd::Exited if current == ResultStatus::Stopping => (ResultStatus::Terminated, None),
             TaskEnd::Exited if exit_code == Some(0) => (ResultStatus::Success, None),
             TaskEnd::Exited => (ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero)),
             TaskEnd::TimedOut => (ResultStatus::Timeout, Some(ErrorCode::ExecutionTimeout)),
             TaskEnd::Stopped if current == ResultStatus::Pending => (ResultStatus::Cancelled, None),
-            TaskEnd::Stopped => (ResultStatus::Terminated, Some(ErrorCode::ExecutionInterrupted)),
+            TaskEnd::Stopped => (ResultStatus::Terminated, None),
             TaskEnd::Error {
                 error_code: ErrorCode::CommandNotApplicable,
                 ..
@@ -182,9 +195,11 @@ mod tests {
             Some((Failed, Some(ErrorCode::ExitCodeNonzero)))
         );
         assert_eq!(TaskEnd::Stopped.outcome(Pending, None), Some((Cancelled, None)));
+        assert_eq!(TaskEnd::Stopped.outcome(Stopping, Some(143)), Some((Terminated, None)));
         assert_eq!(
-            TaskEnd::Stopped.outcome(Stopping, Some(143)),
-            Some((Terminated, Some(ErrorCode::ExecutionInterrupted)))
+            exited.outcome(Stopping, Some(5)),
+            Some((Terminated, None)),
+            "a command that traps TERM and exits was still stopped by its user"
         );
         assert_eq!(
             TaskEnd::TimedOut.outcome(Running, None),

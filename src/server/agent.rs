@@ -5,11 +5,10 @@
 use super::AppState;
 use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
-use crate::dispatch::Outbound;
+use crate::dispatch::{Actor, Outbound, Outbox};
+use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
-use crate::protocol::{CommandType, OsType, PROTOCOL_VERSION};
-use crate::store::{self, NewAudit, NewInstance, RegisterRefusal, ids};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,109 +19,18 @@ use std::time::Duration;
 /// How long a new connection may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn check_field(field: &'static str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "InvalidParameter.Register",
-            format!("`{field}` must be at most {max} characters without control characters"),
-        ));
-    }
-    Ok(())
-}
-
 /// `POST /agent/v1/register`: enrols an instance with an activation code.
 pub async fn register(
     State(state): State<AppState>,
     PeerIp(source_ip): PeerIp,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, ApiJson<RegisterResponse>), ApiError> {
-    check_field("hostname", &req.hostname, 255)?;
-    check_field("os_name", &req.os_name, 255)?;
-    check_field("agent_version", &req.agent_version, 64)?;
-    let name = req.name.clone().unwrap_or_default();
-    check_field("name", &name, 128)?;
-    if req.ip_addresses.len() > 64
-        || req
-            .ip_addresses
-            .iter()
-            .any(|ip| ip.parse::<std::net::IpAddr>().is_err())
-    {
-        return Err(ApiError::bad_request(
-            "InvalidParameter.Register",
-            "`ip_addresses` must be at most 64 IP addresses",
-        ));
-    }
-    let secret = ids::new_secret();
-    let supported = match req.os_type {
-        OsType::Linux => vec![CommandType::RunShellScript],
-        OsType::Windows => vec![CommandType::RunBatScript, CommandType::RunPowerShellScript],
+    let (instance, secret) = state.dispatcher.register(&Actor::agent(&source_ip), req).await?;
+    let registered = RegisterResponse {
+        instance_id: instance.id,
+        instance_secret: secret,
     };
-    let new = NewInstance {
-        name,
-        hostname: req.hostname,
-        os_type: req.os_type,
-        os_name: req.os_name,
-        ip_addresses: req.ip_addresses,
-        agent_version: req.agent_version,
-        supported_command_types: supported,
-        secret_hash: ids::hash_secret(&secret),
-    };
-    let code_hash = ids::hash_secret(&req.activation_code);
-    let instance = state
-        .store
-        .register_instance(&req.activation_id, &code_hash, &new)
-        .await
-        .map_err(|e| match e {
-            store::Error::Register(refusal) => refusal_error(&req.activation_id, refusal),
-            other => other.into(),
-        })?;
-    let audit = NewAudit {
-        username: "agent",
-        source_ip: &source_ip,
-        action: "RegisterInstance",
-        target: &instance.id,
-        detail: &format!("activation {} region {}", req.activation_id, instance.region_id),
-    };
-    if let Err(e) = state.store.audit(audit).await {
-        tracing::warn!(error = %e, "could not record an audit entry");
-    }
-    Ok((
-        StatusCode::CREATED,
-        ApiJson(RegisterResponse {
-            instance_id: instance.id,
-            instance_secret: secret,
-        }),
-    ))
-}
-
-fn refusal_error(activation_id: &str, refusal: RegisterRefusal) -> ApiError {
-    let (status, code, advice) = match refusal {
-        RegisterRefusal::BadCode => (
-            StatusCode::UNAUTHORIZED,
-            "InvalidActivation.Code",
-            "copy both from the activation you created",
-        ),
-        RegisterRefusal::Expired => (
-            StatusCode::FORBIDDEN,
-            "InvalidActivation.Expired",
-            "create a new activation",
-        ),
-        RegisterRefusal::Disabled => (
-            StatusCode::FORBIDDEN,
-            "InvalidActivation.Disabled",
-            "create a new activation",
-        ),
-        RegisterRefusal::UsedUp => (
-            StatusCode::FORBIDDEN,
-            "InvalidActivation.LimitExceeded",
-            "create a new activation for more instances",
-        ),
-    };
-    ApiError::new(
-        status,
-        code,
-        format!("enrolment refused by activation {activation_id:?}: {refusal}; {advice}"),
-    )
+    Ok((StatusCode::CREATED, ApiJson(registered)))
 }
 
 /// `GET /agent/v1/connect`: the agent's WebSocket, authenticated at the upgrade with
@@ -132,7 +40,18 @@ pub async fn connect(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let instance_id = authenticate(&state, &headers).await?;
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let Some(instance_id) = state.dispatcher.authenticate_agent(credential).await? else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "InvalidInstanceCredential",
+            "the instance credential is unknown or revoked: the instance may have been deregistered; enrol again with a new activation",
+        ));
+    };
     // tungstenite reads through a buffer of this size allocated per connection (128 KiB by
     // default): 8 KiB keeps 10,000 idle agents in tens, not thousands, of megabytes.
     Ok(ws
@@ -141,37 +60,6 @@ pub async fn connect(
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| run(socket, state, instance_id)))
-}
-
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let refused = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "InvalidInstanceCredential",
-            "the instance credential is unknown or revoked: the instance may have been deregistered; enrol again with a new activation",
-        )
-    };
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let (instance_id, secret) = value
-        .strip_prefix("Bearer ")
-        .and_then(|v| v.split_once(':'))
-        .ok_or_else(refused)?;
-    let stored = state
-        .store
-        .instance_secret_hash(instance_id)
-        .await?
-        .ok_or_else(refused)?;
-    if !constant_time_eq(stored.as_bytes(), ids::hash_secret(secret).as_bytes()) {
-        return Err(refused());
-    }
-    Ok(instance_id.to_string())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(message: ServerMessage) -> Message {
@@ -212,7 +100,7 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
         }
     };
     let dispatcher = state.dispatcher.clone();
-    let (mut session, mut out_rx) = match dispatcher.attach(&instance_id, &hello).await {
+    let (mut session, outbox) = match dispatcher.attach(&instance_id, &hello).await {
         Ok(attached) => attached,
         Err(e) => {
             tracing::warn!(%instance_id, error = %e, "could not attach an agent");
@@ -222,11 +110,17 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
     tracing::info!(%instance_id, version = %hello.agent_version, "agent connected");
     let heartbeat = dispatcher.settings().heartbeat;
 
+    let Outbox { rx: mut out_rx, close } = outbox;
     let writer = async move {
         let mut tick = tokio::time::interval(heartbeat);
         tick.tick().await;
         loop {
             let frame = tokio::select! {
+                _ = close.cancelled() => {
+                    let reason = "closed by the server (replaced, deregistered or not reading)";
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: reason.into() }))).await;
+                    return;
+                }
                 out = out_rx.recv() => match out {
                     Some(Outbound::Message(message)) => text(message),
                     Some(Outbound::Close(reason)) => {

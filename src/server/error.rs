@@ -3,7 +3,7 @@
 
 use crate::dispatch;
 use crate::protocol::api::ErrorBody;
-use crate::store;
+use crate::store::{self, RegisterRefusal};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -66,18 +66,6 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn not_found(what: &str, id: &str) -> Self {
-        let code = match what {
-            "instance" => "InvalidInstance.NotFound",
-            "invocation" => "InvalidInvocation.NotFound",
-            "command" => "InvalidCommand.NotFound",
-            "token" => "InvalidToken.NotFound",
-            "result" => "InvalidResult.NotFound",
-            _ => "NotFound",
-        };
-        ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} {id:?} does not exist"))
-    }
-
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,9 +119,26 @@ impl From<store::Error> for ApiError {
 
 impl From<dispatch::Error> for ApiError {
     fn from(e: dispatch::Error) -> Self {
+        use dispatch::{Conflict, Error, Kind, LoginRefusal};
         match e {
-            dispatch::Error::Invalid { code, message } => ApiError::bad_request(code, message),
-            dispatch::Error::UnknownInstances(ids) => {
+            Error::Invalid { field, message } => ApiError::bad_request(field.api_code(), message),
+            Error::NotFound { kind, id } => {
+                let code = match kind {
+                    Kind::Instance => "InvalidInstance.NotFound",
+                    Kind::Invocation => "InvalidInvocation.NotFound",
+                    Kind::Command => "InvalidCommand.NotFound",
+                    Kind::Token => "InvalidToken.NotFound",
+                    Kind::Result => "InvalidResult.NotFound",
+                    Kind::Activation => "InvalidActivation.NotFound",
+                    Kind::User => "NotFound",
+                };
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    code,
+                    format!("{} {id:?} does not exist", kind.as_str()),
+                )
+            }
+            Error::UnknownInstances(ids) => {
                 let shown: Vec<&str> = ids.iter().take(10).map(String::as_str).collect();
                 let more = if ids.len() > shown.len() {
                     format!(" and {} more", ids.len() - shown.len())
@@ -149,8 +154,7 @@ impl From<dispatch::Error> for ApiError {
                     ),
                 )
             }
-            dispatch::Error::NotFound(what) => ApiError::not_found(what, ""),
-            dispatch::Error::Quota {
+            Error::Quota {
                 name,
                 region_id,
                 used,
@@ -164,7 +168,64 @@ impl From<dispatch::Error> for ApiError {
                      --retained-command-quota N` (FLEETRUN_RETAINED_COMMAND_QUOTA)"
                 ),
             ),
-            dispatch::Error::Store(e) => e.into(),
+            Error::Conflict { conflict, message } => {
+                let code = match conflict {
+                    Conflict::UserExists => "UserExists",
+                    Conflict::LastAdmin => "LastAdmin",
+                    Conflict::DeleteSelf => "DeleteSelf",
+                    Conflict::CommandName => "InvalidCommandName.Duplicate",
+                };
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            e @ Error::Forbidden { .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("{e}: ask an admin to change it"),
+            ),
+            Error::Login(refusal) => {
+                let (status, code) = match refusal {
+                    LoginRefusal::WrongCredentials => (StatusCode::UNAUTHORIZED, "InvalidCredentials"),
+                    LoginRefusal::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "Throttling.Login"),
+                    LoginRefusal::WrongCurrentPassword => (StatusCode::FORBIDDEN, "InvalidCredentials"),
+                    LoginRefusal::BasicDisabled => (StatusCode::UNAUTHORIZED, "BasicAuthDisabled"),
+                    LoginRefusal::BadToken => (StatusCode::UNAUTHORIZED, "InvalidToken"),
+                };
+                let mut error = ApiError::new(status, code, refusal.message());
+                if let LoginRefusal::Throttled(wait) = refusal {
+                    error.retry_after = Some(wait.as_secs().max(1));
+                }
+                error
+            }
+            Error::Enrolment { activation_id, refusal } => {
+                let (status, code, advice) = match refusal {
+                    RegisterRefusal::BadCode => (
+                        StatusCode::UNAUTHORIZED,
+                        "InvalidActivation.Code",
+                        "copy both from the activation you created",
+                    ),
+                    RegisterRefusal::Expired => (
+                        StatusCode::FORBIDDEN,
+                        "InvalidActivation.Expired",
+                        "create a new activation",
+                    ),
+                    RegisterRefusal::Disabled => (
+                        StatusCode::FORBIDDEN,
+                        "InvalidActivation.Disabled",
+                        "create a new activation",
+                    ),
+                    RegisterRefusal::UsedUp => (
+                        StatusCode::FORBIDDEN,
+                        "InvalidActivation.LimitExceeded",
+                        "create a new activation for more instances",
+                    ),
+                };
+                ApiError::new(
+                    status,
+                    code,
+                    format!("enrolment refused by activation {activation_id:?}: {refusal}; {advice}"),
+                )
+            }
+            Error::Store(e) => e.into(),
         }
     }
 }

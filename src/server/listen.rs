@@ -1,6 +1,10 @@
 //! Accepting connections: plain TCP or TLS (rustls), HTTP/1.1 with upgrades for WebSockets, a
 //! deadline for reading request headers (so slow-loris connections are dropped), and graceful
 //! shutdown. axum's own `serve` has no header timeout and no TLS, hence this small loop.
+//!
+//! HTTP/1.1 only, on plain text too: hyper's header-read deadline covers HTTP/1 alone, so a
+//! cleartext HTTP/2 (h2c) client would otherwise hold a connection open without it. Browsers
+//! speak HTTP/2 only over TLS, where ALPN offers them HTTP/1.1 anyway.
 
 use axum::Router;
 use axum::body::Body;
@@ -18,8 +22,6 @@ use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-/// How long a client may take to send its request headers, and to finish a TLS handshake.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests may take to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -43,11 +45,13 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled.
+/// Serves `app` on `listener` until `shutdown` is cancelled. A client gets `header_timeout` to
+/// send its request headers and to finish a TLS handshake.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -74,13 +78,13 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req.map(Body::new))
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
+                .header_read_timeout(header_timeout);
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await

@@ -4,12 +4,11 @@
 //! reading the store, and skips live bytes it already has by their offset.
 
 use super::AppState;
-use super::auth::Caller;
+use super::console::OutputRenderer;
 use super::console::records as html;
 use super::error::{ApiError, ApiPath, ApiQuery};
-use crate::protocol::InvocationStatus;
+use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::StreamEvent;
-use crate::store;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -30,16 +29,17 @@ pub struct StreamQuery {
 }
 
 pub async fn stream(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiPath(invoke_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    state.store.invocation(&invoke_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("invocation", &invoke_id),
-        other => other.into(),
-    })?;
+    state
+        .store
+        .invocation(&invoke_id)
+        .await
+        .map_err(not_found(Kind::Invocation, &invoke_id))?;
     let watch = Watch::new(
         state,
         invoke_id,
@@ -75,6 +75,9 @@ pub struct Watch {
     sent: HashMap<String, u64>,
     /// HTML: the per-status counts need redrawing.
     counts_dirty: bool,
+    /// HTML: decodes the watched instance's output as a stream (characters and escape
+    /// sequences split across chunks).
+    renderer: OutputRenderer,
 }
 
 impl Watch {
@@ -93,6 +96,7 @@ impl Watch {
             format,
             sent: HashMap::new(),
             counts_dirty: false,
+            renderer: OutputRenderer::default(),
         }
     }
 
@@ -155,6 +159,7 @@ impl Watch {
                 let from = self.sent.get(&result.instance_id).copied().unwrap_or(0);
                 if from == 0 && self.format == Format::Html {
                     // A reconnecting panel already shows some output: start it afresh.
+                    self.renderer = OutputRenderer::default();
                     send_text(socket, html::clear_output_fragment(&self.invoke_id)).await?;
                 }
                 for chunk in store.output_chunks(result.id, from).await? {
@@ -174,11 +179,12 @@ impl Watch {
                     invocation_status: result.status,
                     exit_code: result.exit_code,
                     error_code: result.error_code,
+                    error_info: result.error_info,
                 };
                 self.forward(socket, &status).await?;
             }
         }
-        let status = InvocationStatus::from_counts(invocation.counts);
+        let status = invocation.status();
         if self.format == Format::Html {
             send_text(socket, html::summary_fragment(&self.state, &self.invoke_id).await?).await?;
             self.counts_dirty = false;
@@ -215,6 +221,7 @@ impl Watch {
                     return Ok(false);
                 }
                 let skip = sent.saturating_sub(*offset) as usize;
+                let skipped = offset.saturating_sub(*sent);
                 *sent = end;
                 let data = data.slice(skip..);
                 match self.format {
@@ -225,10 +232,21 @@ impl Watch {
                         stream: *stream,
                         data,
                     })?,
-                    Format::Html => html::output_fragment(&self.invoke_id, &data, *stream),
+                    Format::Html => {
+                        let mut fragment = String::new();
+                        if skipped > 0 {
+                            fragment.push_str(&self.renderer.gap(skipped));
+                        }
+                        fragment.push_str(&self.renderer.render(&data, *stream));
+                        html::output_fragment(&self.invoke_id, &fragment)
+                    }
                 }
             }
-            StreamEvent::Status { instance_id, .. } => {
+            StreamEvent::Status {
+                instance_id,
+                invocation_status,
+                ..
+            } => {
                 if !self.wants_status(instance_id) {
                     return Ok(false);
                 }
@@ -236,7 +254,17 @@ impl Watch {
                     Format::Json => serde_json::to_string(event)?,
                     Format::Html => {
                         self.counts_dirty = true;
-                        html::row_fragment(&self.state, &self.invoke_id, instance_id, self.output_of.as_deref()).await?
+                        let mut text =
+                            html::row_fragment(&self.state, &self.invoke_id, instance_id, self.output_of.as_deref())
+                                .await?;
+                        if invocation_status.is_terminal() && self.wants_output(instance_id) {
+                            // Its output is complete: show what a cut-off last chunk held back.
+                            let rest = self.renderer.flush();
+                            if !rest.is_empty() {
+                                text.push_str(&html::output_fragment(&self.invoke_id, &rest));
+                            }
+                        }
+                        text
                     }
                 }
             }

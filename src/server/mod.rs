@@ -1,28 +1,29 @@
-//! The HTTP side of `fleetrun serve`: the JSON API, the agent endpoints and the live stream.
+//! The HTTP side of `fleetrun serve`: the web console, the JSON API, the agent endpoints and
+//! the live streams.
 //!
-//! Handlers are thin: they extract and check input, make one call into `dispatch` or `store`,
-//! and shape the answer. Depends on `dispatch` and `store`, never the other way round.
+//! Handlers are thin: they extract their input, make one call into the domain (`dispatch`)
+//! for anything that changes state or needs a permission, or into `store` for a plain read,
+//! and render the answer. No handler holds a rule, a limit or an audit write. Depends on
+//! `dispatch` and `store`, never the other way round.
 
 mod agent;
 pub mod api;
 mod auth;
 mod console;
 mod error;
+mod headers;
 mod listen;
 mod live;
-pub(crate) mod throttle;
 
-pub use auth::{hash_password, verify_password};
 pub use error::ApiError;
 
 use crate::config::ServeArgs;
-use crate::dispatch::{Dispatcher, Settings};
-use crate::store::{NewAudit, OutputLimits, Role, Store, ids};
+use crate::dispatch::{Dispatcher, FirstAdmin, Settings};
+use crate::store::{OutputLimits, Store};
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,17 +35,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Shared state of every handler. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Plain reads (listings, pages); everything else goes through the dispatcher.
     pub store: Store,
+    /// The domain.
     pub dispatcher: Dispatcher,
-    /// Recently verified Basic-auth passwords.
-    logins: Arc<auth::Logins>,
-    /// Recent failed logins, per address and per username.
-    pub(crate) throttle: Arc<throttle::LoginThrottle>,
-    /// Whether HTTP Basic is accepted on the API (an admin can switch it off).
-    basic_auth: Arc<std::sync::atomic::AtomicBool>,
     /// Cancelled when the server shuts down; long-lived sockets watch it.
     shutdown: CancellationToken,
-    /// Served over TLS: cookies are `Secure` and answers carry HSTS.
+    /// Served over TLS: cookies are `Secure`, answers carry HSTS, agent lines say https.
     pub(crate) tls: bool,
 }
 
@@ -54,44 +51,8 @@ impl AppState {
         AppState {
             store,
             dispatcher,
-            logins: Arc::default(),
-            throttle: Arc::default(),
-            basic_auth: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             shutdown,
             tls: false,
-        }
-    }
-
-    /// Forgets verified Basic-auth passwords (after an account changed).
-    pub(crate) fn forget_logins(&self) {
-        self.logins.clear();
-    }
-
-    /// Whether the API accepts HTTP Basic.
-    pub(crate) fn basic_auth_enabled(&self) -> bool {
-        self.basic_auth.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Switches HTTP Basic on the API on or off, and remembers it.
-    pub(crate) async fn set_basic_auth(&self, enabled: bool) -> Result<(), crate::store::Error> {
-        self.store
-            .set_setting("basic_auth", if enabled { "on" } else { "off" })
-            .await?;
-        self.basic_auth.store(enabled, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Records an audit entry. A failure to record is logged, not returned: the action is done.
-    pub(crate) async fn audit(&self, caller: &auth::Caller, action: &str, target: &str, detail: &str) {
-        let entry = NewAudit {
-            username: &caller.username,
-            source_ip: &caller.source_ip,
-            action,
-            target,
-            detail,
-        };
-        if let Err(e) = self.store.audit(entry).await {
-            tracing::warn!(error = %e, action, "could not record an audit entry");
         }
     }
 }
@@ -105,10 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/connect", get(agent::connect))
         .merge(console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            console::security_headers,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security))
         .layer(axum::middleware::from_fn(error::request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -145,13 +103,13 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
         (None, None) => None,
         _ => anyhow::bail!("give both --tls-cert and --tls-key, or neither"),
     };
+    dispatcher.load_settings().await?;
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     state.tls = tls.is_some();
-    let basic_auth = store.setting("basic_auth").await?.is_none_or(|v| v != "off");
-    state.basic_auth.store(basic_auth, std::sync::atomic::Ordering::Relaxed);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("fleetrun server listening on {scheme}://{}", listener.local_addr()?);
-    listen::serve(listener, router(state), tls, shutdown.clone()).await?;
+    let header_timeout = Duration::from_secs(args.header_timeout_secs);
+    listen::serve(listener, router(state), tls, header_timeout, shutdown.clone()).await?;
 
     tracker.close();
     tracker.wait().await;
@@ -171,31 +129,27 @@ pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// On an empty database, creates the `admin` account (DESIGN.md §8).
+/// On an empty database, creates the `admin` account (DESIGN.md §8) and shows a generated
+/// password once (and keeps it in `<data-dir>/initial-admin-password`, mode 0600).
 async fn ensure_admin(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
-    if store.count_users().await? > 0 {
-        return Ok(());
-    }
-    let (password, generated) = match &args.admin_password {
-        Some(secret) if secret.0.chars().count() < api::users::MIN_PASSWORD => anyhow::bail!(
-            "FLEETRUN_ADMIN_PASSWORD is too short: use at least {} characters",
-            api::users::MIN_PASSWORD
-        ),
-        Some(secret) => (secret.0.clone(), false),
-        None => (ids::new_secret()[..24].to_string(), true),
-    };
-    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
-    store.create_user("admin", &hash, Role::Admin).await?;
-    if generated {
-        let file = args.data_dir.join("initial-admin-password");
-        crate::files::write_private(&file, &format!("{password}\n"))?;
-        println!("fleetrun: created user admin with password {password}");
-        println!(
-            "fleetrun: the password is also in {} (mode 0600); change it after logging in",
-            file.display()
-        );
-    } else {
-        tracing::info!("created user admin with the password from FLEETRUN_ADMIN_PASSWORD");
+    let domain = Dispatcher::offline(store.clone(), settings(args));
+    let given = args.admin_password.as_ref().map(|secret| secret.0.as_str());
+    match domain
+        .ensure_first_admin(given)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the admin account (FLEETRUN_ADMIN_PASSWORD): {e}"))?
+    {
+        FirstAdmin::Existed => {}
+        FirstAdmin::Created => tracing::info!("created user admin with the password from FLEETRUN_ADMIN_PASSWORD"),
+        FirstAdmin::Generated(password) => {
+            let file = args.data_dir.join("initial-admin-password");
+            crate::files::write_private(&file, &format!("{password}\n"))?;
+            println!("fleetrun: created user admin with password {password}");
+            println!(
+                "fleetrun: the password is also in {} (mode 0600); change it after logging in",
+                file.display()
+            );
+        }
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
-//! Retained commands and their per-region quota.
+//! Retained commands: unique names per region and the per-region quota, both checked inside the
+//! write transaction that stores the command.
 
-use super::{Error, Result, Store, json_vec, now_ms, parse_name};
-use crate::protocol::CommandType;
-use sqlx::Row;
+use super::{Error, Result, Store, now_ms};
+use crate::protocol::CommandSpec;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row};
 
 /// A retained command to create.
 #[derive(Debug, Clone)]
@@ -11,33 +12,27 @@ pub struct NewCommand {
     pub region_id: String,
     pub name: String,
     pub description: String,
-    pub command_type: CommandType,
-    pub content: String,
-    pub working_dir: Option<String>,
-    pub timeout_secs: u64,
-    pub username: Option<String>,
-    pub enable_parameter: bool,
+    /// Content decoded, `{{parameters}}` unfilled.
+    pub spec: CommandSpec,
     pub parameter_names: Vec<String>,
     pub creator: String,
 }
 
 /// A stored retained command.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CommandRow {
     pub id: String,
     pub region_id: String,
     pub name: String,
     pub description: String,
-    pub command_type: CommandType,
-    pub content: String,
-    pub working_dir: Option<String>,
-    pub timeout_secs: u64,
-    pub username: Option<String>,
-    pub enable_parameter: bool,
+    #[sqlx(flatten)]
+    pub spec: CommandSpec,
+    #[sqlx(json)]
     pub parameter_names: Vec<String>,
     pub creator: String,
     pub created_at: i64,
     /// How many invocations ran it.
+    #[sqlx(try_from = "i64")]
     pub invoke_times: u64,
 }
 
@@ -53,30 +48,51 @@ pub struct CommandUpdate {
     pub username: Option<Option<String>>,
 }
 
+/// The spec columns of `commands` and `invocations`, which share their names.
+impl FromRow<'_, SqliteRow> for CommandSpec {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
+        let command_type: String = row.try_get("type")?;
+        Ok(CommandSpec {
+            command_type: command_type.parse().map_err(|e| sqlx::Error::ColumnDecode {
+                index: "type".into(),
+                source: Box::new(e),
+            })?,
+            content: row.try_get("content")?,
+            timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
+            working_dir: row.try_get("working_dir")?,
+            username: row.try_get("username")?,
+            enable_parameter: row.try_get("enable_parameter")?,
+        })
+    }
+}
+
 const SELECT: &str = "SELECT c.*, (SELECT COUNT(*) FROM invocations i WHERE i.command_id = c.id) AS invoke_times \
                       FROM commands c";
 
-fn command_from_row(row: &SqliteRow) -> Result<CommandRow> {
-    Ok(CommandRow {
-        id: row.try_get("id")?,
-        region_id: row.try_get("region_id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        command_type: parse_name(row.try_get("type")?)?,
-        content: row.try_get("content")?,
-        working_dir: row.try_get("working_dir")?,
-        timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
-        username: row.try_get("username")?,
-        enable_parameter: row.try_get("enable_parameter")?,
-        parameter_names: json_vec(row.try_get("parameter_names")?)?,
-        creator: row.try_get("creator")?,
-        created_at: row.try_get("created_at")?,
-        invoke_times: row.try_get::<i64, _>("invoke_times")? as u64,
-    })
+/// Refuses a name another command of the region has (`Conflict`), so that people and scripts
+/// can name a retained command unambiguously.
+async fn ensure_name_free(
+    conn: &mut sqlx::SqliteConnection,
+    region_id: &str,
+    name: &str,
+    except: Option<&str>,
+) -> Result<()> {
+    let taken: Option<String> =
+        sqlx::query_scalar("SELECT id FROM commands WHERE region_id = $1 AND name = $2 AND ($3 IS NULL OR id <> $3)")
+            .bind(region_id)
+            .bind(name)
+            .bind(except)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match taken {
+        Some(id) => Err(Error::NameTaken(id)),
+        None => Ok(()),
+    }
 }
 
-/// Inserts a command inside a transaction after checking the region's quota.
+/// Inserts a command inside a transaction after checking its name and the region's quota.
 pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewCommand, quota: u64) -> Result<String> {
+    ensure_name_free(conn, &new.region_id, &new.name, None).await?;
     let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
         .bind(&new.region_id)
         .fetch_one(&mut *conn)
@@ -89,6 +105,7 @@ pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewC
         });
     }
     let id = super::ids::new_id("c");
+    let spec = &new.spec;
     sqlx::query(
         "INSERT INTO commands (id, region_id, name, description, type, content, working_dir, timeout_secs, \
          username, enable_parameter, parameter_names, creator, created_at) \
@@ -98,13 +115,13 @@ pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewC
     .bind(&new.region_id)
     .bind(&new.name)
     .bind(&new.description)
-    .bind(new.command_type.as_str())
-    .bind(&new.content)
-    .bind(&new.working_dir)
-    .bind(new.timeout_secs as i64)
-    .bind(&new.username)
-    .bind(new.enable_parameter)
-    .bind(serde_json::to_string(&new.parameter_names).unwrap_or_else(|_| "[]".into()))
+    .bind(spec.command_type.as_str())
+    .bind(&spec.content)
+    .bind(&spec.working_dir)
+    .bind(spec.timeout_secs as i64)
+    .bind(&spec.username)
+    .bind(spec.enable_parameter)
+    .bind(sqlx::types::Json(&new.parameter_names))
     .bind(&new.creator)
     .bind(now_ms())
     .execute(&mut *conn)
@@ -113,7 +130,8 @@ pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewC
 }
 
 impl Store {
-    /// Creates a retained command unless the region's quota is used up.
+    /// Creates a retained command unless its name is taken in the region or the region's quota
+    /// is used up.
     pub async fn create_command(&self, new: &NewCommand, quota: u64) -> Result<CommandRow> {
         let mut tx = self.write_tx().await?;
         let id = insert_command(&mut tx, new, quota).await?;
@@ -123,11 +141,10 @@ impl Store {
 
     /// One retained command.
     pub async fn command(&self, command_id: &str) -> Result<CommandRow> {
-        let row = sqlx::query(&format!("{SELECT} WHERE c.id = $1"))
+        Ok(sqlx::query_as(&format!("{SELECT} WHERE c.id = $1"))
             .bind(command_id)
             .fetch_one(&self.pool)
-            .await?;
-        command_from_row(&row)
+            .await?)
     }
 
     /// Retained commands, newest first, optionally of one region and matching a name search.
@@ -146,7 +163,7 @@ impl Store {
             .bind(&query)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query(&format!(
+        let commands = sqlx::query_as(&format!(
             "{SELECT} {WHERE} ORDER BY c.created_at DESC LIMIT $3 OFFSET $4"
         ))
         .bind(region_id)
@@ -155,19 +172,23 @@ impl Store {
         .bind(offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let commands = rows.iter().map(command_from_row).collect::<Result<_>>()?;
         Ok((commands, total as u64))
     }
 
-    /// Changes a retained command.
+    /// Changes a retained command; a new name must be free in its region.
     pub async fn update_command(&self, command_id: &str, update: &CommandUpdate) -> Result<CommandRow> {
         let (content, names) = match &update.content {
-            Some((content, names)) => (
-                Some(content.as_str()),
-                Some(serde_json::to_string(names).unwrap_or_default()),
-            ),
+            Some((content, names)) => (Some(content.as_str()), Some(sqlx::types::Json(names))),
             None => (None, None),
         };
+        let mut tx = self.write_tx().await?;
+        if let Some(name) = &update.name {
+            let region: String = sqlx::query_scalar("SELECT region_id FROM commands WHERE id = $1")
+                .bind(command_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            ensure_name_free(&mut tx, &region, name, Some(command_id)).await?;
+        }
         let done = sqlx::query(
             "UPDATE commands SET name = COALESCE($2, name), description = COALESCE($3, description), \
              content = COALESCE($4, content), parameter_names = COALESCE($5, parameter_names), \
@@ -185,11 +206,12 @@ impl Store {
         .bind(update.timeout_secs.map(|t| t as i64))
         .bind(update.username.is_some())
         .bind(update.username.clone().flatten())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(Error::NotFound);
         }
+        tx.commit().await?;
         self.command(command_id).await
     }
 
@@ -203,6 +225,15 @@ impl Store {
             return Err(Error::NotFound);
         }
         Ok(())
+    }
+
+    /// Retained commands in one region.
+    pub async fn command_count(&self, region_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
+            .bind(region_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
     }
 
     /// Retained commands per region.
@@ -225,12 +256,10 @@ mod tests {
             region_id: "local".into(),
             name: name.into(),
             description: String::new(),
-            command_type: CommandType::RunShellScript,
-            content: "echo {{who}}".into(),
-            working_dir: None,
-            timeout_secs: 60,
-            username: None,
-            enable_parameter: true,
+            spec: CommandSpec {
+                enable_parameter: true,
+                ..CommandSpec::shell("echo {{who}}")
+            },
             parameter_names: vec!["who".into()],
             creator: "admin".into(),
         }
@@ -251,6 +280,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_name_is_unique_within_its_region_on_create_and_rename() {
+        let (store, _dir) = test_store().await;
+        let greet = store.create_command(&new_command("greet"), 10).await.unwrap();
+        let other = store.create_command(&new_command("other"), 10).await.unwrap();
+        let elsewhere = NewCommand {
+            region_id: "eu-west-1".into(),
+            ..new_command("greet")
+        };
+
+        let twice = store.create_command(&new_command("greet"), 10).await;
+        let rename = CommandUpdate {
+            name: Some("greet".into()),
+            ..Default::default()
+        };
+        let renamed = store.update_command(&other.id, &rename).await;
+
+        assert!(
+            matches!(&twice, Err(Error::NameTaken(id)) if *id == greet.id),
+            "{twice:?}"
+        );
+        assert!(
+            matches!(&renamed, Err(Error::NameTaken(id)) if *id == greet.id),
+            "{renamed:?}"
+        );
+        assert!(
+            store.create_command(&elsewhere, 10).await.is_ok(),
+            "another region may use it"
+        );
+        assert!(
+            store.update_command(&greet.id, &rename).await.is_ok(),
+            "keeping one's own name"
+        );
+    }
+
+    #[tokio::test]
     async fn a_command_update_keeps_fields_left_out() {
         let (store, _dir) = test_store().await;
         let cmd = store.create_command(&new_command("a"), 10).await.unwrap();
@@ -263,8 +327,8 @@ mod tests {
         let changed = store.update_command(&cmd.id, &update).await.unwrap();
 
         assert_eq!(changed.name, "renamed");
-        assert_eq!(changed.working_dir.as_deref(), Some("/tmp"));
-        assert_eq!(changed.content, "echo {{who}}");
+        assert_eq!(changed.spec.working_dir.as_deref(), Some("/tmp"));
+        assert_eq!(changed.spec.content, "echo {{who}}");
         assert_eq!(changed.parameter_names, vec!["who".to_string()]);
     }
 }

@@ -1,8 +1,7 @@
 //! Activations, enrolment and instances.
 
-use super::{Error, Result, Store, json_vec, now_ms, placeholders};
+use super::{Error, Result, Store, now_ms, placeholders};
 use crate::protocol::{CommandType, OsType};
-use sqlx::Row;
 use std::collections::BTreeMap;
 
 /// An activation to create. The code itself is never stored, only its hash.
@@ -64,20 +63,25 @@ pub struct NewInstance {
 }
 
 /// A stored instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InstanceRow {
     pub id: String,
     pub name: String,
     pub hostname: String,
     pub region_id: String,
+    #[sqlx(try_from = "String")]
     pub os_type: OsType,
     pub os_name: String,
+    #[sqlx(json)]
     pub ip_addresses: Vec<String>,
+    #[sqlx(json)]
     pub tags: BTreeMap<String, String>,
     pub agent_version: String,
+    #[sqlx(json)]
     pub supported_command_types: Vec<CommandType>,
     pub registered_at: i64,
     pub last_heartbeat_at: Option<i64>,
+    /// The agent holds a connection to a server right now.
     pub online: bool,
 }
 
@@ -88,40 +92,25 @@ pub struct InstanceFilter {
     /// `Some(true)`: only instances whose heartbeat is newer than `fresh_after`; `Some(false)`: only older.
     pub running: Option<bool>,
     pub fresh_after: i64,
+    /// `Some(true)`: only instances whose agent is connected now.
+    pub online: Option<bool>,
     /// Matches id, name, hostname, IP addresses or tags (substring, case-insensitive).
     pub query: Option<String>,
     pub offset: u64,
     pub limit: u64,
 }
 
-fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow> {
-    let os_type: String = row.try_get("os_type")?;
-    let tags: String = row.try_get("tags")?;
-    Ok(InstanceRow {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        hostname: row.try_get("hostname")?,
-        region_id: row.try_get("region_id")?,
-        os_type: OsType::parse(&os_type).ok_or_else(|| Error::Corrupt(format!("os_type {os_type:?}")))?,
-        os_name: row.try_get("os_name")?,
-        ip_addresses: json_vec(row.try_get("ip_addresses")?)?,
-        tags: serde_json::from_str(&tags).map_err(|e| Error::Corrupt(e.to_string()))?,
-        agent_version: row.try_get("agent_version")?,
-        supported_command_types: json_vec(row.try_get("supported_command_types")?)?,
-        registered_at: row.try_get("registered_at")?,
-        last_heartbeat_at: row.try_get("last_heartbeat_at")?,
-        online: row.try_get::<i64, _>("online")? != 0,
-    })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Vectors of strings and plain enums always serialise.
-    serde_json::to_string(value).expect("plain JSON value")
+fn to_json<T: serde::Serialize>(value: &T) -> sqlx::types::Json<&T> {
+    sqlx::types::Json(value)
 }
 
 const INSTANCE_FILTER: &str = "WHERE ($1 IS NULL OR region_id = $1) \
     AND ($2 IS NULL OR ($2 = 1) = (COALESCE(last_heartbeat_at, 0) > $3)) \
-    AND ($4 IS NULL OR instr(lower(id || ' ' || name || ' ' || hostname || ' ' || ip_addresses || ' ' || tags), $4) > 0)";
+    AND ($4 IS NULL OR instr(lower(id || ' ' || name || ' ' || hostname || ' ' || ip_addresses || ' ' || tags), $4) > 0) \
+    AND ($5 IS NULL OR online = $5)";
+
+/// Listing order: by name, so people find their machines (ids are random).
+const INSTANCE_ORDER: &str = "ORDER BY region_id, lower(name), id";
 
 impl Store {
     /// Stores a new activation and returns its id.
@@ -203,7 +192,7 @@ impl Store {
         } else {
             new.name.clone()
         };
-        let row = sqlx::query(
+        let instance = sqlx::query_as(
             "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, agent_version, \
              supported_command_types, secret_hash, activation_id, registered_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
@@ -222,7 +211,6 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        let instance = instance_from_row(&row)?;
         tx.commit().await?;
         Ok(instance)
     }
@@ -237,11 +225,10 @@ impl Store {
 
     /// One instance.
     pub async fn instance(&self, instance_id: &str) -> Result<InstanceRow> {
-        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
+        Ok(sqlx::query_as("SELECT * FROM instances WHERE id = $1")
             .bind(instance_id)
             .fetch_one(&self.pool)
-            .await?;
-        instance_from_row(&row)
+            .await?)
     }
 
     /// The instances among `ids` that exist (in no particular order).
@@ -250,41 +237,68 @@ impl Store {
         // SQLite allows 32,766 variables per statement; stay far below it.
         for batch in ids.chunks(500) {
             let sql = format!("SELECT * FROM instances WHERE id IN ({})", placeholders(1, batch.len()));
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query_as(&sql);
             for id in batch {
                 query = query.bind(id);
             }
-            for row in query.fetch_all(&self.pool).await? {
-                found.push(instance_from_row(&row)?);
-            }
+            found.extend(query.fetch_all(&self.pool).await?);
         }
         Ok(found)
     }
 
-    /// A page of instances matching the filter, ordered by region then id, and the total matching.
+    /// A page of instances matching the filter, ordered by region then name, and the total matching.
     pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<(Vec<InstanceRow>, u64)> {
         let running = filter.running.map(i64::from);
+        let online = filter.online.map(i64::from);
         let query = filter.query.as_ref().map(|q| q.to_lowercase());
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
             .bind(&filter.region_id)
             .bind(running)
             .bind(filter.fresh_after)
             .bind(&query)
+            .bind(online)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query(&format!(
-            "SELECT * FROM instances {INSTANCE_FILTER} ORDER BY region_id, id LIMIT $5 OFFSET $6"
+        let instances = sqlx::query_as(&format!(
+            "SELECT * FROM instances {INSTANCE_FILTER} {INSTANCE_ORDER} LIMIT $6 OFFSET $7"
         ))
         .bind(&filter.region_id)
         .bind(running)
         .bind(filter.fresh_after)
         .bind(&query)
+        .bind(online)
         .bind(filter.limit as i64)
         .bind(filter.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let instances = rows.iter().map(instance_from_row).collect::<Result<_>>()?;
         Ok((instances, total as u64))
+    }
+
+    /// The ids of the first `limit` instances matching the filter (its offset is ignored), in
+    /// listing order: "select all matching" in the console.
+    pub async fn matching_instance_ids(&self, filter: &InstanceFilter, limit: u64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT id FROM instances {INSTANCE_FILTER} {INSTANCE_ORDER} LIMIT $6"
+        ))
+        .bind(&filter.region_id)
+        .bind(filter.running.map(i64::from))
+        .bind(filter.fresh_after)
+        .bind(filter.query.as_ref().map(|q| q.to_lowercase()))
+        .bind(filter.online.map(i64::from))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Renames an instance.
+    pub async fn rename_instance(&self, instance_id: &str, name: &str) -> Result<InstanceRow> {
+        Ok(
+            sqlx::query_as("UPDATE instances SET name = $2 WHERE id = $1 RETURNING *")
+                .bind(instance_id)
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Every region with its number of instances.
@@ -296,12 +310,13 @@ impl Store {
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
     }
 
-    /// Records what an agent said about itself in its `Hello`, and that it is online now.
+    /// Records what an agent said about itself in its `Hello`, and that it is online since `now`.
     pub async fn agent_connected(
         &self,
         instance_id: &str,
         connection: u64,
         hello: &crate::protocol::agent::Hello,
+        now: i64,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
@@ -314,7 +329,7 @@ impl Store {
         .bind(&hello.agent_version)
         .bind(to_json(&hello.supported_command_types))
         .bind(hello.os_type.as_str())
-        .bind(now_ms())
+        .bind(now)
         .bind(connection as i64)
         .execute(&self.pool)
         .await?;

@@ -2,22 +2,18 @@
 
 use super::commands::{NewCommand, insert_command};
 use super::{Result, Store, now_ms, parse_name, placeholders};
-use crate::protocol::{CommandType, ErrorCode, ResultStatus};
+use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// An invocation to create.
 #[derive(Debug, Clone)]
 pub struct NewInvocation {
     pub name: String,
-    pub command_type: CommandType,
-    /// As submitted: parameters are filled per instance at delivery.
-    pub content: String,
-    pub working_dir: Option<String>,
-    pub timeout_secs: u64,
-    pub username: Option<String>,
-    pub enable_parameter: bool,
+    /// Content as submitted (decoded): parameters are filled per instance at delivery.
+    pub spec: CommandSpec,
     pub parameters: BTreeMap<String, String>,
     pub creator: String,
     /// Run a retained command (`InvokeCommand`)…
@@ -30,21 +26,27 @@ pub struct NewInvocation {
 }
 
 /// A stored invocation with its per-status result counts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InvocationRow {
     pub id: String,
     pub command_id: Option<String>,
     pub name: String,
-    pub command_type: CommandType,
-    pub content: String,
-    pub working_dir: Option<String>,
-    pub timeout_secs: u64,
-    pub username: Option<String>,
-    pub enable_parameter: bool,
+    #[sqlx(flatten)]
+    pub spec: CommandSpec,
+    #[sqlx(json)]
     pub parameters: BTreeMap<String, String>,
     pub creator: String,
     pub created_at: i64,
+    /// Filled by the queries that return invocations, from `results`.
+    #[sqlx(skip)]
     pub counts: BTreeMap<ResultStatus, u64>,
+}
+
+impl InvocationRow {
+    /// The overall status, derived from the counts.
+    pub fn status(&self) -> InvocationStatus {
+        InvocationStatus::from_counts(self.counts.clone())
+    }
 }
 
 /// A stored result.
@@ -72,6 +74,7 @@ pub struct ResultChange {
     pub status: ResultStatus,
     pub exit_code: Option<i32>,
     pub error_code: Option<ErrorCode>,
+    pub error_info: Option<String>,
 }
 
 /// A pending result to hand to its agent, with what the agent needs to run it.
@@ -84,8 +87,15 @@ pub struct DeliveryRow {
 /// Filters of the invocation listing.
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
-    pub instance_id: Option<String>,
+    /// An instance id, an id prefix or an instance name (case-insensitive) that ran it.
+    pub instance: Option<String>,
     pub command_id: Option<String>,
+    /// The overall status (derived from the results, in SQL).
+    pub status: Option<InvocationStatus>,
+    /// Created at or after.
+    pub since: Option<i64>,
+    /// Created before.
+    pub until: Option<i64>,
     pub offset: u64,
     pub limit: u64,
 }
@@ -116,35 +126,41 @@ fn change_from_row(row: &SqliteRow) -> Result<ResultChange> {
         status: parse_name(row.try_get("status")?)?,
         exit_code: row.try_get("exit_code")?,
         error_code: error_code.as_deref().map(parse_name).transpose()?,
+        error_info: row.try_get("error_info")?,
     })
 }
 
-fn invocation_from_row(row: &SqliteRow) -> Result<InvocationRow> {
-    let parameters: String = row.try_get("parameters")?;
-    Ok(InvocationRow {
-        id: row.try_get("id")?,
-        command_id: row.try_get("command_id")?,
-        name: row.try_get("name")?,
-        command_type: parse_name(row.try_get("type")?)?,
-        content: row.try_get("content")?,
-        working_dir: row.try_get("working_dir")?,
-        timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
-        username: row.try_get("username")?,
-        enable_parameter: row.try_get("enable_parameter")?,
-        parameters: serde_json::from_str(&parameters).map_err(|e| super::Error::Corrupt(e.to_string()))?,
-        creator: row.try_get("creator")?,
-        created_at: row.try_get("created_at")?,
-        counts: BTreeMap::new(),
-    })
-}
+const CHANGE_COLUMNS: &str = "invocation_id, instance_id, status, exit_code, error_code, error_info";
 
-const CHANGE_COLUMNS: &str = "invocation_id, instance_id, status, exit_code, error_code";
+/// `InvocationStatus::RULES` as an SQL expression over the `status` column of an invocation's
+/// results (used in a subquery grouped by invocation), so listings filter by overall status in
+/// the database with the very rule `from_counts` applies.
+static OVERALL_STATUS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let mut sql = String::from("CASE");
+    for (overall, groups) in InvocationStatus::RULES {
+        let conditions: Vec<String> = groups
+            .iter()
+            .map(|group| {
+                let members: Vec<String> = ResultStatus::ALL
+                    .iter()
+                    .filter(|s| s.group() == *group)
+                    .map(|s| format!("'{s}'"))
+                    .collect();
+                format!("SUM(status IN ({})) > 0", members.join(", "))
+            })
+            .collect();
+        sql.push_str(&format!(" WHEN {} THEN '{overall}'", conditions.join(" AND ")));
+    }
+    sql.push_str(" ELSE 'Pending' END");
+    sql
+});
 
 impl Store {
     /// Stores an invocation, one `Pending` result per instance and, when asked, the retained
     /// command, all in one transaction. Returns the invoke id and the command id.
     pub async fn create_invocation(&self, new: &NewInvocation) -> Result<(String, Option<String>)> {
         let now = now_ms();
+        let spec = &new.spec;
         let mut tx = self.write_tx().await?;
         let command_id = match &new.keep {
             Some((command, quota)) => Some(insert_command(&mut tx, command, *quota).await?),
@@ -158,13 +174,13 @@ impl Store {
         .bind(&id)
         .bind(&command_id)
         .bind(&new.name)
-        .bind(new.command_type.as_str())
-        .bind(&new.content)
-        .bind(&new.working_dir)
-        .bind(new.timeout_secs as i64)
-        .bind(&new.username)
-        .bind(new.enable_parameter)
-        .bind(serde_json::to_string(&new.parameters).unwrap_or_else(|_| "{}".into()))
+        .bind(spec.command_type.as_str())
+        .bind(&spec.content)
+        .bind(&spec.working_dir)
+        .bind(spec.timeout_secs as i64)
+        .bind(&spec.username)
+        .bind(spec.enable_parameter)
+        .bind(sqlx::types::Json(&new.parameters))
         .bind(&new.creator)
         .bind(now)
         .execute(&mut *tx)
@@ -188,11 +204,10 @@ impl Store {
 
     /// One invocation with its counts.
     pub async fn invocation(&self, invoke_id: &str) -> Result<InvocationRow> {
-        let row = sqlx::query("SELECT * FROM invocations WHERE id = $1")
+        let mut invocation: InvocationRow = sqlx::query_as("SELECT * FROM invocations WHERE id = $1")
             .bind(invoke_id)
             .fetch_one(&self.pool)
             .await?;
-        let mut invocation = invocation_from_row(&row)?;
         self.fill_counts(std::slice::from_mut(&mut invocation)).await?;
         Ok(invocation)
     }
@@ -226,23 +241,37 @@ impl Store {
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
     pub async fn list_invocations(&self, filter: &InvocationFilter) -> Result<(Vec<InvocationRow>, u64)> {
-        const WHERE: &str = "WHERE ($1 IS NULL OR command_id = $1) \
-            AND ($2 IS NULL OR id IN (SELECT invocation_id FROM results WHERE instance_id = $2))";
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM invocations {WHERE}"))
+        // `substr` rather than LIKE for the prefix: the filter is literal text, never a pattern.
+        let conditions = format!(
+            "WHERE ($1 IS NULL OR i.command_id = $1) \
+             AND ($2 IS NULL OR i.id IN (SELECT r.invocation_id FROM results r \
+                  LEFT JOIN instances n ON n.id = r.instance_id \
+                  WHERE substr(r.instance_id, 1, length($2)) = $2 OR lower(n.name) = lower($2))) \
+             AND ($3 IS NULL OR i.created_at >= $3) AND ($4 IS NULL OR i.created_at < $4) \
+             AND ($5 IS NULL OR (SELECT {} FROM results WHERE invocation_id = i.id) = $5)",
+            *OVERALL_STATUS_SQL
+        );
+        let status = filter.status.map(|s| s.as_str());
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM invocations i {conditions}"))
             .bind(&filter.command_id)
-            .bind(&filter.instance_id)
+            .bind(&filter.instance)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(status)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query(&format!(
-            "SELECT * FROM invocations {WHERE} ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
+        let mut invocations: Vec<InvocationRow> = sqlx::query_as(&format!(
+            "SELECT i.* FROM invocations i {conditions} ORDER BY i.created_at DESC, i.id LIMIT $6 OFFSET $7"
         ))
         .bind(&filter.command_id)
-        .bind(&filter.instance_id)
+        .bind(&filter.instance)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(status)
         .bind(filter.limit as i64)
         .bind(filter.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let mut invocations = rows.iter().map(invocation_from_row).collect::<Result<Vec<_>>>()?;
         self.fill_counts(&mut invocations).await?;
         Ok((invocations, total as u64))
     }
@@ -266,32 +295,46 @@ impl Store {
         result_from_row(&row)
     }
 
-    /// Stops results of an invocation (all, or those of the given instances): `Pending` ones
-    /// become `Cancelled`, `Running` ones `Stopping`. Returns the changed results.
-    pub async fn stop_results(&self, invoke_id: &str, instance_ids: Option<&[String]>) -> Result<Vec<ResultChange>> {
-        let now = now_ms();
+    /// Stops results of an invocation (all, or those of the given instances) at `now`, on behalf
+    /// of `by`: `Pending` ones become `Cancelled`, `Running` ones `Stopping`. Returns the changed
+    /// results.
+    pub async fn stop_results(
+        &self,
+        invoke_id: &str,
+        instance_ids: Option<&[String]>,
+        now: i64,
+        by: &str,
+    ) -> Result<Vec<ResultChange>> {
         // All results, or the named instances in batches (SQLite caps variables per statement).
         let batches: Vec<Option<&[String]>> = match instance_ids {
             Some(ids) => ids.chunks(500).map(Some).collect(),
             None => vec![None],
         };
+        let cancelled = format!("Cancelled by {by} before it started.");
+        let stopped = format!("Stopped by {by}.");
         let mut tx = self.write_tx().await?;
         let mut changes = Vec::new();
         for batch in batches {
             let only = batch
-                .map(|ids| format!("AND instance_id IN ({})", placeholders(3, ids.len())))
+                .map(|ids| format!("AND instance_id IN ({})", placeholders(4, ids.len())))
                 .unwrap_or_default();
-            for sql in [
-                format!(
-                    "UPDATE results SET status = 'Cancelled', stop_time = $2, finish_time = $2 \
-                     WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
+            for (sql, info) in [
+                (
+                    format!(
+                        "UPDATE results SET status = 'Cancelled', stop_time = $2, finish_time = $2, error_info = $3 \
+                         WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
+                    ),
+                    &cancelled,
                 ),
-                format!(
-                    "UPDATE results SET status = 'Stopping', stop_time = $2 \
-                     WHERE invocation_id = $1 AND status = 'Running' {only} RETURNING {CHANGE_COLUMNS}"
+                (
+                    format!(
+                        "UPDATE results SET status = 'Stopping', stop_time = $2, error_info = $3 \
+                         WHERE invocation_id = $1 AND status = 'Running' {only} RETURNING {CHANGE_COLUMNS}"
+                    ),
+                    &stopped,
                 ),
             ] {
-                let mut query = sqlx::query(&sql).bind(invoke_id).bind(now);
+                let mut query = sqlx::query(&sql).bind(invoke_id).bind(now).bind(info);
                 for id in batch.unwrap_or_default() {
                     query = query.bind(id);
                 }
@@ -304,21 +347,21 @@ impl Store {
         Ok(changes)
     }
 
-    /// Pending results of an instance that are still within their delivery window.
-    pub async fn deliveries(&self, instance_id: &str) -> Result<Vec<DeliveryRow>> {
+    /// Pending results of an instance that are still within their delivery window at `now`.
+    pub async fn deliveries(&self, instance_id: &str, now: i64) -> Result<Vec<DeliveryRow>> {
         let rows = sqlx::query(
             "SELECT r.id AS result_id, i.* FROM results r JOIN invocations i ON i.id = r.invocation_id \
              WHERE r.instance_id = $1 AND r.status = 'Pending' AND r.deliver_by > $2 ORDER BY i.created_at",
         )
         .bind(instance_id)
-        .bind(now_ms())
+        .bind(now)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 Ok(DeliveryRow {
                     result_id: row.try_get("result_id")?,
-                    invocation: invocation_from_row(row)?,
+                    invocation: sqlx::FromRow::from_row(row)?,
                 })
             })
             .collect()
@@ -337,7 +380,7 @@ impl Store {
 
     /// Results an agent lost: running on the server but not held by the agent that reconnected.
     /// They end as `Error` / `ExecutionInterrupted`.
-    pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String]) -> Result<Vec<ResultChange>> {
+    pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String], now: i64) -> Result<Vec<ResultChange>> {
         let running: Vec<String> = sqlx::query_scalar(
             "SELECT invocation_id FROM results WHERE instance_id = $1 AND status IN ('Running', 'Stopping')",
         )
@@ -355,7 +398,7 @@ impl Store {
             );
             let mut query = sqlx::query(&sql)
                 .bind(instance_id)
-                .bind(now_ms())
+                .bind(now)
                 .bind(ErrorCode::ExecutionInterrupted.default_info());
             for task in batch {
                 query = query.bind(task);
@@ -371,46 +414,52 @@ impl Store {
     /// pending past the delivery window → `Aborted`; running past timeout + grace → `Timeout`;
     /// running on an instance whose heartbeat is older than `lost_before` → `Error`.
     pub async fn enforce_deadlines(&self, now: i64, lost_before: i64) -> Result<Vec<ResultChange>> {
-        // Each statement: the code, the rule, the status it sets.
-        let rules: [(ErrorCode, &str, &str); 6] = [
+        // Each statement: the rule, the status it sets, the error code and the sentence.
+        let rules: [(&str, &str, Option<ErrorCode>, &str); 6] = [
             (
-                ErrorCode::InstanceNotExists,
                 "status = 'Pending' AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
                 "Aborted",
+                Some(ErrorCode::InstanceNotExists),
+                ErrorCode::InstanceNotExists.default_info(),
             ),
             (
-                ErrorCode::ClientNotRunning,
                 "status = 'Pending' AND deliver_by <= $1 AND instance_id IN \
                  (SELECT id FROM instances WHERE online = 0 AND COALESCE(last_heartbeat_at, 0) <= $2)",
                 "Aborted",
+                Some(ErrorCode::ClientNotRunning),
+                ErrorCode::ClientNotRunning.default_info(),
             ),
             (
-                ErrorCode::DeliveryTimeout,
                 "status = 'Pending' AND deliver_by <= $1",
                 "Aborted",
+                Some(ErrorCode::DeliveryTimeout),
+                ErrorCode::DeliveryTimeout.default_info(),
             ),
             (
-                ErrorCode::ExecutionTimeout,
                 "status = 'Running' AND deadline <= $1",
                 "Timeout",
+                Some(ErrorCode::ExecutionTimeout),
+                ErrorCode::ExecutionTimeout.default_info(),
             ),
             // A stop the agent never confirmed: the command counts as stopped all the same.
             (
-                ErrorCode::ExecutionInterrupted,
                 "status = 'Stopping' AND deadline <= $1",
                 "Terminated",
+                None,
+                "Stopped; the agent did not confirm that the command ended.",
             ),
             (
-                ErrorCode::ClientNotResponse,
                 "status IN ('Running', 'Stopping') AND (instance_id IN \
                  (SELECT id FROM instances WHERE online = 0 AND COALESCE(last_heartbeat_at, 0) <= $2) \
                  OR NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id))",
                 "Error",
+                Some(ErrorCode::ClientNotResponse),
+                ErrorCode::ClientNotResponse.default_info(),
             ),
         ];
         let mut tx = self.write_tx().await?;
         let mut changes = Vec::new();
-        for (code, rule, status) in rules {
+        for (rule, status, code, info) in rules {
             let sql = format!(
                 "UPDATE results SET status = $3, error_code = $4, error_info = $5, finish_time = $1 \
                  WHERE {rule} RETURNING {CHANGE_COLUMNS}"
@@ -419,8 +468,8 @@ impl Store {
                 .bind(now)
                 .bind(lost_before)
                 .bind(status)
-                .bind(code.as_str())
-                .bind(code.default_info())
+                .bind(code.map(ErrorCode::as_str))
+                .bind(info)
                 .fetch_all(&mut *tx)
                 .await?;
             for row in rows {
@@ -460,12 +509,7 @@ pub(crate) mod tests {
     pub(crate) fn new_invocation(instances: &[&str], deliver_by: i64) -> NewInvocation {
         NewInvocation {
             name: "test".into(),
-            command_type: CommandType::RunShellScript,
-            content: "echo hi".into(),
-            working_dir: None,
-            timeout_secs: 60,
-            username: None,
-            enable_parameter: false,
+            spec: CommandSpec::shell("echo hi"),
             parameters: BTreeMap::new(),
             creator: "admin".into(),
             command_id: None,
@@ -503,15 +547,17 @@ pub(crate) mod tests {
             .await
             .unwrap();
 
-        let changes = store.stop_results(&id, None).await.unwrap();
+        let changes = store.stop_results(&id, None, now_ms(), "ann").await.unwrap();
 
         let statuses: Vec<_> = changes.iter().map(|c| (c.instance_id.as_str(), c.status)).collect();
         assert_eq!(
             statuses,
             vec![("i-a", ResultStatus::Cancelled), ("i-b", ResultStatus::Stopping)]
         );
+        assert_eq!(changes[1].error_info.as_deref(), Some("Stopped by ann."));
+        assert_eq!(changes[1].error_code, None, "a user's stop is not an error");
         assert!(
-            store.stop_results(&id, None).await.unwrap().is_empty(),
+            store.stop_results(&id, None, now_ms(), "ann").await.unwrap().is_empty(),
             "a second stop changes nothing"
         );
     }
@@ -532,5 +578,42 @@ pub(crate) mod tests {
         assert_eq!(late[0].status, ResultStatus::Aborted);
         assert_eq!(late[0].error_code, Some(ErrorCode::InstanceNotExists));
         assert!(store.is_finished(&id).await.unwrap());
+    }
+}
+
+#[cfg(test)]
+mod status_sql_tests {
+    use super::*;
+    use crate::store::test_store;
+
+    /// Every combination of result groups gets the same overall status from the SQL expression
+    /// as from `InvocationStatus::from_counts`.
+    #[tokio::test]
+    async fn the_sql_overall_status_agrees_with_from_counts() {
+        let (store, _dir) = test_store().await;
+        let representatives = [
+            ResultStatus::Pending,
+            ResultStatus::Running,
+            ResultStatus::Stopping,
+            ResultStatus::Success,
+            ResultStatus::Timeout,
+            ResultStatus::Cancelled,
+        ];
+        for mask in 1u32..(1 << representatives.len()) {
+            let statuses: Vec<ResultStatus> = (0..representatives.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| representatives[i])
+                .collect();
+            let values: Vec<String> = statuses.iter().map(|s| format!("('{s}')")).collect();
+            let sql = format!(
+                "WITH results(status) AS (VALUES {}) SELECT {} FROM results",
+                values.join(", "),
+                *OVERALL_STATUS_SQL
+            );
+            let from_sql: String = sqlx::query_scalar(&sql).fetch_one(&store.pool).await.unwrap();
+
+            let expected = InvocationStatus::from_counts(statuses.iter().map(|s| (*s, 1)));
+            assert_eq!(from_sql, expected.as_str(), "{statuses:?}");
+        }
     }
 }

@@ -6,18 +6,25 @@
 //! Today the backend is one SQLite file in WAL mode; the statements use `$N` placeholders and
 //! portable SQL so that the PostgreSQL backend of the scale-out work can share most of them.
 
+mod audit;
 mod commands;
 mod fleet;
 pub mod ids;
 mod invocations;
 mod output;
+mod sessions;
+mod settings;
+mod tokens;
 mod users;
 
+pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
 pub use invocations::{DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow};
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
-pub use users::{AccountRow, AuditFilter, AuditRow, NewAudit, Role, SessionRow, TokenRow, UserRow, UserUpdate};
+pub use sessions::SessionRow;
+pub use tokens::TokenRow;
+pub use users::{Role, UserRow, UserUpdate};
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -34,6 +41,9 @@ pub enum Error {
     /// A unique constraint refused the row (e.g. a username that exists).
     #[error("already exists")]
     Conflict,
+    /// Another retained command of the region has that name; its id.
+    #[error("the name is taken by {0}")]
+    NameTaken(String),
     /// A quota would be exceeded.
     #[error("quota {name} exceeded ({used} of {limit} used)")]
     Quota { name: &'static str, used: u64, limit: u64 },
@@ -119,10 +129,6 @@ impl Store {
 /// Milliseconds since the Unix epoch, the time format of every stored timestamp.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn json_vec<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
 fn parse_name<T: FromStr>(text: &str) -> Result<T> {

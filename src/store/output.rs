@@ -53,10 +53,10 @@ pub enum Applied {
     Chunk { offset: Option<u64>, next_seq: u64 },
     /// The sequence number skipped ahead: chunks are missing, so the agent must re-send.
     Gap { next_seq: u64 },
-    /// `changed` is the new status and error code when this end moved the result; `None` when
-    /// it was already terminal.
+    /// `changed` is the new status, error code and error info when this end moved the result;
+    /// `None` when it was already terminal.
     Finished {
-        changed: Option<(ResultStatus, Option<ErrorCode>)>,
+        changed: Option<(ResultStatus, Option<ErrorCode>, Option<String>)>,
         exit_code: Option<i32>,
     },
     /// The end arrived before all the task's output: the agent must re-send.
@@ -202,16 +202,19 @@ impl Store {
                             next_seq: state.next_seq,
                         }
                     } else {
-                        let outcome = end.outcome(state.status, *exit_code);
-                        if let Some((status, error_code)) = outcome {
+                        let mut changed = None;
+                        if let Some((status, error_code)) = end.outcome(state.status, *exit_code) {
                             state.status = status;
                             let error_info = match end {
                                 TaskEnd::Error { error_info, .. } => Some(error_info.as_str()),
                                 _ => error_code.map(|c| c.default_info()),
                             };
-                            sqlx::query(
-                                "UPDATE results SET status = $2, exit_code = $3, error_code = $4, error_info = $5, \
-                                 finish_time = $6, start_time = COALESCE(start_time, $6) WHERE id = $1",
+                            // Without a sentence of its own (a user's stop), the result keeps
+                            // the one set when it was stopped ("Stopped by …").
+                            let info: Option<String> = sqlx::query_scalar(
+                                "UPDATE results SET status = $2, exit_code = $3, error_code = $4, \
+                                 error_info = COALESCE($5, error_info), finish_time = $6, \
+                                 start_time = COALESCE(start_time, $6) WHERE id = $1 RETURNING error_info",
                             )
                             .bind(result_id)
                             .bind(status.as_str())
@@ -219,11 +222,12 @@ impl Store {
                             .bind(error_code.map(|c| c.as_str()))
                             .bind(error_info)
                             .bind(at)
-                            .execute(&mut *tx)
+                            .fetch_one(&mut *tx)
                             .await?;
+                            changed = Some((status, error_code, info));
                         }
                         Applied::Finished {
-                            changed: outcome,
+                            changed,
                             exit_code: *exit_code,
                         }
                     }
@@ -266,6 +270,26 @@ impl Store {
     pub async fn output(&self, result_id: i64) -> Result<Vec<u8>> {
         let chunks = self.output_chunks(result_id, 0).await?;
         Ok(chunks.into_iter().flat_map(|c| c.data).collect())
+    }
+
+    /// The kept output of many results, a few statements for all (not one per result).
+    pub async fn outputs(&self, result_ids: &[i64]) -> Result<HashMap<i64, Vec<u8>>> {
+        let mut outputs: HashMap<i64, Vec<u8>> = HashMap::with_capacity(result_ids.len());
+        for batch in result_ids.chunks(500) {
+            let sql = format!(
+                "SELECT result_id, data FROM output_chunks WHERE result_id IN ({}) ORDER BY result_id, pos",
+                super::placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in batch {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let data: Vec<u8> = row.try_get("data")?;
+                outputs.entry(row.try_get("result_id")?).or_default().extend(data);
+            }
+        }
+        Ok(outputs)
     }
 }
 
@@ -423,7 +447,11 @@ mod tests {
         assert_eq!(
             done[1],
             Applied::Finished {
-                changed: Some((ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero))),
+                changed: Some((
+                    ResultStatus::Failed,
+                    Some(ErrorCode::ExitCodeNonzero),
+                    Some(ErrorCode::ExitCodeNonzero.default_info().to_string())
+                )),
                 exit_code: Some(3)
             }
         );

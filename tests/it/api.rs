@@ -27,9 +27,9 @@ async fn run_command_refusals_name_the_problem_and_the_fix() {
     let oversize = RunCommandRequest::shell(vec![id.clone()], "x".repeat(64 * 1024 + 1));
     let unknown = RunCommandRequest::shell(vec![id.clone(), "i-doesnotexist00000000".into()], "true");
     let mut bat = RunCommandRequest::shell(vec![id.clone()], "dir");
-    bat.command_type = CommandType::RunBatScript;
+    bat.spec.command_type = CommandType::RunBatScript;
     let mut timeout = RunCommandRequest::shell(vec![id.clone()], "true");
-    timeout.timeout_secs = 0;
+    timeout.spec.timeout_secs = 0;
     let mut keep = RunCommandRequest::shell(vec![id.clone()], "true");
     keep.keep_command = true;
     keep.name = Some("kept".into());

@@ -47,7 +47,7 @@ async fn exit_codes_decide_failed_success_and_partial_failed() {
         .await;
     let success = app.run_to_end(&RunCommandRequest::shell(ids.clone(), "exit 0")).await;
     let mut mixed = RunCommandRequest::shell(ids.clone(), format!("[ {{{{fleetrun::instance_id}}}} = {} ]", ids[0]));
-    mixed.enable_parameter = true;
+    mixed.spec.enable_parameter = true;
     let mixed = app.run_to_end(&mixed).await;
 
     assert_eq!(failed.invocation_status, InvocationStatus::Failed);
@@ -102,7 +102,7 @@ async fn a_command_past_its_timeout_is_killed_with_its_whole_tree() {
     let agent = app.agent("local").await;
     let (a, b) = (unique_seconds(60), unique_seconds(60));
     let mut req = RunCommandRequest::shell(vec![agent.instance_id().await], format!("sleep {a} & sleep {b}"));
-    req.timeout_secs = 2;
+    req.spec.timeout_secs = 2;
 
     let inv = app.run_to_end(&req).await;
 
@@ -159,7 +159,7 @@ async fn a_command_reading_stdin_gets_end_of_file_at_once() {
     let agent = app.agent("local").await;
     // Were stdin left open, `read` would block until this timeout ended the command.
     let mut req = RunCommandRequest::shell(vec![agent.instance_id().await], "read x; echo \"got[$x]\"");
-    req.timeout_secs = 30;
+    req.spec.timeout_secs = 30;
 
     let inv = app.run_to_end(&req).await;
 
@@ -174,13 +174,13 @@ async fn working_dir_username_and_parameters_reach_the_process() {
     let agent = app.agent("local").await;
     let id = agent.instance_id().await;
     let mut req = RunCommandRequest::shell(vec![id.clone()], "pwd; echo {{greeting}} {{ fleetrun::instance_id }}");
-    req.working_dir = Some("/tmp".into());
-    req.enable_parameter = true;
+    req.spec.working_dir = Some("/tmp".into());
+    req.spec.enable_parameter = true;
     req.parameters = BTreeMap::from([("greeting".to_string(), "hi there".to_string())]);
     let mut missing_dir = RunCommandRequest::shell(vec![id.clone()], "true");
-    missing_dir.working_dir = Some("/no/such/dir".into());
+    missing_dir.spec.working_dir = Some("/no/such/dir".into());
     let mut missing_user = RunCommandRequest::shell(vec![id.clone()], "true");
-    missing_user.username = Some("no-such-user-42".into());
+    missing_user.spec.username = Some("no-such-user-42".into());
 
     let ok = app.run_to_end(&req).await;
     let bad_dir = app.run_to_end(&missing_dir).await;
@@ -207,7 +207,7 @@ async fn a_retained_command_is_listed_and_runs_again_by_id() {
     let mut req = RunCommandRequest::shell(vec![id.clone()], "echo {{word}}");
     req.keep_command = true;
     req.name = Some("say".into());
-    req.enable_parameter = true;
+    req.spec.enable_parameter = true;
     req.parameters = BTreeMap::from([("word".to_string(), "first".to_string())]);
 
     let first = app.run_to_end(&req).await;

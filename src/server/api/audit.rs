@@ -1,11 +1,11 @@
 //! The audit log (admin only). Entries are never edited or deleted through the product.
 
 use super::{parse_time, rfc3339, window};
+use crate::dispatch::Actor;
 use crate::protocol::api::{AuditEntry, AuditResponse};
 use crate::server::AppState;
-use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiQuery};
-use crate::store::{AuditFilter, Role};
+use crate::store::AuditFilter;
 use axum::extract::State;
 use serde::Deserialize;
 
@@ -20,11 +20,10 @@ pub struct ListQuery {
 }
 
 pub async fn list(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<AuditResponse>, ApiError> {
-    caller.require(Role::Admin)?;
     let (offset, limit) = window(query.page, query.page_size)?;
     let filter = AuditFilter {
         username: query.user.filter(|u| !u.is_empty()),
@@ -38,13 +37,14 @@ pub async fn list(
         offset,
         limit,
     };
-    let (rows, total) = state.store.list_audit(&filter).await?;
+    let (rows, total) = state.dispatcher.list_audit(&actor, &filter).await?;
     let entries = rows
         .into_iter()
         .map(|r| AuditEntry {
             time: rfc3339(r.at),
             username: r.username,
             source_ip: r.source_ip,
+            via: r.via,
             action: r.action,
             target: r.target,
             detail: r.detail,

@@ -1,14 +1,14 @@
 //! Retained commands, InvokeCommand and quotas.
 
 use super::{rfc3339, window};
+use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::{
     Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
     Quota, QuotasResponse,
 };
 use crate::server::AppState;
-use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::store::{self, CommandRow, Role};
+use crate::store::CommandRow;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -20,12 +20,7 @@ pub fn command_dto(row: CommandRow) -> Command {
         region_id: row.region_id,
         name: row.name,
         description: row.description,
-        command_type: row.command_type,
-        command_content: row.content,
-        working_dir: row.working_dir,
-        timeout_secs: row.timeout_secs,
-        username: row.username,
-        enable_parameter: row.enable_parameter,
+        spec: row.spec,
         parameter_names: row.parameter_names,
         invoke_times: row.invoke_times,
         creator: row.creator,
@@ -33,21 +28,12 @@ pub fn command_dto(row: CommandRow) -> Command {
     }
 }
 
-fn not_found(command_id: &str) -> impl Fn(store::Error) -> ApiError + '_ {
-    move |e| match e {
-        store::Error::NotFound => ApiError::not_found("command", command_id),
-        other => other.into(),
-    }
-}
-
 pub async fn create(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateCommandRequest>,
 ) -> Result<(StatusCode, ApiJson<Command>), ApiError> {
-    caller.require(Role::Operator)?;
-    let row = state.dispatcher.create_command(&caller.username, req).await?;
-    state.audit(&caller, "CreateCommand", &row.id, &row.name).await;
+    let row = state.dispatcher.create_command(&actor, req).await?;
     Ok((StatusCode::CREATED, ApiJson(command_dto(row))))
 }
 
@@ -61,7 +47,7 @@ pub struct ListQuery {
 }
 
 pub async fn list(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<CommandsResponse>, ApiError> {
@@ -76,66 +62,48 @@ pub async fn list(
 }
 
 pub async fn show(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiPath(command_id): ApiPath<String>,
 ) -> Result<ApiJson<Command>, ApiError> {
-    let row = state.store.command(&command_id).await.map_err(not_found(&command_id))?;
+    let row = state
+        .store
+        .command(&command_id)
+        .await
+        .map_err(not_found(Kind::Command, &command_id))?;
     Ok(ApiJson(command_dto(row)))
 }
 
 pub async fn modify(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiPath(command_id): ApiPath<String>,
     ApiJson(req): ApiJson<ModifyCommandRequest>,
 ) -> Result<ApiJson<Command>, ApiError> {
-    caller.require(Role::Operator)?;
-    let change = state.dispatcher.check_command_change(&command_id, req).await?;
-    let row = state.dispatcher.modify_command(&command_id, change).await?;
-    state.audit(&caller, "ModifyCommand", &command_id, &row.name).await;
+    let row = state.dispatcher.modify_command(&actor, &command_id, req).await?;
     Ok(ApiJson(command_dto(row)))
 }
 
 pub async fn delete(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiPath(command_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Operator)?;
-    state
-        .store
-        .delete_command(&command_id)
-        .await
-        .map_err(not_found(&command_id))?;
-    state.audit(&caller, "DeleteCommand", &command_id, "").await;
+    state.dispatcher.delete_command(&actor, &command_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn invoke(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiPath(command_id): ApiPath<String>,
     ApiJson(req): ApiJson<InvokeCommandRequest>,
 ) -> Result<(StatusCode, ApiJson<InvocationCreated>), ApiError> {
-    caller.require(Role::Operator)?;
-    let count = req.instance_ids.len();
-    let created = state
-        .dispatcher
-        .invoke_command(&caller.username, &command_id, req)
-        .await?;
-    state
-        .audit(
-            &caller,
-            "InvokeCommand",
-            &created.invoke_id,
-            &format!("command {command_id} on {count} instances"),
-        )
-        .await;
+    let created = state.dispatcher.invoke_command(&actor, &command_id, req).await?;
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
-pub async fn quotas(_: Caller, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {
+pub async fn quotas(_: Actor, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {
     let limit = state.dispatcher.settings().retained_command_quota;
     let mut used: std::collections::BTreeMap<String, u64> = state.store.command_counts().await?.into_iter().collect();
     for (region, _) in state.store.regions().await? {

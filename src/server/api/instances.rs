@@ -1,18 +1,19 @@
 //! Regions and instances.
 
 use super::{rfc3339, window};
-use crate::protocol::api::{AgentInfo, Instance, InstanceStatus, InstancesResponse, Region, RegionsResponse};
+use crate::dispatch::{Actor, Kind, Liveness, error::not_found};
+use crate::protocol::api::{
+    AgentInfo, Instance, InstanceStatus, InstancesResponse, ModifyInstanceRequest, Region, RegionsResponse,
+};
 use crate::server::AppState;
-use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::store::{self, InstanceFilter, InstanceRow, Role, now_ms};
+use crate::store::{InstanceFilter, InstanceRow};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-/// The instance as the API shows it. `lost_before`: heartbeats older than this are stale.
-pub fn instance_dto(row: InstanceRow, lost_before: i64) -> Instance {
-    let fresh = row.last_heartbeat_at.is_some_and(|t| t > lost_before);
+/// The instance as the API shows it.
+pub fn instance_dto(row: InstanceRow, liveness: Liveness) -> Instance {
     Instance {
         instance_id: row.id,
         name: row.name,
@@ -21,13 +22,13 @@ pub fn instance_dto(row: InstanceRow, lost_before: i64) -> Instance {
         os_type: row.os_type,
         os_name: row.os_name,
         ip_addresses: row.ip_addresses,
-        status: if fresh {
+        status: if liveness.running {
             InstanceStatus::Running
         } else {
             InstanceStatus::Stopped
         },
         agent: AgentInfo {
-            online: row.online,
+            online: liveness.online,
             version: row.agent_version,
             last_heartbeat_time: row.last_heartbeat_at.map(rfc3339),
             supported_command_types: row.supported_command_types,
@@ -37,11 +38,7 @@ pub fn instance_dto(row: InstanceRow, lost_before: i64) -> Instance {
     }
 }
 
-fn lost_before(state: &AppState) -> i64 {
-    now_ms() - state.dispatcher.settings().heartbeat_loss().as_millis() as i64
-}
-
-pub async fn regions(_: Caller, State(state): State<AppState>) -> Result<ApiJson<RegionsResponse>, ApiError> {
+pub async fn regions(_: Actor, State(state): State<AppState>) -> Result<ApiJson<RegionsResponse>, ApiError> {
     let regions = state.store.regions().await?;
     let regions = regions
         .into_iter()
@@ -64,7 +61,7 @@ pub struct ListQuery {
 }
 
 pub async fn list(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<InstancesResponse>, ApiError> {
@@ -80,44 +77,65 @@ pub async fn list(
             ));
         }
     };
-    let fresh_after = lost_before(&state);
     let filter = InstanceFilter {
         region_id: query.region_id.filter(|r| !r.is_empty()),
         running,
-        fresh_after,
+        fresh_after: state.dispatcher.lost_before(),
         query: query.q.filter(|q| !q.trim().is_empty()),
         offset,
         limit,
+        ..Default::default()
     };
     let (rows, total) = state.store.list_instances(&filter).await?;
-    let instances = rows.into_iter().map(|r| instance_dto(r, fresh_after)).collect();
+    let instances = rows
+        .into_iter()
+        .map(|r| {
+            let liveness = state.dispatcher.liveness(&r);
+            instance_dto(r, liveness)
+        })
+        .collect();
     Ok(ApiJson(InstancesResponse { instances, total }))
 }
 
 pub async fn show(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiPath(instance_id): ApiPath<String>,
 ) -> Result<ApiJson<Instance>, ApiError> {
-    let row = state.store.instance(&instance_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("instance", &instance_id),
-        other => other.into(),
-    })?;
-    Ok(ApiJson(instance_dto(row, lost_before(&state))))
+    let row = state
+        .store
+        .instance(&instance_id)
+        .await
+        .map_err(not_found(Kind::Instance, &instance_id))?;
+    let liveness = state.dispatcher.liveness(&row);
+    Ok(ApiJson(instance_dto(row, liveness)))
+}
+
+/// Renames an instance.
+pub async fn modify(
+    actor: Actor,
+    State(state): State<AppState>,
+    ApiPath(instance_id): ApiPath<String>,
+    ApiJson(req): ApiJson<ModifyInstanceRequest>,
+) -> Result<ApiJson<Instance>, ApiError> {
+    let row = match req.name {
+        Some(name) => state.dispatcher.rename_instance(&actor, &instance_id, &name).await?,
+        None => state
+            .store
+            .instance(&instance_id)
+            .await
+            .map_err(not_found(Kind::Instance, &instance_id))?,
+    };
+    let liveness = state.dispatcher.liveness(&row);
+    Ok(ApiJson(instance_dto(row, liveness)))
 }
 
 /// Deregisters an instance: revokes its credential and closes its connection at once.
 pub async fn deregister(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiPath(instance_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Admin)?;
-    state.store.delete_instance(&instance_id).await.map_err(|e| match e {
-        store::Error::NotFound => ApiError::not_found("instance", &instance_id),
-        other => other.into(),
-    })?;
-    state.dispatcher.disconnect(&instance_id);
-    state.audit(&caller, "DeregisterInstance", &instance_id, "").await;
+    state.dispatcher.deregister(&actor, &instance_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,14 +1,14 @@
 //! RunCommand, execution records, their per-instance results and output, and stop.
 
-use super::{rfc3339, window};
+use super::{parse_time, rfc3339, window};
+use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::InvocationStatus;
 use crate::protocol::api::{
     Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
 };
 use crate::server::AppState;
-use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::store::{self, InvocationFilter, InvocationRow, ResultRow, Role};
+use crate::store::{InvocationFilter, InvocationRow, ResultRow};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -18,17 +18,13 @@ use serde::Deserialize;
 /// An invocation as the API shows it.
 pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>) -> Invocation {
     Invocation {
-        invocation_status: InvocationStatus::from_counts(row.counts.clone()),
+        invocation_status: row.status(),
         instance_count: row.counts.values().sum(),
         status_counts: row.counts,
         invoke_id: row.id,
         command_id: row.command_id,
         name: row.name,
-        command_type: row.command_type,
-        command_content: row.content,
-        working_dir: row.working_dir,
-        username: row.username,
-        timeout_secs: row.timeout_secs,
+        spec: row.spec,
         parameters: row.parameters,
         creator: row.creator,
         created_time: rfc3339(row.created_at),
@@ -52,30 +48,13 @@ pub fn result_dto(row: ResultRow, output: &[u8]) -> InvocationResult {
     }
 }
 
-fn not_found(invoke_id: &str) -> impl Fn(store::Error) -> ApiError + '_ {
-    move |e| match e {
-        store::Error::NotFound => ApiError::not_found("invocation", invoke_id),
-        other => other.into(),
-    }
-}
-
 /// RunCommand.
 pub async fn create(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RunCommandRequest>,
 ) -> Result<(StatusCode, ApiJson<InvocationCreated>), ApiError> {
-    caller.require(Role::Operator)?;
-    let count = req.instance_ids.len();
-    let created = state.dispatcher.run_command(&caller.username, req).await?;
-    state
-        .audit(
-            &caller,
-            "RunCommand",
-            &created.invoke_id,
-            &format!("on {count} instances"),
-        )
-        .await;
+    let created = state.dispatcher.run_command(&actor, req).await?;
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
@@ -83,14 +62,17 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
+    /// An instance id, an id prefix or an instance name.
     instance_id: Option<String>,
     command_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     page: Option<u64>,
     page_size: Option<u64>,
 }
 
 pub async fn list(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<InvocationsResponse>, ApiError> {
@@ -105,31 +87,22 @@ pub async fn list(
         })?),
         None => None,
     };
-    let mut filter = InvocationFilter {
-        instance_id: query.instance_id.filter(|s| !s.is_empty()),
+    let time = |field, text: Option<String>| {
+        text.filter(|s| !s.is_empty())
+            .map(|s| parse_time(field, &s))
+            .transpose()
+    };
+    let filter = InvocationFilter {
+        instance: query.instance_id.filter(|s| !s.is_empty()),
         command_id: query.command_id.filter(|s| !s.is_empty()),
+        status,
+        since: time("since", query.since)?,
+        until: time("until", query.until)?,
         offset,
         limit,
     };
-    // The overall status is derived, not stored: filter on it after reading, then page.
-    if status.is_some() {
-        (filter.offset, filter.limit) = (0, i64::MAX as u64);
-    }
     let (rows, total) = state.store.list_invocations(&filter).await?;
-    let mut invocations: Vec<Invocation> = rows.into_iter().map(|r| invocation_dto(r, None)).collect();
-    let total = match status {
-        Some(status) => {
-            invocations.retain(|i| i.invocation_status == status);
-            let total = invocations.len() as u64;
-            invocations = invocations
-                .into_iter()
-                .skip(offset as usize)
-                .take(limit as usize)
-                .collect();
-            total
-        }
-        None => total,
-    };
+    let invocations = rows.into_iter().map(|r| invocation_dto(r, None)).collect();
     Ok(ApiJson(InvocationsResponse { invocations, total }))
 }
 
@@ -141,7 +114,7 @@ pub struct ShowQuery {
 }
 
 pub async fn show(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiPath(invoke_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ShowQuery>,
@@ -150,22 +123,27 @@ pub async fn show(
         .store
         .invocation(&invoke_id)
         .await
-        .map_err(not_found(&invoke_id))?;
-    let mut results = Vec::new();
-    for result in state.store.results(&invoke_id).await? {
-        let output = if query.include_output.unwrap_or(true) {
-            state.store.output(result.id).await?
-        } else {
-            Vec::new()
-        };
-        results.push(result_dto(result, &output));
-    }
+        .map_err(not_found(Kind::Invocation, &invoke_id))?;
+    let results = state.store.results(&invoke_id).await?;
+    let mut outputs = if query.include_output.unwrap_or(true) {
+        let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
+        state.store.outputs(&ids).await?
+    } else {
+        Default::default()
+    };
+    let results = results
+        .into_iter()
+        .map(|r| {
+            let output = outputs.remove(&r.id).unwrap_or_default();
+            result_dto(r, &output)
+        })
+        .collect();
     Ok(ApiJson(invocation_dto(row, Some(results))))
 }
 
 /// The exact kept output bytes of one result.
 pub async fn output(
-    _: Caller,
+    _: Actor,
     State(state): State<AppState>,
     ApiPath((invoke_id, instance_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -173,10 +151,7 @@ pub async fn output(
         .store
         .result(&invoke_id, &instance_id)
         .await
-        .map_err(|e| match e {
-            store::Error::NotFound => ApiError::not_found("result", &format!("{invoke_id}/{instance_id}")),
-            other => other.into(),
-        })?;
+        .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
     let bytes = state.store.output(result.id).await?;
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -194,12 +169,11 @@ pub async fn output(
 
 /// StopInvocation: all results, or those of the instances given.
 pub async fn stop(
-    caller: Caller,
+    actor: Actor,
     State(state): State<AppState>,
     ApiPath(invoke_id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Operator)?;
     // The body is optional: no body stops every result.
     let req: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
@@ -207,21 +181,9 @@ pub async fn stop(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("InvalidParameter.Body", format!("invalid stop body: {e}")))?
     };
-    let stopped = state
-        .dispatcher
-        .stop(&invoke_id, req.instance_ids.as_deref())
-        .await
-        .map_err(|e| match e {
-            crate::dispatch::Error::NotFound(_) => ApiError::not_found("invocation", &invoke_id),
-            other => other.into(),
-        })?;
     state
-        .audit(
-            &caller,
-            "StopInvocation",
-            &invoke_id,
-            &format!("{stopped} results stopped"),
-        )
-        .await;
+        .dispatcher
+        .stop(&actor, &invoke_id, req.instance_ids.as_deref())
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }

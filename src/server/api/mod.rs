@@ -6,7 +6,7 @@ mod commands;
 mod instances;
 mod invocations;
 mod tokens;
-pub mod users;
+mod users;
 
 use super::AppState;
 use super::error::ApiError;
@@ -22,7 +22,9 @@ pub fn routes() -> Router<AppState> {
         .route("/instances", get(instances::list))
         .route(
             "/instances/{instance_id}",
-            get(instances::show).delete(instances::deregister),
+            get(instances::show)
+                .patch(instances::modify)
+                .delete(instances::deregister),
         )
         .route("/activations", post(activations::create).get(activations::list))
         .route("/invocations", post(invocations::create).get(invocations::list))

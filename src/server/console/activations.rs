@@ -1,30 +1,33 @@
-//! The Activations page: create an activation (the code is shown once, with the agent command
-//! line to paste on a host), list them, disable one.
+//! The Activations page: create an activation (the code is shown once, with the lines to paste
+//! on a host), list them, disable one.
 
-use super::{ConsoleForm, Layout, PageError, Session, render, when};
+use super::{ConsoleForm, Layout, PageError, Session, ToastNote, When, render};
+use crate::dispatch::{ActivationRequest, Error, Field, check};
 use crate::server::AppState;
-use crate::store::{ActivationRow, NewActivation, Role, ids, now_ms};
+use crate::store::ActivationRow;
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum_htmx::HxRefresh;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 pub struct ActivationView {
     pub id: String,
     pub region: String,
     pub description: String,
     pub used: String,
-    pub created: String,
-    pub expires: String,
+    pub created: When,
+    pub expires: When,
     pub state: &'static str,
 }
 
-impl From<ActivationRow> for ActivationView {
-    fn from(a: ActivationRow) -> Self {
+impl ActivationView {
+    fn new(a: ActivationRow, now: i64) -> Self {
         let state = if a.disabled {
             "Disabled"
-        } else if a.expires_at <= now_ms() {
+        } else if a.expires_at <= now {
             "Expired"
         } else if a.registered_count >= a.instance_count_limit {
             "Used up"
@@ -33,8 +36,8 @@ impl From<ActivationRow> for ActivationView {
         };
         ActivationView {
             used: format!("{} of {}", a.registered_count, a.instance_count_limit),
-            created: when(a.created_at),
-            expires: when(a.expires_at),
+            created: When::new(a.created_at),
+            expires: When::new(a.expires_at),
             id: a.id,
             region: a.region_id,
             description: a.description,
@@ -43,57 +46,73 @@ impl From<ActivationRow> for ActivationView {
     }
 }
 
+/// An activation just created: shown once, with the lines that enrol a host.
+pub struct Created {
+    pub id: String,
+    pub code: String,
+    /// Sets the code in the environment, where `ps` does not show it.
+    pub export_line: String,
+    pub agent_line: String,
+}
+
 #[derive(Template)]
 #[template(path = "activations/index.html")]
 struct ActivationsPage {
     layout: Layout,
     activations: Vec<ActivationView>,
-    /// Shown once after creation: the id, the code and the agent command line.
-    created: Option<(String, String, String)>,
-    error: String,
-    region: String,
+    created: Option<Created>,
+    errors: BTreeMap<&'static str, String>,
+    form: CreateForm,
 }
 
 async fn page(
     state: &AppState,
     session: &Session,
-    created: Option<(String, String, String)>,
-    error: String,
+    created: Option<Created>,
+    errors: BTreeMap<&'static str, String>,
+    form: CreateForm,
 ) -> Result<Response, PageError> {
+    let now = state.dispatcher.now();
     let activations = state
-        .store
-        .list_activations()
+        .dispatcher
+        .list_activations(&session.actor())
         .await?
         .into_iter()
-        .map(Into::into)
+        .map(|a| ActivationView::new(a, now))
         .collect();
     let layout = session.layout(state.store.regions().await?, "activations");
-    let region = session
-        .region
-        .clone()
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "local".into());
     Ok(render(&ActivationsPage {
         layout,
         activations,
         created,
-        error,
-        region,
+        errors,
+        form,
     }))
 }
 
 pub async fn index(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    page(&state, &session, None, String::new()).await
+    let form = CreateForm {
+        region_id: session.region.clone().unwrap_or_default(),
+        instance_count_limit: "10".into(),
+        ttl_hours: "4".into(),
+        ..Default::default()
+    };
+    page(&state, &session, None, BTreeMap::new(), form).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct CreateForm {
+    #[serde(default)]
     region_id: String,
+    #[serde(default)]
     instance_count_limit: String,
+    #[serde(default)]
     ttl_hours: String,
     #[serde(default)]
     description: String,
+    /// The instance name the agent line sets (optional).
+    #[serde(default)]
+    instance_name: String,
 }
 
 pub async fn create(
@@ -102,51 +121,65 @@ pub async fn create(
     headers: HeaderMap,
     ConsoleForm(form): ConsoleForm<CreateForm>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    let limit = form
-        .instance_count_limit
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (1..=100_000).contains(n));
-    let ttl = form
-        .ttl_hours
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|h| (1..=8760).contains(h));
-    let region_ok =
-        crate::dispatch::check_region(form.region_id.trim()).is_ok() && !form.description.chars().any(char::is_control);
-    let (Some(limit), Some(ttl), true) = (limit, ttl, region_ok) else {
-        let error = "Use a region like cn-hangzhou, an instance limit from 1 to 100000, an expiry from 1 to 8760 hours and a description without control characters.";
-        return page(&state, &session, None, error.into()).await;
+    let request = (|| {
+        if !form.instance_name.trim().is_empty() {
+            check::required_name(
+                Field::InstanceName,
+                "name",
+                &form.instance_name,
+                check::MAX_INSTANCE_NAME,
+                "instance",
+            )?;
+        }
+        Ok::<_, Error>(ActivationRequest {
+            region_id: form.region_id.clone(),
+            instance_count_limit: check::whole_number(Field::InstanceCountLimit, &form.instance_count_limit)?,
+            ttl_hours: Some(check::whole_number(Field::TtlHours, &form.ttl_hours)?),
+            description: Some(form.description.clone()).filter(|d| !d.is_empty()),
+        })
+    })();
+    let created = match request {
+        Ok(req) => state.dispatcher.create_activation(&session.actor(), req).await,
+        Err(e) => Err(e),
     };
-    let code = ids::new_secret();
-    let new = NewActivation {
-        region_id: form.region_id.trim().to_string(),
-        description: form.description.chars().take(100).collect(),
-        instance_count_limit: limit,
-        expires_at: now_ms() + ttl * 3_600_000,
-        code_hash: ids::hash_secret(&code),
-    };
-    let row = state.store.create_activation(&new).await?;
-    state
-        .audit(
-            &session.caller(),
-            "CreateActivation",
-            &row.id,
-            &format!("region {} limit {limit}", row.region_id),
-        )
-        .await;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("SERVER:8080");
-    let command = format!(
-        "sudo fleetrun agent --server http://{host} --activation-id {} --activation-code {code} --state-dir /var/lib/fleetrun-agent",
-        row.id
-    );
-    page(&state, &session, Some((row.id, code, command)), String::new()).await
+    match created {
+        Ok((row, code)) => {
+            let scheme = if state.tls { "https" } else { "http" };
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("SERVER:8080");
+            let name = match form.instance_name.trim() {
+                "" => String::new(),
+                name => format!(" --name {}", shell_quote(name)),
+            };
+            let created = Created {
+                export_line: format!("export FLEETRUN_ACTIVATION_CODE={code}"),
+                agent_line: format!(
+                    "sudo --preserve-env=FLEETRUN_ACTIVATION_CODE fleetrun agent --server {scheme}://{host} \
+                     --activation-id {}{name} --state-dir /var/lib/fleetrun-agent",
+                    row.id
+                ),
+                id: row.id,
+                code,
+            };
+            page(&state, &session, Some(created), BTreeMap::new(), CreateForm::default()).await
+        }
+        Err(Error::Invalid { field, message }) => {
+            let errors = BTreeMap::from([(field.form_name(), message)]);
+            page(&state, &session, None, errors, form).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Quotes a word for a POSIX shell line, unless it needs none.
+fn shell_quote(word: &str) -> String {
+    if word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 pub async fn disable(
@@ -154,16 +187,24 @@ pub async fn disable(
     session: Session,
     Path(activation_id): Path<String>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    state.store.disable_activation(&activation_id).await?;
     state
-        .audit(&session.caller(), "DisableActivation", &activation_id, "")
-        .await;
-    let mut response = render(&super::ToastNote {
+        .dispatcher
+        .disable_activation(&session.actor(), &activation_id)
+        .await?;
+    let note = render(&ToastNote {
         message: "Activation disabled.",
     });
-    response
-        .headers_mut()
-        .insert("hx-refresh", HeaderValue::from_static("true"));
-    Ok(response)
+    Ok((HxRefresh(true), note).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(shell_quote("web-1"), "web-1");
+        assert_eq!(shell_quote("db 1; rm"), "'db 1; rm'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
 }

@@ -1,8 +1,8 @@
 //! The Audit Log page: who did what, from where, newest first.
 
-use super::{Layout, PageError, Pager, Session, render, when};
+use super::{Layout, PageError, Pager, Session, When, render};
 use crate::server::AppState;
-use crate::store::{AuditFilter, AuditRow, Role};
+use crate::store::{AuditFilter, AuditRow};
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -12,7 +12,7 @@ use serde::Deserialize;
 #[template(path = "audit/index.html")]
 struct AuditPage {
     layout: Layout,
-    entries: Vec<(String, AuditRow)>,
+    entries: Vec<(When, AuditRow)>,
     user: String,
     action: String,
     pager: Pager,
@@ -32,8 +32,7 @@ pub async fn index(
     session: Session,
     Query(query): Query<IndexQuery>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    let mut pager = Pager::new(query.page, 100, 0);
+    let pager = Pager::new(query.page, 100);
     let filter = AuditFilter {
         username: Some(query.user.trim().to_string()).filter(|u| !u.is_empty()),
         action: Some(query.action.trim().to_string()).filter(|a| !a.is_empty()),
@@ -41,9 +40,13 @@ pub async fn index(
         offset: pager.offset(),
         limit: pager.page_size,
     };
-    let (rows, total) = state.store.list_audit(&filter).await?;
-    pager.total = total;
-    let entries = rows.into_iter().map(|r| (when(r.at), r)).collect();
+    let (rows, total) = state.dispatcher.list_audit(&session.actor(), &filter).await?;
+    let pager = pager.with(
+        total,
+        "/console/audit",
+        &[("user", &query.user), ("action", &query.action)],
+    );
+    let entries = rows.into_iter().map(|r| (When::new(r.at), r)).collect();
     let layout = session.layout(state.store.regions().await?, "audit");
     Ok(render(&AuditPage {
         layout,

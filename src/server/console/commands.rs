@@ -1,14 +1,16 @@
 //! The Commands page: retained commands with their quota use; view and edit, delete, Run.
 
-use super::{ConsoleForm, Layout, PageError, Pager, Session, render, when};
+use super::{ConsoleForm, Layout, PageError, Pager, Session, ToastNote, When, render};
+use crate::dispatch::{Error, Field, Kind, check, error::not_found};
 use crate::protocol::api::{ContentEncoding, ModifyCommandRequest};
 use crate::server::AppState;
-use crate::store::{CommandRow, Role};
+use crate::store::CommandRow;
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum_htmx::HxRefresh;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 pub struct CommandView {
     pub id: String,
@@ -17,10 +19,10 @@ pub struct CommandView {
     pub command_type: &'static str,
     pub content: String,
     pub working_dir: String,
-    pub timeout: u64,
+    pub timeout: String,
     pub username: String,
     pub region: String,
-    pub created: String,
+    pub created: When,
     pub invoke_times: u64,
     pub parameters: String,
 }
@@ -28,16 +30,16 @@ pub struct CommandView {
 impl From<CommandRow> for CommandView {
     fn from(c: CommandRow) -> Self {
         CommandView {
-            command_type: c.command_type.label(),
-            created: when(c.created_at),
-            working_dir: c.working_dir.unwrap_or_default(),
-            username: c.username.unwrap_or_default(),
+            command_type: c.spec.command_type.label(),
+            created: When::new(c.created_at),
+            working_dir: c.spec.working_dir.unwrap_or_default(),
+            username: c.spec.username.unwrap_or_default(),
             parameters: c.parameter_names.join(", "),
+            timeout: c.spec.timeout_secs.to_string(),
+            content: c.spec.content,
             id: c.id,
             name: c.name,
             description: c.description,
-            content: c.content,
-            timeout: c.timeout_secs,
             region: c.region_id,
             invoke_times: c.invoke_times,
         }
@@ -67,27 +69,25 @@ pub async fn index(
     Query(query): Query<IndexQuery>,
 ) -> Result<Response, PageError> {
     let region = session.region.clone().filter(|r| !r.is_empty());
-    let mut pager = Pager::new(query.page, 50, 0);
+    let pager = Pager::new(query.page, 50);
     let search = Some(query.q.trim()).filter(|q| !q.is_empty());
     let (rows, total) = state
         .store
         .list_commands(region.as_deref(), search, pager.offset(), pager.page_size)
         .await?;
-    pager.total = total;
-    let limit = state.dispatcher.settings().retained_command_quota;
+    let pager = pager.with(total, "/console/commands", &[("q", &query.q)]);
     let quota = match &region {
         Some(region) => {
-            let used = state
-                .store
-                .command_counts()
-                .await?
-                .into_iter()
-                .find(|(r, _)| r == region)
-                .map(|(_, n)| n)
-                .unwrap_or(0);
-            format!("{used} of {limit} retained commands used in region {region}")
+            let quota = state.dispatcher.command_quota(region).await?;
+            format!(
+                "{} of {} retained commands used in region {region}",
+                quota.used, quota.limit
+            )
         }
-        None => format!("Each region may retain {limit} commands; pick a region to see its use."),
+        None => format!(
+            "Each region may retain {} commands; pick a region to see its use.",
+            state.dispatcher.settings().retained_command_quota
+        ),
     };
     let layout = session.layout(state.store.regions().await?, "commands");
     Ok(render(&CommandsPage {
@@ -104,7 +104,7 @@ pub async fn index(
 struct CommandPage {
     layout: Layout,
     command: CommandView,
-    error: String,
+    errors: BTreeMap<&'static str, String>,
     saved: bool,
 }
 
@@ -113,12 +113,16 @@ pub async fn show(
     session: Session,
     Path(command_id): Path<String>,
 ) -> Result<Response, PageError> {
-    let command = state.store.command(&command_id).await?;
+    let command = state
+        .store
+        .command(&command_id)
+        .await
+        .map_err(not_found(Kind::Command, &command_id))?;
     let layout = session.layout(state.store.regions().await?, "commands");
     Ok(render(&CommandPage {
         layout,
         command: command.into(),
-        error: String::new(),
+        errors: BTreeMap::new(),
         saved: false,
     }))
 }
@@ -139,14 +143,8 @@ pub async fn update(
     Path(command_id): Path<String>,
     ConsoleForm(form): ConsoleForm<EditForm>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Operator)?;
     let layout = session.layout(state.store.regions().await?, "commands");
-    let timeout = form
-        .timeout
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| "Timeout must be a whole number of seconds.".to_string());
-    let outcome = match timeout {
+    let outcome = match check::whole_number(Field::Timeout, &form.timeout) {
         Ok(timeout) => {
             let req = ModifyCommandRequest {
                 name: Some(form.name.clone()),
@@ -157,41 +155,40 @@ pub async fn update(
                 timeout_secs: Some(timeout),
                 username: Some(form.username.clone()),
             };
-            match state.dispatcher.check_command_change(&command_id, req).await {
-                Ok(change) => state
-                    .dispatcher
-                    .modify_command(&command_id, change)
-                    .await
-                    .map_err(|e| PageError::from(e).message().to_string()),
-                Err(e) => Err(PageError::from(e).message().to_string()),
-            }
-        }
-        Err(message) => Err(message),
-    };
-    match outcome {
-        Ok(command) => {
             state
-                .audit(&session.caller(), "ModifyCommand", &command_id, &command.name)
-                .await;
-            Ok(render(&CommandPage {
-                layout,
-                command: command.into(),
-                error: String::new(),
-                saved: true,
-            }))
+                .dispatcher
+                .modify_command(&session.actor(), &command_id, req)
+                .await
         }
-        Err(error) => {
-            let mut command: CommandView = state.store.command(&command_id).await?.into();
+        Err(e) => Err(e),
+    };
+    let (command, errors, saved) = match outcome {
+        Ok(command) => (command.into(), BTreeMap::new(), true),
+        Err(e) => {
+            let field = match &e {
+                Error::Invalid { field, .. } => field.form_name(),
+                Error::Conflict { .. } => Field::Name.form_name(),
+                _ => return Err(e.into()),
+            };
+            let message = PageError::from(e).message().to_string();
+            // Show what was typed, with the refusal next to its field.
+            let mut command: CommandView = state
+                .store
+                .command(&command_id)
+                .await
+                .map_err(not_found(Kind::Command, &command_id))?
+                .into();
             (command.name, command.description, command.content) = (form.name, form.description, form.content);
-            (command.working_dir, command.username) = (form.working_dir, form.username);
-            Ok(render(&CommandPage {
-                layout,
-                command,
-                error,
-                saved: false,
-            }))
+            (command.working_dir, command.username, command.timeout) = (form.working_dir, form.username, form.timeout);
+            (command, BTreeMap::from([(field, message)]), false)
         }
-    }
+    };
+    Ok(render(&CommandPage {
+        layout,
+        command,
+        errors,
+        saved,
+    }))
 }
 
 pub async fn delete(
@@ -199,14 +196,9 @@ pub async fn delete(
     session: Session,
     Path(command_id): Path<String>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Operator)?;
-    state.store.delete_command(&command_id).await?;
-    state.audit(&session.caller(), "DeleteCommand", &command_id, "").await;
-    let mut response = render(&super::ToastNote {
+    state.dispatcher.delete_command(&session.actor(), &command_id).await?;
+    let note = render(&ToastNote {
         message: "Command deleted.",
     });
-    response
-        .headers_mut()
-        .insert("hx-refresh", HeaderValue::from_static("true"));
-    Ok(response)
+    Ok((HxRefresh(true), note).into_response())
 }

@@ -1,38 +1,37 @@
-//! The Instances page of a region and one instance's page with its Remote Commands tab.
+//! The Instances page of a region (selection across pages, "select all matching"), and one
+//! instance's page with its Remote Commands tab, rename and deregistration.
 
 use super::records::RecordView;
-use super::{Layout, PageError, Pager, Session, render, when};
-use crate::protocol::InvocationStatus;
+use super::{ConsoleForm, Layout, PageError, Pager, Session, ToastNote, Url, When, render};
+use crate::dispatch::{Kind, Liveness, error::not_found};
 use crate::server::AppState;
-use crate::store::{InstanceFilter, InstanceRow, InvocationFilter, now_ms};
+use crate::store::{InstanceFilter, InstanceRow, InvocationFilter};
 use askama::Template;
-use axum::extract::{Path, State};
-use axum::response::Response;
-use axum_extra::extract::Query as MultiQuery;
-use serde::Deserialize;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum_htmx::HxRedirect;
+use serde::{Deserialize, Serialize};
 
 /// An instance as a row of the console.
 pub struct InstanceView {
     pub id: String,
     pub name: String,
     pub region: String,
-    pub running: bool,
-    pub online: bool,
+    pub liveness: Liveness,
     pub os: &'static str,
     pub os_name: String,
     pub ips: String,
     pub version: String,
     pub tags: String,
-    pub last_heartbeat: String,
+    pub last_heartbeat: Option<When>,
     pub types: Vec<&'static str>,
-    pub checked: bool,
 }
 
 impl InstanceView {
-    pub fn new(row: InstanceRow, lost_before: i64, checked: bool) -> Self {
+    pub fn new(row: InstanceRow, liveness: Liveness) -> Self {
         InstanceView {
-            running: row.last_heartbeat_at.is_some_and(|t| t > lost_before),
-            online: row.online,
+            liveness,
             os: row.os_type.as_str(),
             ips: row.ip_addresses.join(", "),
             tags: row
@@ -41,33 +40,67 @@ impl InstanceView {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            last_heartbeat: row.last_heartbeat_at.map(when).unwrap_or_else(|| "never".into()),
+            last_heartbeat: row.last_heartbeat_at.map(When::new),
             types: row.supported_command_types.iter().map(|t| t.label()).collect(),
             id: row.id,
             name: row.name,
             region: row.region_id,
             os_name: row.os_name,
             version: row.agent_version,
-            checked,
         }
     }
 
     /// Why the instance cannot take a command now; empty when it can.
     pub fn unavailable(&self) -> &'static str {
-        match (self.running, self.online) {
+        match (self.liveness.running, self.liveness.online) {
             (true, true) => "",
-            (false, _) => "The instance is Stopped: its agent has not sent a heartbeat recently.",
-            (true, false) => "Cloud Assistant is offline on this instance.",
+            (_, false) => "Cloud Assistant is offline on this instance: its agent is not connected.",
+            (false, true) => "Its agent has not sent a heartbeat recently.",
         }
     }
 
+    /// The instance's status. The server knows the machine only through its agent, so a lost
+    /// agent makes the status unknown, not "Stopped" (which in ECS means a stopped VM).
     pub fn status(&self) -> &'static str {
-        if self.running { "Running" } else { "Stopped" }
+        if self.liveness.running { "Running" } else { "Unknown" }
+    }
+
+    /// Why the status is what it is, for the tooltip.
+    pub fn status_note(&self) -> &'static str {
+        if self.liveness.running {
+            "Its agent reported moments ago."
+        } else {
+            "No heartbeat from its agent for over three intervals: the machine may be stopped or unreachable."
+        }
     }
 }
 
-pub fn lost_before(state: &AppState) -> i64 {
-    now_ms() - state.dispatcher.settings().heartbeat_loss().as_millis() as i64
+/// The Instances page's filters, as in its URL.
+#[derive(Debug, Deserialize, Default)]
+pub struct IndexQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    status: String,
+    page: Option<u64>,
+    #[serde(default)]
+    rows: bool,
+}
+
+impl IndexQuery {
+    fn filter(&self, state: &AppState, session: &Session) -> InstanceFilter {
+        InstanceFilter {
+            region_id: session.region.clone().filter(|r| !r.is_empty()),
+            running: match self.status.as_str() {
+                "Running" => Some(true),
+                "Stopped" => Some(false),
+                _ => None,
+            },
+            fresh_after: state.dispatcher.lost_before(),
+            query: Some(self.q.trim().to_string()).filter(|q| !q.is_empty()),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Template)]
@@ -80,7 +113,7 @@ pub struct InstancesPage {
     pager: Pager,
 }
 
-/// Just the table body, for the periodic refresh (checked boxes stay checked).
+/// Just the table body, for the periodic refresh (console.js ticks the selected boxes again).
 #[derive(Template)]
 #[template(path = "instances/index.html", block = "rows")]
 pub struct InstanceRowsFragment {
@@ -90,48 +123,28 @@ pub struct InstanceRowsFragment {
     pager: Pager,
 }
 
-#[derive(Debug, Deserialize, Default)]
-pub struct IndexQuery {
-    #[serde(default)]
-    q: String,
-    #[serde(default)]
-    status: String,
-    page: Option<u64>,
-    #[serde(default)]
-    rows: bool,
-    #[serde(default)]
-    instance_ids: Vec<String>,
-}
-
 const PAGE_SIZE: u64 = 50;
 
 pub async fn index(
     State(state): State<AppState>,
     session: Session,
-    MultiQuery(query): MultiQuery<IndexQuery>,
+    Query(query): Query<IndexQuery>,
 ) -> Result<Response, PageError> {
-    let lost = lost_before(&state);
-    let running = match query.status.as_str() {
-        "Running" => Some(true),
-        "Stopped" => Some(false),
-        _ => None,
-    };
-    let mut pager = Pager::new(query.page, PAGE_SIZE, 0);
+    let pager = Pager::new(query.page, PAGE_SIZE);
     let filter = InstanceFilter {
-        region_id: session.region.clone().filter(|r| !r.is_empty()),
-        running,
-        fresh_after: lost,
-        query: Some(query.q.trim().to_string()).filter(|q| !q.is_empty()),
         offset: pager.offset(),
         limit: PAGE_SIZE,
+        ..query.filter(&state, &session)
     };
     let (found, total) = state.store.list_instances(&filter).await?;
-    pager.total = total;
-    let rows = found.into_iter().map(|r| {
-        let checked = query.instance_ids.contains(&r.id);
-        InstanceView::new(r, lost, checked)
-    });
-    let rows: Vec<InstanceView> = rows.collect();
+    let pager = pager.with(total, Url::INSTANCES, &[("q", &query.q), ("status", &query.status)]);
+    let rows: Vec<InstanceView> = found
+        .into_iter()
+        .map(|r| {
+            let liveness = state.dispatcher.liveness(&r);
+            InstanceView::new(r, liveness)
+        })
+        .collect();
     if query.rows {
         return Ok(render(&InstanceRowsFragment {
             rows,
@@ -150,12 +163,76 @@ pub async fn index(
     }))
 }
 
+/// The instances a "Select all N matching" selects: every one matching the filters that can
+/// take a command now, up to the most one invocation may target.
+#[derive(Debug, Serialize)]
+pub struct MatchingIds {
+    ids: Vec<String>,
+    /// All matching, including those that cannot take a command now.
+    matching: u64,
+}
+
+pub async fn ids(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<IndexQuery>,
+) -> Result<Response, PageError> {
+    let filter = query.filter(&state, &session);
+    let (_, matching) = state
+        .store
+        .list_instances(&InstanceFilter {
+            limit: 0,
+            ..filter.clone()
+        })
+        .await?;
+    let available = InstanceFilter {
+        running: Some(true),
+        online: Some(true),
+        ..filter
+    };
+    let max = state.dispatcher.settings().max_instances as u64;
+    let ids = state.store.matching_instance_ids(&available, max).await?;
+    Ok(Json(MatchingIds { ids, matching }).into_response())
+}
+
 #[derive(Template)]
 #[template(path = "instances/show.html")]
 pub struct InstancePage {
     layout: Layout,
     instance: InstanceView,
     records: Vec<RecordView>,
+    filtered: bool,
+    is_admin: bool,
+    error: String,
+}
+
+async fn instance_page(
+    state: &AppState,
+    session: &Session,
+    instance_id: &str,
+    error: String,
+) -> Result<Response, PageError> {
+    let row = state
+        .store
+        .instance(instance_id)
+        .await
+        .map_err(not_found(Kind::Instance, instance_id))?;
+    let filter = InvocationFilter {
+        instance: Some(instance_id.to_string()),
+        limit: 50,
+        ..Default::default()
+    };
+    let (invocations, _) = state.store.list_invocations(&filter).await?;
+    let layout = session.layout(state.store.regions().await?, "instances");
+    let liveness = state.dispatcher.liveness(&row);
+    Ok(render(&InstancePage {
+        layout,
+        instance: InstanceView::new(row, liveness),
+        records: invocations.into_iter().map(RecordView::new).collect(),
+        filtered: false,
+        is_admin: session.user.role == crate::store::Role::Admin,
+        error,
+    }))
 }
 
 pub async fn show(
@@ -163,34 +240,41 @@ pub async fn show(
     session: Session,
     Path(instance_id): Path<String>,
 ) -> Result<Response, PageError> {
-    let row = state.store.instance(&instance_id).await.map_err(|e| match e {
-        crate::store::Error::NotFound => PageError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            format!("Instance {instance_id} does not exist."),
-        ),
-        other => other.into(),
-    })?;
-    let filter = InvocationFilter {
-        instance_id: Some(instance_id),
-        limit: 50,
-        ..Default::default()
-    };
-    let (invocations, _) = state.store.list_invocations(&filter).await?;
-    let records = invocations.into_iter().map(RecordView::new).collect();
-    let layout = session.layout(state.store.regions().await?, "instances");
-    Ok(render(&InstancePage {
-        layout,
-        instance: InstanceView::new(row, lost_before(&state), false),
-        records,
-    }))
+    instance_page(&state, &session, &instance_id, String::new()).await
 }
 
-/// Re-exported for templates that show an overall status.
-pub fn status_class(status: InvocationStatus) -> &'static str {
-    match status {
-        InvocationStatus::Success => "ok",
-        InvocationStatus::Failed | InvocationStatus::PartialFailed => "bad",
-        InvocationStatus::Stopped => "muted",
-        _ => "busy",
+#[derive(Debug, Deserialize)]
+pub struct RenameForm {
+    name: String,
+}
+
+pub async fn rename(
+    State(state): State<AppState>,
+    session: Session,
+    Path(instance_id): Path<String>,
+    ConsoleForm(form): ConsoleForm<RenameForm>,
+) -> Result<Response, PageError> {
+    match state
+        .dispatcher
+        .rename_instance(&session.actor(), &instance_id, &form.name)
+        .await
+    {
+        Ok(_) => instance_page(&state, &session, &instance_id, String::new()).await,
+        Err(e @ crate::dispatch::Error::Invalid { .. }) => {
+            instance_page(&state, &session, &instance_id, e.to_string()).await
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+pub async fn deregister(
+    State(state): State<AppState>,
+    session: Session,
+    Path(instance_id): Path<String>,
+) -> Result<Response, PageError> {
+    state.dispatcher.deregister(&session.actor(), &instance_id).await?;
+    let note = render(&ToastNote {
+        message: "Instance deregistered.",
+    });
+    Ok((HxRedirect(Url::INSTANCES.to_string()), note).into_response())
 }

@@ -1,17 +1,17 @@
 //! Logging in and out, and the region picked in the top bar.
 
-use super::{COOKIE, ConsoleForm, PageError, Session, Url, render};
+use super::session::session_cookie;
+use super::{ConsoleForm, PageError, Session, Url, render};
+use crate::dispatch::{Error, LoginRefusal};
 use crate::server::AppState;
-use crate::server::auth::{PeerIp, verify_password};
-use crate::store::{NewAudit, ids, now_ms};
+use crate::server::auth::PeerIp;
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::CookieJar;
+use axum_htmx::{HxRedirect, HxRefresh};
 use serde::Deserialize;
-
-/// How long a console session lasts.
-const SESSION_HOURS: i64 = 12;
 
 #[derive(Template)]
 #[template(path = "login.html")]
@@ -52,76 +52,43 @@ pub struct LoginForm {
 pub async fn submit(
     State(state): State<AppState>,
     PeerIp(ip): PeerIp,
+    jar: CookieJar,
     ConsoleForm(form): ConsoleForm<LoginForm>,
 ) -> Result<Response, PageError> {
-    let keys = crate::server::throttle::keys(&ip, &form.username);
-    if let Err(wait) = state.throttle.check(&keys) {
-        let page = LoginPage {
-            error: crate::server::throttle::refusal(wait),
-            username: form.username.clone(),
-            next: safe_next(form.next.as_deref()),
-        };
-        return Ok((StatusCode::TOO_MANY_REQUESTS, render(&page)).into_response());
-    }
-    let user = state.store.user_by_name(&form.username).await?;
-    let verified = match &user {
-        Some(user) if !user.disabled => {
-            let (password, hash) = (form.password.clone(), user.password_hash.clone());
-            tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-                .await
-                .unwrap_or(false)
+    let next = safe_next(form.next.as_deref());
+    match state.dispatcher.login(&form.username, &form.password, &ip).await {
+        Ok(session) => {
+            let jar = jar.add(session_cookie(session.secret, state.tls));
+            Ok((jar, Redirect::to(&next)).into_response())
         }
-        _ => false,
-    };
-    let audit = |action: &'static str| NewAudit {
-        username: &form.username,
-        source_ip: &ip,
-        action,
-        target: "console",
-        detail: "",
-    };
-    let Some(user) = user.filter(|_| verified) else {
-        state.throttle.failed(&keys);
-        let _ = state.store.audit(audit("LoginFailed")).await;
-        let page = LoginPage {
-            error: "Wrong username or password.".into(),
-            username: form.username.clone(),
-            next: safe_next(form.next.as_deref()),
-        };
-        return Ok((StatusCode::UNAUTHORIZED, render(&page)).into_response());
-    };
-    let secret = ids::new_secret();
-    let expires_at = now_ms() + SESSION_HOURS * 3_600_000;
-    state
-        .store
-        .create_session(&ids::hash_secret(&secret), user.id, &ids::new_secret(), expires_at)
-        .await?;
-    state.throttle.succeeded(&keys);
-    let _ = state.store.audit(audit("Login")).await;
-    let secure = if state.tls { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        SESSION_HOURS * 3600
-    );
-    let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-    );
-    Ok(response)
+        Err(Error::Login(refusal)) => {
+            let status = match refusal {
+                LoginRefusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            let page = LoginPage {
+                error: sentence(&refusal.message()),
+                username: form.username,
+                next,
+            };
+            Ok((status, render(&page)).into_response())
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
-pub async fn logout(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
-    state.store.delete_session(&session.id_hash).await?;
-    state.audit(&session.caller(), "Logout", "console", "").await;
-    let mut response = StatusCode::OK.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("fleetrun_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
-    headers.insert("hx-redirect", HeaderValue::from_static(Url::LOGIN));
-    Ok(response)
+/// A message as a sentence on a page: capitalised, with a full stop.
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    let first = chars.next().map(|c| c.to_uppercase().to_string()).unwrap_or_default();
+    format!("{first}{}.", chars.as_str())
+}
+
+pub async fn logout(State(state): State<AppState>, session: Session, jar: CookieJar) -> Result<Response, PageError> {
+    state.dispatcher.logout(&session.actor(), &session.cookie).await?;
+    // The removal keeps the cookie's attributes (Secure under TLS), as browsers require.
+    let jar = jar.remove(session_cookie(String::new(), state.tls));
+    Ok((jar, HxRedirect(Url::LOGIN.to_string()), StatusCode::OK).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,16 +101,6 @@ pub async fn pick_region(
     session: Session,
     ConsoleForm(form): ConsoleForm<RegionForm>,
 ) -> Result<Response, PageError> {
-    if !form.region_id.is_empty() {
-        crate::dispatch::check_region(&form.region_id)?;
-    }
-    state
-        .store
-        .set_session_region(&session.id_hash, &form.region_id)
-        .await?;
-    let mut response = StatusCode::OK.into_response();
-    response
-        .headers_mut()
-        .insert("hx-refresh", HeaderValue::from_static("true"));
-    Ok(response)
+    state.dispatcher.pick_region(&session.cookie, &form.region_id).await?;
+    Ok((HxRefresh(true), StatusCode::OK).into_response())
 }

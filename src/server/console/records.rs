@@ -1,18 +1,18 @@
 //! Execution Records: the list of invocations, one invocation's page, and the Command Output
 //! panel (counts per status, a row per instance, the selected instance's output streaming live).
 
-use super::fragment::output_html;
-use super::{Layout, PageError, Pager, Session, duration, render, when};
-use crate::protocol::{InvocationStatus, OutputStream, ResultStatus};
+use super::{Layout, PageError, Pager, Session, When, duration, render, status_class};
+use crate::dispatch::{Kind, error::not_found};
+use crate::protocol::{InvocationStatus, ResultStatus};
 use crate::server::AppState;
 use crate::server::live::{Format, Watch};
-use crate::store::{self, InvocationFilter, InvocationRow, ResultRow, Role, now_ms};
+use crate::store::{InvocationFilter, InvocationRow, ResultRow};
 use askama::Template;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 /// Most result rows the panel draws at once; a status filter narrows them.
@@ -28,12 +28,12 @@ pub struct RecordView {
     pub status_class: &'static str,
     pub counts: String,
     pub creator: String,
-    pub created: String,
+    pub created: When,
 }
 
 impl RecordView {
     pub fn new(row: InvocationRow) -> Self {
-        let status = InvocationStatus::from_counts(row.counts.clone());
+        let status = row.status();
         let counts = row
             .counts
             .iter()
@@ -42,17 +42,17 @@ impl RecordView {
             .join(", ");
         RecordView {
             name: if row.name.is_empty() {
-                first_line(&row.content)
+                first_line(&row.spec.content)
             } else {
                 row.name
             },
-            command_type: row.command_type.label(),
+            command_type: row.spec.command_type.label(),
             command_id: row.command_id.unwrap_or_default(),
-            status_class: super::instances::status_class(status),
+            status_class: status_class(status),
             status,
             counts,
             creator: row.creator,
-            created: when(row.created_at),
+            created: When::new(row.created_at),
             id: row.id,
         }
     }
@@ -75,6 +75,8 @@ pub struct ResultView {
     pub exit_code: String,
     pub error: String,
     pub duration: String,
+    /// When it started, while it runs: console.js counts the duration up live.
+    pub running_since: Option<When>,
     pub selected: bool,
 }
 
@@ -89,12 +91,16 @@ impl ResultView {
         let error = match (&row.error_code, &row.error_info) {
             (Some(code), Some(info)) => format!("{code}: {info}"),
             (Some(code), None) => code.to_string(),
-            _ => String::new(),
+            (None, Some(info)) => info.clone(),
+            (None, None) => String::new(),
         };
         let duration = match (row.start_time, row.finish_time) {
             (Some(start), Some(end)) => duration(end - start),
-            (Some(start), None) => duration(now_ms() - start),
             _ => String::new(),
+        };
+        let running_since = match (row.start_time, row.status.is_terminal()) {
+            (Some(start), false) => Some(When::new(start)),
+            _ => None,
         };
         ResultView {
             instance_id: row.instance_id.clone(),
@@ -103,6 +109,7 @@ impl ResultView {
             exit_code: row.exit_code.map(|c| c.to_string()).unwrap_or_default(),
             error,
             duration,
+            running_since,
             selected: selected == Some(row.instance_id.as_str()),
         }
     }
@@ -119,10 +126,10 @@ pub struct Summary {
 
 impl Summary {
     fn new(row: &InvocationRow) -> Self {
-        let status = InvocationStatus::from_counts(row.counts.clone());
+        let status = row.status();
         Summary {
             status,
-            status_class: super::instances::status_class(status),
+            status_class: status_class(status),
             total: row.counts.values().sum(),
             counts: row.counts.iter().map(|(s, n)| (*s, *n)).collect(),
             active: !status.is_terminal(),
@@ -147,11 +154,10 @@ pub struct PanelFragment {
 impl PanelFragment {
     /// The URL of the panel's live socket.
     pub fn live_url(&self) -> String {
-        format!(
-            "/console/invocations/{}/live?instance_id={}",
-            self.invoke_id,
-            super::urlencode(&self.selected)
-        )
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("instance_id", &self.selected)
+            .finish();
+        format!("/console/invocations/{}/live?{query}", self.invoke_id)
     }
 }
 
@@ -162,12 +168,11 @@ pub async fn load_panel(
     selected: Option<String>,
     status: Option<String>,
 ) -> Result<PanelFragment, PageError> {
-    let invocation = state.store.invocation(invoke_id).await.map_err(|e| match e {
-        store::Error::NotFound => {
-            PageError::new(StatusCode::NOT_FOUND, format!("Invocation {invoke_id} does not exist."))
-        }
-        other => other.into(),
-    })?;
+    let invocation = state
+        .store
+        .invocation(invoke_id)
+        .await
+        .map_err(not_found(Kind::Invocation, invoke_id))?;
     let results = state.store.results(invoke_id).await?;
     let filter: Option<ResultStatus> = status.as_deref().filter(|s| !s.is_empty()).and_then(|s| s.parse().ok());
     let selected = selected
@@ -200,21 +205,33 @@ pub async fn load_panel(
 struct RecordsPage {
     layout: Layout,
     records: Vec<RecordView>,
+    filtered: bool,
     pager: Pager,
-    status: String,
-    instance_id: String,
-    command_id: String,
+    query: IndexQuery,
 }
 
-#[derive(Debug, Deserialize)]
+/// Execution Records' filters, as in its URL.
+#[derive(Debug, Default, Deserialize)]
 pub struct IndexQuery {
     #[serde(default)]
     status: String,
+    /// An instance id, an id prefix or an instance name.
     #[serde(default)]
     instance_id: String,
     #[serde(default)]
     command_id: String,
+    /// Dates (`2026-11-30`, UTC): created on or after `since`, on or before `until`.
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
     page: Option<u64>,
+}
+
+/// The start of a `YYYY-MM-DD` day, UTC, in milliseconds.
+fn day_start(date: &str) -> Option<i64> {
+    let day = chrono::NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").ok()?;
+    Some(day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
 }
 
 const PAGE_SIZE: u64 = 50;
@@ -224,38 +241,41 @@ pub async fn index(
     session: Session,
     Query(query): Query<IndexQuery>,
 ) -> Result<Response, PageError> {
-    let status: Option<InvocationStatus> = query.status.parse().ok();
-    let mut pager = Pager::new(query.page, PAGE_SIZE, 0);
-    let mut filter = InvocationFilter {
-        instance_id: Some(query.instance_id.trim().to_string()).filter(|s| !s.is_empty()),
-        command_id: Some(query.command_id.trim().to_string()).filter(|s| !s.is_empty()),
+    let pager = Pager::new(query.page, PAGE_SIZE);
+    let text = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+    let filter = InvocationFilter {
+        instance: text(&query.instance_id),
+        command_id: text(&query.command_id),
+        status: query.status.parse().ok(),
+        since: day_start(&query.since),
+        until: day_start(&query.until).map(|start| start + 86_400_000),
         offset: pager.offset(),
         limit: PAGE_SIZE,
     };
-    // The overall status is derived: filter after reading, then page.
-    if status.is_some() {
-        (filter.offset, filter.limit) = (0, i64::MAX as u64);
-    }
+    let filtered = filter.instance.is_some()
+        || filter.command_id.is_some()
+        || filter.status.is_some()
+        || filter.since.is_some()
+        || filter.until.is_some();
     let (rows, total) = state.store.list_invocations(&filter).await?;
-    let mut records: Vec<RecordView> = rows.into_iter().map(RecordView::new).collect();
-    pager.total = total;
-    if let Some(status) = status {
-        records.retain(|r| r.status == status);
-        pager.total = records.len() as u64;
-        records = records
-            .into_iter()
-            .skip(pager.offset() as usize)
-            .take(PAGE_SIZE as usize)
-            .collect();
-    }
+    let pager = pager.with(
+        total,
+        "/console/invocations",
+        &[
+            ("status", &query.status),
+            ("instance_id", &query.instance_id),
+            ("command_id", &query.command_id),
+            ("since", &query.since),
+            ("until", &query.until),
+        ],
+    );
     let layout = session.layout(state.store.regions().await?, "records");
     Ok(render(&RecordsPage {
         layout,
-        records,
+        records: rows.into_iter().map(RecordView::new).collect(),
+        filtered,
         pager,
-        status: query.status,
-        instance_id: query.instance_id,
-        command_id: query.command_id,
+        query,
     }))
 }
 
@@ -263,11 +283,8 @@ pub async fn index(
 #[template(path = "records/show.html")]
 struct RecordPage {
     layout: Layout,
-    invoke_id: String,
-    content: String,
-    command_type: &'static str,
-    creator: String,
-    created: String,
+    invocation: InvocationRow,
+    created: When,
     /// The rendered panel (our own markup).
     panel: String,
 }
@@ -296,11 +313,8 @@ pub async fn show(
     let layout = session.layout(state.store.regions().await?, "records");
     Ok(render(&RecordPage {
         layout,
-        invoke_id: invoke_id.clone(),
-        content: invocation.content,
-        command_type: invocation.command_type.label(),
-        creator: invocation.creator,
-        created: when(invocation.created_at),
+        created: When::new(invocation.created_at),
+        invocation,
         panel: render_panel(panel)?,
     }))
 }
@@ -329,7 +343,11 @@ pub async fn live(
     Query(query): Query<LiveQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, PageError> {
-    state.store.invocation(&invoke_id).await?;
+    state
+        .store
+        .invocation(&invoke_id)
+        .await
+        .map_err(not_found(Kind::Invocation, &invoke_id))?;
     let selected = query.instance_id.filter(|s| !s.is_empty());
     let watch = Watch::new(state, invoke_id, selected, None, Format::Html);
     Ok(ws
@@ -343,20 +361,8 @@ pub async fn stop(
     session: Session,
     Path(invoke_id): Path<String>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Operator)?;
-    let stopped = state.dispatcher.stop(&invoke_id, None).await?;
-    state
-        .audit(
-            &session.caller(),
-            "StopInvocation",
-            &invoke_id,
-            &format!("{stopped} results stopped"),
-        )
-        .await;
-    Ok(summary_fragment(&state, &invoke_id)
-        .await
-        .map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .into_response())
+    state.dispatcher.stop(&session.actor(), &invoke_id, None).await?;
+    Ok(Html(summary_fragment(&state, &invoke_id).await?).into_response())
 }
 
 pub async fn download(
@@ -364,7 +370,11 @@ pub async fn download(
     _: Session,
     Path((invoke_id, instance_id)): Path<(String, String)>,
 ) -> Result<Response, PageError> {
-    let result = state.store.result(&invoke_id, &instance_id).await?;
+    let result = state
+        .store
+        .result(&invoke_id, &instance_id)
+        .await
+        .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
     let bytes = state.store.output(result.id).await?;
     let disposition = format!("attachment; filename=\"{invoke_id}-{instance_id}.log\"");
     Ok((
@@ -394,7 +404,7 @@ struct RowFragment<'a> {
 }
 
 /// Counts and actions of a panel, as out-of-band swaps.
-pub async fn summary_fragment(state: &AppState, invoke_id: &str) -> anyhow::Result<String> {
+pub async fn summary_fragment(state: &AppState, invoke_id: &str) -> Result<String, PageError> {
     let invocation = state.store.invocation(invoke_id).await?;
     Ok(SummaryFragment {
         invoke_id,
@@ -410,7 +420,7 @@ pub async fn row_fragment(
     invoke_id: &str,
     instance_id: &str,
     selected: Option<&str>,
-) -> anyhow::Result<String> {
+) -> Result<String, PageError> {
     let row = state.store.result(invoke_id, instance_id).await?;
     Ok(RowFragment {
         invoke_id,
@@ -420,12 +430,9 @@ pub async fn row_fragment(
     .render()?)
 }
 
-/// A piece of the selected instance's output, appended to the panel's output.
-pub fn output_fragment(invoke_id: &str, data: &[u8], stream: OutputStream) -> String {
-    format!(
-        "<div hx-swap-oob=\"beforeend:#output-{invoke_id}\">{}</div>",
-        output_html(data, stream)
-    )
+/// Rendered output of the selected instance (see `OutputRenderer`), appended to the panel's.
+pub fn output_fragment(invoke_id: &str, html: &str) -> String {
+    format!("<div hx-swap-oob=\"beforeend:#output-{invoke_id}\">{html}</div>")
 }
 
 /// Empties the panel's output before a replay.

@@ -1,30 +1,41 @@
-//! The Send Command dialog: the selected instances (or a picker), Command Type, Retain Command,
-//! Command Content, the advanced options and Run. Run sends one invocation per OS group and
-//! answers with their Command Output panels; the dialog stays open to run again.
+//! The Send Command dialog: the selected instances (or a picker with search and "select all
+//! matching"), Command Type, Command Content with its Parameters, Retain Command, the advanced
+//! options and Run. Run sends one invocation per OS group and answers with their Command Output
+//! panels; the dialog stays open to run again.
+//!
+//! The dialog only shapes what the domain decides: the types offered are those every selected
+//! instance reports, the type chosen is the one sent (a type the instances cannot run is
+//! refused by RunCommand, never swapped for another), and every refusal is shown next to the
+//! field the domain names.
 
 use super::records::{load_panel, render_panel};
 use super::{PageError, Session, render};
-use crate::dispatch;
+use crate::dispatch::{self, Field, Liveness, check};
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
-use crate::protocol::params::{self, custom_names};
-use crate::protocol::{CommandType, OsType};
+use crate::protocol::params::{custom_names, has_placeholders};
+use crate::protocol::{CommandSpec, CommandType, NoUnknownFields, OsType};
 use crate::server::AppState;
-use crate::store::{InstanceFilter, InstanceRow, Role};
+use crate::store::{InstanceFilter, InstanceRow};
 use askama::Template;
 use axum::extract::State;
-use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::{Form, Query};
+use axum_htmx::{HxReswap, HxRetarget, SwapOption};
 use std::collections::BTreeMap;
 
-/// Most instances the picker offers when the dialog opens without a selection.
-const PICKER_LIMIT: u64 = 500;
+/// Instances the picker lists at once; "select all matching" reaches the rest.
+const PICKER_ROWS: u64 = 200;
+/// Instances shown by name in the dialog; the rest are counted.
+const CHIPS: usize = 20;
 
 /// One OS group of the selection: its instances and the type and content asked for it.
 pub struct Group {
     pub os: &'static str,
-    pub instances: Vec<(String, String)>,
+    /// The selected instances of this OS.
+    pub instance_ids: Vec<String>,
+    /// The types every instance of the group can run.
     pub types: Vec<CommandType>,
+    /// The type chosen, which may be one the instances cannot run (RunCommand then refuses).
     pub command_type: CommandType,
     pub content: String,
 }
@@ -37,37 +48,76 @@ impl Group {
     pub fn content_field(&self) -> String {
         format!("content_{}", self.os)
     }
+
+    /// Whether the chosen type is one the group's instances cannot run.
+    pub fn type_unavailable(&self) -> bool {
+        !self.types.is_empty() && !self.types.contains(&self.command_type)
+    }
+
+    /// The types offered, as words.
+    pub fn offered(&self) -> String {
+        self.types.iter().map(|t| t.label()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// An instance as the dialog lists it.
+pub struct Choice {
+    pub id: String,
+    pub name: String,
+    pub unavailable: &'static str,
+    pub checked: bool,
+}
+
+/// The picker's list: instances matching the search, by name.
+#[derive(Template)]
+#[template(path = "send/picker.html")]
+pub struct PickerFragment {
+    choices: Vec<Choice>,
+    q: String,
+    matching: u64,
+}
+
+/// Everything the dialog's form shows.
+pub struct Dialog {
+    groups: Vec<Group>,
+    /// The picker, when the dialog opened without a selection.
+    picker: Option<PickerFragment>,
+    /// The selected instances shown by name (at most [`CHIPS`]), and how many there are.
+    chips: Vec<Choice>,
+    selected: usize,
+    /// Selected instances that cannot take a command now, by name.
+    offline: Vec<String>,
+    delivery_window_secs: u64,
+    /// The region of the selection (or the one picked in the top bar).
+    region: String,
+    form: SendForm,
+    errors: BTreeMap<String, String>,
+    quota: String,
+    max_content: usize,
+    parameters: Vec<(String, String)>,
+}
+
+impl Dialog {
+    fn error(&self, field: &str) -> Option<&String> {
+        self.errors.get(field)
+    }
+
+    /// The selection as the hidden field carries it.
+    fn instance_ids(&self) -> String {
+        self.form.instance_ids.join(",")
+    }
 }
 
 #[derive(Template)]
 #[template(path = "send/dialog.html")]
 pub struct DialogFragment {
-    groups: Vec<Group>,
-    /// Instances to choose from when none were selected.
-    picker: Vec<(String, String)>,
-    form: SendForm,
-    errors: BTreeMap<&'static str, String>,
-    quota: String,
-    max_content: usize,
-    parameters: Vec<(String, String)>,
+    d: Dialog,
 }
 
 #[derive(Template)]
 #[template(path = "send/dialog.html", block = "form")]
 pub struct FormFragment {
-    groups: Vec<Group>,
-    picker: Vec<(String, String)>,
-    form: SendForm,
-    errors: BTreeMap<&'static str, String>,
-    quota: String,
-    max_content: usize,
-    parameters: Vec<(String, String)>,
-}
-
-#[derive(Template)]
-#[template(path = "send/parameters.html")]
-pub struct ParametersFragment {
-    parameters: Vec<(String, String)>,
+    d: Dialog,
 }
 
 #[derive(Template)]
@@ -75,14 +125,18 @@ pub struct ParametersFragment {
 pub struct ResultFragment {
     /// Rendered panels (our own markup).
     panels: Vec<String>,
+    quota: String,
 }
 
-/// The dialog's fields as submitted (repeated keys allowed).
+/// The dialog's fields as submitted (repeated keys allowed; `instance_ids` may also be one
+/// comma-separated value, as the Instances page's selection sends it).
 #[derive(Debug, Clone, Default)]
 pub struct SendForm {
     pub instance_ids: Vec<String>,
     pub fields: BTreeMap<String, String>,
     pub command_id: String,
+    /// The dialog lets people pick instances (it opened without a selection).
+    pub picker: bool,
 }
 
 impl SendForm {
@@ -91,11 +145,14 @@ impl SendForm {
         for (key, value) in pairs {
             match key.as_str() {
                 "instance_ids" => {
-                    if !value.is_empty() && !form.instance_ids.contains(&value) {
-                        form.instance_ids.push(value);
+                    for id in value.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+                        if !form.instance_ids.iter().any(|known| known == id) {
+                            form.instance_ids.push(id.to_string());
+                        }
                     }
                 }
                 "command_id" => form.command_id = value,
+                "picker" => form.picker = value == "on",
                 _ => {
                     form.fields.insert(key, value);
                 }
@@ -118,6 +175,10 @@ impl SendForm {
             t => t,
         }
     }
+
+    fn text(&self, key: &str) -> Option<String> {
+        Some(self.get(key).trim().to_string()).filter(|v| !v.is_empty())
+    }
 }
 
 /// Opens the dialog for the instances given (`instance_ids`), or with a picker; `command_id`
@@ -127,34 +188,98 @@ pub async fn dialog(
     session: Session,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {
-    let mut form = SendForm::parse(pairs);
+    open_dialog(&state, &session, SendForm::parse(pairs)).await
+}
+
+/// Opens the dialog for a selection posted by the Instances page (too long for a URL).
+pub async fn open(
+    State(state): State<AppState>,
+    session: Session,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    open_dialog(&state, &session, SendForm::parse(pairs)).await
+}
+
+async fn open_dialog(state: &AppState, session: &Session, mut form: SendForm) -> Result<Response, PageError> {
+    form.picker = form.instance_ids.is_empty();
     if !form.command_id.is_empty() {
         let command = state.store.command(&form.command_id).await?;
-        let os = if command.command_type == CommandType::RunBatScript {
+        let os = if command.spec.command_type == CommandType::RunBatScript {
             "windows"
         } else {
             "linux"
         };
-        form.fields
-            .insert(format!("type_{os}"), command.command_type.to_string());
-        form.fields.insert(format!("content_{os}"), command.content.clone());
-        form.fields.insert("timeout".into(), command.timeout_secs.to_string());
-        form.fields
-            .insert("working_dir".into(), command.working_dir.unwrap_or_default());
-        form.fields
-            .insert("username".into(), command.username.unwrap_or_default());
-        form.fields.insert("name".into(), command.name);
+        let spec = command.spec;
+        let fields = [
+            (format!("type_{os}"), spec.command_type.to_string()),
+            (format!("content_{os}"), spec.content),
+            ("timeout".into(), spec.timeout_secs.to_string()),
+            ("working_dir".into(), spec.working_dir.unwrap_or_default()),
+            ("username".into(), spec.username.unwrap_or_default()),
+            ("name".into(), command.name),
+        ];
+        form.fields.extend(fields);
     }
-    let dialog = build(&state, &session, form, BTreeMap::new()).await?;
-    Ok(render(&dialog))
+    let d = build(state, session, form, BTreeMap::new()).await?;
+    Ok(render(&DialogFragment { d }))
+}
+
+/// Redraws the form from what is typed and picked: htmx swaps the part that changed (the
+/// groups when the selection changes, the Parameters while the content is typed).
+pub async fn redraw(
+    State(state): State<AppState>,
+    session: Session,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    let d = build(&state, &session, SendForm::parse(pairs), BTreeMap::new()).await?;
+    Ok(render(&FormFragment { d }))
+}
+
+/// The picker's list for a search, keeping ticked what is selected.
+pub async fn picker(
+    State(state): State<AppState>,
+    session: Session,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    let form = SendForm::parse(pairs);
+    Ok(render(&picker_list(&state, &session, &form).await?))
+}
+
+async fn picker_list(state: &AppState, session: &Session, form: &SendForm) -> Result<PickerFragment, PageError> {
+    let q = form.get("q").trim().to_string();
+    let filter = InstanceFilter {
+        region_id: session.region.clone().filter(|r| !r.is_empty()),
+        fresh_after: state.dispatcher.lost_before(),
+        query: Some(q.clone()).filter(|q| !q.is_empty()),
+        limit: PICKER_ROWS,
+        ..Default::default()
+    };
+    let (rows, matching) = state.store.list_instances(&filter).await?;
+    let choices = rows
+        .into_iter()
+        .map(|row| {
+            let liveness = state.dispatcher.liveness(&row);
+            choice(row, liveness, &form.instance_ids)
+        })
+        .collect();
+    Ok(PickerFragment { choices, q, matching })
+}
+
+fn choice(row: InstanceRow, liveness: Liveness, selected: &[String]) -> Choice {
+    Choice {
+        checked: selected.contains(&row.id),
+        unavailable: super::instances::InstanceView::new(row.clone(), liveness).unavailable(),
+        id: row.id,
+        name: row.name,
+    }
 }
 
 async fn build(
     state: &AppState,
     session: &Session,
     form: SendForm,
-    errors: BTreeMap<&'static str, String>,
-) -> Result<DialogFragment, PageError> {
+    errors: BTreeMap<String, String>,
+) -> Result<Dialog, PageError> {
     let instances = state.store.instances_by_ids(&form.instance_ids).await?;
     let mut groups = Vec::new();
     for os in [OsType::Linux, OsType::Windows] {
@@ -162,74 +287,71 @@ async fn build(
         if members.is_empty() && !(os == OsType::Linux && instances.is_empty()) {
             continue;
         }
-        // The types every instance of the group supports.
+        // The types every instance of the group reports it can run (none while none is picked).
         let mut types: Vec<CommandType> = CommandType::ALL.iter().copied().filter(|t| t.fits_os(os)).collect();
-        types.retain(|t| members.iter().all(|i| i.supported_command_types.contains(t)));
+        types.retain(|t| !members.is_empty() && members.iter().all(|i| i.supported_command_types.contains(t)));
         let default = if os == OsType::Windows {
             CommandType::RunBatScript
         } else {
             CommandType::RunShellScript
         };
         let field = format!("type_{}", os.as_str());
-        let command_type = form
-            .get(&field)
-            .parse()
-            .ok()
-            .filter(|t| types.contains(t))
-            .unwrap_or(default);
         groups.push(Group {
             os: os.as_str(),
-            instances: members.iter().map(|i| (i.id.clone(), i.name.clone())).collect(),
+            instance_ids: members.iter().map(|i| i.id.clone()).collect(),
+            command_type: form.get(&field).parse().unwrap_or(default),
             types,
-            command_type,
             content: form.get(&format!("content_{}", os.as_str())).to_string(),
         });
     }
-    let picker = if form.instance_ids.is_empty() {
-        let filter = InstanceFilter {
-            region_id: session.region.clone().filter(|r| !r.is_empty()),
-            running: Some(true),
-            fresh_after: super::instances::lost_before(state),
-            limit: PICKER_LIMIT,
-            ..Default::default()
-        };
-        state
-            .store
-            .list_instances(&filter)
-            .await?
-            .0
-            .into_iter()
-            .filter(|i| i.online)
-            .map(|i| (i.id, i.name))
-            .collect()
+    let mut chips = Vec::new();
+    let mut offline = Vec::new();
+    for instance in &instances {
+        let liveness = state.dispatcher.liveness(instance);
+        if !liveness.can_run() {
+            offline.push(instance.name.clone());
+        }
+        if chips.len() < CHIPS {
+            chips.push(choice(instance.clone(), liveness, &[]));
+        }
+    }
+    let picker = if form.picker {
+        Some(picker_list(state, session, &form).await?)
     } else {
-        Vec::new()
+        None
     };
     let region = instances
         .first()
         .map(|i| i.region_id.clone())
         .or_else(|| session.region.clone())
         .unwrap_or_default();
-    let used = state
-        .store
-        .command_counts()
-        .await?
-        .into_iter()
-        .find(|(r, _)| *r == region)
-        .map(|(_, n)| n)
-        .unwrap_or(0);
-    let limit = state.dispatcher.settings().retained_command_quota;
-    let quota = format!("{used} of {limit} retained commands used in region {region}");
     let parameters = parameter_fields(&form, &groups);
-    Ok(DialogFragment {
+    Ok(Dialog {
         groups,
         picker,
-        form,
-        errors,
-        quota,
+        chips,
+        selected: instances.len(),
+        offline,
+        delivery_window_secs: state.dispatcher.settings().delivery_window.as_secs(),
+        quota: quota_text(state, &region).await?,
+        region,
         max_content: state.dispatcher.settings().max_content_bytes,
         parameters,
+        form,
+        errors,
     })
+}
+
+/// The region's retained-command quota use, as the dialog says it.
+async fn quota_text(state: &AppState, region: &str) -> Result<String, PageError> {
+    if region.is_empty() {
+        return Ok("Pick instances to see their region's quota of retained commands.".into());
+    }
+    let quota = state.dispatcher.command_quota(region).await?;
+    Ok(format!(
+        "{} of {} retained commands used in region {region}",
+        quota.used, quota.limit
+    ))
 }
 
 /// A field per `{{name}}` found in the contents, keeping values already typed.
@@ -251,101 +373,62 @@ fn parameter_fields(form: &SendForm, groups: &[Group]) -> Vec<(String, String)> 
         .collect()
 }
 
-/// Redraws the Parameters fields while the content is typed.
-pub async fn parameters(_: Session, Form(pairs): Form<Vec<(String, String)>>) -> Response {
-    let form = SendForm::parse(pairs);
-    let groups: Vec<Group> = ["linux", "windows"]
-        .into_iter()
-        .map(|os| Group {
-            os,
-            instances: Vec::new(),
-            types: Vec::new(),
-            command_type: CommandType::RunShellScript,
-            content: form.get(&format!("content_{os}")).to_string(),
-        })
-        .collect();
-    render(&ParametersFragment {
-        parameters: parameter_fields(&form, &groups),
-    })
-}
-
 /// Run: one invocation per OS group; answers with their panels, or with the form and its errors.
 pub async fn run(
     State(state): State<AppState>,
     session: Session,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Operator)?;
     let form = SendForm::parse(pairs);
-    let dialog = build(&state, &session, form.clone(), BTreeMap::new()).await?;
     let mut errors = BTreeMap::new();
     if form.instance_ids.is_empty() {
-        errors.insert("instances", "Select at least one instance.".to_string());
+        errors.insert("instances".to_string(), "Select at least one instance.".to_string());
     }
-    let timeout = form.timeout().trim().parse::<u64>();
-    if timeout.is_err() {
-        errors.insert(
-            "timeout",
-            "Timeout must be a whole number of seconds, from 1 to 604800.".to_string(),
-        );
+    let timeout = check::whole_number(Field::Timeout, form.timeout());
+    if let Err(e) = &timeout {
+        errors.insert(Field::Timeout.form_name().to_string(), e.to_string());
     }
-    if form.keep() && form.get("name").trim().is_empty() {
-        errors.insert("name", "A retained command needs a Command Name.".to_string());
-    }
+    let d = build(&state, &session, form.clone(), BTreeMap::new()).await?;
     let mut panels = Vec::new();
     if errors.is_empty() {
-        for group in &dialog.groups {
-            match submit(
-                &state,
-                &session,
-                &form,
-                group,
-                timeout.clone().unwrap_or(60),
-                &dialog.parameters,
-            )
-            .await
-            {
+        for group in &d.groups {
+            let timeout = timeout.as_ref().map_or(0, |t| *t);
+            match submit(&state, &session, &form, group, timeout).await {
                 Ok(invoke_id) => panels.push(render_panel(load_panel(&state, &invoke_id, None, None).await?)?),
-                Err(dispatch::Error::Invalid { code, message }) => {
-                    errors.insert(field_of(code, group.os), message);
+                Err(e) => {
+                    let (field, message) = form_error(e, group)?;
+                    errors.insert(field, message);
                 }
-                Err(e @ (dispatch::Error::Quota { .. } | dispatch::Error::UnknownInstances(_))) => {
-                    let field = if matches!(e, dispatch::Error::Quota { .. }) {
-                        "keep"
-                    } else {
-                        "instances"
-                    };
-                    errors.insert(field, PageError::from(e).message().to_string());
-                }
-                Err(other) => return Err(other.into()),
             }
         }
     }
     if !errors.is_empty() {
-        let DialogFragment {
-            groups,
-            picker,
-            form,
-            quota,
-            max_content,
-            parameters,
-            ..
-        } = dialog;
-        let mut response = render(&FormFragment {
-            groups,
-            picker,
-            form,
-            errors,
-            quota,
-            max_content,
-            parameters,
-        });
-        let headers = response.headers_mut();
-        headers.insert("hx-retarget", HeaderValue::from_static("#send-form"));
-        headers.insert("hx-reswap", HeaderValue::from_static("outerHTML"));
-        return Ok(response);
+        let d = Dialog { errors, ..d };
+        let place = (HxRetarget("#send-form".into()), HxReswap(SwapOption::OuterHtml));
+        return Ok((place, render(&FormFragment { d })).into_response());
     }
-    Ok(render(&ResultFragment { panels }).into_response())
+    // The retained-command count may have changed: the fragment redraws it too.
+    let quota = quota_text(&state, &d.region).await?;
+    Ok(render(&ResultFragment { panels, quota }))
+}
+
+/// Where the dialog shows a refusal, and what it says; errors that belong to no field are
+/// the page's (a toast).
+fn form_error(e: dispatch::Error, group: &Group) -> Result<(String, String), PageError> {
+    use dispatch::Error;
+    let field = match &e {
+        Error::Invalid {
+            field: Field::CommandContent,
+            ..
+        } => group.content_field(),
+        Error::Invalid { field: Field::Type, .. } => group.type_field(),
+        Error::Invalid { field, .. } => field.form_name().to_string(),
+        Error::Conflict { .. } => Field::Name.form_name().to_string(),
+        Error::Quota { .. } => "keep".to_string(),
+        Error::UnknownInstances(_) => Field::InstanceIds.form_name().to_string(),
+        _ => return Err(e.into()),
+    };
+    Ok((field, PageError::from(e).message().to_string()))
 }
 
 async fn submit(
@@ -354,82 +437,49 @@ async fn submit(
     form: &SendForm,
     group: &Group,
     timeout: u64,
-    parameters: &[(String, String)],
 ) -> Result<String, dispatch::Error> {
-    let instance_ids: Vec<String> = group.instances.iter().map(|(id, _)| id.clone()).collect();
+    let instance_ids = group.instance_ids.clone();
+    // Only values typed in: an empty field is a missing value, which RunCommand refuses by name.
     let names = custom_names(&group.content);
-    let values: BTreeMap<String, String> = parameters.iter().filter(|(n, _)| names.contains(n)).cloned().collect();
-    let text = |key: &str| Some(form.get(key).trim().to_string()).filter(|v| !v.is_empty());
-    let caller = session.caller();
+    let values: BTreeMap<String, String> = names
+        .iter()
+        .filter_map(|n| form.text(&format!("param_{n}")).map(|v| (n.clone(), v)))
+        .collect();
+    let actor = session.actor();
     // A retained command run unchanged counts as a run of that command.
     if !form.command_id.is_empty() && !form.keep() {
         if let Ok(command) = state.store.command(&form.command_id).await {
-            if command.content == group.content && command.command_type == group.command_type {
+            if command.spec.content == group.content && command.spec.command_type == group.command_type {
                 let req = InvokeCommandRequest {
-                    instance_ids: instance_ids.clone(),
-                    parameters: values.clone(),
+                    instance_ids,
+                    parameters: values,
                     timeout_secs: Some(timeout),
-                    working_dir: text("working_dir"),
-                    username: text("username"),
+                    working_dir: form.text("working_dir"),
+                    username: form.text("username"),
                 };
-                let created = state
-                    .dispatcher
-                    .invoke_command(&caller.username, &command.id, req)
-                    .await?;
-                state
-                    .audit(
-                        &caller,
-                        "InvokeCommand",
-                        &created.invoke_id,
-                        &format!("command {} on {} instances", command.id, instance_ids.len()),
-                    )
-                    .await;
+                let created = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
                 return Ok(created.invoke_id);
             }
         }
     }
     let req = RunCommandRequest {
         instance_ids,
-        command_type: group.command_type,
-        command_content: group.content.clone(),
+        spec: CommandSpec {
+            command_type: group.command_type,
+            content: group.content.clone(),
+            timeout_secs: timeout,
+            working_dir: form.text("working_dir"),
+            username: form.text("username"),
+            // The console's rule (the CLI's too): parameters are on when the content has any.
+            enable_parameter: has_placeholders(&group.content),
+        },
         content_encoding: ContentEncoding::PlainText,
         keep_command: form.keep(),
-        name: text("name"),
-        description: text("description"),
-        timeout_secs: timeout,
-        working_dir: text("working_dir"),
-        username: text("username"),
-        // Parameters are on when the content has custom values or uses a built-in.
-        enable_parameter: !values.is_empty() || group.content.contains(&format!("{{{{{}", params::BUILTIN_PREFIX)),
+        name: form.text("name"),
+        description: form.text("description"),
         parameters: values,
+        no_unknown_fields: NoUnknownFields,
     };
-    let count = req.instance_ids.len();
-    let created = state.dispatcher.run_command(&caller.username, req).await?;
-    state
-        .audit(
-            &caller,
-            "RunCommand",
-            &created.invoke_id,
-            &format!("on {count} instances"),
-        )
-        .await;
+    let created = state.dispatcher.run_command(&actor, req).await?;
     Ok(created.invoke_id)
-}
-
-/// The dialog field an API error code is about.
-fn field_of(code: &str, os: &str) -> &'static str {
-    match (code, os) {
-        ("InvalidParameter.CommandContent", "windows") => "content_windows",
-        ("InvalidParameter.CommandContent", _) => "content_linux",
-        ("InvalidParameter.Type", "windows") => "type_windows",
-        ("InvalidParameter.Type", _) => "type_linux",
-        ("InvalidParameter.Timeout", _) => "timeout",
-        ("InvalidParameter.WorkingDir", _) => "working_dir",
-        ("InvalidParameter.Username", _) => "username",
-        ("InvalidParameter.Parameters", _) => "parameters",
-        ("InvalidParameter.Name", _) => "name",
-        ("InvalidParameter.Description", _) => "description",
-        ("InvalidParameter.InstanceIds", _) => "instances",
-        _ => "general",
-    }
 }

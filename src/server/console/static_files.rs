@@ -37,7 +37,17 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "text/javascript",
         include_bytes!("../../../static/console.js"),
     ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../../../static/favicon.svg"),
+    ),
 ];
+
+/// Browsers ask for `/favicon.ico` whatever the page says: answer with the SVG icon.
+pub async fn favicon() -> Response {
+    serve(Path("favicon.svg".to_string())).await
+}
 
 pub async fn serve(Path(path): Path<String>) -> Response {
     let Some((name, content_type, bytes)) = FILES.iter().find(|(p, _, _)| *p == path) else {

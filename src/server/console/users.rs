@@ -1,49 +1,57 @@
 //! Users (admin: create, change role, disable, reset password, switch Basic auth) and Account
 //! (anyone: change one's own password, API tokens).
 
-use super::{ConsoleForm, Layout, PageError, Session, render, when};
+use super::{ConsoleForm, Layout, PageError, Session, Url, When, render};
+use crate::dispatch::{Error, Field, UserChange, check};
 use crate::server::AppState;
-use crate::server::api::users::{check_password, check_username, hash, parse_role};
-use crate::server::auth::verify_password;
-use crate::store::{self, AccountRow, Role, UserUpdate, ids, now_ms};
+use crate::store::UserRow;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
+use axum_htmx::HxRedirect;
 use serde::Deserialize;
 
 #[derive(Template)]
 #[template(path = "users/index.html")]
 struct UsersPage {
     layout: Layout,
-    users: Vec<(String, AccountRow)>,
+    users: Vec<(When, UserRow)>,
     basic_auth: bool,
     notice: String,
     error: String,
 }
 
-async fn users_page(state: &AppState, session: &Session, notice: String, error: String) -> Result<Response, PageError> {
+/// The page again, with a notice or the refusal of what was asked.
+async fn users_page(
+    state: &AppState,
+    session: &Session,
+    outcome: Result<String, Error>,
+) -> Result<Response, PageError> {
+    let (notice, error) = match outcome {
+        Ok(notice) => (notice, String::new()),
+        Err(e @ (Error::Invalid { .. } | Error::Conflict { .. })) => (String::new(), e.to_string()),
+        Err(e) => return Err(e.into()),
+    };
     let users = state
-        .store
-        .list_users()
+        .dispatcher
+        .list_users(&session.actor())
         .await?
         .into_iter()
-        .map(|u| (when(u.created_at), u))
+        .map(|u| (When::new(u.created_at), u))
         .collect();
     let layout = session.layout(state.store.regions().await?, "users");
-    let page = UsersPage {
+    Ok(render(&UsersPage {
         layout,
         users,
-        basic_auth: state.basic_auth_enabled(),
+        basic_auth: state.dispatcher.basic_auth_setting(&session.actor())?,
         notice,
         error,
-    };
-    Ok(render(&page))
+    }))
 }
 
 pub async fn index(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    users_page(&state, &session, String::new(), String::new()).await
+    users_page(&state, &session, Ok(String::new())).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,39 +66,12 @@ pub async fn create(
     session: Session,
     ConsoleForm(form): ConsoleForm<CreateForm>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    let checked = check_username(&form.username)
-        .and_then(|_| check_password(&form.username, &form.password))
-        .and_then(|_| parse_role(&form.role));
-    let role = match checked {
-        Ok(role) => role,
-        Err(e) => return users_page(&state, &session, String::new(), e.message).await,
-    };
-    let hashed = hash(form.password).await?;
-    match state.store.create_user(&form.username, &hashed, role).await {
-        Ok(_) => {
-            state
-                .audit(&session.caller(), "CreateUser", &form.username, role.as_str())
-                .await;
-            users_page(
-                &state,
-                &session,
-                format!("User {} created.", form.username),
-                String::new(),
-            )
-            .await
-        }
-        Err(store::Error::Conflict) => {
-            users_page(
-                &state,
-                &session,
-                String::new(),
-                format!("User {} exists already.", form.username),
-            )
-            .await
-        }
-        Err(e) => Err(e.into()),
-    }
+    let outcome = state
+        .dispatcher
+        .create_user(&session.actor(), &form.username, &form.password, &form.role)
+        .await
+        .map(|user| format!("User {} created.", user.username));
+    users_page(&state, &session, outcome).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,35 +90,18 @@ pub async fn change(
     Path(username): Path<String>,
     ConsoleForm(form): ConsoleForm<ChangeForm>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
-    let role = match form.role.as_deref().map(parse_role).transpose() {
-        Ok(role) => role,
-        Err(e) => return users_page(&state, &session, String::new(), e.message).await,
-    };
-    let password_hash = match form.password.filter(|p| !p.is_empty()) {
-        Some(password) => match check_password(&username, &password) {
-            Ok(()) => Some(hash(password).await?),
-            Err(e) => return users_page(&state, &session, String::new(), e.message).await,
-        },
-        None => None,
-    };
-    let update = UserUpdate {
-        role,
+    let change = UserChange {
+        role: form.role,
         disabled: form.disabled.map(|d| d == "true"),
-        password_hash,
+        password: form.password.filter(|p| !p.is_empty()),
+        current_password: None,
     };
-    match state.store.update_user(&username, &update).await {
-        Ok(_) => {
-            state.forget_logins();
-            state.audit(&session.caller(), "ModifyUser", &username, "").await;
-            users_page(&state, &session, format!("User {username} changed."), String::new()).await
-        }
-        Err(store::Error::Conflict) => {
-            let error = "That would leave no enabled admin: make another user admin first.".to_string();
-            users_page(&state, &session, String::new(), error).await
-        }
-        Err(e) => Err(e.into()),
-    }
+    let outcome = state
+        .dispatcher
+        .modify_user(&session.actor(), &username, change)
+        .await
+        .map(|_| format!("User {username} changed."));
+    users_page(&state, &session, outcome).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,32 +114,28 @@ pub async fn settings(
     session: Session,
     ConsoleForm(form): ConsoleForm<SettingsForm>,
 ) -> Result<Response, PageError> {
-    session.require(Role::Admin)?;
     let enabled = form.basic_auth == "on";
-    state.set_basic_auth(enabled).await?;
-    state
-        .audit(
-            &session.caller(),
-            "ModifySettings",
-            "server",
-            if enabled { "basic auth on" } else { "basic auth off" },
-        )
-        .await;
-    let notice = if enabled {
-        "HTTP Basic is accepted on the API."
-    } else {
-        "HTTP Basic is switched off: the API takes tokens only."
-    };
-    users_page(&state, &session, notice.into(), String::new()).await
+    let outcome = state
+        .dispatcher
+        .set_basic_auth(&session.actor(), enabled)
+        .await
+        .map(|()| {
+            if enabled {
+                "HTTP Basic is accepted on the API.".to_string()
+            } else {
+                "HTTP Basic is switched off: the API takes tokens only.".to_string()
+            }
+        });
+    users_page(&state, &session, outcome).await
 }
 
 /// A token as the Account page lists it.
 pub struct TokenView {
     pub id: String,
     pub name: String,
-    pub created: String,
-    pub last_used: String,
-    pub expires: String,
+    pub created: When,
+    pub last_used: Option<When>,
+    pub expires: Option<When>,
 }
 
 #[derive(Template)]
@@ -193,9 +153,13 @@ async fn account_page(
     state: &AppState,
     session: &Session,
     new_token: String,
-    notice: String,
-    error: String,
+    outcome: Result<String, Error>,
 ) -> Result<Response, PageError> {
+    let (notice, error) = match outcome {
+        Ok(notice) => (notice, String::new()),
+        Err(e @ (Error::Invalid { .. } | Error::Login(_))) => (String::new(), PageError::from(e).message().to_string()),
+        Err(e) => return Err(e.into()),
+    };
     let tokens = state
         .store
         .list_tokens(session.user.id)
@@ -204,9 +168,9 @@ async fn account_page(
         .map(|t| TokenView {
             id: t.id,
             name: t.name,
-            created: when(t.created_at),
-            last_used: t.last_used_at.map(when).unwrap_or_else(|| "never".into()),
-            expires: t.expires_at.map(when).unwrap_or_else(|| "never".into()),
+            created: When::new(t.created_at),
+            last_used: t.last_used_at.map(When::new),
+            expires: t.expires_at.map(When::new),
         })
         .collect();
     let layout = session.layout(state.store.regions().await?, "account");
@@ -220,7 +184,7 @@ async fn account_page(
 }
 
 pub async fn account(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
-    account_page(&state, &session, String::new(), String::new(), String::new()).await
+    account_page(&state, &session, String::new(), Ok(String::new())).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,39 +198,15 @@ pub async fn password(
     session: Session,
     ConsoleForm(form): ConsoleForm<PasswordForm>,
 ) -> Result<Response, PageError> {
-    let hash_now = session.user.password_hash.clone();
-    let current = form.current_password.clone();
-    if !tokio::task::spawn_blocking(move || verify_password(&current, &hash_now))
-        .await
-        .unwrap_or(false)
-    {
-        return account_page(
-            &state,
-            &session,
-            String::new(),
-            String::new(),
-            "The current password is wrong.".into(),
-        )
+    let changed = state
+        .dispatcher
+        .change_password(&session.actor(), &form.current_password, &form.new_password)
         .await;
+    match changed {
+        // Every session ended with the change, this one too: log in again.
+        Ok(_) => Ok((HxRedirect(Url::LOGIN.to_string()), StatusCode::OK).into_response()),
+        Err(e) => account_page(&state, &session, String::new(), Err(e)).await,
     }
-    if let Err(e) = check_password(&session.user.username, &form.new_password) {
-        return account_page(&state, &session, String::new(), String::new(), e.message).await;
-    }
-    let update = UserUpdate {
-        password_hash: Some(hash(form.new_password).await?),
-        ..Default::default()
-    };
-    state.store.update_user(&session.user.username, &update).await?;
-    state.forget_logins();
-    state
-        .audit(&session.caller(), "ChangePassword", &session.user.username, "")
-        .await;
-    // Every session ended with the change, this one too: log in again.
-    let mut response = StatusCode::OK.into_response();
-    response
-        .headers_mut()
-        .insert("hx-redirect", axum::http::HeaderValue::from_static("/login"));
-    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,34 +221,18 @@ pub async fn create_token(
     session: Session,
     ConsoleForm(form): ConsoleForm<TokenForm>,
 ) -> Result<Response, PageError> {
-    let name = form.name.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return account_page(
-            &state,
-            &session,
-            String::new(),
-            String::new(),
-            "A token needs a name of 1 to 64 characters.".into(),
-        )
-        .await;
-    }
-    let expires_at = match form.expires_in_days.trim() {
-        "" => None,
-        days => match days.parse::<i64>() {
-            Ok(d @ 1..=3650) => Some(now_ms() + d * 86_400_000),
-            _ => {
-                let error = "Expiry must be a number of days from 1 to 3650, or empty for none.".to_string();
-                return account_page(&state, &session, String::new(), String::new(), error).await;
-            }
-        },
+    let days = match form.expires_in_days.trim() {
+        "" => Ok(None),
+        days => check::whole_number(Field::ExpiresInDays, days).map(Some),
     };
-    let secret = format!("frt_{}", ids::new_secret());
-    let row = state
-        .store
-        .create_token(session.user.id, name, &ids::hash_secret(&secret), expires_at)
-        .await?;
-    state.audit(&session.caller(), "CreateToken", &row.id, name).await;
-    account_page(&state, &session, secret, String::new(), String::new()).await
+    let created = match days {
+        Ok(days) => state.dispatcher.create_token(&session.actor(), &form.name, days).await,
+        Err(e) => Err(e),
+    };
+    match created {
+        Ok((_, secret)) => account_page(&state, &session, secret, Ok(String::new())).await,
+        Err(e) => account_page(&state, &session, String::new(), Err(e)).await,
+    }
 }
 
 pub async fn revoke_token(
@@ -316,7 +240,6 @@ pub async fn revoke_token(
     session: Session,
     Path(token_id): Path<String>,
 ) -> Result<Response, PageError> {
-    state.store.revoke_token(session.user.id, &token_id).await?;
-    state.audit(&session.caller(), "RevokeToken", &token_id, "").await;
-    account_page(&state, &session, String::new(), "Token revoked.".into(), String::new()).await
+    state.dispatcher.revoke_token(&session.actor(), &token_id).await?;
+    account_page(&state, &session, String::new(), Ok("Token revoked.".into())).await
 }

@@ -75,14 +75,6 @@ impl LoginThrottle {
     }
 }
 
-/// The sentence telling someone when to try again.
-pub fn refusal(wait: Duration) -> String {
-    format!(
-        "Too many failed logins from this address or for this user; try again in {} seconds.",
-        wait.as_secs().max(1)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,462 @@
+//! Accounts: passwords (argon2id), the one login check every surface uses (throttled before any
+//! hashing), console sessions, API tokens, users and the server settings an admin changes.
+
+use super::Dispatcher;
+use super::actor::{Actor, Via};
+use super::check;
+use super::error::{Conflict, Error, Kind, LoginRefusal, not_found};
+use super::throttle;
+use crate::store::{self, Role, SessionRow, TokenRow, UserRow, UserUpdate, ids, now_ms};
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a console session lasts.
+pub const SESSION_HOURS: i64 = 12;
+
+/// How long a verified Basic-auth password is trusted without hashing it again.
+const LOGIN_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Hashes a password with argon2id (OWASP parameters: 19 MiB, 2 passes, 1 lane).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// Checks a password against an argon2 PHC string.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+/// argon2 takes tens of milliseconds of CPU: keep it off the async workers.
+async fn verify_blocking(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_string(), hash.to_string());
+    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
+async fn hash_blocking(password: String) -> Result<String, Error> {
+    let hashed = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| Error::Store(store::Error::Corrupt(format!("password hashing stopped: {e}"))))?;
+    hashed.map_err(|e| Error::Store(store::Error::Corrupt(format!("password hashing failed: {e}"))))
+}
+
+/// State of the accounts room, inside the dispatcher.
+#[derive(Default)]
+pub(super) struct Accounts {
+    /// Recent failed logins, per address and per username.
+    throttle: throttle::LoginThrottle,
+    /// Basic-auth passwords verified recently, so a script calling in a loop does not pay an
+    /// argon2 hash per request. Keyed by SHA-256 of `username NUL password`.
+    verified: Mutex<HashMap<[u8; 32], (UserRow, Instant)>>,
+    /// Whether the API accepts HTTP Basic (an admin can switch it off); loaded at start.
+    basic_auth: AtomicBool,
+}
+
+impl Accounts {
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (UserRow, Instant)>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A console session just started: the cookie secret (shown to the browser only) and its user.
+pub struct NewSession {
+    pub secret: String,
+    pub user: UserRow,
+}
+
+/// What [`Dispatcher::ensure_first_admin`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstAdmin {
+    /// The database has accounts already.
+    Existed,
+    /// `admin` was created with the password given.
+    Created,
+    /// `admin` was created with this generated password, to be shown once.
+    Generated(String),
+}
+
+/// Changes to an account through `PATCH /users/{name}` or the console's Users page.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+    pub password: Option<String>,
+    /// Needed when a user who is not an admin changes their own password.
+    pub current_password: Option<String>,
+}
+
+impl Dispatcher {
+    /// Loads the run-time settings; called once at server start.
+    pub async fn load_settings(&self) -> Result<(), Error> {
+        let basic = self.inner.store.setting("basic_auth").await?.is_none_or(|v| v != "off");
+        self.inner.accounts.basic_auth.store(basic, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the API accepts HTTP Basic.
+    pub fn basic_auth_enabled(&self) -> bool {
+        self.inner.accounts.basic_auth.load(Ordering::Relaxed)
+    }
+
+    /// Whether the API accepts HTTP Basic, as an admin reads the setting.
+    pub fn basic_auth_setting(&self, actor: &Actor) -> Result<bool, Error> {
+        actor.require(Role::Admin)?;
+        Ok(self.basic_auth_enabled())
+    }
+
+    /// The audit log (admin).
+    pub async fn list_audit(
+        &self,
+        actor: &Actor,
+        filter: &store::AuditFilter,
+    ) -> Result<(Vec<store::AuditRow>, u64), Error> {
+        actor.require(Role::Admin)?;
+        Ok(self.inner.store.list_audit(filter).await?)
+    }
+
+    /// Switches HTTP Basic on the API on or off (admin), and remembers it.
+    pub async fn set_basic_auth(&self, actor: &Actor, enabled: bool) -> Result<(), Error> {
+        actor.require(Role::Admin)?;
+        let value = if enabled { "on" } else { "off" };
+        self.inner.store.set_setting("basic_auth", value).await?;
+        self.inner.accounts.basic_auth.store(enabled, Ordering::Relaxed);
+        self.audit(actor, "ModifySettings", "server", &format!("basic auth {value}"))
+            .await;
+        Ok(())
+    }
+
+    /// On an empty database, creates the `admin` account (DESIGN.md §8) with `password`, or
+    /// with a generated one.
+    pub async fn ensure_first_admin(&self, password: Option<&str>) -> Result<FirstAdmin, Error> {
+        if self.inner.store.count_users().await? > 0 {
+            return Ok(FirstAdmin::Existed);
+        }
+        let (password, generated) = match password {
+            Some(password) => (password.to_string(), false),
+            None => (ids::new_secret()[..24].to_string(), true),
+        };
+        check::password("admin", &password)?;
+        let hash = hash_blocking(password.clone()).await?;
+        self.inner.store.create_user("admin", &hash, Role::Admin).await?;
+        self.audit(&Actor::server("server"), "CreateUser", "admin", "admin")
+            .await;
+        Ok(if generated {
+            FirstAdmin::Generated(password)
+        } else {
+            FirstAdmin::Created
+        })
+    }
+
+    /// The one password check of every surface: throttled per address and per user before any
+    /// hashing, so a guessing loop costs no argon2 work.
+    pub async fn authenticate(&self, username: &str, password: &str, source_ip: &str) -> Result<UserRow, Error> {
+        let accounts = &self.inner.accounts;
+        let keys = throttle::keys(source_ip, username);
+        accounts
+            .throttle
+            .check(&keys)
+            .map_err(|wait| Error::Login(LoginRefusal::Throttled(wait)))?;
+        let user = self.inner.store.user_by_name(username).await?;
+        let verified = match &user {
+            Some(user) if !user.disabled => verify_blocking(password, &user.password_hash).await,
+            _ => false,
+        };
+        match user.filter(|_| verified) {
+            Some(user) => {
+                accounts.throttle.succeeded(&keys);
+                Ok(user)
+            }
+            None => {
+                accounts.throttle.failed(&keys);
+                Err(Error::Login(LoginRefusal::WrongCredentials))
+            }
+        }
+    }
+
+    /// HTTP Basic on the API: [`authenticate`](Self::authenticate), remembering a verified
+    /// password for a few minutes.
+    pub async fn authenticate_basic(&self, username: &str, password: &str, source_ip: &str) -> Result<UserRow, Error> {
+        if !self.basic_auth_enabled() {
+            return Err(Error::Login(LoginRefusal::BasicDisabled));
+        }
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(username.as_bytes())
+            .chain_update([0])
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into();
+        if let Some((user, at)) = self.inner.accounts.verified().get(&key) {
+            if at.elapsed() < LOGIN_CACHE_TTL {
+                return Ok(user.clone());
+            }
+        }
+        let user = self.authenticate(username, password, source_ip).await?;
+        let mut verified = self.inner.accounts.verified();
+        if verified.len() > 10_000 {
+            verified.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);
+        }
+        verified.insert(key, (user.clone(), Instant::now()));
+        Ok(user)
+    }
+
+    /// The enabled user behind a live API token.
+    pub async fn authenticate_token(&self, token: &str) -> Result<UserRow, Error> {
+        self.inner
+            .store
+            .user_by_token(&ids::hash_secret(token.trim()))
+            .await?
+            .ok_or(Error::Login(LoginRefusal::BadToken))
+    }
+
+    /// Forgets verified Basic-auth passwords (after an account changed).
+    fn forget_logins(&self) {
+        self.inner.accounts.verified().clear();
+    }
+
+    /// Console login: checks the password and starts a session. Audited either way.
+    pub async fn login(&self, username: &str, password: &str, source_ip: &str) -> Result<NewSession, Error> {
+        let attempt = Actor {
+            user_id: 0,
+            username: username.to_string(),
+            role: Role::Viewer,
+            source_ip: source_ip.to_string(),
+            via: Via::Console,
+        };
+        let user = match self.authenticate(username, password, source_ip).await {
+            Ok(user) => user,
+            Err(e) => {
+                if matches!(e, Error::Login(LoginRefusal::WrongCredentials)) {
+                    self.audit(&attempt, "LoginFailed", "console", "").await;
+                }
+                return Err(e);
+            }
+        };
+        let secret = ids::new_secret();
+        let expires_at = now_ms() + SESSION_HOURS * 3_600_000;
+        self.inner
+            .store
+            .create_session(&ids::hash_secret(&secret), user.id, &ids::new_secret(), expires_at)
+            .await?;
+        self.audit(&attempt, "Login", "console", "").await;
+        Ok(NewSession { secret, user })
+    }
+
+    /// The live session behind a console cookie, if any.
+    pub async fn session(&self, cookie: &str) -> Result<Option<SessionRow>, Error> {
+        Ok(self.inner.store.session(&ids::hash_secret(cookie)).await?)
+    }
+
+    /// Ends a console session.
+    pub async fn logout(&self, actor: &Actor, cookie: &str) -> Result<(), Error> {
+        self.inner.store.delete_session(&ids::hash_secret(cookie)).await?;
+        self.audit(actor, "Logout", "console", "").await;
+        Ok(())
+    }
+
+    /// Remembers the region picked in the console's top bar. A view preference of the session,
+    /// so not audited.
+    pub async fn pick_region(&self, cookie: &str, region_id: &str) -> Result<(), Error> {
+        if !region_id.is_empty() {
+            check::RegionId::parse(region_id)?;
+        }
+        Ok(self
+            .inner
+            .store
+            .set_session_region(&ids::hash_secret(cookie), region_id)
+            .await?)
+    }
+
+    /// Creates a console account (admin).
+    pub async fn create_user(
+        &self,
+        actor: &Actor,
+        username: &str,
+        password: &str,
+        role: &str,
+    ) -> Result<UserRow, Error> {
+        actor.require(Role::Admin)?;
+        check::account_name(username)?;
+        check::password(username, password)?;
+        let role = check::role(role)?;
+        let hash = hash_blocking(password.to_string()).await?;
+        let user = self
+            .inner
+            .store
+            .create_user(username, &hash, role)
+            .await
+            .map_err(|e| match e {
+                store::Error::Conflict => Error::Conflict {
+                    conflict: Conflict::UserExists,
+                    message: format!("user {username:?} exists already"),
+                },
+                other => other.into(),
+            })?;
+        self.audit(actor, "CreateUser", username, role.as_str()).await;
+        Ok(user)
+    }
+
+    /// Changes an account. An admin may change anything of anyone; anyone else may only change
+    /// their own password, giving the current one.
+    pub async fn modify_user(&self, actor: &Actor, username: &str, change: UserChange) -> Result<UserRow, Error> {
+        let own_password_only = actor.username == username
+            && change.role.is_none()
+            && change.disabled.is_none()
+            && change.password.is_some();
+        if actor.role < Role::Admin && own_password_only {
+            let current = change.current_password.unwrap_or_default();
+            let new = change.password.unwrap_or_default();
+            return self.change_password(actor, &current, &new).await;
+        }
+        actor.require(Role::Admin)?;
+        let role = change.role.as_deref().map(check::role).transpose()?;
+        let password_hash = match change.password {
+            Some(password) => {
+                check::password(username, &password)?;
+                Some(hash_blocking(password).await?)
+            }
+            None => None,
+        };
+        let update = UserUpdate {
+            role,
+            disabled: change.disabled,
+            password_hash,
+        };
+        let user = self.update_user(username, &update).await?;
+        let detail: Vec<String> = [
+            update.role.map(|r| format!("role {}", r.as_str())),
+            update
+                .disabled
+                .map(|d| if d { "disabled" } else { "enabled" }.to_string()),
+            update.password_hash.as_ref().map(|_| "password changed".to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.audit(actor, "ModifyUser", username, &detail.join(", ")).await;
+        Ok(user)
+    }
+
+    /// Changes the actor's own password, proving they know the current one. Every session of
+    /// the account ends, this one too.
+    pub async fn change_password(&self, actor: &Actor, current: &str, new: &str) -> Result<UserRow, Error> {
+        let user = self
+            .inner
+            .store
+            .user_by_name(&actor.username)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: Kind::User,
+                id: actor.username.clone(),
+            })?;
+        if !verify_blocking(current, &user.password_hash).await {
+            return Err(Error::Login(LoginRefusal::WrongCurrentPassword));
+        }
+        check::password(&actor.username, new)?;
+        let update = UserUpdate {
+            password_hash: Some(hash_blocking(new.to_string()).await?),
+            ..Default::default()
+        };
+        let user = self.update_user(&actor.username, &update).await?;
+        self.audit(actor, "ChangePassword", &actor.username, "").await;
+        Ok(user)
+    }
+
+    /// Stores an account change; verified Basic-auth passwords stop counting (the store ends
+    /// the user's sessions itself).
+    async fn update_user(&self, username: &str, update: &UserUpdate) -> Result<UserRow, Error> {
+        let user = self
+            .inner
+            .store
+            .update_user(username, update)
+            .await
+            .map_err(|e| match e {
+                store::Error::Conflict => last_admin(),
+                other => not_found(Kind::User, username)(other),
+            })?;
+        self.forget_logins();
+        Ok(user)
+    }
+
+    /// Deletes an account (admin; not one's own, not the last admin).
+    pub async fn delete_user(&self, actor: &Actor, username: &str) -> Result<(), Error> {
+        actor.require(Role::Admin)?;
+        if actor.username == username {
+            return Err(Error::Conflict {
+                conflict: Conflict::DeleteSelf,
+                message: "you cannot delete your own account".into(),
+            });
+        }
+        self.inner.store.delete_user(username).await.map_err(|e| match e {
+            store::Error::Conflict => last_admin(),
+            other => not_found(Kind::User, username)(other),
+        })?;
+        self.forget_logins();
+        self.audit(actor, "DeleteUser", username, "").await;
+        Ok(())
+    }
+
+    /// Every account (admin).
+    pub async fn list_users(&self, actor: &Actor) -> Result<Vec<UserRow>, Error> {
+        actor.require(Role::Admin)?;
+        Ok(self.inner.store.list_users().await?)
+    }
+
+    /// Creates an API token for the actor; returns it with its secret, shown this once.
+    pub async fn create_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        expires_in_days: Option<u64>,
+    ) -> Result<(TokenRow, String), Error> {
+        let name = check::token_name(name)?;
+        let expires_at = check::token_days(expires_in_days)?.map(|d| now_ms() + d as i64 * 86_400_000);
+        let secret = format!("frt_{}", ids::new_secret());
+        let row = self
+            .inner
+            .store
+            .create_token(actor.user_id, &name, &ids::hash_secret(&secret), expires_at)
+            .await?;
+        self.audit(actor, "CreateToken", &row.id, &name).await;
+        Ok((row, secret))
+    }
+
+    /// Revokes one of the actor's tokens.
+    pub async fn revoke_token(&self, actor: &Actor, token_id: &str) -> Result<(), Error> {
+        self.inner
+            .store
+            .revoke_token(actor.user_id, token_id)
+            .await
+            .map_err(not_found(Kind::Token, token_id))?;
+        self.audit(actor, "RevokeToken", token_id, "").await;
+        Ok(())
+    }
+}
+
+fn last_admin() -> Error {
+    Error::Conflict {
+        conflict: Conflict::LastAdmin,
+        message: "this is the last enabled admin: make another user admin first".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_against_their_own_hash() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+}

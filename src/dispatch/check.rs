@@ -1,0 +1,455 @@
+//! Pure validators: each takes raw input and returns a checked value (a newtype where the value
+//! travels on) or a typed [`Error::Invalid`] naming the field and saying how to fix it. Every
+//! limit of DESIGN.md §7 that concerns one value lives here, once; no surface repeats one.
+
+use super::error::{Error, Field, invalid};
+use crate::protocol::api::ContentEncoding;
+use crate::store::Role;
+use base64::Engine as _;
+use std::collections::HashSet;
+
+/// Longest retained-command name, description, working directory and username (Alibaba's).
+pub const MAX_NAME: usize = 128;
+pub const MAX_DESCRIPTION: usize = 512;
+pub const MAX_WORKING_DIR: usize = 200;
+pub const MAX_USERNAME: usize = 255;
+/// Timeout range: one second to seven days.
+pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=7 * 24 * 3600;
+/// Most instances one activation may enrol (Alibaba: 1,000; we allow more) and its longest life.
+pub const ACTIVATION_INSTANCES: std::ops::RangeInclusive<u64> = 1..=100_000;
+pub const ACTIVATION_TTL_HOURS: std::ops::RangeInclusive<u64> = 1..=24 * 365;
+/// Longest activation description (Alibaba's).
+pub const MAX_ACTIVATION_DESCRIPTION: usize = 100;
+/// Console account passwords.
+pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 12..=256;
+/// API token lifetimes.
+pub const TOKEN_DAYS: std::ops::RangeInclusive<u64> = 1..=3650;
+/// Longest API token name and instance name.
+pub const MAX_TOKEN_NAME: usize = 64;
+pub const MAX_INSTANCE_NAME: usize = 128;
+
+/// A whole number typed into a form field; a surface that takes text calls this before the
+/// domain checks the range, so both surfaces give the same refusal for a bad number.
+pub fn whole_number(field: Field, text: &str) -> Result<u64, Error> {
+    text.trim().parse().map_err(|_| {
+        invalid(
+            field,
+            format!("`{}` must be a whole number, not {:?}", field.form_name(), text.trim()),
+        )
+    })
+}
+
+/// A number within a range.
+fn in_range(field: Field, json_name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64, Error> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "`{json_name}` is {value}; it must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// A command timeout, 1 s to 7 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(u64);
+
+impl Timeout {
+    pub fn parse(secs: u64) -> Result<Timeout, Error> {
+        if TIMEOUT_RANGE.contains(&secs) {
+            Ok(Timeout(secs))
+        } else {
+            Err(invalid(
+                Field::Timeout,
+                format!("`timeout_secs` is {secs}; it must be between 1 and 604800 (7 days)"),
+            ))
+        }
+    }
+
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+}
+
+/// An absolute working directory (Unix or Windows), at most 200 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkingDir(String);
+
+impl WorkingDir {
+    /// Blank counts as absent.
+    pub fn parse(value: Option<String>) -> Result<Option<WorkingDir>, Error> {
+        let Some(dir) = value.filter(|v| !v.trim().is_empty()) else {
+            return Ok(None);
+        };
+        if dir.chars().count() > MAX_WORKING_DIR {
+            return Err(invalid(
+                Field::WorkingDir,
+                format!("`working_dir` is longer than {MAX_WORKING_DIR} characters"),
+            ));
+        }
+        if dir.chars().any(char::is_control) {
+            return Err(invalid(Field::WorkingDir, "`working_dir` contains control characters"));
+        }
+        let windows_absolute = dir.len() >= 3 && dir.as_bytes()[1] == b':' && matches!(dir.as_bytes()[2], b'\\' | b'/');
+        if !dir.starts_with('/') && !windows_absolute {
+            return Err(invalid(
+                Field::WorkingDir,
+                format!("`working_dir` {dir:?} is not an absolute path: use one like /var/tmp or C:\\Temp"),
+            ));
+        }
+        Ok(Some(WorkingDir(dir)))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// The account on an instance a command runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    /// Blank counts as absent.
+    pub fn parse(value: Option<String>) -> Result<Option<Username>, Error> {
+        let Some(name) = value.filter(|v| !v.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let valid = name.len() <= MAX_USERNAME
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '$' | '\\' | '@'));
+        if !valid {
+            return Err(invalid(
+                Field::Username,
+                format!(
+                    "`username` {name:?} is not a valid account name (letters, digits, . _ - $ \\ @; at most {MAX_USERNAME})"
+                ),
+            ));
+        }
+        Ok(Some(Username(name)))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A region id: lowercase letters, digits and dashes, 1–64 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionId(String);
+
+impl RegionId {
+    pub fn parse(region: &str) -> Result<RegionId, Error> {
+        let valid = !region.is_empty()
+            && region.len() <= 64
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid {
+            Ok(RegionId(region.to_string()))
+        } else {
+            Err(invalid(
+                Field::RegionId,
+                format!(
+                    "region id {region:?} is not valid: use lowercase letters, digits and dashes, like cn-hangzhou"
+                ),
+            ))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// An optional line of text: blank counts as absent; at most `max` characters; no control
+/// characters but newlines and tabs.
+pub fn text(field: Field, json_name: &str, value: Option<String>, max: usize) -> Result<Option<String>, Error> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(invalid(
+            field,
+            format!("`{json_name}` is {chars} characters; at most {max} are allowed"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, format!("`{json_name}` contains control characters")));
+    }
+    Ok(Some(value))
+}
+
+/// A name that must be given (a retained command's, an instance's, a token's): at most `max`
+/// characters, no control characters at all.
+pub fn required_name(field: Field, json_name: &str, value: &str, max: usize, what: &str) -> Result<String, Error> {
+    let name = value.trim();
+    if name.is_empty() {
+        return Err(invalid(
+            field,
+            format!("`{json_name}` is empty: give the {what} a name"),
+        ));
+    }
+    if name.chars().count() > max || name.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("`{json_name}` must be 1 to {max} characters without control characters"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Decodes command content and checks it: valid encoding, UTF-8, not empty, no NUL, within
+/// `max` bytes after decoding.
+pub fn content(text: &str, encoding: ContentEncoding, max: usize) -> Result<String, Error> {
+    const FIELD: Field = Field::CommandContent;
+    let content = match encoding {
+        ContentEncoding::PlainText => text.to_string(),
+        ContentEncoding::Base64 => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim().as_bytes())
+                .map_err(|e| invalid(FIELD, format!("`command_content` is not valid Base64 ({e}): encode it again, or set content_encoding to PlainText")))?;
+            String::from_utf8(bytes)
+                .map_err(|_| invalid(FIELD, "`command_content` decodes to bytes that are not UTF-8 text"))?
+        }
+    };
+    if content.trim().is_empty() {
+        return Err(invalid(FIELD, "`command_content` is empty: write the command to run"));
+    }
+    if content.len() > max {
+        return Err(invalid(
+            FIELD,
+            format!(
+                "`command_content` is {} bytes; the limit is {max} bytes ({} KiB) after decoding: shorten it, or ship a script file and run that",
+                content.len(),
+                max / 1024
+            ),
+        ));
+    }
+    if content.contains('\0') {
+        return Err(invalid(
+            FIELD,
+            "`command_content` contains a NUL byte, which no shell can run",
+        ));
+    }
+    Ok(content)
+}
+
+/// The shape of `instance_ids`: not empty, within the limit, no duplicates.
+pub fn instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Err(invalid(
+            Field::InstanceIds,
+            "`instance_ids` is empty: name at least one instance",
+        ));
+    }
+    if ids.len() > max {
+        return Err(invalid(
+            Field::InstanceIds,
+            format!(
+                "{} instances named; one invocation may target at most {max}: split the run",
+                ids.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+        return Err(invalid(
+            Field::InstanceIds,
+            format!("instance {dup:?} is named twice in `instance_ids`: name each instance once"),
+        ));
+    }
+    Ok(())
+}
+
+/// A console account name: 1–64 lowercase letters, digits, `.`, `_`, `-`.
+pub fn account_name(username: &str) -> Result<(), Error> {
+    let valid = (1..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            Field::Username,
+            "a username is 1 to 64 lowercase letters, digits, '.', '_' or '-'",
+        ))
+    }
+}
+
+/// A new password: 12 to 256 characters, not the username.
+pub fn password(username: &str, password: &str) -> Result<(), Error> {
+    let chars = password.chars().count();
+    if !PASSWORD_CHARS.contains(&chars) {
+        return Err(invalid(
+            Field::Password,
+            format!(
+                "a password needs {} to {} characters; a few random words make a good one",
+                PASSWORD_CHARS.start(),
+                PASSWORD_CHARS.end()
+            ),
+        ));
+    }
+    if password.eq_ignore_ascii_case(username) {
+        return Err(invalid(Field::Password, "the password must not be the username"));
+    }
+    Ok(())
+}
+
+/// A role name.
+pub fn role(role: &str) -> Result<Role, Error> {
+    Role::parse(role).ok_or_else(|| {
+        invalid(
+            Field::Role,
+            format!("role {role:?} is not one of admin, operator, viewer"),
+        )
+    })
+}
+
+/// An API token's name.
+pub fn token_name(name: &str) -> Result<String, Error> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME || name.chars().any(char::is_control) {
+        return Err(invalid(
+            Field::Name,
+            format!("a token needs a name of 1 to {MAX_TOKEN_NAME} characters"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// An API token's lifetime in days, if it expires.
+pub fn token_days(days: Option<u64>) -> Result<Option<u64>, Error> {
+    days.map(|d| {
+        if TOKEN_DAYS.contains(&d) {
+            Ok(d)
+        } else {
+            Err(invalid(
+                Field::ExpiresInDays,
+                format!(
+                    "`expires_in_days` must be between {} and {}",
+                    TOKEN_DAYS.start(),
+                    TOKEN_DAYS.end()
+                ),
+            ))
+        }
+    })
+    .transpose()
+}
+
+/// An activation's instance limit.
+pub fn activation_instances(n: u64) -> Result<u64, Error> {
+    in_range(
+        Field::InstanceCountLimit,
+        "instance_count_limit",
+        n,
+        ACTIVATION_INSTANCES,
+    )
+}
+
+/// An activation's life in hours.
+pub fn activation_ttl_hours(hours: u64) -> Result<u64, Error> {
+    in_range(Field::TtlHours, "ttl_hours", hours, ACTIVATION_TTL_HOURS)
+}
+
+/// An activation's description: at most 100 characters, no control characters.
+pub fn activation_description(description: Option<String>) -> Result<String, Error> {
+    let description = description.unwrap_or_default();
+    if description.chars().count() > MAX_ACTIVATION_DESCRIPTION || description.chars().any(char::is_control) {
+        return Err(invalid(
+            Field::Description,
+            format!("`description` must be at most {MAX_ACTIVATION_DESCRIPTION} characters without control characters"),
+        ));
+    }
+    Ok(description)
+}
+
+/// A field an agent reports about its host: at most `max` characters, no control characters.
+pub fn host_field(name: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(invalid(
+            Field::Register,
+            format!("`{name}` must be at most {max} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The IP addresses an agent reports: at most 64, each a real address.
+pub fn ip_addresses(ips: &[String]) -> Result<(), Error> {
+    if ips.len() > 64 || ips.iter().any(|ip| ip.parse::<std::net::IpAddr>().is_err()) {
+        return Err(invalid(
+            Field::Register,
+            "`ip_addresses` must be at most 64 IP addresses",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: Error) -> Field {
+        match e {
+            Error::Invalid { field, .. } => field,
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_is_decoded_and_limited() {
+        assert_eq!(
+            content("ZWNobyBoaQ==", ContentEncoding::Base64, 100).unwrap(),
+            "echo hi"
+        );
+        assert_eq!(
+            field(content("%%%", ContentEncoding::Base64, 100).unwrap_err()),
+            Field::CommandContent
+        );
+        let err = content(&"x".repeat(101), ContentEncoding::PlainText, 100).unwrap_err();
+        assert!(err.to_string().contains("the limit is 100 bytes"), "{err}");
+        assert!(content("  ", ContentEncoding::PlainText, 100).is_err());
+    }
+
+    #[test]
+    fn timeouts_outside_one_second_to_seven_days_are_refused() {
+        assert!(Timeout::parse(0).is_err());
+        assert_eq!(Timeout::parse(1).unwrap().secs(), 1);
+        assert!(Timeout::parse(604_800).is_ok());
+        assert_eq!(field(Timeout::parse(604_801).unwrap_err()), Field::Timeout);
+    }
+
+    #[test]
+    fn working_dirs_must_be_absolute() {
+        assert!(WorkingDir::parse(Some("/tmp".into())).unwrap().is_some());
+        assert!(WorkingDir::parse(Some("C:\\Temp".into())).unwrap().is_some());
+        assert!(WorkingDir::parse(Some("../etc".into())).is_err());
+        assert!(WorkingDir::parse(Some("".into())).unwrap().is_none());
+    }
+
+    #[test]
+    fn usernames_and_regions_are_checked() {
+        assert!(Username::parse(Some("www-data".into())).is_ok());
+        assert!(Username::parse(Some("root; rm -rf /".into())).is_err());
+        assert!(RegionId::parse("cn-hangzhou").is_ok());
+        assert!(RegionId::parse("CN Hangzhou").is_err());
+    }
+
+    #[test]
+    fn numbers_typed_as_text_are_refused_with_the_field_name() {
+        assert_eq!(whole_number(Field::TtlHours, " 12 ").unwrap(), 12);
+        let err = whole_number(Field::TtlHours, "soon").unwrap_err();
+        assert!(err.to_string().contains("ttl_hours"), "{err}");
+        assert!(activation_instances(0).is_err());
+        assert!(activation_description(Some("x".repeat(101))).is_err());
+    }
+}

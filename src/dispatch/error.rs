@@ -1,0 +1,220 @@
+//! What a domain call can answer instead of doing what was asked. Typed, so each surface renders
+//! it its own way (a JSON code, a message next to a form field, an ECS error) without matching
+//! strings.
+
+use crate::store::{self, RegisterRefusal, Role};
+use std::time::Duration;
+
+/// The input a validation error is about. Each surface names it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    InstanceIds,
+    /// The command type.
+    Type,
+    CommandContent,
+    /// A retained command's or a token's name.
+    Name,
+    Description,
+    Timeout,
+    WorkingDir,
+    /// The account on the instance a command runs as, or a console account's name.
+    Username,
+    Parameters,
+    RegionId,
+    InstanceCountLimit,
+    TtlHours,
+    Password,
+    Role,
+    ExpiresInDays,
+    /// An instance's display name.
+    InstanceName,
+    /// What an agent says about its host when it enrols.
+    Register,
+}
+
+impl Field {
+    /// The JSON API's error code for a bad value of this field.
+    pub fn api_code(self) -> &'static str {
+        match self {
+            Field::InstanceIds => "InvalidParameter.InstanceIds",
+            Field::Type => "InvalidParameter.Type",
+            Field::CommandContent => "InvalidParameter.CommandContent",
+            Field::Name => "InvalidParameter.Name",
+            Field::Description => "InvalidParameter.Description",
+            Field::Timeout => "InvalidParameter.Timeout",
+            Field::WorkingDir => "InvalidParameter.WorkingDir",
+            Field::Username => "InvalidParameter.Username",
+            Field::Parameters => "InvalidParameter.Parameters",
+            Field::RegionId => "InvalidParameter.RegionId",
+            Field::InstanceCountLimit => "InvalidParameter.InstanceCountLimit",
+            Field::TtlHours => "InvalidParameter.TtlHours",
+            Field::Password => "InvalidParameter.Password",
+            Field::Role => "InvalidParameter.Role",
+            Field::ExpiresInDays => "InvalidParameter.ExpiresInDays",
+            Field::InstanceName => "InvalidParameter.InstanceName",
+            Field::Register => "InvalidParameter.Register",
+        }
+    }
+
+    /// The name of the console form field that takes this value.
+    pub fn form_name(self) -> &'static str {
+        match self {
+            Field::InstanceIds => "instances",
+            Field::Type => "type",
+            Field::CommandContent => "content",
+            Field::Name => "name",
+            Field::Description => "description",
+            Field::Timeout => "timeout",
+            Field::WorkingDir => "working_dir",
+            Field::Username => "username",
+            Field::Parameters => "parameters",
+            Field::RegionId => "region_id",
+            Field::InstanceCountLimit => "instance_count_limit",
+            Field::TtlHours => "ttl_hours",
+            Field::Password => "password",
+            Field::Role => "role",
+            Field::ExpiresInDays => "expires_in_days",
+            Field::InstanceName => "name",
+            Field::Register => "register",
+        }
+    }
+}
+
+/// The kinds of things a domain call looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Instance,
+    Invocation,
+    Result,
+    Command,
+    Activation,
+    User,
+    Token,
+}
+
+impl Kind {
+    /// The word people read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Instance => "instance",
+            Kind::Invocation => "invocation",
+            Kind::Result => "result",
+            Kind::Command => "command",
+            Kind::Activation => "activation",
+            Kind::User => "user",
+            Kind::Token => "token",
+        }
+    }
+}
+
+/// A state that refuses the change asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// A console account with that name exists.
+    UserExists,
+    /// The change would leave no enabled admin.
+    LastAdmin,
+    /// An admin tried to delete their own account.
+    DeleteSelf,
+    /// Another retained command of the region has the name.
+    CommandName,
+}
+
+/// Why a login (console, HTTP Basic or a password check) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// Unknown user, wrong password or a disabled account; deliberately not told apart.
+    WrongCredentials,
+    /// Too many recent failures from the address or for the user: wait this long.
+    Throttled(Duration),
+    /// The current password given to change one's own password is wrong.
+    WrongCurrentPassword,
+    /// HTTP Basic is switched off on this server.
+    BasicDisabled,
+    /// The API token is unknown, revoked or expired.
+    BadToken,
+}
+
+impl LoginRefusal {
+    /// The sentence shown to the person refused.
+    pub fn message(self) -> String {
+        match self {
+            LoginRefusal::WrongCredentials => "wrong username or password".into(),
+            LoginRefusal::Throttled(wait) => format!(
+                "too many failed logins from this address or for this user; try again in {} seconds",
+                wait.as_secs().max(1)
+            ),
+            LoginRefusal::WrongCurrentPassword => "the current password is wrong".into(),
+            LoginRefusal::BasicDisabled => {
+                "HTTP Basic is switched off on this server: send `Authorization: Bearer <api token>`".into()
+            }
+            LoginRefusal::BadToken => {
+                "the API token is unknown, revoked or expired: create a new one with POST /api/v1/tokens".into()
+            }
+        }
+    }
+}
+
+/// What went wrong in a domain call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value of the request is unusable; the message says why and how to fix it.
+    #[error("{message}")]
+    Invalid { field: Field, message: String },
+    /// The named thing does not exist.
+    #[error("{} {id:?} does not exist", kind.as_str())]
+    NotFound { kind: Kind, id: String },
+    /// Instance ids that are not registered.
+    #[error("unknown instances: {0:?}")]
+    UnknownInstances(Vec<String>),
+    /// A quota is used up.
+    #[error("quota {name} of region {region_id} is used up ({used} of {limit})")]
+    Quota {
+        name: &'static str,
+        region_id: String,
+        used: u64,
+        limit: u64,
+    },
+    /// The current state refuses the change.
+    #[error("{message}")]
+    Conflict { conflict: Conflict, message: String },
+    /// The actor's role does not allow the action.
+    #[error("this needs the {} role and user {username:?} has the {} role", needed.as_str(), has.as_str())]
+    Forbidden { needed: Role, has: Role, username: String },
+    /// A login or credential check failed.
+    #[error("login refused: {0:?}")]
+    Login(LoginRefusal),
+    /// An activation refused an agent's enrolment.
+    #[error("enrolment refused by activation {activation_id:?}: {refusal}")]
+    Enrolment {
+        activation_id: String,
+        refusal: RegisterRefusal,
+    },
+    #[error(transparent)]
+    Store(store::Error),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// A validation error about `field`.
+pub fn invalid(field: Field, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Maps the store's `NotFound` to the domain's, naming what was missing.
+pub fn not_found(kind: Kind, id: &str) -> impl FnOnce(store::Error) -> Error + '_ {
+    move |e| match e {
+        store::Error::NotFound => Error::NotFound {
+            kind,
+            id: id.to_string(),
+        },
+        other => Error::Store(other),
+    }
+}
