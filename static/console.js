@@ -1,30 +1,106 @@
-// fleetrun console behaviour that htmx does not cover: selection and the batch bar, tabs,
-// the modal (focus, Esc, Tab trap), the editor (Tab indents, size counter), copy buttons and
-// keeping live output scrolled. No inline scripts anywhere (the CSP forbids them).
+// fleetrun console behaviour that htmx does not cover: the instance selection (kept across pages
+// and reloads, per region), "select all matching", the Send Command dialog's picker, the modal
+// (focus, Esc, Tab trap), the editor (Tab indents, size counter), live durations, local times,
+// copy buttons and keeping live output scrolled. No inline scripts anywhere (the CSP forbids them).
 (function () {
   "use strict";
 
-  function selectionChanged() {
-    var boxes = document.querySelectorAll('#instances input[name="instance_ids"]');
-    var checked = document.querySelectorAll('#instances input[name="instance_ids"]:checked');
-    var bar = document.getElementById("batch-bar");
-    if (bar) {
-      bar.hidden = checked.length === 0;
-      document.getElementById("selected-count").textContent = checked.length + " selected";
-    }
-    var all = document.getElementById("select-all");
-    if (all) {
-      all.checked = boxes.length > 0 && checked.length === boxes.length;
-      all.indeterminate = checked.length > 0 && checked.length < boxes.length;
+  // ---- The Instances page's selection: ids in sessionStorage, one set per region. ----
+
+  function region() {
+    var picker = document.getElementById("region");
+    return picker ? picker.value : "";
+  }
+
+  function loadSelection() {
+    try {
+      return new Set(JSON.parse(sessionStorage.getItem("fleetrun.selection." + region()) || "[]"));
+    } catch (e) {
+      return new Set();
     }
   }
 
-  function closeModal() {
-    var modal = document.getElementById("modal");
-    if (modal && modal.firstChild) {
-      modal.innerHTML = "";
-      if (window.lastFocus && document.body.contains(window.lastFocus)) window.lastFocus.focus();
+  function saveSelection(ids) {
+    sessionStorage.setItem("fleetrun.selection." + region(), JSON.stringify(Array.from(ids)));
+  }
+
+  function pageBoxes() {
+    return document.querySelectorAll('#instances input[name="instance_ids"]');
+  }
+
+  // Ticks the boxes of selected instances and redraws the batch bar and the header box.
+  function showSelection() {
+    var table = document.getElementById("instances");
+    if (!table) return;
+    var ids = loadSelection();
+    var boxes = pageBoxes(), checked = 0;
+    boxes.forEach(function (b) { b.checked = ids.has(b.value); if (b.checked) checked++; });
+    var all = document.getElementById("select-all");
+    if (all) {
+      all.checked = boxes.length > 0 && checked === boxes.length;
+      all.indeterminate = checked > 0 && checked < boxes.length;
     }
+    var bar = document.getElementById("batch-bar");
+    if (bar) {
+      bar.hidden = ids.size === 0;
+      var onPage = checked === ids.size ? "" : " (" + checked + " on this page)";
+      document.getElementById("selected-count").textContent = ids.size + " selected" + onPage;
+    }
+  }
+
+  function fetchMatching(url) {
+    return fetch(url, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    });
+  }
+
+  function openSendDialog(ids) {
+    window.lastFocus = document.activeElement;
+    htmx.ajax("POST", "/console/send/open", {
+      source: document.body,
+      target: "#modal",
+      swap: "innerHTML",
+      values: { instance_ids: Array.from(ids).join(",") }
+    });
+  }
+
+  // ---- The Send Command dialog's picker: the selection is the hidden #selected-ids. ----
+
+  function picked() {
+    var field = document.getElementById("selected-ids");
+    return new Set(field && field.value ? field.value.split(",") : []);
+  }
+
+  function setPicked(ids) {
+    var field = document.getElementById("selected-ids");
+    if (!field) return;
+    field.value = Array.from(ids).join(",");
+    var summary = document.getElementById("selected-summary");
+    if (summary) summary.textContent = ids.size + " selected";
+    showPicked();
+    document.body.dispatchEvent(new Event("picked"));
+  }
+
+  function showPicked() {
+    var ids = picked();
+    document.querySelectorAll("#instance-picker input[data-pick]").forEach(function (b) { b.checked = ids.has(b.value); });
+  }
+
+  // ---- The modal ----
+
+  var editorsAtOpen = "";
+
+  function editorText() {
+    return Array.prototype.map.call(document.querySelectorAll("#modal textarea.editor"), function (e) { return e.value; }).join("\u0000");
+  }
+
+  function closeModal(ask) {
+    var modal = document.getElementById("modal");
+    if (!modal || !modal.firstChild) return;
+    if (ask && editorText() !== editorsAtOpen && !window.confirm("Discard the command you typed?")) return;
+    modal.innerHTML = "";
+    if (window.lastFocus && document.body.contains(window.lastFocus)) window.lastFocus.focus();
   }
 
   function focusables(root) {
@@ -42,12 +118,55 @@
     counter.classList.toggle("over", bytes > limit);
   }
 
+  // ---- Times and durations ----
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  // `<time datetime>` in the reader's own time zone; the UTC text stays in the tooltip.
+  function localiseTimes(root) {
+    (root || document).querySelectorAll("time[datetime]:not([data-local])").forEach(function (t) {
+      var d = new Date(t.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      t.textContent = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+        pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+      t.setAttribute("data-local", "");
+    });
+  }
+
+  // As the server writes durations: 850 ms, 3.2 s, 4 min 05 s.
+  function duration(ms) {
+    if (ms < 1000) return Math.max(0, ms) + " ms";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+    return Math.floor(ms / 60000) + " min " + pad(Math.floor((ms % 60000) / 1000)) + " s";
+  }
+
+  function tickDurations() {
+    var now = Date.now();
+    document.querySelectorAll("td[data-running-since]").forEach(function (td) {
+      td.textContent = duration(now - Date.parse(td.dataset.runningSince));
+    });
+  }
+  setInterval(tickDurations, 1000);
+
+  // ---- Events ----
+
   document.addEventListener("change", function (e) {
     var t = e.target;
     if (t.id === "select-all") {
-      document.querySelectorAll('#instances input[name="instance_ids"]').forEach(function (b) { b.checked = t.checked; });
+      var ids = loadSelection();
+      pageBoxes().forEach(function (b) { if (t.checked) ids.add(b.value); else ids.delete(b.value); });
+      saveSelection(ids);
+      showSelection();
+    } else if (t.matches('#instances input[name="instance_ids"]')) {
+      var sel = loadSelection();
+      if (t.checked) sel.add(t.value); else sel.delete(t.value);
+      saveSelection(sel);
+      showSelection();
+    } else if (t.matches("#instance-picker input[data-pick]")) {
+      var p = picked();
+      if (t.checked) p.add(t.value); else p.delete(t.value);
+      setPicked(p);
     }
-    if (t.matches('#instances input[type="checkbox"], #select-all')) selectionChanged();
     if (t.dataset && t.dataset.toggles) {
       var target = document.getElementById(t.dataset.toggles);
       if (target) target.hidden = !t.checked;
@@ -65,7 +184,31 @@
     }
     if (menu && !menu.hidden) menu.hidden = true;
     if (!t) return;
-    if (t.hasAttribute("data-close-modal")) closeModal();
+    if (t.hasAttribute("data-close-modal")) closeModal(true);
+    if (t.hasAttribute("data-send-selection")) openSendDialog(loadSelection());
+    var inPicker = t.closest("#instance-picker");
+    if (t.hasAttribute("data-select-matching")) {
+      var source = inPicker || document.getElementById("instances");
+      t.disabled = true;
+      fetchMatching(source.dataset.matchingUrl).then(function (found) {
+        if (inPicker) {
+          var p = picked();
+          found.ids.forEach(function (id) { p.add(id); });
+          setPicked(p);
+        } else {
+          var ids = loadSelection();
+          found.ids.forEach(function (id) { ids.add(id); });
+          saveSelection(ids);
+          showSelection();
+        }
+      }).catch(function (err) {
+        window.alert("Could not select the matching instances: " + err.message);
+      }).finally(function () { t.disabled = false; });
+    }
+    if (t.hasAttribute("data-select-none")) {
+      if (inPicker) setPicked(new Set());
+      else { saveSelection(new Set()); showSelection(); }
+    }
     if (t.getAttribute("role") === "tab") {
       document.querySelectorAll('[role="tab"]').forEach(function (tab) {
         var on = tab === t;
@@ -75,15 +218,15 @@
       });
     }
     if (t.classList.contains("copy-output")) {
-      var source = document.getElementById(t.dataset.target);
-      if (source && navigator.clipboard) navigator.clipboard.writeText(source.textContent);
+      var copied = document.getElementById(t.dataset.target);
+      if (copied && navigator.clipboard) navigator.clipboard.writeText(copied.textContent);
       t.textContent = "Copied";
       setTimeout(function () { t.textContent = "Copy"; }, 1500);
     }
   });
 
   document.addEventListener("mousedown", function (e) {
-    if (e.target.classList && e.target.classList.contains("modal-backdrop")) closeModal();
+    if (e.target.classList && e.target.classList.contains("modal-backdrop")) closeModal(true);
   });
 
   var escapedEditor = null;
@@ -102,9 +245,14 @@
       return;
     }
     if (editor && e.key !== "Tab" && e.key !== "Shift") escapedEditor = null;
+    // Enter in a one-line field of the dialog (Timeout, a search, a parameter) does not Run.
+    if (e.key === "Enter" && e.target.matches && e.target.matches("#send-form input")) {
+      e.preventDefault();
+      return;
+    }
     var dialog = document.querySelector("#modal .modal");
     if (!dialog) return;
-    if (e.key === "Escape") { closeModal(); return; }
+    if (e.key === "Escape") { closeModal(true); return; }
     if (e.key === "Tab") {
       var items = focusables(dialog);
       if (!items.length) return;
@@ -119,7 +267,10 @@
   });
 
   document.addEventListener("htmx:beforeRequest", function (e) {
-    if (e.detail.target && e.detail.target.id === "modal") window.lastFocus = document.activeElement;
+    var modal = document.getElementById("modal");
+    if (e.detail.target && e.detail.target.id === "modal" && modal && !modal.firstChild) {
+      window.lastFocus = document.activeElement;
+    }
   });
 
   document.addEventListener("htmx:afterSwap", function (e) {
@@ -127,13 +278,18 @@
       var dialog = document.querySelector("#modal .modal");
       if (dialog) {
         var editor = dialog.querySelector("textarea.editor");
-        var first = editor || focusables(dialog)[0];
+        var search = dialog.querySelector("#picker-search");
+        var first = search || editor || focusables(dialog)[0];
         if (first) first.focus();
         dialog.querySelectorAll("textarea.editor").forEach(updateCounter);
+        editorsAtOpen = editorText();
       }
     }
-    if (document.getElementById("instances")) selectionChanged();
+    showSelection();
+    showPicked();
   });
+
+  document.addEventListener("htmx:load", function (e) { localiseTimes(e.detail.elt); });
 
   // Keep live output pinned to the bottom while the reader is there.
   var pinned = new Map();
@@ -146,7 +302,12 @@
     document.querySelectorAll("pre.output").forEach(function (pre) {
       if (pinned.get(pre.id) !== false) pre.scrollTop = pre.scrollHeight;
     });
+    localiseTimes();
   });
 
-  document.addEventListener("DOMContentLoaded", selectionChanged);
+  document.addEventListener("DOMContentLoaded", function () {
+    showSelection();
+    localiseTimes();
+    tickDurations();
+  });
 })();

@@ -257,7 +257,7 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
     if req.keep_command && run.name.trim().is_empty() {
         return Err(invalid(
             Field::Name,
-            "`name` is required when `keep_command` is true: a retained command needs a name",
+            "`name` is required to retain the command (`keep_command`): a retained command needs a name",
         ));
     }
     check_parameters(&run, settings.max_content_bytes)?;

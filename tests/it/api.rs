@@ -57,6 +57,11 @@ async fn run_command_refusals_name_the_problem_and_the_fix() {
 
     app.client.run(&keep).await.unwrap();
     let (status, code, message) = refusal(app.client.run(&keep).await).await;
+    assert_eq!((status, code.as_str()), (409, "InvalidCommandName.Duplicate"));
+    assert!(message.contains("already has a retained command named"), "{message}");
+    let mut another = keep.clone();
+    another.name = Some("another name".into());
+    let (status, code, message) = refusal(app.client.run(&another).await).await;
     assert_eq!((status, code.as_str()), (403, "QuotaExceeded.RetainedCommand"));
     assert!(
         message.contains("1 of 1") && message.contains("--retained-command-quota"),

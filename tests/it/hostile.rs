@@ -1200,21 +1200,21 @@ fn console_cases(fx: &Fixture) -> Vec<FormCase> {
     vec![
         // Send Command.
         form_case("send with working_dir ../../etc", "/console/send", send(&[("working_dir", "../../etc")]), 200, "is not an absolute path"),
-        form_case("send with timeout abc", "/console/send", send(&[("timeout", "abc")]), 200, "Timeout must be a whole number"),
-        form_case("send with timeout -5", "/console/send", send(&[("timeout", "-5")]), 200, "Timeout must be a whole number"),
+        form_case("send with timeout abc", "/console/send", send(&[("timeout", "abc")]), 200, "`timeout` must be a whole number"),
+        form_case("send with timeout -5", "/console/send", send(&[("timeout", "-5")]), 200, "`timeout` must be a whole number"),
         form_case("send with timeout 0", "/console/send", send(&[("timeout", "0")]), 200, "must be between 1 and 604800"),
         form_case("send with timeout 10^12", "/console/send", send(&[("timeout", "1000000000000")]), 200, "must be between 1 and 604800"),
         form_case("send with a NUL byte in the content", "/console/send", send(&[("content_linux", "echo\0hi")]), 200, "NUL byte"),
         form_case("send with username root;reboot", "/console/send", send(&[("username", "root;reboot")]), 200, "not a valid account name"),
-        form_case("send retaining a command without a name", "/console/send", send(&[("keep", "on")]), 200, "needs a Command Name"),
+        form_case("send retaining a command without a name", "/console/send", send(&[("keep", "on")]), 200, "a retained command needs a name"),
         form_case("send with a name of 129 characters", "/console/send", send(&[("keep", "on"), ("name", &n129)]), 200, "at most 128"),
         form_case("send with 21 parameters", "/console/send", send(&[("content_linux", &twenty_one)]), 200, "at most 20"),
         form_case("send to an instance id with SQL", "/console/send", send(&[("instance_ids", "' OR '1'='1")]), 200, "role=\"alert\""),
         form_case("send to 20,000 unknown instance ids", "/console/send", [many_ids.as_bytes(), b"type_linux=RunShellScript&content_linux=true"].concat(), 200, "role=\"alert\""),
         // Activations.
-        form_case("activation in region <script>", "/console/activations", activation(&[("region_id", "<script>r</script>")]), 200, "Use a region like cn-hangzhou"),
-        form_case("activation living -1 hours", "/console/activations", activation(&[("ttl_hours", "-1")]), 200, "Use a region like cn-hangzhou"),
-        form_case("activation for 1e9 instances", "/console/activations", activation(&[("instance_count_limit", "1e9")]), 200, "Use a region like cn-hangzhou"),
+        form_case("activation in region <script>", "/console/activations", activation(&[("region_id", "<script>r</script>")]), 200, "use lowercase letters, digits and dashes"),
+        form_case("activation living -1 hours", "/console/activations", activation(&[("ttl_hours", "-1")]), 200, "`ttl_hours` must be a whole number"),
+        form_case("activation for 1e9 instances", "/console/activations", activation(&[("instance_count_limit", "1e9")]), 200, "`instance_count_limit` must be a whole number"),
         form_case("activation form without ttl_hours", "/console/activations", form(&activation_form[..2]), 400, ""),
         // Users and tokens.
         form_case("user named <script>", "/console/users", user(&[("username", "<script>u</script>")]), 200, "a username is 1 to 64"),
@@ -1223,7 +1223,7 @@ fn console_cases(fx: &Fixture) -> Vec<FormCase> {
         form_case("user form without a role", "/console/users", form(&user_form[..2]), 400, ""),
         form_case("token name of 65 characters", "/console/account/tokens", form(&[("name", &t65)]), 200, "1 to 64 characters"),
         form_case("token with a blank name", "/console/account/tokens", form(&[("name", "   ")]), 200, "1 to 64 characters"),
-        form_case("token expiring in -1 days", "/console/account/tokens", form(&[("name", "t"), ("expires_in_days", "-1")]), 200, "Expiry must be"),
+        form_case("token expiring in -1 days", "/console/account/tokens", form(&[("name", "t"), ("expires_in_days", "-1")]), 200, "`expires_in_days` must be a whole number"),
         // Editing a retained command: a refused edit changes nothing, not even its valid fields.
         form_case("command edit to timeout 0", &cmd, edit(&[("timeout", "0")]), 200, "must be between 1 and 604800"),
         form_case("command edit to timeout x", &cmd, edit(&[("timeout", "x")]), 200, "whole number"),

@@ -43,6 +43,7 @@ async fn each_role_reaches_exactly_its_routes() {
     let operator = user(&app, "otto", "operator").await;
     let run = json!({"instance_ids": ["i-aaaaaaaaaaaaaaaaaaaa"], "type": "RunShellScript", "command_content": "true"});
     let command = json!({"region_id": "local", "name": "n", "type": "RunShellScript", "command_content": "true"});
+    let other_command = json!({"region_id": "local", "name": "m", "type": "RunShellScript", "command_content": "true"});
     let activation = json!({"region_id": "local", "instance_count_limit": 1});
     let new_user = json!({"username": "x", "password": "long-enough-password", "role": "viewer"});
     // (method, path, body, viewer, operator, admin): 403 means refused by role; any other
@@ -63,7 +64,8 @@ async fn each_role_reaches_exactly_its_routes() {
             404,
             404,
         ),
-        (Method::POST, "/commands", Some(command), 403, 201, 201),
+        (Method::POST, "/commands", Some(command), 403, 201, 409),
+        (Method::POST, "/commands", Some(other_command), 403, 201, 409),
         (Method::DELETE, "/commands/c-aaaaaaaaaaaaaaaaaaaa", None, 403, 404, 404),
         (Method::POST, "/activations", Some(activation), 403, 403, 201),
         (Method::GET, "/activations", None, 403, 403, 200),

@@ -102,11 +102,8 @@ pub async fn index(State(state): State<AppState>, session: Session) -> Result<Re
 
 #[derive(Debug, Default, Deserialize)]
 pub struct CreateForm {
-    #[serde(default)]
     region_id: String,
-    #[serde(default)]
     instance_count_limit: String,
-    #[serde(default)]
     ttl_hours: String,
     #[serde(default)]
     description: String,
