@@ -67,6 +67,7 @@ impl Accounts {
 }
 
 /// A console session just started: the cookie secret (shown to the browser only) and its user.
+/// Its `Debug` hides the secret.
 pub struct NewSession {
     pub secret: String,
     pub user: UserRow,
@@ -91,6 +92,14 @@ pub struct UserChange {
     pub password: Option<String>,
     /// Needed when a user who is not an admin changes their own password.
     pub current_password: Option<String>,
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession")
+            .field("user", &self.user.username)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Dispatcher {
@@ -146,8 +155,8 @@ impl Dispatcher {
         check::password("admin", &password)?;
         let hash = hash_blocking(password.clone()).await?;
         self.inner.store.create_user("admin", &hash, Role::Admin).await?;
-        self.audit(&Actor::server("server"), "CreateUser", "admin", "admin")
-            .await;
+        let server = Actor::server("server");
+        self.audit(&server, "CreateUser", "admin", "admin").await;
         Ok(if generated {
             FirstAdmin::Generated(password)
         } else {

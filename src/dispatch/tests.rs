@@ -1,0 +1,608 @@
+//! The dispatcher without processes or the wall clock: agents are channels, time is a
+//! [`Clock::Manual`] the tests move, and deadlines are enforced by calling the sweep directly.
+//! (As mini-redis and pueue test theirs.)
+
+use super::*;
+use crate::protocol::agent::{AgentMessage, Hello, Output, TaskFinished, TaskStarted};
+use crate::protocol::api::{InvocationCreated, RegisterRequest, RunCommandRequest};
+use crate::protocol::{CommandType, ErrorCode, OsType, OutputStream, PROTOCOL_VERSION, TaskEnd};
+use crate::store::{Role, test_store};
+use bytes::Bytes;
+
+/// How long a test waits for a message the dispatcher sends at once (never a deadline).
+const PROMPT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    dispatcher: Dispatcher,
+    clock: Clock,
+    admin: Actor,
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn harness() -> Harness {
+    let (store, dir) = test_store().await;
+    let clock = Clock::manual();
+    let (dispatcher, writer_rx) = Dispatcher::build(store, Settings::default(), clock.clone());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
+    let admin = Actor {
+        user_id: 1,
+        username: "ann".into(),
+        role: Role::Admin,
+        source_ip: "127.0.0.1".into(),
+        via: Via::Api,
+    };
+    Harness {
+        dispatcher,
+        clock,
+        admin,
+        _dir: dir,
+        shutdown,
+    }
+}
+
+fn hello(held_tasks: Vec<String>) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        hostname: "host".into(),
+        os_type: OsType::Linux,
+        os_name: "Debian".into(),
+        ip_addresses: vec!["10.0.0.1".into()],
+        supported_command_types: vec![CommandType::RunShellScript],
+        held_tasks,
+    }
+}
+
+impl Harness {
+    /// Enrols an instance named `name` through an activation, as an agent would.
+    async fn enrol(&self, name: &str) -> String {
+        let req = ActivationRequest {
+            region_id: "local".into(),
+            instance_count_limit: 1,
+            ttl_hours: None,
+            description: None,
+        };
+        let (activation, code) = self.dispatcher.create_activation(&self.admin, req).await.unwrap();
+        let register = RegisterRequest {
+            activation_id: activation.id,
+            activation_code: code,
+            hostname: "host".into(),
+            name: Some(name.into()),
+            os_type: OsType::Linux,
+            os_name: "Debian".into(),
+            ip_addresses: vec![],
+            agent_version: "test".into(),
+        };
+        let (instance, _) = self
+            .dispatcher
+            .register(&Actor::agent("10.0.0.1"), register)
+            .await
+            .unwrap();
+        instance.id
+    }
+
+    async fn run(&self, instance_id: &str, content: &str, timeout_secs: u64) -> InvocationCreated {
+        let mut req = RunCommandRequest::shell(vec![instance_id.into()], content);
+        req.spec.timeout_secs = timeout_secs;
+        req.spec.enable_parameter = true;
+        self.dispatcher.run_command(&self.admin, req).await.unwrap()
+    }
+
+    async fn result(&self, invoke_id: &str, instance_id: &str) -> crate::store::ResultRow {
+        self.dispatcher.store().result(invoke_id, instance_id).await.unwrap()
+    }
+
+    async fn sweep(&self) {
+        self.dispatcher.enforce_deadlines().await;
+    }
+}
+
+/// The next message queued for the agent, skipping heartbeats.
+async fn next(outbox: &mut Outbox) -> ServerMessage {
+    loop {
+        match tokio::time::timeout(PROMPT, outbox.rx.recv()).await {
+            Ok(Some(Outbound::Message(ServerMessage::Heartbeat))) => continue,
+            Ok(Some(Outbound::Message(message))) => return message,
+            Ok(Some(Outbound::Close(reason))) => panic!("the connection was closed: {reason}"),
+            Ok(None) => panic!("the outbox closed"),
+            Err(_) => panic!("nothing queued for the agent within {PROMPT:?}"),
+        }
+    }
+}
+
+/// Waits for the batching writer to have applied what was queued: the ack of `task` with at
+/// least `next_seq` stored.
+async fn ack(outbox: &mut Outbox, task: &str) -> crate::protocol::agent::Ack {
+    loop {
+        if let ServerMessage::Ack(ack) = next(outbox).await {
+            if ack.task == task {
+                return ack;
+            }
+        }
+    }
+}
+
+fn started(task: &str) -> AgentMessage {
+    TaskStarted { task: task.into() }.into()
+}
+
+fn output(task: &str, seq: u64, data: &'static [u8]) -> AgentMessage {
+    Output {
+        task: task.into(),
+        seq,
+        stream: OutputStream::Stdout,
+        data: Bytes::from_static(data),
+    }
+    .into()
+}
+
+fn finished(task: &str, chunks: u64, end: TaskEnd, exit_code: Option<i32>) -> AgentMessage {
+    TaskFinished {
+        task: task.into(),
+        chunks,
+        exit_code,
+        end,
+    }
+    .into()
+}
+
+#[tokio::test]
+async fn a_task_reaches_its_connected_agent_and_its_report_is_stored_then_acknowledged() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    assert!(matches!(next(&mut outbox).await, ServerMessage::Welcome(_)));
+
+    let created = h.run(&id, "echo hi from {{fleetrun::instance_name}}", 60).await;
+    let ServerMessage::RunTask(task) = next(&mut outbox).await else {
+        panic!("no RunTask")
+    };
+    let t = created.invoke_id.as_str();
+    for message in [
+        started(t),
+        output(t, 0, b"hi\n"),
+        finished(t, 1, TaskEnd::Exited, Some(0)),
+    ] {
+        h.dispatcher.handle(&mut session, message).await.unwrap();
+    }
+    let ack = ack(&mut outbox, t).await;
+    let ack = if ack.finished {
+        ack
+    } else {
+        self::ack(&mut outbox, t).await
+    };
+
+    assert_eq!(task.content, "echo hi from web-1", "built-ins filled for this instance");
+    assert_eq!((ack.next_seq, ack.finished), (1, true));
+    let result = h.result(t, &id).await;
+    assert_eq!(result.status, ResultStatus::Success);
+    assert_eq!(h.dispatcher.store().output(result.id).await.unwrap(), b"hi\n");
+}
+
+#[tokio::test]
+async fn a_task_waits_for_its_agent_and_is_delivered_when_it_connects_within_the_window() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let created = h.run(&id, "true", 60).await;
+    h.clock.advance(Duration::from_secs(30));
+    h.sweep().await;
+
+    let (_session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+    let delivered = next(&mut outbox).await;
+
+    assert!(
+        matches!(&delivered, ServerMessage::RunTask(task) if task.task == created.invoke_id),
+        "{delivered:?}"
+    );
+    assert_eq!(h.result(&created.invoke_id, &id).await.status, ResultStatus::Pending);
+}
+
+#[tokio::test]
+async fn a_task_never_delivered_is_aborted_when_the_window_closes() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let created = h.run(&id, "true", 60).await;
+
+    h.clock.advance(Duration::from_secs(59));
+    h.sweep().await;
+    let early = h.result(&created.invoke_id, &id).await;
+    h.clock.advance(Duration::from_secs(2));
+    h.sweep().await;
+    let late = h.result(&created.invoke_id, &id).await;
+
+    assert_eq!(early.status, ResultStatus::Pending);
+    assert_eq!(late.status, ResultStatus::Aborted);
+    assert_eq!(
+        late.error_code,
+        Some(ErrorCode::ClientNotRunning),
+        "the agent never connected"
+    );
+}
+
+#[tokio::test]
+async fn a_task_past_its_timeout_and_grace_ends_as_timeout_and_the_agent_is_told_to_stop() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+    let created = h.run(&id, "sleep 600", 5).await;
+    next(&mut outbox).await;
+    h.dispatcher
+        .handle(&mut session, started(&created.invoke_id))
+        .await
+        .unwrap();
+    while h.result(&created.invoke_id, &id).await.status != ResultStatus::Running {
+        tokio::task::yield_now().await;
+    }
+
+    let grace = h.dispatcher.settings().timeout_grace;
+    h.clock.advance(Duration::from_secs(5) + grace - Duration::from_secs(1));
+    h.sweep().await;
+    let before = h.result(&created.invoke_id, &id).await.status;
+    h.clock.advance(Duration::from_secs(2));
+    h.sweep().await;
+
+    assert_eq!(
+        before,
+        ResultStatus::Running,
+        "the agent gets the grace period to report"
+    );
+    let result = h.result(&created.invoke_id, &id).await;
+    assert_eq!(
+        (result.status, result.error_code),
+        (ResultStatus::Timeout, Some(ErrorCode::ExecutionTimeout))
+    );
+    assert!(matches!(next(&mut outbox).await, ServerMessage::StopTask(stop) if stop.task == created.invoke_id));
+}
+
+#[tokio::test]
+async fn the_running_task_of_an_agent_lost_for_three_heartbeats_ends_as_client_not_response() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+    let created = h.run(&id, "sleep 600", 600).await;
+    next(&mut outbox).await;
+    h.dispatcher
+        .handle(&mut session, started(&created.invoke_id))
+        .await
+        .unwrap();
+    ack_started(&h, &created.invoke_id, &id).await;
+    h.dispatcher.detach(session).await;
+
+    h.clock
+        .advance(h.dispatcher.settings().heartbeat_loss() + Duration::from_secs(1));
+    h.sweep().await;
+
+    let result = h.result(&created.invoke_id, &id).await;
+    assert_eq!(
+        (result.status, result.error_code),
+        (ResultStatus::Error, Some(ErrorCode::ClientNotResponse))
+    );
+}
+
+/// Waits until the writer stored `TaskStarted` (it sends no ack for a start).
+async fn ack_started(h: &Harness, invoke_id: &str, instance_id: &str) {
+    tokio::time::timeout(PROMPT, async {
+        while h.result(invoke_id, instance_id).await.status != ResultStatus::Running {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the start is stored");
+}
+
+#[tokio::test]
+async fn a_duplicate_chunk_is_skipped_and_a_gap_closes_the_connection_for_a_resend() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+    let created = h.run(&id, "true", 60).await;
+    next(&mut outbox).await;
+    let t = created.invoke_id.as_str();
+
+    for message in [started(t), output(t, 0, b"a"), output(t, 0, b"a")] {
+        h.dispatcher.handle(&mut session, message).await.unwrap();
+    }
+    let first = ack(&mut outbox, t).await;
+    h.dispatcher.handle(&mut session, output(t, 5, b"z")).await.unwrap();
+    let closed = tokio::time::timeout(PROMPT, async {
+        loop {
+            match outbox.rx.recv().await {
+                Some(Outbound::Close(reason)) => return reason,
+                Some(_) => continue,
+                None => panic!("outbox closed without a reason"),
+            }
+        }
+    })
+    .await
+    .expect("a gap closes the connection");
+
+    assert_eq!(first.next_seq, 1);
+    assert_eq!(closed, "output out of sequence");
+    let result = h.result(t, &id).await;
+    assert_eq!(
+        h.dispatcher.store().output(result.id).await.unwrap(),
+        b"a",
+        "stored once"
+    );
+}
+
+#[tokio::test]
+async fn a_report_about_another_instances_task_is_refused_and_changes_nothing() {
+    let h = harness().await;
+    let mine = h.enrol("web-1").await;
+    let theirs = h.enrol("web-2").await;
+    let created = h.run(&theirs, "true", 60).await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&mine, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+
+    h.dispatcher
+        .handle(&mut session, started(&created.invoke_id))
+        .await
+        .unwrap();
+    let forget = ack(&mut outbox, &created.invoke_id).await;
+
+    assert!(forget.finished, "the agent is told to forget it");
+    assert_eq!(
+        h.result(&created.invoke_id, &theirs).await.status,
+        ResultStatus::Pending
+    );
+}
+
+#[tokio::test]
+async fn a_stop_cancels_what_has_not_started_and_terminates_what_runs_without_an_error_code() {
+    let h = harness().await;
+    let running = h.enrol("web-1").await;
+    let waiting = h.enrol("web-2").await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&running, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+    let req = RunCommandRequest::shell(vec![running.clone(), waiting.clone()], "sleep 600");
+    let created = h.dispatcher.run_command(&h.admin, req).await.unwrap();
+    next(&mut outbox).await;
+    let t = created.invoke_id.as_str();
+    h.dispatcher.handle(&mut session, started(t)).await.unwrap();
+    ack_started(&h, t, &running).await;
+
+    let stopped = h.dispatcher.stop(&h.admin, t, None).await.unwrap();
+    let stop = next(&mut outbox).await;
+    h.dispatcher
+        .handle(&mut session, finished(t, 0, TaskEnd::Stopped, Some(143)))
+        .await
+        .unwrap();
+    ack(&mut outbox, t).await;
+
+    assert_eq!(stopped.changed, 2);
+    assert!(matches!(stop, ServerMessage::StopTask(s) if s.task == t));
+    let cancelled = h.result(t, &waiting).await;
+    assert_eq!(
+        (cancelled.status, cancelled.error_code),
+        (ResultStatus::Cancelled, None)
+    );
+    let terminated = h.result(t, &running).await;
+    assert_eq!(
+        (terminated.status, terminated.error_code),
+        (ResultStatus::Terminated, None)
+    );
+    assert_eq!(
+        terminated.error_info.as_deref(),
+        Some("Stopped by ann."),
+        "a user's stop says who stopped it"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnecting_agent_that_no_longer_holds_a_running_task_gets_it_interrupted() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    next(&mut outbox).await;
+    let created = h.run(&id, "sleep 600", 600).await;
+    next(&mut outbox).await;
+    h.dispatcher
+        .handle(&mut session, started(&created.invoke_id))
+        .await
+        .unwrap();
+    ack_started(&h, &created.invoke_id, &id).await;
+
+    let (_again, _outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+
+    let result = h.result(&created.invoke_id, &id).await;
+    assert_eq!(
+        (result.status, result.error_code),
+        (ResultStatus::Error, Some(ErrorCode::ExecutionInterrupted))
+    );
+    assert!(outbox.close.is_cancelled(), "the older connection is closed");
+}
+
+#[tokio::test]
+async fn an_agent_that_stops_reading_is_disconnected_rather_than_queued_without_bound() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    let (_session, outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+
+    for n in 0..2 * 1024 {
+        h.dispatcher.send_stop(&id, &format!("t-{n}"));
+    }
+
+    assert!(outbox.close.is_cancelled());
+    assert!(outbox.rx.len() <= 1024, "the queue stayed bounded");
+}
+
+/// Every audited action of the domain, each called once: it writes exactly one audit entry,
+/// naming the action. The list must name every action the domain's sources audit, so a new
+/// mutating call cannot be forgotten here.
+#[tokio::test]
+async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
+    let h = harness().await;
+    let d = &h.dispatcher;
+    let admin = &h.admin;
+    let store = d.store().clone();
+    let count = || async { store.list_audit(&Default::default()).await.unwrap().1 };
+    let last = || async {
+        let filter = crate::store::AuditFilter {
+            limit: 1,
+            ..Default::default()
+        };
+        store.list_audit(&filter).await.unwrap().0.remove(0).action
+    };
+    let mut walked: Vec<&str> = Vec::new();
+    macro_rules! audited {
+        ($action:literal, $call:expr) => {{
+            let before = count().await;
+            let out = $call;
+            assert_eq!(count().await, before + 1, "{} writes one entry", $action);
+            assert_eq!(last().await, $action);
+            walked.push($action);
+            out
+        }};
+    }
+
+    audited!(
+        "CreateUser",
+        d.ensure_first_admin(Some("a long admin password")).await.unwrap()
+    );
+    audited!("ModifySettings", d.set_basic_auth(admin, true).await.unwrap());
+    let ann = audited!(
+        "CreateUser",
+        d.create_user(admin, "ann", "ann's long password", "admin")
+            .await
+            .unwrap()
+    );
+    let session = audited!(
+        "Login",
+        d.login("ann", "ann's long password", "10.0.0.9").await.unwrap()
+    );
+    audited!(
+        "LoginFailed",
+        d.login("ann", "wrong password!!", "10.0.0.9").await.unwrap_err()
+    );
+    let ann_actor = Actor {
+        user_id: ann.id,
+        ..admin.clone()
+    };
+    audited!("Logout", d.logout(&ann_actor, &session.secret).await.unwrap());
+    audited!(
+        "ChangePassword",
+        d.change_password(&ann_actor, "ann's long password", "a new long password")
+            .await
+            .unwrap()
+    );
+    audited!(
+        "CreateUser",
+        d.create_user(admin, "bob", "bob's long password", "viewer")
+            .await
+            .unwrap()
+    );
+    let change = UserChange {
+        role: Some("operator".into()),
+        ..Default::default()
+    };
+    audited!("ModifyUser", d.modify_user(admin, "bob", change).await.unwrap());
+    audited!("DeleteUser", d.delete_user(admin, "bob").await.unwrap());
+    let (token, _) = audited!("CreateToken", d.create_token(&ann_actor, "ci", None).await.unwrap());
+    audited!("RevokeToken", d.revoke_token(&ann_actor, &token.id).await.unwrap());
+    let req = ActivationRequest {
+        region_id: "local".into(),
+        instance_count_limit: 2,
+        ttl_hours: None,
+        description: None,
+    };
+    let (activation, code) = audited!("CreateActivation", d.create_activation(admin, req).await.unwrap());
+    let register = RegisterRequest {
+        activation_id: activation.id.clone(),
+        activation_code: code,
+        hostname: "h".into(),
+        name: None,
+        os_type: OsType::Linux,
+        os_name: "Debian".into(),
+        ip_addresses: vec![],
+        agent_version: "t".into(),
+    };
+    let (instance, _) = audited!(
+        "RegisterInstance",
+        d.register(&Actor::agent("10.0.0.2"), register).await.unwrap()
+    );
+    audited!(
+        "DisableActivation",
+        d.disable_activation(admin, &activation.id).await.unwrap()
+    );
+    audited!(
+        "RenameInstance",
+        d.rename_instance(admin, &instance.id, "web-1").await.unwrap()
+    );
+    let mut keep = RunCommandRequest::shell(vec![instance.id.clone()], "echo hi");
+    (keep.keep_command, keep.name) = (true, Some("greet".into()));
+    let run = audited!("RunCommand", d.run_command(admin, keep).await.unwrap());
+    let command_id = run.command_id.clone().unwrap();
+    let invoke = crate::protocol::api::InvokeCommandRequest {
+        instance_ids: vec![instance.id.clone()],
+        ..Default::default()
+    };
+    audited!(
+        "InvokeCommand",
+        d.invoke_command(admin, &command_id, invoke).await.unwrap()
+    );
+    audited!("StopInvocation", d.stop(admin, &run.invoke_id, None).await.unwrap());
+    let create = crate::protocol::api::CreateCommandRequest {
+        region_id: "local".into(),
+        name: "other".into(),
+        description: None,
+        spec: crate::protocol::CommandSpec::shell("uptime"),
+        content_encoding: Default::default(),
+        no_unknown_fields: crate::protocol::NoUnknownFields,
+    };
+    let other = audited!("CreateCommand", d.create_command(admin, create).await.unwrap());
+    let modify = crate::protocol::api::ModifyCommandRequest {
+        description: Some("changed".into()),
+        ..Default::default()
+    };
+    audited!(
+        "ModifyCommand",
+        d.modify_command(admin, &other.id, modify).await.unwrap()
+    );
+    audited!("DeleteCommand", d.delete_command(admin, &other.id).await.unwrap());
+    audited!("DeregisterInstance", d.deregister(admin, &instance.id).await.unwrap());
+
+    // A refusal changes nothing and records nothing.
+    let before = count().await;
+    let viewer = Actor {
+        role: Role::Viewer,
+        ..admin.clone()
+    };
+    assert!(
+        d.create_user(&viewer, "eve", "eve's long password", "admin")
+            .await
+            .is_err()
+    );
+    assert!(
+        d.create_user(admin, "Bad Name", "a long password!!", "admin")
+            .await
+            .is_err()
+    );
+    assert_eq!(count().await, before);
+
+    let sources = [
+        include_str!("accounts.rs"),
+        include_str!("fleet.rs"),
+        include_str!("commands.rs"),
+        include_str!("run.rs"),
+    ];
+    let audited_in_sources: std::collections::BTreeSet<&str> = sources
+        .iter()
+        .flat_map(|source| source.split(".audit(").skip(1))
+        .filter_map(|call| call.split('"').nth(1))
+        .collect();
+    let walked: std::collections::BTreeSet<&str> = walked.into_iter().collect();
+    assert_eq!(walked, audited_in_sources, "every audited action is walked here");
+}
