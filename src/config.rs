@@ -130,7 +130,8 @@ pub struct AgentArgs {
     /// Longest wait between reconnection attempts, in seconds.
     #[arg(long, env = "FLEETRUN_RECONNECT_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconnect_max_secs: u64,
-    /// PEM file of the CA that signed the server's certificate, trusted besides the system roots.
+    /// PEM file of the CA that signed the server's certificate, or of the server's self-signed
+    /// certificate, trusted besides the system roots.
     #[arg(long, env = "FLEETRUN_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Allow plain http:// to a server that is not on this machine (credentials and commands
@@ -168,6 +169,10 @@ pub struct ClientArgs {
     pub user: String,
     #[arg(long, env = "FLEETRUN_PASSWORD", hide_env_values = true)]
     pub password: Option<Secret>,
+    /// PEM file of the CA that signed the server's certificate, or of the server's self-signed
+    /// certificate, trusted besides the system roots.
+    #[arg(long, env = "FLEETRUN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -58,7 +58,7 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
         .json(&request)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?;
+        .map_err(|e| crate::tls::explain(e.into()).context(format!("cannot reach {url}")))?;
     if !response.status().is_success() {
         let status = response.status();
         let message = match response.json::<ErrorBody>().await {

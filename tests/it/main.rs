@@ -8,3 +8,4 @@ mod helpers;
 mod hostile;
 mod resilience;
 mod security;
+mod tls;
