@@ -108,6 +108,20 @@ impl ServeArgs {
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("fleetrun.db").display()))
     }
+
+    /// The SQLite database file that `database_url` names (as `Store::open` reads it), or
+    /// `None` for another backend or an in-memory database.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        let url = self.database_url();
+        if url.starts_with("postgres") {
+            return None;
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(&url);
+        (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -241,6 +255,26 @@ pub struct StopArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sqlite_file_is_the_path_in_the_database_url() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["fleetrun", "serve", "--data-dir", "/srv/fleet"];
+            args.extend(extra);
+            let Mode::Serve(serve) = Cli::parse_from(args).mode else {
+                panic!("not serve")
+            };
+            serve.sqlite_file()
+        };
+
+        assert_eq!(serve(&[]), Some(PathBuf::from("/srv/fleet/fleetrun.db")));
+        assert_eq!(
+            serve(&["--database-url", "sqlite:///db/f.db"]),
+            Some(PathBuf::from("/db/f.db"))
+        );
+        assert_eq!(serve(&["--database-url", "sqlite::memory:"]), None);
+        assert_eq!(serve(&["--database-url", "postgres://db/fleet"]), None);
+    }
 
     #[test]
     fn secrets_are_not_printed() {

@@ -1,0 +1,96 @@
+//! Private data on a shared machine: the server's data directory and database files are
+//! readable by its user only.
+
+use crate::helpers::{PASSWORD, eventually};
+use clap::Parser as _;
+use fleetrun::client::{ApiClient, Credentials};
+use fleetrun::config::{Cli, Mode, ServeArgs};
+use fleetrun::protocol::api::CreateActivationRequest;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn mode(path: &Path) -> u32 {
+    let metadata = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    metadata.permissions().mode() & 0o7777
+}
+
+fn serve_args(data_dir: &Path, listen: &str) -> ServeArgs {
+    let data_dir = data_dir.display().to_string();
+    let args = [
+        "fleetrun",
+        "serve",
+        "--listen",
+        listen,
+        "--data-dir",
+        &data_dir,
+        "--admin-password",
+        PASSWORD,
+    ];
+    let Mode::Serve(serve) = Cli::parse_from(args).mode else {
+        unreachable!()
+    };
+    serve
+}
+
+/// Asserts the data directory is 0700 and the database with its WAL files 0600.
+fn assert_private(data: &Path) {
+    assert_eq!(mode(data), 0o700, "{}", data.display());
+    for name in ["fleetrun.db", "fleetrun.db-wal", "fleetrun.db-shm"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_data_directory_and_its_database_files_are_private() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("fleetrun-data");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(fleetrun::server::run(
+        serve_args(&data, "127.0.0.1:0"),
+        listener,
+        shutdown,
+    ));
+    let credentials = Credentials::Basic {
+        username: "admin".into(),
+        password: PASSWORD.into(),
+    };
+    let client = ApiClient::new(&url, credentials);
+    let request = CreateActivationRequest {
+        region_id: "local".into(),
+        instance_count_limit: 1,
+        ttl_hours: None,
+        description: None,
+    };
+
+    // Writing something once the server answers: the WAL is in use.
+    eventually(
+        Duration::from_secs(20),
+        "the server to create an activation",
+        || async { client.create_activation(&request).await.ok() },
+    )
+    .await;
+
+    assert_private(&data);
+}
+
+#[tokio::test]
+async fn loose_modes_left_from_before_are_tightened_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("fleetrun-data");
+    let args = serve_args(&data, "127.0.0.1:0");
+    fleetrun::server::open_store(&args).await.unwrap().close().await;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join("fleetrun.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let store = fleetrun::server::open_store(&args).await.unwrap();
+    let used = store.count_users().await.unwrap();
+
+    assert_eq!(used, 1);
+    assert_private(&data);
+    store.close().await;
+}
