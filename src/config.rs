@@ -132,9 +132,13 @@ pub struct AgentArgs {
     /// Activation id, needed only to enrol (the first start with an empty state directory).
     #[arg(long, env = "FLEETRUN_ACTIVATION_ID")]
     pub activation_id: Option<String>,
-    /// Activation code, needed only to enrol.
+    /// Activation code, needed only to enrol. Prefer the environment variable or
+    /// --activation-code-file: a command-line argument is visible to every local user in `ps`.
     #[arg(long, env = "FLEETRUN_ACTIVATION_CODE", hide_env_values = true)]
     pub activation_code: Option<Secret>,
+    /// File holding the activation code (`-` reads standard input); trailing whitespace is ignored.
+    #[arg(long, env = "FLEETRUN_ACTIVATION_CODE_FILE")]
+    pub activation_code_file: Option<PathBuf>,
     /// Directory for the agent's identity (mode 0600) and its output spool.
     #[arg(long, env = "FLEETRUN_STATE_DIR", default_value = "/var/lib/fleetrun-agent")]
     pub state_dir: PathBuf,

@@ -73,7 +73,11 @@ pub async fn register(
         .register_instance(&req.activation_id, &code_hash, &new)
         .await
         .map_err(|e| match e {
-            store::Error::Register(refusal) => refusal_error(&req.activation_id, refusal),
+            store::Error::Register(refusal) => {
+                // Never the code: logs are read by more people than activations are.
+                tracing::warn!(activation_id = ?req.activation_id, %source_ip, reason = %refusal, "refused an enrolment");
+                refusal_error(&req.activation_id, refusal)
+            }
             other => other.into(),
         })?;
     let audit = NewAudit {

@@ -1,14 +1,17 @@
 //! Private data on a shared machine: the server's data directory and database files are
-//! readable by its user only.
+//! readable by its user only, and an activation code given the documented way never shows in
+//! `ps`.
 
-use crate::helpers::{PASSWORD, eventually};
+use crate::helpers::{AgentProcess, PASSWORD, TestApp, agent_command, eventually, live_processes};
 use clap::Parser as _;
 use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::config::{Cli, Mode, ServeArgs};
 use fleetrun::protocol::api::CreateActivationRequest;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 
 fn mode(path: &Path) -> u32 {
@@ -93,4 +96,84 @@ async fn loose_modes_left_from_before_are_tightened_at_start() {
     assert_eq!(used, 1);
     assert_private(&data);
     store.close().await;
+}
+
+/// Starts `fleetrun agent` with an activation id, enrolling with the code however `prepare`
+/// passes it.
+fn enrolling_agent(
+    app: &TestApp,
+    activation_id: &str,
+    prepare: impl FnOnce(&mut tokio::process::Command),
+) -> AgentProcess {
+    let state = tempfile::tempdir().unwrap();
+    let mut command = agent_command(&app.url, None, state.path());
+    command.args(["--activation-id", activation_id, "--name", "web-1"]);
+    prepare(&mut command);
+    AgentProcess {
+        child: command.spawn().unwrap(),
+        state,
+    }
+}
+
+#[tokio::test]
+async fn the_documented_agent_line_keeps_the_activation_code_out_of_ps() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 1).await;
+
+    let agent = enrolling_agent(&app, &activation.activation_id, |command| {
+        command.env("FLEETRUN_ACTIVATION_CODE", &activation.activation_code);
+    });
+    agent.wait_online(&app).await;
+
+    assert!(agent.child.id().is_some(), "the agent is still running");
+    assert_eq!(live_processes(&activation.activation_code), Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn an_agent_reads_its_activation_code_from_a_file_or_standard_input() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 2).await;
+    let files = tempfile::tempdir().unwrap();
+    let code_file = files.path().join("activation-code");
+    std::fs::write(&code_file, format!("{}\n", activation.activation_code)).unwrap();
+
+    let from_file = enrolling_agent(&app, &activation.activation_id, |command| {
+        command.arg("--activation-code-file").arg(&code_file);
+    });
+    let mut from_stdin = enrolling_agent(&app, &activation.activation_id, |command| {
+        command.args(["--activation-code-file", "-"]).stdin(Stdio::piped());
+    });
+    let mut stdin = from_stdin.child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{}\n", activation.activation_code).as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+
+    from_file.wait_online(&app).await;
+    from_stdin.wait_online(&app).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_activation_code_file_is_a_clear_error() {
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("no-such-file");
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"))
+        .args(["agent", "--server", "http://127.0.0.1:9", "--activation-id", "act-x"])
+        .arg("--activation-code-file")
+        .arg(&missing)
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .env_remove("FLEETRUN_ACTIVATION_CODE")
+        .output()
+        .await
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("cannot read --activation-code-file {}", missing.display())),
+        "{stderr}"
+    );
 }
