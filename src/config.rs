@@ -112,6 +112,20 @@ impl ServeArgs {
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("fleetrun.db").display()))
     }
+
+    /// The SQLite database file that `database_url` names (as `Store::open` reads it), or
+    /// `None` for another backend or an in-memory database.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        let url = self.database_url();
+        if url.starts_with("postgres") {
+            return None;
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(&url);
+        (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -122,9 +136,13 @@ pub struct AgentArgs {
     /// Activation id, needed only to enrol (the first start with an empty state directory).
     #[arg(long, env = "FLEETRUN_ACTIVATION_ID")]
     pub activation_id: Option<String>,
-    /// Activation code, needed only to enrol.
+    /// Activation code, needed only to enrol. Prefer the environment variable or
+    /// --activation-code-file: a command-line argument is visible to every local user in `ps`.
     #[arg(long, env = "FLEETRUN_ACTIVATION_CODE", hide_env_values = true)]
     pub activation_code: Option<Secret>,
+    /// File holding the activation code (`-` reads standard input); trailing whitespace is ignored.
+    #[arg(long, env = "FLEETRUN_ACTIVATION_CODE_FILE")]
+    pub activation_code_file: Option<PathBuf>,
     /// Directory for the agent's identity (mode 0600) and its output spool.
     #[arg(long, env = "FLEETRUN_STATE_DIR", default_value = "/var/lib/fleetrun-agent")]
     pub state_dir: PathBuf,
@@ -134,7 +152,8 @@ pub struct AgentArgs {
     /// Longest wait between reconnection attempts, in seconds.
     #[arg(long, env = "FLEETRUN_RECONNECT_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconnect_max_secs: u64,
-    /// PEM file of the CA that signed the server's certificate, trusted besides the system roots.
+    /// PEM file of the CA that signed the server's certificate, or of the server's self-signed
+    /// certificate, trusted besides the system roots.
     #[arg(long, env = "FLEETRUN_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Allow plain http:// to a server that is not on this machine (credentials and commands
@@ -172,6 +191,10 @@ pub struct ClientArgs {
     pub user: String,
     #[arg(long, env = "FLEETRUN_PASSWORD", hide_env_values = true)]
     pub password: Option<Secret>,
+    /// PEM file of the CA that signed the server's certificate, or of the server's self-signed
+    /// certificate, trusted besides the system roots.
+    #[arg(long, env = "FLEETRUN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,6 +263,26 @@ pub struct StopArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sqlite_file_is_the_path_in_the_database_url() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["fleetrun", "serve", "--data-dir", "/srv/fleet"];
+            args.extend(extra);
+            let Mode::Serve(serve) = Cli::parse_from(args).mode else {
+                panic!("not serve")
+            };
+            serve.sqlite_file()
+        };
+
+        assert_eq!(serve(&[]), Some(PathBuf::from("/srv/fleet/fleetrun.db")));
+        assert_eq!(
+            serve(&["--database-url", "sqlite:///db/f.db"]),
+            Some(PathBuf::from("/db/f.db"))
+        );
+        assert_eq!(serve(&["--database-url", "sqlite::memory:"]), None);
+        assert_eq!(serve(&["--database-url", "postgres://db/fleet"]), None);
+    }
 
     #[test]
     fn secrets_are_not_printed() {

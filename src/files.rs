@@ -1,5 +1,8 @@
-//! Files and directories readable by their owner only: the admin's initial password, the
-//! agent's credential and spool.
+//! Files and directories readable by their owner only: the server's data directory and
+//! database, the admin's initial password, the agent's credential and spool.
+//!
+//! Each is created private, and an existing one that other users may read is tightened with a
+//! warning: it may have been made by an older version, or by hand.
 
 use anyhow::Context as _;
 use std::path::Path;
@@ -14,19 +17,79 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mut file = options
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only when the file is new.
+    tighten(path, 0o600)?;
     file.write_all(contents.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
-/// Creates a directory with mode 0700, or tightens an existing one to it.
+/// Creates a directory with mode 0700 (its missing parents with the usual mode), or tightens
+/// an existing one to it.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    tighten(dir, 0o700)
+}
+
+/// Makes the SQLite database `db` private (0600): creates it empty when it does not exist, so
+/// that SQLite (which would create it 0644) opens ours, and tightens it and its `-wal`, `-shm`
+/// and `-journal` files when they exist. SQLite creates those with the database's mode.
+pub fn create_private_database(db: &Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(db) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create the database {}", db.display())),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = Path::new(&name);
+        if path.exists() {
+            tighten(path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `path` to `mode`, warning when group or other users had access to it.
+fn tighten(path: &Path, mode: u32) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        let old = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the mode of {}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if old == mode {
+            return Ok(());
+        }
+        if old & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                old_mode = format!("{old:04o}"),
+                new_mode = format!("{mode:04o}"),
+                "other users had access to a private file; tightening its mode"
+            );
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {} to {mode:04o}", path.display()))?;
     }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! runs what it is sent and streams the output back.
 //!
 //! A tour of the modules, in the direction dependencies point (`server → dispatch → store`;
-//! everything may use `protocol`; `agent` uses only `protocol`):
+//! everything may use `protocol`; `agent` uses only `protocol`, `files` and `tls`):
 //!
 //! - [`protocol`]: wire types and the status vocabulary. Serde only, no I/O.
 //! - [`store`]: every SQL statement behind one `Store` (SQLite file, WAL).
@@ -11,6 +11,7 @@
 //! - [`server`]: the HTTP surface: JSON API, agent endpoints, live stream.
 //! - [`agent`]: the program on every instance: enrol, connect, execute, spool.
 //! - [`client`]: the API client and the CLI subcommands.
+//! - [`tls`]: the TLS client configuration of agent and CLI (`--ca-file`), and advice on refused certificates.
 //! - [`demo`]: one command that starts a server and four local agents.
 
 pub mod agent;
@@ -22,6 +23,7 @@ mod files;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 /// This build's version, reported by agents and shown in the console.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

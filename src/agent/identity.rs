@@ -36,15 +36,16 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
         tracing::info!(instance_id = %identity.instance_id, "using the stored instance credential");
         return Ok(identity);
     }
-    let (Some(activation_id), Some(code)) = (&args.activation_id, &args.activation_code) else {
+    let (Some(activation_id), Some(code)) = (&args.activation_id, activation_code(args).await?) else {
         bail!(
-            "{} has no instance credential yet: give --activation-id and --activation-code to enrol this machine",
+            "{} has no instance credential yet: give --activation-id and the activation code \
+             (FLEETRUN_ACTIVATION_CODE or --activation-code-file) to enrol this machine",
             args.state_dir.display()
         );
     };
     let request = RegisterRequest {
         activation_id: activation_id.clone(),
-        activation_code: code.0.clone(),
+        activation_code: code,
         hostname: host::hostname(),
         name: args.name.clone(),
         os_type: OsType::current(),
@@ -58,7 +59,7 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
         .json(&request)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?;
+        .map_err(|e| crate::tls::explain(e.into()).context(format!("cannot reach {url}")))?;
     if !response.status().is_success() {
         let status = response.status();
         let message = match response.json::<ErrorBody>().await {
@@ -78,4 +79,35 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
     crate::files::write_private(&path, &serde_json::to_string_pretty(&identity)?)?;
     tracing::info!(instance_id = %identity.instance_id, "enrolled");
     Ok(identity)
+}
+
+/// The activation code from `--activation-code-file` (`-` is standard input), or else from
+/// `--activation-code` / `FLEETRUN_ACTIVATION_CODE`.
+async fn activation_code(args: &AgentArgs) -> anyhow::Result<Option<String>> {
+    let Some(path) = &args.activation_code_file else {
+        return Ok(args.activation_code.as_ref().map(|code| code.0.clone()));
+    };
+    if args.activation_code.is_some() {
+        bail!(
+            "give the activation code once: FLEETRUN_ACTIVATION_CODE (or --activation-code) or \
+             --activation-code-file, not both"
+        );
+    }
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut text)
+            .await
+            .context("cannot read the activation code from standard input")?;
+        text
+    } else {
+        tokio::fs::read_to_string(path)
+            .await
+            .with_context(|| format!("cannot read --activation-code-file {}", path.display()))?
+    };
+    // A file written with `echo` ends with a newline that is not part of the code.
+    let code = text.trim_end();
+    if code.is_empty() {
+        bail!("--activation-code-file {} holds no activation code", path.display());
+    }
+    Ok(Some(code.to_string()))
 }

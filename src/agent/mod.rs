@@ -10,7 +10,6 @@ mod host;
 mod identity;
 mod session;
 mod spool;
-mod tls;
 
 use crate::config::AgentArgs;
 use anyhow::Context as _;
@@ -21,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// Runs the agent until `shutdown` is cancelled or the server refuses it for good.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_server_url(&args.server, args.insecure_plaintext)?;
-    let tls = tls::client_config(args.ca_file.as_deref())?;
+    let tls = crate::tls::client_config(args.ca_file.as_deref())?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .use_preconfigured_tls((*tls).clone())

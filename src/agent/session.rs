@@ -305,7 +305,7 @@ async fn connect(server: &str, identity: &Identity, tls: Arc<rustls::ClientConfi
                 identity.instance_id
             )))
         }
-        Ok(Err(e)) => Err(e).with_context(|| format!("cannot connect to {url}")),
+        Ok(Err(e)) => Err(crate::tls::explain(e.into()).context(format!("cannot connect to {url}"))),
         Err(_) => bail!("connecting to {url} timed out"),
     }
 }

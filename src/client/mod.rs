@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
@@ -38,6 +39,9 @@ pub struct ApiClient {
     base: String,
     credentials: Credentials,
     http: reqwest::Client,
+    /// The TLS configuration of `http`, for the live stream's WebSocket; `None` uses
+    /// tokio-tungstenite's default (the system roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiClient {
@@ -52,7 +56,20 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_string(),
             credentials,
             http,
+            tls: None,
         }
+    }
+
+    /// A client whose HTTP requests and live streams both use `tls` (see `crate::tls`).
+    pub fn with_tls(base: &str, credentials: Credentials, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<ApiClient> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(ApiClient {
+            tls: Some(tls),
+            ..ApiClient::with_http(base, credentials, http)
+        })
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -64,7 +81,7 @@ impl ApiClient {
     }
 
     async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> anyhow::Result<T> {
-        let response = check(builder.send().await.context("cannot reach the fleetrun server")?).await?;
+        let response = check(builder.send().await.map_err(cannot_reach)?).await?;
         response.json().await.context("the server's answer is malformed")
     }
 
@@ -106,7 +123,7 @@ impl ApiClient {
     /// The exact kept output bytes of one result.
     pub async fn output(&self, invoke_id: &str, instance_id: &str) -> anyhow::Result<Vec<u8>> {
         let path = format!("/invocations/{invoke_id}/results/{instance_id}/output");
-        let response = check(self.request(Method::GET, &path).send().await?).await?;
+        let response = check(self.request(Method::GET, &path).send().await.map_err(cannot_reach)?).await?;
         Ok(response.bytes().await?.to_vec())
     }
 
@@ -116,7 +133,8 @@ impl ApiClient {
             self.request(Method::POST, &path)
                 .json(&StopRequest { instance_ids })
                 .send()
-                .await?,
+                .await
+                .map_err(cannot_reach)?,
         )
         .await?;
         Ok(())
@@ -133,7 +151,7 @@ impl ApiClient {
         if let Some(body) = body {
             builder = builder.json(body);
         }
-        Ok(builder.send().await?)
+        builder.send().await.map_err(cannot_reach)
     }
 
     /// Opens the live stream of an invocation (optionally of one instance) and calls `on_event`
@@ -163,9 +181,10 @@ impl ApiClient {
             }
         };
         request.headers_mut().insert("authorization", auth.parse()?);
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
             .await
-            .context("cannot open the live stream")?;
+            .map_err(|e| crate::tls::explain(e.into()).context("cannot open the live stream"))?;
         while let Some(message) = socket.next().await {
             let Message::Text(text) = message? else {
                 continue;
@@ -178,6 +197,11 @@ impl ApiClient {
         }
         Ok(())
     }
+}
+
+/// A request that got no answer; a refused server certificate says how to fix it.
+fn cannot_reach(error: reqwest::Error) -> anyhow::Error {
+    crate::tls::explain(error.into()).context("cannot reach the fleetrun server")
 }
 
 /// Turns an error answer into an `ApiFailure`.

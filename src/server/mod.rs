@@ -118,10 +118,13 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
 }
 
 /// Creates the data directory, opens the database (applying migrations) and, on an empty
-/// database, creates the `admin` account.
+/// database, creates the `admin` account. Both hold every command's output: they are made
+/// readable by this user only (0700, 0600).
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    crate::files::create_private_dir(&args.data_dir).context("cannot create the data directory")?;
+    if let Some(db) = args.sqlite_file() {
+        crate::files::create_private_database(&db)?;
+    }
     let store = Store::open(&args.database_url())
         .await
         .context("cannot open the database")?;

@@ -49,13 +49,14 @@ impl TestApp {
         TestApp::start(extra, None).await
     }
 
-    /// A server on HTTPS with the given certificate and key, trusted through `ca_pem`.
-    pub async fn spawn_tls(cert: &Path, key: &Path, ca_pem: &str) -> TestApp {
+    /// A server on HTTPS with the given certificate and key, trusted through `ca_file` as
+    /// `--ca-file` trusts it.
+    pub async fn spawn_tls(cert: &Path, key: &Path, ca_file: &Path) -> TestApp {
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
-        TestApp::start(&["--tls-cert", &cert, "--tls-key", &key], Some(ca_pem)).await
+        TestApp::start(&["--tls-cert", &cert, "--tls-key", &key], Some(ca_file)).await
     }
 
-    async fn start(extra: &[&str], ca_pem: Option<&str>) -> TestApp {
+    async fn start(extra: &[&str], ca_file: Option<&Path>) -> TestApp {
         let data = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -75,22 +76,28 @@ impl TestApp {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(fleetrun::server::run(serve, listener, shutdown.clone()));
-        let (url, http) = match ca_pem {
-            Some(pem) => {
-                let ca = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
-                let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
-                (
-                    format!("https://localhost:{}", address.rsplit(':').next().unwrap()),
-                    http,
-                )
-            }
-            None => (format!("http://{address}"), reqwest::Client::new()),
-        };
         let credentials = Credentials::Basic {
             username: "admin".into(),
             password: PASSWORD.into(),
         };
-        let client = ApiClient::with_http(&url, credentials, http.clone());
+        let (url, http, client) = match ca_file {
+            Some(ca_file) => {
+                let tls = fleetrun::tls::client_config(Some(ca_file)).unwrap();
+                let http = reqwest::Client::builder()
+                    .use_preconfigured_tls((*tls).clone())
+                    .build()
+                    .unwrap();
+                let url = format!("https://localhost:{}", address.rsplit(':').next().unwrap());
+                let client = ApiClient::with_tls(&url, credentials, tls).unwrap();
+                (url, http, client)
+            }
+            None => {
+                let url = format!("http://{address}");
+                let http = reqwest::Client::new();
+                let client = ApiClient::with_http(&url, credentials, http.clone());
+                (url, http, client)
+            }
+        };
         let health = format!("{url}/healthz");
         eventually(Duration::from_secs(10), "the server to answer", || async {
             http.get(&health).send().await.ok().filter(|r| r.status().is_success())

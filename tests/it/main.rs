@@ -6,5 +6,7 @@ mod console_http;
 mod engine;
 mod helpers;
 mod hostile;
+mod private;
 mod resilience;
 mod security;
+mod tls;

@@ -344,7 +344,7 @@ async fn tls_end_to_end_with_the_agent_trusting_a_private_ca() {
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     std::fs::write(&ca_path, ca.pem()).unwrap();
-    let app = TestApp::spawn_tls(&cert_path, &key_path, &ca.pem()).await;
+    let app = TestApp::spawn_tls(&cert_path, &key_path, &ca_path).await;
     let activation = app.activation("local", 1).await;
 
     let state = tempfile::tempdir().unwrap();
