@@ -1,14 +1,11 @@
 //! The client subcommands. They print plain text for people; `--json` prints the API's JSON.
+//! `run` lives in `run.rs`; the others are here.
 
 use super::{ApiClient, Credentials};
-use crate::config::{ClientArgs, RunArgs};
-use crate::protocol::InvocationStatus;
-use crate::protocol::api::{ContentEncoding, RunCommandRequest, StreamEvent};
-use std::collections::BTreeMap;
-use std::io::Write as _;
+use crate::config::ClientArgs;
 
 impl ClientArgs {
-    fn client(&self) -> anyhow::Result<ApiClient> {
+    pub(super) fn client(&self) -> anyhow::Result<ApiClient> {
         let credentials = match (&self.token, &self.password) {
             (Some(token), _) => Credentials::Token(token.0.clone()),
             (None, Some(password)) => Credentials::Basic {
@@ -27,7 +24,7 @@ impl ClientArgs {
 pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
     use crate::config::Mode;
     match mode {
-        Mode::Run(args) => run(args).await,
+        Mode::Run(args) => super::run::run(args).await,
         Mode::Instances(args) => {
             let client = args.client.client()?;
             let query = args
@@ -91,59 +88,4 @@ pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
         }
         _ => unreachable!("only client modes reach run_cli"),
     }
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let client = args.client.client()?;
-    let parameters: BTreeMap<String, String> = args.params.into_iter().collect();
-    let req = RunCommandRequest {
-        instance_ids: args.instances,
-        command_type: args
-            .command_type
-            .parse()
-            .map_err(|_| anyhow::anyhow!("unknown --type {}", args.command_type))?,
-        command_content: args.content,
-        content_encoding: ContentEncoding::PlainText,
-        timeout_secs: args.timeout,
-        working_dir: args.working_dir,
-        username: args.username,
-        enable_parameter: !parameters.is_empty(),
-        parameters,
-        ..RunCommandRequest::shell(Vec::new(), "")
-    };
-    let created = client.run(&req).await?;
-    eprintln!("invocation {}", created.invoke_id);
-    if args.no_wait {
-        println!("{}", created.invoke_id);
-        return Ok(0);
-    }
-    let mut overall = InvocationStatus::Pending;
-    let mut ended = std::collections::HashSet::new();
-    let mut stdout = std::io::stdout();
-    client
-        .stream(&created.invoke_id, None, |event| match event {
-            StreamEvent::Output { instance_id, data, .. } => {
-                for line in String::from_utf8_lossy(data).split_inclusive('\n') {
-                    let _ = write!(stdout, "{instance_id}: {line}");
-                }
-                let _ = stdout.flush();
-            }
-            StreamEvent::Status {
-                instance_id,
-                invocation_status,
-                exit_code,
-                ..
-            } if invocation_status.is_terminal() => {
-                // The stream may repeat a status (stored, then live): report each end once.
-                if ended.insert(instance_id.clone()) {
-                    let code = exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                    eprintln!("{instance_id}: {invocation_status} (exit code {code})");
-                }
-            }
-            StreamEvent::Status { .. } => {}
-            StreamEvent::Done { invocation_status } => overall = *invocation_status,
-        })
-        .await?;
-    eprintln!("{}: {overall}", created.invoke_id);
-    Ok(if overall == InvocationStatus::Success { 0 } else { 1 })
 }
