@@ -187,8 +187,11 @@ pub struct ClientArgs {
     /// API token (preferred over username and password).
     #[arg(long, env = "FLEETRUN_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
+    /// Username for HTTP Basic, used with --password when no token is given.
     #[arg(long, env = "FLEETRUN_USER", default_value = "admin")]
     pub user: String,
+    /// Password for HTTP Basic; prefer the environment variable, as other users of the
+    /// machine can read a command line.
     #[arg(long, env = "FLEETRUN_PASSWORD", hide_env_values = true)]
     pub password: Option<Secret>,
     /// PEM file of the CA that signed the server's certificate, or of the server's self-signed
@@ -201,25 +204,49 @@ pub struct ClientArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Instance ids, comma-separated.
-    #[arg(long, short = 'i', value_delimiter = ',', required = true)]
+    /// Instance ids, comma-separated (or --all).
+    #[arg(
+        long,
+        short = 'i',
+        value_delimiter = ',',
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     pub instances: Vec<String>,
+    /// Run on every instance of the region whose agent is online and whose status is Running.
+    #[arg(long)]
+    pub all: bool,
+    /// The region for --all; needed when there is more than one region.
+    #[arg(long, conflicts_with = "instances")]
+    pub region: Option<String>,
     /// Command type.
     #[arg(long = "type", default_value = "RunShellScript", value_parser = ["RunShellScript", "RunBatScript", "RunPowerShellScript"])]
     pub command_type: String,
-    /// Timeout in seconds.
+    /// Seconds the command may run before it is killed and ends as Timeout.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Absolute directory to run the command in (default: the user's home directory).
     #[arg(long)]
     pub working_dir: Option<String>,
+    /// User to run the command as (default: the user the agent runs as).
     #[arg(long)]
     pub username: Option<String>,
-    /// Parameter values as name=value (enables parameters).
-    #[arg(long = "param", value_parser = parse_param)]
+    /// A value for a {{name}} placeholder, as name=value; repeat for each parameter.
+    ///
+    /// Parameters are on whenever the content has a placeholder, so built-ins such as
+    /// {{fleetrun::instance_name}} need no --param.
+    #[arg(long = "param", value_parser = parse_param, conflicts_with = "no_parameters")]
     pub params: Vec<(String, String)>,
+    /// Send the content exactly as written, leaving {{…}} placeholders alone.
+    #[arg(long)]
+    pub no_parameters: bool,
     /// Return after printing the invoke id instead of waiting for the output.
     #[arg(long)]
     pub no_wait: bool,
+    /// Print the finished invocation (results and output) as JSON on stdout, and nothing
+    /// else there; live output and notes go to stderr.
+    #[arg(long)]
+    pub json: bool,
     /// The command content.
     pub content: String,
 }
@@ -234,8 +261,10 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 pub struct InstancesArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Only the instances of this region.
     #[arg(long)]
     pub region: Option<String>,
+    /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -246,6 +275,7 @@ pub struct InvocationsArgs {
     pub client: ClientArgs,
     /// Show this invocation with its results.
     pub invoke_id: Option<String>,
+    /// Print the API's JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -254,6 +284,7 @@ pub struct InvocationsArgs {
 pub struct StopArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// The invocation to stop (t-…).
     pub invoke_id: String,
     /// Only these instances (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -287,5 +318,37 @@ mod tests {
     #[test]
     fn secrets_are_not_printed() {
         assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+
+    #[test]
+    fn every_client_option_has_help() {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+
+        for name in ["run", "instances", "invocations", "stop"] {
+            let Some(command) = cli.find_subcommand(name) else {
+                panic!("no subcommand {name}");
+            };
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{name} --{id} has no help text");
+            }
+        }
+    }
+
+    #[test]
+    fn run_takes_either_instances_or_all() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["fleetrun", "run"], args].concat());
+
+        assert!(parse(&["-i", "i-1", "true"]).is_ok());
+        assert!(parse(&["--all", "--region", "r", "true"]).is_ok());
+        assert!(parse(&["-i", "i-1", "--all", "true"]).is_err());
+        assert!(parse(&["true"]).is_err());
+        assert!(parse(&["-i", "i-1", "--region", "r", "true"]).is_err());
+        assert!(parse(&["--region", "r", "true"]).is_err());
+        assert!(parse(&["-i", "i-1", "--param", "a=b", "--no-parameters", "true"]).is_err());
     }
 }

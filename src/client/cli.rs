@@ -1,15 +1,22 @@
-//! The client subcommands. They print plain text for people; `--json` prints the API's JSON.
+//! The client subcommands. They print plain text for people; `--json` prints the API's JSON on
+//! stdout and nothing else there. `run` lives in `run.rs`; the others are here.
 
+use super::output::outcome;
 use super::{ApiClient, Credentials};
-use crate::config::{ClientArgs, RunArgs};
-use crate::protocol::CommandSpec;
-use crate::protocol::InvocationStatus;
-use crate::protocol::api::{RunCommandRequest, StreamEvent};
+use crate::config::{ClientArgs, InstancesArgs, InvocationsArgs, Mode, StopArgs};
+use crate::protocol::api::{Invocation, InvocationResult};
+use crate::protocol::{ErrorCode, InvocationStatus};
+use futures_util::StreamExt as _;
 use std::collections::BTreeMap;
-use std::io::Write as _;
+
+/// Invocations whose results are fetched at once to explain their status.
+const FETCH_CONCURRENCY: usize = 4;
+
+/// Longest invocation name shown in the list; longer ones are cut.
+const NAME_WIDTH: usize = 20;
 
 impl ClientArgs {
-    fn client(&self) -> anyhow::Result<ApiClient> {
+    pub(super) fn client(&self) -> anyhow::Result<ApiClient> {
         let credentials = match (&self.token, &self.password) {
             (Some(token), _) => Credentials::Token(token.0.clone()),
             (None, Some(password)) => Credentials::Basic {
@@ -20,137 +27,216 @@ impl ClientArgs {
                 anyhow::bail!("give --token (FLEETRUN_TOKEN) or --password (FLEETRUN_PASSWORD)")
             }
         };
-        let tls = crate::tls::client_config(self.ca_file.as_deref())?;
-        ApiClient::with_tls(&self.server, credentials, tls)
+        Ok(ApiClient::new(&self.server, credentials))
     }
 }
 
 /// Runs a client subcommand; returns the process exit code.
-pub async fn run_cli(mode: crate::config::Mode) -> anyhow::Result<i32> {
-    use crate::config::Mode;
+pub async fn run_cli(mode: Mode) -> anyhow::Result<i32> {
     match mode {
-        Mode::Run(args) => run(args).await,
-        Mode::Instances(args) => {
-            let client = args.client.client()?;
-            let query = args
-                .region
-                .map(|r| format!("region_id={r}&page_size=1000"))
-                .unwrap_or_else(|| "page_size=1000".into());
-            let list = client.instances(&query).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:<24} {:<20} {:<14} {:<8} {:<8}",
-                    "INSTANCE ID", "NAME", "REGION", "STATUS", "AGENT"
-                );
-                for i in list.instances {
-                    let agent = if i.agent.online { "online" } else { "offline" };
-                    println!(
-                        "{:<24} {:<20} {:<14} {:<8?} {:<8}",
-                        i.instance_id, i.name, i.region_id, i.status, agent
-                    );
-                }
-            }
-            Ok(0)
-        }
-        Mode::Invocations(args) => {
-            let client = args.client.client()?;
-            match args.invoke_id {
-                Some(id) => {
-                    let inv = client.invocation(&id).await?;
-                    if args.json {
-                        println!("{}", serde_json::to_string_pretty(&inv)?);
-                    } else {
-                        println!("{} {} ({})", inv.invoke_id, inv.invocation_status, inv.name);
-                        for r in inv.results.unwrap_or_default() {
-                            let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                            println!("== {} {} exit {code}", r.instance_id, r.invocation_status);
-                            print!("{}", r.output);
-                        }
-                    }
-                }
-                None => {
-                    let list = client.invocations("page_size=50").await?;
-                    if args.json {
-                        println!("{}", serde_json::to_string_pretty(&list)?);
-                    } else {
-                        for inv in list.invocations {
-                            println!(
-                                "{:<24} {:<14} {:>5} {} {}",
-                                inv.invoke_id, inv.invocation_status, inv.instance_count, inv.created_time, inv.name
-                            );
-                        }
-                    }
-                }
-            }
-            Ok(0)
-        }
-        Mode::Stop(args) => {
-            args.client.client()?.stop(&args.invoke_id, args.instances).await?;
-            println!("stop requested for {}", args.invoke_id);
-            Ok(0)
-        }
+        Mode::Run(args) => super::run::run(args).await,
+        Mode::Instances(args) => instances(args).await,
+        Mode::Invocations(args) => match args.invoke_id.clone() {
+            Some(invoke_id) => show_invocation(args, &invoke_id).await,
+            None => list_invocations(args).await,
+        },
+        Mode::Stop(args) => stop(args).await,
         _ => unreachable!("only client modes reach run_cli"),
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<i32> {
+async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
     let client = args.client.client()?;
-    let parameters: BTreeMap<String, String> = args.params.into_iter().collect();
-    let spec = CommandSpec {
-        command_type: args
-            .command_type
-            .parse()
-            .map_err(|_| anyhow::anyhow!("unknown --type {}", args.command_type))?,
-        content: args.content,
-        timeout_secs: args.timeout,
-        working_dir: args.working_dir,
-        username: args.username,
-        enable_parameter: !parameters.is_empty(),
+    let query = match &args.region {
+        Some(region) => url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("region_id", region)
+            .finish(),
+        None => String::new(),
     };
-    let req = RunCommandRequest {
-        parameters,
-        ..RunCommandRequest::new(Vec::new(), spec)
-    };
-    let req = RunCommandRequest {
-        instance_ids: args.instances,
-        ..req
-    };
-
-    let created = client.run(&req).await?;
-    eprintln!("invocation {}", created.invoke_id);
-    if args.no_wait {
-        println!("{}", created.invoke_id);
+    let instances = client.all_instances(&query).await?;
+    if args.json {
+        let total = instances.len();
+        let list = crate::protocol::api::InstancesResponse {
+            instances,
+            total: total as u64,
+        };
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    let mut overall = InvocationStatus::Pending;
-    let mut ended = std::collections::HashSet::new();
-    let mut stdout = std::io::stdout();
-    client
-        .stream(&created.invoke_id, None, |event| match event {
-            StreamEvent::Output { instance_id, data, .. } => {
-                for line in String::from_utf8_lossy(data).split_inclusive('\n') {
-                    let _ = write!(stdout, "{instance_id}: {line}");
-                }
-                let _ = stdout.flush();
+    println!(
+        "{:<24} {:<20} {:<14} {:<8} {:<8}",
+        "INSTANCE ID", "NAME", "REGION", "STATUS", "AGENT"
+    );
+    for i in instances {
+        let agent = if i.agent.online { "online" } else { "offline" };
+        println!(
+            "{:<24} {:<20} {:<14} {:<8} {:<8}",
+            i.instance_id,
+            i.name,
+            i.region_id,
+            format!("{:?}", i.status),
+            agent
+        );
+    }
+    Ok(0)
+}
+
+async fn list_invocations(args: InvocationsArgs) -> anyhow::Result<i32> {
+    let client = args.client.client()?;
+    let list = client.invocations("page_size=50").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(0);
+    }
+    // The list has no results; fetch them (without output) only where a reason is needed.
+    let reasons: Vec<anyhow::Result<String>> = futures_util::stream::iter(&list.invocations)
+        .map(|inv| async {
+            if !needs_reason(inv.invocation_status) {
+                return Ok(String::new());
             }
-            StreamEvent::Status {
-                instance_id,
-                invocation_status,
-                exit_code,
-                ..
-            } if invocation_status.is_terminal() => {
-                // The stream may repeat a status (stored, then live): report each end once.
-                if ended.insert(instance_id.clone()) {
-                    let code = exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                    eprintln!("{instance_id}: {invocation_status} (exit code {code})");
-                }
-            }
-            StreamEvent::Status { .. } => {}
-            StreamEvent::Done { invocation_status } => overall = *invocation_status,
+            let full = client.invocation_without_output(&inv.invoke_id).await?;
+            Ok(reason(full.results.as_deref().unwrap_or_default()))
         })
-        .await?;
-    eprintln!("{}: {overall}", created.invoke_id);
-    Ok(if overall == InvocationStatus::Success { 0 } else { 1 })
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+    println!(
+        "{:<24} {:<24} {:>9}  {:<NAME_WIDTH$} STATUS",
+        "INVOCATION ID", "CREATED", "INSTANCES", "NAME"
+    );
+    for (inv, reason) in list.invocations.iter().zip(reasons) {
+        let reason = reason?;
+        let status = if reason.is_empty() {
+            inv.invocation_status.to_string()
+        } else {
+            format!("{} ({reason})", inv.invocation_status)
+        };
+        let name: String = inv.name.chars().take(NAME_WIDTH).collect();
+        println!(
+            "{:<24} {:<24} {:>9}  {name:<NAME_WIDTH$} {status}",
+            inv.invoke_id, inv.created_time, inv.instance_count
+        );
+    }
+    if list.total > list.invocations.len() as u64 {
+        println!(
+            "({} of {} invocations shown, newest first)",
+            list.invocations.len(),
+            list.total
+        );
+    }
+    Ok(0)
+}
+
+/// Whether an invocation in this status ended with something to explain.
+fn needs_reason(status: InvocationStatus) -> bool {
+    status.is_terminal() && status != InvocationStatus::Success
+}
+
+/// Why results did not succeed: their error codes counted (`ExitCodeNonzero ×2`), or the first
+/// error info when none has a code. Empty when there is nothing to say.
+fn reason(results: &[InvocationResult]) -> String {
+    let mut codes: BTreeMap<ErrorCode, u64> = BTreeMap::new();
+    for code in results.iter().filter_map(|r| r.error_code) {
+        *codes.entry(code).or_default() += 1;
+    }
+    if codes.is_empty() {
+        let info = results.iter().find_map(|r| r.error_info.as_deref());
+        return info.unwrap_or_default().to_string();
+    }
+    let counted: Vec<String> = codes.iter().map(|(code, n)| format!("{code} ×{n}")).collect();
+    counted.join(", ")
+}
+
+async fn show_invocation(args: InvocationsArgs, invoke_id: &str) -> anyhow::Result<i32> {
+    let inv = args.client.client()?.invocation(invoke_id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&inv)?);
+        return Ok(0);
+    }
+    print_invocation(&inv);
+    Ok(0)
+}
+
+fn print_invocation(inv: &Invocation) {
+    let name = if inv.name.is_empty() {
+        String::new()
+    } else {
+        format!(" {:?}", inv.name)
+    };
+    println!(
+        "{}{name}: {}, {} instance(s), created {} by {}",
+        inv.invoke_id, inv.invocation_status, inv.instance_count, inv.created_time, inv.creator
+    );
+    for result in inv.results.iter().flatten() {
+        println!("\n== {}: {}", result.instance_id, outcome(result));
+        print!("{}", result.output);
+        if !result.output.is_empty() && !result.output.ends_with('\n') {
+            println!();
+        }
+    }
+}
+
+async fn stop(args: StopArgs) -> anyhow::Result<i32> {
+    let client = args.client.client()?;
+    let invoke_id = &args.invoke_id;
+    let inv = client.invocation_without_output(invoke_id).await?;
+    let results = inv.results.unwrap_or_default();
+    let chosen: Vec<&InvocationResult> = match &args.instances {
+        Some(ids) => results.iter().filter(|r| ids.contains(&r.instance_id)).collect(),
+        None => results.iter().collect(),
+    };
+    // Stopping what has ended changes nothing: say how it ended instead.
+    if !chosen.is_empty() && chosen.iter().all(|r| r.invocation_status.is_terminal()) {
+        match &args.instances {
+            None => println!("{invoke_id} had already finished: {}", inv.invocation_status),
+            Some(_) => {
+                for result in chosen {
+                    println!(
+                        "{invoke_id}: {} had already finished: {}",
+                        result.instance_id, result.invocation_status
+                    );
+                }
+            }
+        }
+        return Ok(0);
+    }
+    client.stop(invoke_id, args.instances).await?;
+    println!("stop requested for {invoke_id}");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ResultStatus;
+
+    fn result(status: ResultStatus, code: Option<ErrorCode>, info: Option<&str>) -> InvocationResult {
+        InvocationResult {
+            instance_id: "i-1".into(),
+            invocation_status: status,
+            exit_code: None,
+            error_code: code,
+            error_info: info.map(String::from),
+            output: String::new(),
+            dropped: 0,
+            start_time: None,
+            finish_time: None,
+            stop_time: None,
+        }
+    }
+
+    #[test]
+    fn reasons_count_error_codes_or_fall_back_to_the_first_info() {
+        let failed = result(ResultStatus::Failed, Some(ErrorCode::ExitCodeNonzero), None);
+        let aborted = result(ResultStatus::Aborted, Some(ErrorCode::DeliveryTimeout), None);
+        let terminated = result(ResultStatus::Terminated, None, Some("stopped by admin"));
+        let ok = result(ResultStatus::Success, None, None);
+
+        assert_eq!(
+            reason(&[failed.clone(), ok.clone(), aborted, failed]),
+            "DeliveryTimeout ×1, ExitCodeNonzero ×2"
+        );
+        assert_eq!(reason(&[ok.clone(), terminated]), "stopped by admin");
+        assert_eq!(reason(&[ok]), "");
+    }
 }

@@ -2,12 +2,14 @@
 //! `instances`, `invocations`, `stop`).
 
 mod cli;
+mod output;
+mod run;
 
 pub use cli::run_cli;
 
 use crate::protocol::api::{
     ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,
-    InvocationsResponse, RunCommandRequest, StopRequest, StreamEvent,
+    InvocationsResponse, RegionsResponse, RunCommandRequest, StopRequest, StreamEvent,
 };
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -98,6 +100,29 @@ impl ApiClient {
         self.get(&format!("/instances?{query}")).await
     }
 
+    /// Every instance matching a raw query (without paging, e.g. `region_id=local`), fetched
+    /// a page of 1000 at a time.
+    pub async fn all_instances(&self, query: &str) -> anyhow::Result<Vec<Instance>> {
+        const PAGE_SIZE: usize = 1000;
+        let separator = if query.is_empty() { "" } else { "&" };
+        let mut all = Vec::new();
+        for page in 1.. {
+            let paged = format!("{query}{separator}page={page}&page_size={PAGE_SIZE}");
+            let list = self.instances(&paged).await?;
+            let is_last = list.instances.len() < PAGE_SIZE;
+            all.extend(list.instances);
+            if is_last || all.len() as u64 >= list.total {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The regions that have instances.
+    pub async fn regions(&self) -> anyhow::Result<RegionsResponse> {
+        self.get("/regions").await
+    }
+
     pub async fn instance(&self, instance_id: &str) -> anyhow::Result<Instance> {
         self.get(&format!("/instances/{instance_id}")).await
     }
@@ -113,6 +138,12 @@ impl ApiClient {
 
     pub async fn invocation(&self, invoke_id: &str) -> anyhow::Result<Invocation> {
         self.get(&format!("/invocations/{invoke_id}")).await
+    }
+
+    /// One invocation with its results, but without their output.
+    pub async fn invocation_without_output(&self, invoke_id: &str) -> anyhow::Result<Invocation> {
+        self.get(&format!("/invocations/{invoke_id}?include_output=false"))
+            .await
     }
 
     /// `GET /invocations` with a raw query string.

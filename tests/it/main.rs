@@ -1,6 +1,7 @@
 //! Integration tests: a real server on loopback, real agent processes, real child processes.
 
 mod api;
+mod cli;
 mod console;
 mod console_http;
 mod engine;
