@@ -130,8 +130,10 @@ fn spawn_agent(
 
 async fn stop_child(child: &mut Child) {
     if let Some(pid) = child.id() {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await

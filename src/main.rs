@@ -12,8 +12,12 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
+    // Long-running modes stop gracefully on Ctrl-C or SIGTERM; client commands keep the
+    // default handling (Ctrl-C ends them; `run` handles it itself to say how to stop).
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    if matches!(cli.mode, Mode::Serve(_) | Mode::Agent(_) | Mode::Demo(_)) {
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+    }
 
     let outcome = match cli.mode {
         Mode::Serve(args) => serve(args, shutdown).await.map(|_| 0),

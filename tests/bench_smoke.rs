@@ -3,6 +3,9 @@
 //! connects them to a real server and answers real tasks. It asserts results and stored bytes,
 //! never timings: the benchmark itself is not part of `cargo test` (see docs/PERFORMANCE.md).
 
+// Test code: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(dead_code)]
 #[path = "../bench/src/swarm.rs"]
 mod swarm;

@@ -124,10 +124,8 @@ impl RealFleet {
     /// Stops every agent: SIGTERM, then SIGKILL for any still running after `grace`.
     pub async fn stop(mut self, grace: Duration) {
         for agent in &self.agents {
-            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-            unsafe {
-                libc::kill(agent.pid as i32, libc::SIGTERM);
-            }
+            let pid = nix::unistd::Pid::from_raw(agent.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + grace;
         for agent in &mut self.agents {
@@ -140,12 +138,12 @@ impl RealFleet {
 
 /// Asks the kernel to SIGKILL the child when the bench dies, so no agent outlives a crash.
 fn die_with_parent(command: &mut Command) {
+    // `pre_exec` is unsafe by contract: the closure runs in the forked child.
+    #[allow(unsafe_code)]
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             Ok(())
         });
     }

@@ -54,8 +54,10 @@ pub async fn run(task: RunTask, config: Arc<ExecConfig>, events: Events, stop: C
 #[cfg(unix)]
 mod imp {
     use super::*;
+    use crate::agent::account::{self, Account};
     use crate::protocol::{CommandType, ErrorCode};
-    use std::ffi::{CStr, CString};
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
     use std::os::unix::fs::OpenOptionsExt as _;
     use std::os::unix::process::ExitStatusExt as _;
     use std::path::Path;
@@ -103,7 +105,8 @@ mod imp {
         };
         let account = match Account::resolve(task.username.as_deref()) {
             Ok(account) => account,
-            Err(end) => return end,
+            Err(e @ account::Error::NotExists(_)) => return error(ErrorCode::AccountNotExists, e.to_string()),
+            Err(e @ account::Error::NotRoot(_)) => return error(ErrorCode::ExecutionException, e.to_string()),
         };
         let dir = match &task.working_dir {
             Some(dir) if Path::new(dir).is_dir() => PathBuf::from(dir),
@@ -141,8 +144,10 @@ mod imp {
             .stderr(Stdio::piped())
             .process_group(0);
         if let Some(switch) = account.switch.clone() {
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // async-signal-safe functions (initgroups, setgid, setuid) on prepared data.
+            // `pre_exec` is unsafe by contract: the closure runs in the forked child.
+            #[allow(unsafe_code)]
+            // SAFETY: the closure runs in the child before exec and only makes async-signal-safe
+            // system calls (setgroups, setgid, setuid) on data prepared before the fork.
             unsafe {
                 command.pre_exec(move || switch.apply());
             }
@@ -253,193 +258,29 @@ mod imp {
         }
     }
 
-    fn signal_group(pgid: i32, signal: i32) -> bool {
-        // SAFETY: kill(2) with a negative pid signals a process group; it has no memory effects.
-        pgid > 0 && unsafe { libc::kill(-pgid, signal) } == 0
+    /// Signals process group `pgid` (`None`: only checks that a member is left).
+    fn signal_group(pgid: i32, signal: Option<Signal>) -> bool {
+        pgid > 0 && killpg(Pid::from_raw(pgid), signal).is_ok()
     }
 
     /// Kills the whole process group: SIGTERM, up to `grace` for it to go, then SIGKILL, and
     /// a short wait until no member is left.
     async fn kill_group(pgid: i32, child: &mut Child, grace: Duration) {
-        signal_group(pgid, libc::SIGTERM);
+        signal_group(pgid, Some(Signal::SIGTERM));
         let gone = async {
             let _ = child.wait().await;
-            while signal_group(pgid, 0) {
+            while signal_group(pgid, None) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
         if tokio::time::timeout(grace, gone).await.is_ok() {
             return;
         }
-        signal_group(pgid, libc::SIGKILL);
+        signal_group(pgid, Some(Signal::SIGKILL));
         let _ = child.wait().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while signal_group(pgid, 0) && tokio::time::Instant::now() < deadline {
+        while signal_group(pgid, None) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The account a task runs as.
-    struct Account {
-        name: String,
-        home: Option<PathBuf>,
-        shell: String,
-        /// Set when the agent (as root) must switch to another user.
-        switch: Option<Switch>,
-        uid: u32,
-        gid: u32,
-    }
-
-    #[derive(Clone)]
-    struct Switch {
-        uid: libc::uid_t,
-        gid: libc::gid_t,
-        /// The user's groups, looked up before forking: the lookup (NSS, files) is not safe
-        /// between fork and exec in a multithreaded process.
-        groups: Vec<libc::gid_t>,
-    }
-
-    impl Switch {
-        fn new(name: &str, uid: u32, gid: u32) -> Switch {
-            let mut groups = vec![0 as libc::gid_t; 256];
-            let mut count = groups.len() as libc::c_int;
-            let name = CString::new(name).unwrap_or_default();
-            // SAFETY: `groups` has room for `count` entries; getgrouplist writes at most that.
-            let ok = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) } >= 0;
-            groups.truncate(if ok { count.max(0) as usize } else { 0 });
-            if groups.is_empty() {
-                groups.push(gid);
-            }
-            Switch { uid, gid, groups }
-        }
-
-        /// Runs in the child between fork and exec: only async-signal-safe calls.
-        fn apply(&self) -> std::io::Result<()> {
-            // SAFETY: plain system calls on values owned by `self`.
-            let ok = unsafe {
-                libc::setgroups(self.groups.len() as _, self.groups.as_ptr()) == 0
-                    && libc::setgid(self.gid) == 0
-                    && libc::setuid(self.uid) == 0
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        }
-    }
-
-    struct Passwd {
-        name: String,
-        uid: u32,
-        gid: u32,
-        home: String,
-        shell: String,
-    }
-
-    fn lookup(user: Option<&str>) -> Option<Passwd> {
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        // SAFETY: zeroed passwd is a valid out-parameter for getpw*_r.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let rc = match user {
-            Some(name) => {
-                let name = CString::new(name).ok()?;
-                // SAFETY: all pointers are valid for the call; buf outlives the result.
-                unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) }
-            }
-            // SAFETY: as above.
-            None => unsafe { libc::getpwuid_r(libc::geteuid(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) },
-        };
-        if rc != 0 || found.is_null() {
-            return None;
-        }
-        // SAFETY: on success the string fields point into `buf`, which is alive here.
-        let text = |p: *const libc::c_char| {
-            if p.is_null() {
-                String::new()
-            } else {
-                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-            }
-        };
-        Some(Passwd {
-            name: text(pwd.pw_name),
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            home: text(pwd.pw_dir),
-            shell: text(pwd.pw_shell),
-        })
-    }
-
-    impl Account {
-        fn resolve(username: Option<&str>) -> Result<Account, (Option<i32>, TaskEnd)> {
-            // SAFETY: geteuid has no preconditions.
-            let euid = unsafe { libc::geteuid() };
-            let me = lookup(None);
-            let Some(name) = username else {
-                let me = me.unwrap_or(Passwd {
-                    name: String::new(),
-                    uid: euid,
-                    gid: 0,
-                    home: "/".into(),
-                    shell: "/bin/sh".into(),
-                });
-                return Ok(Account::from_passwd(me, None));
-            };
-            let Some(user) = lookup(Some(name)) else {
-                return Err(error(
-                    ErrorCode::AccountNotExists,
-                    format!("the user {name} does not exist on this instance"),
-                ));
-            };
-            if user.uid == euid {
-                return Ok(Account::from_passwd(user, None));
-            }
-            if euid != 0 {
-                return Err(error(
-                    ErrorCode::ExecutionException,
-                    format!(
-                        "the agent does not run as root, so it cannot run commands as {name}: run the agent as root or leave Username empty"
-                    ),
-                ));
-            }
-            let switch = Switch::new(&user.name, user.uid, user.gid);
-            Ok(Account::from_passwd(user, Some(switch)))
-        }
-
-        fn from_passwd(p: Passwd, switch: Option<Switch>) -> Account {
-            let home = (!p.home.is_empty()).then(|| PathBuf::from(&p.home));
-            let shell = if p.shell.is_empty() { "/bin/sh".into() } else { p.shell };
-            Account {
-                name: p.name,
-                home,
-                shell,
-                switch,
-                uid: p.uid,
-                gid: p.gid,
-            }
-        }
-
-        /// The explicit environment of a task: nothing of the agent's leaks in but the locale.
-        fn environment(&self, task: &str) -> Vec<(String, String)> {
-            let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
-            let home = self
-                .home
-                .as_ref()
-                .map(|h| h.display().to_string())
-                .unwrap_or_else(|| "/".into());
-            vec![
-                (
-                    "PATH".into(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                ),
-                ("HOME".into(), home),
-                ("USER".into(), self.name.clone()),
-                ("LOGNAME".into(), self.name.clone()),
-                ("SHELL".into(), self.shell.clone()),
-                ("LANG".into(), lang),
-                ("FLEETRUN_INVOKE_ID".into(), task.into()),
-            ]
         }
     }
 
@@ -463,7 +304,7 @@ mod imp {
             let script = Script { path };
             file.write_all(content.as_bytes())?;
             if account.switch.is_some() {
-                std::os::unix::fs::fchown(&file, Some(account.uid), Some(account.gid))?;
+                std::os::unix::fs::fchown(&file, Some(account.uid.as_raw()), Some(account.gid.as_raw()))?;
             }
             Ok(script)
         }

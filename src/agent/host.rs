@@ -5,13 +5,8 @@ use crate::protocol::{CommandType, OsType};
 /// The machine's hostname.
 pub fn hostname() -> String {
     #[cfg(unix)]
-    {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            return String::from_utf8_lossy(&buf[..end]).into_owned();
-        }
+    if let Ok(name) = nix::unistd::gethostname() {
+        return name.to_string_lossy().into_owned();
     }
     std::env::var("COMPUTERNAME").unwrap_or_else(|_| "unknown".into())
 }
@@ -28,52 +23,29 @@ pub fn os_name() -> String {
         .unwrap_or_else(|| std::env::consts::OS.to_string())
 }
 
-/// The machine's non-loopback IP addresses.
+/// The machine's non-loopback IP addresses (link-local IPv6 left out: it needs a scope).
 pub fn ip_addresses() -> Vec<String> {
-    let mut ips = Vec::new();
+    let mut ips: Vec<String> = Vec::new();
     #[cfg(unix)]
-    {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        // SAFETY: getifaddrs fills `list` with a linked list we only read and then free.
-        if unsafe { libc::getifaddrs(&mut list) } == 0 {
-            let mut cursor = list;
-            while !cursor.is_null() {
-                // SAFETY: `cursor` is a node of the list returned by getifaddrs.
-                let entry = unsafe { &*cursor };
-                if let Some(ip) = unsafe { sockaddr_ip(entry.ifa_addr) } {
-                    if !ip.is_loopback() && !ips.contains(&ip.to_string()) {
-                        ips.push(ip.to_string());
-                    }
+    if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
+        for address in interfaces.filter_map(|i| i.address) {
+            let ip: std::net::IpAddr = if let Some(v4) = address.as_sockaddr_in() {
+                v4.ip().into()
+            } else if let Some(v6) = address.as_sockaddr_in6() {
+                let ip = v6.ip();
+                if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                    continue;
                 }
-                cursor = entry.ifa_next;
+                ip.into()
+            } else {
+                continue;
+            };
+            if !ip.is_loopback() && !ips.contains(&ip.to_string()) {
+                ips.push(ip.to_string());
             }
-            // SAFETY: `list` came from getifaddrs and is freed once.
-            unsafe { libc::freeifaddrs(list) };
         }
     }
     ips
-}
-
-/// # Safety
-/// `addr` is null or points to a valid sockaddr of the family it names.
-#[cfg(unix)]
-unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<std::net::IpAddr> {
-    if addr.is_null() {
-        return None;
-    }
-    match i32::from(unsafe { (*addr).sa_family }) {
-        libc::AF_INET => {
-            let v4 = unsafe { &*(addr as *const libc::sockaddr_in) };
-            Some(std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).into())
-        }
-        libc::AF_INET6 => {
-            let v6 = unsafe { &*(addr as *const libc::sockaddr_in6) };
-            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            // Link-local addresses need a scope to be useful; leave them out.
-            (ip.segments()[0] & 0xffc0 != 0xfe80).then_some(ip.into())
-        }
-        _ => None,
-    }
 }
 
 /// Finds an executable on the PATH.

@@ -5,6 +5,8 @@
 //! Output and ends are spooled on disk until the server acknowledges them (see `spool`), so a
 //! dropped connection or an agent restart loses nothing.
 
+#[cfg(unix)]
+mod account;
 mod exec;
 mod host;
 mod identity;

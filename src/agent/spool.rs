@@ -78,8 +78,7 @@ fn start_time(pid: i32) -> Option<u64> {
 /// process (a reused pid has another start time).
 fn kill_leftovers(pgid: i32, start: u64) {
     if pgid > 0 && start_time(pgid) == Some(start) {
-        // SAFETY: kill(2) on a process group; no memory is touched.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -213,7 +212,9 @@ impl Spool {
             self.tasks.insert(task.to_string(), spool);
             self.save_meta(task)?;
         }
-        Ok(self.tasks.get_mut(task).expect("inserted above"))
+        self.tasks
+            .get_mut(task)
+            .ok_or_else(|| io::Error::other(format!("task {task} vanished from the spool")))
     }
 
     /// Whether the spool holds the task.

@@ -192,8 +192,8 @@ impl AgentMessage {
     }
 
     /// Encodes as one text frame.
+    #[allow(clippy::expect_used)] // Serialising these plain structs cannot fail: every map key is a string.
     pub fn encode(&self) -> String {
-        // Serialising these plain structs cannot fail: every map key is a string.
         serde_json::to_string(self).expect("agent message serialises")
     }
 }
@@ -205,8 +205,8 @@ impl ServerMessage {
     }
 
     /// Encodes as one text frame.
+    #[allow(clippy::expect_used)] // Serialising these plain structs cannot fail: every map key is a string.
     pub fn encode(&self) -> String {
-        // Serialising these plain structs cannot fail: every map key is a string.
         serde_json::to_string(self).expect("server message serialises")
     }
 }

@@ -1,5 +1,8 @@
 //! Integration tests: a real server on loopback, real agent processes, real child processes.
 
+// Test code: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod api;
 mod cli;
 mod console;
