@@ -27,7 +27,8 @@ impl ClientArgs {
                 anyhow::bail!("give --token (FLEETRUN_TOKEN) or --password (FLEETRUN_PASSWORD)")
             }
         };
-        Ok(ApiClient::new(&self.server, credentials))
+        let tls = crate::tls::client_config(self.ca_file.as_deref())?;
+        ApiClient::with_tls(&self.server, credentials, tls)
     }
 }
 
