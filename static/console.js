@@ -45,6 +45,8 @@
       bar.hidden = ids.size === 0;
       var onPage = checked === ids.size ? "" : " (" + checked + " on this page)";
       document.getElementById("selected-count").textContent = ids.size + " selected" + onPage;
+      var matching = document.getElementById("select-matching");
+      if (matching) matching.hidden = ids.size >= parseInt(table.dataset.matching, 10);
     }
   }
 

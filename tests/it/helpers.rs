@@ -133,6 +133,33 @@ impl TestApp {
         agent
     }
 
+    /// Enrols `n` real agents in `region` at once, named `{prefix}-01`…, and waits until all are
+    /// online. Returns them with their instance ids, in name order.
+    pub async fn fleet(&self, region: &str, prefix: &str, n: u32) -> Vec<(AgentProcess, String)> {
+        let activation = self.activation(region, n).await;
+        let mut agents = Vec::new();
+        for i in 1..=n {
+            let state = tempfile::tempdir().unwrap();
+            let mut command = agent_command(&self.url, Some(&activation), state.path());
+            command.args(["--name", &format!("{prefix}-{i:02}")]);
+            let child = command.spawn().expect("start fleetrun agent");
+            agents.push(AgentProcess { child, state });
+        }
+        let mut fleet = Vec::new();
+        for agent in agents {
+            let id = agent.instance_id().await;
+            fleet.push((agent, id));
+        }
+        let query = format!("region_id={region}&status=Running&page_size=1000");
+        eventually(Duration::from_secs(60), "the whole fleet to be online", || async {
+            let list = self.client.instances(&query).await.ok()?;
+            let online = list.instances.iter().filter(|i| i.agent.online).count();
+            (online == n as usize).then_some(())
+        })
+        .await;
+        fleet
+    }
+
     /// Runs a command and waits until every result is terminal.
     pub async fn run_to_end(&self, req: &RunCommandRequest) -> Invocation {
         let created = self.client.run(req).await.unwrap();

@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod browser;
 mod cli;
 mod console;
+mod console_flows;
 mod console_http;
 mod engine;
 mod helpers;
