@@ -15,4 +15,5 @@ mod hostile;
 mod private;
 mod resilience;
 mod security;
+mod serving;
 mod tls;
