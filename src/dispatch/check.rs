@@ -28,6 +28,26 @@ pub const TOKEN_DAYS: std::ops::RangeInclusive<u64> = 1..=3650;
 pub const MAX_TOKEN_NAME: usize = 64;
 pub const MAX_INSTANCE_NAME: usize = 128;
 
+/// Pages of a listing: `page` from 1, `page_size` up to 1,000 (default 100).
+pub const PAGES: std::ops::RangeInclusive<u64> = 1..=1_000_000_000;
+pub const PAGE_SIZES: std::ops::RangeInclusive<u64> = 1..=1000;
+
+/// The offset and limit of a listing page; an absent page is the first, an absent size 100.
+pub fn page_window(page: Option<u64>, page_size: Option<u64>) -> Result<(u64, u64), Error> {
+    let (page, page_size) = (page.unwrap_or(1), page_size.unwrap_or(100));
+    if !PAGES.contains(&page) || !PAGE_SIZES.contains(&page_size) {
+        return Err(invalid(
+            Field::Page,
+            format!(
+                "`page` must be between 1 and {} and `page_size` between 1 and {}",
+                PAGES.end(),
+                PAGE_SIZES.end()
+            ),
+        ));
+    }
+    Ok(((page - 1).saturating_mul(page_size), page_size))
+}
+
 /// A whole number typed into a form field; a surface that takes text calls this before the
 /// domain checks the range, so both surfaces give the same refusal for a bad number.
 pub fn whole_number(field: Field, text: &str) -> Result<u64, Error> {

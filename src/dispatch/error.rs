@@ -30,6 +30,8 @@ pub enum Field {
     InstanceName,
     /// What an agent says about its host when it enrols.
     Register,
+    /// A listing's page or page size.
+    Page,
 }
 
 impl Field {
@@ -53,6 +55,7 @@ impl Field {
             Field::ExpiresInDays => "InvalidParameter.ExpiresInDays",
             Field::InstanceName => "InvalidParameter.InstanceName",
             Field::Register => "InvalidParameter.Register",
+            Field::Page => "InvalidParameter.Page",
         }
     }
 
@@ -76,6 +79,7 @@ impl Field {
             Field::ExpiresInDays => "expires_in_days",
             Field::InstanceName => "name",
             Field::Register => "register",
+            Field::Page => "page",
         }
     }
 }

@@ -11,8 +11,10 @@ use crate::protocol::{CommandType, OsType};
 use crate::store::{self, ActivationRow, InstanceRow, NewActivation, NewInstance, Role, ids};
 use subtle::ConstantTimeEq as _;
 
-/// An activation's life when none is asked for (Alibaba's default).
+/// An activation's life when none is asked for, and the instance limit forms suggest
+/// (Alibaba's defaults).
 pub const DEFAULT_TTL_HOURS: u64 = 4;
+pub const DEFAULT_ACTIVATION_INSTANCES: u64 = 10;
 
 /// What CreateActivation takes, from any surface.
 #[derive(Debug, Clone)]

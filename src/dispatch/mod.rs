@@ -31,7 +31,7 @@ pub use accounts::{FirstAdmin, NewSession, SESSION_HOURS, UserChange, hash_passw
 pub use actor::{Actor, Via};
 pub use commands::QuotaUse;
 pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
-pub use fleet::{ActivationRequest, Liveness};
+pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
 pub use run::{Run, Stopped, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 

@@ -67,16 +67,9 @@ pub fn routes() -> Router<AppState> {
         })
 }
 
-/// Offset and limit of a listing from its `page` (from 1) and `page_size` (1–1000, default 100).
+/// Offset and limit of a listing from its `page` and `page_size` (the domain's rule).
 pub fn window(page: Option<u64>, page_size: Option<u64>) -> Result<(u64, u64), ApiError> {
-    let (page, page_size) = (page.unwrap_or(1), page_size.unwrap_or(100));
-    if !(1..=1_000_000_000).contains(&page) || !(1..=1000).contains(&page_size) {
-        return Err(ApiError::bad_request(
-            "InvalidParameter.Page",
-            "`page` must be between 1 and 1000000000 and `page_size` between 1 and 1000",
-        ));
-    }
-    Ok(((page - 1).saturating_mul(page_size), page_size))
+    Ok(crate::dispatch::check::page_window(page, page_size)?)
 }
 
 /// RFC 3339 UTC text of a stored millisecond timestamp.

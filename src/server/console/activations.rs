@@ -93,8 +93,8 @@ async fn page(
 pub async fn index(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
     let form = CreateForm {
         region_id: session.region.clone().unwrap_or_default(),
-        instance_count_limit: "10".into(),
-        ttl_hours: "4".into(),
+        instance_count_limit: crate::dispatch::DEFAULT_ACTIVATION_INSTANCES.to_string(),
+        ttl_hours: crate::dispatch::DEFAULT_TTL_HOURS.to_string(),
         ..Default::default()
     };
     page(&state, &session, None, BTreeMap::new(), form).await

@@ -36,7 +36,10 @@ impl Pager {
     pub fn new(page: Option<u64>, page_size: u64) -> Pager {
         // Clamped, so that an absurd page number is just an empty page.
         Pager {
-            page: page.unwrap_or(1).clamp(1, 1_000_000_000),
+            page: page.unwrap_or(1).clamp(
+                *crate::dispatch::check::PAGES.start(),
+                *crate::dispatch::check::PAGES.end(),
+            ),
             page_size,
             total: 0,
             base: String::new(),
