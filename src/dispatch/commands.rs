@@ -61,12 +61,7 @@ impl Dispatcher {
         req: ModifyCommandRequest,
     ) -> Result<CommandRow, Error> {
         actor.require(Role::Operator)?;
-        let command = self
-            .inner
-            .store
-            .command(command_id)
-            .await
-            .map_err(not_found(Kind::Command, command_id))?;
+        let command = self.command(command_id).await?;
         let name = req
             .name
             .as_deref()
@@ -130,6 +125,15 @@ impl Dispatcher {
             .map_err(not_found(Kind::Command, command_id))?;
         self.audit(actor, "DeleteCommand", command_id, "").await;
         Ok(())
+    }
+
+    /// One retained command.
+    pub async fn command(&self, command_id: &str) -> Result<CommandRow, Error> {
+        self.inner
+            .store
+            .command(command_id)
+            .await
+            .map_err(not_found(Kind::Command, command_id))
     }
 
     /// How much of the retained-command quota a region uses.

@@ -87,12 +87,7 @@ impl Dispatcher {
         req: InvokeCommandRequest,
     ) -> Result<InvocationCreated, Error> {
         actor.require(Role::Operator)?;
-        let command = self
-            .inner
-            .store
-            .command(command_id)
-            .await
-            .map_err(not_found(Kind::Command, command_id))?;
+        let command = self.command(command_id).await?;
         let spec = CommandSpec {
             timeout_secs: check::Timeout::parse(req.timeout_secs.unwrap_or(command.spec.timeout_secs))?.secs(),
             working_dir: check::WorkingDir::parse(req.working_dir)?

@@ -100,6 +100,27 @@ impl Harness {
         self.dispatcher.store().result(invoke_id, instance_id).await.unwrap()
     }
 
+    /// An enrolled agent, connected (its `Welcome` taken from the outbox).
+    async fn connected(&self, name: &str) -> (String, AgentSession, Outbox) {
+        let id = self.enrol(name).await;
+        let (session, mut outbox) = self.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+        assert!(matches!(next(&mut outbox).await, ServerMessage::Welcome(_)));
+        (id, session, outbox)
+    }
+
+    /// A connected agent running one task: its instance, session, outbox and the invoke id.
+    async fn running(&self, content: &str, timeout_secs: u64) -> (String, AgentSession, Outbox, String) {
+        let (id, mut session, mut outbox) = self.connected("web-1").await;
+        let created = self.run(&id, content, timeout_secs).await;
+        assert!(matches!(next(&mut outbox).await, ServerMessage::RunTask(_)));
+        self.dispatcher
+            .handle(&mut session, started(&created.invoke_id))
+            .await
+            .unwrap();
+        ack_started(self, &created.invoke_id, &id).await;
+        (id, session, outbox, created.invoke_id)
+    }
+
     async fn sweep(&self) {
         self.dispatcher.enforce_deadlines().await;
     }
@@ -231,23 +252,12 @@ async fn a_task_never_delivered_is_aborted_when_the_window_closes() {
 #[tokio::test]
 async fn a_task_past_its_timeout_and_grace_ends_as_timeout_and_the_agent_is_told_to_stop() {
     let h = harness().await;
-    let id = h.enrol("web-1").await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
-    next(&mut outbox).await;
-    let created = h.run(&id, "sleep 600", 5).await;
-    next(&mut outbox).await;
-    h.dispatcher
-        .handle(&mut session, started(&created.invoke_id))
-        .await
-        .unwrap();
-    while h.result(&created.invoke_id, &id).await.status != ResultStatus::Running {
-        tokio::task::yield_now().await;
-    }
+    let (id, _session, mut outbox, invoke_id) = h.running("sleep 600", 5).await;
 
     let grace = h.dispatcher.settings().timeout_grace;
     h.clock.advance(Duration::from_secs(5) + grace - Duration::from_secs(1));
     h.sweep().await;
-    let before = h.result(&created.invoke_id, &id).await.status;
+    let before = h.result(&invoke_id, &id).await.status;
     h.clock.advance(Duration::from_secs(2));
     h.sweep().await;
 
@@ -256,34 +266,25 @@ async fn a_task_past_its_timeout_and_grace_ends_as_timeout_and_the_agent_is_told
         ResultStatus::Running,
         "the agent gets the grace period to report"
     );
-    let result = h.result(&created.invoke_id, &id).await;
+    let result = h.result(&invoke_id, &id).await;
     assert_eq!(
         (result.status, result.error_code),
         (ResultStatus::Timeout, Some(ErrorCode::ExecutionTimeout))
     );
-    assert!(matches!(next(&mut outbox).await, ServerMessage::StopTask(stop) if stop.task == created.invoke_id));
+    assert!(matches!(next(&mut outbox).await, ServerMessage::StopTask(stop) if stop.task == invoke_id));
 }
 
 #[tokio::test]
 async fn the_running_task_of_an_agent_lost_for_three_heartbeats_ends_as_client_not_response() {
     let h = harness().await;
-    let id = h.enrol("web-1").await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
-    next(&mut outbox).await;
-    let created = h.run(&id, "sleep 600", 600).await;
-    next(&mut outbox).await;
-    h.dispatcher
-        .handle(&mut session, started(&created.invoke_id))
-        .await
-        .unwrap();
-    ack_started(&h, &created.invoke_id, &id).await;
+    let (id, session, _outbox, invoke_id) = h.running("sleep 600", 600).await;
     h.dispatcher.detach(session).await;
 
     h.clock
         .advance(h.dispatcher.settings().heartbeat_loss() + Duration::from_secs(1));
     h.sweep().await;
 
-    let result = h.result(&created.invoke_id, &id).await;
+    let result = h.result(&invoke_id, &id).await;
     assert_eq!(
         (result.status, result.error_code),
         (ResultStatus::Error, Some(ErrorCode::ClientNotResponse))
@@ -404,20 +405,11 @@ async fn a_stop_cancels_what_has_not_started_and_terminates_what_runs_without_an
 #[tokio::test]
 async fn a_reconnecting_agent_that_no_longer_holds_a_running_task_gets_it_interrupted() {
     let h = harness().await;
-    let id = h.enrol("web-1").await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
-    next(&mut outbox).await;
-    let created = h.run(&id, "sleep 600", 600).await;
-    next(&mut outbox).await;
-    h.dispatcher
-        .handle(&mut session, started(&created.invoke_id))
-        .await
-        .unwrap();
-    ack_started(&h, &created.invoke_id, &id).await;
+    let (id, _session, outbox, invoke_id) = h.running("sleep 600", 600).await;
 
     let (_again, _outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
 
-    let result = h.result(&created.invoke_id, &id).await;
+    let result = h.result(&invoke_id, &id).await;
     assert_eq!(
         (result.status, result.error_code),
         (ResultStatus::Error, Some(ErrorCode::ExecutionInterrupted))

@@ -1,7 +1,7 @@
 //! Retained commands: unique names per region and the per-region quota, both checked inside the
 //! write transaction that stores the command.
 
-use super::{Error, Result, Store, now_ms};
+use super::{Error, Result, Store, bind_spec, changed_one, now_ms};
 use crate::protocol::CommandSpec;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
@@ -105,8 +105,7 @@ pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewC
         });
     }
     let id = super::ids::new_id("c");
-    let spec = &new.spec;
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO commands (id, region_id, name, description, type, content, working_dir, timeout_secs, \
          username, enable_parameter, parameter_names, creator, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -114,18 +113,13 @@ pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewC
     .bind(&id)
     .bind(&new.region_id)
     .bind(&new.name)
-    .bind(&new.description)
-    .bind(spec.command_type.as_str())
-    .bind(&spec.content)
-    .bind(&spec.working_dir)
-    .bind(spec.timeout_secs as i64)
-    .bind(&spec.username)
-    .bind(spec.enable_parameter)
-    .bind(sqlx::types::Json(&new.parameter_names))
-    .bind(&new.creator)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    .bind(&new.description);
+    bind_spec(insert, &new.spec)
+        .bind(sqlx::types::Json(&new.parameter_names))
+        .bind(&new.creator)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
     Ok(id)
 }
 
@@ -189,41 +183,39 @@ impl Store {
                 .await?;
             ensure_name_free(&mut tx, &region, name, Some(command_id)).await?;
         }
-        let done = sqlx::query(
-            "UPDATE commands SET name = COALESCE($2, name), description = COALESCE($3, description), \
+        changed_one(
+            sqlx::query(
+                "UPDATE commands SET name = COALESCE($2, name), description = COALESCE($3, description), \
              content = COALESCE($4, content), parameter_names = COALESCE($5, parameter_names), \
              working_dir = CASE WHEN $6 THEN $7 ELSE working_dir END, \
              timeout_secs = COALESCE($8, timeout_secs), \
              username = CASE WHEN $9 THEN $10 ELSE username END WHERE id = $1",
-        )
-        .bind(command_id)
-        .bind(&update.name)
-        .bind(&update.description)
-        .bind(content)
-        .bind(names)
-        .bind(update.working_dir.is_some())
-        .bind(update.working_dir.clone().flatten())
-        .bind(update.timeout_secs.map(|t| t as i64))
-        .bind(update.username.is_some())
-        .bind(update.username.clone().flatten())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound);
-        }
+            )
+            .bind(command_id)
+            .bind(&update.name)
+            .bind(&update.description)
+            .bind(content)
+            .bind(names)
+            .bind(update.working_dir.is_some())
+            .bind(update.working_dir.clone().flatten())
+            .bind(update.timeout_secs.map(|t| t as i64))
+            .bind(update.username.is_some())
+            .bind(update.username.clone().flatten())
+            .execute(&mut *tx)
+            .await?,
+        )?;
         tx.commit().await?;
         self.command(command_id).await
     }
 
     /// Deletes a retained command. Its past invocations keep their own copy of the content.
     pub async fn delete_command(&self, command_id: &str) -> Result<()> {
-        let done = sqlx::query("DELETE FROM commands WHERE id = $1")
-            .bind(command_id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound);
-        }
+        changed_one(
+            sqlx::query("DELETE FROM commands WHERE id = $1")
+                .bind(command_id)
+                .execute(&self.pool)
+                .await?,
+        )?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Activations, enrolment and instances.
 
-use super::{Error, Result, Store, now_ms, placeholders};
+use super::{Error, Result, Store, changed_one, now_ms, placeholders};
 use crate::protocol::{CommandType, OsType};
 use std::collections::BTreeMap;
 
@@ -145,13 +145,12 @@ impl Store {
 
     /// Disables an activation: it enrols no more instances.
     pub async fn disable_activation(&self, activation_id: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE activations SET disabled = 1 WHERE id = $1")
-            .bind(activation_id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound);
-        }
+        changed_one(
+            sqlx::query("UPDATE activations SET disabled = 1 WHERE id = $1")
+                .bind(activation_id)
+                .execute(&self.pool)
+                .await?,
+        )?;
         Ok(())
     }
 
@@ -375,13 +374,12 @@ impl Store {
 
     /// Deregisters an instance: its credential stops working at once. Its results are kept.
     pub async fn delete_instance(&self, instance_id: &str) -> Result<()> {
-        let done = sqlx::query("DELETE FROM instances WHERE id = $1")
-            .bind(instance_id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound);
-        }
+        changed_one(
+            sqlx::query("DELETE FROM instances WHERE id = $1")
+                .bind(instance_id)
+                .execute(&self.pool)
+                .await?,
+        )?;
         Ok(())
     }
 }

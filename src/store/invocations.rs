@@ -1,7 +1,7 @@
 //! Invocations and their per-instance results: creation, listing, stop, deadlines, delivery.
 
 use super::commands::{NewCommand, insert_command};
-use super::{Result, Store, now_ms, parse_name, placeholders};
+use super::{Result, Store, bind_spec, now_ms, parse_name, placeholders};
 use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -160,31 +160,26 @@ impl Store {
     /// command, all in one transaction. Returns the invoke id and the command id.
     pub async fn create_invocation(&self, new: &NewInvocation) -> Result<(String, Option<String>)> {
         let now = now_ms();
-        let spec = &new.spec;
+
         let mut tx = self.write_tx().await?;
         let command_id = match &new.keep {
             Some((command, quota)) => Some(insert_command(&mut tx, command, *quota).await?),
             None => new.command_id.clone(),
         };
         let id = super::ids::new_id("t");
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO invocations (id, command_id, name, type, content, working_dir, timeout_secs, username, \
              enable_parameter, parameters, creator, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(&command_id)
-        .bind(&new.name)
-        .bind(spec.command_type.as_str())
-        .bind(&spec.content)
-        .bind(&spec.working_dir)
-        .bind(spec.timeout_secs as i64)
-        .bind(&spec.username)
-        .bind(spec.enable_parameter)
-        .bind(sqlx::types::Json(&new.parameters))
-        .bind(&new.creator)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .bind(&new.name);
+        bind_spec(insert, &new.spec)
+            .bind(sqlx::types::Json(&new.parameters))
+            .bind(&new.creator)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         // Multi-row inserts: 10,000 targets cost 50 statements, not 10,000.
         for batch in new.instance_ids.chunks(200) {
             let values = (0..batch.len())

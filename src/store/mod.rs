@@ -136,6 +136,29 @@ fn parse_name<T: FromStr>(text: &str) -> Result<T> {
         .map_err(|_| Error::Corrupt(format!("unexpected value {text:?}")))
 }
 
+/// `NotFound` unless a statement changed a row: for updates and deletes of one row by id.
+fn changed_one(done: sqlx::sqlite::SqliteQueryResult) -> Result<()> {
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}
+
+/// Binds a `CommandSpec` to the six placeholders that follow, in the column order every
+/// statement lists them: `type, content, working_dir, timeout_secs, username, enable_parameter`.
+fn bind_spec<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    spec: &'q crate::protocol::CommandSpec,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(spec.command_type.as_str())
+        .bind(&spec.content)
+        .bind(&spec.working_dir)
+        .bind(spec.timeout_secs as i64)
+        .bind(&spec.username)
+        .bind(spec.enable_parameter)
+}
+
 /// Builds `$first, $first+1, …` for `n` placeholders.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)

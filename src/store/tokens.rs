@@ -1,6 +1,6 @@
 //! API tokens. Only a hash of each secret is stored.
 
-use super::{Error, Result, Store, UserRow, now_ms};
+use super::{Result, Store, UserRow, changed_one, now_ms};
 
 /// An API token, without its secret.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -69,24 +69,21 @@ impl Store {
 
     /// Revokes one of a user's tokens; `NotFound` when it is not theirs or already revoked.
     pub async fn revoke_token(&self, user_id: i64, token_id: &str) -> Result<()> {
-        let done =
+        changed_one(
             sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
                 .bind(token_id)
                 .bind(user_id)
                 .bind(now_ms())
                 .execute(&self.pool)
-                .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound);
-        }
-        Ok(())
+                .await?,
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Role, test_store};
+    use crate::store::{Error, Role, test_store};
 
     #[tokio::test]
     async fn a_revoked_or_expired_token_finds_no_user() {
