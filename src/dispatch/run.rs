@@ -10,7 +10,7 @@ use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{InvocationCreated, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::{CommandSpec, InvocationStatus, params};
-use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, Role};
+use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, ResultRow, Role};
 use std::collections::{BTreeMap, HashSet};
 
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
@@ -186,6 +186,18 @@ impl Dispatcher {
             ));
         }
         Ok(instances)
+    }
+
+    /// One instance's result of an invocation with its kept output bytes.
+    pub async fn result_output(&self, invoke_id: &str, instance_id: &str) -> Result<(ResultRow, Vec<u8>), Error> {
+        let result = self
+            .inner
+            .store
+            .result(invoke_id, instance_id)
+            .await
+            .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
+        let output = self.inner.store.output(result.id).await?;
+        Ok((result, output))
     }
 
     /// StopInvocation (operator): all results, or those of `instance_ids`. `Pending` ones are

@@ -147,12 +147,7 @@ pub async fn output(
     State(state): State<AppState>,
     ApiPath((invoke_id, instance_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let result = state
-        .store
-        .result(&invoke_id, &instance_id)
-        .await
-        .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
-    let bytes = state.store.output(result.id).await?;
+    let (result, bytes) = state.dispatcher.result_output(&invoke_id, &instance_id).await?;
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
         (

@@ -370,12 +370,7 @@ pub async fn download(
     _: Session,
     Path((invoke_id, instance_id)): Path<(String, String)>,
 ) -> Result<Response, PageError> {
-    let result = state
-        .store
-        .result(&invoke_id, &instance_id)
-        .await
-        .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
-    let bytes = state.store.output(result.id).await?;
+    let (_, bytes) = state.dispatcher.result_output(&invoke_id, &instance_id).await?;
     let disposition = format!("attachment; filename=\"{invoke_id}-{instance_id}.log\"");
     Ok((
         [
