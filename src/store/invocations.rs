@@ -558,6 +558,55 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn listings_filter_by_overall_status_and_page_in_the_database() {
+        let (store, _dir) = test_store().await;
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let (id, _) = store
+                .create_invocation(&new_invocation(&[&format!("i-{n}")], now_ms() + 60_000))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        for id in &ids[..3] {
+            sqlx::query("UPDATE results SET status = 'Success' WHERE invocation_id = $1")
+                .bind(id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let filter = |status, offset| InvocationFilter {
+            status: Some(status),
+            offset,
+            limit: 2,
+            ..Default::default()
+        };
+
+        let (first, total) = store
+            .list_invocations(&filter(InvocationStatus::Success, 0))
+            .await
+            .unwrap();
+        let (second, _) = store
+            .list_invocations(&filter(InvocationStatus::Success, 2))
+            .await
+            .unwrap();
+        let (pending, pending_total) = store
+            .list_invocations(&filter(InvocationStatus::Pending, 0))
+            .await
+            .unwrap();
+
+        assert_eq!((first.len(), second.len(), total), (2, 1, 3));
+        assert!(
+            first
+                .iter()
+                .chain(&second)
+                .all(|i| i.status() == InvocationStatus::Success)
+        );
+        assert_eq!(pending_total, 2);
+        assert!(pending.iter().all(|i| ids[3..].contains(&i.id)));
+    }
+
+    #[tokio::test]
     async fn undelivered_results_are_aborted_after_the_window() {
         let (store, _dir) = test_store().await;
         let (id, _) = store
