@@ -3,7 +3,7 @@
 //! console address and the admin credentials, and stops everything on Ctrl-C.
 
 use crate::config::{Cli, DemoArgs, Mode};
-use crate::store::{NewActivation, ids, now_ms};
+use crate::dispatch::{ActivationRequest, Actor, Dispatcher};
 use anyhow::Context as _;
 use clap::Parser as _;
 use std::path::Path;
@@ -42,22 +42,25 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     // Enrolment needs activations; create them before the server starts, for agents that
     // have no credential yet.
     let store = crate::server::open_store(&serve_args).await?;
+    let domain = Dispatcher::offline(store.clone(), crate::server::settings(&serve_args));
     let agents_dir = args.data_dir.join("agents");
     let mut codes = Vec::new();
     for region in ["cn-hangzhou", "eu-central-1"] {
-        let code = ids::new_secret();
-        let new = NewActivation {
-            region_id: region.into(),
-            description: "fleetrun demo".into(),
-            instance_count_limit: 2,
-            expires_at: now_ms() + 3_600_000,
-            code_hash: ids::hash_secret(&code),
-        };
         let needed = AGENTS
             .iter()
             .any(|(name, r)| *r == region && !agents_dir.join(name).join("identity.json").exists());
         if needed {
-            codes.push((region, store.create_activation(&new).await?.id, code));
+            let req = ActivationRequest {
+                region_id: region.into(),
+                instance_count_limit: 2,
+                ttl_hours: Some(1),
+                description: Some("fleetrun demo".into()),
+            };
+            let (activation, code) = domain
+                .create_activation(&Actor::server("demo"), req)
+                .await
+                .context("cannot create the demo's activations")?;
+            codes.push((region, activation.id, code));
         }
     }
     store.close().await;
