@@ -607,6 +607,52 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn records_are_found_by_instance_name_id_prefix_or_id_and_by_time() {
+        let (store, _dir) = test_store().await;
+        sqlx::query(
+            "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, \
+             agent_version, supported_command_types, secret_hash, activation_id, registered_at) \
+             VALUES ('i-webaaaa', 'Web-1', 'h', 'local', 'linux', 'x', '[]', '0', '[]', 'h', 'a', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let (web, _) = store
+            .create_invocation(&new_invocation(&["i-webaaaa"], now_ms() + 60_000))
+            .await
+            .unwrap();
+        store
+            .create_invocation(&new_invocation(&["i-dbbbbbb"], now_ms() + 60_000))
+            .await
+            .unwrap();
+        let found = |instance: &str, since: Option<i64>| {
+            let filter = InvocationFilter {
+                instance: Some(instance.to_string()),
+                since,
+                limit: 10,
+                ..Default::default()
+            };
+            let store = store.clone();
+            async move {
+                let (rows, _) = store.list_invocations(&filter).await.unwrap();
+                rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
+            }
+        };
+
+        assert_eq!(found("web-1", None).await, vec![web.clone()], "a name, any case");
+        assert_eq!(found("i-web", None).await, vec![web.clone()], "an id prefix");
+        assert_eq!(found("i-webaaaa", None).await, vec![web.clone()], "an id");
+        assert!(
+            found("%", None).await.is_empty(),
+            "the filter is literal, not a pattern"
+        );
+        assert!(
+            found("i-web", Some(now_ms() + 60_000)).await.is_empty(),
+            "created before `since`"
+        );
+    }
+
+    #[tokio::test]
     async fn undelivered_results_are_aborted_after_the_window() {
         let (store, _dir) = test_store().await;
         let (id, _) = store
