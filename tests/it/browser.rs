@@ -183,4 +183,3 @@ impl Browser {
         self.client.execute(script, vec![]).await.unwrap()
     }
 }
-

@@ -36,10 +36,16 @@ async fn a_retained_powershell_command_offers_only_the_types_the_picked_instance
     let browser = Browser::start().await;
     browser.login(&app).await;
 
-    browser.client.goto(&format!("{}/console/commands", app.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/console/commands", app.url))
+        .await
+        .unwrap();
     browser.click("#commands button.primary").await;
     browser.click(&format!("#instance-picker input[value={id}]")).await;
-    let warning = browser.wait_text("#send-groups .warning-text", "cannot run PowerShell").await;
+    let warning = browser
+        .wait_text("#send-groups .warning-text", "cannot run PowerShell")
+        .await;
     let offered = eventually(WAIT, "the types offered for the picked instance", || async {
         let radios = browser
             .client
@@ -54,7 +60,9 @@ async fn a_retained_powershell_command_offers_only_the_types_the_picked_instance
     })
     .await;
     browser.click("#run-button").await;
-    let refusal = browser.wait_text("#send-form .error-text", "cannot run RunPowerShellScript").await;
+    let refusal = browser
+        .wait_text("#send-form .error-text", "cannot run RunPowerShellScript")
+        .await;
 
     assert_eq!(offered, vec!["RunShellScript"], "PowerShell is not offered: {warning}");
     assert!(refusal.contains(id.as_str()), "{refusal}");
@@ -106,7 +114,10 @@ async fn a_stop_is_reported_as_the_users_stop_not_as_an_agent_restart() {
     browser.wait_text(&format!("{row} .badge"), "Terminated").await;
     let error = browser.wait_text(&format!("{row} .error"), "Stopped by admin").await;
 
-    assert!(!error.contains("ExecutionInterrupted") && !error.contains("restarted"), "{error}");
+    assert!(
+        !error.contains("ExecutionInterrupted") && !error.contains("restarted"),
+        "{error}"
+    );
     let result = &app.client.invocation(&invoke_id).await.unwrap().results.unwrap()[0];
     assert_eq!(result.error_code, None);
     assert!(result.output.contains("got TERM"), "{:?}", result.output);
@@ -126,7 +137,10 @@ async fn parameter_fields_sit_beside_the_content_and_a_missing_value_is_refused_
         .type_into("#content-linux", "echo {{greeting}} from {{fleetrun::instance_name}}")
         .await;
     let field = "#parameters input[name=param_greeting]";
-    eventually(WAIT, "the greeting field", || async { browser.is_shown(field).await.then_some(()) }).await;
+    eventually(WAIT, "the greeting field", || async {
+        browser.is_shown(field).await.then_some(())
+    })
+    .await;
     browser.click("#run-button").await;
     let refusal = browser.wait_text("#send-form .error-text", "greeting").await;
     browser.type_into(field, "hello").await;
@@ -135,7 +149,11 @@ async fn parameter_fields_sit_beside_the_content_and_a_missing_value_is_refused_
     let output = browser.wait_text(&format!("#output-{invoke_id}"), "hello").await;
 
     assert!(refusal.contains("has no value"), "{refusal}");
-    assert_eq!(output.trim(), "hello from web-01", "the built-in is filled without being asked for");
+    assert_eq!(
+        output.trim(),
+        "hello from web-01",
+        "the built-in is filled without being asked for"
+    );
     browser.close().await;
 }
 
@@ -177,7 +195,9 @@ async fn sixty_instances_are_selected_across_pages_and_one_run_reaches_all_of_th
     // Nothing ticked: Send Command opens the picker, sorted by name, with counts.
     browser.click("#send-command-open").await;
     browser.wait_text("#picker-count", "60 matching").await;
-    let first = browser.wait_text("#instance-picker .picker-list label", "node-01").await;
+    let first = browser
+        .wait_text("#instance-picker .picker-list label", "node-01")
+        .await;
     browser.screenshot("picker-60-instances").await;
     browser.click("#modal [data-close-modal]").await;
 
@@ -205,7 +225,9 @@ async fn sixty_instances_are_selected_across_pages_and_one_run_reaches_all_of_th
     .await;
     browser.click("#send-command-open").await;
     browser.wait_text("#selected-summary", "60 selected").await;
-    browser.type_into("#content-linux", "echo hi from {{fleetrun::instance_name}}").await;
+    browser
+        .type_into("#content-linux", "echo hi from {{fleetrun::instance_name}}")
+        .await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
     browser.wait_text(&format!("#summary-{invoke_id}"), "Success 60").await;
@@ -214,8 +236,7 @@ async fn sixty_instances_are_selected_across_pages_and_one_run_reaches_all_of_th
     assert_eq!(ticked, 10);
     let inv = app.client.invocation(&invoke_id).await.unwrap();
     let ids: std::collections::BTreeSet<String> = fleet.iter().map(|(_, id)| id.clone()).collect();
-    let reached: std::collections::BTreeSet<String> =
-        inv.results.unwrap().into_iter().map(|r| r.instance_id).collect();
+    let reached: std::collections::BTreeSet<String> = inv.results.unwrap().into_iter().map(|r| r.instance_id).collect();
     assert_eq!(reached, ids, "one run reached all 60");
     browser.close().await;
 }
