@@ -5,6 +5,9 @@ use clap::Parser as _;
 use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::config::{Cli, Mode};
 use fleetrun::protocol::api::{ActivationCreated, CreateActivationRequest, Invocation, RunCommandRequest};
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap};
+use serde_json::{Value, json};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,6 +126,16 @@ impl TestApp {
             description: None,
         };
         self.client.create_activation(&req).await.unwrap()
+    }
+
+    /// `POST /api/v1{path}` with `body` as the admin, which must create something (201): the
+    /// answer, e.g. a retained command or a token with its secret.
+    pub async fn create(&self, path: &str, body: &Value) -> Value {
+        let response = self.client.raw(Method::POST, path, Some(body)).await.unwrap();
+        let status = response.status();
+        let answer = response.text().await.unwrap();
+        assert_eq!(status, 201, "POST {path} {body}: {answer}");
+        serde_json::from_str(&answer).unwrap()
     }
 
     /// Enrols and starts a real agent process in `region`, and waits until it is online.
@@ -352,37 +365,149 @@ pub fn sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Logs in to the console with `http` (which must not follow redirects) and returns the
-/// `Set-Cookie` header, the cookie to send back, and the page's CSRF token.
-pub async fn console_session(
-    http: &reqwest::Client,
-    url: &str,
-    username: &str,
-    password: &str,
-) -> (String, String, String) {
-    let form = [
-        ("username", username),
-        ("password", password),
-        ("next", "/console/instances"),
-    ];
-    let response = http.post(format!("{url}/login")).form(&form).send().await.unwrap();
-    assert_eq!(response.status(), 303, "{username} logs in");
-    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
-    let cookie = set_cookie.split(';').next().unwrap().to_string();
-    let page = http
-        .get(format!("{url}/console/instances"))
-        .header("cookie", &cookie)
+/// Percent-encodes every byte but the unreserved ones, to put any text into a URL or a form.
+pub fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A form body (`application/x-www-form-urlencoded`) from its fields, in order; a key may repeat.
+pub fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+/// A valid enrolment body for the activation: a Linux host that no agent process stands behind.
+pub fn register_body(activation: &ActivationCreated, name: &str) -> Value {
+    json!({
+        "activation_id": activation.activation_id, "activation_code": activation.activation_code,
+        "hostname": "fake-host", "name": name, "os_type": "linux", "os_name": "Debian GNU/Linux 12",
+        "ip_addresses": ["10.0.0.7"], "agent_version": "0.1.0"
+    })
+}
+
+/// Enrols an instance through `POST /agent/v1/register`: its id and secret.
+pub async fn register(app: &TestApp, body: &Value) -> (String, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/agent/v1/register", app.url))
+        .json(body)
         .send()
         .await
         .unwrap();
-    let html = page.text().await.unwrap();
-    let csrf = html
-        .split("X-CSRF-Token&#34;:&#34;")
-        .nth(1)
-        .unwrap()
-        .split("&#34;")
-        .next()
-        .unwrap()
-        .to_string();
-    (set_cookie, cookie, csrf)
+    assert_eq!(response.status(), 201, "enrolling {body}");
+    let body: Value = response.json().await.unwrap();
+    (
+        body["instance_id"].as_str().unwrap().to_string(),
+        body["instance_secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// What the server answered, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    /// Sends `request` and reads the answer; a request that got no (whole) answer is an `Err`
+    /// saying so, for tests that list what went wrong rather than stop at it.
+    pub async fn of(request: reqwest::RequestBuilder) -> Result<Answer, String> {
+        let response = request.send().await.map_err(|e| format!("no answer ({e:?})"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("the answer broke off ({e})"))?;
+        Ok(Answer { status, headers, text })
+    }
+}
+
+/// The one console client of the tests: a user logged in through `/login`, sending the session
+/// cookie on every request and the page's CSRF token with every form, as htmx does. Redirects
+/// are not followed, so a test sees them.
+pub struct Console {
+    pub http: reqwest::Client,
+    pub url: String,
+    /// The login's whole `Set-Cookie` header, for tests of its attributes.
+    pub set_cookie: String,
+    /// The session cookie as sent back (`name=value`).
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl Console {
+    /// Logs in as `admin`.
+    pub async fn login(app: &TestApp) -> Console {
+        Console::login_as(app, "admin", PASSWORD).await
+    }
+
+    /// Logs in as `username`, then reads the CSRF token from a page.
+    pub async fn login_as(app: &TestApp, username: &str, password: &str) -> Console {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let form = [
+            ("username", username),
+            ("password", password),
+            ("next", "/console/instances"),
+        ];
+        let response = http
+            .post(format!("{}/login", app.url))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "{username} logs in");
+        let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let mut console = Console {
+            http,
+            url: app.url.clone(),
+            set_cookie,
+            cookie,
+            csrf: String::new(),
+        };
+        let html = console.get("/console/instances").await.unwrap().text;
+        console.csrf = html
+            .split("X-CSRF-Token&#34;:&#34;")
+            .nth(1)
+            .unwrap()
+            .split("&#34;")
+            .next()
+            .unwrap()
+            .to_string();
+        console
+    }
+
+    /// `GET path` with the session.
+    pub async fn get(&self, path: &str) -> Result<Answer, String> {
+        let request = self.http.get(format!("{}{path}", self.url));
+        Answer::of(request.header(COOKIE, &self.cookie)).await
+    }
+
+    /// Posts a form body (see [`form`]) as htmx does: with the session, the CSRF token and
+    /// `HX-Request`.
+    pub async fn post_form(&self, path: &str, body: Vec<u8>) -> Result<Answer, String> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header(COOKIE, &self.cookie)
+            .header("hx-request", "true")
+            .header("x-csrf-token", &self.csrf)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        Answer::of(request).await
+    }
 }

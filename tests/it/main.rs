@@ -12,6 +12,7 @@ mod console_http;
 mod engine;
 mod helpers;
 mod hostile;
+mod parity;
 mod private;
 mod resilience;
 mod security;

@@ -2,7 +2,7 @@
 //! expired and revoked credentials, logout everywhere, agents confined to their own tasks,
 //! TLS end to end, plaintext refused, body limits and slow clients.
 
-use crate::helpers::{AgentProcess, PASSWORD, TestApp};
+use crate::helpers::{AgentProcess, Console, TestApp, register, register_body};
 use fleetrun::client::{ApiClient, ApiFailure, Credentials};
 use fleetrun::protocol::agent::{AgentMessage, Hello, Output, ServerMessage, TaskFinished, TaskStarted};
 use fleetrun::protocol::api::RunCommandRequest;
@@ -183,30 +183,9 @@ async fn expired_tokens_and_basic_auth_switched_off_are_refused() {
 #[tokio::test]
 async fn a_password_change_ends_every_session_of_the_user() {
     let app = TestApp::spawn().await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let form = [("username", "admin"), ("password", PASSWORD)];
-    let login = http
-        .post(format!("{}/login", app.url))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let page = |cookie: String| {
-        let http = http.clone();
-        let url = format!("{}/console/instances", app.url);
-        async move { http.get(url).header("cookie", cookie).send().await.unwrap().status() }
-    };
-    assert_eq!(page(cookie.clone()).await, 200);
+    let console = Console::login(&app).await;
+    let page = || async { console.get("/console/instances").await.unwrap().status };
+    assert_eq!(page().await, 200);
 
     let body = json!({"password": "a-brand-new-password"});
     let changed = app
@@ -216,44 +195,17 @@ async fn a_password_change_ends_every_session_of_the_user() {
         .unwrap();
 
     assert_eq!(changed.status(), 200);
-    assert_eq!(
-        page(cookie).await,
-        303,
-        "the old session now redirects to the login page"
-    );
+    assert_eq!(page().await, 303, "the old session now redirects to the login page");
     let old = app.client.raw(Method::GET, "/instances", None).await.unwrap();
     assert_eq!(old.status(), 401, "the old password no longer works");
-}
-
-/// Registers an instance through the API and returns (instance id, secret).
-async fn register(
-    app: &TestApp,
-    activation: &fleetrun::protocol::api::ActivationCreated,
-    host: &str,
-) -> (String, String) {
-    let body = json!({
-        "activation_id": activation.activation_id, "activation_code": activation.activation_code,
-        "hostname": host, "os_type": "linux", "os_name": "test", "ip_addresses": [], "agent_version": "0.1.0"
-    });
-    let response = reqwest::Client::new()
-        .post(format!("{}/agent/v1/register", app.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let value: serde_json::Value = response.json().await.unwrap();
-    (
-        value["instance_id"].as_str().unwrap().into(),
-        value["instance_secret"].as_str().unwrap().into(),
-    )
 }
 
 #[tokio::test]
 async fn an_agent_cannot_report_on_another_instances_task() {
     let app = TestApp::spawn_with(&["--delivery-window-secs", "60"]).await;
     let activation = app.activation("local", 2).await;
-    let (a, a_secret) = register(&app, &activation, "a").await;
-    let (b, _) = register(&app, &activation, "b").await;
+    let (a, a_secret) = register(&app, &register_body(&activation, "a")).await;
+    let (b, _) = register(&app, &register_body(&activation, "b")).await;
     let created = app
         .client
         .run(&RunCommandRequest::shell(vec![b.clone()], "true"))
