@@ -101,9 +101,9 @@ impl Timeout {
 pub struct WorkingDir(String);
 
 impl WorkingDir {
-    /// Blank counts as absent.
+    /// Blank counts as absent; spaces around the path are never meant and are dropped.
     pub fn parse(value: Option<String>) -> Result<Option<WorkingDir>, Error> {
-        let Some(dir) = value.filter(|v| !v.trim().is_empty()) else {
+        let Some(dir) = value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
         if dir.chars().count() > MAX_WORKING_DIR {
@@ -135,9 +135,9 @@ impl WorkingDir {
 pub struct Username(String);
 
 impl Username {
-    /// Blank counts as absent.
+    /// Blank counts as absent; spaces around the name are never meant and are dropped.
     pub fn parse(value: Option<String>) -> Result<Option<Username>, Error> {
-        let Some(name) = value.filter(|v| !v.trim().is_empty()) else {
+        let Some(name) = value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
         let valid = name.len() <= MAX_USERNAME
@@ -454,6 +454,8 @@ mod tests {
         assert!(WorkingDir::parse(Some("C:\\Temp".into())).unwrap().is_some());
         assert!(WorkingDir::parse(Some("../etc".into())).is_err());
         assert!(WorkingDir::parse(Some("".into())).unwrap().is_none());
+        let spaced = WorkingDir::parse(Some(" /tmp ".into())).unwrap().unwrap();
+        assert_eq!(spaced.into_inner(), "/tmp", "spaces around a path are dropped");
     }
 
     #[test]

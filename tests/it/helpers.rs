@@ -458,6 +458,12 @@ impl Console {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
+        Console::login_with(app, http, username, password).await
+    }
+
+    /// Logs in through `http`, a client that must not follow redirects (one trusting a test
+    /// CA, say).
+    pub async fn login_with(app: &TestApp, http: reqwest::Client, username: &str, password: &str) -> Console {
         let form = [
             ("username", username),
             ("password", password),

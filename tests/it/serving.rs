@@ -2,7 +2,7 @@
 //! connection), cookies that stay `Secure` under TLS, server errors that show a request id and
 //! never their cause, and an agent line that says https when the server does.
 
-use crate::helpers::{PASSWORD, TestApp, console_session};
+use crate::helpers::{Console, PASSWORD, TestApp, form};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -78,20 +78,12 @@ async fn a_client_that_sends_its_headers_slowly_is_cut_off_at_the_configured_dea
 async fn logging_out_under_tls_ends_the_cookie_with_its_secure_attribute() {
     let dir = tempfile::tempdir().unwrap();
     let (app, ca) = tls_app(dir.path()).await;
-    let http = https_client(&ca);
-    let (set_cookie, cookie, csrf) = console_session(&http, &app.url, "admin", PASSWORD).await;
+    let console = Console::login_with(&app, https_client(&ca), "admin", PASSWORD).await;
 
-    let logout = http
-        .post(format!("{}/logout", app.url))
-        .header("cookie", &cookie)
-        .header("x-csrf-token", &csrf)
-        .header("hx-request", "true")
-        .send()
-        .await
-        .unwrap();
+    let logout = console.post_form("/logout", Vec::new()).await.unwrap();
 
-    assert!(set_cookie.contains("Secure"), "{set_cookie}");
-    let removal = logout.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(console.set_cookie.contains("Secure"), "{}", console.set_cookie);
+    let removal = logout.headers["set-cookie"].to_str().unwrap().to_string();
     assert!(removal.starts_with("fleetrun_session=;"), "{removal}");
     assert!(removal.contains("Secure") && removal.contains("HttpOnly"), "{removal}");
     assert!(removal.contains("Max-Age=0"), "{removal}");
@@ -101,25 +93,21 @@ async fn logging_out_under_tls_ends_the_cookie_with_its_secure_attribute() {
 async fn the_activation_line_says_https_and_keeps_the_code_out_of_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let (app, ca) = tls_app(dir.path()).await;
-    let http = https_client(&ca);
-    let (_, cookie, csrf) = console_session(&http, &app.url, "admin", PASSWORD).await;
+    let console = Console::login_with(&app, https_client(&ca), "admin", PASSWORD).await;
 
-    let page = http
-        .post(format!("{}/console/activations", app.url))
-        .header("cookie", &cookie)
-        .header("x-csrf-token", &csrf)
-        .form(&[
-            ("region_id", "local"),
-            ("instance_count_limit", "2"),
-            ("ttl_hours", "4"),
-            ("instance_name", "web-1"),
-        ])
-        .send()
+    let page = console
+        .post_form(
+            "/console/activations",
+            form(&[
+                ("region_id", "local"),
+                ("instance_count_limit", "2"),
+                ("ttl_hours", "4"),
+                ("instance_name", "web-1"),
+            ]),
+        )
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text;
 
     let line = page
         .lines()
@@ -137,11 +125,7 @@ async fn the_activation_line_says_https_and_keeps_the_code_out_of_the_command_li
 #[tokio::test]
 async fn a_server_error_shows_a_request_id_and_never_its_cause() {
     let app = TestApp::spawn().await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let (_, cookie, _) = console_session(&http, &app.url, "admin", PASSWORD).await;
+    let console = Console::login(&app).await;
     // Break the database under the running server: reading the audit log now fails.
     let database = app.data.path().join("fleetrun.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", database.display()))
@@ -150,15 +134,9 @@ async fn a_server_error_shows_a_request_id_and_never_its_cause() {
     sqlx::query("DROP TABLE audit_log").execute(&pool).await.unwrap();
     pool.close().await;
 
-    let page = http
-        .get(format!("{}/console/audit", app.url))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    let status = page.status();
-    let request_id = page.headers()["x-request-id"].to_str().unwrap().to_string();
-    let html = page.text().await.unwrap();
+    let page = console.get("/console/audit").await.unwrap();
+    let (status, html) = (page.status, page.text);
+    let request_id = page.headers["x-request-id"].to_str().unwrap().to_string();
     let api = app.client.raw(reqwest::Method::GET, "/audit", None).await.unwrap();
     let api_status = api.status();
     let body = api.text().await.unwrap();

@@ -439,11 +439,13 @@ async fn submit(
     timeout: u64,
 ) -> Result<String, dispatch::Error> {
     let instance_ids = group.instance_ids.clone();
-    // Only values typed in: an empty field is a missing value, which RunCommand refuses by name.
+    // Values as typed (spaces are a value); an empty field is a missing value, which RunCommand
+    // refuses by name.
     let names = custom_names(&group.content);
     let values: BTreeMap<String, String> = names
         .iter()
-        .filter_map(|n| form.text(&format!("param_{n}")).map(|v| (n.clone(), v)))
+        .map(|n| (n.clone(), form.get(&format!("param_{n}")).to_string()))
+        .filter(|(_, v)| !v.is_empty())
         .collect();
     let actor = session.actor();
     // A retained command run unchanged counts as a run of that command.
