@@ -101,14 +101,7 @@ async fn requests_without_valid_credentials_are_refused() {
 #[tokio::test]
 async fn an_api_token_authenticates_until_revoked() {
     let app = TestApp::spawn().await;
-    let created: serde_json::Value = app
-        .client
-        .raw(Method::POST, "/tokens", Some(&json!({"name": "ci"})))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = app.create("/tokens", &json!({"name": "ci"})).await;
     let token = created["token"].as_str().unwrap().to_string();
     let with_token = ApiClient::new(&app.url, Credentials::Token(token));
 

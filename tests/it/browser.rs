@@ -65,6 +65,13 @@ impl Browser {
         }
     }
 
+    /// A browser logged in to `app`'s console as admin.
+    pub async fn signed_in(app: &TestApp) -> Browser {
+        let browser = Browser::start().await;
+        browser.login(app).await;
+        browser
+    }
+
     pub async fn login(&self, app: &TestApp) {
         self.client.goto(&format!("{}/login", app.url)).await.unwrap();
         self.client
@@ -155,6 +162,14 @@ impl Browser {
             .unwrap();
         self.click("#tab-commands").await;
         self.click("#send-command").await;
+    }
+
+    /// The instance's page → Send Command → `content` → Run: the invoke id of its panel.
+    pub async fn run_from_instance_page(&self, app: &TestApp, instance_id: &str, content: &str) -> String {
+        self.open_send_command(app, instance_id).await;
+        self.type_into("#content-linux", content).await;
+        self.click("#run-button").await;
+        self.panel_invoke_id().await
     }
 
     pub async fn screenshot(&self, name: &str) {

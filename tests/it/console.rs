@@ -3,24 +3,14 @@
 //! (see `browser.rs`); screenshots go to `target/screenshots/` for review.
 
 use crate::browser::Browser;
-use crate::helpers::{AgentProcess, TestApp, live_processes, unique_seconds};
+use crate::helpers::{TestApp, live_processes, unique_seconds};
 use fantoccini::Locator;
-
-async fn agents(app: &TestApp, region: &str, n: usize) -> Vec<(AgentProcess, String)> {
-    let mut agents = Vec::new();
-    for _ in 0..n {
-        let agent = app.agent(region).await;
-        let id = agent.instance_id().await;
-        agents.push((agent, id));
-    }
-    agents
-}
 
 #[tokio::test]
 async fn picking_a_region_lists_only_its_instances() {
     let app = TestApp::spawn().await;
-    let hangzhou = agents(&app, "cn-hangzhou", 1).await;
-    let frankfurt = agents(&app, "eu-central-1", 1).await;
+    let hangzhou = app.fleet("cn-hangzhou", "web", 1).await;
+    let frankfurt = app.fleet("eu-central-1", "web", 1).await;
     let browser = Browser::start().await;
 
     browser.login(&app).await;
@@ -40,11 +30,10 @@ async fn picking_a_region_lists_only_its_instances() {
 #[tokio::test]
 async fn send_command_from_an_instance_page_shows_its_output_and_success() {
     let app = TestApp::spawn().await;
-    let fleet = agents(&app, "local", 1).await;
+    let fleet = app.fleet("local", "web", 1).await;
     let id = &fleet[0].1;
     let hostname = app.client.instance(id).await.unwrap().hostname;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser.open_send_command(&app, id).await;
     browser.type_into("#content-linux", "echo hello-$(hostname)").await;
@@ -71,9 +60,8 @@ async fn send_command_from_an_instance_page_shows_its_output_and_success() {
 #[tokio::test]
 async fn one_command_to_three_selected_instances_shows_each_output() {
     let app = TestApp::spawn().await;
-    let fleet = agents(&app, "local", 3).await;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let fleet = app.fleet("local", "web", 3).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser.send_command_to_selection(&fleet).await;
     browser
@@ -96,10 +84,9 @@ async fn one_command_to_three_selected_instances_shows_each_output() {
 #[tokio::test]
 async fn stop_terminates_a_command_on_two_instances() {
     let app = TestApp::spawn().await;
-    let fleet = agents(&app, "local", 2).await;
+    let fleet = app.fleet("local", "web", 2).await;
     let seconds = unique_seconds(600);
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser.send_command_to_selection(&fleet).await;
     browser.type_into("#content-linux", &format!("sleep {seconds}")).await;
@@ -122,10 +109,9 @@ async fn stop_terminates_a_command_on_two_instances() {
 #[tokio::test]
 async fn a_retained_command_is_listed_and_runs_from_the_commands_page() {
     let app = TestApp::spawn().await;
-    let fleet = agents(&app, "local", 1).await;
+    let fleet = app.fleet("local", "web", 1).await;
     let id = &fleet[0].1;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser.open_send_command(&app, id).await;
     browser.type_into("#content-linux", "echo retained-run").await;
@@ -157,18 +143,13 @@ async fn a_retained_command_is_listed_and_runs_from_the_commands_page() {
 #[tokio::test]
 async fn markup_in_output_is_shown_literally_and_runs_no_script() {
     let app = TestApp::spawn().await;
-    let fleet = agents(&app, "local", 1).await;
+    let fleet = app.fleet("local", "web", 1).await;
     let id = &fleet[0].1;
     let hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>";
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
-    browser.open_send_command(&app, id).await;
-    browser
-        .type_into("#content-linux", &format!("printf '%s\\n' '{hostile}'"))
-        .await;
-    browser.click("#run-button").await;
-    let invoke_id = browser.panel_invoke_id().await;
+    let content = format!("printf '%s\\n' '{hostile}'");
+    let invoke_id = browser.run_from_instance_page(&app, id, &content).await;
     let output = browser.wait_text(&format!("#output-{invoke_id}"), "alert(1)").await;
 
     assert_eq!(output.trim(), hostile);
@@ -191,20 +172,12 @@ async fn markup_in_output_is_shown_literally_and_runs_no_script() {
 #[tokio::test]
 async fn reloading_mid_stream_shows_the_output_once_and_in_order() {
     let app = TestApp::spawn().await;
-    let fleet = agents(&app, "local", 1).await;
+    let fleet = app.fleet("local", "web", 1).await;
     let id = &fleet[0].1;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
-    browser.open_send_command(&app, id).await;
-    browser
-        .type_into(
-            "#content-linux",
-            "for i in $(seq 1 40); do echo line-$i; sleep 0.1; done",
-        )
-        .await;
-    browser.click("#run-button").await;
-    let invoke_id = browser.panel_invoke_id().await;
+    let content = "for i in $(seq 1 40); do echo line-$i; sleep 0.1; done";
+    let invoke_id = browser.run_from_instance_page(&app, id, content).await;
     browser.wait_text(&format!("#output-{invoke_id}"), "line-5").await;
     browser
         .client

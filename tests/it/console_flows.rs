@@ -33,8 +33,7 @@ async fn a_retained_powershell_command_offers_only_the_types_the_picked_instance
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser
         .client
@@ -75,16 +74,11 @@ async fn a_retained_powershell_command_offers_only_the_types_the_picked_instance
 async fn a_character_split_across_two_chunks_shows_whole_in_the_live_output() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "web", 1).await;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
-    browser.open_send_command(&app, &fleet[0].1).await;
     // 中 is e4 b8 ad: its first byte, a pause (a separate chunk), then the rest.
-    browser
-        .type_into("#content-linux", r"printf 'a\344'; sleep 1; printf '\270\255b\n'")
-        .await;
-    browser.click("#run-button").await;
-    let invoke_id = browser.panel_invoke_id().await;
+    let content = r"printf 'a\344'; sleep 1; printf '\270\255b\n'";
+    let invoke_id = browser.run_from_instance_page(&app, &fleet[0].1, content).await;
     browser.wait_text(&format!("#overall-{invoke_id}"), "Success").await;
     let output = browser.wait_text(&format!("#output-{invoke_id}"), "b").await;
 
@@ -99,15 +93,10 @@ async fn a_stop_is_reported_as_the_users_stop_not_as_an_agent_restart() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "web", 1).await;
     let id = &fleet[0].1;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
-    browser.open_send_command(&app, id).await;
-    browser
-        .type_into("#content-linux", "trap 'echo got TERM; exit 5' TERM; sleep 30 & wait")
-        .await;
-    browser.click("#run-button").await;
-    let invoke_id = browser.panel_invoke_id().await;
+    let content = "trap 'echo got TERM; exit 5' TERM; sleep 30 & wait";
+    let invoke_id = browser.run_from_instance_page(&app, id, content).await;
     browser.wait_text(&format!("#summary-{invoke_id}"), "Running 1").await;
     browser.click(&format!("#stop-{invoke_id}")).await;
     let row = format!("#row-{invoke_id}-{id}");
@@ -129,8 +118,7 @@ async fn a_stop_is_reported_as_the_users_stop_not_as_an_agent_restart() {
 async fn parameter_fields_sit_beside_the_content_and_a_missing_value_is_refused_by_name() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "web", 1).await;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser.open_send_command(&app, &fleet[0].1).await;
     browser
@@ -161,8 +149,7 @@ async fn parameter_fields_sit_beside_the_content_and_a_missing_value_is_refused_
 async fn a_retained_name_is_unique_in_its_region_and_the_quota_shown_is_live() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "web", 1).await;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
 
     browser.open_send_command(&app, &fleet[0].1).await;
     let before = browser.wait_text("#retain-quota", "of 500").await;
@@ -188,8 +175,7 @@ async fn a_retained_name_is_unique_in_its_region_and_the_quota_shown_is_live() {
 async fn sixty_instances_are_selected_across_pages_and_one_run_reaches_all_of_them() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "node", 60).await;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
     browser.client.set_window_size(800, 1000).await.unwrap();
 
     // Nothing ticked: Send Command opens the picker, sorted by name, with counts.
@@ -245,8 +231,7 @@ async fn sixty_instances_are_selected_across_pages_and_one_run_reaches_all_of_th
 async fn the_dialog_returns_focus_asks_before_discarding_and_enter_in_timeout_does_not_run() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "web", 1).await;
-    let browser = Browser::start().await;
-    browser.login(&app).await;
+    let browser = Browser::signed_in(&app).await;
     browser
         .client
         .goto(&format!("{}/console/instances/{}", app.url, fleet[0].1))

@@ -138,6 +138,18 @@ impl TestApp {
         serde_json::from_str(&answer).unwrap()
     }
 
+    /// Enrols a real agent process in `local` that trusts `ca_file` (`--ca-file`); not waited for.
+    pub async fn agent_trusting(&self, ca_file: &Path) -> AgentProcess {
+        let activation = self.activation("local", 1).await;
+        let state = tempfile::tempdir().unwrap();
+        let mut command = agent_command(&self.url, Some(&activation), state.path());
+        command.arg("--ca-file").arg(ca_file);
+        AgentProcess {
+            child: command.spawn().unwrap(),
+            state,
+        }
+    }
+
     /// Enrols and starts a real agent process in `region`, and waits until it is online.
     pub async fn agent(&self, region: &str) -> AgentProcess {
         let activation = self.activation(region, 1).await;
@@ -516,4 +528,26 @@ impl Console {
             .body(body);
         Answer::of(request).await
     }
+}
+
+/// A certificate for `localhost` signed by a private CA, written to `dir`: the certificate's,
+/// its key's and the CA's paths.
+pub fn private_ca_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleetrun test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    std::fs::write(&paths.0, cert.pem()).unwrap();
+    std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+    std::fs::write(&paths.2, ca.pem()).unwrap();
+    paths
 }

@@ -2,7 +2,7 @@
 //! expired and revoked credentials, logout everywhere, agents confined to their own tasks,
 //! TLS end to end, plaintext refused, body limits and slow clients.
 
-use crate::helpers::{AgentProcess, Console, TestApp, register, register_body};
+use crate::helpers::{Console, TestApp, register, register_body};
 use fleetrun::client::{ApiClient, ApiFailure, Credentials};
 use fleetrun::protocol::agent::{AgentMessage, Hello, Output, ServerMessage, TaskFinished, TaskStarted};
 use fleetrun::protocol::api::RunCommandRequest;
@@ -127,14 +127,7 @@ async fn repeated_wrong_passwords_are_throttled_with_a_time_to_wait() {
 #[tokio::test]
 async fn expired_tokens_and_basic_auth_switched_off_are_refused() {
     let app = TestApp::spawn().await;
-    let created: serde_json::Value = app
-        .client
-        .raw(Method::POST, "/tokens", Some(&json!({"name": "ci"})))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = app.create("/tokens", &json!({"name": "ci"})).await;
     let token = ApiClient::new(&app.url, Credentials::Token(created["token"].as_str().unwrap().into()));
     let old: serde_json::Value = app
         .client
@@ -275,36 +268,10 @@ async fn an_agent_cannot_report_on_another_instances_task() {
 #[tokio::test]
 async fn tls_end_to_end_with_the_agent_trusting_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "fleetrun test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let (cert_path, key_path, ca_path) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("ca.pem"),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let (cert_path, key_path, ca_path) = crate::helpers::private_ca_certificate(dir.path());
     let app = TestApp::spawn_tls(&cert_path, &key_path, &ca_path).await;
-    let activation = app.activation("local", 1).await;
 
-    let state = tempfile::tempdir().unwrap();
-    let mut command = crate::helpers::agent_command(&app.url, Some(&activation), state.path());
-    command.arg("--ca-file").arg(&ca_path);
-    let agent = AgentProcess {
-        child: command.spawn().unwrap(),
-        state,
-    };
+    let agent = app.agent_trusting(&ca_path).await;
     agent.wait_online(&app).await;
     let inv = app
         .run_to_end(&RunCommandRequest::shell(

@@ -2,7 +2,7 @@
 //! connection), cookies that stay `Secure` under TLS, server errors that show a request id and
 //! never their cause, and an agent line that says https when the server does.
 
-use crate::helpers::{Console, PASSWORD, TestApp, form};
+use crate::helpers::{Console, PASSWORD, TestApp, form, private_ca_certificate};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -10,20 +10,8 @@ use tokio::net::TcpStream;
 
 /// A server on HTTPS with a certificate for `localhost` signed by a private CA; the CA's path.
 async fn tls_app(dir: &Path) -> (TestApp, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let (cert_path, key_path, ca_path) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    (TestApp::spawn_tls(&cert_path, &key_path, &ca_path).await, ca_path)
+    let (cert, key, ca) = private_ca_certificate(dir);
+    (TestApp::spawn_tls(&cert, &key, &ca).await, ca)
 }
 
 /// A console client trusting `ca` that follows no redirects.

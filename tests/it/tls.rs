@@ -1,7 +1,7 @@
 //! TLS as a newcomer sets it up: the self-signed certificate README.md's `openssl` line makes,
 //! trusted by the agent and the CLI through `--ca-file`, and one clear sentence when it is not.
 
-use crate::helpers::{AgentProcess, PASSWORD, TestApp, agent_command};
+use crate::helpers::{PASSWORD, TestApp, agent_command};
 use fleetrun::protocol::api::RunCommandRequest;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -25,18 +25,6 @@ async fn readme_certificate(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("run openssl");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     (dir.join("cert.pem"), dir.join("key.pem"))
-}
-
-/// Starts a real agent that trusts `ca_file`, enrolled with a new activation.
-async fn agent_trusting(app: &TestApp, ca_file: &Path) -> AgentProcess {
-    let activation = app.activation("local", 1).await;
-    let state = tempfile::tempdir().unwrap();
-    let mut command = agent_command(&app.url, Some(&activation), state.path());
-    command.arg("--ca-file").arg(ca_file);
-    AgentProcess {
-        child: command.spawn().unwrap(),
-        state,
-    }
 }
 
 /// Runs a client subcommand of the real binary; `ca_file` is passed as `--ca-file` if given.
@@ -63,7 +51,7 @@ async fn an_agent_given_the_readme_self_signed_certificate_enrols_and_runs_comma
     let (cert, key) = readme_certificate(dir.path()).await;
     let app = TestApp::spawn_tls(&cert, &key, &cert).await;
 
-    let agent = agent_trusting(&app, &cert).await;
+    let agent = app.agent_trusting(&cert).await;
     agent.wait_online(&app).await;
     let inv = app
         .run_to_end(&RunCommandRequest::shell(
@@ -81,7 +69,7 @@ async fn the_cli_with_ca_file_lists_instances_and_streams_output_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = readme_certificate(dir.path()).await;
     let app = TestApp::spawn_tls(&cert, &key, &cert).await;
-    let agent = agent_trusting(&app, &cert).await;
+    let agent = app.agent_trusting(&cert).await;
     agent.wait_online(&app).await;
     let id = agent.instance_id().await;
 
