@@ -25,8 +25,11 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 /// Creates a directory with mode 0700 (its missing parents with the usual mode), or tightens
-/// an existing one to it.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+/// an existing one to it when it is fleetrun's own: empty, or holding one of `ours` (the names
+/// fleetrun keeps there). A directory holding other things (`/var/lib`, a home directory given
+/// by mistake) keeps its mode, with a warning, rather than being closed to its other users. An
+/// empty `ours` means the directory is fleetrun's by construction (inside one of its own).
+pub fn create_private_dir(dir: &Path, ours: &[&str]) -> anyhow::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
@@ -34,11 +37,22 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     match builder.create(dir) {
-        Ok(()) => {}
+        Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
     }
-    tighten(dir, 0o700)
+    let mut entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let is_ours = ours.is_empty() || entries.next().is_none() || ours.iter().any(|name| dir.join(name).exists());
+    if is_ours {
+        tighten(dir, 0o700)
+    } else {
+        tracing::warn!(
+            path = %dir.display(),
+            "this directory holds files that are not fleetrun's, so its mode is left as it is; \
+             give fleetrun a directory of its own to keep its files private"
+        );
+        Ok(())
+    }
 }
 
 /// Makes the SQLite database `db` private (0600): creates it empty when it does not exist, so

@@ -27,7 +27,7 @@ const FILE: &str = "identity.json";
 
 /// Reads the stored identity, or enrols with the activation and stores the new one.
 pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::Result<Identity> {
-    crate::files::create_private_dir(&args.state_dir)?;
+    crate::files::create_private_dir(&args.state_dir, &["identity.json", "spool"])?;
     let path = args.state_dir.join(FILE);
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -95,7 +95,7 @@ impl Spool {
     /// Opens the spool directory and reloads tasks left by a previous run. A task that had
     /// started but not ended was cut off by the agent stopping: it ends as interrupted.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
-        crate::files::create_private_dir(dir)?;
+        crate::files::create_private_dir(dir, &[])?;
         let mut spool = Spool {
             dir: dir.to_path_buf(),
             tasks: BTreeMap::new(),

@@ -4,7 +4,7 @@
 use super::Dispatcher;
 use super::actor::{Actor, Via};
 use super::check;
-use super::error::{Conflict, Error, Kind, LoginRefusal, not_found};
+use super::error::{Conflict, Error, Field, Kind, LoginRefusal, invalid, not_found};
 use super::throttle;
 use crate::store::{self, Role, SessionRow, TokenRow, UserRow, UserUpdate, ids, now_ms};
 use argon2::Argon2;
@@ -320,7 +320,12 @@ impl Dispatcher {
             && change.disabled.is_none()
             && change.password.is_some();
         if actor.role < Role::Admin && own_password_only {
-            let current = change.current_password.unwrap_or_default();
+            let Some(current) = change.current_password else {
+                return Err(invalid(
+                    Field::Password,
+                    "give `current_password` to change your own password",
+                ));
+            };
             let new = change.password.unwrap_or_default();
             return self.change_password(actor, &current, &new).await;
         }
@@ -356,6 +361,14 @@ impl Dispatcher {
     /// Changes the actor's own password, proving they know the current one. Every session of
     /// the account ends, this one too.
     pub async fn change_password(&self, actor: &Actor, current: &str, new: &str) -> Result<UserRow, Error> {
+        // Guesses of the current password count like failed logins: a stolen session or token
+        // must not become a way to try passwords at argon2's pace.
+        let keys = throttle::keys(&actor.source_ip, &actor.username);
+        self.inner
+            .accounts
+            .throttle
+            .check(&keys)
+            .map_err(|wait| Error::Login(LoginRefusal::Throttled(wait)))?;
         let user = self
             .inner
             .store
@@ -366,6 +379,7 @@ impl Dispatcher {
                 id: actor.username.clone(),
             })?;
         if !verify_blocking(current, &user.password_hash).await {
+            self.inner.accounts.throttle.failed(&keys);
             return Err(Error::Login(LoginRefusal::WrongCurrentPassword));
         }
         check::password(&actor.username, new)?;

@@ -107,21 +107,37 @@ impl Dispatcher {
             instance_ids: req.instance_ids,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
-        let created = self.launch(actor, run, false, Some(command.id)).await?;
+        let region = command.region_id;
+        let created = self.launch(actor, run, false, Some((command.id, region))).await?;
         let detail = format!("command {command_id} on {count} instances");
         self.audit(actor, "InvokeCommand", &created.invoke_id, &detail).await;
         Ok(created)
     }
 
+    /// Stores and delivers a checked run; `command` is the retained command it runs, with
+    /// its region, whose instances alone may run it.
     async fn launch(
         &self,
         actor: &Actor,
         run: Run,
         keep: bool,
-        command_id: Option<String>,
+        command: Option<(String, String)>,
     ) -> Result<InvocationCreated, Error> {
         let settings = &self.inner.settings;
         let instances = self.targets(&run.instance_ids, &run.spec).await?;
+        if let Some((command_id, region)) = &command {
+            if let Some(other) = instances.iter().find(|i| &i.region_id != region) {
+                return Err(invalid(
+                    Field::InstanceIds,
+                    format!(
+                        "command {command_id} belongs to region {region}, and instance {} is in {}: \
+                         run it on instances of {region}, or retain a copy in {}",
+                        other.id, other.region_id, other.region_id
+                    ),
+                ));
+            }
+        }
+        let command_id = command.map(|(id, _)| id);
         let region = instances.first().map(|i| i.region_id.clone()).unwrap_or_default();
         let keep = if keep {
             let command = NewCommand {
@@ -217,6 +233,24 @@ impl Dispatcher {
             .invocation(invoke_id)
             .await
             .map_err(not_found(Kind::Invocation, invoke_id))?;
+        if let Some(ids) = instance_ids {
+            let results = self.inner.store.results(invoke_id).await?;
+            let strangers: Vec<&str> = ids
+                .iter()
+                .filter(|id| !results.iter().any(|r| &r.instance_id == *id))
+                .map(String::as_str)
+                .collect();
+            if !strangers.is_empty() {
+                return Err(invalid(
+                    Field::InstanceIds,
+                    format!(
+                        "invocation {invoke_id} did not run on {}: name instances it ran on, or leave \
+                         `instance_ids` out to stop them all",
+                        strangers.iter().take(10).copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
         let changes = self
             .inner
             .store
@@ -248,8 +282,16 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         username: check::Username::parse(req.spec.username)?.map(check::Username::into_inner),
         ..req.spec
     };
+    // A retained command's name follows CreateCommand's rule (trimmed, no control characters),
+    // so the two ways of retaining cannot make "deploy" and "deploy " apart.
+    let name = match (req.keep_command, req.name) {
+        (true, Some(name)) if !name.trim().is_empty() => {
+            check::required_name(Field::Name, "name", &name, check::MAX_NAME, "command")?
+        }
+        (_, name) => check::text(Field::Name, "name", name, check::MAX_NAME)?.unwrap_or_default(),
+    };
     let run = Run {
-        name: check::text(Field::Name, "name", req.name, check::MAX_NAME)?.unwrap_or_default(),
+        name,
         description: check::text(
             Field::Description,
             "description",

@@ -121,7 +121,8 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
 /// database, creates the `admin` account. Both hold every command's output: they are made
 /// readable by this user only (0700, 0600).
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
-    crate::files::create_private_dir(&args.data_dir).context("cannot create the data directory")?;
+    crate::files::create_private_dir(&args.data_dir, &["fleetrun.db", "initial-admin-password", "agents"])
+        .context("cannot create the data directory")?;
     if let Some(db) = args.sqlite_file() {
         crate::files::create_private_database(&db)?;
     }

@@ -409,7 +409,8 @@ impl Store {
     /// pending past the delivery window → `Aborted`; running past timeout + grace → `Timeout`;
     /// running on an instance whose heartbeat is older than `lost_before` → `Error`.
     pub async fn enforce_deadlines(&self, now: i64, lost_before: i64) -> Result<Vec<ResultChange>> {
-        // Each statement: the rule, the status it sets, the error code and the sentence.
+        // Each statement: the rule, the status it sets, the error code and the sentence (added
+        // to the one the result has, for a stop: "Stopped by ann." stays).
         let rules: [(&str, &str, Option<ErrorCode>, &str); 6] = [
             (
                 "status = 'Pending' AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
@@ -441,7 +442,7 @@ impl Store {
                 "status = 'Stopping' AND deadline <= $1",
                 "Terminated",
                 None,
-                "Stopped; the agent did not confirm that the command ended.",
+                "The agent did not confirm that the command ended.",
             ),
             (
                 "status IN ('Running', 'Stopping') AND (instance_id IN \
@@ -456,8 +457,9 @@ impl Store {
         let mut changes = Vec::new();
         for (rule, status, code, info) in rules {
             let sql = format!(
-                "UPDATE results SET status = $3, error_code = $4, error_info = $5, finish_time = $1 \
-                 WHERE {rule} RETURNING {CHANGE_COLUMNS}"
+                "UPDATE results SET status = $3, error_code = $4, \
+                 error_info = CASE WHEN status = 'Stopping' THEN COALESCE(error_info || ' ', '') || $5 ELSE $5 END, \
+                 finish_time = $1 WHERE {rule} RETURNING {CHANGE_COLUMNS}"
             );
             let rows = sqlx::query(&sql)
                 .bind(now)

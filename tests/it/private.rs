@@ -98,6 +98,31 @@ async fn loose_modes_left_from_before_are_tightened_at_start() {
     store.close().await;
 }
 
+#[tokio::test]
+async fn a_shared_directory_given_as_the_data_directory_keeps_its_mode() {
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("notes.txt"), "someone else's").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let store = fleetrun::server::open_store(&serve_args(&shared, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    store.close().await;
+
+    assert_eq!(
+        mode(&shared),
+        0o755,
+        "a directory that is not fleetrun's is not closed to its users"
+    );
+    assert_eq!(
+        mode(&shared.join("fleetrun.db")),
+        0o600,
+        "fleetrun's own files are still private"
+    );
+}
+
 /// Starts `fleetrun agent` with an activation id, enrolling with the code however `prepare`
 /// passes it.
 fn enrolling_agent(

@@ -30,8 +30,44 @@ const MAX_SEQUENCE: usize = 64;
 struct Pipe {
     /// Bytes of the last chunk that do not make a whole character or escape sequence yet.
     pending: Vec<u8>,
-    /// SGR codes in effect (`1`, `31`…), re-opened at the start of each fragment.
-    colours: Vec<u8>,
+    /// The SGR attributes in effect, re-opened at the start of each fragment.
+    colours: Colours,
+}
+
+/// The SGR attributes in effect: at most one of each kind, so the state stays small however
+/// many codes the output sends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Colours {
+    bold: bool,
+    /// 30–37, 90–97.
+    foreground: Option<u8>,
+    /// 40–47.
+    background: Option<u8>,
+}
+
+impl Colours {
+    /// Applies one SGR parameter; returns whether anything changed.
+    fn apply(&mut self, code: u8) -> bool {
+        let before = *self;
+        match code {
+            0 => *self = Colours::default(),
+            1 => self.bold = true,
+            22 => self.bold = false,
+            30..=37 | 90..=97 => self.foreground = Some(code),
+            39 => self.foreground = None,
+            40..=47 => self.background = Some(code),
+            49 => self.background = None,
+            _ => {}
+        }
+        *self != before
+    }
+
+    /// The classes in effect, outermost first.
+    fn classes(self) -> impl Iterator<Item = u8> {
+        [self.bold.then_some(1), self.foreground, self.background]
+            .into_iter()
+            .flatten()
+    }
 }
 
 /// Turns one instance's output chunks into HTML fragments, decoding each pipe as a stream.
@@ -57,9 +93,9 @@ impl OutputRenderer {
         bytes.extend_from_slice(data);
         let (text, rest) = decode_utf8(&bytes);
         let mut out = String::with_capacity(text.len() + 64);
-        open(&mut out, stream, &pipe.colours);
+        open(&mut out, stream, pipe.colours);
         let unfinished = colourise(&text, &mut pipe.colours, &mut out);
-        close(&mut out, &pipe.colours);
+        close(&mut out, pipe.colours);
         pipe.pending = [unfinished.as_bytes(), rest].concat();
         out
     }
@@ -81,9 +117,9 @@ impl OutputRenderer {
                 continue;
             }
             let text = String::from_utf8_lossy(&std::mem::take(&mut pipe.pending)).into_owned();
-            open(&mut out, stream, &pipe.colours);
+            open(&mut out, stream, pipe.colours);
             escape(&text, &mut out);
-            close(&mut out, &pipe.colours);
+            close(&mut out, pipe.colours);
         }
         out
     }
@@ -115,23 +151,32 @@ fn decode_utf8(bytes: &[u8]) -> (String, &[u8]) {
     }
 }
 
-fn open(out: &mut String, stream: OutputStream, colours: &[u8]) {
+fn open(out: &mut String, stream: OutputStream, colours: Colours) {
     out.push_str(match stream {
         OutputStream::Stdout => "<span class=\"stdout\">",
         OutputStream::Stderr => "<span class=\"stderr\">",
     });
-    for code in colours {
+    open_colours(out, colours);
+}
+
+fn open_colours(out: &mut String, colours: Colours) {
+    for code in colours.classes() {
         out.push_str(&format!("<span class=\"ansi-{code}\">"));
     }
 }
 
-fn close(out: &mut String, colours: &[u8]) {
-    out.push_str(&"</span>".repeat(colours.len() + 1));
+fn close_colours(out: &mut String, colours: Colours) {
+    out.push_str(&"</span>".repeat(colours.classes().count()));
+}
+
+fn close(out: &mut String, colours: Colours) {
+    close_colours(out, colours);
+    out.push_str("</span>");
 }
 
 /// Escapes `text` into `out`, turning SGR colour codes (`ESC[…m`) into spans and dropping other
 /// escape sequences. Returns an escape sequence cut off at the end, to complete next time.
-fn colourise<'a>(text: &'a str, colours: &mut Vec<u8>, out: &mut String) -> &'a str {
+fn colourise<'a>(text: &'a str, colours: &mut Colours, out: &mut String) -> &'a str {
     let mut rest = text;
     while let Some(esc) = rest.find('\u{1b}') {
         escape(&rest[..esc], out);
@@ -153,18 +198,15 @@ fn colourise<'a>(text: &'a str, colours: &mut Vec<u8>, out: &mut String) -> &'a 
             continue;
         };
         if params.as_bytes()[end] == b'm' {
-            for code in params[..end].split(';') {
-                match code.parse::<u8>().unwrap_or(0) {
-                    0 => {
-                        out.push_str(&"</span>".repeat(colours.len()));
-                        colours.clear();
-                    }
-                    code @ (1 | 30..=37 | 90..=97 | 40..=47) => {
-                        out.push_str(&format!("<span class=\"ansi-{code}\">"));
-                        colours.push(code);
-                    }
-                    _ => {}
-                }
+            // The spans follow the state: closed and re-opened when a code changes it.
+            let mut next = *colours;
+            let changed = params[..end]
+                .split(';')
+                .fold(false, |changed, code| next.apply(code.parse().unwrap_or(0)) | changed);
+            if changed {
+                close_colours(out, *colours);
+                open_colours(out, next);
+                *colours = next;
             }
         }
         rest = &params[end + 1..];
@@ -243,6 +285,24 @@ mod tests {
             out.matches("ansi-32").count(),
             2,
             "re-opened in the next fragment: {out}"
+        );
+    }
+
+    #[test]
+    fn colours_replace_one_another_and_reset_by_kind() {
+        let mut out = String::new();
+        let mut renderer = OutputRenderer::default();
+        for word in 0..1000 {
+            out = renderer.render(format!("\x1b[32mPASS {word}\x1b[39m ").as_bytes(), OutputStream::Stdout);
+        }
+        assert_eq!(
+            out, "<span class=\"stdout\"><span class=\"ansi-32\">PASS 999</span> </span>",
+            "the state does not grow"
+        );
+        let bold = renderer.render(b"\x1b[1;31mA\x1b[22mB\x1b[0mC", OutputStream::Stdout);
+        assert_eq!(
+            bold,
+            "<span class=\"stdout\"><span class=\"ansi-1\"><span class=\"ansi-31\">A</span></span><span class=\"ansi-31\">B</span>C</span>"
         );
     }
 

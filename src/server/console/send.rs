@@ -38,6 +38,9 @@ pub struct Group {
     /// The type chosen, which may be one the instances cannot run (RunCommand then refuses).
     pub command_type: CommandType,
     pub content: String,
+    /// The content is a retained command's, unchanged, whose parameters are off: its `{{…}}`
+    /// are text, not parameters.
+    pub literal: bool,
 }
 
 impl Group {
@@ -87,6 +90,10 @@ pub struct Dialog {
     selected: usize,
     /// Selected instances that cannot take a command now, by name.
     offline: Vec<String>,
+    /// Selected ids that are not registered (any more).
+    missing: Vec<String>,
+    /// Panels of the groups that ran when another group was refused.
+    launched: Vec<String>,
     delivery_window_secs: u64,
     /// The region of the selection (or the one picked in the top bar).
     region: String,
@@ -203,17 +210,11 @@ pub async fn open(
 async fn open_dialog(state: &AppState, session: &Session, mut form: SendForm) -> Result<Response, PageError> {
     form.picker = form.instance_ids.is_empty();
     if !form.command_id.is_empty() {
-        let command = state.store.command(&form.command_id).await?;
-        let os = if command.spec.command_type == CommandType::RunBatScript {
-            "windows"
-        } else {
-            "linux"
-        };
+        // Type and content come from the command in `build`, for whichever OS group appears.
+        let command = state.dispatcher.command(&form.command_id).await?;
         let spec = command.spec;
         let fields = [
-            (format!("type_{os}"), spec.command_type.to_string()),
-            (format!("content_{os}"), spec.content),
-            ("timeout".into(), spec.timeout_secs.to_string()),
+            ("timeout".to_string(), spec.timeout_secs.to_string()),
             ("working_dir".into(), spec.working_dir.unwrap_or_default()),
             ("username".into(), spec.username.unwrap_or_default()),
             ("name".into(), command.name),
@@ -235,11 +236,12 @@ pub async fn redraw(
     Ok(render(&FormFragment { d }))
 }
 
-/// The picker's list for a search, keeping ticked what is selected.
+/// The picker's list for a search, keeping ticked what is selected (posted: a selection of
+/// thousands is too long for a URL).
 pub async fn picker(
     State(state): State<AppState>,
     session: Session,
-    Query(pairs): Query<Vec<(String, String)>>,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {
     let form = SendForm::parse(pairs);
     Ok(render(&picker_list(&state, &session, &form).await?))
@@ -281,6 +283,16 @@ async fn build(
     errors: BTreeMap<String, String>,
 ) -> Result<Dialog, PageError> {
     let instances = state.store.instances_by_ids(&form.instance_ids).await?;
+    let missing: Vec<String> = form
+        .instance_ids
+        .iter()
+        .filter(|id| !instances.iter().any(|i| &i.id == *id))
+        .cloned()
+        .collect();
+    let command = match form.command_id.as_str() {
+        "" => None,
+        id => state.dispatcher.command(id).await.ok(),
+    };
     let mut groups = Vec::new();
     for os in [OsType::Linux, OsType::Windows] {
         let members: Vec<&InstanceRow> = instances.iter().filter(|i| i.os_type == os).collect();
@@ -295,13 +307,27 @@ async fn build(
         } else {
             CommandType::RunShellScript
         };
-        let field = format!("type_{}", os.as_str());
+        // A retained command being run fills the group of an OS it fits, until edited.
+        let from_command = command.as_ref().filter(|c| c.spec.command_type.fits_os(os));
+        let chosen = form.fields.get(&format!("type_{}", os.as_str()));
+        let command_type = match (chosen, from_command) {
+            (Some(chosen), _) => chosen.parse().unwrap_or(default),
+            (None, Some(c)) => c.spec.command_type,
+            (None, None) => default,
+        };
+        let content = match (form.fields.get(&format!("content_{}", os.as_str())), from_command) {
+            (Some(typed), _) => typed.clone(),
+            (None, Some(c)) => c.spec.content.clone(),
+            (None, None) => String::new(),
+        };
+        let literal = from_command.is_some_and(|c| !c.spec.enable_parameter && c.spec.content == content);
         groups.push(Group {
             os: os.as_str(),
             instance_ids: members.iter().map(|i| i.id.clone()).collect(),
-            command_type: form.get(&field).parse().unwrap_or(default),
+            command_type,
             types,
-            content: form.get(&format!("content_{}", os.as_str())).to_string(),
+            content,
+            literal,
         });
     }
     let mut chips = Vec::new();
@@ -332,6 +358,8 @@ async fn build(
         chips,
         selected: instances.len(),
         offline,
+        missing,
+        launched: Vec::new(),
         delivery_window_secs: state.dispatcher.settings().delivery_window.as_secs(),
         quota: quota_text(state, &region).await?,
         region,
@@ -357,7 +385,7 @@ async fn quota_text(state: &AppState, region: &str) -> Result<String, PageError>
 /// A field per `{{name}}` found in the contents, keeping values already typed.
 fn parameter_fields(form: &SendForm, groups: &[Group]) -> Vec<(String, String)> {
     let mut names: Vec<String> = Vec::new();
-    for group in groups {
+    for group in groups.iter().filter(|g| !g.literal) {
         for name in custom_names(&group.content) {
             if !names.contains(&name) {
                 names.push(name);
@@ -389,6 +417,23 @@ pub async fn run(
         errors.insert(Field::Timeout.form_name().to_string(), e.to_string());
     }
     let d = build(&state, &session, form.clone(), BTreeMap::new()).await?;
+    if !d.missing.is_empty() {
+        errors.insert(
+            "instances".to_string(),
+            format!(
+                "{} selected instances are no longer registered ({}): clear the selection and pick again.",
+                d.missing.len(),
+                d.missing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    if form.keep() && d.groups.len() > 1 {
+        errors.insert(
+            "keep".to_string(),
+            "A retained command has one type: retain it from instances of one OS (this selection mixes Linux and Windows)."
+                .to_string(),
+        );
+    }
     let mut panels = Vec::new();
     if errors.is_empty() {
         for group in &d.groups {
@@ -403,7 +448,12 @@ pub async fn run(
         }
     }
     if !errors.is_empty() {
-        let d = Dialog { errors, ..d };
+        // Groups that did run show their panels beside the refusals, so nothing runs twice.
+        let d = Dialog {
+            errors,
+            launched: panels,
+            ..d
+        };
         let place = (HxRetarget("#send-form".into()), HxReswap(SwapOption::OuterHtml));
         return Ok((place, render(&FormFragment { d })).into_response());
     }
@@ -450,11 +500,16 @@ async fn submit(
     let actor = session.actor();
     // A retained command run unchanged counts as a run of that command.
     if !form.command_id.is_empty() && !form.keep() {
-        if let Ok(command) = state.store.command(&form.command_id).await {
+        if let Ok(command) = state.dispatcher.command(&form.command_id).await {
             if command.spec.content == group.content && command.spec.command_type == group.command_type {
+                let parameters = if command.spec.enable_parameter {
+                    values
+                } else {
+                    BTreeMap::new()
+                };
                 let req = InvokeCommandRequest {
                     instance_ids,
-                    parameters: values,
+                    parameters,
                     timeout_secs: Some(timeout),
                     working_dir: form.text("working_dir"),
                     username: form.text("username"),
