@@ -3,12 +3,14 @@
 //! runs what it is sent and streams the output back.
 //!
 //! A tour of the modules, in the direction dependencies point (`server → dispatch → store`;
-//! everything may use `protocol`; `agent` uses only `protocol`, `files` and `tls`):
+//! everything may use `protocol`; `config` depends on nothing; `agent` uses `config`,
+//! `protocol`, `files` and `tls`; `client` uses `config`, `protocol` and `tls`):
 //!
-//! - [`protocol`]: wire types and the status vocabulary. Serde only, no I/O.
+//! - [`protocol`]: wire types, `CommandSpec`, parameters and the status vocabulary. Serde only, no I/O.
 //! - [`store`]: every SQL statement behind one `Store` (SQLite file, WAL).
-//! - [`dispatch`]: connected agents, invocation lifecycle, deadlines, live fan-out.
-//! - [`server`]: the HTTP surface: JSON API, agent endpoints, live stream.
+//! - [`dispatch`]: the domain: every rule, limit, role check and audit write; connected
+//!   agents, invocation lifecycle, deadlines, live fan-out.
+//! - [`server`]: the HTTP surfaces: console, JSON API, agent endpoints, live streams.
 //! - [`agent`]: the program on every instance: enrol, connect, execute, spool.
 //! - [`client`]: the API client and the CLI subcommands.
 //! - [`tls`]: the TLS client configuration of agent and CLI (`--ca-file`), and advice on refused certificates.

@@ -26,9 +26,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let settings = settings();
     let ids = req.instance_ids.clone();
-    let timeout = req.timeout_secs;
+    let timeout = req.spec.timeout_secs;
     let params_given = !req.parameters.is_empty();
-    let enabled = req.enable_parameter;
+    let enabled = req.spec.enable_parameter;
 
     match check_run_command(req, settings) {
         Ok(_run) => {

@@ -1,7 +1,7 @@
 //! The agent (our Cloud Assistant client): enrols once, holds one outbound WebSocket to the
 //! server, runs the tasks it is sent and streams their output back.
 //!
-//! It depends only on `protocol` (and its own files): nothing of the server runs here.
+//! It uses `config` (its options), `protocol`, `files` and `tls`, and nothing of the server.
 //! Output and ends are spooled on disk until the server acknowledges them (see `spool`), so a
 //! dropped connection or an agent restart loses nothing.
 

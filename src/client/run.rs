@@ -40,7 +40,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         printer.note(
             &instance.instance_id,
             "Cloud Assistant is offline; the command waits for it to reconnect (up to the \
-             server's delivery window, 60 s by default), then ends Aborted",
+             server's delivery window, --delivery-window-secs, 60 s unless changed), then ends Aborted",
         )?;
     }
 

@@ -3,6 +3,7 @@
 //! limit of DESIGN.md §7 that concerns one value lives here, once; no surface repeats one.
 
 use super::error::{Error, Field, invalid};
+use crate::protocol::InvocationStatus;
 use crate::protocol::api::ContentEncoding;
 use crate::store::Role;
 use base64::Engine as _;
@@ -46,6 +47,33 @@ pub fn page_window(page: Option<u64>, page_size: Option<u64>) -> Result<(u64, u6
         ));
     }
     Ok(((page - 1).saturating_mul(page_size), page_size))
+}
+
+/// An overall-status filter of a listing; blank or absent means any.
+pub fn invocation_status(text: Option<&str>) -> Result<Option<InvocationStatus>, Error> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            let all: Vec<&str> = InvocationStatus::ALL.iter().map(|s| s.as_str()).collect();
+            invalid(
+                Field::Status,
+                format!("status {text:?} is not one of {}", all.join(", ")),
+            )
+        }),
+    }
+}
+
+/// An instance-status filter (`Running`: heartbeat fresh; `Stopped`: not); blank means any.
+pub fn instance_running(text: Option<&str>) -> Result<Option<bool>, Error> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some("Running") => Ok(Some(true)),
+        Some("Stopped") => Ok(Some(false)),
+        Some(other) => Err(invalid(
+            Field::Status,
+            format!("instance status {other:?} is not one of Running, Stopped"),
+        )),
+    }
 }
 
 /// A whole number typed into a form field; a surface that takes text calls this before the

@@ -5,9 +5,10 @@ use super::Dispatcher;
 use super::actor::Actor;
 use super::check;
 use super::error::{Conflict, Error, Field, Kind, invalid, not_found};
-use crate::protocol::api::{ContentEncoding, CreateCommandRequest, ModifyCommandRequest};
+use crate::protocol::api::{ContentEncoding, CreateCommandRequest, ModifyCommandRequest, Quota};
 use crate::protocol::{CommandSpec, params};
 use crate::store::{self, CommandRow, CommandUpdate, NewCommand, Role};
+use std::collections::BTreeMap;
 
 /// A retained command's quota use in one region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +143,39 @@ impl Dispatcher {
             used: self.inner.store.command_count(region_id).await?,
             limit: self.inner.settings.retained_command_quota,
         })
+    }
+
+    /// Every quota with its use: retained commands per region (every region with instances
+    /// listed), and the per-invocation limits.
+    pub async fn quotas(&self) -> Result<Vec<Quota>, Error> {
+        let settings = &self.inner.settings;
+        let mut used: BTreeMap<String, u64> = self.inner.store.command_counts().await?.into_iter().collect();
+        for (region, _) in self.inner.store.regions().await? {
+            used.entry(region).or_insert(0);
+        }
+        let quota = |name: &str, region_id: Option<String>, used: u64, limit: u64| Quota {
+            name: name.into(),
+            region_id,
+            used,
+            limit,
+        };
+        let mut quotas: Vec<Quota> = used
+            .into_iter()
+            .map(|(region, used)| quota("retained_commands", Some(region), used, settings.retained_command_quota))
+            .collect();
+        quotas.push(quota(
+            "instances_per_invocation",
+            None,
+            0,
+            settings.max_instances as u64,
+        ));
+        quotas.push(quota(
+            "command_content_bytes",
+            None,
+            0,
+            settings.max_content_bytes as u64,
+        ));
+        Ok(quotas)
     }
 
     /// Checks the spec of a request: content decoded and within the limit, timeout, working

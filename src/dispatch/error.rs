@@ -32,6 +32,8 @@ pub enum Field {
     Register,
     /// A listing's page or page size.
     Page,
+    /// A listing's status filter.
+    Status,
 }
 
 impl Field {
@@ -56,6 +58,7 @@ impl Field {
             Field::InstanceName => "InvalidParameter.InstanceName",
             Field::Register => "InvalidParameter.Register",
             Field::Page => "InvalidParameter.Page",
+            Field::Status => "InvalidParameter.Status",
         }
     }
 
@@ -80,6 +83,7 @@ impl Field {
             Field::InstanceName => "name",
             Field::Register => "register",
             Field::Page => "page",
+            Field::Status => "status",
         }
     }
 }

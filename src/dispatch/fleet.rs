@@ -8,7 +8,7 @@ use super::check;
 use super::error::{Error, Field, Kind, not_found};
 use crate::protocol::api::RegisterRequest;
 use crate::protocol::{CommandType, OsType};
-use crate::store::{self, ActivationRow, InstanceRow, NewActivation, NewInstance, Role, ids};
+use crate::store::{self, ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, Role, ids};
 use subtle::ConstantTimeEq as _;
 
 /// An activation's life when none is asked for, and the instance limit forms suggest
@@ -54,6 +54,19 @@ impl Dispatcher {
             running: instance.last_heartbeat_at.is_some_and(|t| t > lost_before),
             online: instance.online,
         }
+    }
+
+    /// The ids of the instances matching `filter` that can take a command now (running, agent
+    /// online), up to the most one invocation may target: "select all matching".
+    pub async fn runnable_instance_ids(&self, filter: InstanceFilter) -> Result<Vec<String>, Error> {
+        let runnable = InstanceFilter {
+            running: Some(true),
+            online: Some(true),
+            fresh_after: self.lost_before(),
+            ..filter
+        };
+        let max = self.inner.settings.max_instances as u64;
+        Ok(self.inner.store.matching_instance_ids(&runnable, max).await?)
     }
 
     /// CreateActivation (admin): returns the activation and its code, which is shown this once.

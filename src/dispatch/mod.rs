@@ -215,11 +215,6 @@ impl Dispatcher {
         &self.inner.settings
     }
 
-    /// Whether an agent for the instance is connected to this server.
-    pub fn is_connected(&self, instance_id: &str) -> bool {
-        self.lock_agents().contains_key(instance_id)
-    }
-
     /// Subscribes to live events of an invocation. Subscribe before reading stored state, so
     /// nothing committed in between is missed (events are published after their commit).
     pub fn watch(&self, invoke_id: &str) -> broadcast::Receiver<Arc<StreamEvent>> {

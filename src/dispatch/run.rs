@@ -169,9 +169,14 @@ impl Dispatcher {
             .await
             .map_err(|e| command_refusal(e, &region, &run.name))?;
         let invocation = self.inner.store.invocation(&invoke_id).await?;
-        // One lock for the whole fan-out; offline targets stay Pending: they get the task when
-        // they connect, or are aborted when the delivery window closes.
-        self.send_runs(instances.iter().map(|i| (i.id.as_str(), task_for(&invocation, i))));
+        // Tasks are built first, then queued under one lock for the whole fan-out. Offline
+        // targets stay Pending: they get the task when they connect, or are aborted when the
+        // delivery window closes.
+        let tasks: Vec<_> = instances
+            .iter()
+            .map(|i| (i.id.as_str(), task_for(&invocation, i)))
+            .collect();
+        self.send_runs(tasks);
         Ok(InvocationCreated { invoke_id, command_id })
     }
 

@@ -173,7 +173,13 @@ impl Watch {
                     self.forward(socket, &event).await?;
                 }
             }
-            if self.wants_status(&result.instance_id) {
+            // The console's panel was just drawn from the store: of the rows, only the watched
+            // instance's may need redrawing (not one query per result of a 10,000-instance run).
+            let redraw = match self.format {
+                Format::Json => self.wants_status(&result.instance_id),
+                Format::Html => self.output_of.as_deref() == Some(result.instance_id.as_str()),
+            };
+            if redraw {
                 let status = StreamEvent::Status {
                     instance_id: result.instance_id,
                     invocation_status: result.status,

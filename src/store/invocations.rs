@@ -236,12 +236,14 @@ impl Store {
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
     pub async fn list_invocations(&self, filter: &InvocationFilter) -> Result<(Vec<InvocationRow>, u64)> {
-        // `substr` rather than LIKE for the prefix: the filter is literal text, never a pattern.
+        // The prefix is a range over the indexed `results.instance_id` (ids are [a-z0-9-], all
+        // below '~'), so the filter is literal text, never a pattern, and needs no scan; a name
+        // is looked up in `instances` first.
         let conditions = format!(
             "WHERE ($1 IS NULL OR i.command_id = $1) \
              AND ($2 IS NULL OR i.id IN (SELECT r.invocation_id FROM results r \
-                  LEFT JOIN instances n ON n.id = r.instance_id \
-                  WHERE substr(r.instance_id, 1, length($2)) = $2 OR lower(n.name) = lower($2))) \
+                  WHERE (r.instance_id >= $2 AND r.instance_id < $2 || '~') \
+                  OR r.instance_id IN (SELECT n.id FROM instances n WHERE lower(n.name) = lower($2)))) \
              AND ($3 IS NULL OR i.created_at >= $3) AND ($4 IS NULL OR i.created_at < $4) \
              AND ($5 IS NULL OR (SELECT {} FROM results WHERE invocation_id = i.id) = $5)",
             *OVERALL_STATUS_SQL
@@ -477,17 +479,6 @@ impl Store {
         Ok(changes)
     }
 
-    /// Whether every result of the invocation is terminal.
-    pub async fn is_finished(&self, invoke_id: &str) -> Result<bool> {
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM results WHERE invocation_id = $1 AND status IN ('Pending', 'Running', 'Stopping')",
-        )
-        .bind(invoke_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(active == 0)
-    }
-
     /// Deletes invocations created before `before` with their results and output.
     pub async fn purge_invocations(&self, before: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM invocations WHERE created_at < $1")
@@ -669,7 +660,7 @@ pub(crate) mod tests {
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].status, ResultStatus::Aborted);
         assert_eq!(late[0].error_code, Some(ErrorCode::InstanceNotExists));
-        assert!(store.is_finished(&id).await.unwrap());
+        assert!(store.invocation(&id).await.unwrap().status().is_terminal());
     }
 }
 

@@ -4,7 +4,7 @@ use super::{rfc3339, window};
 use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::{
     Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
-    Quota, QuotasResponse,
+    QuotasResponse,
 };
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -104,32 +104,6 @@ pub async fn invoke(
 }
 
 pub async fn quotas(_: Actor, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {
-    let limit = state.dispatcher.settings().retained_command_quota;
-    let mut used: std::collections::BTreeMap<String, u64> = state.store.command_counts().await?.into_iter().collect();
-    for (region, _) in state.store.regions().await? {
-        used.entry(region).or_insert(0);
-    }
-    let mut quotas: Vec<Quota> = used
-        .into_iter()
-        .map(|(region, used)| Quota {
-            name: "retained_commands".into(),
-            region_id: Some(region),
-            used,
-            limit,
-        })
-        .collect();
-    let settings = state.dispatcher.settings();
-    quotas.push(Quota {
-        name: "instances_per_invocation".into(),
-        region_id: None,
-        used: 0,
-        limit: settings.max_instances as u64,
-    });
-    quotas.push(Quota {
-        name: "command_content_bytes".into(),
-        region_id: None,
-        used: 0,
-        limit: settings.max_content_bytes as u64,
-    });
+    let quotas = state.dispatcher.quotas().await?;
     Ok(ApiJson(QuotasResponse { quotas }))
 }

@@ -66,17 +66,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<InstancesResponse>, ApiError> {
     let (offset, limit) = window(query.page, query.page_size)?;
-    let running = match query.status.as_deref() {
-        None | Some("") => None,
-        Some("Running") => Some(true),
-        Some("Stopped") => Some(false),
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "InvalidParameter.Status",
-                format!("instance status {other:?} is not one of Running, Stopped"),
-            ));
-        }
-    };
+    let running = crate::dispatch::check::instance_running(query.status.as_deref())?;
     let filter = InstanceFilter {
         region_id: query.region_id.filter(|r| !r.is_empty()),
         running,

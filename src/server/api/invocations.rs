@@ -2,7 +2,6 @@
 
 use super::{parse_time, rfc3339, window};
 use crate::dispatch::{Actor, Kind, error::not_found};
-use crate::protocol::InvocationStatus;
 use crate::protocol::api::{
     Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
 };
@@ -77,16 +76,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<InvocationsResponse>, ApiError> {
     let (offset, limit) = window(query.page, query.page_size)?;
-    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
-        Some(text) => Some(text.parse::<InvocationStatus>().map_err(|_| {
-            let all: Vec<&str> = InvocationStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request(
-                "InvalidParameter.Status",
-                format!("status {text:?} is not one of {}", all.join(", ")),
-            )
-        })?),
-        None => None,
-    };
+    let status = crate::dispatch::check::invocation_status(query.status.as_deref())?;
     let time = |field, text: Option<String>| {
         text.filter(|s| !s.is_empty())
             .map(|s| parse_time(field, &s))

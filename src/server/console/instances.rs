@@ -91,11 +91,8 @@ impl IndexQuery {
     fn filter(&self, state: &AppState, session: &Session) -> InstanceFilter {
         InstanceFilter {
             region_id: session.region.clone().filter(|r| !r.is_empty()),
-            running: match self.status.as_str() {
-                "Running" => Some(true),
-                "Stopped" => Some(false),
-                _ => None,
-            },
+            // A crafted value is a filter that matches anything, as an unknown select option.
+            running: crate::dispatch::check::instance_running(Some(&self.status)).unwrap_or(None),
             fresh_after: state.dispatcher.lost_before(),
             query: Some(self.q.trim().to_string()).filter(|q| !q.is_empty()),
             ..Default::default()
@@ -185,13 +182,7 @@ pub async fn ids(
             ..filter.clone()
         })
         .await?;
-    let available = InstanceFilter {
-        running: Some(true),
-        online: Some(true),
-        ..filter
-    };
-    let max = state.dispatcher.settings().max_instances as u64;
-    let ids = state.store.matching_instance_ids(&available, max).await?;
+    let ids = state.dispatcher.runnable_instance_ids(filter).await?;
     Ok(Json(MatchingIds { ids, matching }).into_response())
 }
 

@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/send", get(send::dialog).post(send::run))
         .route("/console/send/open", post(send::open))
         .route("/console/send/form", post(send::redraw))
+        .route("/console/send/parameters", post(send::parameters))
         .route("/console/send/picker", post(send::picker))
         .route("/console/invocations", get(records::index))
         .route("/console/invocations/{invoke_id}", get(records::show))

@@ -246,7 +246,7 @@ pub async fn index(
     let filter = InvocationFilter {
         instance: text(&query.instance_id),
         command_id: text(&query.command_id),
-        status: query.status.parse().ok(),
+        status: crate::dispatch::check::invocation_status(Some(&query.status)).unwrap_or(None),
         since: day_start(&query.since),
         until: day_start(&query.until).map(|start| start + 86_400_000),
         offset: pager.offset(),

@@ -236,6 +236,51 @@ pub async fn redraw(
     Ok(render(&FormFragment { d }))
 }
 
+/// The Parameters fields while the content is typed: computed from the contents alone (no
+/// instance is loaded on a keystroke).
+#[derive(Template)]
+#[template(path = "send/parameters.html")]
+pub struct ParametersFragment {
+    d: ParameterFields,
+}
+
+/// What `send/parameters.html` draws.
+pub struct ParameterFields {
+    parameters: Vec<(String, String)>,
+}
+
+pub async fn parameters(
+    State(state): State<AppState>,
+    _: Session,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    let form = SendForm::parse(pairs);
+    let command = match form.command_id.as_str() {
+        "" => None,
+        id => state.dispatcher.command(id).await.ok(),
+    };
+    let groups: Vec<Group> = ["linux", "windows"]
+        .into_iter()
+        .map(|os| {
+            let content = form.get(&format!("content_{os}")).to_string();
+            Group {
+                os,
+                instance_ids: Vec::new(),
+                types: Vec::new(),
+                command_type: CommandType::RunShellScript,
+                literal: command
+                    .as_ref()
+                    .is_some_and(|c| !c.spec.enable_parameter && c.spec.content == content),
+                content,
+            }
+        })
+        .collect();
+    let d = ParameterFields {
+        parameters: parameter_fields(&form, &groups),
+    };
+    Ok(render(&ParametersFragment { d }))
+}
+
 /// The picker's list for a search, keeping ticked what is selected (posted: a selection of
 /// thousands is too long for a URL).
 pub async fn picker(

@@ -54,7 +54,7 @@ pub async fn serve(Path(path): Path<String>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     // Vendored files carry their version in the name and never change; ours may change with a
-    // new build, so they are revalidated hourly.
+    // new build, so browsers keep them an hour at most.
     let cache = if name.starts_with("vendor/") {
         "public, max-age=31536000, immutable"
     } else {
