@@ -245,11 +245,15 @@ pub fn required_name(field: Field, json_name: &str, value: &str, max: usize, wha
             format!("`{json_name}` is empty: give the {what} a name"),
         ));
     }
-    if name.chars().count() > max || name.chars().any(char::is_control) {
+    let chars = name.chars().count();
+    if chars > max {
         return Err(invalid(
             field,
-            format!("`{json_name}` must be 1 to {max} characters without control characters"),
+            format!("`{json_name}` is {chars} characters; at most {max} are allowed"),
         ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(field, format!("`{json_name}` contains control characters")));
     }
     Ok(name.to_string())
 }
