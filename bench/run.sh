@@ -9,7 +9,8 @@
 #   ONLY=virtual,real,idle   scenario groups to run
 #   KEEP=1              keep the work directory (server data, logs) for inspection
 #   SKIP_BUILD=1        use the binaries already in target/release
-#   SERVER_BIN=path     serve (and run the real agents) with another fleetrun build, for A/B runs
+#   SERVER_BIN=path     serve with another fleetrun build, for A/B runs
+#   AGENT_BIN=path      real agents from another build (`fleetrun-agent`, or a `fleetrun` binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,12 @@ IDLE_SECS=${IDLE_SECS:-60}
 INGEST_MIB=${INGEST_MIB:-256}
 ONLY=${ONLY:-virtual,real,idle}
 SERVER_BIN=${SERVER_BIN:-target/release/fleetrun}
+AGENT_BIN=${AGENT_BIN:-target/release/fleetrun-agent}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --bins
+    # The agent as users get it: built without the server's crates (README, "Install an agent").
+    cargo build --release --no-default-features --bin fleetrun-agent
 fi
 
 # Ten thousand agent sockets on each side of loopback.
@@ -94,7 +98,7 @@ echo "server pid $SERVER_PID on http://$ADDRESS (work dir $WORK)" >&2
 FLEETRUN_PASSWORD="$PASSWORD" target/release/fleetrun-bench run \
     --server "http://$ADDRESS" \
     --server-pid "$SERVER_PID" \
-    --fleetrun "$SERVER_BIN" \
+    --agent "$AGENT_BIN" \
     --work-dir "$WORK" \
     --out target/bench/results.json \
     --rounds "$ROUNDS" \

@@ -20,6 +20,18 @@ pub struct Cli {
     pub mode: Mode,
 }
 
+/// fleetrun-agent: the Cloud Assistant client. Enrols once with an activation, then holds one
+/// outbound connection to the fleetrun server and runs the commands it is sent.
+#[derive(Debug, Parser)]
+#[command(name = "fleetrun-agent", version, about, long_about = None)]
+pub struct AgentCli {
+    /// Log filter, e.g. `info` or `fleetrun=debug`.
+    #[arg(long, env = "FLEETRUN_LOG", default_value = "info")]
+    pub log: String,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Mode {
     /// Run the server: console, API and the endpoint agents connect to.

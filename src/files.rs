@@ -58,6 +58,7 @@ pub fn create_private_dir(dir: &Path, ours: &[&str]) -> anyhow::Result<()> {
 /// Makes the SQLite database `db` private (0600): creates it empty when it does not exist, so
 /// that SQLite (which would create it 0644) opens ours, and tightens it and its `-wal`, `-shm`
 /// and `-journal` files when they exist. SQLite creates those with the database's mode.
+#[cfg(feature = "server")]
 pub fn create_private_database(db: &Path) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

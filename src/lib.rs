@@ -17,13 +17,19 @@
 //! - [`demo`]: one command that starts a server and four local agents.
 
 pub mod agent;
+#[cfg(feature = "server")]
 pub mod client;
 pub mod config;
+#[cfg(feature = "server")]
 pub mod demo;
+#[cfg(feature = "server")]
 pub mod dispatch;
 mod files;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+pub mod signal;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod tls;
 

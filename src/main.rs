@@ -16,7 +16,7 @@ async fn main() -> std::process::ExitCode {
     // default handling (Ctrl-C ends them; `run` handles it itself to say how to stop).
     let shutdown = CancellationToken::new();
     if matches!(cli.mode, Mode::Serve(_) | Mode::Agent(_) | Mode::Demo(_)) {
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(fleetrun::signal::cancel_on_signal(shutdown.clone()));
     }
 
     let outcome = match cli.mode {
@@ -40,27 +40,4 @@ async fn serve(args: fleetrun::config::ServeArgs, shutdown: CancellationToken) -
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     fleetrun::server::run(args, listener, shutdown).await
-}
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    shutdown.cancel();
 }

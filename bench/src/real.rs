@@ -51,8 +51,12 @@ impl RealFleet {
                 std::fs::create_dir_all(&state)?;
                 let log = std::fs::File::create(dir.join(format!("{region}-{n:03}.log")))?;
                 let mut command = Command::new(bin);
+                command.args(["--log", "warn"]);
+                if bin.file_name().is_some_and(|name| name == "fleetrun") {
+                    command.arg("agent");
+                }
                 command
-                    .args(["--log", "warn", "agent", "--server", &api.base, "--state-dir"])
+                    .args(["--server", &api.base, "--state-dir"])
                     .arg(&state)
                     .args(["--name", &format!("{region}-{n:03}")])
                     .args(["--activation-id", &activation.activation_id])

@@ -31,9 +31,10 @@ pub struct RunArgs {
     /// Process id of the server, for its memory and CPU.
     #[arg(long)]
     pub server_pid: u32,
-    /// The `fleetrun` binary whose agent mode the real-agent scenarios start.
-    #[arg(long, default_value = "target/release/fleetrun")]
-    pub fleetrun: PathBuf,
+    /// The agent the real-agent scenarios start: `fleetrun-agent`, or a `fleetrun` binary
+    /// (its `agent` mode, for A/B runs against builds from before the agent had its own file).
+    #[arg(long, default_value = "target/release/fleetrun-agent")]
+    pub agent: PathBuf,
     /// Directory for the real agents' state and logs.
     #[arg(long)]
     pub work_dir: PathBuf,
@@ -211,7 +212,7 @@ impl Bench {
     /// and starts its measurement window.
     async fn start_idle(&mut self) -> anyhow::Result<Idle> {
         let dir = self.args.work_dir.join("agents");
-        let fleet = RealFleet::start(&self.api, &self.args.fleetrun, &dir, "bench-idle", 1, 1).await?;
+        let fleet = RealFleet::start(&self.api, &self.args.agent, &dir, "bench-idle", 1, 1).await?;
         let req = RunCommandRequest::shell(fleet.instance_ids(), "echo hi");
         let timed = self.timed(&req, Wait::Stream).await?;
         check_status(&timed)?;
@@ -246,6 +247,8 @@ impl Bench {
             split: (anon, file),
         } = reading??;
         self.results.set("agent_idle_rss_mb", rss);
+        let size = stripped_size(&self.args.agent, &self.args.work_dir)?;
+        self.results.set("agent_binary_mb", size as f64 / (1024.0 * 1024.0));
         self.results
             .set("agent_idle_cpu_pct", cpu.as_secs_f64() / wall.as_secs_f64() * 100.0);
         self.results.detail(
@@ -575,7 +578,7 @@ impl Bench {
         let n = self.args.real_agents;
         let dir = self.args.work_dir.join("agents");
         let started = Instant::now();
-        let fleet = RealFleet::start(&self.api, &self.args.fleetrun, &dir, "bench-real", n, 10).await?;
+        let fleet = RealFleet::start(&self.api, &self.args.agent, &dir, "bench-real", n, 10).await?;
         let start_ms = ms(started.elapsed());
         self.log(format!("{n} real agents online in {start_ms:.0} ms"));
         self.results
@@ -672,4 +675,17 @@ fn check_status(timed: &Timed) -> anyhow::Result<()> {
         bail!("{} ended {}", timed.invoke_id, timed.status);
     }
     Ok(())
+}
+
+/// The size of `binary` once stripped of symbols and debug information, as users install it.
+fn stripped_size(binary: &std::path::Path, work_dir: &std::path::Path) -> anyhow::Result<u64> {
+    let stripped = work_dir.join("agent.stripped");
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(binary)
+        .status()
+        .context("cannot run `strip` (binutils) to measure the agent binary")?;
+    anyhow::ensure!(status.success(), "strip {} failed", binary.display());
+    Ok(std::fs::metadata(&stripped)?.len())
 }

@@ -1,4 +1,4 @@
-//! Test harness: a real server on a loopback port, real `fleetrun agent` processes, a TCP
+//! Test harness: a real server on a loopback port, real `fleetrun-agent` processes, a TCP
 //! proxy that can cut connections, and polling with deadlines (no fixed sleeps).
 
 use clap::Parser as _;
@@ -167,7 +167,7 @@ impl TestApp {
             let state = tempfile::tempdir().unwrap();
             let mut command = agent_command(&self.url, Some(&activation), state.path());
             command.args(["--name", &format!("{prefix}-{i:02}")]);
-            let child = command.spawn().expect("start fleetrun agent");
+            let child = command.spawn().expect("start fleetrun-agent");
             agents.push(AgentProcess { child, state });
         }
         let mut fleet = Vec::new();
@@ -220,7 +220,7 @@ impl Drop for TestApp {
     }
 }
 
-/// A real `fleetrun agent` process, killed on drop.
+/// A real `fleetrun-agent` process, killed on drop.
 pub struct AgentProcess {
     pub child: Child,
     pub state: tempfile::TempDir,
@@ -230,7 +230,7 @@ impl AgentProcess {
     pub fn start(server: &str, activation: Option<&ActivationCreated>, state: tempfile::TempDir) -> AgentProcess {
         let child = agent_command(server, activation, state.path())
             .spawn()
-            .expect("start fleetrun agent");
+            .expect("start fleetrun-agent");
         AgentProcess { child, state }
     }
 
@@ -263,15 +263,14 @@ impl AgentProcess {
     pub fn restart(&mut self, server: &str) {
         self.child = agent_command(server, None, self.state.path())
             .spawn()
-            .expect("restart fleetrun agent");
+            .expect("restart fleetrun-agent");
     }
 }
 
 pub fn agent_command(server: &str, activation: Option<&ActivationCreated>, state: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun-agent"));
     command
         .args([
-            "agent",
             "--server",
             server,
             "--reconnect-max-secs",

@@ -3,6 +3,7 @@
 // Test code: a panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agents;
 mod api;
 mod browser;
 mod cli;

@@ -123,7 +123,7 @@ async fn a_shared_directory_given_as_the_data_directory_keeps_its_mode() {
     );
 }
 
-/// Starts `fleetrun agent` with an activation id, enrolling with the code however `prepare`
+/// Starts `fleetrun-agent` with an activation id, enrolling with the code however `prepare`
 /// passes it.
 fn enrolling_agent(
     app: &TestApp,
@@ -184,8 +184,8 @@ async fn an_unreadable_activation_code_file_is_a_clear_error() {
     let state = tempfile::tempdir().unwrap();
     let missing = state.path().join("no-such-file");
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"))
-        .args(["agent", "--server", "http://127.0.0.1:9", "--activation-id", "act-x"])
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun-agent"))
+        .args(["--server", "http://127.0.0.1:9", "--activation-id", "act-x"])
         .arg("--activation-code-file")
         .arg(&missing)
         .arg("--state-dir")

@@ -99,7 +99,7 @@ async fn the_activation_line_says_https_and_keeps_the_code_out_of_the_command_li
 
     let line = page
         .lines()
-        .find(|l| l.contains("fleetrun agent"))
+        .find(|l| l.contains("fleetrun-agent --server"))
         .unwrap_or_else(|| panic!("no agent line in {page}"));
     assert!(line.contains("--server https://localhost:"), "{line}");
     assert!(line.contains("--name web-1"), "{line}");

@@ -153,7 +153,7 @@ pub async fn create(
             let created = Created {
                 export_line: format!("export FLEETRUN_ACTIVATION_CODE={code}"),
                 agent_line: format!(
-                    "sudo --preserve-env=FLEETRUN_ACTIVATION_CODE fleetrun agent --server {scheme}://{host} \
+                    "sudo --preserve-env=FLEETRUN_ACTIVATION_CODE fleetrun-agent --server {scheme}://{host} \
                      --activation-id {}{name} --state-dir /var/lib/fleetrun-agent",
                     row.id
                 ),

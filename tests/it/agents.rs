@@ -1,0 +1,70 @@
+//! The agent as users deploy it: the `fleetrun-agent` file, and the same agent inside the main
+//! binary (`fleetrun agent`, which the demo starts).
+
+use crate::helpers::{AgentProcess, TestApp, agent_command};
+use fleetrun::protocol::api::RunCommandRequest;
+use tokio::process::Command;
+
+#[tokio::test]
+async fn fleetrun_agent_reports_its_version_and_options() {
+    let version = Command::new(env!("CARGO_BIN_EXE_fleetrun-agent"))
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_fleetrun-agent"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("fleetrun-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--server",
+        "--activation-id",
+        "--activation-code-file",
+        "--state-dir",
+        "--ca-file",
+    ] {
+        assert!(help.contains(option), "{option} missing from --help: {help}");
+    }
+    assert!(
+        !help.contains("Commands:"),
+        "the agent binary has no subcommands: {help}"
+    );
+}
+
+#[tokio::test]
+async fn the_main_binarys_agent_mode_is_the_same_agent() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 1).await;
+    let state = tempfile::tempdir().unwrap();
+    // The helper's command line, given to `fleetrun agent` instead of `fleetrun-agent`.
+    let helper = agent_command(&app.url, Some(&activation), state.path());
+    let args: Vec<_> = helper.as_std().get_args().map(|a| a.to_owned()).collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun"));
+    command
+        .arg("agent")
+        .args(args)
+        .env("FLEETRUN_LOG", "warn")
+        .kill_on_drop(true);
+    let agent = AgentProcess {
+        child: command.spawn().unwrap(),
+        state,
+    };
+    agent.wait_online(&app).await;
+
+    let inv = app
+        .run_to_end(&RunCommandRequest::shell(
+            vec![agent.instance_id().await],
+            "echo from the main binary",
+        ))
+        .await;
+
+    assert_eq!(inv.results.unwrap()[0].output, "from the main binary\n");
+}
