@@ -175,6 +175,10 @@ pub struct AgentArgs {
     /// Time between SIGTERM and SIGKILL when a command is stopped or times out, in seconds.
     #[arg(long, env = "FLEETRUN_KILL_GRACE_SECS", default_value_t = 3)]
     pub kill_grace_secs: u64,
+    /// Newest agent protocol version to offer the server: 2 sends output as binary WebSocket
+    /// frames; 1 sends every frame as JSON text (for a proxy that mishandles binary frames).
+    #[arg(long, env = "FLEETRUN_MAX_PROTOCOL_VERSION", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub max_protocol_version: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use fleetrun::client::ApiClient;
 use fleetrun::protocol::agent::{
-    AgentMessage, Hello, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Output, RunTask, ServerMessage, TaskFinished, TaskStarted,
+    AgentMessage, Frame, Hello, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Output, RunTask, ServerMessage, TaskFinished,
+    TaskStarted,
 };
 use fleetrun::protocol::api::{CreateActivationRequest, RegisterRequest, RegisterResponse};
 use fleetrun::protocol::{CommandType, OsType, OutputStream, PROTOCOL_VERSION, TaskEnd};
@@ -53,6 +54,8 @@ pub struct SwarmConfig {
     pub default_output: usize,
     /// Largest output chunk sent (at most the protocol's 64 KiB).
     pub chunk_bytes: usize,
+    /// Newest protocol version offered: 2 sends output as binary frames, 1 as JSON text.
+    pub max_protocol_version: u32,
 }
 
 impl SwarmConfig {
@@ -63,6 +66,7 @@ impl SwarmConfig {
             concurrency: 64,
             default_output: 3,
             chunk_bytes: MAX_CHUNK_BYTES,
+            max_protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -346,7 +350,7 @@ impl VirtualAgent {
                 }
             };
             match opened {
-                Ok((socket, heartbeat)) => {
+                Ok((socket, heartbeat, version)) => {
                     attempt = 0;
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(Ok(())).await;
@@ -355,7 +359,7 @@ impl VirtualAgent {
                         .heartbeat_secs
                         .store(heartbeat.as_secs(), Ordering::Relaxed);
                     self.counters.connected.fetch_add(1, Ordering::Relaxed);
-                    let outcome = self.serve(socket, heartbeat).await;
+                    let outcome = self.serve(socket, heartbeat, version).await;
                     self.counters.connected.fetch_sub(1, Ordering::Relaxed);
                     match outcome {
                         Ok(()) => return,
@@ -384,8 +388,9 @@ impl VirtualAgent {
         }
     }
 
-    /// Connects, says `Hello` and waits for `Welcome`; returns the socket and heartbeat interval.
-    async fn open(&self) -> anyhow::Result<(Socket, Duration)> {
+    /// Connects, says `Hello` and waits for `Welcome`; returns the socket, the heartbeat
+    /// interval and the protocol version the server chose.
+    async fn open(&self) -> anyhow::Result<(Socket, Duration, u32)> {
         let url = format!("{}/agent/v1/connect", self.config.server.replacen("http", "ws", 1));
         let mut request = url.as_str().into_client_request()?;
         let credential = format!("Bearer {}:{}", self.identity.instance_id, self.identity.secret);
@@ -397,8 +402,10 @@ impl VirtualAgent {
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
         let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true).await?;
+        let offered: Vec<u32> = (1..=self.config.max_protocol_version).collect();
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: 1,
+            protocol_versions: if offered.len() > 1 { offered } else { Vec::new() },
             agent_version: fleetrun::VERSION.into(),
             hostname: self.identity.instance_id.clone(),
             os_type: OsType::Linux,
@@ -412,7 +419,8 @@ impl VirtualAgent {
             match socket.next().await {
                 Some(Ok(Message::Text(frame))) => match ServerMessage::decode(&frame)? {
                     ServerMessage::Welcome(welcome) => {
-                        return Ok((socket, Duration::from_secs(welcome.heartbeat_secs.max(1))));
+                        let heartbeat = Duration::from_secs(welcome.heartbeat_secs.max(1));
+                        return Ok((socket, heartbeat, welcome.protocol_version));
                     }
                     ServerMessage::Refused(refused) => bail!("refused: {}", refused.reason),
                     other => bail!("expected Welcome, got {other:?}"),
@@ -425,7 +433,7 @@ impl VirtualAgent {
     }
 
     /// Serves tasks and heartbeats until shutdown (`Ok`) or the connection is lost (`Err`).
-    async fn serve(&self, mut socket: Socket, heartbeat: Duration) -> anyhow::Result<()> {
+    async fn serve(&self, mut socket: Socket, heartbeat: Duration, version: u32) -> anyhow::Result<()> {
         // Spread heartbeats over the interval instead of sending ten thousand at once.
         let offset = Duration::from_millis(rand::random::<u64>() % heartbeat.as_millis().max(1) as u64);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
@@ -442,7 +450,7 @@ impl VirtualAgent {
                         Some(Err(e)) => return Err(e.into()),
                     };
                     match message {
-                        ServerMessage::RunTask(task) => self.start(&mut socket, task, &mut paced).await?,
+                        ServerMessage::RunTask(task) => self.start(&mut socket, task, &mut paced, version).await?,
                         ServerMessage::StopTask(stop) => {
                             if let Some(i) = paced.iter().position(|p| p.task == stop.task) {
                                 let p = paced.swap_remove(i);
@@ -458,7 +466,7 @@ impl VirtualAgent {
                     self.counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = tokio::time::sleep_until(next_chunk), if !paced.is_empty() => {
-                    self.send_paced(&mut socket, &mut paced).await?;
+                    self.send_paced(&mut socket, &mut paced, version).await?;
                 }
                 _ = self.shutdown.cancelled() => {
                     let _ = socket.close(None).await;
@@ -468,7 +476,13 @@ impl VirtualAgent {
         }
     }
 
-    async fn start(&self, socket: &mut Socket, task: RunTask, paced: &mut Vec<Paced>) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        socket: &mut Socket,
+        task: RunTask,
+        paced: &mut Vec<Paced>,
+        version: u32,
+    ) -> anyhow::Result<()> {
         let directive = Directive::parse(&task.content, self.config.default_output);
         self.counters.tasks_started.fetch_add(1, Ordering::Relaxed);
         socket
@@ -508,7 +522,7 @@ impl VirtualAgent {
                 stream: OutputStream::Stdout,
                 data: piece,
             };
-            socket.feed(text(&output.into())).await?;
+            socket.feed(frame(&output.into(), version)).await?;
             seq += 1;
         }
         self.counters.chunks_sent.fetch_add(seq, Ordering::Relaxed);
@@ -516,7 +530,7 @@ impl VirtualAgent {
             .await
     }
 
-    async fn send_paced(&self, socket: &mut Socket, paced: &mut Vec<Paced>) -> anyhow::Result<()> {
+    async fn send_paced(&self, socket: &mut Socket, paced: &mut Vec<Paced>, version: u32) -> anyhow::Result<()> {
         let now = tokio::time::Instant::now();
         let mut i = 0;
         while i < paced.len() {
@@ -537,7 +551,7 @@ impl VirtualAgent {
                 stream: OutputStream::Stdout,
                 data: Bytes::from(stamp(p.seq, p.size)),
             };
-            socket.send(text(&output.into())).await?;
+            socket.send(frame(&output.into(), version)).await?;
             self.counters.chunks_sent.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes_sent.fetch_add(p.size as u64, Ordering::Relaxed);
             p.seq += 1;
@@ -571,6 +585,14 @@ impl VirtualAgent {
 
 fn text(message: &AgentMessage) -> Message {
     Message::Text(message.encode().into())
+}
+
+/// A message in the frame the connection's protocol version prescribes.
+fn frame(message: &AgentMessage, version: u32) -> Message {
+    match message.to_frame(version) {
+        Frame::Text(text) => Message::Text(text.into()),
+        Frame::Binary(bytes) => Message::Binary(bytes.into()),
+    }
 }
 
 #[cfg(test)]

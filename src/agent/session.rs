@@ -7,8 +7,8 @@ use super::host;
 use super::identity::Identity;
 use super::spool::{self, Spool};
 use crate::config::AgentArgs;
-use crate::protocol::agent::{AgentMessage, Hello, MAX_FRAME_BYTES, RunTask, ServerMessage};
-use crate::protocol::{OsType, PROTOCOL_VERSION, TaskEnd};
+use crate::protocol::agent::{AgentMessage, Frame, Hello, MAX_FRAME_BYTES, RunTask, ServerMessage};
+use crate::protocol::{OsType, PROTOCOL_VERSIONS, TaskEnd};
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng as _;
@@ -156,8 +156,14 @@ impl Agent {
             }
         };
         let connected_at = Instant::now();
+        // Version 1 alone is today's Hello from before version 2, byte for byte.
+        let offered: Vec<u32> = PROTOCOL_VERSIONS
+            .into_iter()
+            .filter(|v| *v <= self.args.max_protocol_version)
+            .collect();
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: PROTOCOL_VERSIONS[0],
+            protocol_versions: if offered.len() > 1 { offered.clone() } else { Vec::new() },
             agent_version: crate::VERSION.to_string(),
             hostname: host::hostname(),
             os_type: OsType::current(),
@@ -166,9 +172,19 @@ impl Agent {
             supported_command_types: host::supported_command_types(),
             held_tasks: self.spool.held(),
         };
-        send(&mut socket, &hello.into()).await?;
-        let heartbeat = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await {
-            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => Duration::from_secs(welcome.heartbeat_secs.max(1)),
+        send(&mut socket, &hello.into(), PROTOCOL_VERSIONS[0]).await?;
+        let (heartbeat, version) = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await
+        {
+            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) if offered.contains(&welcome.protocol_version) => (
+                Duration::from_secs(welcome.heartbeat_secs.max(1)),
+                welcome.protocol_version,
+            ),
+            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => {
+                bail!(Fatal(format!(
+                    "the server chose protocol version {}, which this agent did not offer ({offered:?})",
+                    welcome.protocol_version
+                )))
+            }
             Ok(Ok(Some(ServerMessage::Refused(refused)))) => {
                 bail!(Fatal(format!("the server refused this agent: {}", refused.reason)))
             }
@@ -176,10 +192,10 @@ impl Agent {
             Ok(Err(e)) => return Err(e),
             Err(_) => bail!("no Welcome from the server within 10 s"),
         };
-        tracing::info!(instance_id = %self.identity.instance_id, "connected to {}", self.args.server);
+        tracing::info!(instance_id = %self.identity.instance_id, protocol = version, "connected to {}", self.args.server);
         for task in self.spool.held() {
             for step in self.spool.resend_plan(&task) {
-                send(&mut socket, &self.spool.message(&task, &step)?).await?;
+                send(&mut socket, &self.spool.message(&task, &step)?, version).await?;
             }
         }
 
@@ -203,7 +219,7 @@ impl Agent {
                 },
                 Some((task, event)) = self.events_rx.recv() => {
                     let message = self.record(&task, event)?;
-                    if let Err(e) = send(&mut socket, &message).await {
+                    if let Err(e) = send(&mut socket, &message, version).await {
                         return Ok(lost(e));
                     }
                 }
@@ -211,7 +227,7 @@ impl Agent {
                     if last_heard.elapsed() > heartbeat * 3 {
                         return Ok(lost(anyhow::anyhow!("no heartbeat from the server for three intervals")));
                     }
-                    if let Err(e) = send(&mut socket, &AgentMessage::Heartbeat).await {
+                    if let Err(e) = send(&mut socket, &AgentMessage::Heartbeat, version).await {
                         return Ok(lost(e));
                     }
                 }
@@ -310,8 +326,13 @@ async fn connect(server: &str, identity: &Identity, tls: Arc<rustls::ClientConfi
     }
 }
 
-async fn send(socket: &mut Socket, message: &AgentMessage) -> anyhow::Result<()> {
-    socket.send(Message::Text(message.encode().into())).await?;
+/// Sends one message in the frame `protocol_version` prescribes (binary output from 2 on).
+async fn send(socket: &mut Socket, message: &AgentMessage, protocol_version: u32) -> anyhow::Result<()> {
+    let frame = match message.to_frame(protocol_version) {
+        Frame::Text(text) => Message::Text(text.into()),
+        Frame::Binary(bytes) => Message::Binary(bytes.into()),
+    };
+    socket.send(frame).await?;
     Ok(())
 }
 

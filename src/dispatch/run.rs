@@ -377,6 +377,7 @@ mod tests {
             ip_addresses: vec![],
             tags: BTreeMap::new(),
             agent_version: "0".into(),
+            agent_protocol: None,
             supported_command_types: vec![CommandType::RunShellScript],
             registered_at: 0,
             last_heartbeat_at: None,

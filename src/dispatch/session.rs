@@ -3,8 +3,8 @@
 
 use super::error::{Error, Kind, not_found};
 use super::{AgentLink, Dispatcher, task_for, writer};
+use crate::protocol::TaskEnd;
 use crate::protocol::agent::{Ack, AgentMessage, Hello, Welcome};
-use crate::protocol::{PROTOCOL_VERSION, TaskEnd};
 use crate::store::AgentWrite;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -51,10 +51,16 @@ pub struct Outbox {
 const AGENT_QUEUE: usize = 1024;
 
 impl Dispatcher {
-    /// Registers a connection that sent a compatible `Hello`: records the agent's facts, queues
+    /// Registers a connection that sent a compatible `Hello` (speaking `protocol_version`, the
+    /// newest both sides share): records the agent's facts, queues
     /// `Welcome`, settles tasks the agent no longer holds and delivers pending ones. A previous
     /// connection of the same instance is closed.
-    pub async fn attach(&self, instance_id: &str, hello: &Hello) -> Result<(AgentSession, Outbox), Error> {
+    pub async fn attach(
+        &self,
+        instance_id: &str,
+        hello: &Hello,
+        protocol_version: u32,
+    ) -> Result<(AgentSession, Outbox), Error> {
         let store = &self.inner.store;
         let instance = store
             .instance(instance_id)
@@ -64,11 +70,13 @@ impl Dispatcher {
             .inner
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        store.agent_connected(instance_id, id, hello, self.now()).await?;
+        store
+            .agent_connected(instance_id, id, hello, protocol_version, self.now())
+            .await?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let close = CancellationToken::new();
         let welcome = Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version,
             instance_id: instance_id.to_string(),
             heartbeat_secs: self.inner.settings.heartbeat.as_secs().max(1),
             max_frame_bytes: crate::protocol::agent::MAX_FRAME_BYTES,

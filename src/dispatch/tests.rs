@@ -51,6 +51,7 @@ async fn harness() -> Harness {
 fn hello(held_tasks: Vec<String>) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
+        protocol_versions: Vec::new(),
         agent_version: "test".into(),
         hostname: "host".into(),
         os_type: OsType::Linux,
@@ -103,7 +104,11 @@ impl Harness {
     /// An enrolled agent, connected (its `Welcome` taken from the outbox).
     async fn connected(&self, name: &str) -> (String, AgentSession, Outbox) {
         let id = self.enrol(name).await;
-        let (session, mut outbox) = self.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+        let (session, mut outbox) = self
+            .dispatcher
+            .attach(&id, &hello(vec![]), PROTOCOL_VERSION)
+            .await
+            .unwrap();
         assert!(matches!(next(&mut outbox).await, ServerMessage::Welcome(_)));
         (id, session, outbox)
     }
@@ -179,7 +184,11 @@ fn finished(task: &str, chunks: u64, end: TaskEnd, exit_code: Option<i32>) -> Ag
 async fn a_task_reaches_its_connected_agent_and_its_report_is_stored_then_acknowledged() {
     let h = harness().await;
     let id = h.enrol("web-1").await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    let (mut session, mut outbox) = h
+        .dispatcher
+        .attach(&id, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
     assert!(matches!(next(&mut outbox).await, ServerMessage::Welcome(_)));
 
     let created = h.run(&id, "echo hi from {{fleetrun::instance_name}}", 60).await;
@@ -216,7 +225,11 @@ async fn a_task_waits_for_its_agent_and_is_delivered_when_it_connects_within_the
     h.clock.advance(Duration::from_secs(30));
     h.sweep().await;
 
-    let (_session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    let (_session, mut outbox) = h
+        .dispatcher
+        .attach(&id, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
     next(&mut outbox).await;
     let delivered = next(&mut outbox).await;
 
@@ -306,7 +319,11 @@ async fn ack_started(h: &Harness, invoke_id: &str, instance_id: &str) {
 async fn a_duplicate_chunk_is_skipped_and_a_gap_closes_the_connection_for_a_resend() {
     let h = harness().await;
     let id = h.enrol("web-1").await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    let (mut session, mut outbox) = h
+        .dispatcher
+        .attach(&id, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
     next(&mut outbox).await;
     let created = h.run(&id, "true", 60).await;
     next(&mut outbox).await;
@@ -345,7 +362,11 @@ async fn a_report_about_another_instances_task_is_refused_and_changes_nothing() 
     let mine = h.enrol("web-1").await;
     let theirs = h.enrol("web-2").await;
     let created = h.run(&theirs, "true", 60).await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&mine, &hello(vec![])).await.unwrap();
+    let (mut session, mut outbox) = h
+        .dispatcher
+        .attach(&mine, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
     next(&mut outbox).await;
 
     h.dispatcher
@@ -366,7 +387,11 @@ async fn a_stop_cancels_what_has_not_started_and_terminates_what_runs_without_an
     let h = harness().await;
     let running = h.enrol("web-1").await;
     let waiting = h.enrol("web-2").await;
-    let (mut session, mut outbox) = h.dispatcher.attach(&running, &hello(vec![])).await.unwrap();
+    let (mut session, mut outbox) = h
+        .dispatcher
+        .attach(&running, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
     next(&mut outbox).await;
     let req = RunCommandRequest::shell(vec![running.clone(), waiting.clone()], "sleep 600");
     let created = h.dispatcher.run_command(&h.admin, req).await.unwrap();
@@ -407,7 +432,11 @@ async fn a_reconnecting_agent_that_no_longer_holds_a_running_task_gets_it_interr
     let h = harness().await;
     let (id, _session, outbox, invoke_id) = h.running("sleep 600", 600).await;
 
-    let (_again, _outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    let (_again, _outbox) = h
+        .dispatcher
+        .attach(&id, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
 
     let result = h.result(&invoke_id, &id).await;
     assert_eq!(
@@ -421,7 +450,11 @@ async fn a_reconnecting_agent_that_no_longer_holds_a_running_task_gets_it_interr
 async fn an_agent_that_stops_reading_is_disconnected_rather_than_queued_without_bound() {
     let h = harness().await;
     let id = h.enrol("web-1").await;
-    let (_session, outbox) = h.dispatcher.attach(&id, &hello(vec![])).await.unwrap();
+    let (_session, outbox) = h
+        .dispatcher
+        .attach(&id, &hello(vec![]), PROTOCOL_VERSION)
+        .await
+        .unwrap();
 
     for n in 0..2 * 1024 {
         h.dispatcher.send_stop(&id, &format!("t-{n}"));

@@ -1,10 +1,13 @@
 //! Messages between the server and an agent over the agent's one WebSocket (DESIGN.md §5).
 //!
-//! Every frame is a JSON text frame holding one tagged message. A task is identified by the
-//! invocation it belongs to (`t-…`): an agent only ever holds one task per invocation, and the
-//! server checks that every frame names a task of the agent's own instance.
+//! Every frame is a JSON text frame holding one tagged message, except output under protocol
+//! version 2, which travels as a binary frame: a small fixed header, then the raw bytes, with no
+//! Base64 and no JSON escaping on the path that carries megabytes ([`Output::encode_binary`]).
+//! A task is identified by the invocation it belongs to (`t-…`): an agent only ever holds one
+//! task per invocation, and the server checks that every frame names a task of the agent's own
+//! instance.
 
-use super::{CommandType, Error, OsType, OutputStream, TaskEnd};
+use super::{CommandType, Error, OsType, OutputStream, PROTOCOL_VERSIONS, TaskEnd};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +46,13 @@ pub enum ServerMessage {
 /// The agent's first frame on every connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The oldest protocol version the agent speaks; a version-1 agent sends only this.
     pub protocol_version: u32,
+    /// Every version the agent speaks (agents from version 2 on). The server answers with the
+    /// newest it shares in `Welcome`; a server from before version 2 ignores this field and
+    /// speaks version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocol_versions: Vec<u32>,
     pub agent_version: String,
     pub hostname: String,
     pub os_type: OsType,
@@ -59,6 +68,16 @@ pub struct Hello {
 pub const MAX_HELD_TASKS: usize = 10_000;
 
 impl Hello {
+    /// The protocol version to use with this agent: the newest both sides speak, if any.
+    pub fn negotiate(&self) -> Option<u32> {
+        self.protocol_versions
+            .iter()
+            .chain([&self.protocol_version])
+            .copied()
+            .filter(|v| PROTOCOL_VERSIONS.contains(v))
+            .max()
+    }
+
     /// Checks the agent's facts before they are stored: lengths, no control characters, real IP
     /// addresses, plausible task ids. The error says what was wrong.
     pub fn check(&self) -> Result<(), String> {
@@ -97,6 +116,7 @@ impl Hello {
 /// The server's answer to a compatible `Hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
+    /// The version this connection speaks from now on (see [`Hello::negotiate`]).
     pub protocol_version: u32,
     pub instance_id: String,
     /// Both sides send a heartbeat this often and drop the connection after three missed.
@@ -154,6 +174,76 @@ pub struct Output {
     pub data: Bytes,
 }
 
+/// First byte of a binary frame holding [`Output`].
+const BINARY_OUTPUT: u8 = 1;
+
+/// Bytes before the task id in a binary output frame: kind, stream, seq, task id length.
+const BINARY_HEADER: usize = 1 + 1 + 8 + 1;
+
+impl Output {
+    /// Encodes as one binary frame (protocol version 2):
+    ///
+    /// | bytes | field |
+    /// |---|---|
+    /// | 1 | kind: 1 (output) |
+    /// | 1 | stream: 0 stdout, 1 stderr |
+    /// | 8 | seq, unsigned, big-endian |
+    /// | 1 | length n of the task id (1–64) |
+    /// | n | task id, ASCII |
+    /// | rest | the output bytes, as the process wrote them |
+    pub fn encode_binary(&self) -> Vec<u8> {
+        let task = self.task.as_bytes();
+        let mut frame = Vec::with_capacity(BINARY_HEADER + task.len() + self.data.len());
+        frame.push(BINARY_OUTPUT);
+        frame.push(self.stream.code() as u8);
+        frame.extend_from_slice(&self.seq.to_be_bytes());
+        frame.push(task.len().min(255) as u8);
+        frame.extend_from_slice(&task[..task.len().min(255)]);
+        frame.extend_from_slice(&self.data);
+        frame
+    }
+
+    /// Decodes a binary frame made by [`Output::encode_binary`]. The data is a view into
+    /// `frame`, not a copy.
+    pub fn decode_binary(frame: Bytes) -> Result<Output, Error> {
+        let malformed = Error::MalformedBinary;
+        if frame.len() < BINARY_HEADER {
+            return Err(malformed("shorter than its header"));
+        }
+        if frame[0] != BINARY_OUTPUT {
+            return Err(malformed("unknown frame kind"));
+        }
+        let stream = match frame[1] {
+            0 => OutputStream::Stdout,
+            1 => OutputStream::Stderr,
+            _ => return Err(malformed("unknown stream")),
+        };
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&frame[2..10]);
+        let task_len = frame[10] as usize;
+        let data_from = BINARY_HEADER + task_len;
+        if !(1..=64).contains(&task_len) || frame.len() < data_from {
+            return Err(malformed("bad task id length"));
+        }
+        let task = std::str::from_utf8(&frame[BINARY_HEADER..data_from])
+            .map_err(|_| malformed("task id is not ASCII"))?
+            .to_string();
+        Ok(Output {
+            task,
+            seq: u64::from_be_bytes(seq),
+            stream,
+            data: frame.slice(data_from..),
+        })
+    }
+}
+
+/// One frame as it goes on the socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
 /// The task is over. Sent after its last output chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskFinished {
@@ -196,6 +286,15 @@ impl AgentMessage {
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("agent message serialises")
     }
+
+    /// Encodes as the frame `protocol_version` prescribes: output binary from version 2 on,
+    /// everything else JSON text.
+    pub fn to_frame(&self, protocol_version: u32) -> Frame {
+        match self {
+            AgentMessage::Output(output) if protocol_version >= 2 => Frame::Binary(output.encode_binary()),
+            message => Frame::Text(message.encode()),
+        }
+    }
 }
 
 impl ServerMessage {
@@ -229,6 +328,77 @@ mod tests {
 
         assert!(text.contains(r#""type":"output""#), "{text}");
         assert_eq!(AgentMessage::decode(&text).unwrap(), msg);
+    }
+
+    #[test]
+    fn binary_output_round_trips_and_shares_the_frames_bytes() {
+        let output = Output {
+            task: "t-0123456789abcdef".into(),
+            seq: 1 << 40,
+            stream: OutputStream::Stderr,
+            data: Bytes::from_static(b"\xff\x00\"json\" would escape this\n"),
+        };
+
+        let frame = Bytes::from(output.encode_binary());
+        let decoded = Output::decode_binary(frame.clone()).unwrap();
+
+        assert_eq!(decoded, output);
+        assert_eq!(
+            frame.len(),
+            11 + output.task.len() + output.data.len(),
+            "no padding, no Base64"
+        );
+        assert_eq!(
+            decoded.data.as_ptr(),
+            frame[11 + output.task.len()..].as_ptr(),
+            "no copy"
+        );
+        assert_eq!(
+            AgentMessage::from(output.clone()).to_frame(1),
+            Frame::Text(AgentMessage::from(output).encode()),
+            "version 1 keeps JSON text"
+        );
+    }
+
+    #[test]
+    fn malformed_binary_frames_are_errors_not_panics() {
+        let good = Output {
+            task: "t-1".into(),
+            seq: 0,
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(b"x"),
+        }
+        .encode_binary();
+        let mut bad_kind = good.clone();
+        bad_kind[0] = 9;
+        let mut bad_stream = good.clone();
+        bad_stream[1] = 2;
+        let mut long_task = good.clone();
+        long_task[10] = 200;
+        let mut no_task = good.clone();
+        no_task[10] = 0;
+        for bad in [vec![], good[..5].to_vec(), bad_kind, bad_stream, long_task, no_task] {
+            assert!(Output::decode_binary(Bytes::from(bad.clone())).is_err(), "{bad:?}");
+        }
+        assert!(
+            Output::decode_binary(Bytes::from(good[..14].to_vec())).is_ok(),
+            "empty data decodes"
+        );
+    }
+
+    #[test]
+    fn the_newest_shared_version_is_chosen_and_a_version_1_hello_still_parses() {
+        // A version-1 agent's Hello, byte for byte as agents before version 2 send it.
+        let v1 = r#"{"type":"hello","protocol_version":1,"agent_version":"0.1.0","hostname":"h","os_type":"linux","os_name":"Debian","ip_addresses":["127.0.0.1"],"supported_command_types":["RunShellScript"],"held_tasks":[]}"#;
+        let AgentMessage::Hello(mut hello) = AgentMessage::decode(v1).unwrap() else {
+            panic!("not a Hello")
+        };
+        assert_eq!(hello.negotiate(), Some(1));
+        hello.protocol_versions = vec![1, 2, 7];
+        assert_eq!(hello.negotiate(), Some(2));
+        hello.protocol_version = 7;
+        hello.protocol_versions = vec![7, 8];
+        assert_eq!(hello.negotiate(), None);
     }
 
     #[test]

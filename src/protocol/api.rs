@@ -58,6 +58,9 @@ pub struct AgentInfo {
     /// The agent holds a connection to the server right now.
     pub online: bool,
     pub version: String,
+    /// The agent protocol version of its last connection (1 or 2); absent before it connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
     pub last_heartbeat_time: Option<String>,
     pub supported_command_types: Vec<CommandType>,
 }

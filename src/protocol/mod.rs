@@ -15,14 +15,22 @@ pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the agent protocol. The server refuses a `Hello` with any other version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The agent protocol versions this build speaks (DESIGN.md §5, docs/ARCHITECTURE.md):
+/// version 1 sends every frame as JSON text; version 2 sends output as binary frames
+/// ([`agent::Output::encode_binary`]) and everything else as before. Each connection uses the
+/// newest version both sides speak.
+pub const PROTOCOL_VERSIONS: [u32; 2] = [1, 2];
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A frame or body that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("malformed binary frame: {0}")]
+    MalformedBinary(&'static str),
 }
 
 /// Defines a fieldless enum stored and sent by its variant name, with `as_str`, `FromStr`,

@@ -6,13 +6,14 @@ use super::AppState;
 use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
 use crate::dispatch::{Actor, Outbound, Outbox};
-use crate::protocol::PROTOCOL_VERSION;
-use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Refused, ServerMessage};
+use crate::protocol::PROTOCOL_VERSIONS;
+use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Output, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 
@@ -66,6 +67,13 @@ fn text(message: ServerMessage) -> Message {
     Message::Text(message.encode().into())
 }
 
+/// Answers an incompatible or malformed `Hello` with the reason, and closes.
+async fn refuse(mut sink: SplitSink<WebSocket, Message>, instance_id: &str, reason: String) {
+    tracing::warn!(%instance_id, %reason, "refused an agent");
+    let _ = sink.send(text(Refused { reason }.into())).await;
+    let _ = sink.close().await;
+}
+
 /// Drives one agent connection until it closes, the agent is replaced or the server stops.
 async fn run(socket: WebSocket, state: AppState, instance_id: String) {
     let (mut sink, mut stream) = socket.split();
@@ -73,41 +81,34 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
         Ok(Some(Ok(Message::Text(frame)))) => AgentMessage::decode(&frame),
         _ => return,
     };
-    let hello = match hello {
-        Ok(AgentMessage::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => match hello.check() {
-            Ok(()) => hello,
-            Err(reason) => {
-                tracing::warn!(%instance_id, %reason, "refused an agent's Hello");
-                let reason = format!("the Hello was refused: {reason}");
-                let _ = sink.send(text(Refused { reason }.into())).await;
-                let _ = sink.close().await;
-                return;
+    let (hello, version) = match hello {
+        Ok(AgentMessage::Hello(hello)) => match (hello.negotiate(), hello.check()) {
+            (Some(version), Ok(())) => (hello, version),
+            (None, _) => {
+                let reason = format!(
+                    "agent protocol version {} is not supported; this server speaks versions {PROTOCOL_VERSIONS:?}: install a matching agent",
+                    hello.protocol_version
+                );
+                return refuse(sink, &instance_id, reason).await;
+            }
+            (_, Err(reason)) => {
+                return refuse(sink, &instance_id, format!("the Hello was refused: {reason}")).await;
             }
         },
-        Ok(AgentMessage::Hello(hello)) => {
-            let reason = format!(
-                "agent protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}: install a matching agent",
-                hello.protocol_version
-            );
-            tracing::warn!(%instance_id, %reason, "refused an agent");
-            let _ = sink.send(text(Refused { reason }.into())).await;
-            let _ = sink.close().await;
-            return;
-        }
         _ => {
             tracing::warn!(%instance_id, "agent connection did not start with Hello");
             return;
         }
     };
     let dispatcher = state.dispatcher.clone();
-    let (mut session, outbox) = match dispatcher.attach(&instance_id, &hello).await {
+    let (mut session, outbox) = match dispatcher.attach(&instance_id, &hello, version).await {
         Ok(attached) => attached,
         Err(e) => {
             tracing::warn!(%instance_id, error = %e, "could not attach an agent");
             return;
         }
     };
-    tracing::info!(%instance_id, version = %hello.agent_version, "agent connected");
+    tracing::info!(%instance_id, version = %hello.agent_version, protocol = version, "agent connected");
     let heartbeat = dispatcher.settings().heartbeat;
 
     let Outbox { rx: mut out_rx, close } = outbox;
@@ -149,6 +150,8 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
             };
             let message = match frame {
                 Message::Text(text) => AgentMessage::decode(&text),
+                // Output under protocol version 2: a header and the raw bytes, decoded in place.
+                Message::Binary(frame) if version >= 2 => Output::decode_binary(frame).map(AgentMessage::Output),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 Message::Binary(_) | Message::Close(_) => return,
             };

@@ -77,6 +77,8 @@ pub struct InstanceRow {
     #[sqlx(json)]
     pub tags: BTreeMap<String, String>,
     pub agent_version: String,
+    /// The protocol version of the agent's last connection; `None` before it first connects.
+    pub agent_protocol: Option<i64>,
     #[sqlx(json)]
     pub supported_command_types: Vec<CommandType>,
     pub registered_at: i64,
@@ -315,11 +317,13 @@ impl Store {
         instance_id: &str,
         connection: u64,
         hello: &crate::protocol::agent::Hello,
+        protocol_version: u32,
         now: i64,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
-             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = 1, connection = $9 WHERE id = $1",
+             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = 1, connection = $9, \
+             agent_protocol = $10 WHERE id = $1",
         )
         .bind(instance_id)
         .bind(&hello.hostname)
@@ -330,6 +334,7 @@ impl Store {
         .bind(hello.os_type.as_str())
         .bind(now)
         .bind(connection as i64)
+        .bind(protocol_version as i64)
         .execute(&self.pool)
         .await?;
         Ok(())

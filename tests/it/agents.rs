@@ -2,6 +2,7 @@
 //! binary (`fleetrun agent`, which the demo starts).
 
 use crate::helpers::{AgentProcess, TestApp, agent_command};
+use fleetrun::protocol::PROTOCOL_VERSION;
 use fleetrun::protocol::api::RunCommandRequest;
 use tokio::process::Command;
 
@@ -56,6 +57,7 @@ async fn the_main_binarys_agent_mode_is_the_same_agent() {
     let agent = AgentProcess {
         child: command.spawn().unwrap(),
         state,
+        protocol: PROTOCOL_VERSION,
     };
     agent.wait_online(&app).await;
 
@@ -67,4 +69,39 @@ async fn the_main_binarys_agent_mode_is_the_same_agent() {
         .await;
 
     assert_eq!(inv.results.unwrap()[0].output, "from the main binary\n");
+}
+
+#[tokio::test]
+async fn a_version_1_agent_and_a_version_2_agent_work_side_by_side() {
+    let app = TestApp::spawn().await;
+    let old = app.agent_speaking("local", 1).await;
+    let new = app.agent_speaking("local", 2).await;
+    let ids = vec![old.instance_id().await, new.instance_id().await];
+    // 300,000 bytes of every value: quotes, backslashes and control bytes JSON must escape,
+    // invalid UTF-8, across several 64 KiB chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bytes");
+    let bytes: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &bytes).unwrap();
+
+    let inv = app
+        .run_to_end(&RunCommandRequest::shell(
+            ids.clone(),
+            format!("cat '{}'", file.display()),
+        ))
+        .await;
+
+    assert!(inv.results.unwrap().iter().all(|r| r.exit_code == Some(0)));
+    for (id, protocol) in ids.iter().zip([1, 2]) {
+        let stored = app.client.output(&inv.invoke_id, id).await.unwrap();
+        assert!(
+            stored == bytes,
+            "protocol {protocol}: {} bytes stored, not the 300,000 sent",
+            stored.len()
+        );
+        let instance = app.client.instance(id).await.unwrap();
+        assert_eq!(instance.agent.protocol_version, Some(protocol), "{id}");
+    }
 }

@@ -45,7 +45,11 @@ async fn named_agent(app: &TestApp, region: &str, name: &str) -> AgentProcess {
         .args(["--name", name])
         .spawn()
         .unwrap();
-    let agent = AgentProcess { child, state };
+    let agent = AgentProcess {
+        child,
+        state,
+        protocol: fleetrun::protocol::PROTOCOL_VERSION,
+    };
     agent.wait_online(app).await;
     agent
 }

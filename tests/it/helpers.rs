@@ -4,6 +4,7 @@
 use clap::Parser as _;
 use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::config::{Cli, Mode};
+use fleetrun::protocol::PROTOCOL_VERSION;
 use fleetrun::protocol::api::{ActivationCreated, CreateActivationRequest, Invocation, RunCommandRequest};
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap};
@@ -147,13 +148,20 @@ impl TestApp {
         AgentProcess {
             child: command.spawn().unwrap(),
             state,
+            protocol: PROTOCOL_VERSION,
         }
     }
 
     /// Enrols and starts a real agent process in `region`, and waits until it is online.
     pub async fn agent(&self, region: &str) -> AgentProcess {
+        self.agent_speaking(region, PROTOCOL_VERSION).await
+    }
+
+    /// [`TestApp::agent`] offering protocol versions up to `protocol` only.
+    pub async fn agent_speaking(&self, region: &str, protocol: u32) -> AgentProcess {
         let activation = self.activation(region, 1).await;
-        let agent = AgentProcess::start(&self.url, Some(&activation), tempfile::tempdir().unwrap());
+        let state = tempfile::tempdir().unwrap();
+        let agent = AgentProcess::start_speaking(&self.url, Some(&activation), state, protocol);
         agent.wait_online(self).await;
         agent
     }
@@ -168,7 +176,11 @@ impl TestApp {
             let mut command = agent_command(&self.url, Some(&activation), state.path());
             command.args(["--name", &format!("{prefix}-{i:02}")]);
             let child = command.spawn().expect("start fleetrun-agent");
-            agents.push(AgentProcess { child, state });
+            agents.push(AgentProcess {
+                child,
+                state,
+                protocol: PROTOCOL_VERSION,
+            });
         }
         let mut fleet = Vec::new();
         for agent in agents {
@@ -224,14 +236,28 @@ impl Drop for TestApp {
 pub struct AgentProcess {
     pub child: Child,
     pub state: tempfile::TempDir,
+    /// The newest protocol version it offers (`--max-protocol-version`), kept on restart.
+    pub protocol: u32,
 }
 
 impl AgentProcess {
     pub fn start(server: &str, activation: Option<&ActivationCreated>, state: tempfile::TempDir) -> AgentProcess {
+        AgentProcess::start_speaking(server, activation, state, PROTOCOL_VERSION)
+    }
+
+    /// Starts an agent that offers protocol versions up to `protocol` only: 1 makes it send
+    /// every frame as JSON text, as agents from before version 2 do.
+    pub fn start_speaking(
+        server: &str,
+        activation: Option<&ActivationCreated>,
+        state: tempfile::TempDir,
+        protocol: u32,
+    ) -> AgentProcess {
         let child = agent_command(server, activation, state.path())
+            .arg(format!("--max-protocol-version={protocol}"))
             .spawn()
             .expect("start fleetrun-agent");
-        AgentProcess { child, state }
+        AgentProcess { child, state, protocol }
     }
 
     /// The instance id the agent stored after enrolling.
@@ -262,6 +288,7 @@ impl AgentProcess {
     /// Starts the agent again on the same state directory (no activation needed).
     pub fn restart(&mut self, server: &str) {
         self.child = agent_command(server, None, self.state.path())
+            .arg(format!("--max-protocol-version={}", self.protocol))
             .spawn()
             .expect("restart fleetrun-agent");
     }

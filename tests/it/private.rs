@@ -6,6 +6,7 @@ use crate::helpers::{AgentProcess, PASSWORD, TestApp, agent_command, eventually,
 use clap::Parser as _;
 use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::config::{Cli, Mode, ServeArgs};
+use fleetrun::protocol::PROTOCOL_VERSION;
 use fleetrun::protocol::api::CreateActivationRequest;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -137,6 +138,7 @@ fn enrolling_agent(
     AgentProcess {
         child: command.spawn().unwrap(),
         state,
+        protocol: PROTOCOL_VERSION,
     }
 }
 

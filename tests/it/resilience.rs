@@ -27,10 +27,34 @@ async fn an_offline_target_is_aborted_after_the_delivery_window() {
     );
 }
 
-#[tokio::test]
-async fn an_agent_that_comes_back_inside_the_window_runs_the_task() {
+/// Each scenario runs once per agent protocol version: 1 (every frame JSON text, as agents from
+/// before version 2 send) and 2 (output in binary frames).
+macro_rules! with_each_protocol {
+    ($($scenario:ident),+ $(,)?) => {
+        mod protocol_1 {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(1).await
+            })+
+        }
+        mod protocol_2 {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(2).await
+            })+
+        }
+    };
+}
+
+with_each_protocol!(
+    an_agent_that_comes_back_inside_the_window_runs_the_task,
+    an_agent_killed_mid_run_ends_its_result_as_client_not_response,
+    output_survives_a_cut_connection_without_loss_or_duplication,
+);
+
+async fn an_agent_that_comes_back_inside_the_window_runs_the_task(protocol: u32) {
     let app = TestApp::spawn_with(&["--delivery-window-secs", "30"]).await;
-    let mut agent = app.agent("local").await;
+    let mut agent = app.agent_speaking("local", protocol).await;
     let id = agent.instance_id().await;
     agent.kill9().await;
     let created = app
@@ -52,10 +76,9 @@ async fn an_agent_that_comes_back_inside_the_window_runs_the_task() {
     );
 }
 
-#[tokio::test]
-async fn an_agent_killed_mid_run_ends_its_result_as_client_not_response() {
+async fn an_agent_killed_mid_run_ends_its_result_as_client_not_response(protocol: u32) {
     let app = TestApp::spawn().await;
-    let mut agent = app.agent("local").await;
+    let mut agent = app.agent_speaking("local", protocol).await;
     let id = agent.instance_id().await;
     let seconds = unique_seconds(30);
     let created = app
@@ -78,12 +101,12 @@ async fn an_agent_killed_mid_run_ends_its_result_as_client_not_response() {
     eventually(Duration::from_secs(15), "the orphaned command to be killed", gone).await;
 }
 
-#[tokio::test]
-async fn output_survives_a_cut_connection_without_loss_or_duplication() {
+async fn output_survives_a_cut_connection_without_loss_or_duplication(protocol: u32) {
     let app = TestApp::spawn().await;
     let proxy = Proxy::start(&app.url).await;
     let activation = app.activation("local", 1).await;
-    let agent = AgentProcess::start(&proxy.url, Some(&activation), tempfile::tempdir().unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start_speaking(&proxy.url, Some(&activation), state, protocol);
     agent.wait_online(&app).await;
     let id = agent.instance_id().await;
     let script = "i=0; while [ $i -lt 3000 ]; do echo \"line $i of the streamed output\"; i=$((i+1)); \

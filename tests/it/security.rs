@@ -212,6 +212,7 @@ async fn an_agent_cannot_report_on_another_instances_task() {
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
+        protocol_versions: Vec::new(),
         agent_version: "hand-written".into(),
         hostname: "a".into(),
         os_type: OsType::Linux,

@@ -30,6 +30,7 @@ pub fn instance_dto(row: InstanceRow, liveness: Liveness) -> Instance {
         agent: AgentInfo {
             online: liveness.online,
             version: row.agent_version,
+            protocol_version: row.agent_protocol.map(|v| v as u32),
             last_heartbeat_time: row.last_heartbeat_at.map(rfc3339),
             supported_command_types: row.supported_command_types,
         },

@@ -6,9 +6,9 @@
 use super::{Bare, Case, Fixture, JSON, MIB, Refused, ReplaceFirst as _, bad, body, get, merge, post, raw, truncate};
 use crate::helpers::{TestApp, register, register_body};
 use base64::Engine as _;
-use fleetrun::protocol::agent::{AgentMessage, Hello, ServerMessage, TaskStarted};
+use fleetrun::protocol::agent::{AgentMessage, Hello, Output, ServerMessage, TaskStarted};
 use fleetrun::protocol::api::ActivationCreated;
-use fleetrun::protocol::{CommandType, OsType, PROTOCOL_VERSION};
+use fleetrun::protocol::{CommandType, OsType, OutputStream, PROTOCOL_VERSION};
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -66,6 +66,7 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 pub(super) fn hello() -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
+        protocol_versions: Vec::new(),
         agent_version: "0.1.0".into(),
         hostname: "fake-host".into(),
         os_type: OsType::Linux,
@@ -272,6 +273,18 @@ async fn the_agent_socket_refuses_bad_credentials_and_garbage_frames() {
     fragments.extend(frame(0x80, b"x", true));
     let huge_header = [vec![0x81, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0], vec![1, 2, 3, 4]].concat();
     let output = |data: &str| format!(r#"{{"type":"output","task":"t-x","seq":0,"stream":"stdout","data":"{data}"}}"#);
+    let binary_output = Output {
+        task: "t-x".into(),
+        seq: 0,
+        stream: OutputStream::Stdout,
+        data: "x".into(),
+    }
+    .encode_binary();
+    let mut v1 = hello();
+    v1.protocol_version = 1;
+    let binary_from_v1 = [text_frame(&text_of(v1)), frame(0x82, &binary_output, true)].concat();
+    let mut overlong_task = binary_output.clone();
+    overlong_task[10] = 60;
     let hostile_hello = |change: fn(&mut Hello)| {
         let mut hello = hello();
         change(&mut hello);
@@ -296,6 +309,9 @@ async fn the_agent_socket_refuses_bad_credentials_and_garbage_frames() {
         ("an empty output chunk", Frames::AfterHello(text_frame(&output("")))),
         ("output with a negative seq", Frames::AfterHello(text_frame(&output("eA==").replace("\"seq\":0", "\"seq\":-1")))),
         ("a binary frame", Frames::AfterHello(frame(0x82, b"\xde\xad\xbe\xef", true))),
+        ("binary output from an agent that speaks protocol version 1", Frames::First(binary_from_v1)),
+        ("binary output whose task id runs past the frame", Frames::AfterHello(frame(0x82, &overlong_task[..14], true))),
+        ("binary output of an unknown kind", Frames::AfterHello(frame(0x82, &[[7].as_slice(), &binary_output[1..]].concat(), true))),
         ("a 2 MiB text frame (limit 1 MiB)", Frames::AfterHello(frame(0x81, &vec![b'x'; 2 * MIB], true))),
         ("a frame header announcing 2^62 bytes", Frames::AfterHello(huge_header)),
         ("a 2 MiB message in 64 KiB fragments", Frames::AfterHello(fragments)),
