@@ -62,8 +62,8 @@ pub struct RunArgs {
     /// Tasks streaming at once for the live latency figure.
     #[arg(long, default_value_t = 1000)]
     pub live_tasks: usize,
-    /// Groups to run: any of `virtual`, `real`, `idle`.
-    #[arg(long, value_delimiter = ',', default_value = "virtual,real,idle")]
+    /// Groups to run: any of `virtual`, `real`, `ingest`, `idle`.
+    #[arg(long, value_delimiter = ',', default_value = "virtual,real,ingest,idle")]
     pub only: Vec<String>,
 }
 
@@ -105,6 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let wants = |group: &str| bench.args.only.iter().any(|g| g == group);
     let (run_virtual, run_real, run_idle) = (wants("virtual"), wants("real"), wants("idle"));
+    let run_ingest = wants("ingest");
 
     let idle = if run_idle {
         match bench.start_idle().await {
@@ -125,6 +126,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if run_real {
         if let Err(e) = bench.real_phase().await {
             bench.fail("real", e);
+        }
+    }
+    if run_ingest {
+        if let Err(e) = bench.ingest_phase().await {
+            bench.fail("ingest_single_mb_per_s", e);
         }
     }
     if let Some(idle) = idle {
@@ -613,10 +619,16 @@ impl Bench {
                 Err(e) => self.fail(key, e),
             }
         }
-        if let Err(e) = self.ingest(&ids[0], fleet.agents[0].pid).await {
-            self.fail("ingest_single_mb_per_s", e);
-        }
         Ok(())
+    }
+
+    /// The ingest figure, on an agent of its own.
+    async fn ingest_phase(&mut self) -> anyhow::Result<()> {
+        let dir = self.args.work_dir.join("agents");
+        let fleet = RealFleet::start(&self.api, &self.args.agent, &dir, "bench-ingest", 1, 1).await?;
+        let outcome = self.ingest(&fleet.instance_ids()[0], fleet.agents[0].pid).await;
+        fleet.stop(Duration::from_secs(5)).await;
+        outcome
     }
 
     /// `ingest_single_mb_per_s`: one real agent prints `ingest_mib` MiB as fast as `yes` can;

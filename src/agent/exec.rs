@@ -56,6 +56,7 @@ mod imp {
     use super::*;
     use crate::agent::account::{self, Account};
     use crate::protocol::{CommandType, ErrorCode};
+    use bytes::BytesMut;
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -231,21 +232,44 @@ mod imp {
     }
 
     impl Pipe {
-        async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        /// Reads into the spare capacity of `buf`.
+        async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
             match self {
-                Pipe::Out(p) => p.read(buf).await,
-                Pipe::Err(p) => p.read(buf).await,
+                Pipe::Out(p) => p.read_buf(buf).await,
+                Pipe::Err(p) => p.read_buf(buf).await,
             }
+        }
+
+        /// Grows the pipe's kernel buffer (64 KiB by default) to a whole chunk, so a fast
+        /// writer fills a chunk before waking the agent: fewer wake-ups, frames and acks.
+        /// Best effort: the limit (`/proc/sys/fs/pipe-max-size`) may be lower.
+        fn enlarge(&self) {
+            use nix::fcntl::{FcntlArg, fcntl};
+            let _ = match self {
+                Pipe::Out(p) => fcntl(p, FcntlArg::F_SETPIPE_SZ(MAX_CHUNK_BYTES as i32)),
+                Pipe::Err(p) => fcntl(p, FcntlArg::F_SETPIPE_SZ(MAX_CHUNK_BYTES as i32)),
+            };
         }
     }
 
     async fn read_pipe(mut pipe: Pipe, stream: OutputStream, task: String, events: Events, _done: mpsc::Sender<()>) {
-        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+        pipe.enlarge();
+        let mut buf = BytesMut::with_capacity(MAX_CHUNK_BYTES);
         loop {
             match pipe.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    // A large read is handed over as it is; a small one is copied out, so a
+                    // line of output does not pin a whole read buffer until it is sent.
+                    let chunk = if n >= MAX_CHUNK_BYTES / 4 {
+                        let chunk = buf.split().freeze();
+                        buf.reserve(MAX_CHUNK_BYTES);
+                        chunk
+                    } else {
+                        let chunk = Bytes::copy_from_slice(&buf);
+                        buf.clear();
+                        chunk
+                    };
                     if events
                         .send((task.clone(), TaskEvent::Output(stream, chunk)))
                         .await

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 /// Largest frame either side sends or accepts. Output chunks are far smaller (64 KiB of data).
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
-/// Largest piece of output the agent puts in one `Output` frame.
-pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest piece of output the agent puts in one `Output` frame. A fast writer fills whole
+/// chunks, so this sets the per-frame overhead of bulk output (acks, writer items, rows).
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A task id: the invoke id of the invocation the task belongs to.
 pub type TaskId = String;

@@ -1,23 +1,22 @@
 //! The agent's outbox: every task's output and end, kept on disk until the server
 //! acknowledges them, and re-sent after a reconnect (or an agent restart).
 //!
-//! Per task, `<task>.out` holds output records (`seq u64 LE, stream u8, len u32 LE, bytes`) and
-//! `<task>.json` says whether it started and how it ended. Memory holds only an index of the
-//! unacknowledged records, so a long disconnection costs disk, not memory. The file is emptied
-//! whenever everything in it is acknowledged. Reads and writes hit the page cache and are
-//! small, so they are done inline rather than on a blocking thread.
+//! Per task, [`log`] keeps the output records (`<task>.out`, and more segments for a task that
+//! prints fast), and `<task>.json` says whether it started and how it ended. Memory holds only
+//! an index of the unacknowledged records, so a long disconnection costs disk, not memory.
+//! Reads and writes hit the page cache and are small, so they are done inline rather than on a
+//! blocking thread.
+
+mod log;
 
 use crate::protocol::agent::{AgentMessage, Output, TaskFinished, TaskId, TaskStarted};
 use crate::protocol::{ErrorCode, OutputStream, TaskEnd};
 use bytes::Bytes;
+use log::{OutputLog, Record};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-
-const HEADER: usize = 13;
 
 /// What `<task>.json` records.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -44,20 +43,8 @@ pub enum Resend {
     Finished,
 }
 
-/// An unacknowledged output record.
-#[derive(Debug, Clone, Copy)]
-pub struct Record {
-    seq: u64,
-    pos: u64,
-    len: u32,
-    stream: OutputStream,
-}
-
 struct TaskSpool {
-    file: File,
-    write_pos: u64,
-    next_seq: u64,
-    unacked: VecDeque<Record>,
+    log: OutputLog,
     meta: Meta,
 }
 
@@ -113,7 +100,7 @@ impl Spool {
                 continue;
             }
             let mut meta: Meta = serde_json::from_slice(&std::fs::read(&path)?).unwrap_or_default();
-            let (file, write_pos, next_seq, unacked) = spool.reload_output(task)?;
+            let log = OutputLog::reload(&spool.out_path(task))?;
             let interrupted = meta.started && meta.finished.is_none();
             if interrupted {
                 if let Some((pgid, start)) = meta.process_group {
@@ -127,55 +114,12 @@ impl Spool {
                     },
                 });
             }
-            spool.tasks.insert(
-                task.to_string(),
-                TaskSpool {
-                    file,
-                    write_pos,
-                    next_seq,
-                    unacked,
-                    meta,
-                },
-            );
+            spool.tasks.insert(task.to_string(), TaskSpool { log, meta });
             if interrupted {
                 spool.save_meta(task)?;
             }
         }
         Ok(spool)
-    }
-
-    fn reload_output(&self, task: &str) -> io::Result<(File, u64, u64, VecDeque<Record>)> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.out_path(task))?;
-        let len = file.metadata()?.len();
-        let (mut pos, mut next_seq, mut unacked) = (0u64, 0u64, VecDeque::new());
-        let mut header = [0u8; HEADER];
-        while pos + HEADER as u64 <= len {
-            file.read_exact_at(&mut header, pos)?;
-            let seq = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
-            let stream = if header[8] == 1 {
-                OutputStream::Stderr
-            } else {
-                OutputStream::Stdout
-            };
-            let rec_len = u32::from_le_bytes(header[9..].try_into().unwrap_or_default());
-            if pos + HEADER as u64 + u64::from(rec_len) > len {
-                break; // a record cut short by a crash
-            }
-            unacked.push_back(Record {
-                seq,
-                pos,
-                len: rec_len,
-                stream,
-            });
-            next_seq = seq + 1;
-            pos += HEADER as u64 + u64::from(rec_len);
-        }
-        Ok((file, pos, next_seq, unacked))
     }
 
     fn out_path(&self, task: &str) -> PathBuf {
@@ -196,17 +140,8 @@ impl Spool {
 
     fn entry(&mut self, task: &str) -> io::Result<&mut TaskSpool> {
         if !self.tasks.contains_key(task) {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(self.out_path(task))?;
             let spool = TaskSpool {
-                file,
-                write_pos: 0,
-                next_seq: 0,
-                unacked: VecDeque::new(),
+                log: OutputLog::create(&self.out_path(task))?,
                 meta: Meta::default(),
             };
             self.tasks.insert(task.to_string(), spool);
@@ -238,22 +173,7 @@ impl Spool {
 
     /// Appends a piece of output and returns it numbered.
     pub fn append(&mut self, task: &str, stream: OutputStream, data: Bytes) -> io::Result<AgentMessage> {
-        let t = self.entry(task)?;
-        let seq = t.next_seq;
-        let mut header = [0u8; HEADER];
-        header[..8].copy_from_slice(&seq.to_le_bytes());
-        header[8] = u8::from(stream == OutputStream::Stderr);
-        header[9..].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        t.file.write_all_at(&header, t.write_pos)?;
-        t.file.write_all_at(&data, t.write_pos + HEADER as u64)?;
-        t.unacked.push_back(Record {
-            seq,
-            pos: t.write_pos,
-            len: data.len() as u32,
-            stream,
-        });
-        t.write_pos += (HEADER + data.len()) as u64;
-        t.next_seq += 1;
+        let seq = self.entry(task)?.log.append(stream, &data)?;
         Ok(Output {
             task: task.to_string(),
             seq,
@@ -270,7 +190,7 @@ impl Spool {
             exit_code,
             end: end.clone(),
         });
-        let chunks = t.next_seq;
+        let chunks = t.log.next_seq();
         self.save_meta(task)?;
         Ok(TaskFinished {
             task: task.to_string(),
@@ -286,16 +206,11 @@ impl Spool {
         let Some(t) = self.tasks.get_mut(task) else {
             return Ok(());
         };
-        while t.unacked.front().is_some_and(|r| r.seq < next_seq) {
-            t.unacked.pop_front();
-        }
+        t.log.ack(next_seq);
         if finished && t.meta.finished.is_some() {
             self.tasks.remove(task);
-            let _ = std::fs::remove_file(self.out_path(task));
+            log::remove_files(&self.out_path(task));
             let _ = std::fs::remove_file(self.meta_path(task));
-        } else if t.unacked.is_empty() && t.write_pos > 0 {
-            t.file.set_len(0)?;
-            t.write_pos = 0;
         }
         Ok(())
     }
@@ -307,7 +222,7 @@ impl Spool {
             return Vec::new();
         };
         let started = t.meta.started.then_some(Resend::Started);
-        let output = t.unacked.iter().map(|r| Resend::Output(*r));
+        let output = t.log.unacked().map(|r| Resend::Output(*r));
         let finished = t.meta.finished.as_ref().map(|_| Resend::Finished);
         started.into_iter().chain(output).chain(finished).collect()
     }
@@ -320,17 +235,13 @@ impl Spool {
             .ok_or_else(|| io::Error::other("task no longer spooled"))?;
         Ok(match step {
             Resend::Started => TaskStarted { task: task.to_string() }.into(),
-            Resend::Output(record) => {
-                let mut data = vec![0u8; record.len as usize];
-                t.file.read_exact_at(&mut data, record.pos + HEADER as u64)?;
-                Output {
-                    task: task.to_string(),
-                    seq: record.seq,
-                    stream: record.stream,
-                    data: data.into(),
-                }
-                .into()
+            Resend::Output(record) => Output {
+                task: task.to_string(),
+                seq: record.seq,
+                stream: record.stream,
+                data: t.log.read(record)?.into(),
             }
+            .into(),
             Resend::Finished => {
                 let finish = t
                     .meta
@@ -340,7 +251,7 @@ impl Spool {
                 let end = finish.end.clone();
                 TaskFinished {
                     task: task.to_string(),
-                    chunks: t.next_seq,
+                    chunks: t.log.next_seq(),
                     exit_code: finish.exit_code,
                     end,
                 }
