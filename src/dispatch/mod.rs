@@ -153,14 +153,31 @@ struct Inner {
     next_session: AtomicU64,
 }
 
+/// Result ids of a connection's tasks, by task id: filled as tasks are handed to the agent,
+/// read by the connection's reports, so a report needs no lookup.
+type TaskIds = Arc<Mutex<HashMap<String, i64>>>;
+
 /// The way to one connected agent.
 struct AgentLink {
     session: u64,
+    tasks: TaskIds,
     /// Messages in order. Bounded: an agent that stops reading has its connection closed
     /// rather than its messages piling up (it re-sends, and gets its work again, on reconnect).
     tx: mpsc::Sender<Outbound>,
     /// Cancelled to close the connection when its queue is full.
     close: CancellationToken,
+}
+
+impl AgentLink {
+    /// Queues a message, in order. Never waits: an agent whose queue is full is disconnected.
+    /// (Messages to agents not connected here are not sent at all; the store holds what they
+    /// need when they connect.)
+    fn push(&self, instance_id: &str, message: ServerMessage) {
+        if self.tx.try_send(Outbound::Message(message)).is_err() && !self.close.is_cancelled() {
+            tracing::warn!(instance_id, "agent is not reading its messages; closing its connection");
+            self.close.cancel();
+        }
+    }
 }
 
 /// Events buffered per watcher before it counts as lagging.
@@ -244,28 +261,26 @@ impl Dispatcher {
         self.inner.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues messages to connected agents, in order, taking the registry lock once. Never
-    /// waits: an agent whose queue is full is disconnected (see [`AgentLink`]). Messages to
-    /// agents not connected here are dropped; the store holds what they need on reconnect.
-    fn send_many<'a>(&self, messages: impl IntoIterator<Item = (&'a str, ServerMessage)>) {
-        let agents = self.lock_agents();
-        for (instance_id, message) in messages {
-            let Some(link) = agents.get(instance_id) else {
-                continue;
-            };
-            if link.tx.try_send(Outbound::Message(message)).is_err() && !link.close.is_cancelled() {
-                tracing::warn!(instance_id, "agent is not reading its messages; closing its connection");
-                link.close.cancel();
-            }
+    fn send_stop(&self, instance_id: &str, task: &str) {
+        if let Some(link) = self.lock_agents().get(instance_id) {
+            link.push(instance_id, StopTask { task: task.to_string() }.into());
         }
     }
 
-    fn send_stop(&self, instance_id: &str, task: &str) {
-        self.send_many([(instance_id, StopTask { task: task.to_string() }.into())]);
-    }
-
-    fn send_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a str, RunTask)>) {
-        self.send_many(runs.into_iter().map(|(id, run)| (id, run.into())));
+    /// Hands tasks to their connected agents, with their result ids (`(instance id, result id,
+    /// task)`), taking the registry lock once for the whole fan-out.
+    fn send_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a str, i64, RunTask)>) {
+        let agents = self.lock_agents();
+        for (instance_id, result_id, run) in runs {
+            let Some(link) = agents.get(instance_id) else {
+                continue;
+            };
+            link.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run.task.clone(), result_id);
+            link.push(instance_id, run.into());
+        }
     }
 
     /// Publishes an event to the watchers of an invocation, if there are any.

@@ -162,22 +162,28 @@ impl Dispatcher {
             instance_ids: run.instance_ids,
             deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
         };
-        let (invoke_id, command_id) = self
+        let created = self
             .inner
             .store
             .create_invocation(&new)
             .await
             .map_err(|e| command_refusal(e, &region, &run.name))?;
-        let invocation = self.inner.store.invocation(&invoke_id).await?;
+        let invocation = self.inner.store.invocation(&created.id).await?;
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
         // targets stay Pending: they get the task when they connect, or are aborted when the
         // delivery window closes.
         let tasks: Vec<_> = instances
             .iter()
-            .map(|i| (i.id.as_str(), task_for(&invocation, i)))
+            .filter_map(|i| {
+                let result_id = *created.result_ids.get(&i.id)?;
+                Some((i.id.as_str(), result_id, task_for(&invocation, i)))
+            })
             .collect();
         self.send_runs(tasks);
-        Ok(InvocationCreated { invoke_id, command_id })
+        Ok(InvocationCreated {
+            invoke_id: created.id,
+            command_id: created.command_id,
+        })
     }
 
     /// Loads and checks the target instances: all registered, no duplicates, within the limit,
@@ -397,7 +403,7 @@ mod tests {
             parameters: BTreeMap::from([("who".to_string(), "ann".to_string())]),
             creator: "admin".into(),
             created_at: 0,
-            counts: BTreeMap::new(),
+            counts: Default::default(),
         }
     }
 

@@ -2,11 +2,9 @@
 //! detach when the socket closes.
 
 use super::error::{Error, Kind, not_found};
-use super::{AgentLink, Dispatcher, task_for, writer};
-use crate::protocol::TaskEnd;
+use super::{AgentLink, Dispatcher, TaskIds, task_for, writer};
 use crate::protocol::agent::{Ack, AgentMessage, Hello, Welcome};
 use crate::store::AgentWrite;
-use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,9 +33,25 @@ pub struct AgentSession {
     pub instance_id: String,
     id: u64,
     tx: mpsc::Sender<Outbound>,
-    /// Result ids of this instance's tasks, by task id, so reports skip a lookup.
-    tasks: HashMap<String, i64>,
+    /// Result ids of this instance's tasks, by task id, so reports skip a lookup. Shared with
+    /// the dispatcher, which adds each task it hands to this connection.
+    tasks: TaskIds,
     last_heartbeat: i64,
+}
+
+impl AgentSession {
+    fn known(&self, task: &str) -> Option<i64> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).get(task).copied()
+    }
+
+    fn forget(&self, task: &str) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(task);
+    }
+
+    fn remember(&self, task: &str, result_id: i64) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.insert(task.to_string(), result_id);
+    }
 }
 
 /// What the connection's writer sends: queued messages, in order, until `close` is cancelled.
@@ -75,6 +89,7 @@ impl Dispatcher {
             .await?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let close = CancellationToken::new();
+        let tasks = TaskIds::default();
         let welcome = Welcome {
             protocol_version,
             instance_id: instance_id.to_string(),
@@ -86,6 +101,7 @@ impl Dispatcher {
             instance_id.to_string(),
             AgentLink {
                 session: id,
+                tasks: tasks.clone(),
                 tx: tx.clone(),
                 close: close.clone(),
             },
@@ -98,7 +114,7 @@ impl Dispatcher {
             instance_id: instance_id.to_string(),
             id,
             tx,
-            tasks: HashMap::new(),
+            tasks,
             last_heartbeat: self.now(),
         };
 
@@ -124,9 +140,13 @@ impl Dispatcher {
         let mut runs = Vec::new();
         for delivery in store.deliveries(&instance.id, now).await? {
             let invocation = delivery.invocation;
-            session.tasks.insert(invocation.id.clone(), delivery.result_id);
+            session.remember(&invocation.id, delivery.result_id);
             if !hello.held_tasks.contains(&invocation.id) {
-                runs.push((instance.id.as_str(), task_for(&invocation, instance)));
+                runs.push((
+                    instance.id.as_str(),
+                    delivery.result_id,
+                    task_for(&invocation, instance),
+                ));
             }
         }
         self.send_runs(runs);
@@ -169,14 +189,15 @@ impl Dispatcher {
                 let Some(result_id) = self.own_task(session, &m.task).await? else {
                     return Ok(());
                 };
-                let end: TaskEnd = m.end;
                 let write = AgentWrite::Finished {
                     result_id,
                     chunks: m.chunks,
                     exit_code: m.exit_code,
-                    end,
+                    end: m.end,
                     at: now,
                 };
+                // The task is over: its entry goes (a late re-send looks the id up again).
+                session.forget(&m.task);
                 return self.queue(session, m.task, write).await;
             }
         };
@@ -206,12 +227,12 @@ impl Dispatcher {
     /// A refused task is acknowledged as finished, so the agent stops re-sending it; a store
     /// error ends the connection, so the agent re-sends after reconnecting.
     async fn own_task(&self, session: &mut AgentSession, task: &str) -> Result<Option<i64>, SessionError> {
-        if let Some(id) = session.tasks.get(task) {
-            return Ok(Some(*id));
+        if let Some(id) = session.known(task) {
+            return Ok(Some(id));
         }
         match self.inner.store.result_id(task, &session.instance_id).await {
             Ok(Some(id)) => {
-                session.tasks.insert(task.to_string(), id);
+                session.remember(task, id);
                 Ok(Some(id))
             }
             Ok(None) => {

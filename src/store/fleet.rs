@@ -366,12 +366,17 @@ impl Store {
     /// Writes a batch of heartbeat times in one transaction.
     pub async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        for (id, at) in beats {
-            sqlx::query("UPDATE instances SET last_heartbeat_at = $2 WHERE id = $1 AND online = 1")
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in super::statement_chunks(beats) {
+            let sql = format!(
+                "WITH v(id, at) AS (VALUES {}) UPDATE instances SET last_heartbeat_at = v.at \
+                 FROM v WHERE instances.id = v.id AND instances.online = 1",
+                super::value_rows(chunk.len(), 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, at) in chunk {
+                query = query.bind(id).bind(at);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -6,7 +6,6 @@ use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
 /// An invocation to create.
 #[derive(Debug, Clone)]
@@ -25,6 +24,16 @@ pub struct NewInvocation {
     pub deliver_by: i64,
 }
 
+/// What [`Store::create_invocation`] made.
+#[derive(Debug, Clone)]
+pub struct CreatedInvocation {
+    pub id: String,
+    /// The retained command it runs or retained.
+    pub command_id: Option<String>,
+    /// The result id of each target, by instance id, so deliveries and reports need no lookup.
+    pub result_ids: std::collections::HashMap<String, i64>,
+}
+
 /// A stored invocation with its per-status result counts.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InvocationRow {
@@ -37,15 +46,39 @@ pub struct InvocationRow {
     pub parameters: BTreeMap<String, String>,
     pub creator: String,
     pub created_at: i64,
-    /// Filled by the queries that return invocations, from `results`.
-    #[sqlx(skip)]
-    pub counts: BTreeMap<ResultStatus, u64>,
+    #[sqlx(flatten)]
+    pub counts: StatusCounts,
 }
 
 impl InvocationRow {
     /// The overall status, derived from the counts.
     pub fn status(&self) -> InvocationStatus {
-        InvocationStatus::from_counts(self.counts.clone())
+        InvocationStatus::from_counts(self.counts.0.clone())
+    }
+}
+
+/// How many of an invocation's results are in each status (statuses with none left out), from
+/// the `n_<status>` columns the triggers of migration 0006 keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCounts(pub BTreeMap<ResultStatus, u64>);
+
+impl StatusCounts {
+    /// The number of results in all.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+impl sqlx::FromRow<'_, SqliteRow> for StatusCounts {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
+        let mut counts = BTreeMap::new();
+        for status in ResultStatus::ALL {
+            let n: i64 = row.try_get(format!("n_{}", status.as_str().to_lowercase()).as_str())?;
+            if n > 0 {
+                counts.insert(*status, n as u64);
+            }
+        }
+        Ok(StatusCounts(counts))
     }
 }
 
@@ -132,33 +165,10 @@ fn change_from_row(row: &SqliteRow) -> Result<ResultChange> {
 
 const CHANGE_COLUMNS: &str = "invocation_id, instance_id, status, exit_code, error_code, error_info";
 
-/// `InvocationStatus::RULES` as an SQL expression over the `status` column of an invocation's
-/// results (used in a subquery grouped by invocation), so listings filter by overall status in
-/// the database with the very rule `from_counts` applies.
-static OVERALL_STATUS_SQL: LazyLock<String> = LazyLock::new(|| {
-    let mut sql = String::from("CASE");
-    for (overall, groups) in InvocationStatus::RULES {
-        let conditions: Vec<String> = groups
-            .iter()
-            .map(|group| {
-                let members: Vec<String> = ResultStatus::ALL
-                    .iter()
-                    .filter(|s| s.group() == *group)
-                    .map(|s| format!("'{s}'"))
-                    .collect();
-                format!("SUM(status IN ({})) > 0", members.join(", "))
-            })
-            .collect();
-        sql.push_str(&format!(" WHEN {} THEN '{overall}'", conditions.join(" AND ")));
-    }
-    sql.push_str(" ELSE 'Pending' END");
-    sql
-});
-
 impl Store {
     /// Stores an invocation, one `Pending` result per instance and, when asked, the retained
-    /// command, all in one transaction. Returns the invoke id and the command id.
-    pub async fn create_invocation(&self, new: &NewInvocation) -> Result<(String, Option<String>)> {
+    /// command, all in one transaction.
+    pub async fn create_invocation(&self, new: &NewInvocation) -> Result<CreatedInvocation> {
         let now = now_ms();
 
         let mut tx = self.write_tx().await?;
@@ -181,57 +191,42 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         // Multi-row inserts: 10,000 targets cost 50 statements, not 10,000.
+        let mut result_ids = std::collections::HashMap::with_capacity(new.instance_ids.len());
         for batch in new.instance_ids.chunks(200) {
             let values = (0..batch.len())
                 .map(|i| format!("($1, ${}, 'Pending', $2)", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!("INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values}");
-            let mut query = sqlx::query(&sql).bind(&id).bind(new.deliver_by);
+            let sql = format!(
+                "INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values} \
+                 RETURNING id, instance_id"
+            );
+            let mut query = sqlx::query_as::<_, (i64, String)>(&sql).bind(&id).bind(new.deliver_by);
             for instance_id in batch {
                 query = query.bind(instance_id);
             }
-            query.execute(&mut *tx).await?;
+            result_ids.extend(
+                query
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|(id, instance)| (instance, id)),
+            );
         }
         tx.commit().await?;
-        Ok((id, command_id))
+        Ok(CreatedInvocation {
+            id,
+            command_id,
+            result_ids,
+        })
     }
 
     /// One invocation with its counts.
     pub async fn invocation(&self, invoke_id: &str) -> Result<InvocationRow> {
-        let mut invocation: InvocationRow = sqlx::query_as("SELECT * FROM invocations WHERE id = $1")
+        Ok(sqlx::query_as("SELECT * FROM invocations WHERE id = $1")
             .bind(invoke_id)
             .fetch_one(&self.pool)
-            .await?;
-        self.fill_counts(std::slice::from_mut(&mut invocation)).await?;
-        Ok(invocation)
-    }
-
-    async fn fill_counts(&self, invocations: &mut [InvocationRow]) -> Result<()> {
-        // SQLite allows 32,766 variables per statement: count in batches.
-        for batch in invocations.chunks_mut(500) {
-            let sql = format!(
-                "SELECT invocation_id, status, COUNT(*) AS n FROM results WHERE invocation_id IN ({}) \
-                 GROUP BY invocation_id, status",
-                placeholders(1, batch.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for inv in batch.iter() {
-                query = query.bind(&inv.id);
-            }
-            let rows = query.fetch_all(&self.pool).await?;
-            let positions: std::collections::HashMap<String, usize> =
-                batch.iter().enumerate().map(|(i, inv)| (inv.id.clone(), i)).collect();
-            for row in rows {
-                let id: String = row.try_get("invocation_id")?;
-                let status: ResultStatus = parse_name(row.try_get("status")?)?;
-                let n: i64 = row.try_get("n")?;
-                if let Some(&i) = positions.get(&id) {
-                    batch[i].counts.insert(status, n as u64);
-                }
-            }
-        }
-        Ok(())
+            .await?)
     }
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
@@ -239,15 +234,12 @@ impl Store {
         // The prefix is a range over the indexed `results.instance_id` (ids are [a-z0-9-], all
         // below '~'), so the filter is literal text, never a pattern, and needs no scan; a name
         // is looked up in `instances` first.
-        let conditions = format!(
-            "WHERE ($1 IS NULL OR i.command_id = $1) \
+        let conditions = "WHERE ($1 IS NULL OR i.command_id = $1) \
              AND ($2 IS NULL OR i.id IN (SELECT r.invocation_id FROM results r \
                   WHERE (r.instance_id >= $2 AND r.instance_id < $2 || '~') \
                   OR r.instance_id IN (SELECT n.id FROM instances n WHERE lower(n.name) = lower($2)))) \
              AND ($3 IS NULL OR i.created_at >= $3) AND ($4 IS NULL OR i.created_at < $4) \
-             AND ($5 IS NULL OR (SELECT {} FROM results WHERE invocation_id = i.id) = $5)",
-            *OVERALL_STATUS_SQL
-        );
+             AND ($5 IS NULL OR i.status = $5)";
         let status = filter.status.map(|s| s.as_str());
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM invocations i {conditions}"))
             .bind(&filter.command_id)
@@ -257,7 +249,7 @@ impl Store {
             .bind(status)
             .fetch_one(&self.pool)
             .await?;
-        let mut invocations: Vec<InvocationRow> = sqlx::query_as(&format!(
+        let invocations: Vec<InvocationRow> = sqlx::query_as(&format!(
             "SELECT i.* FROM invocations i {conditions} ORDER BY i.created_at DESC, i.id LIMIT $6 OFFSET $7"
         ))
         .bind(&filter.command_id)
@@ -269,7 +261,6 @@ impl Store {
         .bind(filter.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        self.fill_counts(&mut invocations).await?;
         Ok((invocations, total as u64))
     }
 
@@ -513,23 +504,25 @@ pub(crate) mod tests {
         let ids: Vec<String> = (0..450).map(|i| format!("i-{i:03}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
 
-        let (invoke_id, command_id) = store
+        let created = store
             .create_invocation(&new_invocation(&refs, now_ms() + 1000))
             .await
             .unwrap();
+        let (invoke_id, command_id) = (created.id, created.command_id);
         let inv = store.invocation(&invoke_id).await.unwrap();
 
         assert!(command_id.is_none());
-        assert_eq!(inv.counts.get(&ResultStatus::Pending), Some(&450));
+        assert_eq!(inv.counts.0.get(&ResultStatus::Pending), Some(&450));
     }
 
     #[tokio::test]
     async fn stop_cancels_pending_results_and_stops_running_ones() {
         let (store, _dir) = test_store().await;
-        let (id, _) = store
+        let id = store
             .create_invocation(&new_invocation(&["i-a", "i-b"], now_ms() + 60_000))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
         sqlx::query("UPDATE results SET status = 'Running' WHERE instance_id = 'i-b'")
             .execute(&store.pool)
             .await
@@ -555,10 +548,11 @@ pub(crate) mod tests {
         let (store, _dir) = test_store().await;
         let mut ids = Vec::new();
         for n in 0..5 {
-            let (id, _) = store
+            let id = store
                 .create_invocation(&new_invocation(&[&format!("i-{n}")], now_ms() + 60_000))
                 .await
-                .unwrap();
+                .unwrap()
+                .id;
             ids.push(id);
         }
         for id in &ids[..3] {
@@ -610,10 +604,11 @@ pub(crate) mod tests {
         .execute(&store.pool)
         .await
         .unwrap();
-        let (web, _) = store
+        let web = store
             .create_invocation(&new_invocation(&["i-webaaaa"], now_ms() + 60_000))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
         store
             .create_invocation(&new_invocation(&["i-dbbbbbb"], now_ms() + 60_000))
             .await
@@ -648,10 +643,11 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn undelivered_results_are_aborted_after_the_window() {
         let (store, _dir) = test_store().await;
-        let (id, _) = store
+        let id = store
             .create_invocation(&new_invocation(&["i-gone"], 1000))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
 
         let early = store.enforce_deadlines(999, 0).await.unwrap();
         let late = store.enforce_deadlines(1000, 0).await.unwrap();
@@ -669,34 +665,51 @@ mod status_sql_tests {
     use super::*;
     use crate::store::test_store;
 
-    /// Every combination of result groups gets the same overall status from the SQL expression
-    /// as from `InvocationStatus::from_counts`.
+    /// Every combination of result groups (with every status of a group taking its turn) gets
+    /// the same overall status from the migration's SQL as from `InvocationStatus::from_counts`,
+    /// and the triggers count every result.
     #[tokio::test]
-    async fn the_sql_overall_status_agrees_with_from_counts() {
+    async fn the_sql_overall_status_and_counts_agree_with_from_counts() {
+        use ResultStatus::*;
         let (store, _dir) = test_store().await;
-        let representatives = [
-            ResultStatus::Pending,
-            ResultStatus::Running,
-            ResultStatus::Stopping,
-            ResultStatus::Success,
-            ResultStatus::Timeout,
-            ResultStatus::Cancelled,
+        let groups: [&[ResultStatus]; 6] = [
+            &[Pending],
+            &[Running],
+            &[Stopping],
+            &[Success],
+            &[Invalid, Aborted, Failed, Error, Timeout],
+            &[Cancelled, Terminated],
         ];
-        for mask in 1u32..(1 << representatives.len()) {
-            let statuses: Vec<ResultStatus> = (0..representatives.len())
-                .filter(|i| mask & (1 << i) != 0)
-                .map(|i| representatives[i])
+        for mask in 1usize..(1 << groups.len()) {
+            let statuses: Vec<ResultStatus> = (0..groups.len())
+                .filter(|g| mask & (1 << g) != 0)
+                .map(|g| groups[g][mask % groups[g].len()])
                 .collect();
-            let values: Vec<String> = statuses.iter().map(|s| format!("('{s}')")).collect();
-            let sql = format!(
-                "WITH results(status) AS (VALUES {}) SELECT {} FROM results",
-                values.join(", "),
-                *OVERALL_STATUS_SQL
-            );
-            let from_sql: String = sqlx::query_scalar(&sql).fetch_one(&store.pool).await.unwrap();
+            let instances: Vec<String> = (0..statuses.len()).map(|i| format!("i-{i}")).collect();
+            let refs: Vec<&str> = instances.iter().map(String::as_str).collect();
+            let new = tests::new_invocation(&refs, now_ms() + 60_000);
+            let id = store.create_invocation(&new).await.unwrap().id;
+            for (instance, status) in instances.iter().zip(&statuses) {
+                sqlx::query("UPDATE results SET status = $3 WHERE invocation_id = $1 AND instance_id = $2")
+                    .bind(&id)
+                    .bind(instance)
+                    .bind(status.as_str())
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+
+            let row = store.invocation(&id).await.unwrap();
+            let from_sql: String = sqlx::query_scalar("SELECT status FROM invocations WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
 
             let expected = InvocationStatus::from_counts(statuses.iter().map(|s| (*s, 1)));
             assert_eq!(from_sql, expected.as_str(), "{statuses:?}");
+            let counted: BTreeMap<ResultStatus, u64> = statuses.iter().map(|s| (*s, 1)).collect();
+            assert_eq!(row.counts.0, counted, "{statuses:?}");
         }
     }
 }

@@ -167,6 +167,36 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// Most rows one multi-row statement carries. sqlx-sqlite resolves every `$N` by a linear
+/// scan, so the cost of binding grows with the square of a statement's parameters: about a
+/// hundred parameters keeps it small (docs/PERFORMANCE.md).
+const ROWS_PER_STATEMENT: usize = 16;
+
+/// Splits `items` into statements of `ROWS_PER_STATEMENT` rows and then powers of two, so a
+/// statement has one of a few shapes and its prepared form is reused from the cache.
+fn statement_chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    while !items.is_empty() {
+        let n = if items.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << items.len().ilog2()
+        };
+        let (chunk, rest) = items.split_at(n);
+        chunks.push(chunk);
+        items = rest;
+    }
+    chunks
+}
+
+/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `width` placeholders.
+fn value_rows(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -6,10 +6,11 @@
 //! one already stored is a duplicate (a re-send after a reconnect) and is skipped, so nothing
 //! is stored twice.
 
-use super::{Result, Store, parse_name};
+use super::{Result, Store, parse_name, statement_chunks, value_rows};
 use crate::protocol::{ErrorCode, OutputStream, ResultStatus, TaskEnd};
 use bytes::Bytes;
-use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
 use std::collections::HashMap;
 
 /// How much output is kept per result.
@@ -79,12 +80,39 @@ struct State {
     timeout_ms: i64,
     next_seq: u64,
     output_bytes: u64,
+    error_info: Option<String>,
     /// New pieces to insert: (offset, stream, bytes).
     pieces: Vec<(u64, OutputStream, Vec<u8>)>,
     output_changed: bool,
+    /// Set by a `Started` of this batch: (start time, deadline).
+    started: Option<(i64, i64)>,
+    /// Set by the `Finished` of this batch that ended the result.
+    ended: Option<End>,
+}
+
+/// How a result ended, to be written.
+struct End {
+    status: ResultStatus,
+    exit_code: Option<i32>,
+    error_code: Option<ErrorCode>,
+    at: i64,
 }
 
 impl State {
+    fn from_row(row: &SqliteRow) -> Result<State> {
+        Ok(State {
+            status: parse_name(row.try_get("status")?)?,
+            timeout_ms: row.try_get::<i64, _>("timeout_secs")? * 1000,
+            next_seq: row.try_get::<i64, _>("next_seq")? as u64,
+            output_bytes: row.try_get::<i64, _>("output_bytes")? as u64,
+            error_info: row.try_get("error_info")?,
+            pieces: Vec::new(),
+            output_changed: false,
+            started: None,
+            ended: None,
+        })
+    }
+
     /// Adds `data` at the end of the output, keeping only what could survive in head or tail.
     fn append(&mut self, stream: OutputStream, data: &[u8], limits: OutputLimits) -> u64 {
         let offset = self.output_bytes;
@@ -114,132 +142,112 @@ impl State {
         }
         self.pieces.push((offset, stream, data.to_vec()));
     }
+
+    /// Applies one report in memory; the batch's rows are written afterwards.
+    fn apply(&mut self, write: &AgentWrite, limits: OutputLimits) -> Applied {
+        match write {
+            AgentWrite::Started { at, grace_ms, .. } => {
+                let changed = self.status == ResultStatus::Pending;
+                if changed {
+                    self.status = ResultStatus::Running;
+                    self.started = Some((*at, at + self.timeout_ms + grace_ms));
+                }
+                Applied::Started {
+                    status: self.status,
+                    changed,
+                }
+            }
+            AgentWrite::Chunk { seq, stream, data, .. } => {
+                if *seq < self.next_seq {
+                    Applied::Chunk {
+                        offset: None,
+                        next_seq: self.next_seq,
+                    }
+                } else if *seq > self.next_seq {
+                    Applied::Gap {
+                        next_seq: self.next_seq,
+                    }
+                } else {
+                    let offset = self.append(*stream, data, limits);
+                    Applied::Chunk {
+                        offset: Some(offset),
+                        next_seq: self.next_seq,
+                    }
+                }
+            }
+            AgentWrite::Finished {
+                chunks,
+                exit_code,
+                end,
+                at,
+                ..
+            } => {
+                if *chunks > self.next_seq {
+                    return Applied::Early {
+                        next_seq: self.next_seq,
+                    };
+                }
+                let mut changed = None;
+                if let Some((status, error_code)) = end.outcome(self.status, *exit_code) {
+                    self.status = status;
+                    // Without a sentence of its own (a user's stop), the result keeps the one
+                    // set when it was stopped ("Stopped by …").
+                    let info = match end {
+                        TaskEnd::Error { error_info, .. } => Some(error_info.clone()),
+                        _ => error_code.map(|c| c.default_info().to_string()),
+                    };
+                    if info.is_some() {
+                        self.error_info = info;
+                    }
+                    self.ended = Some(End {
+                        status,
+                        exit_code: *exit_code,
+                        error_code,
+                        at: *at,
+                    });
+                    changed = Some((status, error_code, self.error_info.clone()));
+                }
+                Applied::Finished {
+                    changed,
+                    exit_code: *exit_code,
+                }
+            }
+        }
+    }
 }
 
 impl Store {
-    /// Applies a batch of agent reports in one transaction.
+    /// Applies a batch of agent reports in one transaction: one statement loads the state of up
+    /// to `ROWS_PER_STATEMENT` results, the reports are applied in memory, and the changes are
+    /// written with multi-row statements, a few per batch rather than a few per report.
     pub async fn apply_agent_writes(&self, writes: &[AgentWrite], limits: OutputLimits) -> Result<Vec<Applied>> {
         let mut tx = self.write_tx().await?;
-        let mut states: HashMap<i64, Option<State>> = HashMap::new();
-        let mut applied = Vec::with_capacity(writes.len());
-        for write in writes {
-            let result_id = match write {
-                AgentWrite::Started { result_id, .. }
-                | AgentWrite::Chunk { result_id, .. }
-                | AgentWrite::Finished { result_id, .. } => *result_id,
-            };
-            if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(result_id) {
-                let row = sqlx::query(
-                    "SELECT r.status, r.next_seq, r.output_bytes, i.timeout_secs FROM results r \
-                     JOIN invocations i ON i.id = r.invocation_id WHERE r.id = $1",
-                )
-                .bind(result_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let state = match row {
-                    Some(row) => Some(State {
-                        status: parse_name(row.try_get("status")?)?,
-                        timeout_ms: row.try_get::<i64, _>("timeout_secs")? * 1000,
-                        next_seq: row.try_get::<i64, _>("next_seq")? as u64,
-                        output_bytes: row.try_get::<i64, _>("output_bytes")? as u64,
-                        pieces: Vec::new(),
-                        output_changed: false,
-                    }),
-                    None => None,
-                };
-                slot.insert(state);
+        let mut ids: Vec<i64> = writes.iter().map(AgentWrite::result_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut states: HashMap<i64, State> = HashMap::with_capacity(ids.len());
+        for chunk in statement_chunks(&ids) {
+            let sql = format!(
+                "SELECT r.id, r.status, r.next_seq, r.output_bytes, r.error_info, i.timeout_secs FROM results r \
+                 JOIN invocations i ON i.id = r.invocation_id WHERE r.id IN ({})",
+                super::placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
             }
-            let Some(Some(state)) = states.get_mut(&result_id) else {
-                applied.push(Applied::Missing);
-                continue;
-            };
-            applied.push(match write {
-                AgentWrite::Started { at, grace_ms, .. } => {
-                    let changed = state.status == ResultStatus::Pending;
-                    if changed {
-                        state.status = ResultStatus::Running;
-                        sqlx::query(
-                            "UPDATE results SET status = 'Running', start_time = $2, deadline = $3 WHERE id = $1",
-                        )
-                        .bind(result_id)
-                        .bind(at)
-                        .bind(at + state.timeout_ms + grace_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Applied::Started {
-                        status: state.status,
-                        changed,
-                    }
-                }
-                AgentWrite::Chunk { seq, stream, data, .. } => {
-                    if *seq < state.next_seq {
-                        Applied::Chunk {
-                            offset: None,
-                            next_seq: state.next_seq,
-                        }
-                    } else if *seq > state.next_seq {
-                        Applied::Gap {
-                            next_seq: state.next_seq,
-                        }
-                    } else {
-                        let offset = state.append(*stream, data, limits);
-                        Applied::Chunk {
-                            offset: Some(offset),
-                            next_seq: state.next_seq,
-                        }
-                    }
-                }
-                AgentWrite::Finished {
-                    chunks,
-                    exit_code,
-                    end,
-                    at,
-                    ..
-                } => {
-                    if *chunks > state.next_seq {
-                        Applied::Early {
-                            next_seq: state.next_seq,
-                        }
-                    } else {
-                        let mut changed = None;
-                        if let Some((status, error_code)) = end.outcome(state.status, *exit_code) {
-                            state.status = status;
-                            let error_info = match end {
-                                TaskEnd::Error { error_info, .. } => Some(error_info.as_str()),
-                                _ => error_code.map(|c| c.default_info()),
-                            };
-                            // Without a sentence of its own (a user's stop), the result keeps
-                            // the one set when it was stopped ("Stopped by …").
-                            let info: Option<String> = sqlx::query_scalar(
-                                "UPDATE results SET status = $2, exit_code = $3, error_code = $4, \
-                                 error_info = COALESCE($5, error_info), finish_time = $6, \
-                                 start_time = COALESCE(start_time, $6) WHERE id = $1 RETURNING error_info",
-                            )
-                            .bind(result_id)
-                            .bind(status.as_str())
-                            .bind(exit_code)
-                            .bind(error_code.map(|c| c.as_str()))
-                            .bind(error_info)
-                            .bind(at)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                            changed = Some((status, error_code, info));
-                        }
-                        Applied::Finished {
-                            changed,
-                            exit_code: *exit_code,
-                        }
-                    }
-                }
-            });
+            for row in query.fetch_all(&mut *tx).await? {
+                states.insert(row.try_get("id")?, State::from_row(&row)?);
+            }
         }
-        for (result_id, state) in states {
-            let Some(state) = state.filter(|s| s.output_changed) else {
-                continue;
-            };
-            store_pieces(&mut tx, result_id, &state, limits).await?;
-        }
+        let applied = writes
+            .iter()
+            .map(|write| match states.get_mut(&write.result_id()) {
+                Some(state) => state.apply(write, limits),
+                None => Applied::Missing,
+            })
+            .collect();
+        write_states(&mut tx, &states, limits).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -293,72 +301,163 @@ impl Store {
     }
 }
 
-/// Writes a result's new pieces and trims the tail so that only the last `tail` bytes stay.
-async fn store_pieces(
-    tx: &mut sqlx::SqliteConnection,
-    result_id: i64,
-    state: &State,
-    limits: OutputLimits,
-) -> Result<()> {
-    let tail_start = limits.head.max(state.output_bytes.saturating_sub(limits.tail));
-    for (offset, stream, data) in &state.pieces {
-        let end = offset + data.len() as u64;
-        // Head pieces are always kept; tail pieces only where they reach past `tail_start`.
-        let (offset, data) = if *offset < limits.head {
-            (*offset, &data[..])
-        } else if end <= tail_start {
-            continue;
-        } else if *offset < tail_start {
-            (tail_start, &data[(tail_start - offset) as usize..])
-        } else {
-            (*offset, &data[..])
-        };
-        sqlx::query("INSERT INTO output_chunks (result_id, pos, stream, data) VALUES ($1, $2, $3, $4)")
-            .bind(result_id)
-            .bind(offset as i64)
-            .bind(stream.code())
-            .bind(data)
-            .execute(&mut *tx)
-            .await?;
+/// Writes what a batch changed: new output pieces, then the results' rows (started, output
+/// counters, ended), each kind with multi-row statements.
+async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, limits: OutputLimits) -> Result<()> {
+    let mut pieces: Vec<(i64, u64, OutputStream, &[u8])> = Vec::new();
+    for (id, state) in states.iter().filter(|(_, s)| s.output_changed) {
+        let tail_start = limits.head.max(state.output_bytes.saturating_sub(limits.tail));
+        for (offset, stream, data) in &state.pieces {
+            let end = offset + data.len() as u64;
+            // Head pieces are always kept; tail pieces only where they reach past `tail_start`.
+            if *offset < limits.head {
+                pieces.push((*id, *offset, *stream, data));
+            } else if end > tail_start {
+                let from = tail_start.max(*offset);
+                pieces.push((*id, from, *stream, &data[(from - offset) as usize..]));
+            }
+        }
+        if tail_start > limits.head {
+            trim_tail(tx, *id, limits.head, tail_start).await?;
+        }
     }
-    if tail_start > limits.head {
-        sqlx::query("DELETE FROM output_chunks WHERE result_id = $1 AND pos >= $2 AND pos + length(data) <= $3")
-            .bind(result_id)
-            .bind(limits.head as i64)
-            .bind(tail_start as i64)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE output_chunks SET data = substr(data, $3 - pos + 1), pos = $3 \
-             WHERE result_id = $1 AND pos >= $2 AND pos < $3",
-        )
+    for chunk in statement_chunks(&pieces) {
+        let sql = format!(
+            "INSERT INTO output_chunks (result_id, pos, stream, data) VALUES {}",
+            value_rows(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, pos, stream, data) in chunk {
+            query = query.bind(id).bind(*pos as i64).bind(stream.code()).bind(*data);
+        }
+        query.execute(&mut *tx).await?;
+    }
+
+    let dropped = |s: &State| s.output_bytes.saturating_sub(limits.head + limits.tail) as i64;
+    // Started only: running now. Started and ended in one batch: written once, as ended.
+    let started: Vec<(i64, &State)> = states
+        .iter()
+        .filter(|(_, s)| s.started.is_some() && s.ended.is_none())
+        .map(|(id, s)| (*id, s))
+        .collect();
+    for chunk in statement_chunks(&started) {
+        let sql = format!(
+            "WITH v(id, at, deadline, next_seq, output_bytes, dropped) AS (VALUES {}) \
+             UPDATE results SET status = 'Running', start_time = v.at, deadline = v.deadline, \
+             next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
+            value_rows(chunk.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, s) in chunk {
+            let (at, deadline) = s.started.unwrap_or_default();
+            query = query
+                .bind(id)
+                .bind(at)
+                .bind(deadline)
+                .bind(s.next_seq as i64)
+                .bind(s.output_bytes as i64)
+                .bind(dropped(s));
+        }
+        query.execute(&mut *tx).await?;
+    }
+    let output_only: Vec<(i64, &State)> = states
+        .iter()
+        .filter(|(_, s)| s.output_changed && s.started.is_none() && s.ended.is_none())
+        .map(|(id, s)| (*id, s))
+        .collect();
+    for chunk in statement_chunks(&output_only) {
+        let sql = format!(
+            "WITH v(id, next_seq, output_bytes, dropped) AS (VALUES {}) \
+             UPDATE results SET next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped \
+             FROM v WHERE results.id = v.id",
+            value_rows(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, s) in chunk {
+            query = query
+                .bind(id)
+                .bind(s.next_seq as i64)
+                .bind(s.output_bytes as i64)
+                .bind(dropped(s));
+        }
+        query.execute(&mut *tx).await?;
+    }
+    let ended: Vec<(i64, &State, &End)> = states
+        .iter()
+        .filter_map(|(id, s)| Some((*id, s, s.ended.as_ref()?)))
+        .collect();
+    for chunk in statement_chunks(&ended) {
+        let sql = format!(
+            "WITH v(id, status, exit_code, error_code, error_info, at, started_at, deadline, next_seq, output_bytes, \
+             dropped) AS (VALUES {}) \
+             UPDATE results SET status = v.status, exit_code = v.exit_code, error_code = v.error_code, \
+             error_info = v.error_info, finish_time = v.at, start_time = COALESCE(results.start_time, v.started_at, v.at), \
+             deadline = COALESCE(v.deadline, results.deadline), next_seq = v.next_seq, \
+             output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
+            value_rows(chunk.len(), 11)
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, s, end) in chunk {
+            query = query
+                .bind(id)
+                .bind(end.status.as_str())
+                .bind(end.exit_code)
+                .bind(end.error_code.map(|c| c.as_str()))
+                .bind(&s.error_info)
+                .bind(end.at)
+                .bind(s.started.map(|(at, _)| at))
+                .bind(s.started.map(|(_, deadline)| deadline))
+                .bind(s.next_seq as i64)
+                .bind(s.output_bytes as i64)
+                .bind(dropped(s));
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Keeps only the last bytes of a result's tail: rows wholly before `tail_start` go, the row
+/// that straddles it is cut.
+async fn trim_tail(tx: &mut SqliteConnection, result_id: i64, head: u64, tail_start: u64) -> Result<()> {
+    sqlx::query("DELETE FROM output_chunks WHERE result_id = $1 AND pos >= $2 AND pos + length(data) <= $3")
         .bind(result_id)
-        .bind(limits.head as i64)
+        .bind(head as i64)
         .bind(tail_start as i64)
         .execute(&mut *tx)
         .await?;
-    }
-    let dropped = state.output_bytes.saturating_sub(limits.head + limits.tail);
-    sqlx::query("UPDATE results SET next_seq = $2, output_bytes = $3, dropped = $4 WHERE id = $1")
-        .bind(result_id)
-        .bind(state.next_seq as i64)
-        .bind(state.output_bytes as i64)
-        .bind(dropped as i64)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE output_chunks SET data = substr(data, $3 - pos + 1), pos = $3 \
+         WHERE result_id = $1 AND pos >= $2 AND pos < $3",
+    )
+    .bind(result_id)
+    .bind(head as i64)
+    .bind(tail_start as i64)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
+}
+
+impl AgentWrite {
+    fn result_id(&self) -> i64 {
+        match self {
+            AgentWrite::Started { result_id, .. }
+            | AgentWrite::Chunk { result_id, .. }
+            | AgentWrite::Finished { result_id, .. } => *result_id,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{Store, now_ms, test_store};
+    use std::collections::BTreeMap;
 
     const LIMITS: OutputLimits = OutputLimits { head: 10, tail: 10 };
 
     async fn running_result(store: &Store) -> i64 {
         let new = crate::store::invocations::tests::new_invocation(&["i-a"], now_ms() + 60_000);
-        let (id, _) = store.create_invocation(&new).await.unwrap();
+        let id = store.create_invocation(&new).await.unwrap().id;
         let result_id = store.result_id(&id, "i-a").await.unwrap().unwrap();
         let started = AgentWrite::Started {
             result_id,
@@ -464,6 +563,103 @@ mod tests {
         );
         let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
         assert_eq!(result.error_code, Some(ErrorCode::ExitCodeNonzero));
+    }
+
+    /// Results and kept output (each byte with its stream and offset, however the rows split
+    /// it) of a store, for comparing two of them.
+    async fn snapshot(store: &Store) -> Vec<String> {
+        let results: Vec<(String, String, Option<i32>, Option<String>, i64, i64, i64)> = sqlx::query_as(
+            "SELECT instance_id, status, exit_code, error_info, next_seq, output_bytes, dropped FROM results \
+             ORDER BY instance_id",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let chunks: Vec<(String, i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT r.instance_id, c.pos, c.stream, c.data FROM output_chunks c JOIN results r ON r.id = c.result_id \
+             ORDER BY r.instance_id, c.pos",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let mut bytes: BTreeMap<&str, Vec<(i64, i64, u8)>> = BTreeMap::new();
+        for (instance, pos, stream, data) in &chunks {
+            let kept = bytes.entry(instance).or_default();
+            kept.extend(data.iter().enumerate().map(|(i, b)| (pos + i as i64, *stream, *b)));
+        }
+        results
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .chain(bytes.iter().map(|b| format!("{b:?}")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_many_results_ends_as_its_reports_applied_one_by_one() {
+        let (batched, _a) = test_store().await;
+        let (single, _b) = test_store().await;
+        let instances: Vec<String> = (0..37).map(|i| format!("i-{i:02}")).collect();
+        let refs: Vec<&str> = instances.iter().map(String::as_str).collect();
+        let new = crate::store::invocations::tests::new_invocation(&refs, now_ms() + 60_000);
+        let created = batched.create_invocation(&new).await.unwrap();
+        single.create_invocation(&new).await.unwrap();
+        // Every result starts; most print a few chunks (the odd ones past the head and into the
+        // tail), some send a duplicate, a gap or an early end; most end, some twice.
+        let mut writes = Vec::new();
+        for (n, instance) in instances.iter().enumerate() {
+            let result_id = created.result_ids[instance];
+            let at = 1_000 + n as i64;
+            writes.push(AgentWrite::Started {
+                result_id,
+                at,
+                grace_ms: 5,
+            });
+            let chunks = (n % 4) as u64;
+            for seq in 0..chunks {
+                let data: &'static [u8] = if n % 2 == 1 { b"0123456789abcdef" } else { b"hi\n" };
+                writes.push(chunk(result_id, seq, data));
+            }
+            match n % 5 {
+                0 => writes.push(chunk(result_id, 0, b"dup")),
+                1 => writes.push(chunk(result_id, chunks + 3, b"gap")),
+                _ => {}
+            }
+            let fin = |chunks, code| AgentWrite::Finished {
+                result_id,
+                chunks,
+                exit_code: Some(code),
+                end: TaskEnd::Exited,
+                at: at + 10,
+            };
+            match n % 6 {
+                0 => writes.push(fin(chunks + 1, 0)),
+                1 => {}
+                2 => {
+                    writes.push(fin(chunks, 1));
+                    writes.push(fin(chunks, 0));
+                }
+                _ => writes.push(fin(chunks, 0)),
+            }
+        }
+        // A report about a result that does not exist.
+        writes.push(chunk(i64::MAX, 0, b"nobody"));
+
+        let at_once = batched.apply_agent_writes(&writes, LIMITS).await.unwrap();
+        let mut one_by_one = Vec::new();
+        for write in &writes {
+            one_by_one.extend(
+                single
+                    .apply_agent_writes(std::slice::from_ref(write), LIMITS)
+                    .await
+                    .unwrap(),
+            );
+        }
+
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(snapshot(&batched).await, snapshot(&single).await);
+        let inv = batched.invocation(&created.id).await.unwrap();
+        assert_eq!(inv.counts.total(), 37);
+        assert!(inv.counts.0.contains_key(&ResultStatus::Running), "{:?}", inv.counts);
     }
 
     async fn store_invocation(store: &Store, result_id: i64) -> String {

@@ -18,8 +18,8 @@ use serde::Deserialize;
 pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>) -> Invocation {
     Invocation {
         invocation_status: row.status(),
-        instance_count: row.counts.values().sum(),
-        status_counts: row.counts,
+        instance_count: row.counts.total(),
+        status_counts: row.counts.0,
         invoke_id: row.id,
         command_id: row.command_id,
         name: row.name,

@@ -36,6 +36,7 @@ impl RecordView {
         let status = row.status();
         let counts = row
             .counts
+            .0
             .iter()
             .map(|(s, n)| format!("{s} {n}"))
             .collect::<Vec<_>>()
@@ -130,8 +131,8 @@ impl Summary {
         Summary {
             status,
             status_class: status_class(status),
-            total: row.counts.values().sum(),
-            counts: row.counts.iter().map(|(s, n)| (*s, *n)).collect(),
+            total: row.counts.total(),
+            counts: row.counts.0.iter().map(|(s, n)| (*s, *n)).collect(),
             active: !status.is_terminal(),
         }
     }
