@@ -568,7 +568,8 @@ mod tests {
     /// Results and kept output (each byte with its stream and offset, however the rows split
     /// it) of a store, for comparing two of them.
     async fn snapshot(store: &Store) -> Vec<String> {
-        let results: Vec<(String, String, Option<i32>, Option<String>, i64, i64, i64)> = sqlx::query_as(
+        type Row = (String, String, Option<i32>, Option<String>, i64, i64, i64);
+        let results: Vec<Row> = sqlx::query_as(
             "SELECT instance_id, status, exit_code, error_info, next_seq, output_bytes, dropped FROM results \
              ORDER BY instance_id",
         )
