@@ -1,5 +1,5 @@
--- Per-invocation result counts, kept by triggers on `results` (so no statement that changes a
--- result can forget them), and the overall status derived from them by InvocationStatus::RULES
+-- Per-invocation result counts, kept by a trigger on `results` (so no statement that changes a
+-- result's status can forget them), and the overall status derived from them by InvocationStatus::RULES
 -- (store tests check that this CASE agrees with the Rust rule). Listings filter and count by
 -- the indexed status instead of grouping every result of every invocation.
 
@@ -40,25 +40,9 @@ UPDATE invocations SET
 
 CREATE INDEX invocations_status ON invocations (status, created_at);
 
--- Results are inserted Pending and deleted only with their invocation (ON DELETE CASCADE), so
--- an insert and a status change are all the triggers need to see.
-CREATE TRIGGER results_counted AFTER INSERT ON results
-BEGIN
-    UPDATE invocations SET
-        n_pending = n_pending + (NEW.status = 'Pending'),
-        n_invalid = n_invalid + (NEW.status = 'Invalid'),
-        n_aborted = n_aborted + (NEW.status = 'Aborted'),
-        n_running = n_running + (NEW.status = 'Running'),
-        n_success = n_success + (NEW.status = 'Success'),
-        n_failed = n_failed + (NEW.status = 'Failed'),
-        n_error = n_error + (NEW.status = 'Error'),
-        n_timeout = n_timeout + (NEW.status = 'Timeout'),
-        n_cancelled = n_cancelled + (NEW.status = 'Cancelled'),
-        n_stopping = n_stopping + (NEW.status = 'Stopping'),
-        n_terminated = n_terminated + (NEW.status = 'Terminated')
-    WHERE id = NEW.invocation_id;
-END;
-
+-- Results are inserted only by Store::create_invocation, all Pending, with n_pending set to
+-- their number; they are deleted only with their invocation (ON DELETE CASCADE). So a status
+-- change is all the trigger needs to see.
 CREATE TRIGGER results_recounted AFTER UPDATE OF status ON results
 WHEN OLD.status IS NOT NEW.status
 BEGIN

@@ -67,15 +67,8 @@ impl Dispatcher {
         let keep = req.keep_command;
         let count = req.instance_ids.len();
         let run = check_run_command(req, &self.inner.settings)?;
-        let created = self.launch(actor, run, keep, None).await?;
-        self.audit(
-            actor,
-            "RunCommand",
-            &created.invoke_id,
-            &format!("on {count} instances"),
-        )
-        .await;
-        Ok(created)
+        let audit = ("RunCommand", format!("on {count} instances"));
+        self.launch(actor, run, keep, None, audit).await
     }
 
     /// InvokeCommand (operator): runs a retained command; options given override the
@@ -108,20 +101,20 @@ impl Dispatcher {
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         let region = command.region_id;
-        let created = self.launch(actor, run, false, Some((command.id, region))).await?;
-        let detail = format!("command {command_id} on {count} instances");
-        self.audit(actor, "InvokeCommand", &created.invoke_id, &detail).await;
-        Ok(created)
+        let audit = ("InvokeCommand", format!("command {command_id} on {count} instances"));
+        self.launch(actor, run, false, Some((command.id, region)), audit).await
     }
 
-    /// Stores and delivers a checked run; `command` is the retained command it runs, with
-    /// its region, whose instances alone may run it.
+    /// Stores, audits and delivers a checked run; `command` is the retained command it runs,
+    /// with its region, whose instances alone may run it. The audit entry (`(action, detail)`)
+    /// is written before the tasks go out: once they do, the writer is busy with the reports.
     async fn launch(
         &self,
         actor: &Actor,
         run: Run,
         keep: bool,
         command: Option<(String, String)>,
+        (action, detail): (&str, String),
     ) -> Result<InvocationCreated, Error> {
         let settings = &self.inner.settings;
         let instances = self.targets(&run.instance_ids, &run.spec).await?;
@@ -169,6 +162,7 @@ impl Dispatcher {
             .await
             .map_err(|e| command_refusal(e, &region, &run.name))?;
         let invocation = self.inner.store.invocation(&created.id).await?;
+        self.audit(actor, action, &created.id, &detail).await;
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
         // targets stay Pending: they get the task when they connect, or are aborted when the
         // delivery window closes.

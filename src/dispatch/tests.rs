@@ -625,8 +625,10 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
     ];
     let audited_in_sources: std::collections::BTreeSet<&str> = sources
         .iter()
-        .flat_map(|source| source.split(".audit(").skip(1))
-        .filter_map(|call| call.split('"').nth(1))
+        // `.audit(actor, "Action", …)`, or an action handed to `launch` as `audit = ("Action", …)`.
+        .flat_map(|source| source.split(".audit(").skip(1).chain(source.split("audit = (").skip(1)))
+        // The action is the first literal of the call (a call passing it on has none).
+        .filter_map(|call| call.split(')').next()?.split('"').nth(1))
         .collect();
     let walked: std::collections::BTreeSet<&str> = walked.into_iter().collect();
     assert_eq!(walked, audited_in_sources, "every audited action is walked here");

@@ -366,13 +366,13 @@ impl Store {
     /// Writes a batch of heartbeat times in one transaction.
     pub async fn record_heartbeats(&self, beats: &[(String, i64)]) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        static HEARTBEATS: super::MultiRow = super::MultiRow::new(
+            "WITH v(id, at) AS (VALUES ",
+            2,
+            ") UPDATE instances SET last_heartbeat_at = v.at FROM v WHERE instances.id = v.id AND instances.online = 1",
+        );
         for chunk in super::statement_chunks(beats) {
-            let sql = format!(
-                "WITH v(id, at) AS (VALUES {}) UPDATE instances SET last_heartbeat_at = v.at \
-                 FROM v WHERE instances.id = v.id AND instances.online = 1",
-                super::value_rows(chunk.len(), 2)
-            );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(HEARTBEATS.sql(chunk.len()));
             for (id, at) in chunk {
                 query = query.bind(id).bind(at);
             }

@@ -58,7 +58,7 @@ impl InvocationRow {
 }
 
 /// How many of an invocation's results are in each status (statuses with none left out), from
-/// the `n_<status>` columns the triggers of migration 0006 keep.
+/// the `n_<status>` columns: set by `create_invocation`, kept by the trigger of migration 0006.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusCounts(pub BTreeMap<ResultStatus, u64>);
 
@@ -179,7 +179,8 @@ impl Store {
         let id = super::ids::new_id("t");
         let insert = sqlx::query(
             "INSERT INTO invocations (id, command_id, name, type, content, working_dir, timeout_secs, username, \
-             enable_parameter, parameters, creator, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             enable_parameter, parameters, creator, created_at, n_pending) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&id)
         .bind(&command_id)
@@ -188,6 +189,8 @@ impl Store {
             .bind(sqlx::types::Json(&new.parameters))
             .bind(&new.creator)
             .bind(now)
+            // Every result starts Pending (the trigger counts changes from there).
+            .bind(new.instance_ids.len() as i64)
             .execute(&mut *tx)
             .await?;
         // Multi-row inserts: 10,000 targets cost 50 statements, not 10,000.
@@ -667,7 +670,7 @@ mod status_sql_tests {
 
     /// Every combination of result groups (with every status of a group taking its turn) gets
     /// the same overall status from the migration's SQL as from `InvocationStatus::from_counts`,
-    /// and the triggers count every result.
+    /// and the counts follow every change.
     #[tokio::test]
     async fn the_sql_overall_status_and_counts_agree_with_from_counts() {
         use ResultStatus::*;

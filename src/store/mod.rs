@@ -90,7 +90,13 @@ impl Store {
             // that to one sync per batch, not one per chunk.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (a multi-row statement's undo within a transaction) and sorts in
+            // memory, not in temporary files: they were a tenth of the writer's time.
+            .pragma("temp_store", "MEMORY")
+            // 8 MiB of page cache per connection (2 MiB by default): the pages a fan-out
+            // touches stay cached between batches.
+            .pragma("cache_size", "-8192");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -167,7 +173,7 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Most rows one multi-row statement carries. sqlx-sqlite resolves every `$N` by a linear
+/// Most rows one multi-row statement carries (a power of two). sqlx-sqlite resolves every `$N` by a linear
 /// scan, so the cost of binding grows with the square of a statement's parameters: about a
 /// hundred parameters keeps it small (docs/PERFORMANCE.md).
 const ROWS_PER_STATEMENT: usize = 16;
@@ -187,6 +193,37 @@ fn statement_chunks<T>(mut items: &[T]) -> Vec<&[T]> {
         items = rest;
     }
     chunks
+}
+
+/// A multi-row statement, `{head}($1, …), (…), …{tail}` with `width` placeholders a row. Its
+/// text for each size [`statement_chunks`] makes is built once, not per batch.
+pub(crate) struct MultiRow {
+    head: &'static str,
+    width: usize,
+    tail: &'static str,
+    texts: std::sync::OnceLock<Vec<String>>,
+}
+
+impl MultiRow {
+    pub(crate) const fn new(head: &'static str, width: usize, tail: &'static str) -> MultiRow {
+        MultiRow {
+            head,
+            width,
+            tail,
+            texts: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows, a size [`statement_chunks`] makes (a power of two up to
+    /// `ROWS_PER_STATEMENT`).
+    pub(crate) fn sql(&self, rows: usize) -> &str {
+        let texts = self.texts.get_or_init(|| {
+            (0..=ROWS_PER_STATEMENT.ilog2())
+                .map(|k| format!("{}{}{}", self.head, value_rows(1 << k, self.width), self.tail))
+                .collect()
+        });
+        &texts[rows.max(1).ilog2() as usize]
+    }
 }
 
 /// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `width` placeholders.

@@ -6,7 +6,7 @@
 //! one already stored is a duplicate (a re-send after a reconnect) and is skipped, so nothing
 //! is stored twice.
 
-use super::{Result, Store, parse_name, statement_chunks, value_rows};
+use super::{MultiRow, Result, Store, parse_name, statement_chunks};
 use crate::protocol::{ErrorCode, OutputStream, ResultStatus, TaskEnd};
 use bytes::Bytes;
 use sqlx::sqlite::SqliteRow;
@@ -227,12 +227,7 @@ impl Store {
         ids.dedup();
         let mut states: HashMap<i64, State> = HashMap::with_capacity(ids.len());
         for chunk in statement_chunks(&ids) {
-            let sql = format!(
-                "SELECT r.id, r.status, r.next_seq, r.output_bytes, r.error_info, i.timeout_secs FROM results r \
-                 JOIN invocations i ON i.id = r.invocation_id WHERE r.id IN ({})",
-                super::placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(LOAD.sql(chunk.len()));
             for id in chunk {
                 query = query.bind(id);
             }
@@ -301,6 +296,44 @@ impl Store {
     }
 }
 
+/// The state of the results a batch is about.
+static LOAD: MultiRow = MultiRow::new(
+    "SELECT r.id, r.status, r.next_seq, r.output_bytes, r.error_info, i.timeout_secs FROM results r \
+     JOIN invocations i ON i.id = r.invocation_id WHERE r.id IN (VALUES ",
+    1,
+    ")",
+);
+
+static INSERT_PIECES: MultiRow = MultiRow::new(
+    "INSERT INTO output_chunks (result_id, pos, stream, data) VALUES ",
+    4,
+    "",
+);
+
+static STARTED: MultiRow = MultiRow::new(
+    "WITH v(id, at, deadline, next_seq, output_bytes, dropped) AS (VALUES ",
+    6,
+    ") UPDATE results SET status = 'Running', start_time = v.at, deadline = v.deadline, \
+     next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
+);
+
+static COUNTED: MultiRow = MultiRow::new(
+    "WITH v(id, next_seq, output_bytes, dropped) AS (VALUES ",
+    4,
+    ") UPDATE results SET next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped \
+     FROM v WHERE results.id = v.id",
+);
+
+static ENDED: MultiRow = MultiRow::new(
+    "WITH v(id, status, exit_code, error_code, error_info, at, started_at, deadline, next_seq, output_bytes, \
+     dropped) AS (VALUES ",
+    11,
+    ") UPDATE results SET status = v.status, exit_code = v.exit_code, error_code = v.error_code, \
+     error_info = v.error_info, finish_time = v.at, start_time = COALESCE(results.start_time, v.started_at, v.at), \
+     deadline = COALESCE(v.deadline, results.deadline), next_seq = v.next_seq, \
+     output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
+);
+
 /// Writes what a batch changed: new output pieces, then the results' rows (started, output
 /// counters, ended), each kind with multi-row statements.
 async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, limits: OutputLimits) -> Result<()> {
@@ -322,11 +355,7 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
         }
     }
     for chunk in statement_chunks(&pieces) {
-        let sql = format!(
-            "INSERT INTO output_chunks (result_id, pos, stream, data) VALUES {}",
-            value_rows(chunk.len(), 4)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(INSERT_PIECES.sql(chunk.len()));
         for (id, pos, stream, data) in chunk {
             query = query.bind(id).bind(*pos as i64).bind(stream.code()).bind(*data);
         }
@@ -341,13 +370,7 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
         .map(|(id, s)| (*id, s))
         .collect();
     for chunk in statement_chunks(&started) {
-        let sql = format!(
-            "WITH v(id, at, deadline, next_seq, output_bytes, dropped) AS (VALUES {}) \
-             UPDATE results SET status = 'Running', start_time = v.at, deadline = v.deadline, \
-             next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
-            value_rows(chunk.len(), 6)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(STARTED.sql(chunk.len()));
         for (id, s) in chunk {
             let (at, deadline) = s.started.unwrap_or_default();
             query = query
@@ -366,13 +389,7 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
         .map(|(id, s)| (*id, s))
         .collect();
     for chunk in statement_chunks(&output_only) {
-        let sql = format!(
-            "WITH v(id, next_seq, output_bytes, dropped) AS (VALUES {}) \
-             UPDATE results SET next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped \
-             FROM v WHERE results.id = v.id",
-            value_rows(chunk.len(), 4)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(COUNTED.sql(chunk.len()));
         for (id, s) in chunk {
             query = query
                 .bind(id)
@@ -387,16 +404,7 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
         .filter_map(|(id, s)| Some((*id, s, s.ended.as_ref()?)))
         .collect();
     for chunk in statement_chunks(&ended) {
-        let sql = format!(
-            "WITH v(id, status, exit_code, error_code, error_info, at, started_at, deadline, next_seq, output_bytes, \
-             dropped) AS (VALUES {}) \
-             UPDATE results SET status = v.status, exit_code = v.exit_code, error_code = v.error_code, \
-             error_info = v.error_info, finish_time = v.at, start_time = COALESCE(results.start_time, v.started_at, v.at), \
-             deadline = COALESCE(v.deadline, results.deadline), next_seq = v.next_seq, \
-             output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
-            value_rows(chunk.len(), 11)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(ENDED.sql(chunk.len()));
         for (id, s, end) in chunk {
             query = query
                 .bind(id)
