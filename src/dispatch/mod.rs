@@ -180,8 +180,9 @@ impl AgentLink {
     }
 }
 
-/// Events buffered per watcher before it counts as lagging.
-const WATCH_BUFFER: usize = 4096;
+/// Events buffered per watched invocation before a watcher counts as lagging (and replays from
+/// the store): a few seconds of a thousand busy streams.
+const WATCH_BUFFER: usize = 16 * 1024;
 
 impl Dispatcher {
     /// Starts the dispatcher and its background tasks (batching writer, deadlines, heartbeat

@@ -13,10 +13,17 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::SinkExt;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+/// Results whose stored output one replay query reads (each keeps at most the output limit).
+const REPLAY_BATCH: usize = 64;
+
+/// Most events written to a watcher before a flush.
+const FLUSH_EVERY: usize = 256;
 
 /// Largest frame a watcher may send: watchers only listen, so anything big is hostile.
 pub const WATCHER_FRAME: usize = 16 * 1024;
@@ -116,22 +123,42 @@ impl Watch {
 
     async fn serve(&mut self, socket: &mut WebSocket) -> anyhow::Result<()> {
         let mut rx = self.state.dispatcher.watch(&self.invoke_id);
-        if self.replay(socket).await? {
+        let done = self.replay(socket).await?;
+        flush(socket).await?;
+        if done {
             return Ok(());
         }
         // Counts are redrawn at most this often, however fast results change.
         let mut tick = tokio::time::interval(Duration::from_millis(400));
         loop {
             tokio::select! {
-                event = rx.recv() => match event {
-                    Ok(event) => if self.forward(socket, &event).await? { return Ok(()) },
-                    Err(RecvError::Lagged(_)) => if self.replay(socket).await? { return Ok(()) },
-                    Err(RecvError::Closed) => return Ok(()),
-                },
+                event = rx.recv() => {
+                    // What else is already waiting goes out with it, in one flush.
+                    let mut next = Some(event);
+                    let mut queued = 0;
+                    while let Some(event) = next.take() {
+                        match event {
+                            Ok(event) => if self.forward(socket, &event).await? { return flush(socket).await },
+                            Err(RecvError::Lagged(_)) => if self.replay(socket).await? { return flush(socket).await },
+                            Err(RecvError::Closed) => return flush(socket).await,
+                        }
+                        queued += 1;
+                        if queued < FLUSH_EVERY {
+                            next = match rx.try_recv() {
+                                Err(TryRecvError::Empty) => None,
+                                Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                                Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                                Ok(event) => Some(Ok(event)),
+                            };
+                        }
+                    }
+                    flush(socket).await?;
+                }
                 _ = tick.tick(), if self.counts_dirty => {
                     self.counts_dirty = false;
                     let fragment = html::summary_fragment(&self.state, &self.invoke_id).await?;
                     send_text(socket, fragment).await?;
+                    flush(socket).await?;
                 }
                 incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
@@ -154,15 +181,26 @@ impl Watch {
     async fn replay(&mut self, socket: &mut WebSocket) -> anyhow::Result<bool> {
         let store = self.state.store.clone();
         let invocation = store.invocation(&self.invoke_id).await?;
-        for result in store.results(&self.invoke_id).await? {
+        let results = store.results(&self.invoke_id).await?;
+        let sent = |watch: &Self, instance_id: &str| watch.sent.get(instance_id).copied().unwrap_or(0);
+        // Only results with output not sent yet, read together, a batch of results at a time.
+        let unsent: Vec<(i64, u64)> = results
+            .iter()
+            .filter(|r| self.wants_output(&r.instance_id) && r.output_bytes > sent(self, &r.instance_id))
+            .map(|r| (r.id, sent(self, &r.instance_id)))
+            .collect();
+        let mut chunks = HashMap::new();
+        for batch in unsent.chunks(REPLAY_BATCH) {
+            chunks.extend(store.outputs_since(batch).await?);
+        }
+        for result in results {
             if self.wants_output(&result.instance_id) {
-                let from = self.sent.get(&result.instance_id).copied().unwrap_or(0);
-                if from == 0 && self.format == Format::Html {
+                if sent(self, &result.instance_id) == 0 && self.format == Format::Html {
                     // A reconnecting panel already shows some output: start it afresh.
                     self.renderer = OutputRenderer::default();
                     send_text(socket, html::clear_output_fragment(&self.invoke_id)).await?;
                 }
-                for chunk in store.output_chunks(result.id, from).await? {
+                for chunk in chunks.remove(&result.id).unwrap_or_default() {
                     let event = StreamEvent::Output {
                         instance_id: result.instance_id.clone(),
                         seq: None,
@@ -288,7 +326,13 @@ impl Watch {
     }
 }
 
+/// Queues a text frame; it goes out at the next [`flush`] (or once the write buffer is full).
 async fn send_text(socket: &mut WebSocket, text: String) -> anyhow::Result<()> {
-    socket.send(Message::Text(text.into())).await?;
+    socket.feed(Message::Text(text.into())).await?;
+    Ok(())
+}
+
+async fn flush(socket: &mut WebSocket) -> anyhow::Result<()> {
+    SinkExt::flush(socket).await?;
     Ok(())
 }

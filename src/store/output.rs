@@ -269,6 +269,32 @@ impl Store {
             .collect()
     }
 
+    /// The kept output of many results, each from its own byte offset on (`(result id, from)`),
+    /// a few statements for all; the row that contains `from` is returned whole.
+    pub async fn outputs_since(&self, since: &[(i64, u64)]) -> Result<HashMap<i64, Vec<ChunkRow>>> {
+        static SINCE: MultiRow = MultiRow::new(
+            "WITH v(id, from_pos) AS (VALUES ",
+            2,
+            ") SELECT c.result_id, c.pos, c.stream, c.data FROM v JOIN output_chunks c \
+             ON c.result_id = v.id AND c.pos + length(c.data) > v.from_pos ORDER BY c.result_id, c.pos",
+        );
+        let mut chunks: HashMap<i64, Vec<ChunkRow>> = HashMap::with_capacity(since.len());
+        for batch in statement_chunks(since) {
+            let mut query = sqlx::query(SINCE.sql(batch.len()));
+            for (id, from) in batch {
+                query = query.bind(id).bind(*from as i64);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                chunks.entry(row.try_get("result_id")?).or_default().push(ChunkRow {
+                    offset: row.try_get::<i64, _>("pos")? as u64,
+                    stream: OutputStream::from_code(row.try_get("stream")?),
+                    data: row.try_get("data")?,
+                });
+            }
+        }
+        Ok(chunks)
+    }
+
     /// The kept output of a result as one byte string.
     pub async fn output(&self, result_id: i64) -> Result<Vec<u8>> {
         let chunks = self.output_chunks(result_id, 0).await?;
