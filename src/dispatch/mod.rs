@@ -180,6 +180,13 @@ impl AgentLink {
     }
 }
 
+/// How often the retention purge looks for invocations past retention.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// Results deleted per purge transaction (whole invocations; a bigger one alone).
+const PURGE_BATCH: u64 = 2_000;
+/// Pause between purge transactions, for the writer to take its turn.
+const PURGE_PAUSE: Duration = Duration::from_millis(5);
+
 /// Events buffered per watched invocation before a watcher counts as lagging (and replays from
 /// the store): a few seconds of a thousand busy streams.
 const WATCH_BUFFER: usize = 16 * 1024;
@@ -190,7 +197,8 @@ impl Dispatcher {
     pub fn start(store: Store, settings: Settings, shutdown: CancellationToken, tracker: &TaskTracker) -> Dispatcher {
         let (dispatcher, writer_rx) = Dispatcher::build(store, settings, Clock::Wall);
         tracker.spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
-        tracker.spawn(dispatcher.clone().run_housekeeping(shutdown));
+        tracker.spawn(dispatcher.clone().run_housekeeping(shutdown.clone()));
+        tracker.spawn(dispatcher.clone().run_purge(shutdown));
         dispatcher
     }
 
@@ -340,23 +348,46 @@ impl Dispatcher {
         let settings = &self.inner.settings;
         let mut sweep = tokio::time::interval(settings.sweep_interval);
         let mut flush = tokio::time::interval(settings.heartbeat.min(Duration::from_secs(5)));
-        let mut purge = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.enforce_deadlines().await,
-                _ = purge.tick() => {
-                    let before = self.now() - settings.retention.as_millis() as i64;
-                    match self.inner.store.purge_invocations(before).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(invocations = n, "purged invocations past retention"),
-                        Err(e) => tracing::warn!(error = %e, "retention purge failed"),
-                    }
-                }
             }
         }
         self.flush_heartbeats().await;
+    }
+
+    /// Deletes invocations past retention, every [`PURGE_EVERY`], until shutdown: in batches
+    /// of about [`PURGE_BATCH`] results, each its own short transaction with a pause after it,
+    /// so the batching writer (and live output) never waits long for the write lock.
+    async fn run_purge(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(PURGE_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let before = self.now() - self.inner.settings.retention.as_millis() as i64;
+            let (mut invocations, mut results) = (0, 0);
+            while !shutdown.is_cancelled() {
+                match self.inner.store.purge_batch(before, PURGE_BATCH).await {
+                    Ok((0, _)) => break,
+                    Ok((i, r)) => {
+                        invocations += i;
+                        results += r;
+                        tokio::time::sleep(PURGE_PAUSE).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention purge failed");
+                        break;
+                    }
+                }
+            }
+            if invocations > 0 {
+                tracing::info!(invocations, results, "purged invocations past retention");
+            }
+        }
     }
 
     async fn flush_heartbeats(&self) {

@@ -473,15 +473,46 @@ impl Store {
         Ok(changes)
     }
 
-    /// Deletes invocations created before `before` with their results and output.
-    pub async fn purge_invocations(&self, before: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM invocations WHERE created_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+    /// Deletes the oldest invocations created before `before`, with their results and output:
+    /// whole invocations adding up to about `max_results` results (at least one invocation),
+    /// so that one purge transaction never holds the write lock for long. Returns the
+    /// invocations and results deleted; `(0, 0)` once nothing is left to purge.
+    pub async fn purge_batch(&self, before: i64, max_results: u64) -> Result<(u64, u64)> {
+        let oldest: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 ORDER BY created_at LIMIT 256"
+        ))
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ids = Vec::new();
+        let mut results = 0u64;
+        for (id, n) in oldest {
+            if !ids.is_empty() && results + n as u64 > max_results {
+                break;
+            }
+            results += n as u64;
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut tx = self.write_tx().await?;
+        for batch in ids.chunks(100) {
+            let sql = format!("DELETE FROM invocations WHERE id IN ({})", placeholders(1, batch.len()));
+            let mut query = sqlx::query(&sql);
+            for id in batch {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok((ids.len() as u64, results))
     }
 }
+
+/// The number of an invocation's results, from its counts.
+const COUNT_ALL: &str = "n_pending + n_invalid + n_aborted + n_running + n_success + n_failed + n_error + \
+     n_timeout + n_cancelled + n_stopping + n_terminated";
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -660,6 +691,66 @@ pub(crate) mod tests {
         assert_eq!(late[0].status, ResultStatus::Aborted);
         assert_eq!(late[0].error_code, Some(ErrorCode::InstanceNotExists));
         assert!(store.invocation(&id).await.unwrap().status().is_terminal());
+    }
+}
+
+#[cfg(test)]
+mod purge_tests {
+    use super::*;
+    use crate::store::{AgentWrite, OutputLimits, test_store};
+
+    #[tokio::test]
+    async fn the_purge_deletes_whole_old_invocations_in_bounded_batches_with_their_output() {
+        let (store, _dir) = test_store().await;
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let instances: Vec<String> = (0..3).map(|i| format!("i-{n}{i}")).collect();
+            let refs: Vec<&str> = instances.iter().map(String::as_str).collect();
+            let created = store
+                .create_invocation(&tests::new_invocation(&refs, now_ms() + 60_000))
+                .await
+                .unwrap();
+            for result_id in created.result_ids.values() {
+                let chunk = AgentWrite::Chunk {
+                    result_id: *result_id,
+                    seq: 0,
+                    stream: crate::protocol::OutputStream::Stdout,
+                    data: bytes::Bytes::from_static(b"kept output"),
+                };
+                let limits = OutputLimits { head: 100, tail: 100 };
+                store.apply_agent_writes(&[chunk], limits).await.unwrap();
+            }
+            // Oldest first: invocation n was created n days before the last.
+            sqlx::query("UPDATE invocations SET created_at = $2 WHERE id = $1")
+                .bind(&created.id)
+                .bind(1_000_000 + n)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            ids.push(created.id);
+        }
+        let count = |table: &'static str| {
+            let store = store.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // Four of five are past retention; 4 results a batch takes one whole invocation (3).
+        let first = store.purge_batch(1_000_004, 4).await.unwrap();
+        let rest = store.purge_batch(1_000_004, 100).await.unwrap();
+        let none = store.purge_batch(1_000_004, 100).await.unwrap();
+
+        assert_eq!(first, (1, 3));
+        assert_eq!(rest, (3, 9));
+        assert_eq!(none, (0, 0));
+        assert_eq!(count("invocations").await, 1);
+        assert_eq!(count("results").await, 3);
+        assert_eq!(count("output_chunks").await, 3, "output went with its results");
+        assert!(store.invocation(&ids[4]).await.is_ok(), "the young one stays");
     }
 }
 
