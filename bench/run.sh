@@ -6,7 +6,7 @@
 # Environment (all optional):
 #   ROUNDS=5            measured rounds per fan-out figure (after one warm-up)
 #   VIRTUAL_AGENTS=10000, REAL_AGENTS=100, IDLE_SECS=60, INGEST_MIB=256
-#   ONLY=virtual,real,ingest,idle   scenario groups to run
+#   ONLY=virtual,records,real,ingest,idle   scenario groups to run (records needs virtual)
 #   KEEP=1              keep the work directory (server data, logs) for inspection
 #   SKIP_BUILD=1        use the binaries already in target/release
 #   SERVER_BIN=path     serve with another fleetrun build, for A/B runs
@@ -19,7 +19,7 @@ VIRTUAL_AGENTS=${VIRTUAL_AGENTS:-10000}
 REAL_AGENTS=${REAL_AGENTS:-100}
 IDLE_SECS=${IDLE_SECS:-60}
 INGEST_MIB=${INGEST_MIB:-256}
-ONLY=${ONLY:-virtual,real,ingest,idle}
+ONLY=${ONLY:-virtual,records,real,ingest,idle}
 SERVER_BIN=${SERVER_BIN:-target/release/fleetrun}
 AGENT_BIN=${AGENT_BIN:-target/release/fleetrun-agent}
 

@@ -42,6 +42,11 @@ impl Api {
         }
     }
 
+    /// The admin's password, for requests made without the client.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// Waits until `/healthz` answers.
     pub async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();

@@ -10,8 +10,10 @@
 //! library for wire types and the API client, never on server internals.
 
 mod api;
+mod browser;
 mod procfs;
 mod real;
+mod records;
 mod report;
 mod scenario;
 mod swarm;

@@ -7,8 +7,10 @@
 //! the console over HTTP, and `/proc` for memory and CPU.
 
 use crate::api::{Api, Timed};
+use crate::browser::Browser;
 use crate::procfs::{self, CpuMeter};
 use crate::real::RealFleet;
+use crate::records;
 use crate::report::{Results, median, ms, percentile};
 use crate::swarm::{self, Swarm, SwarmConfig};
 use anyhow::{Context as _, bail};
@@ -62,8 +64,15 @@ pub struct RunArgs {
     /// Tasks streaming at once for the live latency figure.
     #[arg(long, default_value_t = 1000)]
     pub live_tasks: usize,
-    /// Groups to run: any of `virtual`, `real`, `ingest`, `idle`.
-    #[arg(long, value_delimiter = ',', default_value = "virtual,real,ingest,idle")]
+    /// Seconds between seeding a month of records and their retention falling due (the
+    /// purge figure is taken when it does, while streams flow).
+    #[arg(long, default_value_t = 150)]
+    pub purge_lead_secs: u64,
+    /// The server's retention (`--retention-days`), for when the seeded month falls due.
+    #[arg(long, default_value_t = 30)]
+    pub retention_days: u64,
+    /// Groups to run: any of `virtual`, `records` (needs `virtual`), `real`, `ingest`, `idle`.
+    #[arg(long, value_delimiter = ',', default_value = "virtual,records,real,ingest,idle")]
     pub only: Vec<String>,
 }
 
@@ -426,6 +435,283 @@ impl Bench {
         if let Err(e) = self.connections_rss(swarm).await {
             self.fail("connections_server_rss", e);
         }
+        if let Err(e) = self.console_panel(ids.len()).await {
+            self.fail("console_output_panel_10000_first_row_ms", e);
+        }
+        // Last: a million results in the store change what the figures above measure.
+        if self.args.only.iter().any(|g| g == "records") {
+            if let Err(e) = self.records(ids).await {
+                self.fail("records", e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The records group: a month of records (1,010,000 results) written into the store, then
+    /// the Execution Records page, `?status=Failed` and one invocation of 10,000 results, each
+    /// timed over 20 requests; then the retention purge of the month while 100 streams flow.
+    async fn records(&mut self, ids: &[String]) -> anyhow::Result<()> {
+        let retention = Duration::from_secs(self.args.retention_days * 86_400);
+        let lead = Duration::from_secs(self.args.purge_lead_secs);
+        let created = fleetrun::store::now_ms() - retention.as_millis() as i64 + lead.as_millis() as i64;
+        let db = self.args.work_dir.join("server").join("fleetrun.db");
+        self.settle().await;
+        let seeded = records::seed(&db, ids, created, retention).await?;
+        self.log(format!(
+            "seeded {} results in {:.1} s ({:.0} database bytes each)",
+            seeded.results,
+            seeded.took.as_secs_f64(),
+            seeded.bytes_per_result
+        ));
+        self.results.set("db_bytes_per_result", seeded.bytes_per_result);
+        self.results.detail(
+            "records_seed",
+            json!({ "results": seeded.results, "secs": seeded.took.as_secs_f64() }),
+        );
+
+        let cookie = self.api.console_cookie().await?;
+        let page = self
+            .time_gets(
+                "records_page_1m_results_p50_ms",
+                "/console/invocations",
+                Some(&cookie),
+                |body| body.contains(records::BIG_ID),
+            )
+            .await?;
+        let filtered = self
+            .time_gets(
+                "api_invocations_filtered_1m_results_p50_ms",
+                "/api/v1/invocations?status=Failed",
+                None,
+                |body| body.contains(&format!("\"total\":{}", records::INVOCATIONS / 50)),
+            )
+            .await?;
+        let show = self
+            .time_gets(
+                "invocation_show_10000_results_p50_ms",
+                &format!("/api/v1/invocations/{}", records::BIG_ID),
+                None,
+                |body| body.matches("\"instance_id\"").count() as u64 == records::BIG_RESULTS,
+            )
+            .await?;
+        self.log(format!(
+            "with a million results: Execution Records {page:.1} ms, ?status=Failed {filtered:.1} ms, \
+             one invocation of 10,000 results {show:.1} ms"
+        ));
+        self.purge_latency(&ids[..ids.len().min(100)], seeded.due_at_ms).await
+    }
+
+    /// Times 20 GETs of `path` (after one warm-up whose body must satisfy `check`), as the
+    /// console (`cookie`) or the API's admin, and records the median under `key`.
+    async fn time_gets(
+        &mut self,
+        key: &str,
+        path: &str,
+        cookie: Option<&str>,
+        check: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<f64> {
+        let http = reqwest::Client::new();
+        let url = format!("{}{path}", self.api.base);
+        let mut times = Vec::new();
+        self.settle().await;
+        for round in 0..=20 {
+            let request = match cookie {
+                Some(cookie) => http.get(&url).header("cookie", cookie),
+                None => http.get(&url).basic_auth("admin", Some(self.api.password())),
+            };
+            let started = Instant::now();
+            let response = request.send().await?;
+            let status = response.status();
+            let body = response.text().await?;
+            let elapsed = ms(started.elapsed());
+            if !status.is_success() {
+                bail!("GET {path} answered {status}");
+            }
+            if round == 0 {
+                if !check(&body) {
+                    bail!(
+                        "GET {path} did not show what was seeded: {}",
+                        &body[..body.len().min(300)]
+                    );
+                }
+                continue;
+            }
+            times.push(elapsed);
+        }
+        let p50 = median(&times);
+        self.results.set(key, p50);
+        self.results.detail(key, json!({ "rounds_ms": times }));
+        Ok(p50)
+    }
+
+    /// `live_latency_p99_during_purge_ms`: 100 virtual agents print a 100-byte line every 200 ms
+    /// from before the seeded month falls due until the purge has deleted all of it; the figure
+    /// is the p99 latency of the lines received while the purge ran (seen through the API: the
+    /// count of seeded invocations falling from 100,000 to 0).
+    async fn purge_latency(&mut self, ids: &[String], due_at_ms: i64) -> anyhow::Result<()> {
+        let (every_ms, size) = (200u64, 100usize);
+        let until_due = Duration::from_millis((due_at_ms - fleetrun::store::now_ms()).max(0) as u64);
+        let lines = (until_due.as_millis() as u64 + 300_000) / every_ms;
+        let content = format!("#bench stream={lines} every={every_ms} size={size}");
+        let mut req = RunCommandRequest::shell(ids.to_vec(), content);
+        req.spec.timeout_secs = lines * every_ms / 1000 + 60;
+        let created = self.api.client.run(&req).await?;
+        self.log(format!(
+            "purge: streams started; the month falls due in {:.0} s",
+            until_due.as_secs_f64()
+        ));
+
+        // Watches the seeded invocations go, and stops the streams once they are gone.
+        let api = self.api.clone();
+        let invoke_id = created.invoke_id.clone();
+        let window = format!(
+            "since={}&until={}&page_size=1",
+            rfc3339_ms(
+                due_at_ms
+                    - self.args.retention_days as i64 * 86_400_000
+                    - (records::INVOCATIONS / records::PER_MS) as i64
+            ),
+            rfc3339_ms(due_at_ms - self.args.retention_days as i64 * 86_400_000 + 1)
+        );
+        let watcher = tokio::spawn(async move {
+            let limit = Instant::now() + until_due + Duration::from_secs(240);
+            let (mut start, mut end) = (None, None);
+            while end.is_none() && Instant::now() < limit {
+                let left = api.client.invocations(&window).await?.total;
+                let now = Instant::now();
+                if left < records::INVOCATIONS && start.is_none() {
+                    start = Some(now);
+                }
+                if left == 0 {
+                    end = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            api.client.stop(&invoke_id, None).await?;
+            match (start, end) {
+                (Some(start), Some(end)) => anyhow::Ok((start, end)),
+                _ => bail!("the seeded month was not purged within 240 s of falling due"),
+            }
+        });
+        let server = CpuMeter::start(self.args.server_pid)?;
+        let mut received: Vec<(Instant, f64)> = Vec::new();
+        self.api
+            .client
+            .stream(&created.invoke_id, None, |event| {
+                if let StreamEvent::Output { data, .. } = event {
+                    let (at, now) = (Instant::now(), swarm::clock_micros());
+                    for sent in swarm::stamps(data) {
+                        received.push((at, now.saturating_sub(sent) as f64 / 1000.0));
+                    }
+                }
+            })
+            .await?;
+        let (start, end) = watcher.await??;
+        let during: Vec<f64> = received
+            .iter()
+            .filter(|(at, _)| *at >= start && *at <= end)
+            .map(|(_, latency)| *latency)
+            .collect();
+        let p99 = percentile(&during, 99.0);
+        let purge_secs = (end - start).as_secs_f64();
+        self.log(format!(
+            "purge of the month took {purge_secs:.1} s; {} lines meanwhile, p99 {p99:.1} ms",
+            during.len()
+        ));
+        if during.is_empty() {
+            bail!("no line arrived while the purge ran");
+        }
+        self.results.set("live_latency_p99_during_purge_ms", p99);
+        self.results.detail(
+            "live_latency_during_purge",
+            json!({
+                "streams": ids.len(),
+                "purge_secs": purge_secs,
+                "lines_during_purge": during.len(),
+                "p50_ms": percentile(&during, 50.0),
+                "p99_ms": p99,
+                "max_ms": percentile(&during, 100.0),
+                "server_cpu_ms": ms(server.read()?.0),
+            }),
+        );
+        Ok(())
+    }
+
+    /// `console_output_panel_10000_first_row_ms`: in a headless Chromium, the Instances page,
+    /// every instance selected (the page's box, then "Select all matching"), Send Command, a
+    /// command typed, Run. Timed in the page from the click on Run until the Command Output
+    /// panel's first row and its counts are in the document and a frame has been drawn. The
+    /// median of `rounds` runs after a warm-up, each run waited out before the next.
+    async fn console_panel(&mut self, instances: usize) -> anyhow::Result<()> {
+        let cookie = self.api.console_cookie().await?;
+        let (name, value) = cookie.split_once('=').context("a session cookie is name=value")?;
+        let browser = Browser::start().await?;
+        let outcome = self.console_panel_rounds(&browser, name, value, instances).await;
+        browser.close().await;
+        outcome
+    }
+
+    async fn console_panel_rounds(
+        &mut self,
+        browser: &Browser,
+        cookie: &str,
+        session: &str,
+        instances: usize,
+    ) -> anyhow::Result<()> {
+        let login = format!("{}/login", self.api.base);
+        browser.goto(&login).await.context("opening the login page")?;
+        browser
+            .cookie(cookie, session)
+            .await
+            .context("setting the session cookie")?;
+        let mut times = Vec::new();
+        for round in 0..=self.args.rounds {
+            self.settle().await;
+            let page = format!("{}/console/instances", self.api.base);
+            browser.goto(&page).await.context("opening the Instances page")?;
+            let select = SELECT_ALL_JS.replace("{N}", &instances.to_string());
+            browser.run(&select).await.context("selecting every instance")?;
+            let drawn = browser.run(SEND_AND_TIME_JS).await.context("sending the command")?;
+            let invoke_id = drawn["panel"]
+                .as_str()
+                .and_then(|id| id.strip_prefix("panel-"))
+                .context("the Command Output panel has no invocation id")?
+                .to_string();
+            let (rows, counts) = (
+                drawn["rows"].as_u64().unwrap_or(0),
+                drawn["counts"].as_str().unwrap_or(""),
+            );
+            if rows == 0 || !counts.starts_with(&format!("{instances} instances")) {
+                bail!("the panel drew {rows} rows and counts {counts:?}");
+            }
+            let elapsed = drawn["ms"].as_f64().context("no time from the page")?;
+            self.log(format!(
+                "console panel round {round}: {elapsed:.0} ms ({rows} rows drawn; {counts})"
+            ));
+            if round > 0 {
+                times.push(elapsed);
+            }
+            let until = Instant::now() + ROUND_LIMIT;
+            while !self
+                .api
+                .client
+                .invocation(&invoke_id)
+                .await?
+                .invocation_status
+                .is_terminal()
+            {
+                if Instant::now() > until {
+                    bail!("{invoke_id} did not finish");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let p50 = median(&times);
+        self.results.set("console_output_panel_10000_first_row_ms", p50);
+        self.results.detail(
+            "console_output_panel",
+            json!({ "instances": instances, "rounds_ms": times, "p50_ms": p50 }),
+        );
         Ok(())
     }
 
@@ -701,3 +987,88 @@ fn stripped_size(binary: &std::path::Path, work_dir: &std::path::Path) -> anyhow
     anyhow::ensure!(status.success(), "strip {} failed", binary.display());
     Ok(std::fs::metadata(&stripped)?.len())
 }
+
+/// Milliseconds since the epoch as RFC 3339 with milliseconds, for API time filters.
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Selects every instance on the Instances page (its select-all box, then "Select all
+/// matching") unless the tab's selection already holds `{N}`.
+const SELECT_ALL_JS: &str = r##"
+const want = "{N} selected";
+const count = () => (document.getElementById("selected-count") || {}).textContent || "";
+const click = (id) => {
+  const element = document.getElementById(id);
+  if (!element) throw new Error("no #" + id + " on " + location.pathname + " (" + document.title + ")");
+  element.click();
+};
+if (!count().startsWith(want)) {
+  click("select-all");
+  click("select-matching");
+}
+return new Promise((resolve, reject) => {
+  const start = Date.now();
+  (function poll() {
+    if (count().startsWith(want)) resolve(count());
+    else if (Date.now() - start > 60000) reject(new Error("selection stuck at: " + count()));
+    else setTimeout(poll, 50);
+  })();
+});
+"##;
+
+/// Opens Send Command with the selection, types a command and clicks Run; resolves with the
+/// milliseconds until the panel's first row and counts are in the page and a frame is drawn.
+const SEND_AND_TIME_JS: &str = r##"
+return new Promise((resolve, reject) => {
+  const until = (test, what, then) => {
+    const start = Date.now();
+    (function poll() {
+      const found = test();
+      if (found) then(found);
+      else if (Date.now() - start > 60000) reject(new Error(what));
+      else setTimeout(poll, 20);
+    })();
+  };
+  const open = document.getElementById("send-command-open");
+  if (!open) return reject(new Error("no Send Command button on " + location.pathname));
+  open.click();
+  // Ready once htmx has taken over the form (before that, Run would submit it natively).
+  const ready = () => {
+    const form = document.getElementById("send-form");
+    return form && form["htmx-internal-data"] && document.getElementById("content-linux");
+  };
+  until(ready, "the Send Command dialog did not open", (content) => {
+    content.value = "#bench out=100\necho hi";
+    const result = document.getElementById("send-result");
+    const drawn = () => {
+      const row = result.querySelector("table.results tbody tr");
+      const counts = result.querySelector(".summary .counts");
+      return row && counts ? counts : null;
+    };
+    let started = 0;
+    const observer = new MutationObserver(() => {
+      const counts = drawn();
+      if (!counts) return;
+      observer.disconnect();
+      const ms = performance.now() - started;
+      // The next frame, where the page is visible (a hidden one draws none).
+      const frame = document.visibilityState === "visible" ? requestAnimationFrame : (f) => setTimeout(f, 0);
+      frame(() => setTimeout(() => resolve({
+        ms: performance.now() - started,
+        in_document_ms: ms,
+        panel: result.querySelector(".output-panel").id,
+        rows: result.querySelectorAll("table.results tbody tr").length,
+        counts: counts.textContent.trim(),
+        visibility: document.visibilityState,
+      }), 0));
+    });
+    observer.observe(result, { childList: true, subtree: true });
+    started = performance.now();
+    document.getElementById("run-button").click();
+    setTimeout(() => reject(new Error("no panel within 60 s: " + result.textContent.slice(0, 300))), 60000);
+  });
+});
+"##;

@@ -5,7 +5,7 @@
 use super::error::{Error, Field, invalid};
 use crate::protocol::InvocationStatus;
 use crate::protocol::api::ContentEncoding;
-use crate::store::Role;
+use crate::store::{Cursor, Role};
 use base64::Engine as _;
 use std::collections::HashSet;
 
@@ -47,6 +47,42 @@ pub fn page_window(page: Option<u64>, page_size: Option<u64>) -> Result<(u64, u6
         ));
     }
     Ok(((page - 1).saturating_mul(page_size), page_size))
+}
+
+/// The `next_token` of a listing page that has more after it: where the next page starts.
+pub fn next_token(cursor: &Cursor) -> String {
+    format!("{}.{}", cursor.created_at, cursor.id)
+}
+
+/// Reads a `next_token` back (one this server gave out).
+pub fn cursor(token: &str) -> Result<Cursor, Error> {
+    token
+        .split_once('.')
+        .and_then(|(at, id)| {
+            let valid_id =
+                !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            Some(Cursor {
+                created_at: at.parse().ok()?,
+                id: id.to_string(),
+            })
+            .filter(|_| valid_id)
+        })
+        .ok_or_else(|| {
+            invalid(
+                Field::NextToken,
+                "`next_token` is not one this server gave out: pass the `next_token` of the previous \
+                 page unchanged, or leave it out for the first page",
+            )
+        })
+}
+
+/// `page` and `next_token` together: a page number counts from the start, a token from a row.
+pub fn both_page_and_token() -> Error {
+    invalid(
+        Field::NextToken,
+        "`page` and `next_token` cannot be used together: follow `next_token` alone (with the same \
+         filters and `page_size`), or use `page` alone",
+    )
 }
 
 /// An overall-status filter of a listing; blank or absent means any.

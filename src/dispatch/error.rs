@@ -34,6 +34,8 @@ pub enum Field {
     Page,
     /// A listing's status filter.
     Status,
+    /// A listing's continuation token.
+    NextToken,
 }
 
 impl Field {
@@ -59,6 +61,7 @@ impl Field {
             Field::Register => "InvalidParameter.Register",
             Field::Page => "InvalidParameter.Page",
             Field::Status => "InvalidParameter.Status",
+            Field::NextToken => "InvalidParameter.NextToken",
         }
     }
 
@@ -84,6 +87,7 @@ impl Field {
             Field::Register => "register",
             Field::Page => "page",
             Field::Status => "status",
+            Field::NextToken => "next_token",
         }
     }
 }

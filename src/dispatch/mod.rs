@@ -182,10 +182,37 @@ impl AgentLink {
 
 /// How often the retention purge looks for invocations past retention.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
-/// Results deleted per purge transaction (whole invocations; a bigger one alone).
-const PURGE_BATCH: u64 = 2_000;
-/// Pause between purge transactions, for the writer to take its turn.
-const PURGE_PAUSE: Duration = Duration::from_millis(5);
+/// How long one purge transaction should hold the write lock: what live output may wait.
+const PURGE_TXN: Duration = Duration::from_millis(15);
+
+/// The pace of the retention purge. A batch's cost depends on the database (cold pages, how
+/// scattered an index is), so the batch is sized from how long the last one took, aiming at
+/// [`PURGE_TXN`]; after each one the purge pauses at least as long as it held the lock, so the
+/// writer always gets half of it or more.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PurgePace {
+    /// Results deleted in the next transaction (whole invocations; a bigger one alone).
+    batch: u64,
+}
+
+impl PurgePace {
+    const FIRST: u64 = 500;
+    const MIN: u64 = 20;
+    const MAX: u64 = 5_000;
+
+    fn new() -> Self {
+        PurgePace { batch: Self::FIRST }
+    }
+
+    /// The pause after a batch of `results` that took `took`; sizes the next batch.
+    fn after(&mut self, results: u64, took: Duration) -> Duration {
+        let took_us = took.as_micros().max(1) as u64;
+        // Halfway to the size that would have taken PURGE_TXN, so one odd batch cannot swing it.
+        let ideal = results.max(1).saturating_mul(PURGE_TXN.as_micros() as u64) / took_us;
+        self.batch = ((self.batch + ideal) / 2).clamp(Self::MIN, Self::MAX);
+        took.max(Duration::from_millis(5))
+    }
+}
 
 /// Events buffered per watched invocation before a watcher counts as lagging (and replays from
 /// the store): a few seconds of a thousand busy streams.
@@ -359,8 +386,8 @@ impl Dispatcher {
     }
 
     /// Deletes invocations past retention, every [`PURGE_EVERY`], until shutdown: in batches
-    /// of about [`PURGE_BATCH`] results, each its own short transaction with a pause after it,
-    /// so the batching writer (and live output) never waits long for the write lock.
+    /// paced by [`PurgePace`], each its own short transaction with a pause after it, so the
+    /// batching writer (and live output) never waits long for the write lock.
     async fn run_purge(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(PURGE_EVERY);
         loop {
@@ -370,13 +397,15 @@ impl Dispatcher {
             }
             let before = self.now() - self.inner.settings.retention.as_millis() as i64;
             let (mut invocations, mut results) = (0, 0);
+            let mut pace = PurgePace::new();
             while !shutdown.is_cancelled() {
-                match self.inner.store.purge_batch(before, PURGE_BATCH).await {
+                let started = std::time::Instant::now();
+                match self.inner.store.purge_batch(before, pace.batch).await {
                     Ok((0, _)) => break,
                     Ok((i, r)) => {
                         invocations += i;
                         results += r;
-                        tokio::time::sleep(PURGE_PAUSE).await;
+                        tokio::time::sleep(pace.after(r, started.elapsed())).await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "retention purge failed");

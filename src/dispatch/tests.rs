@@ -633,3 +633,28 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
     let walked: std::collections::BTreeSet<&str> = walked.into_iter().collect();
     assert_eq!(walked, audited_in_sources, "every audited action is walked here");
 }
+
+#[test]
+fn the_purge_sizes_its_batches_to_a_short_hold_of_the_write_lock() {
+    let mut pace = PurgePace::new();
+    // Slow batches (cold pages): the batch shrinks, and the pause matches the hold.
+    let pause = pace.after(pace.batch, Duration::from_millis(150));
+    assert_eq!(pause, Duration::from_millis(150));
+    assert!(pace.batch < PurgePace::FIRST, "{pace:?}");
+    for _ in 0..20 {
+        pace.after(pace.batch, Duration::from_millis(150));
+    }
+    assert_eq!(pace.batch, PurgePace::MIN);
+    // Fast batches: it grows, up to its bound, pausing at least 5 ms.
+    for _ in 0..40 {
+        assert_eq!(
+            pace.after(pace.batch, Duration::from_micros(500)),
+            Duration::from_millis(5)
+        );
+    }
+    assert_eq!(pace.batch, PurgePace::MAX);
+    // At the target it settles.
+    let mut pace = PurgePace { batch: 1_000 };
+    pace.after(1_000, PURGE_TXN);
+    assert_eq!(pace.batch, 1_000);
+}

@@ -11,7 +11,7 @@ use super::{CommandType, Error, OsType, OutputStream, PROTOCOL_VERSIONS, TaskEnd
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// Largest frame either side sends or accepts. Output chunks are far smaller (64 KiB of data).
+/// Largest frame either side sends or accepts. Output chunks are far smaller (256 KiB of data).
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Largest piece of output the agent puts in one `Output` frame. A fast writer fills whole

@@ -239,6 +239,10 @@ pub struct InvocationResult {
 pub struct InvocationsResponse {
     pub invocations: Vec<Invocation>,
     pub total: u64,
+    /// Present when more invocations follow: pass it as `?next_token=` for the next page,
+    /// which costs the same however deep it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `POST /api/v1/invocations/{invoke_id}/stop`.

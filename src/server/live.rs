@@ -15,7 +15,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -78,6 +78,8 @@ pub struct Watch {
     /// Only this instance's statuses.
     status_of: Option<String>,
     format: Format,
+    /// HTML: the instances whose rows the panel shows (one page of them), the only rows redrawn.
+    rows: HashSet<String>,
     /// Per instance, the output offset up to which the watcher has everything.
     sent: HashMap<String, u64>,
     /// HTML: the per-status counts need redrawing.
@@ -101,10 +103,17 @@ impl Watch {
             output_of,
             status_of,
             format,
+            rows: HashSet::new(),
             sent: HashMap::new(),
             counts_dirty: false,
             renderer: OutputRenderer::default(),
         }
+    }
+
+    /// HTML: redraws these instances' rows as their statuses change (the rest only count).
+    pub fn redrawing(mut self, rows: impl IntoIterator<Item = String>) -> Self {
+        self.rows = rows.into_iter().collect();
+        self
     }
 
     /// Runs until the invocation is done, the client leaves or the server stops.
@@ -181,7 +190,18 @@ impl Watch {
     async fn replay(&mut self, socket: &mut WebSocket) -> anyhow::Result<bool> {
         let store = self.state.store.clone();
         let invocation = store.invocation(&self.invoke_id).await?;
-        let results = store.results(&self.invoke_id).await?;
+        // A watcher of one instance's output and nothing else's status (every console panel)
+        // reads that one result, not all 10,000 of a big run.
+        let results = match &self.output_of {
+            Some(only) if self.format == Format::Html || self.status_of.as_ref() == Some(only) => {
+                match store.result(&self.invoke_id, only).await {
+                    Ok(result) => vec![result],
+                    Err(crate::store::Error::NotFound) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => store.results(&self.invoke_id).await?,
+        };
         let sent = |watch: &Self, instance_id: &str| watch.sent.get(instance_id).copied().unwrap_or(0);
         // Only results with output not sent yet, read together, a batch of results at a time.
         let unsent: Vec<(i64, u64)> = results
@@ -211,8 +231,8 @@ impl Watch {
                     self.forward(socket, &event).await?;
                 }
             }
-            // The console's panel was just drawn from the store: of the rows, only the watched
-            // instance's may need redrawing (not one query per result of a 10,000-instance run).
+            // Of the console's rows, the watched instance's is redrawn here (with the end of its
+            // output); the rest of the page's below, together.
             let redraw = match self.format {
                 Format::Json => self.wants_status(&result.instance_id),
                 Format::Html => self.output_of.as_deref() == Some(result.instance_id.as_str()),
@@ -230,6 +250,16 @@ impl Watch {
         }
         let status = invocation.status();
         if self.format == Format::Html {
+            // Rows of the page that changed between drawing the panel (or the lag) and now.
+            let rows: Vec<String> = self
+                .rows
+                .iter()
+                .filter(|id| self.output_of.as_deref() != Some(id.as_str()))
+                .cloned()
+                .collect();
+            for row in store.results_of(&self.invoke_id, &rows).await? {
+                send_text(socket, html::render_row(&row, self.output_of.as_deref())?).await?;
+            }
             send_text(socket, html::summary_fragment(&self.state, &self.invoke_id).await?).await?;
             self.counts_dirty = false;
         }
@@ -298,15 +328,22 @@ impl Watch {
                     Format::Json => serde_json::to_string(event)?,
                     Format::Html => {
                         self.counts_dirty = true;
-                        let mut text =
+                        // A row off the page only counts: no query, nothing sent.
+                        let mut text = if self.rows.contains(instance_id) {
                             html::row_fragment(&self.state, &self.invoke_id, instance_id, self.output_of.as_deref())
-                                .await?;
+                                .await?
+                        } else {
+                            String::new()
+                        };
                         if invocation_status.is_terminal() && self.wants_output(instance_id) {
                             // Its output is complete: show what a cut-off last chunk held back.
                             let rest = self.renderer.flush();
                             if !rest.is_empty() {
                                 text.push_str(&html::output_fragment(&self.invoke_id, &rest));
                             }
+                        }
+                        if text.is_empty() {
+                            return Ok(false);
                         }
                         text
                     }

@@ -1,6 +1,6 @@
 //! Activations, enrolment and instances.
 
-use super::{Error, Result, Store, changed_one, now_ms, placeholders};
+use super::{Error, Result, Store, changed_one, now_ms};
 use crate::protocol::{CommandType, OsType};
 use std::collections::BTreeMap;
 
@@ -234,17 +234,13 @@ impl Store {
 
     /// The instances among `ids` that exist (in no particular order).
     pub async fn instances_by_ids(&self, ids: &[String]) -> Result<Vec<InstanceRow>> {
-        let mut found = Vec::with_capacity(ids.len());
-        // SQLite allows 32,766 variables per statement; stay far below it.
-        for batch in ids.chunks(500) {
-            let sql = format!("SELECT * FROM instances WHERE id IN ({})", placeholders(1, batch.len()));
-            let mut query = sqlx::query_as(&sql);
-            for id in batch {
-                query = query.bind(id);
-            }
-            found.extend(query.fetch_all(&self.pool).await?);
-        }
-        Ok(found)
+        // One statement however many: the ids travel as one JSON array.
+        Ok(
+            sqlx::query_as("SELECT * FROM instances WHERE id IN (SELECT value FROM json_each($1))")
+                .bind(sqlx::types::Json(ids))
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// A page of instances matching the filter, ordered by region then name, and the total matching.

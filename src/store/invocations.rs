@@ -129,8 +129,27 @@ pub struct InvocationFilter {
     pub since: Option<i64>,
     /// Created before.
     pub until: Option<i64>,
+    /// Only those listed after this one (keyset pagination: no offset to skip over).
+    pub after: Option<Cursor>,
     pub offset: u64,
     pub limit: u64,
+}
+
+/// A place in the listing of invocations (newest first): the last row a page showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// One page of a listing of invocations.
+#[derive(Debug)]
+pub struct InvocationPage {
+    pub rows: Vec<InvocationRow>,
+    /// All that match the filter (whatever the page).
+    pub total: u64,
+    /// Where the next page starts, when more rows follow this one.
+    pub next: Option<Cursor>,
 }
 
 pub(super) fn result_from_row(row: &SqliteRow) -> Result<ResultRow> {
@@ -193,29 +212,20 @@ impl Store {
             .bind(new.instance_ids.len() as i64)
             .execute(&mut *tx)
             .await?;
-        // Multi-row inserts: 10,000 targets cost 50 statements, not 10,000.
-        let mut result_ids = std::collections::HashMap::with_capacity(new.instance_ids.len());
-        for batch in new.instance_ids.chunks(200) {
-            let values = (0..batch.len())
-                .map(|i| format!("($1, ${}, 'Pending', $2)", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO results (invocation_id, instance_id, status, deliver_by) VALUES {values} \
-                 RETURNING id, instance_id"
-            );
-            let mut query = sqlx::query_as::<_, (i64, String)>(&sql).bind(&id).bind(new.deliver_by);
-            for instance_id in batch {
-                query = query.bind(instance_id);
-            }
-            result_ids.extend(
-                query
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .map(|(id, instance)| (instance, id)),
-            );
-        }
+        // One statement for every target: the ids travel as one JSON array (binding thousands
+        // of `$N` costs sqlx-sqlite a scan of the names per parameter).
+        let result_ids = sqlx::query_as::<_, (i64, String)>(
+            "INSERT INTO results (invocation_id, instance_id, status, deliver_by) \
+             SELECT $1, value, 'Pending', $2 FROM json_each($3) RETURNING id, instance_id",
+        )
+        .bind(&id)
+        .bind(new.deliver_by)
+        .bind(sqlx::types::Json(&new.instance_ids))
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, instance)| (instance, id))
+        .collect();
         tx.commit().await?;
         Ok(CreatedInvocation {
             id,
@@ -233,7 +243,7 @@ impl Store {
     }
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
-    pub async fn list_invocations(&self, filter: &InvocationFilter) -> Result<(Vec<InvocationRow>, u64)> {
+    pub async fn list_invocations(&self, filter: &InvocationFilter) -> Result<InvocationPage> {
         // The prefix is a range over the indexed `results.instance_id` (ids are [a-z0-9-], all
         // below '~'), so the filter is literal text, never a pattern, and needs no scan; a name
         // is looked up in `instances` first.
@@ -252,19 +262,73 @@ impl Store {
             .bind(status)
             .fetch_one(&self.pool)
             .await?;
-        let invocations: Vec<InvocationRow> = sqlx::query_as(&format!(
-            "SELECT i.* FROM invocations i {conditions} ORDER BY i.created_at DESC, i.id LIMIT $6 OFFSET $7"
+        // After a cursor: an upper bound on `created_at` the indexes can seek to, then the
+        // rows of the cursor's own millisecond that sort before it left out.
+        let (after_at, after_id) = match &filter.after {
+            Some(c) => (Some(c.created_at), Some(c.id.as_str())),
+            None => (None, None),
+        };
+        let mut rows: Vec<InvocationRow> = sqlx::query_as(&format!(
+            "SELECT i.* FROM invocations i {conditions} \
+             AND ($6 IS NULL OR (i.created_at <= $6 AND NOT (i.created_at = $6 AND i.id <= $7))) \
+             ORDER BY i.created_at DESC, i.id LIMIT $8 OFFSET $9"
         ))
         .bind(&filter.command_id)
         .bind(&filter.instance)
         .bind(filter.since)
         .bind(filter.until)
         .bind(status)
-        .bind(filter.limit as i64)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(filter.limit as i64 + 1)
         .bind(filter.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok((invocations, total as u64))
+        let more = rows.len() as u64 > filter.limit;
+        rows.truncate(filter.limit as usize);
+        let next = rows.last().filter(|_| more).map(|last| Cursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        Ok(InvocationPage {
+            rows,
+            total: total as u64,
+            next,
+        })
+    }
+
+    /// The results of these instances in an invocation (those it has), in instance id order.
+    pub async fn results_of(&self, invoke_id: &str, instance_ids: &[String]) -> Result<Vec<ResultRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM results WHERE invocation_id = $1 \
+             AND instance_id IN (SELECT value FROM json_each($2)) ORDER BY instance_id",
+        )
+        .bind(invoke_id)
+        .bind(sqlx::types::Json(instance_ids))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(result_from_row).collect()
+    }
+
+    /// A page of an invocation's results in instance id order, of one status or all.
+    pub async fn results_page(
+        &self,
+        invoke_id: &str,
+        status: Option<ResultStatus>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<ResultRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM results WHERE invocation_id = $1 AND ($2 IS NULL OR status = $2) \
+             ORDER BY instance_id LIMIT $3 OFFSET $4",
+        )
+        .bind(invoke_id)
+        .bind(status.map(|s| s.as_str()))
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(result_from_row).collect()
     }
 
     /// The results of an invocation, ordered by instance id.
@@ -603,18 +667,21 @@ pub(crate) mod tests {
             ..Default::default()
         };
 
-        let (first, total) = store
+        let page = store
             .list_invocations(&filter(InvocationStatus::Success, 0))
             .await
             .unwrap();
-        let (second, _) = store
+        let (first, total) = (page.rows, page.total);
+        let second = store
             .list_invocations(&filter(InvocationStatus::Success, 2))
             .await
-            .unwrap();
-        let (pending, pending_total) = store
+            .unwrap()
+            .rows;
+        let pending = store
             .list_invocations(&filter(InvocationStatus::Pending, 0))
             .await
             .unwrap();
+        let (pending, pending_total) = (pending.rows, pending.total);
 
         assert_eq!((first.len(), second.len(), total), (2, 1, 3));
         assert!(
@@ -625,6 +692,50 @@ pub(crate) mod tests {
         );
         assert_eq!(pending_total, 2);
         assert!(pending.iter().all(|i| ids[3..].contains(&i.id)));
+    }
+
+    #[tokio::test]
+    async fn a_cursor_pages_through_invocations_of_one_millisecond_without_a_repeat() {
+        let (store, _dir) = test_store().await;
+        for _ in 0..7 {
+            store
+                .create_invocation(&new_invocation(&["i-a"], now_ms() + 60_000))
+                .await
+                .unwrap();
+        }
+        // Five share a millisecond, the page boundary falls inside it.
+        sqlx::query("UPDATE invocations SET created_at = 1000 WHERE id IN (SELECT id FROM invocations LIMIT 5)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let everything = store
+            .list_invocations(&InvocationFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(everything.next, None);
+
+        let (mut followed, mut after) = (Vec::new(), None);
+        loop {
+            let page = store
+                .list_invocations(&InvocationFilter {
+                    limit: 2,
+                    after: after.take(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(page.total, 7);
+            followed.extend(page.rows.into_iter().map(|r| r.id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = everything.rows.into_iter().map(|r| r.id).collect();
+        assert_eq!(followed, expected);
     }
 
     #[tokio::test]
@@ -656,7 +767,7 @@ pub(crate) mod tests {
             };
             let store = store.clone();
             async move {
-                let (rows, _) = store.list_invocations(&filter).await.unwrap();
+                let rows = store.list_invocations(&filter).await.unwrap().rows;
                 rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
             }
         };

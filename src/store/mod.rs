@@ -20,7 +20,9 @@ mod users;
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
-pub use invocations::{DeliveryRow, InvocationFilter, InvocationRow, NewInvocation, ResultChange, ResultRow};
+pub use invocations::{
+    Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
+};
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;

@@ -247,3 +247,41 @@ async fn the_audit_log_records_who_did_what_from_where() {
         .unwrap();
     assert_eq!(filtered["total"], 1);
 }
+
+#[tokio::test]
+async fn invocations_page_by_next_token_as_by_page_number() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 1).await;
+    let (id, _) = crate::helpers::register(&app, &crate::helpers::register_body(&activation, "quiet")).await;
+    // Offline: each stays Pending, which is all a listing needs.
+    for n in 0..5 {
+        app.client
+            .run(&RunCommandRequest::shell(vec![id.clone()], format!("echo {n}")))
+            .await
+            .unwrap();
+    }
+    let all = app.client.invocations("page_size=100").await.unwrap();
+    assert_eq!(all.total, 5);
+    assert_eq!(all.next_token, None, "one page holds them all");
+
+    let mut followed = Vec::new();
+    let mut query = "page_size=2".to_string();
+    loop {
+        let page = app.client.invocations(&query).await.unwrap();
+        assert_eq!(page.total, 5, "the total counts every match, whatever the page");
+        followed.extend(page.invocations.into_iter().map(|i| i.invoke_id));
+        match page.next_token {
+            Some(token) => query = format!("page_size=2&next_token={token}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = all.invocations.into_iter().map(|i| i.invoke_id).collect();
+    assert_eq!(followed, expected, "three pages, newest first, none twice");
+
+    let (status, code, message) = refusal(app.client.invocations("next_token=yesterday").await).await;
+    assert_eq!((status, code.as_str()), (400, "InvalidParameter.NextToken"));
+    assert!(message.contains("previous"), "{message}");
+    let token = app.client.invocations("page_size=1").await.unwrap().next_token.unwrap();
+    let (status, code, _) = refusal(app.client.invocations(&format!("page=2&next_token={token}")).await).await;
+    assert_eq!((status, code.as_str()), (400, "InvalidParameter.NextToken"));
+}

@@ -169,3 +169,101 @@ async fn an_admin_adds_a_viewer_who_can_look_but_not_run() {
     assert_eq!(users.status, 403);
     assert_eq!(app.client.invocations("").await.unwrap().total, 0);
 }
+
+#[tokio::test]
+async fn the_output_panel_of_a_big_run_pages_its_rows_and_counts_them_all() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 205).await;
+    let mut ids = Vec::new();
+    for n in 0..205 {
+        ids.push(
+            register(&app, &register_body(&activation, &format!("quiet-{n:03}")))
+                .await
+                .0,
+        );
+    }
+    ids.sort();
+    // Offline instances: every result waits, Pending.
+    let created = app
+        .client
+        .run(&fleetrun::protocol::api::RunCommandRequest::shell(ids.clone(), "true"))
+        .await
+        .unwrap();
+    let console = Console::login(&app).await;
+    let panel = |query: &str| format!("/console/invocations/{}/panel?{query}", created.invoke_id);
+    let rows = |html: &str| html.matches("class=\"mono instance-link\"").count();
+
+    let first = console.get(&panel("")).await.unwrap().text;
+    let second = console.get(&panel("page=2")).await.unwrap().text;
+    let pending = console.get(&panel("status=Pending&page=2")).await.unwrap().text;
+    let failed = console.get(&panel("status=Failed")).await.unwrap().text;
+
+    assert_eq!(rows(&first), 200);
+    assert!(
+        first.contains("205 instances") && first.contains("Pending 205"),
+        "the counts cover all"
+    );
+    assert!(first.contains("Instances 1–200 of 205"), "{first}");
+    assert!(
+        first.contains(&format!(
+            "{}/panel?instance_id={}&#38;page=2",
+            created.invoke_id, ids[0]
+        )),
+        "{first}"
+    );
+    assert_eq!(rows(&second), 5);
+    assert!(second.contains("Instances 201–205 of 205") && second.contains(&ids[204]));
+    assert!(
+        !second.contains(&format!("row-{}-{}\"", created.invoke_id, ids[0])),
+        "page 2 starts after page 1"
+    );
+    assert_eq!(rows(&pending), 5, "the filter pages across all 205");
+    assert_eq!(rows(&failed), 0);
+    assert!(
+        second.contains(&format!("/live?instance_id={}&#38;page=2", ids[0])),
+        "the live socket redraws the rows of the page shown"
+    );
+}
+
+#[tokio::test]
+async fn a_panel_connecting_late_gets_every_row_of_its_page_redrawn() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let app = TestApp::spawn().await;
+    let fleet = app.fleet("local", "late", 3).await;
+    let mut ids: Vec<String> = fleet.iter().map(|(_, id)| id.clone()).collect();
+    ids.sort();
+    // Everything ends before the panel's socket connects (as when a fast run beats the browser).
+    let done = app
+        .run_to_end(&fleetrun::protocol::api::RunCommandRequest::shell(
+            ids.clone(),
+            "echo hi",
+        ))
+        .await;
+    let console = Console::login(&app).await;
+    let url = format!(
+        "{}/console/invocations/{}/live?instance_id={}&page=1",
+        app.url.replacen("http", "ws", 1),
+        done.invoke_id,
+        ids[0]
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("cookie", console.cookie.parse().unwrap());
+    request.headers_mut().insert("origin", app.url.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    let mut received = String::new();
+    while let Some(Ok(message)) = socket.next().await {
+        if let Ok(text) = message.into_text() {
+            received.push_str(&text);
+        }
+    }
+
+    for id in &ids {
+        let row = format!("id=\"row-{}-{id}\"", done.invoke_id);
+        let at = received
+            .find(&row)
+            .unwrap_or_else(|| panic!("no redraw of {id}'s row in {received}"));
+        assert!(received[at..].contains("data-status=\"Success\""), "{received}");
+    }
+}

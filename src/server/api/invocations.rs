@@ -1,7 +1,7 @@
 //! RunCommand, execution records, their per-instance results and output, and stop.
 
 use super::{parse_time, rfc3339, window};
-use crate::dispatch::{Actor, Kind, error::not_found};
+use crate::dispatch::{Actor, Kind, check, error::not_found};
 use crate::protocol::api::{
     Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
 };
@@ -68,6 +68,8 @@ pub struct ListQuery {
     until: Option<String>,
     page: Option<u64>,
     page_size: Option<u64>,
+    /// The previous page's `next_token`.
+    next_token: Option<String>,
 }
 
 pub async fn list(
@@ -76,6 +78,15 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<InvocationsResponse>, ApiError> {
     let (offset, limit) = window(query.page, query.page_size)?;
+    let after = query
+        .next_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(check::cursor)
+        .transpose()?;
+    if after.is_some() && query.page.is_some() {
+        return Err(check::both_page_and_token().into());
+    }
     let status = crate::dispatch::check::invocation_status(query.status.as_deref())?;
     let time = |field, text: Option<String>| {
         text.filter(|s| !s.is_empty())
@@ -88,12 +99,16 @@ pub async fn list(
         status,
         since: time("since", query.since)?,
         until: time("until", query.until)?,
+        after,
         offset,
         limit,
     };
-    let (rows, total) = state.store.list_invocations(&filter).await?;
-    let invocations = rows.into_iter().map(|r| invocation_dto(r, None)).collect();
-    Ok(ApiJson(InvocationsResponse { invocations, total }))
+    let page = state.store.list_invocations(&filter).await?;
+    Ok(ApiJson(InvocationsResponse {
+        next_token: page.next.as_ref().map(check::next_token),
+        invocations: page.rows.into_iter().map(|r| invocation_dto(r, None)).collect(),
+        total: page.total,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

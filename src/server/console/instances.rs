@@ -213,7 +213,7 @@ async fn instance_page(
         limit: 50,
         ..Default::default()
     };
-    let (invocations, _) = state.store.list_invocations(&filter).await?;
+    let invocations = state.store.list_invocations(&filter).await?.rows;
     let layout = session.layout(state.store.regions().await?, "instances");
     let liveness = state.dispatcher.liveness(&row);
     Ok(render(&InstancePage {

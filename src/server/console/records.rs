@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 /// Most result rows the panel draws at once; a status filter narrows them.
-const PANEL_ROWS: usize = 200;
+const PANEL_ROWS: u64 = 200;
 
 /// An invocation as a row of a listing.
 pub struct RecordView {
@@ -145,60 +145,92 @@ pub struct PanelFragment {
     pub invoke_id: String,
     pub name: String,
     pub summary: Summary,
+    /// One page of the rows of the status filter (all statuses when blank).
     pub rows: Vec<ResultView>,
-    pub hidden_rows: usize,
+    /// Pages of rows; its `base` is the panel's query, ending in `page=`.
+    pub pager: Pager,
     pub selected: String,
     pub status_filter: String,
     pub oob: bool,
 }
 
 impl PanelFragment {
-    /// The URL of the panel's live socket.
+    /// The URL of the panel's live socket: it redraws the rows this page shows.
     pub fn live_url(&self) -> String {
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("instance_id", &self.selected)
-            .finish();
-        format!("/console/invocations/{}/live?{query}", self.invoke_id)
+        format!(
+            "/console/invocations/{}/live{}{}",
+            self.invoke_id, self.pager.base, self.pager.page
+        )
     }
 }
 
-/// Loads the panel of an invocation; `selected` defaults to the first instance.
-pub async fn load_panel(
-    state: &AppState,
-    invoke_id: &str,
-    selected: Option<String>,
-    status: Option<String>,
-) -> Result<PanelFragment, PageError> {
-    let invocation = state
-        .store
+/// What a panel shows: the selected instance, a status filter and a page of rows.
+#[derive(Debug, Default, Deserialize)]
+pub struct PanelQuery {
+    pub instance_id: Option<String>,
+    pub status: Option<String>,
+    pub page: Option<u64>,
+}
+
+impl PanelQuery {
+    fn status(&self) -> Option<ResultStatus> {
+        self.status
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| s.parse().ok())
+    }
+}
+
+/// Loads the panel of an invocation; the selected instance defaults to the first. Only the
+/// page of rows shown is read, so a panel of 10,000 instances costs what one of 200 does; the
+/// counts come with the invocation.
+pub async fn load_panel(state: &AppState, invoke_id: &str, query: PanelQuery) -> Result<PanelFragment, PageError> {
+    let store = &state.store;
+    let invocation = store
         .invocation(invoke_id)
         .await
         .map_err(not_found(Kind::Invocation, invoke_id))?;
-    let results = state.store.results(invoke_id).await?;
-    let filter: Option<ResultStatus> = status.as_deref().filter(|s| !s.is_empty()).and_then(|s| s.parse().ok());
-    let selected = selected
-        .filter(|s| results.iter().any(|r| &r.instance_id == s))
-        .or_else(|| results.first().map(|r| r.instance_id.clone()))
-        .unwrap_or_default();
-    let matching: Vec<&ResultRow> = results
-        .iter()
-        .filter(|r| filter.is_none_or(|f| r.status == f))
-        .collect();
-    let rows = matching
-        .iter()
-        .take(PANEL_ROWS)
-        .map(|r| ResultView::new(r, Some(&selected)))
-        .collect();
+    let filter = query.status();
+    let pager = Pager::new(query.page, PANEL_ROWS);
+    let matching = match filter {
+        Some(status) => invocation.counts.0.get(&status).copied().unwrap_or(0),
+        None => invocation.counts.total(),
+    };
+    let rows = store
+        .results_page(invoke_id, filter, pager.offset(), PANEL_ROWS)
+        .await?;
+    let selected = match query.instance_id.filter(|s| !s.is_empty()) {
+        Some(id) if store.result(invoke_id, &id).await.is_ok() => id,
+        _ if filter.is_none() && pager.page == 1 => rows.first().map(|r| r.instance_id.clone()).unwrap_or_default(),
+        _ => store
+            .results_page(invoke_id, None, 0, 1)
+            .await?
+            .first()
+            .map(|r| r.instance_id.clone())
+            .unwrap_or_default(),
+    };
+    let status_filter = filter.map(|s| s.as_str().to_string()).unwrap_or_default();
+    let pager = pager.with(matching, "", &[("instance_id", &selected), ("status", &status_filter)]);
     Ok(PanelFragment {
         invoke_id: invocation.id.clone(),
         name: RecordView::new(invocation.clone()).name,
         summary: Summary::new(&invocation),
-        rows,
-        hidden_rows: matching.len().saturating_sub(PANEL_ROWS),
+        rows: rows.iter().map(|r| ResultView::new(r, Some(&selected))).collect(),
+        pager,
         selected,
-        status_filter: status.unwrap_or_default(),
+        status_filter,
         oob: false,
     })
+}
+
+/// The instance ids of the rows a panel with this query shows: the ones its live socket redraws.
+pub async fn panel_rows(state: &AppState, invoke_id: &str, query: &PanelQuery) -> Result<Vec<String>, PageError> {
+    let pager = Pager::new(query.page, PANEL_ROWS);
+    let rows = state
+        .store
+        .results_page(invoke_id, query.status(), pager.offset(), PANEL_ROWS)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.instance_id).collect())
 }
 
 #[derive(Template)]
@@ -250,6 +282,7 @@ pub async fn index(
         status: crate::dispatch::check::invocation_status(Some(&query.status)).unwrap_or(None),
         since: day_start(&query.since),
         until: day_start(&query.until).map(|start| start + 86_400_000),
+        after: None,
         offset: pager.offset(),
         limit: PAGE_SIZE,
     };
@@ -258,9 +291,9 @@ pub async fn index(
         || filter.status.is_some()
         || filter.since.is_some()
         || filter.until.is_some();
-    let (rows, total) = state.store.list_invocations(&filter).await?;
+    let page = state.store.list_invocations(&filter).await?;
     let pager = pager.with(
-        total,
+        page.total,
         "/console/invocations",
         &[
             ("status", &query.status),
@@ -273,7 +306,7 @@ pub async fn index(
     let layout = session.layout(state.store.regions().await?, "records");
     Ok(render(&RecordsPage {
         layout,
-        records: rows.into_iter().map(RecordView::new).collect(),
+        records: page.rows.into_iter().map(RecordView::new).collect(),
         filtered,
         pager,
         query,
@@ -297,19 +330,13 @@ pub fn render_panel(panel: PanelFragment) -> Result<String, PageError> {
         .map_err(|e| PageError::from(crate::server::ApiError::internal(e)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PanelQuery {
-    instance_id: Option<String>,
-    status: Option<String>,
-}
-
 pub async fn show(
     State(state): State<AppState>,
     session: Session,
     Path(invoke_id): Path<String>,
     Query(query): Query<PanelQuery>,
 ) -> Result<Response, PageError> {
-    let panel = load_panel(&state, &invoke_id, query.instance_id, query.status).await?;
+    let panel = load_panel(&state, &invoke_id, query).await?;
     let invocation = state.store.invocation(&invoke_id).await?;
     let layout = session.layout(state.store.regions().await?, "records");
     Ok(render(&RecordPage {
@@ -326,14 +353,7 @@ pub async fn panel(
     Path(invoke_id): Path<String>,
     Query(query): Query<PanelQuery>,
 ) -> Result<Response, PageError> {
-    Ok(render(
-        &load_panel(&state, &invoke_id, query.instance_id, query.status).await?,
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct LiveQuery {
-    instance_id: Option<String>,
+    Ok(render(&load_panel(&state, &invoke_id, query).await?))
 }
 
 /// The panel's live socket: HTML fragments swapped in by htmx's ws extension.
@@ -341,7 +361,7 @@ pub async fn live(
     State(state): State<AppState>,
     _: Session,
     Path(invoke_id): Path<String>,
-    Query(query): Query<LiveQuery>,
+    Query(query): Query<PanelQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, PageError> {
     state
@@ -349,8 +369,9 @@ pub async fn live(
         .invocation(&invoke_id)
         .await
         .map_err(not_found(Kind::Invocation, &invoke_id))?;
+    let rows = panel_rows(&state, &invoke_id, &query).await?;
     let selected = query.instance_id.filter(|s| !s.is_empty());
-    let watch = Watch::new(state, invoke_id, selected, None, Format::Html);
+    let watch = Watch::new(state, invoke_id, selected, None, Format::Html).redrawing(rows);
     Ok(ws
         .max_message_size(crate::server::live::WATCHER_FRAME)
         .max_frame_size(crate::server::live::WATCHER_FRAME)
@@ -418,9 +439,14 @@ pub async fn row_fragment(
     selected: Option<&str>,
 ) -> Result<String, PageError> {
     let row = state.store.result(invoke_id, instance_id).await?;
+    render_row(&row, selected)
+}
+
+/// A result row already read, as an out-of-band swap.
+pub fn render_row(row: &ResultRow, selected: Option<&str>) -> Result<String, PageError> {
     Ok(RowFragment {
-        invoke_id,
-        r: ResultView::new(&row, selected),
+        invoke_id: &row.invocation_id,
+        r: ResultView::new(row, selected),
         oob: true,
     }
     .render()?)

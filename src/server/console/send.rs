@@ -149,11 +149,12 @@ pub struct SendForm {
 impl SendForm {
     fn parse(pairs: Vec<(String, String)>) -> SendForm {
         let mut form = SendForm::default();
+        let mut seen = std::collections::HashSet::new();
         for (key, value) in pairs {
             match key.as_str() {
                 "instance_ids" => {
                     for id in value.split(',').map(str::trim).filter(|id| !id.is_empty()) {
-                        if !form.instance_ids.iter().any(|known| known == id) {
+                        if seen.insert(id.to_string()) {
                             form.instance_ids.push(id.to_string());
                         }
                     }
@@ -328,10 +329,11 @@ async fn build(
     errors: BTreeMap<String, String>,
 ) -> Result<Dialog, PageError> {
     let instances = state.store.instances_by_ids(&form.instance_ids).await?;
+    let found: std::collections::HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     let missing: Vec<String> = form
         .instance_ids
         .iter()
-        .filter(|id| !instances.iter().any(|i| &i.id == *id))
+        .filter(|id| !found.contains(id.as_str()))
         .cloned()
         .collect();
     let command = match form.command_id.as_str() {
@@ -484,7 +486,7 @@ pub async fn run(
         for group in &d.groups {
             let timeout = timeout.as_ref().map_or(0, |t| *t);
             match submit(&state, &session, &form, group, timeout).await {
-                Ok(invoke_id) => panels.push(render_panel(load_panel(&state, &invoke_id, None, None).await?)?),
+                Ok(invoke_id) => panels.push(render_panel(load_panel(&state, &invoke_id, Default::default()).await?)?),
                 Err(e) => {
                     let (field, message) = form_error(e, group)?;
                     errors.insert(field, message);
