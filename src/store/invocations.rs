@@ -560,15 +560,12 @@ impl Store {
         if ids.is_empty() {
             return Ok((0, 0));
         }
+        // Results and output go with them (ON DELETE CASCADE).
         let mut tx = self.write_tx().await?;
-        for batch in ids.chunks(100) {
-            let sql = format!("DELETE FROM invocations WHERE id IN ({})", placeholders(1, batch.len()));
-            let mut query = sqlx::query(&sql);
-            for id in batch {
-                query = query.bind(id);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        sqlx::query("DELETE FROM invocations WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(sqlx::types::Json(&ids))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok((ids.len() as u64, results))
     }

@@ -179,6 +179,15 @@ impl PanelQuery {
             .filter(|s| !s.is_empty())
             .and_then(|s| s.parse().ok())
     }
+
+    /// The page of rows this query shows (the panel draws them; its live socket redraws them).
+    async fn rows(&self, state: &AppState, invoke_id: &str) -> Result<Vec<ResultRow>, PageError> {
+        let pager = Pager::new(self.page, PANEL_ROWS);
+        Ok(state
+            .store
+            .results_page(invoke_id, self.status(), pager.offset(), PANEL_ROWS)
+            .await?)
+    }
 }
 
 /// Loads the panel of an invocation; the selected instance defaults to the first. Only the
@@ -196,9 +205,7 @@ pub async fn load_panel(state: &AppState, invoke_id: &str, query: PanelQuery) ->
         Some(status) => invocation.counts.0.get(&status).copied().unwrap_or(0),
         None => invocation.counts.total(),
     };
-    let rows = store
-        .results_page(invoke_id, filter, pager.offset(), PANEL_ROWS)
-        .await?;
+    let rows = query.rows(state, invoke_id).await?;
     let selected = match query.instance_id.filter(|s| !s.is_empty()) {
         Some(id) if store.result(invoke_id, &id).await.is_ok() => id,
         _ if filter.is_none() && pager.page == 1 => rows.first().map(|r| r.instance_id.clone()).unwrap_or_default(),
@@ -221,16 +228,6 @@ pub async fn load_panel(state: &AppState, invoke_id: &str, query: PanelQuery) ->
         status_filter,
         oob: false,
     })
-}
-
-/// The instance ids of the rows a panel with this query shows: the ones its live socket redraws.
-pub async fn panel_rows(state: &AppState, invoke_id: &str, query: &PanelQuery) -> Result<Vec<String>, PageError> {
-    let pager = Pager::new(query.page, PANEL_ROWS);
-    let rows = state
-        .store
-        .results_page(invoke_id, query.status(), pager.offset(), PANEL_ROWS)
-        .await?;
-    Ok(rows.into_iter().map(|r| r.instance_id).collect())
 }
 
 #[derive(Template)]
@@ -369,7 +366,7 @@ pub async fn live(
         .invocation(&invoke_id)
         .await
         .map_err(not_found(Kind::Invocation, &invoke_id))?;
-    let rows = panel_rows(&state, &invoke_id, &query).await?;
+    let rows = query.rows(&state, &invoke_id).await?.into_iter().map(|r| r.instance_id);
     let selected = query.instance_id.filter(|s| !s.is_empty());
     let watch = Watch::new(state, invoke_id, selected, None, Format::Html).redrawing(rows);
     Ok(ws
