@@ -56,6 +56,7 @@ pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow) -> RunTask {
         working_dir: spec.working_dir.clone(),
         username: spec.username.clone(),
         timeout_secs: spec.timeout_secs,
+        deliver_by: None,
     }
 }
 

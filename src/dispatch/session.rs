@@ -95,6 +95,12 @@ impl Dispatcher {
             instance_id: instance_id.to_string(),
             heartbeat_secs: self.inner.settings.heartbeat.as_secs().max(1),
             max_frame_bytes: crate::protocol::agent::MAX_FRAME_BYTES,
+            server_time_ms: Some(self.now()),
+            reconnect_window_ms: None,
+            output_limits: Some(crate::protocol::agent::OutputKept {
+                head: self.inner.settings.output.head,
+                tail: self.inner.settings.output.tail,
+            }),
         };
         let _ = tx.try_send(Outbound::Message(welcome.into()));
         let previous = self.lock_agents().insert(

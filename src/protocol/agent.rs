@@ -124,6 +124,26 @@ pub struct Welcome {
     pub heartbeat_secs: u64,
     /// Largest frame the server accepts.
     pub max_frame_bytes: usize,
+    /// The server's clock (milliseconds since the Unix epoch) when it sent this: the agent
+    /// measures its own clock's offset from it to judge `RunTask::deliver_by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time_ms: Option<i64>,
+    /// After losing this server, the agent's first reconnect is spread uniformly over this
+    /// many milliseconds (full jitter): the server sizes it to its fleet, so a restart is not
+    /// met by every agent at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_window_ms: Option<u64>,
+    /// The output the server keeps per result (head and tail bytes): an agent cut off during
+    /// a flood spools no more than that (and counts the rest as dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_limits: Option<OutputKept>,
+}
+
+/// Bytes of a result's output the server keeps: the first `head` and the last `tail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputKept {
+    pub head: u64,
+    pub tail: u64,
 }
 
 /// The server's answer to an incompatible `Hello`; the connection closes after it.
@@ -141,6 +161,12 @@ pub struct RunTask {
     pub working_dir: Option<String>,
     pub username: Option<String>,
     pub timeout_secs: u64,
+    /// The end of the delivery window, on the server's clock (milliseconds since the Unix
+    /// epoch). An agent that reads the task later (it was frozen, or the frame sat in a dead
+    /// socket) refuses it with `DeliveryTimeout` and never runs it: the server may already
+    /// have reported it `Aborted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_by: Option<i64>,
 }
 
 /// Kill a task's whole process tree, or make sure it never starts.
