@@ -8,7 +8,7 @@ use super::identity::Identity;
 use super::spool::{self, Spool};
 use crate::config::AgentArgs;
 use crate::protocol::agent::{AgentMessage, Frame, Hello, MAX_FRAME_BYTES, RunTask, ServerMessage};
-use crate::protocol::{OsType, PROTOCOL_VERSIONS, TaskEnd};
+use crate::protocol::{ErrorCode, OsType, PROTOCOL_VERSIONS, TaskEnd};
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng as _;
@@ -52,6 +52,9 @@ pub struct Agent {
     events_rx: mpsc::Receiver<(String, TaskEvent)>,
     /// TLS client configuration for `wss://` servers.
     tls: Arc<rustls::ClientConfig>,
+    /// The server's clock minus this host's, in milliseconds, measured at `Welcome`: tasks'
+    /// delivery deadlines are on the server's clock.
+    clock_offset_ms: i64,
 }
 
 impl Agent {
@@ -70,6 +73,7 @@ impl Agent {
             exec,
             tls,
             running: HashMap::new(),
+            clock_offset_ms: 0,
             events_tx,
             events_rx,
         }
@@ -175,10 +179,15 @@ impl Agent {
         send(&mut socket, &hello.into(), PROTOCOL_VERSIONS[0]).await?;
         let (heartbeat, version) = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await
         {
-            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) if offered.contains(&welcome.protocol_version) => (
-                Duration::from_secs(welcome.heartbeat_secs.max(1)),
-                welcome.protocol_version,
-            ),
+            Ok(Ok(Some(ServerMessage::Welcome(welcome)))) if offered.contains(&welcome.protocol_version) => {
+                if let Some(server_ms) = welcome.server_time_ms {
+                    self.clock_offset_ms = server_ms - wall_ms();
+                }
+                (
+                    Duration::from_secs(welcome.heartbeat_secs.max(1)),
+                    welcome.protocol_version,
+                )
+            }
             Ok(Ok(Some(ServerMessage::Welcome(welcome)))) => {
                 bail!(Fatal(format!(
                     "the server chose protocol version {}, which this agent did not offer ({offered:?})",
@@ -210,6 +219,16 @@ impl Agent {
         loop {
             tokio::select! {
                 message = next_message(&mut socket) => match message {
+                    Ok(Some(_)) if last_heard.elapsed() > heartbeat * 3 => {
+                        // Nothing was read for longer than the server waits before dropping us
+                        // (this process was frozen, or the host slept): what is buffered may be
+                        // from a connection the server has given up on, so none of it is acted
+                        // on. The server re-delivers what is still wanted after the reconnect.
+                        return Ok(lost(anyhow::anyhow!(
+                            "nothing read for {} s (frozen or suspended?): not trusting this connection",
+                            last_heard.elapsed().as_secs()
+                        )));
+                    }
                     Ok(Some(message)) => {
                         last_heard = Instant::now();
                         self.handle(message)?;
@@ -265,11 +284,24 @@ impl Agent {
             tracing::warn!(task = %task.task, "refused a task with a malformed id");
             return;
         }
-        if task.timeout_secs == 0 {
-            let end = TaskEnd::Error {
-                error_code: crate::protocol::ErrorCode::ExecutionException,
-                error_info: "timeout must be at least one second".into(),
-            };
+        let refusal = if task.timeout_secs == 0 {
+            Some((
+                ErrorCode::ExecutionException,
+                "timeout must be at least one second".to_string(),
+            ))
+        } else {
+            let now = wall_ms() + self.clock_offset_ms;
+            task.deliver_by.filter(|by| now > *by).map(|by| {
+                tracing::warn!(task = %task.task, late_ms = now - by, "refused a task read after its delivery deadline");
+                let info = format!(
+                    "The agent received the command {} s after its delivery deadline and did not run it.",
+                    (now - by + 999) / 1000
+                );
+                (ErrorCode::DeliveryTimeout, info)
+            })
+        };
+        if let Some((error_code, error_info)) = refusal {
+            let end = TaskEnd::Error { error_code, error_info };
             let events = self.events_tx.clone();
             let id = task.task.clone();
             tokio::spawn(async move { events.send((id, TaskEvent::Finished { exit_code: None, end })).await });
@@ -279,6 +311,13 @@ impl Agent {
         self.running.insert(task.task.clone(), token.clone());
         tokio::spawn(exec::run(task, self.exec.clone(), self.events_tx.clone(), token));
     }
+}
+
+/// This host's clock, in milliseconds since the Unix epoch.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// An error after which reconnecting cannot help.

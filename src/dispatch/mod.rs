@@ -25,6 +25,7 @@ mod fleet;
 mod run;
 mod session;
 mod throttle;
+pub mod watch;
 mod writer;
 
 pub use accounts::{FirstAdmin, NewSession, SESSION_HOURS, UserChange, hash_password, verify_password};
@@ -43,7 +44,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -144,12 +145,16 @@ struct Inner {
     accounts: accounts::Accounts,
     /// Agents connected to this server, by instance id. Written by `attach`/`detach`.
     agents: Mutex<HashMap<String, AgentLink>>,
-    /// Live watchers by invoke id. An entry is removed once nobody listens.
-    watchers: Mutex<HashMap<String, broadcast::Sender<Arc<StreamEvent>>>>,
+    /// Live watchers by invoke id, each with a queue bounded in bytes.
+    watchers: Arc<watch::Watchers>,
     /// Heartbeats received since the last flush to the store, by instance id.
     heartbeats: Mutex<HashMap<String, i64>>,
     /// Reports from agents on their way to the batching writer.
     writer_tx: mpsc::Sender<writer::Item>,
+    /// Held from a write that changes results' statuses until its events are published, so
+    /// watchers see one result's statuses in the order they were committed (never `Stopping`
+    /// after `Terminated`).
+    status_order: tokio::sync::Mutex<()>,
     next_session: AtomicU64,
 }
 
@@ -169,14 +174,18 @@ struct AgentLink {
 }
 
 impl AgentLink {
-    /// Queues a message, in order. Never waits: an agent whose queue is full is disconnected.
-    /// (Messages to agents not connected here are not sent at all; the store holds what they
-    /// need when they connect.)
-    fn push(&self, instance_id: &str, message: ServerMessage) {
-        if self.tx.try_send(Outbound::Message(message)).is_err() && !self.close.is_cancelled() {
+    /// Queues a message, in order; false when it could not be. Never waits: an agent whose
+    /// queue is full is disconnected. (Messages to agents not connected here are not sent at
+    /// all; the store holds what they need when they connect.)
+    fn push(&self, instance_id: &str, message: ServerMessage) -> bool {
+        if self.tx.try_send(Outbound::Message(message)).is_ok() {
+            return true;
+        }
+        if !self.close.is_cancelled() {
             tracing::warn!(instance_id, "agent is not reading its messages; closing its connection");
             self.close.cancel();
         }
+        false
     }
 }
 
@@ -214,10 +223,6 @@ impl PurgePace {
     }
 }
 
-/// Events buffered per watched invocation before a watcher counts as lagging (and replays from
-/// the store): a few seconds of a thousand busy streams.
-const WATCH_BUFFER: usize = 16 * 1024;
-
 impl Dispatcher {
     /// Starts the dispatcher and its background tasks (batching writer, deadlines, heartbeat
     /// flush, retention). They stop when `shutdown` is cancelled; await `tracker` after that.
@@ -244,9 +249,10 @@ impl Dispatcher {
                 clock,
                 accounts: accounts::Accounts::default(),
                 agents: Mutex::default(),
-                watchers: Mutex::default(),
+                watchers: Arc::default(),
                 heartbeats: Mutex::default(),
                 writer_tx,
+                status_order: tokio::sync::Mutex::new(()),
                 next_session: AtomicU64::new(1),
             }),
         };
@@ -270,20 +276,8 @@ impl Dispatcher {
 
     /// Subscribes to live events of an invocation. Subscribe before reading stored state, so
     /// nothing committed in between is missed (events are published after their commit).
-    pub fn watch(&self, invoke_id: &str) -> broadcast::Receiver<Arc<StreamEvent>> {
-        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers
-            .entry(invoke_id.to_string())
-            .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
-            .subscribe()
-    }
-
-    /// Forgets an invocation's live channel once its last watcher has gone.
-    pub fn unwatch(&self, invoke_id: &str) {
-        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        if watchers.get(invoke_id).is_some_and(|tx| tx.receiver_count() == 0) {
-            watchers.remove(invoke_id);
-        }
+    pub fn watch(&self, invoke_id: &str) -> watch::Subscription {
+        self.inner.watchers.subscribe(invoke_id)
     }
 
     /// Drops an instance's connection, if any (after deregistration).
@@ -299,39 +293,43 @@ impl Dispatcher {
 
     fn send_stop(&self, instance_id: &str, task: &str) {
         if let Some(link) = self.lock_agents().get(instance_id) {
-            link.push(instance_id, StopTask { task: task.to_string() }.into());
+            let _ = link.push(instance_id, StopTask { task: task.to_string() }.into());
         }
     }
 
     /// Hands tasks to their connected agents, with their result ids (`(instance id, result id,
-    /// task)`), taking the registry lock once for the whole fan-out.
-    fn send_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a str, i64, RunTask)>) {
-        let agents = self.lock_agents();
-        for (instance_id, result_id, run) in runs {
-            let Some(link) = agents.get(instance_id) else {
-                continue;
-            };
-            link.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(run.task.clone(), result_id);
-            link.push(instance_id, run.into());
+    /// task)`), taking the registry lock once for the whole fan-out, and records which were
+    /// sent: past the delivery window, "sent and never acknowledged" is not "never sent".
+    async fn send_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a str, i64, RunTask)>) {
+        let mut sent = Vec::new();
+        {
+            let agents = self.lock_agents();
+            for (instance_id, result_id, run) in runs {
+                let Some(link) = agents.get(instance_id) else {
+                    continue;
+                };
+                link.tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(run.task.clone(), result_id);
+                if link.push(instance_id, run.into()) {
+                    sent.push(result_id);
+                }
+            }
+        }
+        if let Err(e) = self.inner.store.mark_sent(&sent, self.now()).await {
+            // Then they count as never sent; the agent still refuses them past their deadline.
+            tracing::warn!(error = %e, "could not record tasks as sent");
         }
     }
 
     /// Publishes an event to the watchers of an invocation, if there are any.
     fn publish(&self, invoke_id: &str, event: StreamEvent) {
-        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = watchers.get(invoke_id) {
-            if tx.send(Arc::new(event)).is_err() {
-                watchers.remove(invoke_id);
-            }
-        }
+        self.inner.watchers.publish(invoke_id, event);
     }
 
     fn is_watched(&self, invoke_id: &str) -> bool {
-        let watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.get(invoke_id).is_some_and(|tx| tx.receiver_count() > 0)
+        self.inner.watchers.is_watched(invoke_id)
     }
 
     /// Tells watchers about status changes, and that an invocation is done when it is.
@@ -433,6 +431,7 @@ impl Dispatcher {
     }
 
     async fn enforce_deadlines(&self) {
+        let _order = self.inner.status_order.lock().await;
         match self.inner.store.enforce_deadlines(self.now(), self.lost_before()).await {
             Ok(changes) => {
                 for change in changes.iter().filter(|c| c.status == ResultStatus::Timeout) {

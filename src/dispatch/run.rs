@@ -35,7 +35,7 @@ pub struct Stopped {
 
 /// The task an instance runs for an invocation: the content with its parameters filled in
 /// for that instance (built-ins included).
-pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow) -> RunTask {
+pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: i64) -> RunTask {
     let spec = &invocation.spec;
     let content = if spec.enable_parameter {
         let builtins = BTreeMap::from([
@@ -56,7 +56,7 @@ pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow) -> RunTask {
         working_dir: spec.working_dir.clone(),
         username: spec.username.clone(),
         timeout_secs: spec.timeout_secs,
-        deliver_by: None,
+        deliver_by: Some(deliver_by),
     }
 }
 
@@ -156,6 +156,7 @@ impl Dispatcher {
             instance_ids: run.instance_ids,
             deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
         };
+        let deliver_by = new.deliver_by;
         let created = self
             .inner
             .store
@@ -171,10 +172,10 @@ impl Dispatcher {
             .iter()
             .filter_map(|i| {
                 let result_id = *created.result_ids.get(&i.id)?;
-                Some((i.id.as_str(), result_id, task_for(&invocation, i)))
+                Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by)))
             })
             .collect();
-        self.send_runs(tasks);
+        self.send_runs(tasks).await;
         Ok(InvocationCreated {
             invoke_id: created.id,
             command_id: created.command_id,
@@ -257,6 +258,7 @@ impl Dispatcher {
                 ));
             }
         }
+        let order = self.inner.status_order.lock().await;
         let changes = self
             .inner
             .store
@@ -267,6 +269,7 @@ impl Dispatcher {
             self.send_stop(&change.instance_id, invoke_id);
         }
         self.publish_changes(&changes).await;
+        drop(order);
         let status = self.inner.store.invocation(invoke_id).await?.status();
         let detail = format!("{} results stopped", changes.len());
         self.audit(actor, "StopInvocation", invoke_id, &detail).await;
@@ -407,10 +410,12 @@ mod tests {
         let task = task_for(
             &invocation("hi {{who}} on {{fleetrun::instance_name}}", true),
             &instance("web-1"),
+            7,
         );
         assert_eq!(task.content, "hi ann on web-1");
+        assert_eq!(task.deliver_by, Some(7));
         assert_eq!(task.task, "t-1");
-        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"));
+        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"), 7);
         assert_eq!(raw.content, "hi {{who}}", "parameters off: content taken literally");
     }
 

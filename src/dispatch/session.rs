@@ -3,7 +3,7 @@
 
 use super::error::{Error, Kind, not_found};
 use super::{AgentLink, Dispatcher, TaskIds, task_for, writer};
-use crate::protocol::agent::{Ack, AgentMessage, Hello, Welcome};
+use crate::protocol::agent::{Ack, AgentMessage, Hello, MAX_CHUNK_BYTES, Welcome};
 use crate::store::AgentWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -141,8 +141,11 @@ impl Dispatcher {
     ) -> Result<(), Error> {
         let store = &self.inner.store;
         let now = self.now();
-        let lost = store.interrupt_unheld(&instance.id, &hello.held_tasks, now).await?;
-        self.publish_changes(&lost).await;
+        {
+            let _order = self.inner.status_order.lock().await;
+            let lost = store.interrupt_unheld(&instance.id, &hello.held_tasks, now).await?;
+            self.publish_changes(&lost).await;
+        }
         let mut runs = Vec::new();
         for delivery in store.deliveries(&instance.id, now).await? {
             let invocation = delivery.invocation;
@@ -151,11 +154,11 @@ impl Dispatcher {
                 runs.push((
                     instance.id.as_str(),
                     delivery.result_id,
-                    task_for(&invocation, instance),
+                    task_for(&invocation, instance, delivery.deliver_by),
                 ));
             }
         }
-        self.send_runs(runs);
+        self.send_runs(runs).await;
         Ok(())
     }
 
@@ -178,6 +181,11 @@ impl Dispatcher {
             }),
             AgentMessage::Output(m) if m.data.is_empty() => {
                 return Err(SessionError::Protocol("an empty output chunk"));
+            }
+            AgentMessage::Output(m) if m.data.len() > MAX_CHUNK_BYTES => {
+                return Err(SessionError::Protocol(
+                    "an output chunk over the protocol's 256 KiB limit",
+                ));
             }
             AgentMessage::Output(m) => {
                 let Some(result_id) = self.own_task(session, &m.task).await? else {

@@ -9,6 +9,7 @@ use crate::protocol::api::StreamEvent;
 use crate::protocol::{ErrorCode, ResultStatus};
 use crate::store::{AgentWrite, Applied, ResultChange};
 use std::collections::HashMap;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,11 @@ pub struct Item {
 /// Most reports applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// The first and the longest pause before a batch that failed for a passing reason (the disk
+/// full, the database busy) is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 pub(super) async fn run(dispatcher: Dispatcher, mut rx: mpsc::Receiver<Item>, shutdown: CancellationToken) {
     let mut items = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -37,12 +43,12 @@ pub(super) async fn run(dispatcher: Dispatcher, mut rx: mpsc::Receiver<Item>, sh
                     items.push(item);
                 }
                 if !items.is_empty() {
-                    dispatcher.apply(std::mem::take(&mut items)).await;
+                    dispatcher.apply(std::mem::take(&mut items), &shutdown).await;
                 }
                 break;
             }
         }
-        dispatcher.apply(std::mem::take(&mut items)).await;
+        dispatcher.apply(std::mem::take(&mut items), &shutdown).await;
     }
 }
 
@@ -67,20 +73,42 @@ impl Acks {
 }
 
 impl Dispatcher {
-    async fn apply(&self, items: Vec<Item>) {
+    /// Applies a batch. A failure that passes (the disk full) is retried, with a growing pause,
+    /// until it succeeds or the server stops: the agents keep every unacknowledged report in
+    /// their spools meanwhile, and their connections stay up (they wait on the queue, which
+    /// is back-pressure, not loss). Any other failure is tried report by report.
+    async fn apply(&self, items: Vec<Item>, shutdown: &CancellationToken) {
         let writes: Vec<AgentWrite> = items.iter().map(|i| i.write.clone()).collect();
-        let applied = match self
-            .inner
-            .store
-            .apply_agent_writes(&writes, self.inner.settings.output)
-            .await
-        {
+        let mut pause = RETRY_FIRST;
+        let (result, order) = loop {
+            let order = self.inner.status_order.lock().await;
+            match self
+                .inner
+                .store
+                .apply_agent_writes(&writes, self.inner.settings.output)
+                .await
+            {
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    drop(order);
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "could not store agent reports; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        // Not stored: the agents re-send after reconnecting to the next server.
+                        _ = shutdown.cancelled() => return,
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                result => break (result, order),
+            }
+        };
+        let applied = match result {
             Ok(applied) => applied,
             Err(e) if items.len() > 1 => {
+                drop(order);
                 // Apply one by one, so that one bad report fails alone.
                 tracing::warn!(error = ?e, "a batch of agent reports failed; retrying them one by one");
                 for item in items {
-                    Box::pin(self.apply(vec![item])).await;
+                    Box::pin(self.apply(vec![item], shutdown)).await;
                 }
                 return;
             }
@@ -136,6 +164,7 @@ impl Dispatcher {
             let _ = tx.try_send(Outbound::Message(ServerMessage::Ack(ack)));
         }
         self.publish_changes(&changes).await;
+        drop(order);
     }
 }
 

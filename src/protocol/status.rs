@@ -158,6 +158,11 @@ impl TaskEnd {
                 error_code: ErrorCode::CommandNotApplicable,
                 ..
             } => (ResultStatus::Invalid, Some(ErrorCode::CommandNotApplicable)),
+            // The agent read the task after its delivery deadline and refused it: never run.
+            TaskEnd::Error {
+                error_code: ErrorCode::DeliveryTimeout,
+                ..
+            } if current == ResultStatus::Pending => (ResultStatus::Aborted, Some(ErrorCode::DeliveryTimeout)),
             TaskEnd::Error { error_code, .. } => (ResultStatus::Error, Some(*error_code)),
         })
     }
@@ -195,6 +200,15 @@ mod tests {
             Some((Failed, Some(ErrorCode::ExitCodeNonzero)))
         );
         assert_eq!(TaskEnd::Stopped.outcome(Pending, None), Some((Cancelled, None)));
+        let refused = TaskEnd::Error {
+            error_code: ErrorCode::DeliveryTimeout,
+            error_info: "read after its delivery deadline".into(),
+        };
+        assert_eq!(
+            refused.outcome(Pending, None),
+            Some((Aborted, Some(ErrorCode::DeliveryTimeout))),
+            "a task the agent refused never ran: it could not be delivered"
+        );
         assert_eq!(TaskEnd::Stopped.outcome(Stopping, Some(143)), Some((Terminated, None)));
         assert_eq!(
             exited.outcome(Stopping, Some(5)),

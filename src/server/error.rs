@@ -112,6 +112,19 @@ impl From<store::Error> for ApiError {
             store::Error::Conflict => {
                 ApiError::new(StatusCode::CONFLICT, "Conflict", "a resource with that name exists")
             }
+            store::Error::DiskFull => {
+                tracing::error!("a write failed: the disk holding the database is full");
+                ApiError {
+                    retry_after: Some(30),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable.DiskFull",
+                        "The server's disk is full, so nothing can be saved right now. Free space on the disk \
+                         that holds the data directory; the server recovers by itself, and agents keep their \
+                         output until it does.",
+                    )
+                }
+            }
             other => ApiError::internal(other),
         }
     }

@@ -7,6 +7,7 @@ use super::AppState;
 use super::console::OutputRenderer;
 use super::console::records as html;
 use super::error::{ApiError, ApiPath, ApiQuery};
+use crate::dispatch::watch::Live;
 use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::StreamEvent;
 use axum::extract::State;
@@ -17,7 +18,6 @@ use futures_util::SinkExt;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Results whose stored output one replay query reads (each keeps at most the output limit).
 const REPLAY_BATCH: usize = 64;
@@ -121,13 +121,12 @@ impl Watch {
         if let Err(e) = self.serve(&mut socket).await {
             tracing::debug!(error = %e, "live stream ended");
         }
-        self.state.dispatcher.unwatch(&self.invoke_id);
         // A normal close: clients (htmx's ws extension) reconnect only after abnormal ones.
         let close = axum::extract::ws::CloseFrame {
             code: 1000,
             reason: "done".into(),
         };
-        let _ = socket.send(Message::Close(Some(close))).await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(close)))).await;
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> anyhow::Result<()> {
@@ -141,24 +140,22 @@ impl Watch {
         let mut tick = tokio::time::interval(Duration::from_millis(400));
         loop {
             tokio::select! {
-                event = rx.recv() => {
+                live = rx.recv() => {
                     // What else is already waiting goes out with it, in one flush.
-                    let mut next = Some(event);
+                    let mut next = live;
                     let mut queued = 0;
-                    while let Some(event) = next.take() {
-                        match event {
-                            Ok(event) => if self.forward(socket, &event).await? { return flush(socket).await },
-                            Err(RecvError::Lagged(_)) => if self.replay(socket).await? { return flush(socket).await },
-                            Err(RecvError::Closed) => return flush(socket).await,
+                    while let Some(live) = next.take() {
+                        let done = match live {
+                            Live::Event(event) => self.forward(socket, &event).await?,
+                            // Events were left out while this watcher lagged: the store has them.
+                            Live::Lagged => self.replay(socket).await?,
+                        };
+                        if done {
+                            return flush(socket).await;
                         }
                         queued += 1;
                         if queued < FLUSH_EVERY {
-                            next = match rx.try_recv() {
-                                Err(TryRecvError::Empty) => None,
-                                Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
-                                Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
-                                Ok(event) => Some(Ok(event)),
-                            };
+                            next = rx.try_recv();
                         }
                     }
                     flush(socket).await?;
@@ -363,13 +360,22 @@ impl Watch {
     }
 }
 
+/// How long a write to a watcher may wait for the client to read. A client that reads
+/// nothing for this long (a sleeping laptop) is dropped; it replays from the store when it
+/// reconnects.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Queues a text frame; it goes out at the next [`flush`] (or once the write buffer is full).
 async fn send_text(socket: &mut WebSocket, text: String) -> anyhow::Result<()> {
-    socket.feed(Message::Text(text.into())).await?;
+    tokio::time::timeout(WRITE_TIMEOUT, socket.feed(Message::Text(text.into())))
+        .await
+        .map_err(|_| anyhow::anyhow!("the watcher did not read for {WRITE_TIMEOUT:?}"))??;
     Ok(())
 }
 
 async fn flush(socket: &mut WebSocket) -> anyhow::Result<()> {
-    SinkExt::flush(socket).await?;
+    tokio::time::timeout(WRITE_TIMEOUT, SinkExt::flush(socket))
+        .await
+        .map_err(|_| anyhow::anyhow!("the watcher did not read for {WRITE_TIMEOUT:?}"))??;
     Ok(())
 }

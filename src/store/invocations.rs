@@ -114,8 +114,19 @@ pub struct ResultChange {
 #[derive(Debug, Clone)]
 pub struct DeliveryRow {
     pub result_id: i64,
+    /// The end of the result's delivery window.
+    pub deliver_by: i64,
     pub invocation: InvocationRow,
 }
+
+/// A task sent but never acknowledged stays `Pending` 10 s past its delivery window: the agent
+/// judges the deadline by the server's clock (measured at `Welcome`), and a task it accepted
+/// just in time needs a moment to say so.
+const SENT_UNACKNOWLEDGED: &str = "status = 'Pending' AND sent_at IS NOT NULL AND deliver_by + 10000 <= $1";
+
+/// The sentence of a result aborted because its agent never acknowledged the task.
+pub const NEVER_ACKNOWLEDGED: &str = "The command was sent to the agent, which did not acknowledge it in the delivery \
+     window (the instance may be frozen or cut off); it will not run.";
 
 /// Filters of the invocation listing.
 #[derive(Debug, Clone, Default)]
@@ -405,7 +416,8 @@ impl Store {
     /// Pending results of an instance that are still within their delivery window at `now`.
     pub async fn deliveries(&self, instance_id: &str, now: i64) -> Result<Vec<DeliveryRow>> {
         let rows = sqlx::query(
-            "SELECT r.id AS result_id, i.* FROM results r JOIN invocations i ON i.id = r.invocation_id \
+            "SELECT r.id AS result_id, r.deliver_by AS result_deliver_by, i.* FROM results r \
+             JOIN invocations i ON i.id = r.invocation_id \
              WHERE r.instance_id = $1 AND r.status = 'Pending' AND r.deliver_by > $2 ORDER BY i.created_at",
         )
         .bind(instance_id)
@@ -416,10 +428,28 @@ impl Store {
             .map(|row| {
                 Ok(DeliveryRow {
                     result_id: row.try_get("result_id")?,
+                    deliver_by: row.try_get("result_deliver_by")?,
                     invocation: sqlx::FromRow::from_row(row)?,
                 })
             })
             .collect()
+    }
+
+    /// Records that these results' tasks were handed to their agents' connections at `at`
+    /// (the first time counts).
+    pub async fn mark_sent(&self, result_ids: &[i64], at: i64) -> Result<()> {
+        if result_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE results SET sent_at = $1 WHERE id IN (SELECT value FROM json_each($2)) \
+             AND status = 'Pending' AND sent_at IS NULL",
+        )
+        .bind(at)
+        .bind(sqlx::types::Json(result_ids))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The result id of an instance's task, if the task is the instance's own.
@@ -471,7 +501,7 @@ impl Store {
     pub async fn enforce_deadlines(&self, now: i64, lost_before: i64) -> Result<Vec<ResultChange>> {
         // Each statement: the rule, the status it sets, the error code and the sentence (added
         // to the one the result has, for a stop: "Stopped by ann." stays).
-        let rules: [(&str, &str, Option<ErrorCode>, &str); 6] = [
+        let rules: [(&str, &str, Option<ErrorCode>, &str); 7] = [
             (
                 "status = 'Pending' AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
                 "Aborted",
@@ -479,17 +509,25 @@ impl Store {
                 ErrorCode::InstanceNotExists.default_info(),
             ),
             (
-                "status = 'Pending' AND deliver_by <= $1 AND instance_id IN \
+                "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1 AND instance_id IN \
                  (SELECT id FROM instances WHERE online = 0 AND COALESCE(last_heartbeat_at, 0) <= $2)",
                 "Aborted",
                 Some(ErrorCode::ClientNotRunning),
                 ErrorCode::ClientNotRunning.default_info(),
             ),
             (
-                "status = 'Pending' AND deliver_by <= $1",
+                "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1",
                 "Aborted",
                 Some(ErrorCode::DeliveryTimeout),
                 ErrorCode::DeliveryTimeout.default_info(),
+            ),
+            // Sent, never acknowledged: the agent refuses the task once its deadline has passed,
+            // so after a margin for clocks and frames in flight it will not run.
+            (
+                SENT_UNACKNOWLEDGED,
+                "Aborted",
+                Some(ErrorCode::ClientNotResponse),
+                NEVER_ACKNOWLEDGED,
             ),
             (
                 "status = 'Running' AND deadline <= $1",

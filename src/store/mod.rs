@@ -52,6 +52,10 @@ pub enum Error {
     /// Enrolment refused by its activation.
     #[error("registration refused: {0}")]
     Register(RegisterRefusal),
+    /// The disk holding the database is full: nothing can be written until space is freed.
+    /// Transient: the same write succeeds once there is room again.
+    #[error("the database's disk is full")]
+    DiskFull,
     #[error("database error")]
     Database(#[source] sqlx::Error),
     #[error("database migration failed")]
@@ -66,7 +70,32 @@ impl From<sqlx::Error> for Error {
         match &e {
             sqlx::Error::RowNotFound => Error::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict,
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_FULL) => Error::DiskFull,
             _ => Error::Database(e),
+        }
+    }
+}
+
+/// SQLite's result code for a write that found no room on the disk.
+const SQLITE_FULL: &str = "13";
+
+impl Error {
+    /// Whether the same call may succeed if retried later (the disk full, the database busy or
+    /// unreachable), as opposed to a refusal or a bug that retrying cannot fix.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::DiskFull => true,
+            Error::Database(sqlx::Error::Database(db)) => {
+                // SQLite's primary result codes (the low byte of an extended one): BUSY,
+                // LOCKED, IOERR, CANTOPEN. A constraint or a bad statement is not transient.
+                let primary = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+                matches!(primary, Some(5 | 6 | 10 | 14))
+            }
+            Error::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
         }
     }
 }
@@ -101,6 +130,7 @@ impl Store {
             .pragma("cache_size", "-8192");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .after_release(|conn, _| Box::pin(async move { Ok(!left_in_transaction(conn)) }))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -132,6 +162,20 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Whether a connection going back to the pool still counts itself inside a transaction. That
+/// happens when SQLite rolled a transaction back by itself (a write that found the disk full):
+/// sqlx's `ROLLBACK` then fails, its transaction depth stays at one, and every later `BEGIN` on
+/// the connection would fail. Such a connection is closed rather than reused. (A connection
+/// whose rollback is merely still queued is closed too: a rare, cheap loss.)
+fn left_in_transaction(conn: &sqlx::SqliteConnection) -> bool {
+    use sqlx::TransactionManager as _;
+    let depth = sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn);
+    if depth > 0 {
+        tracing::warn!("closing a database connection left inside a failed transaction");
+    }
+    depth > 0
 }
 
 /// Milliseconds since the Unix epoch, the time format of every stored timestamp.
@@ -241,4 +285,32 @@ pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&dir.path().join("test.db")).await.unwrap();
     (store, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transaction_sqlite_ended_by_itself_does_not_poison_the_pool() {
+        let (store, _dir) = test_store().await;
+        {
+            let mut tx = store.write_tx().await.unwrap();
+            // What SQLite does by itself when a write finds the disk full: the transaction is
+            // rolled back under sqlx's feet, and sqlx's own ROLLBACK on drop then fails.
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        }
+        for _ in 0..16 {
+            let tx = store.write_tx().await.expect("a later transaction begins");
+            tx.commit().await.unwrap();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_transient_and_a_bad_row_is_not() {
+        assert!(Error::DiskFull.is_transient());
+        assert!(Error::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!Error::Conflict.is_transient());
+    }
 }

@@ -77,6 +77,9 @@ pub struct ChunkRow {
 /// Per-result state loaded once per batch.
 struct State {
     status: ResultStatus,
+    /// Aborted only because its agent never acknowledged the task: a late `Started` proves it
+    /// runs after all, and the truth wins.
+    revivable: bool,
     timeout_ms: i64,
     next_seq: u64,
     output_bytes: u64,
@@ -100,8 +103,12 @@ struct End {
 
 impl State {
     fn from_row(row: &SqliteRow) -> Result<State> {
+        let status = parse_name(row.try_get("status")?)?;
+        let error_code: Option<String> = row.try_get("error_code")?;
         Ok(State {
-            status: parse_name(row.try_get("status")?)?,
+            status,
+            revivable: status == ResultStatus::Aborted
+                && error_code.as_deref() == Some(ErrorCode::ClientNotResponse.as_str()),
             timeout_ms: row.try_get::<i64, _>("timeout_secs")? * 1000,
             next_seq: row.try_get::<i64, _>("next_seq")? as u64,
             output_bytes: row.try_get::<i64, _>("output_bytes")? as u64,
@@ -147,8 +154,10 @@ impl State {
     fn apply(&mut self, write: &AgentWrite, limits: OutputLimits) -> Applied {
         match write {
             AgentWrite::Started { at, grace_ms, .. } => {
-                let changed = self.status == ResultStatus::Pending;
+                let changed = self.status == ResultStatus::Pending || self.revivable;
                 if changed {
+                    self.revivable = false;
+                    self.error_info = None;
                     self.status = ResultStatus::Running;
                     self.started = Some((*at, at + self.timeout_ms + grace_ms));
                 }
@@ -324,7 +333,7 @@ impl Store {
 
 /// The state of the results a batch is about.
 static LOAD: MultiRow = MultiRow::new(
-    "SELECT r.id, r.status, r.next_seq, r.output_bytes, r.error_info, i.timeout_secs FROM results r \
+    "SELECT r.id, r.status, r.error_code, r.next_seq, r.output_bytes, r.error_info, i.timeout_secs FROM results r \
      JOIN invocations i ON i.id = r.invocation_id WHERE r.id IN (VALUES ",
     1,
     ")",
@@ -340,7 +349,7 @@ static STARTED: MultiRow = MultiRow::new(
     "WITH v(id, at, deadline, next_seq, output_bytes, dropped) AS (VALUES ",
     6,
     ") UPDATE results SET status = 'Running', start_time = v.at, deadline = v.deadline, \
-     next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
+     error_code = NULL, error_info = NULL, finish_time = NULL, next_seq = v.next_seq, output_bytes = v.output_bytes, dropped = v.dropped FROM v WHERE results.id = v.id",
 );
 
 static COUNTED: MultiRow = MultiRow::new(

@@ -50,18 +50,23 @@ pub struct TestApp {
 impl TestApp {
     /// A server with a 1 s heartbeat (agents are lost after 3 s) and the given extra flags.
     pub async fn spawn_with(extra: &[&str]) -> TestApp {
-        TestApp::start(extra, None).await
+        TestApp::start(tempfile::tempdir().unwrap(), extra, None).await
+    }
+
+    /// [`TestApp::spawn_with`] keeping its data (the database) in `data`.
+    pub async fn spawn_in(data: tempfile::TempDir, extra: &[&str]) -> TestApp {
+        TestApp::start(data, extra, None).await
     }
 
     /// A server on HTTPS with the given certificate and key, trusted through `ca_file` as
     /// `--ca-file` trusts it.
     pub async fn spawn_tls(cert: &Path, key: &Path, ca_file: &Path) -> TestApp {
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
-        TestApp::start(&["--tls-cert", &cert, "--tls-key", &key], Some(ca_file)).await
+        let data = tempfile::tempdir().unwrap();
+        TestApp::start(data, &["--tls-cert", &cert, "--tls-key", &key], Some(ca_file)).await
     }
 
-    async fn start(extra: &[&str], ca_file: Option<&Path>) -> TestApp {
-        let data = tempfile::tempdir().unwrap();
+    async fn start(data: tempfile::TempDir, extra: &[&str], ca_file: Option<&Path>) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let data_dir = data.path().display().to_string();
@@ -307,7 +312,11 @@ pub fn agent_command(server: &str, activation: Option<&ActivationCreated>, state
         ])
         .arg("--state-dir")
         .arg(state)
-        .env("FLEETRUN_LOG", "warn")
+        // `FLEETRUN_TEST_AGENT_LOG=debug cargo test …` shows what the agents did.
+        .env(
+            "FLEETRUN_LOG",
+            std::env::var("FLEETRUN_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .kill_on_drop(true);
     if let Some(a) = activation {
         command.args([

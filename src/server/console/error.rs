@@ -39,7 +39,8 @@ impl std::error::Error for PageError {}
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
         let status = e.status;
-        let message = if status.is_server_error() {
+        // A 500's cause is never shown; a 503 says what is unavailable and what to do.
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             // Rendering the API error logs its cause once, with the request id.
             drop(e.into_response());
             format!(
