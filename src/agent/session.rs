@@ -284,23 +284,8 @@ impl Agent {
             tracing::warn!(task = %task.task, "refused a task with a malformed id");
             return;
         }
-        let refusal = if task.timeout_secs == 0 {
-            Some((
-                ErrorCode::ExecutionException,
-                "timeout must be at least one second".to_string(),
-            ))
-        } else {
-            let now = wall_ms() + self.clock_offset_ms;
-            task.deliver_by.filter(|by| now > *by).map(|by| {
-                tracing::warn!(task = %task.task, late_ms = now - by, "refused a task read after its delivery deadline");
-                let info = format!(
-                    "The agent received the command {} s after its delivery deadline and did not run it.",
-                    (now - by + 999) / 1000
-                );
-                (ErrorCode::DeliveryTimeout, info)
-            })
-        };
-        if let Some((error_code, error_info)) = refusal {
+        if let Some((error_code, error_info)) = refusal(&task, wall_ms() + self.clock_offset_ms) {
+            tracing::warn!(task = %task.task, %error_code, "refused a task: {error_info}");
             let end = TaskEnd::Error { error_code, error_info };
             let events = self.events_tx.clone();
             let id = task.task.clone();
@@ -311,6 +296,23 @@ impl Agent {
         self.running.insert(task.task.clone(), token.clone());
         tokio::spawn(exec::run(task, self.exec.clone(), self.events_tx.clone(), token));
     }
+}
+
+/// Why a task must not run, if it must not: a timeout of zero, or a task read after its
+/// delivery deadline (`server_now` is the server's clock as this agent reckons it), which the
+/// server may already have reported `Aborted`.
+fn refusal(task: &RunTask, server_now: i64) -> Option<(ErrorCode, String)> {
+    if task.timeout_secs == 0 {
+        return Some((ErrorCode::ExecutionException, "timeout must be at least one second".into()));
+    }
+    let late_ms = server_now - task.deliver_by?;
+    (late_ms > 0).then(|| {
+        let info = format!(
+            "The agent received the command {} s after its delivery deadline and did not run it.",
+            (late_ms + 999) / 1000
+        );
+        (ErrorCode::DeliveryTimeout, info)
+    })
 }
 
 /// This host's clock, in milliseconds since the Unix epoch.
@@ -384,5 +386,38 @@ async fn next_message(socket: &mut Socket) -> anyhow::Result<Option<ServerMessag
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::CommandType;
+
+    fn task(deliver_by: Option<i64>) -> RunTask {
+        RunTask {
+            task: "t-1".into(),
+            command_type: CommandType::RunShellScript,
+            content: "true".into(),
+            working_dir: None,
+            username: None,
+            timeout_secs: 60,
+            deliver_by,
+        }
+    }
+
+    #[test]
+    fn a_task_read_after_its_delivery_deadline_is_refused_and_one_in_time_runs() {
+        assert_eq!(refusal(&task(Some(10_000)), 9_999), None);
+        assert_eq!(refusal(&task(Some(10_000)), 10_000), None);
+        let (code, info) = refusal(&task(Some(10_000)), 12_500).unwrap();
+        assert_eq!(code, ErrorCode::DeliveryTimeout);
+        assert!(info.contains("3 s after"), "{info}");
+        assert_eq!(refusal(&task(None), i64::MAX), None, "a server that sets no deadline");
+        let zero = RunTask {
+            timeout_secs: 0,
+            ..task(None)
+        };
+        assert_eq!(refusal(&zero, 0).map(|r| r.0), Some(ErrorCode::ExecutionException));
     }
 }
