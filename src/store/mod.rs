@@ -11,6 +11,7 @@ mod commands;
 mod fleet;
 pub mod ids;
 mod invocations;
+mod logins;
 mod output;
 mod sessions;
 mod settings;
@@ -23,6 +24,7 @@ pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewIn
 pub use invocations::{
     Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
 };
+pub use logins::LoginStanding;
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;
