@@ -207,27 +207,13 @@ impl Dispatcher {
         let (accounts, store) = (&self.inner.accounts, &self.inner.store);
         let policy = &self.inner.settings.login;
         let (user, source) = (throttle::user_key(username), throttle::source_key(source_ip));
-        let address_refused = |now: i64, reached_at: Option<i64>| {
-            policy
-                .address_wait(now, reached_at)
-                .map(|wait| Error::Login(LoginRefusal::AddressThrottled(wait)))
-        };
 
-        let now = self.now();
-        let standing = store
-            .login_standing(
-                &user,
-                &source,
-                policy.since(now),
-                policy.address_limit,
-                policy.known_since(now),
-            )
+        self.check_address(&source).await?;
+        let is_known = store
+            .is_known_login_source(&user, &source, policy.known_since(self.now()))
             .await?;
-        if let Some(refused) = address_refused(now, standing.address_limit_reached_at) {
-            return Err(refused);
-        }
         let held = Instant::now();
-        let _user_turn = if standing.is_known_source {
+        let _user_turn = if is_known {
             None
         } else {
             let Ok(turn) = tokio::time::timeout(policy.max_wait, accounts.user_turns.take(&user)).await else {
@@ -247,14 +233,9 @@ impl Dispatcher {
         };
         let waited = held.elapsed();
 
+        // Read again in the address's turn: the checks ahead of this one may have failed.
         let _address_turn = accounts.address_turns.take(&source).await;
-        let now = self.now();
-        let reached_at = store
-            .address_limit_reached_at(&source, policy.since(now), policy.address_limit)
-            .await?;
-        if let Some(refused) = address_refused(now, reached_at) {
-            return Err(refused);
-        }
+        self.check_address(&source).await?;
         match check.await? {
             Some(value) => {
                 // Bookkeeping only: a store that cannot write it does not refuse the owner.
@@ -270,12 +251,30 @@ impl Dispatcher {
         }
     }
 
+    /// Refuses an address (a `throttle::source_key`) that is over its failure limit.
+    async fn check_address(&self, source: &str) -> Result<(), Error> {
+        let policy = &self.inner.settings.login;
+        let now = self.now();
+        let reached_at = self
+            .inner
+            .store
+            .address_limit_reached_at(source, policy.since(now), policy.address_limit)
+            .await?;
+        match policy.address_wait(now, reached_at) {
+            Some(wait) => Err(Error::Login(LoginRefusal::AddressThrottled(wait))),
+            None => Ok(()),
+        }
+    }
+
     /// HTTP Basic on the API: [`authenticate`](Self::authenticate), remembering a verified
-    /// password for a few minutes.
+    /// password for a few minutes. A refused address is refused before the cache is read:
+    /// otherwise, while the owner's password is cached, its guesses would be answered without
+    /// counting, right ones with a 200.
     pub async fn authenticate_basic(&self, username: &str, password: &str, source_ip: &str) -> Result<UserRow, Error> {
         if !self.basic_auth_enabled() {
             return Err(Error::Login(LoginRefusal::BasicDisabled));
         }
+        self.check_address(&throttle::source_key(source_ip)).await?;
         let key: [u8; 32] = Sha256::new()
             .chain_update(username.as_bytes())
             .chain_update([0])
@@ -584,6 +583,7 @@ mod tests {
         };
         let (dispatcher, _writer_rx) = Dispatcher::build(store, settings, clock.clone());
         dispatcher.ensure_first_admin(Some(ADMIN_PASSWORD)).await.unwrap();
+        dispatcher.load_settings().await.unwrap();
         (dispatcher, clock, dir)
     }
 
@@ -651,6 +651,25 @@ mod tests {
         );
         assert!(elsewhere.is_ok(), "only that address is refused");
         assert!(later.is_ok(), "its failures aged out");
+    }
+
+    #[tokio::test]
+    async fn a_password_cached_for_basic_auth_does_not_let_a_refused_address_in() {
+        let (d, _clock, _dir) = accounts(small_policy()).await;
+        d.authenticate_basic("admin", ADMIN_PASSWORD, "10.0.0.1").await.unwrap();
+
+        for _ in 0..3 {
+            let guess = d.authenticate_basic("admin", "a wrong guess", "10.0.0.9").await;
+            assert!(matches!(refusal(guess), LoginRefusal::WrongCredentials { .. }));
+        }
+        let cached = d.authenticate_basic("admin", ADMIN_PASSWORD, "10.0.0.9").await;
+        let owner = d.authenticate_basic("admin", ADMIN_PASSWORD, "10.0.0.1").await;
+
+        assert!(
+            matches!(refusal(cached), LoginRefusal::AddressThrottled(_)),
+            "a right guess past the limit would tell the guesser it is right"
+        );
+        assert!(owner.is_ok());
     }
 
     #[tokio::test]

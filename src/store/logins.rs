@@ -4,39 +4,17 @@
 
 use super::{Result, Store};
 
-/// What the store knows of a login attempt before its password is checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginStanding {
-    /// When the address's `limit`-th most recent failure since `since` happened, if it has
-    /// that many (it is over its limit until that failure ages out).
-    pub address_limit_reached_at: Option<i64>,
-    /// Whether the username logged in from this address since `known_since`.
-    pub is_known_source: bool,
-}
-
 impl Store {
-    /// The address's standing and whether the username knows it, in one read.
-    pub async fn login_standing(
-        &self,
-        username: &str,
-        source: &str,
-        since: i64,
-        limit: u32,
-        known_since: i64,
-    ) -> Result<LoginStanding> {
-        let address_limit_reached_at = self.address_limit_reached_at(source, since, limit).await?;
-        let is_known_source = sqlx::query_scalar(
+    /// Whether the username logged in from this address since `known_since`.
+    pub async fn is_known_login_source(&self, username: &str, source: &str, known_since: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM login_sources WHERE username = $1 AND source = $2 AND at > $3)",
         )
         .bind(username)
         .bind(source)
         .bind(known_since)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(LoginStanding {
-            address_limit_reached_at,
-            is_known_source,
-        })
+        .await?)
     }
 
     /// When the address's `limit`-th most recent failure since `since` happened, if it has
@@ -172,12 +150,15 @@ mod tests {
             Some(100),
             "ann's failure from the address still counts"
         );
-        let known = store.login_standing("admin", "10.0.0.1", 0, 50, 150).await.unwrap();
-        assert!(known.is_known_source);
-        let stale = store.login_standing("admin", "10.0.0.1", 0, 50, 200).await.unwrap();
-        assert!(!stale.is_known_source, "known only since its last success");
-        let other = store.login_standing("ann", "10.0.0.1", 0, 50, 0).await.unwrap();
-        assert!(!other.is_known_source, "known for admin, not for ann");
+        assert!(store.is_known_login_source("admin", "10.0.0.1", 150).await.unwrap());
+        assert!(
+            !store.is_known_login_source("admin", "10.0.0.1", 200).await.unwrap(),
+            "known only since its last success"
+        );
+        assert!(
+            !store.is_known_login_source("ann", "10.0.0.1", 0).await.unwrap(),
+            "known for admin, not for ann"
+        );
     }
 
     #[tokio::test]
@@ -191,7 +172,6 @@ mod tests {
 
         assert_eq!(forgotten, 2);
         assert_eq!(store.login_failures_elsewhere("admin", "x", 0).await.unwrap(), 1);
-        let standing = store.login_standing("ann", "10.0.0.1", 0, 50, 0).await.unwrap();
-        assert!(!standing.is_known_source);
+        assert!(!store.is_known_login_source("ann", "10.0.0.1", 0).await.unwrap());
     }
 }

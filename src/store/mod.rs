@@ -24,7 +24,6 @@ pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewIn
 pub use invocations::{
     Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
 };
-pub use logins::LoginStanding;
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;

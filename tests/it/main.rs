@@ -18,4 +18,5 @@ mod private;
 mod resilience;
 mod security;
 mod serving;
+mod throttle;
 mod tls;
