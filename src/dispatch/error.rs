@@ -154,9 +154,6 @@ pub enum LoginRefusal {
 }
 
 impl LoginRefusal {
-    /// A wrong username or password, checked without delay.
-    pub const WRONG: LoginRefusal = LoginRefusal::WrongCredentials { waited: Duration::ZERO };
-
     /// When to try again, for the refusals that are about time (`429`, `Retry-After`).
     pub fn retry_after(self) -> Option<Duration> {
         match self {
