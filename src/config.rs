@@ -6,7 +6,8 @@
 //! turn it into their own settings (`server::settings`, for instance).
 
 use clap::{Args, Parser, Subcommand};
-use std::net::SocketAddr;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// fleetrun: send commands to a fleet of machines and watch their output live.
@@ -115,6 +116,20 @@ pub struct ServeArgs {
     /// Days invocations and their output are kept.
     #[arg(long, env = "FLEETRUN_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub retention_days: u64,
+    /// A reverse proxy in front of the server (CIDR such as 10.0.0.0/8, or one address); repeat,
+    /// or separate with commas. Requests from these take the client's address from
+    /// X-Forwarded-For (login throttling, audit log); from anyone else the header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", env = "FLEETRUN_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A network in CIDR notation, or one address (a /32 or /128). Host bits are cleared.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a network in CIDR notation (e.g. 10.0.0.0/8)"))
 }
 
 impl ServeArgs {
@@ -329,6 +344,29 @@ mod tests {
         );
         assert_eq!(serve(&["--database-url", "sqlite::memory:"]), None);
         assert_eq!(serve(&["--database-url", "postgres://db/fleet"]), None);
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_or_addresses_repeated_or_comma_separated() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["fleetrun", "serve"], args].concat()).map(|cli| match cli.mode {
+                Mode::Serve(serve) => serve.trusted_proxies,
+                _ => panic!("not serve"),
+            })
+        };
+        let nets = |list: &[&str]| list.iter().map(|n| n.parse::<IpNet>().unwrap()).collect::<Vec<_>>();
+
+        assert_eq!(parse(&[]).unwrap(), nets(&[]));
+        assert_eq!(
+            parse(&["--trusted-proxy", "10.1.2.3/8", "--trusted-proxy", "192.0.2.7"]).unwrap(),
+            nets(&["10.0.0.0/8", "192.0.2.7/32"])
+        );
+        assert_eq!(
+            parse(&["--trusted-proxy", "fd00::/8,::1"]).unwrap(),
+            nets(&["fd00::/8", "::1/128"])
+        );
+        assert!(parse(&["--trusted-proxy", "proxy.example"]).is_err());
+        assert!(parse(&["--trusted-proxy", "10.0.0.0/33"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Accounts: passwords (argon2id), the one login check every surface uses (throttled before any
-//! hashing), console sessions, API tokens, users and the server settings an admin changes.
+//! hashing, see `throttle`), console sessions, API tokens, users and the server settings an
+//! admin changes.
 
 use super::Dispatcher;
 use super::actor::{Actor, Via};
@@ -12,6 +13,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +35,12 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
+/// An argon2id hash (default parameters) of a random password nobody knows: checked against
+/// when the username does not exist, so the time a refusal takes does not tell which accounts
+/// exist.
+const UNKNOWN_USER_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$B15q+n5ouXnEqkbRTMBgtQ$62ShAaQfEpYk+DXVTyXzDG1m/+wHOf06UPV6SUxl5GY";
+
 /// argon2 takes tens of milliseconds of CPU: keep it off the async workers.
 async fn verify_blocking(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_string(), hash.to_string());
@@ -51,8 +59,11 @@ async fn hash_blocking(password: String) -> Result<String, Error> {
 /// State of the accounts room, inside the dispatcher.
 #[derive(Default)]
 pub(super) struct Accounts {
-    /// Recent failed logins, per address and per username.
-    throttle: throttle::LoginThrottle,
+    /// Turns of the attempts for one username (see `throttle`), by username key.
+    user_turns: throttle::Turns,
+    /// Turns of the password checks from one address, by address key: they run one at a
+    /// time, so concurrent guesses cannot overshoot the address's limit.
+    address_turns: throttle::Turns,
     /// Basic-auth passwords verified recently, so a script calling in a loop does not pay an
     /// argon2 hash per request. Keyed by SHA-256 of `username NUL password`.
     verified: Mutex<HashMap<[u8; 32], (UserRow, Instant)>>,
@@ -164,38 +175,106 @@ impl Dispatcher {
         })
     }
 
-    /// The one password check of every surface: throttled per address and per user before any
-    /// hashing, so a guessing loop costs no argon2 work.
+    /// The one password check of every surface, under the login throttle: unknown user,
+    /// disabled account and wrong password are one refusal, and take as long as each other.
     pub async fn authenticate(&self, username: &str, password: &str, source_ip: &str) -> Result<UserRow, Error> {
-        let accounts = &self.inner.accounts;
-        let keys = throttle::keys(source_ip, username);
-        accounts
-            .throttle
-            .check(&keys)
-            .map_err(|wait| Error::Login(LoginRefusal::Throttled(wait)))?;
-        let user = self.inner.store.user_by_name(username).await?;
-        let verified = match &user {
-            Some(user) if !user.disabled => verify_blocking(password, &user.password_hash).await,
-            _ => false,
+        let check = async {
+            let user = self.inner.store.user_by_name(username).await?;
+            let hash = user
+                .as_ref()
+                .map_or(UNKNOWN_USER_HASH, |user| user.password_hash.as_str());
+            let verified = verify_blocking(password, hash).await;
+            Ok(user.filter(|user| verified && !user.disabled))
         };
-        match user.filter(|_| verified) {
-            Some(user) => {
-                accounts.throttle.succeeded(&keys);
-                Ok(user)
+        match self.under_throttle(username, source_ip, check).await? {
+            Checked::Right(user) => Ok(user),
+            Checked::Wrong { waited } => Err(Error::Login(LoginRefusal::WrongCredentials { waited })),
+        }
+    }
+
+    /// Runs a password check (`check` answers `Some` when the password is right) under the
+    /// rules of `throttle`: an address over its limit is refused before anything else; an
+    /// attempt from an address the username does not know waits its turn and the delay the
+    /// username's failures from elsewhere call for; the check itself runs in its address's
+    /// turn, after the address's limit is read again. The outcome is recorded for the next
+    /// attempt.
+    async fn under_throttle<T>(
+        &self,
+        username: &str,
+        source_ip: &str,
+        check: impl Future<Output = Result<Option<T>, Error>>,
+    ) -> Result<Checked<T>, Error> {
+        let (accounts, store) = (&self.inner.accounts, &self.inner.store);
+        let policy = &self.inner.settings.login;
+        let (user, source) = (throttle::user_key(username), throttle::source_key(source_ip));
+
+        self.check_address(&source).await?;
+        let is_known = store
+            .is_known_login_source(&user, &source, policy.known_since(self.now()))
+            .await?;
+        let held = Instant::now();
+        let _user_turn = if is_known {
+            None
+        } else {
+            let Ok(turn) = tokio::time::timeout(policy.max_wait, accounts.user_turns.take(&user)).await else {
+                tracing::info!(username = %user, source = %source, "login refused: its username's turns are busy");
+                return Err(Error::Login(LoginRefusal::UserBusy(policy.max_wait)));
+            };
+            // Counted in its turn: the attempts ahead may have added failures.
+            let elsewhere = store
+                .login_failures_elsewhere(&user, &source, policy.since(self.now()))
+                .await?;
+            let delay = policy.delay(elsewhere);
+            if !delay.is_zero() {
+                tracing::info!(username = %user, source = %source, failures_elsewhere = elsewhere, ?delay, "login attempt slowed");
+                tokio::time::sleep(delay).await;
+            }
+            Some(turn)
+        };
+        let waited = held.elapsed();
+
+        // Read again in the address's turn: the checks ahead of this one may have failed.
+        let _address_turn = accounts.address_turns.take(&source).await;
+        self.check_address(&source).await?;
+        match check.await? {
+            Some(value) => {
+                // Bookkeeping only: a store that cannot write it does not refuse the owner.
+                if let Err(e) = store.record_login_success(&user, &source, self.now()).await {
+                    tracing::warn!(error = %e, "could not record a successful login");
+                }
+                Ok(Checked::Right(value))
             }
             None => {
-                accounts.throttle.failed(&keys);
-                Err(Error::Login(LoginRefusal::WrongCredentials))
+                store.record_login_failure(&user, &source, self.now()).await?;
+                Ok(Checked::Wrong { waited })
             }
         }
     }
 
+    /// Refuses an address (a `throttle::source_key`) that is over its failure limit.
+    async fn check_address(&self, source: &str) -> Result<(), Error> {
+        let policy = &self.inner.settings.login;
+        let now = self.now();
+        let reached_at = self
+            .inner
+            .store
+            .address_limit_reached_at(source, policy.since(now), policy.address_limit)
+            .await?;
+        match policy.address_wait(now, reached_at) {
+            Some(wait) => Err(Error::Login(LoginRefusal::AddressThrottled(wait))),
+            None => Ok(()),
+        }
+    }
+
     /// HTTP Basic on the API: [`authenticate`](Self::authenticate), remembering a verified
-    /// password for a few minutes.
+    /// password for a few minutes. A refused address is refused before the cache is read:
+    /// otherwise, while the owner's password is cached, its guesses would be answered without
+    /// counting, right ones with a 200.
     pub async fn authenticate_basic(&self, username: &str, password: &str, source_ip: &str) -> Result<UserRow, Error> {
         if !self.basic_auth_enabled() {
             return Err(Error::Login(LoginRefusal::BasicDisabled));
         }
+        self.check_address(&throttle::source_key(source_ip)).await?;
         let key: [u8; 32] = Sha256::new()
             .chain_update(username.as_bytes())
             .chain_update([0])
@@ -242,7 +321,7 @@ impl Dispatcher {
         let user = match self.authenticate(username, password, source_ip).await {
             Ok(user) => user,
             Err(e) => {
-                if matches!(e, Error::Login(LoginRefusal::WrongCredentials)) {
+                if matches!(e, Error::Login(LoginRefusal::WrongCredentials { .. })) {
                     self.audit(&attempt, "LoginFailed", "console", "").await;
                 }
                 return Err(e);
@@ -363,23 +442,19 @@ impl Dispatcher {
     pub async fn change_password(&self, actor: &Actor, current: &str, new: &str) -> Result<UserRow, Error> {
         // Guesses of the current password count like failed logins: a stolen session or token
         // must not become a way to try passwords at argon2's pace.
-        let keys = throttle::keys(&actor.source_ip, &actor.username);
-        self.inner
-            .accounts
-            .throttle
-            .check(&keys)
-            .map_err(|wait| Error::Login(LoginRefusal::Throttled(wait)))?;
-        let user = self
-            .inner
-            .store
-            .user_by_name(&actor.username)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: Kind::User,
-                id: actor.username.clone(),
-            })?;
-        if !verify_blocking(current, &user.password_hash).await {
-            self.inner.accounts.throttle.failed(&keys);
+        let check = async {
+            let user = self
+                .inner
+                .store
+                .user_by_name(&actor.username)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    kind: Kind::User,
+                    id: actor.username.clone(),
+                })?;
+            Ok(verify_blocking(current, &user.password_hash).await.then_some(()))
+        };
+        if let Checked::Wrong { .. } = self.under_throttle(&actor.username, &actor.source_ip, check).await? {
             return Err(Error::Login(LoginRefusal::WrongCurrentPassword));
         }
         check::password(&actor.username, new)?;
@@ -463,6 +538,14 @@ impl Dispatcher {
     }
 }
 
+/// What a password check under the throttle found.
+enum Checked<T> {
+    /// The password is right; what the check answered.
+    Right(T),
+    /// The password is wrong; the attempt was held this long before its check.
+    Wrong { waited: Duration },
+}
+
 fn last_admin() -> Error {
     Error::Conflict {
         conflict: Conflict::LastAdmin,
@@ -473,6 +556,158 @@ fn last_admin() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::{Clock, LoginPolicy, Settings};
+
+    const ADMIN_PASSWORD: &str = "the admin's long password";
+
+    /// Login rules small enough to walk through in a test: 3 failures per address, delays of
+    /// milliseconds.
+    fn small_policy() -> LoginPolicy {
+        LoginPolicy {
+            address_limit: 3,
+            free_failures: 2,
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            max_wait: Duration::from_millis(200),
+            ..LoginPolicy::default()
+        }
+    }
+
+    /// A dispatcher on a fresh store with `admin` created, its login rules and a manual clock.
+    async fn accounts(login: LoginPolicy) -> (Dispatcher, Clock, tempfile::TempDir) {
+        let (store, dir) = crate::store::test_store().await;
+        let clock = Clock::manual();
+        let settings = Settings {
+            login,
+            ..Settings::default()
+        };
+        let (dispatcher, _writer_rx) = Dispatcher::build(store, settings, clock.clone());
+        dispatcher.ensure_first_admin(Some(ADMIN_PASSWORD)).await.unwrap();
+        dispatcher.load_settings().await.unwrap();
+        (dispatcher, clock, dir)
+    }
+
+    fn refusal<T>(result: Result<T, Error>) -> LoginRefusal {
+        match result {
+            Err(Error::Login(refusal)) => refusal,
+            Err(other) => panic!("refused otherwise: {other}"),
+            Ok(_) => panic!("not refused"),
+        }
+    }
+
+    #[tokio::test]
+    async fn guesses_from_one_address_slow_the_username_elsewhere_but_never_refuse_the_right_password() {
+        let policy = LoginPolicy {
+            address_limit: 50,
+            ..small_policy()
+        };
+        let (d, _clock, _dir) = accounts(policy.clone()).await;
+
+        for _ in 0..10 {
+            let guess = d.authenticate("admin", "a wrong guess", "10.0.0.9").await;
+            assert!(matches!(refusal(guess), LoginRefusal::WrongCredentials { .. }));
+        }
+        let owner = d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.1").await;
+        let typo = d.authenticate("admin", "a typo", "10.0.0.2").await;
+
+        assert_eq!(owner.unwrap().username, "admin");
+        let LoginRefusal::WrongCredentials { waited } = refusal(typo) else {
+            panic!("refused otherwise")
+        };
+        assert!(
+            waited >= policy.max_delay,
+            "ten failures elsewhere hold it the whole cap: {waited:?}"
+        );
+        let message = LoginRefusal::WrongCredentials { waited }.message();
+        assert_eq!(
+            message, "wrong username or password",
+            "under a second is not worth a word"
+        );
+        let slowed = LoginRefusal::WrongCredentials {
+            waited: Duration::from_secs(4),
+        };
+        assert!(slowed.message().contains("held 4 s"), "{}", slowed.message());
+    }
+
+    #[tokio::test]
+    async fn an_address_over_its_limit_is_refused_whatever_the_password_until_its_failures_age_out() {
+        let policy = small_policy();
+        let (d, clock, _dir) = accounts(policy.clone()).await;
+
+        for name in ["nobody", "admin", "Admin"] {
+            let guess = d.authenticate(name, "a wrong guess", "10.0.0.9").await;
+            assert!(matches!(refusal(guess), LoginRefusal::WrongCredentials { .. }));
+        }
+        let refused = refusal(d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.9").await);
+        let elsewhere = d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.1").await;
+        clock.advance(policy.window);
+        let later = d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.9").await;
+
+        assert_eq!(refused, LoginRefusal::AddressThrottled(policy.window));
+        assert!(
+            refused.message().contains("try again in 900 seconds"),
+            "{}",
+            refused.message()
+        );
+        assert!(elsewhere.is_ok(), "only that address is refused");
+        assert!(later.is_ok(), "its failures aged out");
+    }
+
+    #[tokio::test]
+    async fn a_password_cached_for_basic_auth_does_not_let_a_refused_address_in() {
+        let (d, _clock, _dir) = accounts(small_policy()).await;
+        d.authenticate_basic("admin", ADMIN_PASSWORD, "10.0.0.1").await.unwrap();
+
+        for _ in 0..3 {
+            let guess = d.authenticate_basic("admin", "a wrong guess", "10.0.0.9").await;
+            assert!(matches!(refusal(guess), LoginRefusal::WrongCredentials { .. }));
+        }
+        let cached = d.authenticate_basic("admin", ADMIN_PASSWORD, "10.0.0.9").await;
+        let owner = d.authenticate_basic("admin", ADMIN_PASSWORD, "10.0.0.1").await;
+
+        assert!(
+            matches!(refusal(cached), LoginRefusal::AddressThrottled(_)),
+            "a right guess past the limit would tell the guesser it is right"
+        );
+        assert!(owner.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_address_the_user_logged_in_from_skips_the_turns_that_failures_elsewhere_impose() {
+        let policy = small_policy();
+        let (d, _clock, _dir) = accounts(policy.clone()).await;
+        d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.1").await.unwrap();
+
+        // Another attempt for admin holds the username's turn for longer than max_wait.
+        let turn = d.inner.accounts.user_turns.take(&throttle::user_key("admin")).await;
+        let stranger = d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.2").await;
+        let owner = d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.1").await;
+        drop(turn);
+
+        assert_eq!(refusal(stranger), LoginRefusal::UserBusy(policy.max_wait));
+        assert!(owner.is_ok(), "the known address does not wait for the turn");
+    }
+
+    #[tokio::test]
+    async fn wrong_current_passwords_count_against_the_address_like_failed_logins() {
+        let (d, _clock, _dir) = accounts(small_policy()).await;
+        let admin = d.authenticate("admin", ADMIN_PASSWORD, "10.0.0.1").await.unwrap();
+        let actor = Actor {
+            user_id: admin.id,
+            username: admin.username,
+            role: admin.role,
+            source_ip: "10.0.0.5".into(),
+            via: Via::Api,
+        };
+
+        for _ in 0..3 {
+            let wrong = d.change_password(&actor, "a wrong guess", "a brand new password").await;
+            assert_eq!(refusal(wrong), LoginRefusal::WrongCurrentPassword);
+        }
+        let right = d.change_password(&actor, ADMIN_PASSWORD, "a brand new password").await;
+
+        assert!(matches!(refusal(right), LoginRefusal::AddressThrottled(_)));
+    }
 
     #[test]
     fn passwords_verify_only_against_their_own_hash() {
@@ -481,5 +716,15 @@ mod tests {
         assert!(verify_password("correct horse", &hash));
         assert!(!verify_password("wrong", &hash));
         assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn unknown_users_are_checked_against_a_hash_as_costly_as_a_real_one() {
+        let real = hash_password("correct horse").unwrap();
+        let params = |hash: &str| PasswordHash::new(hash).unwrap().params.to_string();
+
+        assert_eq!(params(UNKNOWN_USER_HASH), params(&real));
+        assert!(!verify_password("", UNKNOWN_USER_HASH));
+        assert!(!verify_password("admin", UNKNOWN_USER_HASH));
     }
 }

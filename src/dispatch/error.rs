@@ -136,9 +136,15 @@ pub enum Conflict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginRefusal {
     /// Unknown user, wrong password or a disabled account; deliberately not told apart.
-    WrongCredentials,
-    /// Too many recent failures from the address or for the user: wait this long.
-    Throttled(Duration),
+    /// `waited`: how long the attempt was held before its check because of failed logins for
+    /// the username from other addresses (zero when it was not).
+    WrongCredentials { waited: Duration },
+    /// Too many recent failed logins from this address: it is refused, whatever the password,
+    /// for this long.
+    AddressThrottled(Duration),
+    /// Logins for this username are slowed after failures from other addresses, and this
+    /// attempt waited too long for its turn: try again after this.
+    UserBusy(Duration),
     /// The current password given to change one's own password is wrong.
     WrongCurrentPassword,
     /// HTTP Basic is switched off on this server.
@@ -148,13 +154,32 @@ pub enum LoginRefusal {
 }
 
 impl LoginRefusal {
+    /// When to try again, for the refusals that are about time (`429`, `Retry-After`).
+    pub fn retry_after(self) -> Option<Duration> {
+        match self {
+            LoginRefusal::AddressThrottled(wait) | LoginRefusal::UserBusy(wait) => Some(wait),
+            _ => None,
+        }
+    }
+
     /// The sentence shown to the person refused.
     pub fn message(self) -> String {
+        let seconds = |wait: Duration| wait.as_secs_f64().ceil().max(1.0) as u64;
         match self {
-            LoginRefusal::WrongCredentials => "wrong username or password".into(),
-            LoginRefusal::Throttled(wait) => format!(
-                "too many failed logins from this address or for this user; try again in {} seconds",
-                wait.as_secs().max(1)
+            LoginRefusal::WrongCredentials { waited } if waited >= Duration::from_secs(1) => format!(
+                "wrong username or password (this attempt was held {} s first: logins for this user are slowed \
+                 after failed attempts from other addresses)",
+                waited.as_secs()
+            ),
+            LoginRefusal::WrongCredentials { .. } => "wrong username or password".into(),
+            LoginRefusal::AddressThrottled(wait) => format!(
+                "too many failed logins from your address; try again in {} seconds",
+                seconds(wait)
+            ),
+            LoginRefusal::UserBusy(wait) => format!(
+                "logins for this user are slowed after many failed attempts from other addresses, and too many \
+                 attempts are waiting their turn; try again in {} seconds",
+                seconds(wait)
             ),
             LoginRefusal::WrongCurrentPassword => "the current password is wrong".into(),
             LoginRefusal::BasicDisabled => {

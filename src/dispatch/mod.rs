@@ -7,14 +7,14 @@
 //! - [`error`]: the typed refusals (`Field`, `NotFound { kind, id }`, …) surfaces render;
 //! - [`actor`]: who asks; every mutating call takes an `Actor`, checks its role and writes the
 //!   one audit entry for the action;
-//! - `accounts`: logins (throttled), sessions, users, tokens, settings;
+//! - `accounts`: logins (throttled by the rules of `throttle`), sessions, users, tokens, settings;
 //! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
 //! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
 //!
 //! The dispatcher owns what is in memory (which agents are connected here, who watches which
-//! invocation, login throttling) and calls `store` for everything durable. It knows nothing of
-//! HTTP: no axum, no SQL.
+//! invocation, whose turn it is among login attempts) and calls `store` for everything durable,
+//! login failures included. It knows nothing of HTTP: no axum, no SQL.
 
 mod accounts;
 pub mod actor;
@@ -35,6 +35,7 @@ pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
 pub use run::{Run, Stopped, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
+pub use throttle::LoginPolicy;
 
 use crate::protocol::ResultStatus;
 use crate::protocol::agent::{RunTask, ServerMessage, StopTask};
@@ -69,6 +70,8 @@ pub struct Settings {
     pub retention: Duration,
     /// How often deadlines are checked.
     pub sweep_interval: Duration,
+    /// Login throttling: per-address limit, per-username delay.
+    pub login: LoginPolicy,
 }
 
 impl Default for Settings {
@@ -86,6 +89,7 @@ impl Default for Settings {
             retained_command_quota: 500,
             retention: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(1),
+            login: LoginPolicy::default(),
         }
     }
 }
@@ -393,6 +397,7 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.forget_login_records().await;
             let before = self.now() - self.inner.settings.retention.as_millis() as i64;
             let (mut invocations, mut results) = (0, 0);
             let mut pace = PurgePace::new();
@@ -414,6 +419,19 @@ impl Dispatcher {
             if invocations > 0 {
                 tracing::info!(invocations, results, "purged invocations past retention");
             }
+        }
+    }
+
+    /// Deletes login failures past the throttle's window and known addresses past theirs.
+    async fn forget_login_records(&self) {
+        let (policy, now) = (&self.inner.settings.login, self.now());
+        let forgotten = self
+            .inner
+            .store
+            .forget_login_records(policy.since(now), policy.known_since(now))
+            .await;
+        if let Err(e) = forgotten {
+            tracing::warn!(error = %e, "could not forget old login records");
         }
     }
 

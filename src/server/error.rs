@@ -77,6 +77,12 @@ impl ApiError {
     }
 }
 
+/// A wait as `Retry-After` gives it: whole seconds, rounded up, never zero (as the refusals'
+/// messages say it).
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
@@ -197,16 +203,16 @@ impl From<dispatch::Error> for ApiError {
             ),
             Error::Login(refusal) => {
                 let (status, code) = match refusal {
-                    LoginRefusal::WrongCredentials => (StatusCode::UNAUTHORIZED, "InvalidCredentials"),
-                    LoginRefusal::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "Throttling.Login"),
+                    LoginRefusal::WrongCredentials { .. } => (StatusCode::UNAUTHORIZED, "InvalidCredentials"),
+                    LoginRefusal::AddressThrottled(_) | LoginRefusal::UserBusy(_) => {
+                        (StatusCode::TOO_MANY_REQUESTS, "Throttling.Login")
+                    }
                     LoginRefusal::WrongCurrentPassword => (StatusCode::FORBIDDEN, "InvalidCredentials"),
                     LoginRefusal::BasicDisabled => (StatusCode::UNAUTHORIZED, "BasicAuthDisabled"),
                     LoginRefusal::BadToken => (StatusCode::UNAUTHORIZED, "InvalidToken"),
                 };
                 let mut error = ApiError::new(status, code, refusal.message());
-                if let LoginRefusal::Throttled(wait) = refusal {
-                    error.retry_after = Some(wait.as_secs().max(1));
-                }
+                error.retry_after = refusal.retry_after().map(retry_after_secs);
                 error
             }
             Error::Enrolment { activation_id, refusal } => {

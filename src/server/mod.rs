@@ -24,6 +24,8 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use ipnet::IpNet;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,9 @@ pub struct AppState {
     shutdown: CancellationToken,
     /// Served over TLS: cookies are `Secure`, answers carry HSTS, agent lines say https.
     pub(crate) tls: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`); read by
+    /// the `PeerIp` extractor only.
+    pub(crate) trusted_proxies: Arc<[IpNet]>,
 }
 
 impl AppState {
@@ -53,6 +58,7 @@ impl AppState {
             dispatcher,
             shutdown,
             tls: false,
+            trusted_proxies: Arc::from([]),
         }
     }
 }
@@ -106,6 +112,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     dispatcher.load_settings().await?;
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     state.tls = tls.is_some();
+    state.trusted_proxies = args.trusted_proxies.clone().into();
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("fleetrun server listening on {scheme}://{}", listener.local_addr()?);
     let header_timeout = Duration::from_secs(args.header_timeout_secs);

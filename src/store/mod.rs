@@ -11,6 +11,7 @@ mod commands;
 mod fleet;
 pub mod ids;
 mod invocations;
+mod logins;
 mod output;
 mod sessions;
 mod settings;

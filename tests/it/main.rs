@@ -19,4 +19,5 @@ mod private;
 mod resilience;
 mod security;
 mod serving;
+mod throttle;
 mod tls;

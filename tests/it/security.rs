@@ -1,8 +1,8 @@
-//! Who may do what and who may be an agent: roles on every kind of route, throttled logins,
+//! Who may do what and who may be an agent: roles on every kind of route, the address limit of logins,
 //! expired and revoked credentials, logout everywhere, agents confined to their own tasks,
 //! TLS end to end, plaintext refused, body limits and slow clients.
 
-use crate::helpers::{Console, TestApp, register, register_body};
+use crate::helpers::{Console, PASSWORD, TestApp, register, register_body};
 use fleetrun::client::{ApiClient, ApiFailure, Credentials};
 use fleetrun::protocol::agent::{AgentMessage, Hello, Output, ServerMessage, TaskFinished, TaskStarted};
 use fleetrun::protocol::api::RunCommandRequest;
@@ -95,7 +95,7 @@ async fn each_role_reaches_exactly_its_routes() {
 }
 
 #[tokio::test]
-async fn repeated_wrong_passwords_are_throttled_with_a_time_to_wait() {
+async fn an_address_past_its_failure_limit_is_refused_with_a_time_to_wait_and_only_that_address() {
     let app = TestApp::spawn().await;
     let wrong = ApiClient::new(
         &app.url,
@@ -105,22 +105,59 @@ async fn repeated_wrong_passwords_are_throttled_with_a_time_to_wait() {
         },
     );
 
-    for _ in 0..5 {
+    for _ in 0..50 {
         let failure = wrong.instances("").await.unwrap_err();
         assert_eq!(failure.downcast_ref::<ApiFailure>().unwrap().status, 401);
     }
     let throttled = wrong.raw(Method::GET, "/instances", None).await.unwrap();
     let right_password_too = app.client.raw(Method::GET, "/instances", None).await.unwrap();
+    let console = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/login", app.url))
+        .form(&[("username", "admin"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let elsewhere = reqwest::Client::builder()
+        .local_address("127.0.0.9".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let other_address = ApiClient::with_http(
+        &app.url,
+        Credentials::Basic {
+            username: "admin".into(),
+            password: PASSWORD.into(),
+        },
+        elsewhere,
+    );
 
     assert_eq!(throttled.status(), 429);
-    assert!(throttled.headers().contains_key("retry-after"));
+    let retry_after: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((14 * 60..=15 * 60).contains(&retry_after), "{retry_after}");
     let body: serde_json::Value = throttled.json().await.unwrap();
     assert_eq!(body["code"], "Throttling.Login");
-    assert!(body["message"].as_str().unwrap().contains("try again in"), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("from your address") && message.contains("try again in"),
+        "{body}"
+    );
     assert_eq!(
         right_password_too.status(),
         429,
-        "the address is throttled, whatever the password"
+        "the address is refused, whatever the password"
+    );
+    assert_eq!(console.status(), 429, "the console refuses it too");
+    assert!(console.headers().contains_key("retry-after"));
+    let page = console.text().await.unwrap();
+    assert!(
+        page.contains("Too many failed logins from your address; try again in"),
+        "{page}"
+    );
+    assert!(
+        other_address.instances("").await.is_ok(),
+        "another address logs in: only the guessing address is refused"
     );
 }
 

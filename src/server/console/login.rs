@@ -2,12 +2,13 @@
 
 use super::session::session_cookie;
 use super::{ConsoleForm, PageError, Session, Url, render};
-use crate::dispatch::{Error, LoginRefusal};
+use crate::dispatch::Error;
 use crate::server::AppState;
 use crate::server::auth::PeerIp;
+use crate::server::error::retry_after_secs;
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::CookieJar;
 use axum_htmx::{HxRedirect, HxRefresh};
@@ -62,16 +63,22 @@ pub async fn submit(
             Ok((jar, Redirect::to(&next)).into_response())
         }
         Err(Error::Login(refusal)) => {
-            let status = match refusal {
-                LoginRefusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::UNAUTHORIZED,
-            };
             let page = LoginPage {
                 error: sentence(&refusal.message()),
                 username: form.username,
                 next,
             };
-            Ok((status, render(&page)).into_response())
+            let mut response = render(&page);
+            match refusal.retry_after() {
+                Some(wait) => {
+                    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
+                }
+                None => *response.status_mut() = StatusCode::UNAUTHORIZED,
+            }
+            Ok(response)
         }
         Err(other) => Err(other.into()),
     }

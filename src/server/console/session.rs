@@ -5,7 +5,7 @@ use super::error::PageError;
 use super::view::Url;
 use crate::dispatch::{Actor, Via};
 use crate::server::AppState;
-use crate::server::auth::source_ip;
+use crate::server::auth::PeerIp;
 use crate::server::error::ApiError;
 use crate::store::UserRow;
 use axum::extract::FromRequestParts;
@@ -124,7 +124,7 @@ impl FromRequestParts<AppState> for Session {
             csrf: session.csrf,
             region: session.region_id,
             cookie,
-            source_ip: source_ip(parts),
+            source_ip: PeerIp::of(parts, state).0,
         })
     }
 }
