@@ -303,7 +303,10 @@ impl Agent {
 /// server may already have reported `Aborted`.
 fn refusal(task: &RunTask, server_now: i64) -> Option<(ErrorCode, String)> {
     if task.timeout_secs == 0 {
-        return Some((ErrorCode::ExecutionException, "timeout must be at least one second".into()));
+        return Some((
+            ErrorCode::ExecutionException,
+            "timeout must be at least one second".into(),
+        ));
     }
     let late_ms = server_now - task.deliver_by?;
     (late_ms > 0).then(|| {

@@ -658,3 +658,119 @@ fn the_purge_sizes_its_batches_to_a_short_hold_of_the_write_lock() {
     pace.after(1_000, PURGE_TXN);
     assert_eq!(pace.batch, 1_000);
 }
+
+#[tokio::test]
+async fn a_task_sent_but_never_acknowledged_is_aborted_after_a_margin_and_a_late_start_tells_the_truth() {
+    let h = harness().await;
+    let (id, mut session, mut outbox) = h.connected("web-1").await;
+    let created = h.run(&id, "true", 60).await;
+    let ServerMessage::RunTask(task) = next(&mut outbox).await else {
+        panic!("no RunTask")
+    };
+    assert_eq!(
+        task.deliver_by,
+        Some(h.dispatcher.now() + 60_000),
+        "the task carries the end of its delivery window"
+    );
+    let t = created.invoke_id.as_str();
+
+    // The agent froze with the task in its socket: never acknowledged.
+    h.clock.advance(Duration::from_secs(61));
+    h.sweep().await;
+    assert_eq!(
+        h.result(t, &id).await.status,
+        ResultStatus::Pending,
+        "a sent task gets a margin past its window: the agent may have accepted it just in time"
+    );
+    h.clock.advance(Duration::from_secs(10));
+    h.sweep().await;
+    let aborted = h.result(t, &id).await;
+    assert_eq!(
+        (aborted.status, aborted.error_code),
+        (ResultStatus::Aborted, Some(ErrorCode::ClientNotResponse)),
+        "sent and never acknowledged is not 'never sent'"
+    );
+
+    // It had accepted it just in time after all: the late start is the truth.
+    h.dispatcher.handle(&mut session, started(t)).await.unwrap();
+    ack_started(&h, t, &id).await;
+    let revived = h.result(t, &id).await;
+    assert_eq!((revived.status, revived.error_code), (ResultStatus::Running, None));
+    assert_eq!(revived.error_info, None);
+}
+
+#[tokio::test]
+async fn a_task_refused_by_its_agent_after_the_deadline_is_aborted_and_never_revived() {
+    let h = harness().await;
+    let (id, mut session, mut outbox) = h.connected("web-1").await;
+    let created = h.run(&id, "true", 60).await;
+    next(&mut outbox).await;
+    let t = created.invoke_id.as_str();
+    let refused = TaskEnd::Error {
+        error_code: ErrorCode::DeliveryTimeout,
+        error_info: "received 3 s after its delivery deadline".into(),
+    };
+    h.dispatcher
+        .handle(&mut session, finished(t, 0, refused, None))
+        .await
+        .unwrap();
+    ack(&mut outbox, t).await;
+    let result = h.result(t, &id).await;
+    assert_eq!(
+        (result.status, result.error_code),
+        (ResultStatus::Aborted, Some(ErrorCode::DeliveryTimeout))
+    );
+    // A start reported later (it cannot happen, but a server does not trust) changes nothing.
+    h.dispatcher.handle(&mut session, started(t)).await.unwrap();
+    assert!(matches!(next(&mut outbox).await, ServerMessage::StopTask(s) if s.task == t));
+    assert_eq!(h.result(t, &id).await.status, ResultStatus::Aborted);
+}
+
+/// A stop and the agent's end of the same task, racing: watchers get the result's statuses in
+/// the order they were committed, never `Stopping` after the end. (A race test: it catches a
+/// reordering only when the scheduler interleaves the two the wrong way, which the lock makes
+/// impossible; without the lock it passes most runs, so it guards, it does not prove.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_events_of_one_result_are_published_in_commit_order() {
+    let h = harness().await;
+    let (id, mut session, mut outbox) = h.connected("web-1").await;
+    for _ in 0..20 {
+        let created = h.run(&id, "sleep 600", 60).await;
+        next(&mut outbox).await;
+        let t = created.invoke_id.clone();
+        h.dispatcher.handle(&mut session, started(&t)).await.unwrap();
+        ack_started(&h, &t, &id).await;
+        let mut watch = h.dispatcher.watch(&t);
+        let stop = {
+            let (dispatcher, admin, t) = (h.dispatcher.clone(), h.admin.clone(), t.clone());
+            tokio::spawn(async move { dispatcher.stop(&admin, &t, None).await })
+        };
+        h.dispatcher
+            .handle(&mut session, finished(&t, 0, TaskEnd::Exited, Some(0)))
+            .await
+            .unwrap();
+        let _ = stop.await.unwrap();
+        let mut statuses = Vec::new();
+        while statuses.last().is_none_or(|s: &ResultStatus| !s.is_terminal()) {
+            match tokio::time::timeout(PROMPT, watch.recv()).await.unwrap().unwrap() {
+                watch::Live::Event(event) => {
+                    if let StreamEvent::Status { invocation_status, .. } = &*event {
+                        statuses.push(*invocation_status);
+                    }
+                }
+                watch::Live::Lagged => panic!("lagged"),
+            }
+        }
+        // Nothing after the end.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Some(live) = watch.try_recv() {
+            if let watch::Live::Event(event) = live {
+                assert!(
+                    !matches!(&*event, StreamEvent::Status { .. }),
+                    "a status after the end: {statuses:?} then {event:?}"
+                );
+            }
+        }
+        while let Ok(Outbound::Message(_)) = outbox.rx.try_recv() {}
+    }
+}
