@@ -294,6 +294,26 @@ impl AgentProcess {
     }
 }
 
+impl Drop for AgentProcess {
+    /// Kills the agent and removes its script directory from the temp dir (the agent keeps it
+    /// across restarts, so nothing else would).
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let identity = std::fs::read_to_string(self.state.path().join("identity.json")).unwrap_or_default();
+        let id = serde_json::from_str::<Value>(&identity)
+            .ok()
+            .and_then(|v| v["instance_id"].as_str().map(String::from));
+        if let Some(id) = id {
+            let _ = std::fs::remove_dir_all(script_dir(&id));
+        }
+    }
+}
+
+/// Where the agent with this instance id keeps its scripts.
+pub fn script_dir(instance_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fleetrun-agent-{instance_id}"))
+}
+
 pub fn agent_command(server: &str, activation: Option<&ActivationCreated>, state: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun-agent"));
     command
