@@ -5,7 +5,9 @@
 //! assert that each command ran in a cgroup of its own and that nothing it started survives;
 //! elsewhere they assert the documented process-group fallback. Each says which ran.
 
-use crate::helpers::{AgentProcess, TestApp, agent_command, eventually, live_processes, script_dir, unique_seconds};
+use crate::helpers::{
+    AgentProcess, TestApp, agent_command, cgroup_v2, eventually, live_processes, script_dir, unique_seconds,
+};
 use fleetrun::protocol::ResultStatus;
 use fleetrun::protocol::api::{InvocationResult, RunCommandRequest};
 use std::path::{Path, PathBuf};
@@ -33,14 +35,7 @@ impl Drop for KillOnDrop {
 /// cgroup2 mount, and root or write access to this process's own cgroup (a delegated subtree).
 /// Agents started by the test run as its user, in its cgroup.
 fn cgroup_v2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        filesystem
-            .starts_with("cgroup2 ")
-            .then(|| mount.split(' ').nth(4).map(PathBuf::from))?
-    })?;
-    let own = cgroup_of("self")?;
+    let (mount, own) = cgroup_v2()?;
     let own_dir = mount.join(own.trim_start_matches('/'));
     let is_writable = nix::unistd::access(&own_dir.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK).is_ok();
     (nix::unistd::geteuid().is_root() || is_writable).then_some(mount)
