@@ -190,6 +190,12 @@ pub struct AgentArgs {
     /// Time between SIGTERM and SIGKILL when a command is stopped or times out, in seconds.
     #[arg(long, env = "FLEETRUN_KILL_GRACE_SECS", default_value_t = 3)]
     pub kill_grace_secs: u64,
+    /// Time a command's output may stay open after its shell has exited, in milliseconds. A
+    /// process started in the background (`&`) holds it; when the time is up the command ends
+    /// with the shell's exit code, the background process keeps running, and what it writes
+    /// later is not captured. Keep it well below the server's --timeout-grace-secs.
+    #[arg(long, env = "FLEETRUN_OUTPUT_GRACE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub output_grace_ms: u64,
     /// Newest agent protocol version to offer the server: 2 sends output as binary WebSocket
     /// frames; 1 sends every frame as JSON text (for a proxy that mishandles binary frames).
     #[arg(long, env = "FLEETRUN_MAX_PROTOCOL_VERSION", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]

@@ -1,10 +1,21 @@
-//! Running one task: the script in a private temporary file, a child process in its own
-//! process group with stdin at end-of-file, stdout and stderr read concurrently, the timeout
-//! and stop requests enforced on the whole group (SIGTERM, a grace period, then SIGKILL).
+//! Running one task: the script in a private file, a child process in its own process group
+//! (and, where cgroup v2 is available, its own cgroup) with stdin at end-of-file, stdout and
+//! stderr read concurrently, the timeout and stop requests enforced on everything the task
+//! started (SIGTERM, a grace period, then SIGKILL).
+//!
+//! A task ends when its shell has exited and its output is closed. A background process (`&`)
+//! that keeps the output open gets `output_grace` after the shell's exit; then the task ends
+//! with the shell's exit code and the background process keeps running, what it writes later
+//! no longer captured. Timeout and Stop kill only while the shell still runs.
 
+#[cfg(unix)]
+use super::cgroup::Cgroups;
+#[cfg(unix)]
+use super::script::ScriptDir;
 use crate::protocol::agent::{MAX_CHUNK_BYTES, RunTask};
 use crate::protocol::{OutputStream, TaskEnd};
 use bytes::Bytes;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 /// What a running task tells the agent's session.
 #[derive(Debug)]
 pub enum TaskEvent {
-    /// The process started as the leader of process group `pgid`.
+    /// The process started as the leader of process group `pgid`, in `cgroup` where there is one.
     Started {
         pgid: i32,
+        cgroup: Option<PathBuf>,
     },
     Output(OutputStream, Bytes),
     Finished {
@@ -30,8 +42,18 @@ pub enum TaskEvent {
 pub struct ExecConfig {
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// How long a task's output may stay open after its shell exited (a background process
+    /// holds it) before the task ends without waiting for it.
+    pub output_grace: Duration,
     /// `pwsh`, when installed.
     pub pwsh: Option<PathBuf>,
+    /// Task cgroups, when cgroup v2 is available to the agent; else a task is contained by its
+    /// process group alone.
+    #[cfg(unix)]
+    pub cgroups: Option<Cgroups>,
+    /// Where task scripts are written.
+    #[cfg(unix)]
+    pub scripts: ScriptDir,
     /// Set when the agent itself stops: tasks cut short then end as interrupted, not stopped.
     pub shutting_down: std::sync::atomic::AtomicBool,
 }
@@ -51,20 +73,65 @@ pub async fn run(task: RunTask, config: Arc<ExecConfig>, events: Events, stop: C
     let _ = events.send((id, TaskEvent::Finished { exit_code, end })).await;
 }
 
+/// How waiting for a task's shell ended.
+#[derive(Debug, PartialEq)]
+enum Waited<S> {
+    /// The shell exited (before any timeout or stop). `is_detached`: its output was still
+    /// open when the output grace ran out, held by a background process.
+    Exited { status: S, is_detached: bool },
+    /// The timeout or a stop came while the shell ran: `TimedOut` or `Stopped`.
+    Cut(TaskEnd),
+}
+
+/// Waits for the shell to exit (`exited`) and its output to close (`closed`), within
+/// `timeout` and until `stop`. Once the shell has exited, neither the timeout nor a stop cuts
+/// the task: the output gets `output_grace` to close, and the task ends either way.
+#[cfg_attr(not(unix), allow(dead_code))]
+async fn wait_for<S>(
+    exited: impl Future<Output = S>,
+    closed: impl Future<Output = ()>,
+    timeout: Duration,
+    output_grace: Duration,
+    stop: &CancellationToken,
+) -> Waited<S> {
+    tokio::pin!(exited, closed);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut is_closed = false;
+    let status = loop {
+        tokio::select! {
+            // A shell that has exited is not cut by a deadline or stop that comes at the same moment.
+            biased;
+            status = &mut exited => break status,
+            () = &mut closed, if !is_closed => is_closed = true,
+            () = &mut deadline => return Waited::Cut(TaskEnd::TimedOut),
+            () = stop.cancelled() => return Waited::Cut(TaskEnd::Stopped),
+        }
+    };
+    let is_detached = !is_closed && tokio::time::timeout(output_grace, closed).await.is_err();
+    Waited::Exited { status, is_detached }
+}
+
 #[cfg(unix)]
 mod imp {
     use super::*;
     use crate::agent::account::{self, Account};
+    use crate::agent::cgroup::TaskCgroup;
     use crate::protocol::{CommandType, ErrorCode};
     use bytes::BytesMut;
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::fd::AsFd as _;
     use std::os::unix::process::ExitStatusExt as _;
     use std::path::Path;
     use std::process::Stdio;
     use tokio::io::AsyncReadExt as _;
     use tokio::process::{Child, Command};
+
+    /// How long killed processes get to be gone.
+    const KILL_WAIT: Duration = Duration::from_secs(5);
+    /// How long a killed task's pipes get to reach end of file.
+    const PIPE_WAIT: Duration = Duration::from_secs(2);
 
     fn error(code: ErrorCode, info: impl Into<String>) -> (Option<i32>, TaskEnd) {
         (
@@ -123,7 +190,7 @@ mod imp {
                 .filter(|h| h.is_dir())
                 .unwrap_or_else(|| PathBuf::from("/")),
         };
-        let script = match Script::create(&task.task, extension, &task.content, &account) {
+        let script = match config.scripts.create(&task.task, extension, &task.content, &account) {
             Ok(script) => script,
             Err(e) => {
                 return error(
@@ -132,11 +199,18 @@ mod imp {
                 );
             }
         };
+        let mut cgroup = config.cgroups.as_ref().and_then(|cgroups| match cgroups.create(&task.task) {
+            Ok(cgroup) => Some(cgroup),
+            Err(e) => {
+                tracing::warn!(task = %task.task, "cannot create the task's cgroup, so its process group alone contains it: {e}");
+                None
+            }
+        });
 
         let mut command = Command::new(&program);
         command
             .args(args)
-            .arg(&script.path)
+            .arg(script.path())
             .current_dir(&dir)
             .env_clear()
             .envs(account.environment(&task.task))
@@ -144,6 +218,16 @@ mod imp {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // Joining the cgroup comes first, while the child still has the agent's privileges.
+        if let Some(join) = cgroup.as_mut().and_then(TaskCgroup::take_joiner) {
+            // `pre_exec` is unsafe by contract: the closure runs in the forked child.
+            #[allow(unsafe_code)]
+            // SAFETY: the closure runs in the child before exec and makes one write(2) on a
+            // descriptor opened before the fork: async-signal-safe, no allocation.
+            unsafe {
+                command.pre_exec(join);
+            }
+        }
         if let Some(switch) = account.switch.clone() {
             // `pre_exec` is unsafe by contract: the closure runs in the forked child.
             #[allow(unsafe_code)]
@@ -153,9 +237,13 @@ mod imp {
                 command.pre_exec(move || switch.apply());
             }
         }
-        let mut child = match command.spawn() {
+        let spawned = command.spawn();
+        // It holds the cgroup's `cgroup.procs` open.
+        drop(command);
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
+                release(config, cgroup);
                 return error(
                     ErrorCode::ExecutionException,
                     format!("cannot start {}: {e}", program.display()),
@@ -163,56 +251,72 @@ mod imp {
             }
         };
         let pgid = child.id().map(|pid| pid as i32).unwrap_or_default();
-        let _ = events.send((task.task.clone(), TaskEvent::Started { pgid })).await;
+        let started = TaskEvent::Started {
+            pgid,
+            cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+        };
+        let _ = events.send((task.task.clone(), started)).await;
 
         // Readers hold `done_tx` clones: `done_rx` yields None once both pipes are closed.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let detach = CancellationToken::new();
         let mut readers = Vec::new();
         for (pipe, stream) in [
             (child.stdout.take().map(Pipe::Out), OutputStream::Stdout),
             (child.stderr.take().map(Pipe::Err), OutputStream::Stderr),
         ] {
             if let Some(pipe) = pipe {
-                readers.push(tokio::spawn(read_pipe(
+                readers.push(tokio::spawn(capture(
                     pipe,
                     stream,
                     task.task.clone(),
                     events.clone(),
+                    detach.clone(),
                     done_tx.clone(),
                 )));
             }
         }
         drop(done_tx);
 
-        let deadline = tokio::time::sleep(Duration::from_secs(task.timeout_secs));
-        tokio::pin!(deadline);
-        let mut status = None;
-        let mut pipes_closed = false;
-        let end = loop {
-            tokio::select! {
-                exited = child.wait(), if status.is_none() => status = Some(exited),
-                _ = done_rx.recv(), if !pipes_closed => pipes_closed = true,
-                _ = &mut deadline => break TaskEnd::TimedOut,
-                _ = stop.cancelled() => break TaskEnd::Stopped,
+        let waited = wait_for(
+            child.wait(),
+            async {
+                done_rx.recv().await;
+            },
+            Duration::from_secs(task.timeout_secs),
+            config.output_grace,
+            stop,
+        )
+        .await;
+        let (status, end, is_detached) = match waited {
+            Waited::Exited { status, is_detached } => {
+                if is_detached {
+                    tracing::info!(task = %task.task, "the shell exited and left a background process running; its later output is not captured");
+                }
+                (status, TaskEnd::Exited, is_detached)
             }
-            if status.is_some() && pipes_closed {
-                break TaskEnd::Exited;
+            Waited::Cut(end) => {
+                kill_tree(pgid, cgroup.as_ref(), &mut child, config.kill_grace).await;
+                let status = child.wait().await;
+                // Output already produced is still delivered; a process that escaped the kill
+                // (one that left the process group, where there is no cgroup) and holds a pipe
+                // open is not waited for.
+                let is_detached = tokio::time::timeout(PIPE_WAIT, done_rx.recv()).await.is_err();
+                (status, end, is_detached)
             }
         };
-        if end != TaskEnd::Exited {
-            kill_group(pgid, &mut child, config.kill_grace).await;
-            if status.is_none() {
-                status = Some(child.wait().await);
-            }
-            // Output already produced is still delivered; a process that escaped the group
-            // and holds a pipe open is not waited for.
-            if tokio::time::timeout(Duration::from_secs(2), done_rx.recv())
-                .await
-                .is_err()
-            {
-                readers.iter().for_each(|r| r.abort());
+        if is_detached {
+            detach.cancel();
+        }
+        // Every reader is done before the task reports its end, so no output follows it.
+        for reader in readers {
+            let pipe = reader.await.ok().flatten();
+            if let Some(pipe) = pipe.filter(|_| end == TaskEnd::Exited) {
+                tokio::spawn(discard(pipe));
             }
         }
+        release(config, cgroup);
+
         let end = match end {
             TaskEnd::Stopped if config.shutting_down.load(std::sync::atomic::Ordering::Relaxed) => TaskEnd::Error {
                 error_code: ErrorCode::ExecutionInterrupted,
@@ -221,9 +325,16 @@ mod imp {
             end => end,
         };
         let exit_code = status
-            .and_then(Result::ok)
+            .ok()
             .and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
         (exit_code, end)
+    }
+
+    /// Removes the task's cgroup, or keeps it while a background process of the task lives.
+    fn release(config: &ExecConfig, cgroup: Option<TaskCgroup>) {
+        if let (Some(cgroups), Some(cgroup)) = (&config.cgroups, cgroup) {
+            cgroups.release(cgroup);
+        }
     }
 
     enum Pipe {
@@ -240,6 +351,24 @@ mod imp {
             }
         }
 
+        /// Reads what the pipe holds right now, without waiting: one read(2) on the
+        /// (non-blocking) descriptor, so nothing already written is missed for want of a
+        /// readiness event. `Ok(None)` when the pipe is empty.
+        fn read_now(&self, buf: &mut BytesMut) -> std::io::Result<Option<usize>> {
+            let start = buf.len();
+            buf.resize(start + MAX_CHUNK_BYTES, 0);
+            let read = match self {
+                Pipe::Out(p) => nix::unistd::read(p.as_fd(), &mut buf[start..]),
+                Pipe::Err(p) => nix::unistd::read(p.as_fd(), &mut buf[start..]),
+            };
+            buf.truncate(start + read.unwrap_or(0));
+            match read {
+                Ok(n) => Ok(Some(n)),
+                Err(nix::errno::Errno::EAGAIN) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+
         /// Grows the pipe's kernel buffer (64 KiB by default) to a whole chunk, so a fast
         /// writer fills a chunk before waking the agent: fewer wake-ups, frames and acks.
         /// Best effort: the limit (`/proc/sys/fs/pipe-max-size`) may be lower.
@@ -252,33 +381,76 @@ mod imp {
         }
     }
 
-    async fn read_pipe(mut pipe: Pipe, stream: OutputStream, task: String, events: Events, _done: mpsc::Sender<()>) {
+    /// Reads a pipe into `Output` events until end of file (then `None`), or until `detach`:
+    /// then what the pipe already holds is still read, and the pipe is handed back open.
+    async fn capture(
+        mut pipe: Pipe,
+        stream: OutputStream,
+        task: String,
+        events: Events,
+        detach: CancellationToken,
+        _done: mpsc::Sender<()>,
+    ) -> Option<Pipe> {
         pipe.enlarge();
         let mut buf = BytesMut::with_capacity(MAX_CHUNK_BYTES);
         loop {
-            match pipe.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    // A large read is handed over as it is; a small one is copied out, so a
-                    // line of output does not pin a whole read buffer until it is sent.
-                    let chunk = if n >= MAX_CHUNK_BYTES / 4 {
-                        let chunk = buf.split().freeze();
-                        buf.reserve(MAX_CHUNK_BYTES);
-                        chunk
-                    } else {
-                        let chunk = Bytes::copy_from_slice(&buf);
-                        buf.clear();
-                        chunk
-                    };
-                    if events
-                        .send((task.clone(), TaskEvent::Output(stream, chunk)))
-                        .await
-                        .is_err()
-                    {
-                        return;
+            let read = tokio::select! {
+                // Detach first: a background process that writes without pause keeps the pipe
+                // always readable.
+                biased;
+                () = detach.cancelled() => break,
+                read = pipe.read(&mut buf) => read,
+            };
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {
+                    if !emit(&mut buf, stream, &task, &events).await {
+                        return None;
                     }
                 }
             }
+        }
+        // What the shell wrote before it exited is in the pipe already; a background process
+        // still writing is read for at most one more pipe's worth.
+        for _ in 0..2 {
+            match pipe.read_now(&mut buf) {
+                Ok(Some(0)) | Err(_) => return None,
+                Ok(None) => break,
+                Ok(Some(_)) => {
+                    if !emit(&mut buf, stream, &task, &events).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(pipe)
+    }
+
+    /// Sends what `buf` holds as one `Output` event; false when the session is gone.
+    async fn emit(buf: &mut BytesMut, stream: OutputStream, task: &str, events: &Events) -> bool {
+        // A large read is handed over as it is; a small one is copied out, so a line of output
+        // does not pin a whole read buffer until it is sent.
+        let chunk = if buf.len() >= MAX_CHUNK_BYTES / 4 {
+            let chunk = buf.split().freeze();
+            buf.reserve(MAX_CHUNK_BYTES);
+            chunk
+        } else {
+            let chunk = Bytes::copy_from_slice(buf);
+            buf.clear();
+            chunk
+        };
+        events
+            .send((task.to_string(), TaskEvent::Output(stream, chunk)))
+            .await
+            .is_ok()
+    }
+
+    /// Reads and drops what a background process writes to a task's pipe after the task
+    /// ended, until it closes it: with no reader left it would die of SIGPIPE at its next write.
+    async fn discard(mut pipe: Pipe) {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        while let Ok(1..) = pipe.read(&mut buf).await {
+            buf.clear();
         }
     }
 
@@ -287,13 +459,19 @@ mod imp {
         pgid > 0 && killpg(Pid::from_raw(pgid), signal).is_ok()
     }
 
-    /// Kills the whole process group: SIGTERM, up to `grace` for it to go, then SIGKILL, and
-    /// a short wait until no member is left.
-    async fn kill_group(pgid: i32, child: &mut Child, grace: Duration) {
+    /// Kills everything the task started: SIGTERM to its process group and to every process of
+    /// its cgroup, up to `grace` for them to go, then SIGKILL to the group and the whole cgroup,
+    /// and a short wait until nothing is left. Without a cgroup, a process that left the group
+    /// (`setsid`) is out of reach.
+    async fn kill_tree(pgid: i32, cgroup: Option<&TaskCgroup>, child: &mut Child, grace: Duration) {
+        let is_left = || signal_group(pgid, None) || cgroup.is_some_and(TaskCgroup::is_populated);
         signal_group(pgid, Some(Signal::SIGTERM));
+        if let Some(cgroup) = cgroup {
+            cgroup.signal_all(Signal::SIGTERM);
+        }
         let gone = async {
             let _ = child.wait().await;
-            while signal_group(pgid, None) {
+            while is_left() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -301,42 +479,17 @@ mod imp {
             return;
         }
         signal_group(pgid, Some(Signal::SIGKILL));
+        if let Some(cgroup) = cgroup {
+            cgroup.kill();
+        }
         let _ = child.wait().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while signal_group(pgid, None) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The script in a private temporary file, removed when dropped.
-    struct Script {
-        path: PathBuf,
-    }
-
-    impl Script {
-        fn create(task: &str, extension: &str, content: &str, account: &Account) -> std::io::Result<Script> {
-            use std::io::Write as _;
-            let mut suffix = [0u8; 8];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
-            let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-            let path = std::env::temp_dir().join(format!("fleetrun-{task}-{suffix}.{extension}"));
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o700)
-                .open(&path)?;
-            let script = Script { path };
-            file.write_all(content.as_bytes())?;
-            if account.switch.is_some() {
-                std::os::unix::fs::fchown(&file, Some(account.uid.as_raw()), Some(account.gid.as_raw()))?;
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        while is_left() && tokio::time::Instant::now() < deadline {
+            // Without `cgroup.kill`, processes forked since the last pass need their own signal.
+            if let Some(cgroup) = cgroup {
+                cgroup.kill();
             }
-            Ok(script)
-        }
-    }
-
-    impl Drop for Script {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.path);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -356,5 +509,90 @@ mod imp {
                 error_info: info,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::{pending, ready};
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    async fn after(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await
+    }
+
+    #[tokio::test]
+    async fn a_shell_that_exits_with_its_output_closed_ends_the_task() {
+        let stop = CancellationToken::new();
+
+        let waited = wait_for(ready(0), ready(()), LONG, LONG, &stop).await;
+
+        assert_eq!(
+            waited,
+            Waited::Exited {
+                status: 0,
+                is_detached: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn output_held_open_past_the_grace_detaches_and_the_task_still_exits() {
+        let stop = CancellationToken::new();
+
+        let waited = wait_for(ready(3), pending(), LONG, Duration::from_millis(20), &stop).await;
+
+        assert_eq!(
+            waited,
+            Waited::Exited {
+                status: 3,
+                is_detached: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn output_that_closes_within_the_grace_is_waited_for_even_past_the_timeout() {
+        let stop = CancellationToken::new();
+
+        let waited = wait_for(ready(0), after(30), Duration::from_millis(1), LONG, &stop).await;
+
+        assert_eq!(
+            waited,
+            Waited::Exited {
+                status: 0,
+                is_detached: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_after_the_shell_exited_does_not_cut_the_task() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+
+        let waited = wait_for(ready(0), after(10), LONG, LONG, &stop).await;
+
+        assert_eq!(
+            waited,
+            Waited::Exited {
+                status: 0,
+                is_detached: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_or_a_stop_cuts_a_shell_that_still_runs() {
+        let (running, stopped) = (CancellationToken::new(), CancellationToken::new());
+        stopped.cancel();
+
+        let timed_out = wait_for(pending::<i32>(), ready(()), Duration::from_millis(10), LONG, &running).await;
+        let cut = wait_for(pending::<i32>(), pending(), LONG, LONG, &stopped).await;
+
+        assert_eq!(timed_out, Waited::Cut(TaskEnd::TimedOut));
+        assert_eq!(cut, Waited::Cut(TaskEnd::Stopped));
     }
 }

@@ -7,9 +7,13 @@
 
 #[cfg(unix)]
 mod account;
+#[cfg(unix)]
+mod cgroup;
 mod exec;
 mod host;
 mod identity;
+#[cfg(unix)]
+mod script;
 mod session;
 mod spool;
 
@@ -31,15 +35,68 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         identity = identity::load_or_enrol(&args, &http) => identity?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    // The id names the agent's cgroups and script directory, so it must be a plain name.
+    anyhow::ensure!(
+        spool::is_task_id(&identity.instance_id),
+        "the stored instance id {:?} is malformed: remove {} and enrol again",
+        identity.instance_id,
+        args.state_dir.join("identity.json").display()
+    );
+    // Opening the spool kills what tasks of a crashed run left, before the sweeps below.
     let spool = spool::Spool::open(&args.state_dir.join("spool")).context("cannot open the output spool")?;
     let exec = Arc::new(exec::ExecConfig {
         kill_grace: Duration::from_secs(args.kill_grace_secs),
+        output_grace: Duration::from_millis(args.output_grace_ms),
         pwsh: host::which("pwsh"),
+        #[cfg(unix)]
+        cgroups: containment(&identity.instance_id),
+        #[cfg(unix)]
+        scripts: scripts(&identity.instance_id),
         shutting_down: Default::default(),
     });
-    session::Agent::new(args, identity, spool, exec, tls)
+    let ended = session::Agent::new(args, identity, spool, exec.clone(), tls)
         .run(shutdown)
-        .await
+        .await;
+    // A stopped agent leaves no empty directory in the temp dir; one still holding scripts stays
+    // for the next start's sweep.
+    #[cfg(unix)]
+    let _ = std::fs::remove_dir(exec.scripts.path());
+    ended
+}
+
+/// Task cgroups where cgroup v2 is available to the agent, saying in one line which containment
+/// is in use (and what the fallback cannot do).
+#[cfg(unix)]
+fn containment(instance_id: &str) -> Option<cgroup::Cgroups> {
+    match cgroup::Cgroups::setup(instance_id) {
+        Ok(cgroups) => {
+            tracing::info!(
+                cgroups = %cgroups.parent().display(),
+                kill = if cgroups.has_kill() { "cgroup.kill" } else { "each process" },
+                "each command runs in a cgroup v2 of its own: Stop and Timeout kill every process it started"
+            );
+            Some(cgroups)
+        }
+        Err(reason) => {
+            tracing::warn!(
+                "cgroup v2 is not available to the agent ({reason}): each command runs in a process group of \
+                 its own, and a process that leaves it (setsid) escapes Stop and Timeout"
+            );
+            None
+        }
+    }
+}
+
+/// The agent's script directory, swept of what a killed run of it left.
+#[cfg(unix)]
+fn scripts(instance_id: &str) -> script::ScriptDir {
+    let scripts = script::ScriptDir::new(instance_id);
+    match scripts.sweep() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, dir = %scripts.path().display(), "removed scripts a previous run left"),
+        Err(e) => tracing::warn!(dir = %scripts.path().display(), "cannot use the script directory: {e}"),
+    }
+    scripts
 }
 
 /// Refuses URLs the agent cannot use, and plain HTTP to another machine unless allowed: the

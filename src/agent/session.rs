@@ -137,7 +137,7 @@ impl Agent {
     /// Spools a task event and returns the message to send for it.
     fn record(&mut self, task: &str, event: TaskEvent) -> anyhow::Result<AgentMessage> {
         let message = match event {
-            TaskEvent::Started { pgid } => self.spool.started(task, pgid),
+            TaskEvent::Started { pgid, cgroup } => self.spool.started(task, pgid, cgroup),
             TaskEvent::Output(stream, data) => self.spool.append(task, stream, data),
             TaskEvent::Finished { exit_code, end } => {
                 self.running.remove(task);

@@ -299,6 +299,70 @@ impl AgentProcess {
     }
 }
 
+impl Drop for AgentProcess {
+    /// Kills the agent, and removes what it keeps across restarts and so would leave behind:
+    /// its script directory in the temp dir, and the cgroups of its tasks with what still runs
+    /// in them (a command cut off by the kill, a background process).
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let identity = std::fs::read_to_string(self.state.path().join("identity.json")).unwrap_or_default();
+        let id = serde_json::from_str::<Value>(&identity)
+            .ok()
+            .and_then(|v| v["instance_id"].as_str().map(String::from));
+        if let Some(id) = id {
+            let _ = std::fs::remove_dir_all(script_dir(&id));
+            remove_task_cgroups(&id);
+        }
+    }
+}
+
+/// Where the agent with this instance id keeps its scripts.
+pub fn script_dir(instance_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fleetrun-agent-{instance_id}"))
+}
+
+/// The cgroup v2 mount and the cgroup of this process (which the agents it starts are in), as
+/// `/proc/self/mountinfo` and `/proc/self/cgroup` tell them; `None` without cgroup v2.
+pub fn cgroup_v2() -> Option<(PathBuf, String)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        filesystem
+            .starts_with("cgroup2 ")
+            .then(|| mount.split(' ').nth(4).map(PathBuf::from))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+    Some((mount, own))
+}
+
+/// Kills what is left in the task cgroups of agent `instance_id` and removes them.
+fn remove_task_cgroups(instance_id: &str) {
+    let Some((mount, own)) = cgroup_v2() else {
+        return;
+    };
+    let parent = mount.join(own.trim_start_matches('/')).join("fleetrun");
+    let prefix = format!("{instance_id}.");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let cgroup = entry.path();
+        let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
+            if !events.contains("populated 1") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&cgroup);
+    }
+}
+
 pub fn agent_command(server: &str, activation: Option<&ActivationCreated>, state: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fleetrun-agent"));
     command

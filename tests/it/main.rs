@@ -12,6 +12,7 @@ mod console_flows;
 mod console_http;
 mod engine;
 mod faults;
+mod faults_exec;
 mod helpers;
 mod hostile;
 mod parity;

@@ -27,6 +27,9 @@ struct Meta {
     /// an agent restarted after a crash can kill what the task left running, and only that.
     #[serde(default)]
     process_group: Option<(i32, u64)>,
+    /// The task's cgroup, where it ran in one: a crashed agent's task is killed whole through it.
+    #[serde(default)]
+    cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,11 +64,18 @@ fn start_time(pid: i32) -> Option<u64> {
     stat.rsplit_once(") ")?.1.split(' ').nth(19)?.parse().ok()
 }
 
-/// Kills the process group a crashed agent's task left behind, if its leader is still the same
-/// process (a reused pid has another start time).
-fn kill_leftovers(pgid: i32, start: u64) {
-    if pgid > 0 && start_time(pgid) == Some(start) {
+/// Kills what a crashed agent's task left running: its process group, if the leader is still
+/// the same process (a reused pid has another start time), and everything in its cgroup.
+fn kill_leftovers(meta: &Meta) {
+    let leader = meta
+        .process_group
+        .filter(|&(pgid, start)| pgid > 0 && start_time(pgid) == Some(start));
+    if let Some((pgid, _)) = leader {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(unix)]
+    if let Some(cgroup) = &meta.cgroup {
+        super::cgroup::kill_leftover(cgroup);
     }
 }
 
@@ -103,9 +113,7 @@ impl Spool {
             let log = OutputLog::reload(&spool.out_path(task))?;
             let interrupted = meta.started && meta.finished.is_none();
             if interrupted {
-                if let Some((pgid, start)) = meta.process_group {
-                    kill_leftovers(pgid, start);
-                }
+                kill_leftovers(&meta);
                 meta.finished = Some(Finish {
                     exit_code: None,
                     end: TaskEnd::Error {
@@ -162,11 +170,13 @@ impl Spool {
         self.tasks.keys().cloned().collect()
     }
 
-    /// Records that the task's process started, leading process group `pgid`.
-    pub fn started(&mut self, task: &str, pgid: i32) -> io::Result<AgentMessage> {
+    /// Records that the task's process started, leading process group `pgid`, in `cgroup`
+    /// where it has one.
+    pub fn started(&mut self, task: &str, pgid: i32, cgroup: Option<PathBuf>) -> io::Result<AgentMessage> {
         let meta = &mut self.entry(task)?.meta;
         meta.started = true;
         meta.process_group = start_time(pgid).map(|start| (pgid, start));
+        meta.cgroup = cgroup;
         self.save_meta(task)?;
         Ok(TaskStarted { task: task.to_string() }.into())
     }
@@ -291,7 +301,7 @@ mod tests {
     fn unacknowledged_output_is_resent_in_order_and_acks_forget_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path()).unwrap();
-        spool.started("t-a", 0).unwrap();
+        spool.started("t-a", 0, None).unwrap();
         for piece in ["one", "two", "three"] {
             spool.append("t-a", OutputStream::Stdout, Bytes::from(piece)).unwrap();
         }
@@ -313,7 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut spool = Spool::open(dir.path()).unwrap();
-            spool.started("t-a", 0).unwrap();
+            spool.started("t-a", 0, None).unwrap();
             spool
                 .append("t-a", OutputStream::Stderr, Bytes::from("partial"))
                 .unwrap();
