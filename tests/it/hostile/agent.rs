@@ -280,6 +280,14 @@ async fn the_agent_socket_refuses_bad_credentials_and_garbage_frames() {
         data: "x".into(),
     }
     .encode_binary();
+    // 600 KiB of output in one chunk: within the 1 MiB frame limit, over the 256 KiB chunk limit.
+    let oversized_output = Output {
+        task: "t-x".into(),
+        seq: 0,
+        stream: OutputStream::Stdout,
+        data: vec![b'x'; 600 * 1024].into(),
+    }
+    .encode_binary();
     let mut v1 = hello();
     v1.protocol_version = 1;
     let binary_from_v1 = [text_frame(&text_of(v1)), frame(0x82, &binary_output, true)].concat();
@@ -311,6 +319,7 @@ async fn the_agent_socket_refuses_bad_credentials_and_garbage_frames() {
         ("a binary frame", Frames::AfterHello(frame(0x82, b"\xde\xad\xbe\xef", true))),
         ("binary output from an agent that speaks protocol version 1", Frames::First(binary_from_v1)),
         ("binary output whose task id runs past the frame", Frames::AfterHello(frame(0x82, &overlong_task[..14], true))),
+        ("a 600 KiB output chunk (limit 256 KiB)", Frames::AfterHello(frame(0x82, &oversized_output, true))),
         ("binary output of an unknown kind", Frames::AfterHello(frame(0x82, &[[7].as_slice(), &binary_output[1..]].concat(), true))),
         ("a 2 MiB text frame (limit 1 MiB)", Frames::AfterHello(frame(0x81, &vec![b'x'; 2 * MIB], true))),
         ("a frame header announcing 2^62 bytes", Frames::AfterHello(huge_header)),
