@@ -569,6 +569,55 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_takes_an_acknowledged_skip_for_a_duplicate_and_keeps_every_record_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("t-a.out");
+        let keep = OutputKept { head: 10, tail: 10 };
+        let mut log = OutputLog::create(&base).unwrap();
+        let append = |log: &mut OutputLog, n: u64| {
+            log.append(OutputStream::Stdout, format!("record {n:02}\n").as_bytes())
+                .unwrap();
+            log.compact(keep);
+        };
+        // Ten records of 10 bytes: 1–8 lie in the middle. The skip is saved, then acknowledged.
+        for n in 0..10 {
+            append(&mut log, n);
+        }
+        log.save_skip().unwrap();
+        log.ack(9);
+        // A newer skip (9–10) is not saved before the agent dies.
+        for n in 10..12 {
+            append(&mut log, n);
+        }
+        let live: Vec<Unacked> = log.unacked().collect();
+
+        let reloaded = OutputLog::reload(&base).unwrap();
+        let after: Vec<Unacked> = reloaded.unacked().collect();
+
+        let skip = |seq, chunks, offset, bytes| {
+            Unacked::Skip(Skip {
+                seq,
+                chunks,
+                offset,
+                bytes,
+            })
+        };
+        assert_eq!(live.iter().map(Unacked::seq).collect::<Vec<_>>(), [9, 11]);
+        assert_eq!(live[0], skip(9, 2, 90, 20));
+        // Record 0 and the old skip come back (the server ignores both as duplicates), then
+        // records 9–11, which the old skip does not cover, from the segment.
+        assert_eq!(
+            after.iter().map(|u| (u.seq(), u.end_seq())).collect::<Vec<_>>(),
+            [(0, 1), (1, 9), (9, 10), (10, 11), (11, 12)]
+        );
+        assert_eq!(after[1], skip(1, 8, 10, 80));
+        let Unacked::Record(last) = after[4] else { panic!() };
+        assert_eq!(reloaded.read(&last).unwrap(), b"record 11\n");
+        assert_eq!(reloaded.next_seq(), 12);
+        assert_eq!(reloaded.total, Some(120));
+    }
+
+    #[test]
     fn a_record_cut_short_by_a_crash_is_dropped_and_the_log_continues_after_the_last_whole_one() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("t-a.out");
