@@ -2,7 +2,7 @@
 //! output is lost or doubled.
 
 use crate::helpers::{AgentProcess, Proxy, TestApp, agent_command, eventually, live_processes, sha256, unique_seconds};
-use fleetrun::protocol::api::{InstanceStatus, RunCommandRequest};
+use fleetrun::protocol::api::{InstanceStatus, RunCommandRequest, StreamEvent};
 use fleetrun::protocol::{ErrorCode, ResultStatus};
 use std::path::Path;
 use std::time::Duration;
@@ -185,6 +185,22 @@ async fn a_flood_while_cut_off_is_spooled_as_head_and_tail_and_ends_as_if_never_
         inv.results?[0].output.starts_with("ready").then_some(())
     })
     .await;
+    // A watcher that stays connected throughout: (offset, bytes) of every output event.
+    let watcher = tokio::spawn({
+        let (client, invoke_id) = (app.client.clone(), created.invoke_id.clone());
+        async move {
+            let mut seen = Vec::new();
+            client
+                .stream(&invoke_id, None, |event| {
+                    if let StreamEvent::Output { offset, data, .. } = event {
+                        seen.push((*offset, data.clone()));
+                    }
+                })
+                .await
+                .unwrap();
+            seen
+        }
+    });
     proxy.cut();
     std::fs::write(&go_file, b"").unwrap();
     // While cut, the whole flood goes through the agent's spool: its size is sampled until the
@@ -211,6 +227,10 @@ async fn a_flood_while_cut_off_is_spooled_as_head_and_tail_and_ends_as_if_never_
     proxy.restore();
     let inv = app.wait_done(&created.invoke_id, Duration::from_secs(30)).await;
     let kept = app.client.output(&created.invoke_id, &id).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("the watcher's stream ends with the invocation")
+        .unwrap();
 
     eprintln!(
         "protocol {protocol}: {} bytes printed while cut off; the agent's state dir held at most {most} bytes ({at_end} at the end)",
@@ -230,6 +250,26 @@ async fn a_flood_while_cut_off_is_spooled_as_head_and_tail_and_ends_as_if_never_
         "the kept output is not the first and last 512 KiB printed"
     );
     assert_eq!(result.dropped, printed.len() as u64 - head - tail);
+    // The watcher saw every byte it was shown at its place, in order, nothing twice, the head
+    // and the tail whole, and the skipped middle as a jump in offsets.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (offset, data) in &seen {
+        let shown = runs.last().map_or(0, |run| run.1);
+        assert!(*offset >= shown, "offset {offset} shown again (up to {shown} already)");
+        assert!(
+            data[..] == printed[*offset as usize..*offset as usize + data.len()],
+            "bytes at {offset}"
+        );
+        let end = offset + data.len() as u64;
+        match runs.last_mut() {
+            Some(run) if run.1 == *offset => run.1 = end,
+            _ => runs.push((*offset, end)),
+        }
+    }
+    let total = printed.len() as u64;
+    let covered = |from: u64, to: u64| runs.iter().any(|run| run.0 <= from && run.1 >= to);
+    assert!(covered(0, head) && covered(total - tail, total), "{runs:?}");
+    assert!(runs.len() > 1, "the middle shows as a gap");
 }
 
 #[tokio::test]
