@@ -200,7 +200,9 @@ impl Dispatcher {
                 return self.queue(session, m.task, write).await;
             }
             AgentMessage::OutputSkipped(m) if !m.is_plausible() => {
-                return Err(SessionError::Protocol("an output skip of no chunks or bytes"));
+                return Err(SessionError::Protocol(
+                    "an output skip of no chunks, of fewer bytes than chunks, or past the largest offset",
+                ));
             }
             AgentMessage::OutputSkipped(m) => {
                 let Some(result_id) = self.own_task(session, &m.task).await? else {
