@@ -183,6 +183,9 @@ impl Agent {
                 if let Some(server_ms) = welcome.server_time_ms {
                     self.clock_offset_ms = server_ms - wall_ms();
                 }
+                if let Err(e) = self.spool.set_limits(welcome.output_limits) {
+                    tracing::warn!("cannot remember the server's output limits: {e}");
+                }
                 (
                     Duration::from_secs(welcome.heartbeat_secs.max(1)),
                     welcome.protocol_version,

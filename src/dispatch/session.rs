@@ -199,6 +199,26 @@ impl Dispatcher {
                 };
                 return self.queue(session, m.task, write).await;
             }
+            AgentMessage::OutputSkipped(m) if !m.is_plausible() => {
+                return Err(SessionError::Protocol(
+                    "an output skip of no chunks, of fewer bytes than chunks, or past the largest offset",
+                ));
+            }
+            AgentMessage::OutputSkipped(m) => {
+                let Some(result_id) = self.own_task(session, &m.task).await? else {
+                    return Ok(());
+                };
+                // Whether it fits the output stored (past the head, continuing it) is the
+                // store's rule, applied in order with the chunks around it.
+                let write = AgentWrite::Skipped {
+                    result_id,
+                    seq: m.seq,
+                    chunks: m.chunks,
+                    offset: m.offset,
+                    bytes: m.bytes,
+                };
+                return self.queue(session, m.task, write).await;
+            }
             AgentMessage::TaskFinished(m) => {
                 let Some(result_id) = self.own_task(session, &m.task).await? else {
                     return Ok(());

@@ -152,6 +152,11 @@ impl Dispatcher {
                         changes.push(change(item, status, exit_code, error_code, error_info));
                     }
                 }
+                Applied::Skipped { next_seq } => acks.add(item, next_seq, false),
+                Applied::Refused { reason } => {
+                    tracing::warn!(instance_id = %item.instance_id, task = %item.task, reason, "protocol violation; closing the agent's connection");
+                    let _ = item.reply.try_send(Outbound::Close(reason));
+                }
                 Applied::Gap { .. } | Applied::Early { .. } => {
                     tracing::warn!(instance_id = %item.instance_id, task = %item.task, "output out of sequence; asking the agent to re-send");
                     let _ = item.reply.try_send(Outbound::Close("output out of sequence"));

@@ -29,6 +29,7 @@ pub enum AgentMessage {
     Heartbeat,
     TaskStarted(TaskStarted),
     Output(Output),
+    OutputSkipped(OutputSkipped),
     TaskFinished(TaskFinished),
 }
 
@@ -134,7 +135,8 @@ pub struct Welcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconnect_window_ms: Option<u64>,
     /// The output the server keeps per result (head and tail bytes): an agent cut off during
-    /// a flood spools no more than that (and counts the rest as dropped).
+    /// a flood spools no more than that and reports the rest with [`OutputSkipped`]. A server
+    /// that sends this understands `OutputSkipped`; without it, the agent keeps everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_limits: Option<OutputKept>,
 }
@@ -199,6 +201,33 @@ pub struct Output {
     pub stream: OutputStream,
     #[serde(with = "super::base64_bytes")]
     pub data: Bytes,
+}
+
+/// Output chunks the agent did not keep, sent in their place and in their order: chunks
+/// `seq..seq + chunks` began at byte `offset` of the task's output and carried `bytes` bytes,
+/// all in the middle the server drops (at or past the head, ending before the last `tail`
+/// bytes; see [`OutputKept`]). An agent sends it only to a server whose `Welcome` named its
+/// `output_limits`; it is JSON on every protocol version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSkipped {
+    pub task: TaskId,
+    pub seq: u64,
+    /// How many chunks were skipped (at least 1).
+    pub chunks: u64,
+    /// Where the first skipped chunk began in the task's output.
+    pub offset: u64,
+    /// How many bytes the skipped chunks carried (at least one per chunk).
+    pub bytes: u64,
+}
+
+impl OutputSkipped {
+    /// Whether the numbers can describe real chunks: at least one, none empty, no overflow.
+    pub fn is_plausible(&self) -> bool {
+        self.chunks >= 1
+            && self.bytes >= self.chunks
+            && self.seq.checked_add(self.chunks).is_some()
+            && self.offset.checked_add(self.bytes).is_some()
+    }
 }
 
 /// First byte of a binary frame holding [`Output`].
@@ -292,6 +321,7 @@ impl_from!(AgentMessage {
     Hello,
     TaskStarted,
     Output,
+    OutputSkipped,
     TaskFinished
 });
 impl_from!(ServerMessage {
@@ -447,6 +477,47 @@ mod tests {
             "[]",
         ] {
             assert!(AgentMessage::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_skip_is_json_on_every_version_and_implausible_numbers_are_caught() {
+        let skip = OutputSkipped {
+            task: "t-1".into(),
+            seq: 3,
+            chunks: 2,
+            offset: 600,
+            bytes: 9,
+        };
+        let message = AgentMessage::from(skip.clone());
+
+        for version in [1, 2] {
+            let Frame::Text(text) = message.to_frame(version) else {
+                panic!("a skip is a text frame")
+            };
+            assert!(text.contains(r#""type":"output_skipped""#), "{text}");
+            assert_eq!(AgentMessage::decode(&text).unwrap(), message);
+        }
+        assert!(skip.is_plausible());
+        for bad in [
+            OutputSkipped {
+                chunks: 0,
+                ..skip.clone()
+            },
+            OutputSkipped {
+                bytes: 1,
+                ..skip.clone()
+            },
+            OutputSkipped {
+                seq: u64::MAX,
+                ..skip.clone()
+            },
+            OutputSkipped {
+                offset: u64::MAX,
+                ..skip.clone()
+            },
+        ] {
+            assert!(!bad.is_plausible(), "{bad:?}");
         }
     }
 

@@ -4,7 +4,9 @@
 //! whole output. Only the head (bytes before `head`) and the tail (the last `tail` bytes) are
 //! kept; the middle is counted in `results.dropped`. Chunks carry per-task sequence numbers:
 //! one already stored is a duplicate (a re-send after a reconnect) and is skipped, so nothing
-//! is stored twice.
+//! is stored twice. An agent cut off during a flood sends one `Skipped` in place of the chunks
+//! it gave up (they lay wholly in the middle): it advances the sequence and the byte count like
+//! those chunks and stores nothing.
 
 use super::{MultiRow, Result, Store, parse_name, statement_chunks};
 use crate::protocol::{ErrorCode, OutputStream, ResultStatus, TaskEnd};
@@ -43,6 +45,15 @@ pub enum AgentWrite {
         end: TaskEnd,
         at: i64,
     },
+    /// Chunks `seq..seq + chunks`, `bytes` bytes from byte `offset` on, that the agent did not
+    /// keep (`protocol::agent::OutputSkipped`).
+    Skipped {
+        result_id: i64,
+        seq: u64,
+        chunks: u64,
+        offset: u64,
+        bytes: u64,
+    },
 }
 
 /// What became of one [`AgentWrite`], in the same order as the batch.
@@ -54,6 +65,11 @@ pub enum Applied {
     Chunk { offset: Option<u64>, next_seq: u64 },
     /// The sequence number skipped ahead: chunks are missing, so the agent must re-send.
     Gap { next_seq: u64 },
+    /// A skip was applied, or was already (a re-send).
+    Skipped { next_seq: u64 },
+    /// The report breaks the protocol (a skip into the head, or one that does not fit the
+    /// output stored): nothing was applied, and the connection must close.
+    Refused { reason: &'static str },
     /// `changed` is the new status, error code and error info when this end moved the result;
     /// `None` when it was already terminal.
     Finished {
@@ -150,6 +166,46 @@ impl State {
         self.pieces.push((offset, stream, data.to_vec()));
     }
 
+    /// Counts chunks `seq..seq + chunks` (`bytes` bytes from `offset` on) as output not kept.
+    /// The server may already have the first of them (the agent gave them up before it heard
+    /// the ack): then only the rest counts. The agent only skips bytes the server drops, but it
+    /// is not taken on trust: a skip into the head, or one whose bytes do not continue the
+    /// output stored, is refused.
+    fn skip(&mut self, seq: u64, chunks: u64, offset: u64, bytes: u64, limits: OutputLimits) -> Applied {
+        let (end_seq, end) = (seq.saturating_add(chunks), offset.saturating_add(bytes));
+        if end_seq <= self.next_seq {
+            return Applied::Skipped {
+                next_seq: self.next_seq,
+            };
+        }
+        if seq > self.next_seq {
+            return Applied::Gap {
+                next_seq: self.next_seq,
+            };
+        }
+        if offset < limits.head {
+            return Applied::Refused {
+                reason: "output skipped inside the kept head",
+            };
+        }
+        let continues = if seq == self.next_seq {
+            offset == self.output_bytes
+        } else {
+            (offset + 1..end).contains(&self.output_bytes)
+        };
+        if !continues {
+            return Applied::Refused {
+                reason: "output skipped at an offset that does not continue the stored output",
+            };
+        }
+        self.output_bytes = end;
+        self.next_seq = end_seq;
+        self.output_changed = true;
+        Applied::Skipped {
+            next_seq: self.next_seq,
+        }
+    }
+
     /// Applies one report in memory; the batch's rows are written afterwards.
     fn apply(&mut self, write: &AgentWrite, limits: OutputLimits) -> Applied {
         match write {
@@ -184,6 +240,13 @@ impl State {
                     }
                 }
             }
+            AgentWrite::Skipped {
+                seq,
+                chunks,
+                offset,
+                bytes,
+                ..
+            } => self.skip(*seq, *chunks, *offset, *bytes, limits),
             AgentWrite::Finished {
                 chunks,
                 exit_code,
@@ -485,6 +548,7 @@ impl AgentWrite {
         match self {
             AgentWrite::Started { result_id, .. }
             | AgentWrite::Chunk { result_id, .. }
+            | AgentWrite::Skipped { result_id, .. }
             | AgentWrite::Finished { result_id, .. } => *result_id,
         }
     }
@@ -565,6 +629,107 @@ mod tests {
         );
         assert_eq!(gap[0], Applied::Gap { next_seq: 1 });
         assert_eq!(store.output(id).await.unwrap(), b"ab");
+    }
+
+    fn skip(result_id: i64, seq: u64, chunks: u64, offset: u64, bytes: u64) -> AgentWrite {
+        AgentWrite::Skipped {
+            result_id,
+            seq,
+            chunks,
+            offset,
+            bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_skip_counts_its_chunks_as_dropped_output_and_a_resent_one_is_ignored() {
+        let (store, _dir) = test_store().await;
+        let id = running_result(&store).await;
+
+        // Head, three chunks (30 bytes) the agent did not keep, tail.
+        let applied = store
+            .apply_agent_writes(
+                &[
+                    chunk(id, 0, b"0123456789"),
+                    skip(id, 1, 3, 10, 30),
+                    chunk(id, 4, b"abcdefghij"),
+                ],
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        let again = store
+            .apply_agent_writes(&[skip(id, 1, 3, 10, 30)], LIMITS)
+            .await
+            .unwrap();
+        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
+
+        assert_eq!(applied[1], Applied::Skipped { next_seq: 4 });
+        assert_eq!(
+            applied[2],
+            Applied::Chunk {
+                offset: Some(40),
+                next_seq: 5
+            }
+        );
+        assert_eq!(
+            again[0],
+            Applied::Skipped { next_seq: 5 },
+            "a duplicate changes nothing"
+        );
+        assert_eq!(store.output(id).await.unwrap(), b"0123456789abcdefghij");
+        assert_eq!((result.output_bytes, result.dropped), (50, 30));
+    }
+
+    #[tokio::test]
+    async fn a_skip_whose_first_chunks_arrived_counts_only_the_rest() {
+        let (store, _dir) = test_store().await;
+        let id = running_result(&store).await;
+        store
+            .apply_agent_writes(&[chunk(id, 0, b"0123456789"), chunk(id, 1, b"xxxxx")], LIMITS)
+            .await
+            .unwrap();
+
+        // The agent gave up chunks 1–3 before it heard that chunk 1 was stored.
+        let applied = store
+            .apply_agent_writes(&[skip(id, 1, 3, 10, 30), chunk(id, 4, b"abcdefghij")], LIMITS)
+            .await
+            .unwrap();
+        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
+
+        assert_eq!(applied[0], Applied::Skipped { next_seq: 4 });
+        assert_eq!(store.output(id).await.unwrap(), b"0123456789abcdefghij");
+        assert_eq!((result.output_bytes, result.dropped), (50, 30));
+    }
+
+    #[tokio::test]
+    async fn a_skip_into_the_head_or_off_the_stored_output_is_refused() {
+        let (store, _dir) = test_store().await;
+        let id = running_result(&store).await;
+        store
+            .apply_agent_writes(&[chunk(id, 0, b"01234")], LIMITS)
+            .await
+            .unwrap();
+
+        let refused = store
+            .apply_agent_writes(&[skip(id, 1, 2, 5, 20), skip(id, 1, 2, 12, 20)], LIMITS)
+            .await
+            .unwrap();
+        let after = store
+            .apply_agent_writes(&[chunk(id, 1, b"56789")], LIMITS)
+            .await
+            .unwrap();
+
+        assert!(matches!(refused[0], Applied::Refused { reason } if reason.contains("head")));
+        assert!(matches!(refused[1], Applied::Refused { reason } if reason.contains("offset")));
+        assert_eq!(
+            after[0],
+            Applied::Chunk {
+                offset: Some(5),
+                next_seq: 2
+            },
+            "nothing was applied"
+        );
     }
 
     #[tokio::test]
@@ -648,7 +813,8 @@ mod tests {
         let created = batched.create_invocation(&new).await.unwrap();
         single.create_invocation(&new).await.unwrap();
         // Every result starts; most print a few chunks (the odd ones past the head and into the
-        // tail), some send a duplicate, a gap or an early end; most end, some twice.
+        // tail, some skipping chunks), some send a duplicate, a gap or an early end; most end,
+        // some twice.
         let mut writes = Vec::new();
         for (n, instance) in instances.iter().enumerate() {
             let result_id = created.result_ids[instance];
@@ -658,10 +824,18 @@ mod tests {
                 at,
                 grace_ms: 5,
             });
-            let chunks = (n % 4) as u64;
+            let mut chunks = (n % 4) as u64;
             for seq in 0..chunks {
                 let data: &'static [u8] = if n % 2 == 1 { b"0123456789abcdef" } else { b"hi\n" };
                 writes.push(chunk(result_id, seq, data));
+            }
+            // Some past the head give up two chunks; one of those skips is sent twice.
+            if n % 2 == 1 && chunks > 0 && n % 3 != 1 {
+                writes.push(skip(result_id, chunks, 2, chunks * 16, 40));
+                if n % 3 == 0 {
+                    writes.push(skip(result_id, chunks, 2, chunks * 16, 40));
+                }
+                chunks += 2;
             }
             match n % 5 {
                 0 => writes.push(chunk(result_id, 0, b"dup")),

@@ -4,15 +4,18 @@
 //! Per task, [`log`] keeps the output records (`<task>.out`, and more segments for a task that
 //! prints fast), and `<task>.json` says whether it started and how it ended. Memory holds only
 //! an index of the unacknowledged records, so a long disconnection costs disk, not memory.
+//! Once a server has said what output it keeps (`Welcome.output_limits`, remembered in
+//! `output-limits`), records it would drop are given up as they fall into the middle, so a task
+//! flooding while cut off costs about head + tail + a few segments of disk, not all it printed.
 //! Reads and writes hit the page cache and are small, so they are done inline rather than on a
 //! blocking thread.
 
 mod log;
 
-use crate::protocol::agent::{AgentMessage, Output, TaskFinished, TaskId, TaskStarted};
+use crate::protocol::agent::{AgentMessage, Output, OutputKept, OutputSkipped, TaskFinished, TaskId, TaskStarted};
 use crate::protocol::{ErrorCode, OutputStream, TaskEnd};
 use bytes::Bytes;
-use log::{OutputLog, Record};
+use log::{OutputLog, Record, Skip, Unacked};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
@@ -43,8 +46,14 @@ struct Finish {
 pub enum Resend {
     Started,
     Output(Record),
+    /// Records given up, sent as one `OutputSkipped`.
+    Skipped(Skip),
     Finished,
 }
+
+/// The file, in the spool directory, with the output limits the server last named (JSON). Not
+/// `*.json`, so it is never taken for a task's.
+const LIMITS_FILE: &str = "output-limits";
 
 struct TaskSpool {
     log: OutputLog,
@@ -55,6 +64,9 @@ struct TaskSpool {
 pub struct Spool {
     dir: PathBuf,
     tasks: BTreeMap<TaskId, TaskSpool>,
+    /// What the server last said it keeps of each result's output; `None` (never told, or
+    /// told by a server that does not say) keeps everything. Written by [`Spool::set_limits`].
+    limits: Option<OutputKept>,
 }
 
 /// The start time of a process, from `/proc/<pid>/stat` (field 22), where there is a /proc.
@@ -93,9 +105,13 @@ impl Spool {
     /// started but not ended was cut off by the agent stopping: it ends as interrupted.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
         crate::files::create_private_dir(dir, &[])?;
+        let limits = std::fs::read(dir.join(LIMITS_FILE))
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok());
         let mut spool = Spool {
             dir: dir.to_path_buf(),
             tasks: BTreeMap::new(),
+            limits,
         };
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -160,6 +176,24 @@ impl Spool {
             .ok_or_else(|| io::Error::other(format!("task {task} vanished from the spool")))
     }
 
+    /// Remembers what the server keeps of each result's output (from its `Welcome`), for the
+    /// output spooled from now on, across agent restarts too.
+    pub fn set_limits(&mut self, limits: Option<OutputKept>) -> io::Result<()> {
+        if limits == self.limits {
+            return Ok(());
+        }
+        // In force at once, even should the file not be written (the disk full).
+        self.limits = limits;
+        let path = self.dir.join(LIMITS_FILE);
+        match limits {
+            Some(limits) => std::fs::write(path, serde_json::to_vec(&limits).map_err(io::Error::other)?),
+            None => std::fs::remove_file(path).or_else(|e| match e.kind() {
+                io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        }
+    }
+
     /// Whether the spool holds the task.
     pub fn holds(&self, task: &str) -> bool {
         self.tasks.contains_key(task)
@@ -181,9 +215,15 @@ impl Spool {
         Ok(TaskStarted { task: task.to_string() }.into())
     }
 
-    /// Appends a piece of output and returns it numbered.
+    /// Appends a piece of output and returns it numbered. Unacknowledged output the server
+    /// would drop is given up meanwhile.
     pub fn append(&mut self, task: &str, stream: OutputStream, data: Bytes) -> io::Result<AgentMessage> {
-        let seq = self.entry(task)?.log.append(stream, &data)?;
+        let limits = self.limits;
+        let log = &mut self.entry(task)?.log;
+        let seq = log.append(stream, &data)?;
+        if let Some(limits) = limits {
+            log.compact(limits);
+        }
         Ok(Output {
             task: task.to_string(),
             seq,
@@ -201,6 +241,9 @@ impl Spool {
             end: end.clone(),
         });
         let chunks = t.log.next_seq();
+        // Nothing is appended any more: the skip is saved now, so a restarted agent re-sends
+        // exactly what this one would.
+        t.log.save_skip()?;
         self.save_meta(task)?;
         Ok(TaskFinished {
             task: task.to_string(),
@@ -232,7 +275,10 @@ impl Spool {
             return Vec::new();
         };
         let started = t.meta.started.then_some(Resend::Started);
-        let output = t.log.unacked().map(|r| Resend::Output(*r));
+        let output = t.log.unacked().map(|u| match u {
+            Unacked::Record(r) => Resend::Output(r),
+            Unacked::Skip(s) => Resend::Skipped(s),
+        });
         let finished = t.meta.finished.as_ref().map(|_| Resend::Finished);
         started.into_iter().chain(output).chain(finished).collect()
     }
@@ -250,6 +296,14 @@ impl Spool {
                 seq: record.seq,
                 stream: record.stream,
                 data: t.log.read(record)?.into(),
+            }
+            .into(),
+            Resend::Skipped(skip) => OutputSkipped {
+                task: task.to_string(),
+                seq: skip.seq,
+                chunks: skip.chunks,
+                offset: skip.offset,
+                bytes: skip.bytes,
             }
             .into(),
             Resend::Finished => {
@@ -343,6 +397,190 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    const KEEP: OutputKept = OutputKept {
+        head: 512 * 1024,
+        tail: 512 * 1024,
+    };
+
+    /// Output as a process might print it: every byte known by its offset.
+    fn printed(len: usize) -> Vec<u8> {
+        (0..len).map(|k| (k % 251) as u8).collect()
+    }
+
+    fn disk_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Appends `all` in chunks of uneven sizes (up to 256 KiB), acknowledging nothing, and
+    /// returns the most bytes the spool directory held meanwhile.
+    fn flood(spool: &mut Spool, dir: &Path, task: &str, all: &[u8]) -> u64 {
+        let mut most = 0;
+        let (mut at, mut n) = (0, 0usize);
+        while at < all.len() {
+            let len = (1 + (n * 7919) % (256 * 1024)).min(all.len() - at);
+            let data = Bytes::copy_from_slice(&all[at..at + len]);
+            spool.append(task, OutputStream::Stdout, data).unwrap();
+            most = most.max(disk_bytes(dir));
+            (at, n) = (at + len, n + 1);
+        }
+        most
+    }
+
+    /// Checks that a re-send is what the server keeps: output numbered from 0 without a gap,
+    /// each piece at its place in `all`, the first `head` and last `tail` bytes as output, the
+    /// rest in one skip. Returns the plan's shape, e.g. `["started", "output", "skipped",
+    /// "output", "finished"]` (repeats merged).
+    fn check_resend(messages: &[AgentMessage], all: &[u8], keep: OutputKept) -> Vec<&'static str> {
+        let (mut seq, mut offset) = (0u64, 0u64);
+        let mut shape: Vec<&'static str> = Vec::new();
+        for message in messages {
+            let kind = match message {
+                AgentMessage::TaskStarted(_) => "started",
+                AgentMessage::Output(o) => {
+                    assert_eq!(o.seq, seq);
+                    let end = offset + o.data.len() as u64;
+                    assert_eq!(&o.data[..], &all[offset as usize..end as usize], "chunk {seq}");
+                    (seq, offset) = (seq + 1, end);
+                    "output"
+                }
+                AgentMessage::OutputSkipped(s) => {
+                    assert_eq!((s.seq, s.offset), (seq, offset));
+                    assert!(s.offset >= keep.head, "{s:?} skips into the head");
+                    assert!(
+                        s.offset + s.bytes <= all.len() as u64 - keep.tail,
+                        "{s:?} skips into the tail"
+                    );
+                    (seq, offset) = (seq + s.chunks, offset + s.bytes);
+                    "skipped"
+                }
+                AgentMessage::TaskFinished(f) => {
+                    assert_eq!(f.chunks, seq, "every chunk accounted for");
+                    "finished"
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            if shape.last() != Some(&kind) {
+                shape.push(kind);
+            }
+        }
+        assert_eq!(offset, all.len() as u64, "every byte accounted for");
+        shape
+    }
+
+    #[test]
+    fn a_flood_while_unacknowledged_keeps_only_what_the_server_keeps_on_bounded_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.set_limits(Some(KEEP)).unwrap();
+        spool.started("t-a", 0).unwrap();
+        let all = printed(48 << 20);
+
+        let most = flood(&mut spool, dir.path(), "t-a", &all);
+        spool.finished("t-a", Some(0), TaskEnd::Exited).unwrap();
+        let messages = unacknowledged(&spool, "t-a");
+        let reloaded = Spool::open(dir.path()).unwrap();
+
+        let bound = KEEP.head + KEEP.tail + 3 * log::SEGMENT_BYTES;
+        assert!(most <= bound, "{most} bytes on disk at most, over {bound}");
+        assert_eq!(
+            check_resend(&messages, &all, KEEP),
+            ["started", "output", "skipped", "output", "finished"]
+        );
+        let skipped: u64 = messages
+            .iter()
+            .filter_map(|m| match m {
+                AgentMessage::OutputSkipped(s) => Some(s.bytes),
+                _ => None,
+            })
+            .sum();
+        assert!(
+            all.len() as u64 - skipped <= KEEP.head + KEEP.tail + 2 * 256 * 1024,
+            "only head, tail and the records that straddle them are kept"
+        );
+        // Not `assert_eq!`: a failure must not print megabytes.
+        assert!(
+            unacknowledged(&reloaded, "t-a") == messages,
+            "a restarted agent re-sends the same"
+        );
+    }
+
+    #[test]
+    fn an_agent_killed_mid_flood_reloads_its_skip_and_does_not_take_the_gap_for_an_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = printed(24 << 20);
+        {
+            let mut spool = Spool::open(dir.path()).unwrap();
+            spool.set_limits(Some(KEEP)).unwrap();
+            spool.started("t-a", 0).unwrap();
+            flood(&mut spool, dir.path(), "t-a", &all);
+        }
+
+        let spool = Spool::open(dir.path()).unwrap();
+        let messages = unacknowledged(&spool, "t-a");
+
+        // The skip saved may be older than the one in memory was: records it does not cover
+        // are still on disk and come back as output.
+        assert_eq!(
+            check_resend(&messages, &all, KEEP),
+            ["started", "output", "skipped", "output", "finished"]
+        );
+        assert_eq!(spool.limits, Some(KEEP), "the limits are remembered");
+    }
+
+    #[test]
+    fn acknowledgements_forget_the_head_then_the_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.set_limits(Some(OutputKept { head: 4, tail: 4 })).unwrap();
+        for piece in ["hea", "d", "mid", "dle", "tai", "l"] {
+            spool.append("t-a", OutputStream::Stdout, Bytes::from(piece)).unwrap();
+        }
+        let plan = |spool: &Spool| {
+            spool
+                .resend_plan("t-a")
+                .iter()
+                .map(|step| match step {
+                    Resend::Output(r) => format!("{}", r.seq),
+                    Resend::Skipped(s) => format!("skip {}+{} @{} {}B", s.seq, s.chunks, s.offset, s.bytes),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+
+        let before = plan(&spool);
+        spool.ack("t-a", 3, false).unwrap();
+        let inside = plan(&spool);
+        spool.ack("t-a", 4, false).unwrap();
+
+        assert_eq!(before, ["0", "1", "skip 2+2 @4 6B", "4", "5"]);
+        assert_eq!(
+            inside,
+            ["skip 2+2 @4 6B", "4", "5"],
+            "a skip partly stored is re-sent whole"
+        );
+        assert_eq!(plan(&spool), ["4", "5"]);
+    }
+
+    #[test]
+    fn without_limits_everything_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.set_limits(Some(KEEP)).unwrap();
+        spool.set_limits(None).unwrap();
+
+        let all = printed(3 << 20);
+        flood(&mut spool, dir.path(), "t-a", &all);
+
+        assert_eq!(
+            check_resend(&unacknowledged(&spool, "t-a"), &all, OutputKept { head: 0, tail: 0 }),
+            ["output"]
+        );
+        assert!(Spool::open(dir.path()).unwrap().limits.is_none());
     }
 
     #[test]

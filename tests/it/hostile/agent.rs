@@ -315,6 +315,8 @@ async fn the_agent_socket_refuses_bad_credentials_and_garbage_frames() {
         ("an unknown message type", Frames::AfterHello(text_frame(r#"{"type":"rm -rf /"}"#))),
         ("output with invalid Base64", Frames::AfterHello(text_frame(&output("%%%")))),
         ("an empty output chunk", Frames::AfterHello(text_frame(&output("")))),
+        ("an output skip of no chunks", Frames::AfterHello(text_frame(r#"{"type":"output_skipped","task":"t-x","seq":0,"chunks":0,"offset":600000,"bytes":0}"#))),
+        ("an output skip past the largest offset", Frames::AfterHello(text_frame(&format!(r#"{{"type":"output_skipped","task":"t-x","seq":0,"chunks":1,"offset":{},"bytes":2}}"#, u64::MAX)))),
         ("output with a negative seq", Frames::AfterHello(text_frame(&output("eA==").replace("\"seq\":0", "\"seq\":-1")))),
         ("a binary frame", Frames::AfterHello(frame(0x82, b"\xde\xad\xbe\xef", true))),
         ("binary output from an agent that speaks protocol version 1", Frames::First(binary_from_v1)),
