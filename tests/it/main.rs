@@ -13,6 +13,8 @@ mod console_http;
 mod engine;
 mod helpers;
 mod hostile;
+mod netlab;
+mod netns;
 mod parity;
 mod private;
 mod resilience;
