@@ -15,7 +15,7 @@
 
 use crate::helpers::{AgentProcess, TestApp, agent_command, eventually};
 use fleetrun::protocol::PROTOCOL_VERSION;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,12 +45,21 @@ pub struct Lab {
 impl Lab {
     /// Builds the lab in front of `app`, or says why not and returns `None` when this machine
     /// refuses to create network namespaces (not root, no `ip`): the only reason to skip.
+    /// Every other failure to build it panics.
     pub async fn start(app: &TestApp, test: &str) -> Option<Lab> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("frlab-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let (server_ns, agent_ns) = (format!("{name}-s"), format!("{name}-a"));
         if let Err(refusal) = try_ip(&["netns", "add", &server_ns]) {
-            println!(
+            // Any other failure is a failure: a skip must not hide a broken harness.
+            let refused = ["cannot run ip", "not permitted", "Permission denied"];
+            assert!(
+                refused.iter().any(|r| refusal.contains(r)),
+                "ip netns add {server_ns}: {refusal}"
+            );
+            // Straight to stderr, past the test harness's capture, so a passing run shows it.
+            let _ = writeln!(
+                io::stderr(),
                 "SKIPPED {test}: this machine refuses network namespaces ({refusal}); the TCP-proxy tests still run"
             );
             return None;
@@ -93,7 +102,7 @@ impl Lab {
         let listener = TcpListener::from_std(listener).unwrap();
         lab.url = format!("http://{}", listener.local_addr().unwrap());
         lab.forwarder = tokio::spawn(forward(listener, upstream));
-        assert!(lab.reachable().await, "the agent's namespace reaches the forwarder");
+        lab.wait_reachable().await;
         Some(lab)
     }
 
@@ -190,13 +199,11 @@ impl Lab {
         .is_ok()
     }
 
-    /// Waits until the agent's namespace reaches the forwarder again after `restore`.
+    /// Waits until the agent's namespace reaches the forwarder (after `restore`, say).
     pub async fn wait_reachable(&self) {
-        eventually(
-            Duration::from_secs(10),
-            "the restored link to carry a connection",
-            || async { self.reachable().await.then_some(()) },
-        )
+        eventually(Duration::from_secs(10), "the link to carry a connection", || async {
+            self.reachable().await.then_some(())
+        })
         .await;
     }
 }
