@@ -1,10 +1,13 @@
-//! A real network between an agent and the test server, made of two network namespaces this
-//! harness creates and deletes: the link between them can be cut (packets vanish, no RST, as
-//! when a cable is pulled) and restored, or slowed with `tbf`.
+//! A real network between an agent and the test server, made of network namespaces this harness
+//! creates and deletes. A link can fail two ways, neither with a reset: the agent's cable is
+//! pulled (its card loses carrier, so its own kernel knows), or the router in the middle
+//! silently drops everything (a black hole: neither end learns anything until it gives up). It
+//! can also be slowed with `tbf` (this kernel has no `netem`).
 //!
 //! ```text
-//!  host namespace          namespace <lab>-s                namespace <lab>-a
-//!  TestApp 127.0.0.1:P  <- forwarder 10.213.0.1:Q  <-veth->  fleetrun-agent (10.213.0.2)
+//!  host namespace    <lab>-s                 <lab>-r (router)              <lab>-a
+//!  TestApp  <------  forwarder       <--->   10.213.0.2 | 10.213.0.5  <--->  fleetrun-agent
+//!  127.0.0.1:P       10.213.0.1:Q                                          10.213.0.6
 //! ```
 //!
 //! The forwarder's listening socket is created by a thread that joined `<lab>-s` (a socket
@@ -24,18 +27,34 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// The forwarder's address inside `<lab>-s`, and the agent's inside `<lab>-a`. Every lab has
-/// its own pair of namespaces, so labs of tests running in parallel never see each other.
+/// The forwarder's address, in `<lab>-s`.
 const SERVER_SIDE: &str = "10.213.0.1";
-const AGENT_SIDE: &str = "10.213.0.2";
-/// The veth ends, one in each namespace (names are per namespace, so they never collide).
-const SERVER_VETH: &str = "fr-s";
+/// The agent's address, in `<lab>-a`, as the server sees it among the instance's addresses.
+pub const AGENT_SIDE: &str = "10.213.0.6";
+/// The agent's veth end, and the router's end facing it (names are per namespace, so labs
+/// never collide).
 const AGENT_VETH: &str = "fr-a";
+const ROUTER_TO_AGENT: &str = "fr-ra";
 
-/// Two namespaces joined by a veth pair, a forwarder to the test server, and what runs inside
-/// them; all of it killed and deleted on drop, a failed test's too.
+/// How a link fails; neither way sends a reset.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// The agent's cable is pulled: the router's end goes down and the agent's card loses its
+    /// carrier. The agent's own kernel knows (its packets fail at the card), so its TCP keeps
+    /// probing and resumes the moment the cable is back.
+    PulledCable,
+    /// The router stops forwarding and drops every packet in silence (a router without
+    /// forwarding sends no ICMP), so neither end learns anything: TCP retransmits with its
+    /// growing backoff, and new connections hang.
+    BlackHole,
+}
+
+/// Three namespaces in a row, a forwarder to the test server, and what runs inside them; all
+/// of it killed and deleted on drop, a failed test's too. Every lab has its own namespaces, so
+/// labs of tests running in parallel never see each other.
 pub struct Lab {
     server_ns: String,
+    router_ns: String,
     agent_ns: String,
     /// `http://10.213.0.1:Q`, the server as the agent sees it.
     pub url: String,
@@ -49,7 +68,7 @@ impl Lab {
     pub async fn start(app: &TestApp, test: &str) -> Option<Lab> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("frlab-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let (server_ns, agent_ns) = (format!("{name}-s"), format!("{name}-a"));
+        let server_ns = format!("{name}-s");
         if let Err(refusal) = try_ip(&["netns", "add", &server_ns]) {
             // Any other failure is a failure: a skip must not hide a broken harness.
             let refused = ["cannot run ip", "not permitted", "Permission denied"];
@@ -64,36 +83,50 @@ impl Lab {
             );
             return None;
         }
+        remove_stale_labs();
         // From here on every namespace made is deleted by the guard, whatever fails next.
         let mut lab = Lab {
             server_ns,
-            agent_ns,
+            router_ns: format!("{name}-r"),
+            agent_ns: format!("{name}-a"),
             url: String::new(),
             forwarder: tokio::spawn(async {}),
         };
-        ip(&["netns", "add", &lab.agent_ns]);
+        let (s, r, a) = (&lab.server_ns, &lab.router_ns, &lab.agent_ns);
+        ip(&["netns", "add", r]);
+        ip(&["netns", "add", a]);
+        ip(&[
+            "-n", s, "link", "add", "fr-s", "type", "veth", "peer", "name", "fr-rs", "netns", r,
+        ]);
         ip(&[
             "-n",
-            &lab.server_ns,
+            a,
             "link",
             "add",
-            SERVER_VETH,
+            AGENT_VETH,
             "type",
             "veth",
             "peer",
             "name",
-            AGENT_VETH,
+            ROUTER_TO_AGENT,
             "netns",
-            &lab.agent_ns,
+            r,
         ]);
         for (ns, veth, address) in [
-            (&lab.server_ns, SERVER_VETH, SERVER_SIDE),
-            (&lab.agent_ns, AGENT_VETH, AGENT_SIDE),
+            (s, "fr-s", "10.213.0.1/30"),
+            (r, "fr-rs", "10.213.0.2/30"),
+            (r, ROUTER_TO_AGENT, "10.213.0.5/30"),
+            (a, AGENT_VETH, "10.213.0.6/30"),
         ] {
-            ip(&["-n", ns, "addr", "add", &format!("{address}/30"), "dev", veth]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "addr", "add", address, "dev", veth]);
             ip(&["-n", ns, "link", "set", veth, "up"]);
         }
+        for ns in [s, r, a] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", s, "route", "add", "10.213.0.4/30", "via", "10.213.0.2"]);
+        ip(&["-n", a, "route", "add", "10.213.0.0/30", "via", "10.213.0.5"]);
+        lab.set_forwarding(true);
         let upstream = app.url.trim_start_matches("http://").to_string();
         let listener = in_namespace(&lab.server_ns, || std::net::TcpListener::bind((SERVER_SIDE, 0)))
             .await
@@ -134,15 +167,27 @@ impl Lab {
         }
     }
 
-    /// Pulls the cable: the agent's end goes down, its packets and the server side's vanish
-    /// without a reset, and connections hang until someone gives up on them.
-    pub fn cut(&self) {
-        ip(&["-n", &self.agent_ns, "link", "set", AGENT_VETH, "down"]);
+    /// Breaks the link the way `fault` says, until [`Lab::heal`].
+    pub fn break_link(&self, fault: Fault) {
+        match fault {
+            Fault::PulledCable => ip(&["-n", &self.router_ns, "link", "set", ROUTER_TO_AGENT, "down"]),
+            Fault::BlackHole => self.set_forwarding(false),
+        }
     }
 
-    /// Plugs the cable back in; connections that nobody gave up on carry on.
-    pub fn restore(&self) {
-        ip(&["-n", &self.agent_ns, "link", "set", AGENT_VETH, "up"]);
+    /// Undoes [`Lab::break_link`].
+    pub fn heal(&self, fault: Fault) {
+        match fault {
+            Fault::PulledCable => ip(&["-n", &self.router_ns, "link", "set", ROUTER_TO_AGENT, "up"]),
+            Fault::BlackHole => self.set_forwarding(true),
+        }
+    }
+
+    fn set_forwarding(&self, is_on: bool) {
+        // /proc/sys/net is the namespace's own, as seen from inside it.
+        let value = if is_on { "1" } else { "0" };
+        let script = format!("echo {value} > /proc/sys/net/ipv4/ip_forward");
+        ip(&["netns", "exec", &self.router_ns, "sh", "-c", &script]);
     }
 
     /// Limits what the agent sends to `rate` (a `tc` rate such as `1mbit`) with a token bucket
@@ -189,7 +234,7 @@ impl Lab {
     }
 
     /// Whether a TCP connection from the agent's namespace reaches the forwarder now (there is
-    /// no `ping` here); a cut link refuses at once (no route), a live one connects.
+    /// no `ping` here): a broken link fails or times out.
     pub async fn reachable(&self) -> bool {
         let target: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
         in_namespace(&self.agent_ns, move || {
@@ -211,19 +256,38 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.forwarder.abort();
-        for ns in [&self.agent_ns, &self.server_ns] {
-            // The agent, and whatever its tasks left behind: only processes started in here.
-            if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
-                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse() {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                    }
-                }
-            }
-            // Deleting the agent's namespace destroys the veth pair with it.
-            if let Err(e) = run("ip", &["netns", "delete", ns]) {
+        for ns in [&self.agent_ns, &self.router_ns, &self.server_ns] {
+            if let Err(e) = remove_namespace(ns) {
                 eprintln!("could not delete network namespace {ns}: {e}");
             }
+        }
+    }
+}
+
+/// Kills what runs in a namespace of ours (the agent, and whatever its tasks left behind), then
+/// deletes it, which destroys the veth pairs with an end in it.
+fn remove_namespace(ns: &str) -> Result<Output, String> {
+    if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+    }
+    run("ip", &["netns", "delete", ns])
+}
+
+/// Removes the labs of test processes that were killed (no unwinding, so no `Drop`): their
+/// names carry the pid of a process that is gone.
+fn remove_stale_labs() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let pid = name.strip_prefix("frlab-").and_then(|rest| rest.split('-').next());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = remove_namespace(name);
         }
     }
 }

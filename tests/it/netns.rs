@@ -1,13 +1,13 @@
 //! Network faults on a real link (see `netlab`): an agent in its own network namespace whose
-//! cable is pulled, plugged back in, or slowed. Unlike `Proxy::cut`, which closes sockets, a
-//! pulled cable leaves both ends of every connection hanging with no reset, and the agent's
-//! reconnection attempts fail at once (no route) until the link is back.
+//! cable is pulled, whose router turns into a black hole, or whose link is slow. Unlike
+//! `Proxy::cut`, which closes sockets, these leave both ends of every connection hanging with
+//! no reset, until the link heals or someone gives up.
 //!
 //! Where the machine refuses network namespaces, each test says so on stderr and returns; the
 //! TCP-proxy tests in `resilience` cover cut connections there.
 
 use crate::helpers::{TestApp, eventually, sha256};
-use crate::netlab::Lab;
+use crate::netlab::{AGENT_SIDE, Fault, Lab};
 use fleetrun::protocol::api::{InstanceStatus, RunCommandRequest};
 use fleetrun::protocol::{ErrorCode, ResultStatus};
 use std::time::{Duration, Instant};
@@ -28,11 +28,28 @@ async fn output_len(app: &TestApp, invoke_id: &str, instance_id: &str) -> usize 
     app.client.output(invoke_id, instance_id).await.unwrap().len()
 }
 
+/// A 30 s heartbeat: the agent is lost after 90 s of silence, so a 60 s outage is within it.
+/// With the cable pulled, the agent's kernel knows its card has no carrier, and its TCP
+/// resumes within a second of the cable's return.
 #[tokio::test]
-async fn a_sixty_second_cut_mid_output_ends_success_with_every_byte_once_and_in_order() {
-    // A 30 s heartbeat: the agent is lost after 90 s of silence, so a 60 s cut is within it.
-    let app = TestApp::spawn_with(&["--heartbeat-secs", "30"]).await;
-    let Some(lab) = Lab::start(&app, "a_sixty_second_cut_mid_output").await else {
+async fn a_sixty_second_pulled_cable_mid_output_ends_success_with_every_byte_once_and_in_order() {
+    sixty_second_outage_mid_output(Fault::PulledCable, "30", "a_sixty_second_pulled_cable").await;
+}
+
+/// In a black hole nobody learns anything: TCP retransmits at 0.2 s, 0.6 s … 51 s, 102 s, so
+/// data flows again only about 102 s after the outage began, whenever it healed, and neither
+/// the agent nor the server replaces the connection before its three-heartbeat deadline. A
+/// 45 s heartbeat (lost after 135 s) outlasts that. With 30 s (90 s) the server gives up
+/// first and the result ends `Error`/`ClientNotResponse` or not by a race between the sweeper
+/// and the agent's reconnect (issue 11, reported with the netns work).
+#[tokio::test]
+async fn a_sixty_second_black_hole_mid_output_ends_success_with_every_byte_once_and_in_order() {
+    sixty_second_outage_mid_output(Fault::BlackHole, "45", "a_sixty_second_black_hole").await;
+}
+
+async fn sixty_second_outage_mid_output(fault: Fault, heartbeat_secs: &str, test: &str) {
+    let app = TestApp::spawn_with(&["--heartbeat-secs", heartbeat_secs]).await;
+    let Some(lab) = Lab::start(&app, test).await else {
         return;
     };
     let agent = lab.agent(&app).await;
@@ -40,7 +57,7 @@ async fn a_sixty_second_cut_mid_output_ends_success_with_every_byte_once_and_in_
     let id = agent.instance_id().await;
     let instance = app.client.instance(&id).await.unwrap();
     assert!(
-        instance.ip_addresses.iter().any(|a| a == "10.213.0.2"),
+        instance.ip_addresses.iter().any(|a| a == AGENT_SIDE),
         "the agent runs behind the lab's link: {:?}",
         instance.ip_addresses
     );
@@ -55,20 +72,20 @@ async fn a_sixty_second_cut_mid_output_ends_success_with_every_byte_once_and_in_
     })
     .await;
 
-    lab.cut();
+    lab.break_link(fault);
     let cut_at = Instant::now();
-    assert!(!lab.reachable().await, "the cut link carries no connection");
-    // What was in flight when the cable was pulled may still land; then nothing more.
+    assert!(!lab.reachable().await, "the broken link carries no connection");
+    // What was in flight when the link broke may still land; then nothing more.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during_cut = output_len(&app, &created.invoke_id, &id).await;
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(cut_at.elapsed())).await;
     let end_of_cut = output_len(&app, &created.invoke_id, &id).await;
-    lab.restore();
+    lab.heal(fault);
     lab.wait_reachable().await;
     let inv = app.wait_done(&created.invoke_id, Duration::from_secs(240)).await;
     let raw = app.client.output(&created.invoke_id, &id).await.unwrap();
 
-    assert_eq!(end_of_cut, during_cut, "no output crossed the cut link");
+    assert_eq!(end_of_cut, during_cut, "no output crossed the broken link");
     let result = &inv.results.unwrap()[0];
     assert_eq!(
         (result.invocation_status, result.error_code),
@@ -82,10 +99,19 @@ async fn a_sixty_second_cut_mid_output_ends_success_with_every_byte_once_and_in_
 }
 
 #[tokio::test]
-async fn a_cut_past_the_loss_deadline_ends_client_not_response_and_the_reconnect_changes_nothing() {
+async fn a_cable_pulled_past_the_loss_deadline_ends_client_not_response_and_the_reconnect_changes_nothing() {
+    outage_past_the_loss_deadline(Fault::PulledCable, "a_cable_pulled_past_the_loss_deadline").await;
+}
+
+#[tokio::test]
+async fn a_black_hole_past_the_loss_deadline_ends_client_not_response_and_the_reconnect_changes_nothing() {
+    outage_past_the_loss_deadline(Fault::BlackHole, "a_black_hole_past_the_loss_deadline").await;
+}
+
+async fn outage_past_the_loss_deadline(fault: Fault, test: &str) {
     // The default test heartbeat: 1 s, so the agent is lost after 3 s of silence.
     let app = TestApp::spawn().await;
-    let Some(lab) = Lab::start(&app, "a_cut_past_the_loss_deadline").await else {
+    let Some(lab) = Lab::start(&app, test).await else {
         return;
     };
     let agent = lab.agent(&app).await;
@@ -104,7 +130,7 @@ async fn a_cut_past_the_loss_deadline_ends_client_not_response_and_the_reconnect
     })
     .await;
 
-    lab.cut();
+    lab.break_link(fault);
     let cut_at = Instant::now();
     let lost = app.wait_result(&created.invoke_id, &id, "Error").await;
     let lost_result = lost.results.unwrap()[0].clone();
@@ -112,7 +138,7 @@ async fn a_cut_past_the_loss_deadline_ends_client_not_response_and_the_reconnect
     let offline = app.client.instance(&id).await.unwrap();
     // A 10 s cut, well past the 3 s deadline.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut_at.elapsed())).await;
-    lab.restore();
+    lab.heal(fault);
     lab.wait_reachable().await;
     eventually(Duration::from_secs(30), "the agent to reconnect", || async {
         let instance = app.client.instance(&id).await.ok()?;
@@ -162,8 +188,11 @@ async fn a_cut_past_the_loss_deadline_ends_client_not_response_and_the_reconnect
 
 #[tokio::test]
 async fn output_through_a_slow_link_arrives_whole_and_in_order() {
-    // Keep the whole 3 MB output, so it can be compared byte for byte.
-    let app = TestApp::spawn_with(&["--output-limit-bytes", "8388608"]).await;
+    // Keep the whole 3 MB output, so it can be compared byte for byte. A 5 s heartbeat (lost
+    // after 15 s): with 1 s, a congested link's TCP can stall the 3 s that count as lost (seen
+    // once in seven runs, ending `ClientNotResponse`); losing the agent is not this test's
+    // subject.
+    let app = TestApp::spawn_with(&["--output-limit-bytes", "8388608", "--heartbeat-secs", "5"]).await;
     let Some(lab) = Lab::start(&app, "output_through_a_slow_link").await else {
         return;
     };
