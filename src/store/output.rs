@@ -61,7 +61,8 @@ pub enum AgentWrite {
 pub enum Applied {
     /// `status` is the result's status after the write; `changed` says whether it moved.
     Started { status: ResultStatus, changed: bool },
-    /// `offset` is where the chunk landed in the output, `None` for a duplicate.
+    /// `offset` is where the chunk landed in the output, `None` for a duplicate or for late
+    /// output of a result that already ended (not kept); `next_seq` is what to acknowledge.
     Chunk { offset: Option<u64>, next_seq: u64 },
     /// The sequence number skipped ahead: chunks are missing, so the agent must re-send.
     Gap { next_seq: u64 },
@@ -223,7 +224,14 @@ impl State {
                 }
             }
             AgentWrite::Chunk { seq, stream, data, .. } => {
-                if *seq < self.next_seq {
+                if self.status.is_terminal() {
+                    // Ended without the agent, e.g. `ClientNotResponse` after a lost link: the
+                    // result stays as it ended, and the agent may forget what it re-sends late.
+                    Applied::Chunk {
+                        offset: None,
+                        next_seq: self.next_seq.max(seq.saturating_add(1)),
+                    }
+                } else if *seq < self.next_seq {
                     Applied::Chunk {
                         offset: None,
                         next_seq: self.next_seq,
@@ -254,7 +262,8 @@ impl State {
                 at,
                 ..
             } => {
-                if *chunks > self.next_seq {
+                // An ended result took no late output, so it cannot wait for it either.
+                if *chunks > self.next_seq && !self.status.is_terminal() {
                     return Applied::Early {
                         next_seq: self.next_seq,
                     };
@@ -771,6 +780,54 @@ mod tests {
         );
         let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
         assert_eq!(result.error_code, Some(ErrorCode::ExitCodeNonzero));
+    }
+
+    #[tokio::test]
+    async fn a_result_ended_without_its_agent_takes_no_late_output_and_acknowledges_it() {
+        let (store, _dir) = test_store().await;
+        let id = running_result(&store).await;
+        store
+            .apply_agent_writes(&[chunk(id, 0, b"kept")], LIMITS)
+            .await
+            .unwrap();
+        // Its instance is gone: the server ends the result as `ClientNotResponse`.
+        store.enforce_deadlines(now_ms(), now_ms()).await.unwrap();
+        let fin = AgentWrite::Finished {
+            result_id: id,
+            chunks: 3,
+            exit_code: Some(0),
+            end: TaskEnd::Exited,
+            at: now_ms(),
+        };
+
+        let late = store
+            .apply_agent_writes(&[chunk(id, 1, b"late"), chunk(id, 2, b"later"), fin], LIMITS)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            late,
+            [
+                Applied::Chunk {
+                    offset: None,
+                    next_seq: 2
+                },
+                Applied::Chunk {
+                    offset: None,
+                    next_seq: 3
+                },
+                Applied::Finished {
+                    changed: None,
+                    exit_code: Some(0)
+                }
+            ]
+        );
+        assert_eq!(store.output(id).await.unwrap(), b"kept");
+        let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
+        assert_eq!(
+            (result.status, result.error_code, result.output_bytes),
+            (ResultStatus::Error, Some(ErrorCode::ClientNotResponse), 4)
+        );
     }
 
     /// Results and kept output (each byte with its stream and offset, however the rows split

@@ -48,8 +48,8 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// A server with a 1 s heartbeat (agents are lost after 3 s, unless `extra` sets
-    /// `--heartbeat-secs`) and the given extra flags.
+    /// A server with a 1 s heartbeat (agents are lost after 3 s) and the given extra flags,
+    /// which may set `--heartbeat-secs` or `--timeout-grace-secs` otherwise.
     pub async fn spawn_with(extra: &[&str]) -> TestApp {
         TestApp::start(tempfile::tempdir().unwrap(), extra, None).await
     }
@@ -72,9 +72,12 @@ impl TestApp {
         let address = listener.local_addr().unwrap().to_string();
         let data_dir = data.path().display().to_string();
         let mut args = vec!["fleetrun", "serve", "--listen", &address, "--data-dir", &data_dir];
-        args.extend(["--admin-password", PASSWORD, "--timeout-grace-secs", "5"]);
-        if !extra.contains(&"--heartbeat-secs") {
-            args.extend(["--heartbeat-secs", "1"]);
+        args.extend(["--admin-password", PASSWORD]);
+        // Short defaults, unless the test passes the flag itself.
+        for (flag, value) in [("--heartbeat-secs", "1"), ("--timeout-grace-secs", "5")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
         }
         args.extend(extra);
         let Mode::Serve(serve) = Cli::parse_from(args).mode else {

@@ -15,6 +15,8 @@ mod faults;
 mod faults_exec;
 mod helpers;
 mod hostile;
+mod netlab;
+mod netns;
 mod parity;
 mod private;
 mod resilience;
