@@ -477,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path()).unwrap();
         spool.set_limits(Some(KEEP)).unwrap();
-        spool.started("t-a", 0).unwrap();
+        spool.started("t-a", 0, None).unwrap();
         let all = printed(48 << 20);
 
         let most = flood(&mut spool, dir.path(), "t-a", &all);
@@ -516,7 +516,7 @@ mod tests {
         {
             let mut spool = Spool::open(dir.path()).unwrap();
             spool.set_limits(Some(KEEP)).unwrap();
-            spool.started("t-a", 0).unwrap();
+            spool.started("t-a", 0, None).unwrap();
             flood(&mut spool, dir.path(), "t-a", &all);
         }
 
