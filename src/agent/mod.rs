@@ -7,6 +7,7 @@
 
 #[cfg(unix)]
 mod account;
+pub mod backoff;
 mod exec;
 mod host;
 mod identity;
