@@ -22,6 +22,7 @@ pub mod check;
 mod commands;
 pub mod error;
 mod fleet;
+mod reconnect;
 mod run;
 mod session;
 mod throttle;
@@ -32,6 +33,7 @@ pub use actor::{Actor, Via};
 pub use commands::QuotaUse;
 pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
+pub use reconnect::{Attaching, Busy};
 pub use run::{Run, Stopped, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 
@@ -68,6 +70,13 @@ pub struct Settings {
     pub retention: Duration,
     /// How often deadlines are checked.
     pub sweep_interval: Duration,
+    /// Agents per second the server means to take back after a restart: sizes the reconnect
+    /// window announced in `Welcome` (`reconnect`).
+    pub reconnect_rate: u64,
+    /// Longest reconnect window announced.
+    pub reconnect_window_max: Duration,
+    /// Agent connections being set up at once beyond which new ones are refused (503).
+    pub max_attaching: usize,
 }
 
 impl Default for Settings {
@@ -85,6 +94,9 @@ impl Default for Settings {
             retained_command_quota: 500,
             retention: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(1),
+            reconnect_rate: 500,
+            reconnect_window_max: Duration::from_secs(30),
+            max_attaching: 256,
         }
     }
 }
@@ -151,6 +163,13 @@ struct Inner {
     /// Reports from agents on their way to the batching writer.
     writer_tx: mpsc::Sender<writer::Item>,
     next_session: AtomicU64,
+    /// Agents that may come back after a restart, which sizes the reconnect window. Counted
+    /// from the store at start and every minute, and bumped by each enrolment.
+    fleet_size: AtomicU64,
+    /// Permits of the agent connections being set up (`Settings::max_attaching`).
+    attaching: Arc<tokio::sync::Semaphore>,
+    /// Refusals for being busy since the last warning about them, and when that was (ms).
+    busy: reconnect::BusyLog,
 }
 
 /// Result ids of a connection's tasks, by task id: filled as tasks are handed to the agent,
@@ -240,7 +259,6 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 store,
-                settings,
                 clock,
                 accounts: accounts::Accounts::default(),
                 agents: Mutex::default(),
@@ -248,6 +266,10 @@ impl Dispatcher {
                 heartbeats: Mutex::default(),
                 writer_tx,
                 next_session: AtomicU64::new(1),
+                fleet_size: AtomicU64::new(0),
+                attaching: Arc::new(tokio::sync::Semaphore::new(settings.max_attaching)),
+                busy: reconnect::BusyLog::default(),
+                settings,
             }),
         };
         (dispatcher, writer_rx)
@@ -375,11 +397,15 @@ impl Dispatcher {
         let settings = &self.inner.settings;
         let mut sweep = tokio::time::interval(settings.sweep_interval);
         let mut flush = tokio::time::interval(settings.heartbeat.min(Duration::from_secs(5)));
+        // The server counted the fleet before it listened (`server::run`).
+        let every = reconnect::COUNT_FLEET_EVERY;
+        let mut count_fleet = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.enforce_deadlines().await,
+                _ = count_fleet.tick() => self.recount_fleet().await,
             }
         }
         self.flush_heartbeats().await;

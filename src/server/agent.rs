@@ -5,7 +5,7 @@
 use super::AppState;
 use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
-use crate::dispatch::{Actor, Outbound, Outbox};
+use crate::dispatch::{Actor, Attaching, Busy, Outbound, Outbox};
 use crate::protocol::PROTOCOL_VERSIONS;
 use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Output, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
@@ -38,12 +38,15 @@ pub async fn register(
 }
 
 /// `GET /agent/v1/connect`: the agent's WebSocket, authenticated at the upgrade with
-/// `Authorization: Bearer <instance id>:<instance secret>`.
+/// `Authorization: Bearer <instance id>:<instance secret>`. When too many connections are
+/// being set up already (a fleet coming back after a restart), 503 with `Retry-After`.
 pub async fn connect(
     State(state): State<AppState>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // First, so that a storm is turned away before each connection costs a credential check.
+    let attaching = state.dispatcher.admit_agent().map_err(busy)?;
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -64,7 +67,18 @@ pub async fn connect(
         .write_buffer_size(16 * 1024)
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| run(socket, state, instance_id)))
+        .on_upgrade(move |socket| run(socket, state, instance_id, attaching)))
+}
+
+fn busy(busy: Busy) -> ApiError {
+    let secs = busy.retry_after.as_secs().max(1);
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServerBusy",
+        format!("the server is setting up many agent connections at once; try again in {secs} s"),
+    );
+    error.retry_after = Some(secs);
+    error
 }
 
 fn text(message: ServerMessage) -> Message {
@@ -79,7 +93,8 @@ async fn refuse(mut sink: SplitSink<WebSocket, Message>, instance_id: &str, reas
 }
 
 /// Drives one agent connection until it closes, the agent is replaced or the server stops.
-async fn run(socket: WebSocket, state: AppState, instance_id: String) {
+/// `attaching` is released once the agent is attached.
+async fn run(socket: WebSocket, state: AppState, instance_id: String, attaching: Attaching) {
     let (mut sink, mut stream) = socket.split();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(frame)))) => AgentMessage::decode(&frame),
@@ -112,6 +127,7 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String) {
             return;
         }
     };
+    drop(attaching);
     tracing::info!(%instance_id, version = %hello.agent_version, protocol = version, "agent connected");
     let heartbeat = dispatcher.settings().heartbeat;
 

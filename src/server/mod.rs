@@ -87,6 +87,9 @@ pub fn settings(args: &ServeArgs) -> Settings {
         max_instances: args.max_instances,
         retained_command_quota: args.retained_command_quota,
         retention: Duration::from_secs(args.retention_days * 24 * 3600),
+        reconnect_rate: args.reconnect_rate,
+        reconnect_window_max: Duration::from_secs(args.reconnect_window_max_secs),
+        max_attaching: args.max_attaching as usize,
         ..Settings::default()
     }
 }
@@ -104,6 +107,8 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
         _ => anyhow::bail!("give both --tls-cert and --tls-key, or neither"),
     };
     dispatcher.load_settings().await?;
+    // Before the first agent is welcomed: its reconnect window is sized to the whole fleet.
+    dispatcher.count_fleet().await?;
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     state.tls = tls.is_some();
     let scheme = if tls.is_some() { "https" } else { "http" };
