@@ -93,7 +93,7 @@ impl ServerProcess {
 async fn spawn_server(dir: &Path, listen: &str, extra: &[String], start: u32) -> (Child, String) {
     let log_path = dir.join(format!("server-{start}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetrun"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetrun"))
         .args(["serve", "--listen", listen, "--admin-password", PASSWORD, "--data-dir"])
         .arg(dir.join("data"))
         .args(extra)
@@ -109,16 +109,23 @@ async fn spawn_server(dir: &Path, listen: &str, extra: &[String], start: u32) ->
         .kill_on_drop(true)
         .spawn()
         .expect("start fleetrun serve");
-    let address = eventually(Duration::from_secs(20), "the server to listen", || async {
-        let log = std::fs::read_to_string(&log_path).ok()?;
-        let after = log.split("listening on http://").nth(1)?;
-        let address: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-            .collect();
-        address.contains(':').then_some(address)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let address = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(after) = log.split("listening on http://").nth(1) {
+            let address: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            break address;
+        }
+        let exited = child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the server did not start listening ({exited:?}); its log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let health = format!("http://{address}/healthz");
     eventually(Duration::from_secs(20), "the server to answer", || async {
         reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
