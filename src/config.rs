@@ -119,8 +119,8 @@ pub struct ServeArgs {
     /// Longest reconnect window the server announces to agents, in seconds.
     #[arg(long, env = "FLEETRUN_RECONNECT_WINDOW_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub reconnect_window_max_secs: u64,
-    /// Agent connections being set up at once (from the upgrade until the agent is attached)
-    /// beyond which new ones are answered 503 with `Retry-After`.
+    /// Agents being attached at once (from their Hello until their pending work is settled)
+    /// beyond which new agent connections are answered 503 with `Retry-After`.
     #[arg(long, env = "FLEETRUN_MAX_ATTACHING", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_attaching: u64,
     /// Days invocations and their output are kept.

@@ -33,7 +33,7 @@ pub use actor::{Actor, Via};
 pub use commands::QuotaUse;
 pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
-pub use reconnect::{Attaching, Busy};
+pub use reconnect::Busy;
 pub use run::{Run, Stopped, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 
@@ -75,7 +75,8 @@ pub struct Settings {
     pub reconnect_rate: u64,
     /// Longest reconnect window announced.
     pub reconnect_window_max: Duration,
-    /// Agent connections being set up at once beyond which new ones are refused (503).
+    /// Agents being attached at once (`Hello` to settled) beyond which new connections are
+    /// refused (503).
     pub max_attaching: usize,
 }
 
@@ -166,8 +167,8 @@ struct Inner {
     /// Agents that may come back after a restart, which sizes the reconnect window. Counted
     /// from the store at start and every minute, and bumped by each enrolment.
     fleet_size: AtomicU64,
-    /// Permits of the agent connections being set up (`Settings::max_attaching`).
-    attaching: Arc<tokio::sync::Semaphore>,
+    /// Agents being attached now, from `Hello` until settled (`Settings::max_attaching`).
+    attaching: std::sync::atomic::AtomicUsize,
     /// Refusals for being busy since the last warning about them, and when that was (ms).
     busy: reconnect::BusyLog,
 }
@@ -267,7 +268,7 @@ impl Dispatcher {
                 writer_tx,
                 next_session: AtomicU64::new(1),
                 fleet_size: AtomicU64::new(0),
-                attaching: Arc::new(tokio::sync::Semaphore::new(settings.max_attaching)),
+                attaching: Default::default(),
                 busy: reconnect::BusyLog::default(),
                 settings,
             }),

@@ -4,14 +4,14 @@
 //! - Every `Welcome` announces a reconnect window sized to the fleet ([`window_for`]): after
 //!   losing this server, an agent's first attempt is spread uniformly over it
 //!   (`agent::backoff`), so the fleet comes back at about `Settings::reconnect_rate` per second.
-//! - At most `Settings::max_attaching` agent connections are set up at once (from the upgrade
-//!   until `attach` has settled them); beyond that the upgrade is refused ([`Busy`], a 503 with
-//!   `Retry-After`) before it costs a credential check.
+//! - While `Settings::max_attaching` agents are being attached (from their `Hello` until
+//!   `attach` has settled them), a new upgrade is refused ([`Busy`], a 503 with `Retry-After`)
+//!   before it costs a credential check. Only attaches count, not upgraded sockets that have
+//!   not said `Hello`: a client holding sockets open cannot lock the fleet out.
 
 use super::Dispatcher;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// The shortest window announced: a small fleet still does not come back in one instant.
 pub const MIN_WINDOW: Duration = Duration::from_secs(1);
@@ -29,15 +29,18 @@ pub fn window_for(fleet: u64, rate: u64, max: Duration) -> Duration {
     Duration::from_millis(ms).clamp(MIN_WINDOW, max.max(MIN_WINDOW))
 }
 
-/// Held by an agent connection from its upgrade until it is attached (or gives up): one of the
-/// `Settings::max_attaching` connections being set up. Dropping it lets another in.
-#[derive(Debug)]
-pub struct Attaching {
-    _permit: OwnedSemaphorePermit,
+/// One agent being attached, counted while it lives (see [`Dispatcher::attaching`]).
+pub(super) struct Attaching<'a> {
+    count: &'a AtomicUsize,
 }
 
-/// The server is setting up as many agent connections as it allows: try again after
-/// `retry_after`.
+impl Drop for Attaching<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The server is attaching as many agents as it allows at once: try again after `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy {
     pub retry_after: Duration,
@@ -60,14 +63,15 @@ impl Dispatcher {
         window_for(fleet, settings.reconnect_rate, settings.reconnect_window_max)
     }
 
-    /// Admits one more agent connection to be set up, or answers [`Busy`] when
-    /// `Settings::max_attaching` are being set up already. The wait asked for is about the time
-    /// to settle that many at the reconnect rate (at least a second); agents add their own jitter.
-    pub fn admit_agent(&self) -> Result<Attaching, Busy> {
-        if let Ok(permit) = self.inner.attaching.clone().try_acquire_owned() {
-            return Ok(Attaching { _permit: permit });
-        }
+    /// Whether a new agent connection may be upgraded now: [`Busy`] while
+    /// `Settings::max_attaching` agents are being attached. The wait asked for is about the
+    /// time to settle that many at the reconnect rate (at least a second); agents add their
+    /// own jitter.
+    pub fn admit_agent(&self) -> Result<(), Busy> {
         let settings = &self.inner.settings;
+        if self.inner.attaching.load(Ordering::Relaxed) < settings.max_attaching {
+            return Ok(());
+        }
         let settle_ms = (settings.max_attaching as u64).saturating_mul(1000) / settings.reconnect_rate.max(1);
         let retry_after = Duration::from_millis(settle_ms)
             .max(Duration::from_secs(1))
@@ -77,6 +81,13 @@ impl Dispatcher {
         };
         self.log_busy(busy);
         Err(busy)
+    }
+
+    /// Counts one agent being attached until the guard drops (`attach` holds it).
+    pub(super) fn attaching(&self) -> Attaching<'_> {
+        let count = &self.inner.attaching;
+        count.fetch_add(1, Ordering::Relaxed);
+        Attaching { count }
     }
 
     fn log_busy(&self, busy: Busy) {
@@ -210,27 +221,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_attaching_limit_are_refused_until_one_is_attached() {
+    async fn upgrades_are_refused_while_as_many_agents_as_allowed_are_being_attached() {
         let settings = Settings {
             max_attaching: 2,
             ..Settings::default()
         };
         let (dispatcher, _dir) = dispatcher(settings).await;
 
-        let first = dispatcher.admit_agent().unwrap();
-        let _second = dispatcher.admit_agent().unwrap();
+        let first = dispatcher.attaching();
+        let admitted_with_one = dispatcher.admit_agent();
+        let _second = dispatcher.attaching();
         let refused = dispatcher.admit_agent().unwrap_err();
         drop(first);
 
+        assert!(admitted_with_one.is_ok());
         assert_eq!(
             refused.retry_after,
             Duration::from_secs(1),
             "2 at 500 per second: the 1 s floor"
         );
-        assert!(
-            dispatcher.admit_agent().is_ok(),
-            "a settled connection lets the next one in"
-        );
+        assert!(dispatcher.admit_agent().is_ok(), "a settled agent lets the next one in");
     }
 
     #[test]

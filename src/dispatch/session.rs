@@ -75,6 +75,8 @@ impl Dispatcher {
         hello: &Hello,
         protocol_version: u32,
     ) -> Result<(AgentSession, Outbox), Error> {
+        // Counted until settled: while too many are, new connections are refused (`reconnect`).
+        let _attaching = self.attaching();
         let store = &self.inner.store;
         let instance = store
             .instance(instance_id)

@@ -5,7 +5,7 @@
 use super::AppState;
 use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
-use crate::dispatch::{Actor, Attaching, Busy, Outbound, Outbox};
+use crate::dispatch::{Actor, Busy, Outbound, Outbox};
 use crate::protocol::PROTOCOL_VERSIONS;
 use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Output, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
@@ -38,15 +38,15 @@ pub async fn register(
 }
 
 /// `GET /agent/v1/connect`: the agent's WebSocket, authenticated at the upgrade with
-/// `Authorization: Bearer <instance id>:<instance secret>`. When too many connections are
-/// being set up already (a fleet coming back after a restart), 503 with `Retry-After`.
+/// `Authorization: Bearer <instance id>:<instance secret>`. While too many agents are being
+/// attached already (a fleet coming back after a restart), 503 with `Retry-After`.
 pub async fn connect(
     State(state): State<AppState>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // First, so that a storm is turned away before each connection costs a credential check.
-    let attaching = state.dispatcher.admit_agent().map_err(busy)?;
+    state.dispatcher.admit_agent().map_err(busy)?;
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -67,7 +67,7 @@ pub async fn connect(
         .write_buffer_size(16 * 1024)
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| run(socket, state, instance_id, attaching)))
+        .on_upgrade(move |socket| run(socket, state, instance_id)))
 }
 
 fn busy(busy: Busy) -> ApiError {
@@ -75,7 +75,7 @@ fn busy(busy: Busy) -> ApiError {
     let mut error = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "ServerBusy",
-        format!("the server is setting up many agent connections at once; try again in {secs} s"),
+        format!("the server is attaching many agents at once; try again in {secs} s"),
     );
     error.retry_after = Some(secs);
     error
@@ -93,8 +93,7 @@ async fn refuse(mut sink: SplitSink<WebSocket, Message>, instance_id: &str, reas
 }
 
 /// Drives one agent connection until it closes, the agent is replaced or the server stops.
-/// `attaching` is released once the agent is attached.
-async fn run(socket: WebSocket, state: AppState, instance_id: String, attaching: Attaching) {
+async fn run(socket: WebSocket, state: AppState, instance_id: String) {
     let (mut sink, mut stream) = socket.split();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(frame)))) => AgentMessage::decode(&frame),
@@ -127,7 +126,6 @@ async fn run(socket: WebSocket, state: AppState, instance_id: String, attaching:
             return;
         }
     };
-    drop(attaching);
     tracing::info!(%instance_id, version = %hello.agent_version, protocol = version, "agent connected");
     let heartbeat = dispatcher.settings().heartbeat;
 
