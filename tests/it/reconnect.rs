@@ -1,7 +1,7 @@
 //! Reconnect storms (issue 11, item 6): a server killed and restarted on the same port and data
 //! directory meets its fleet spread over the reconnect window it announced; a short outage
-//! delays delivery by little more than it lasted; a server setting up too many connections
-//! answers 503 with `Retry-After`, and agents wait for it.
+//! delays delivery by little more than it lasted; a server busy attaching too many agents at
+//! once answers 503 with `Retry-After`, and agents wait for it.
 //!
 //! The restarted server runs as its own process (`fleetrun serve`), so it can be SIGKILLed. Its
 //! agents are either virtual (the bench's swarm, in this process, running the real agent's
@@ -10,14 +10,18 @@
 use crate::helpers::{AgentProcess, PASSWORD, TestApp, agent_command, eventually, register, register_body};
 use crate::swarm::{self, Swarm, SwarmConfig};
 use fleetrun::client::{ApiClient, Credentials};
+use fleetrun::protocol::agent::{AgentMessage, Hello};
 use fleetrun::protocol::api::{CreateActivationRequest, RunCommandRequest};
-use fleetrun::protocol::{PROTOCOL_VERSION, ResultStatus};
+use fleetrun::protocol::{CommandType, OsType, PROTOCOL_VERSION, ResultStatus};
+use futures_util::{SinkExt as _, StreamExt as _};
+use sqlx::Connection as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest as _};
 
 /// `fleetrun serve` as a child process, killed on drop. Its data directory and logs outlive
 /// restarts (one log file per start, for a failed test to show).
@@ -314,52 +318,87 @@ async fn a_two_second_server_outage_delays_a_command_sent_right_after_by_little_
     }
 }
 
+/// A `Hello` as an agent on this machine would send it.
+fn hello() -> String {
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        protocol_versions: Vec::new(),
+        agent_version: fleetrun::VERSION.into(),
+        hostname: "stuck".into(),
+        os_type: OsType::Linux,
+        os_name: "Debian GNU/Linux 12".into(),
+        ip_addresses: vec!["127.0.0.1".into()],
+        supported_command_types: vec![CommandType::RunShellScript],
+        held_tasks: Vec::new(),
+    };
+    AgentMessage::from(hello).encode()
+}
+
 #[tokio::test]
-async fn a_server_setting_up_too_many_connections_answers_503_and_the_agent_waits_as_asked() {
+async fn a_server_busy_attaching_agents_answers_503_with_retry_after_and_the_agent_waits_as_asked() {
     let app = TestApp::spawn_with(&["--max-attaching", "1"]).await;
-    let activation = app.activation("local", 2).await;
-    let (holder_id, secret) = register(&app, &register_body(&activation, "holder")).await;
+    let mut agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    agent.kill9().await;
+    eventually(Duration::from_secs(10), "the killed agent to be offline", || async {
+        (!app.client.instance(&id).await.ok()?.agent.online).then_some(())
+    })
+    .await;
+    let activation = app.activation("local", 1).await;
+    let (stuck_id, secret) = register(&app, &register_body(&activation, "stuck")).await;
     let upgrade = || {
         let url = format!("{}/agent/v1/connect", app.url.replacen("http", "ws", 1));
         let mut request = url.into_client_request().unwrap();
-        let credential = format!("Bearer {holder_id}:{secret}");
+        let credential = format!("Bearer {stuck_id}:{secret}");
         request
             .headers_mut()
             .insert("authorization", credential.parse().unwrap());
         request
     };
-    // Upgraded and silent (no Hello yet): the one connection the server sets up at a time.
-    let (holder, _) = tokio_tungstenite::connect_async(upgrade()).await.unwrap();
+    // A database that cannot take writes for now (a slow disk, say): an attach waits for it.
+    let db = app.data.path().join("fleetrun.db");
+    let mut lock = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&db))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.unwrap();
+    let (mut stuck, _) = tokio_tungstenite::connect_async(upgrade()).await.unwrap();
+    stuck.send(Message::Text(hello().into())).await.unwrap();
+
+    // The one agent the server attaches at a time is stuck: the next upgrade is turned away.
+    let refused = eventually(Duration::from_secs(5), "an upgrade to be refused", || async {
+        match tokio_tungstenite::connect_async(upgrade()).await {
+            Err(tungstenite::Error::Http(response)) => Some(response),
+            _ => None,
+        }
+    })
+    .await;
     let logs = tempfile::tempdir().unwrap();
     let log_path = logs.path().join("agent.log");
-    let state = tempfile::tempdir().unwrap();
-    let mut command = agent_command(&app.url, Some(&activation), state.path());
-    command.stderr(std::fs::File::create(&log_path).unwrap());
-    let agent = AgentProcess {
-        child: command.spawn().unwrap(),
-        state,
-        protocol: PROTOCOL_VERSION,
-    };
-
-    let refused = tokio_tungstenite::connect_async(upgrade()).await.unwrap_err();
-    let said = eventually(Duration::from_secs(10), "the agent to log the 503", || async {
+    agent.child = agent_command(&app.url, None, agent.state.path())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let said = eventually(Duration::from_secs(8), "the restarted agent to log the 503", || async {
         let log = std::fs::read_to_string(&log_path).ok()?;
         log.lines().find(|l| l.contains("busy (503)")).map(String::from)
     })
     .await;
-    let id = agent.instance_id().await;
     let while_busy = app.client.instance(&id).await.unwrap();
-    drop(holder);
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
 
-    let tungstenite::Error::Http(response) = refused else {
-        panic!("expected an HTTP answer, got {refused:?}")
-    };
-    assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
     assert!(said.contains("asked to retry after 1 s"), "{said}");
     assert!(
         !while_busy.agent.online,
         "the agent did not get in while the server was busy"
     );
     agent.wait_online(&app).await;
+    let welcome = tokio::time::timeout(Duration::from_secs(10), stuck.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&welcome, Some(Ok(Message::Text(text))) if text.contains("welcome")),
+        "the stuck agent is attached once the database writes again: {welcome:?}"
+    );
 }
