@@ -172,7 +172,9 @@ pub struct AgentArgs {
     /// Instance name shown in the console (defaults to the instance id).
     #[arg(long, env = "FLEETRUN_AGENT_NAME")]
     pub name: Option<String>,
-    /// Longest wait between reconnection attempts, in seconds.
+    /// Longest backoff between failed reconnection attempts, in seconds. The first attempt
+    /// after losing the server is spread over the window the server announced instead, and a
+    /// 503's Retry-After is waited in full.
     #[arg(long, env = "FLEETRUN_RECONNECT_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconnect_max_secs: u64,
     /// PEM file of the CA that signed the server's certificate, or of the server's self-signed

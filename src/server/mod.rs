@@ -185,6 +185,20 @@ mod tests {
         );
         assert_eq!(settings.heartbeat, Duration::from_secs(20));
         assert_eq!(settings.retained_command_quota, 500);
+        let dispatch = Settings::default();
+        assert_eq!(
+            (
+                settings.reconnect_rate,
+                settings.reconnect_window_max,
+                settings.max_attaching
+            ),
+            (
+                dispatch.reconnect_rate,
+                dispatch.reconnect_window_max,
+                dispatch.max_attaching
+            )
+        );
+        assert_eq!(settings.reconnect_window_max, Duration::from_secs(30));
         assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
     }
 }
