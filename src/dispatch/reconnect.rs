@@ -106,7 +106,7 @@ impl Dispatcher {
                 refused,
                 max_attaching = self.inner.settings.max_attaching,
                 retry_after_secs = busy.retry_after.as_secs(),
-                "too many agent connections being set up at once: refused with 503 and Retry-After"
+                "too many agents being attached at once: new agent connections refused with 503 and Retry-After"
             );
         }
     }
@@ -141,7 +141,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::{ActivationRequest, Actor, Clock, Settings, Via};
+    use crate::dispatch::{ActivationRequest, Actor, Clock, Outbound, Settings, Via};
     use crate::protocol::agent::{Hello, ServerMessage};
     use crate::protocol::api::RegisterRequest;
     use crate::protocol::{CommandType, OsType, PROTOCOL_VERSION};
@@ -212,7 +212,7 @@ mod tests {
         let (_session, mut outbox) = dispatcher.attach(&ids[0], &hello(), PROTOCOL_VERSION).await.unwrap();
         let counted = dispatcher.count_fleet().await.unwrap();
 
-        let Some(super::super::Outbound::Message(ServerMessage::Welcome(welcome))) = outbox.rx.recv().await else {
+        let Some(Outbound::Message(ServerMessage::Welcome(welcome))) = outbox.rx.recv().await else {
             panic!("no Welcome first")
         };
         assert_eq!(welcome.reconnect_window_ms, Some(2_500), "5 instances at 2 per second");
