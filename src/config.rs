@@ -113,6 +113,17 @@ pub struct ServeArgs {
     /// (slow clients are cut off).
     #[arg(long, env = "FLEETRUN_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_timeout_secs: u64,
+    /// Agents per second the server means to take back after a restart: it tells each agent to
+    /// spread its first reconnect over (recently seen instances / this rate) seconds, at least 1.
+    #[arg(long, env = "FLEETRUN_RECONNECT_RATE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub reconnect_rate: u64,
+    /// Longest reconnect window the server announces to agents, in seconds.
+    #[arg(long, env = "FLEETRUN_RECONNECT_WINDOW_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub reconnect_window_max_secs: u64,
+    /// Agents being attached at once (from their Hello until their pending work is settled)
+    /// beyond which new agent connections are answered 503 with `Retry-After`.
+    #[arg(long, env = "FLEETRUN_MAX_ATTACHING", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_attaching: u64,
     /// Days invocations and their output are kept.
     #[arg(long, env = "FLEETRUN_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub retention_days: u64,
@@ -176,7 +187,9 @@ pub struct AgentArgs {
     /// Instance name shown in the console (defaults to the instance id).
     #[arg(long, env = "FLEETRUN_AGENT_NAME")]
     pub name: Option<String>,
-    /// Longest wait between reconnection attempts, in seconds.
+    /// Longest backoff between failed reconnection attempts, in seconds. The first attempt
+    /// after losing the server is spread over the window the server announced instead, and a
+    /// 503's Retry-After is waited in full.
     #[arg(long, env = "FLEETRUN_RECONNECT_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconnect_max_secs: u64,
     /// PEM file of the CA that signed the server's certificate, or of the server's self-signed

@@ -2,12 +2,15 @@
 //! speaking the real agent protocol (`Hello`/`Welcome`, heartbeats, `TaskStarted`, numbered
 //! `Output`, `TaskFinished`), enrolled through a real activation code. Instead of spawning a
 //! process, a virtual agent answers a task at once with output it makes up (see [`Directive`]).
+//! It reconnects when the real agent's policy says (`fleetrun::agent::backoff`), so a reconnect
+//! storm of virtual agents is the storm a real fleet would make.
 //!
 //! This file depends only on the `fleetrun` library and the crate's dependencies, so the smoke
 //! test (`tests/bench_smoke.rs`) includes it as a module and drives the same code CI keeps working.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use fleetrun::agent::backoff::{Backoff, STABLE_AFTER, ServerBusy, parse_retry_after};
 use fleetrun::client::ApiClient;
 use fleetrun::protocol::agent::{
     AgentMessage, Frame, Hello, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Output, RunTask, ServerMessage, TaskFinished,
@@ -17,14 +20,14 @@ use fleetrun::protocol::api::{CreateActivationRequest, RegisterRequest, Register
 use fleetrun::protocol::{CommandType, OsType, OutputStream, PROTOCOL_VERSION, TaskEnd};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +35,11 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a connection may take from TCP connect to `Welcome`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connection attempts before a virtual agent gives up during `Swarm::connect`.
+/// Connection attempts before a virtual agent gives up during `Swarm::connect` (not counting
+/// the server's 503s, which ask it to come back later).
 const CONNECT_ATTEMPTS: u32 = 5;
+/// Longest wait between failed attempts: a real agent's default `--reconnect-max-secs`.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// The credential of one enrolled instance.
 #[derive(Debug, Clone)]
@@ -89,6 +95,12 @@ pub struct Counters {
     pub bytes_sent: AtomicU64,
     /// The heartbeat interval the server announced in its last `Welcome`, in seconds.
     pub heartbeat_secs: AtomicU64,
+    /// The reconnect window the server announced in its last `Welcome`, in milliseconds.
+    pub reconnect_window_ms: AtomicU64,
+    /// When every `Welcome` arrived (first connections and reconnections alike), in order.
+    pub welcomes: Mutex<Vec<Instant>>,
+    /// Connection attempts the server answered 503 (busy: come back after `Retry-After`).
+    pub busy: AtomicU64,
 }
 
 /// Raises the soft limit of open files to the hard limit, so thousands of sockets fit.
@@ -328,6 +340,23 @@ struct Paced {
     exit_code: i32,
 }
 
+/// What a virtual agent keeps of a `Welcome`.
+struct Welcomed {
+    heartbeat: Duration,
+    protocol_version: u32,
+    reconnect_window_ms: Option<u64>,
+}
+
+impl Counters {
+    fn welcomed(&self, welcome: &Welcomed, at: Instant) {
+        self.heartbeat_secs
+            .store(welcome.heartbeat.as_secs(), Ordering::Relaxed);
+        let window = welcome.reconnect_window_ms.unwrap_or_default();
+        self.reconnect_window_ms.store(window, Ordering::Relaxed);
+        self.welcomes.lock().unwrap_or_else(|e| e.into_inner()).push(at);
+    }
+}
+
 struct VirtualAgent {
     config: Arc<SwarmConfig>,
     identity: Identity,
@@ -336,12 +365,19 @@ struct VirtualAgent {
 }
 
 impl VirtualAgent {
+    /// Connects, serves, and reconnects when the real agent's policy ([`Backoff`]) says.
     async fn run(self, permits: Arc<Semaphore>, ready_tx: mpsc::Sender<anyhow::Result<()>>) {
         let mut ready_tx = Some(ready_tx);
-        let mut attempt = 0u32;
+        let mut backoff = Backoff::new(RECONNECT_MAX);
+        let mut failures = 0u32;
         loop {
             let opened = {
-                let _permit = permits.acquire().await;
+                // Only first connections queue for the swarm's handshake slots: reconnects are
+                // paced by the policy alone, as a real fleet's are.
+                let _permit = match ready_tx {
+                    Some(_) => Some(permits.acquire().await),
+                    None => None,
+                };
                 tokio::select! {
                     opened = tokio::time::timeout(CONNECT_TIMEOUT, self.open()) => {
                         opened.unwrap_or_else(|_| Err(anyhow::anyhow!("no Welcome within {CONNECT_TIMEOUT:?}")))
@@ -349,48 +385,52 @@ impl VirtualAgent {
                     _ = self.shutdown.cancelled() => return,
                 }
             };
-            match opened {
-                Ok((socket, heartbeat, version)) => {
-                    attempt = 0;
+            let delay = match opened {
+                Ok((socket, welcome)) => {
+                    let arrived = Instant::now();
+                    backoff.welcomed(welcome.reconnect_window_ms);
+                    self.counters.welcomed(&welcome, arrived);
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(Ok(())).await;
                     }
-                    self.counters
-                        .heartbeat_secs
-                        .store(heartbeat.as_secs(), Ordering::Relaxed);
                     self.counters.connected.fetch_add(1, Ordering::Relaxed);
-                    let outcome = self.serve(socket, heartbeat, version).await;
+                    let outcome = self.serve(socket, welcome.heartbeat, welcome.protocol_version).await;
                     self.counters.connected.fetch_sub(1, Ordering::Relaxed);
-                    match outcome {
-                        Ok(()) => return,
-                        Err(_) => {
-                            self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Err(e) => {
-                    attempt += 1;
-                    if attempt >= CONNECT_ATTEMPTS {
-                        if let Some(tx) = ready_tx.take() {
-                            let message = format!("virtual agent {} cannot connect", self.identity.instance_id);
-                            let _ = tx.send(Err(e.context(message))).await;
-                        }
+                    if outcome.is_ok() {
                         return;
                     }
+                    self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    let stable = arrived.elapsed() >= STABLE_AFTER;
+                    backoff.lost(Instant::now(), stable, &mut rand::thread_rng())
                 }
-            }
-            // Back off with jitter, as a real agent does, so reconnects are spread out.
-            let jitter = Duration::from_millis(rand::random::<u64>() % (250 << attempt.min(5)));
+                Err(e) => {
+                    let busy = e.downcast_ref::<ServerBusy>().copied();
+                    if busy.is_some() {
+                        self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                    } else if ready_tx.is_some() {
+                        failures += 1;
+                        if failures >= CONNECT_ATTEMPTS {
+                            if let Some(tx) = ready_tx.take() {
+                                let message = format!("virtual agent {} cannot connect", self.identity.instance_id);
+                                let _ = tx.send(Err(e.context(message))).await;
+                            }
+                            return;
+                        }
+                    }
+                    let retry_after = busy.and_then(|b| b.retry_after);
+                    backoff.failed(Instant::now(), retry_after, &mut rand::thread_rng())
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(jitter) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Connects, says `Hello` and waits for `Welcome`; returns the socket, the heartbeat
-    /// interval and the protocol version the server chose.
-    async fn open(&self) -> anyhow::Result<(Socket, Duration, u32)> {
+    /// Connects, says `Hello` and waits for `Welcome`; returns the socket and what the
+    /// `Welcome` said. A 503 is a [`ServerBusy`] error.
+    async fn open(&self) -> anyhow::Result<(Socket, Welcomed)> {
         let url = format!("{}/agent/v1/connect", self.config.server.replacen("http", "ws", 1));
         let mut request = url.as_str().into_client_request()?;
         let credential = format!("Bearer {}:{}", self.identity.instance_id, self.identity.secret);
@@ -401,7 +441,18 @@ impl VirtualAgent {
             .write_buffer_size(64 * 1024)
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true).await?;
+        let (mut socket, _) = match tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true).await {
+            Ok(connected) => connected,
+            Err(tungstenite::Error::Http(response)) if response.status() == 503 => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                return Err(ServerBusy { retry_after }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let offered: Vec<u32> = (1..=self.config.max_protocol_version).collect();
         let hello = Hello {
             protocol_version: 1,
@@ -419,8 +470,12 @@ impl VirtualAgent {
             match socket.next().await {
                 Some(Ok(Message::Text(frame))) => match ServerMessage::decode(&frame)? {
                     ServerMessage::Welcome(welcome) => {
-                        let heartbeat = Duration::from_secs(welcome.heartbeat_secs.max(1));
-                        return Ok((socket, heartbeat, welcome.protocol_version));
+                        let welcomed = Welcomed {
+                            heartbeat: Duration::from_secs(welcome.heartbeat_secs.max(1)),
+                            protocol_version: welcome.protocol_version,
+                            reconnect_window_ms: welcome.reconnect_window_ms,
+                        };
+                        return Ok((socket, welcomed));
                     }
                     ServerMessage::Refused(refused) => bail!("refused: {}", refused.reason),
                     other => bail!("expected Welcome, got {other:?}"),

@@ -7,6 +7,7 @@
 
 #[cfg(unix)]
 mod account;
+pub mod backoff;
 #[cfg(unix)]
 mod cgroup;
 mod exec;

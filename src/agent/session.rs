@@ -1,7 +1,8 @@
 //! The agent's connection loop: connect, `Hello`/`Welcome`, re-send the spool, then serve tasks
-//! and heartbeats; on loss, reconnect with capped exponential backoff and full jitter, so a
-//! restarted server is not hit by its whole fleet at once.
+//! and heartbeats; on loss, reconnect when [`Backoff`] says: spread over the window the server
+//! announced, so a restarted server is not hit by its whole fleet at once.
 
+use super::backoff::{Backoff, STABLE_AFTER, ServerBusy, parse_retry_after};
 use super::exec::{self, ExecConfig, TaskEvent};
 use super::host;
 use super::identity::Identity;
@@ -11,7 +12,6 @@ use crate::protocol::agent::{AgentMessage, Frame, Hello, MAX_FRAME_BYTES, RunTas
 use crate::protocol::{ErrorCode, OsType, PROTOCOL_VERSIONS, TaskEnd};
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,16 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// First backoff step; the n-th retry waits a random time up to `BASE * 2^n`, capped.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// A connection that lived this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How a session ended.
 enum End {
     Shutdown,
-    /// The connection was lost; `stable` when it had lasted long enough to reset the backoff.
+    /// The connection was lost; `stable` when it had lasted [`STABLE_AFTER`].
     Lost {
         stable: bool,
     },
@@ -55,6 +51,8 @@ pub struct Agent {
     /// The server's clock minus this host's, in milliseconds, measured at `Welcome`: tasks'
     /// delivery deadlines are on the server's clock.
     clock_offset_ms: i64,
+    /// When to try the server again; told of every `Welcome`, loss and failed attempt.
+    backoff: Backoff,
 }
 
 impl Agent {
@@ -66,7 +64,9 @@ impl Agent {
         tls: Arc<rustls::ClientConfig>,
     ) -> Agent {
         let (events_tx, events_rx) = mpsc::channel(256);
+        let backoff = Backoff::new(Duration::from_secs(args.reconnect_max_secs));
         Agent {
+            backoff,
             args,
             identity,
             spool,
@@ -80,23 +80,40 @@ impl Agent {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut attempt = 0u32;
         let result = loop {
-            match self.connect_and_serve(&shutdown).await {
+            let delay = match self.connect_and_serve(&shutdown).await {
                 Ok(End::Shutdown) => break Ok(()),
                 Ok(End::Lost { stable }) => {
-                    if stable {
-                        attempt = 0;
-                    }
+                    let delay = self.backoff.lost(Instant::now(), stable, &mut rand::thread_rng());
+                    tracing::info!(
+                        delay_ms = delay.as_millis() as u64,
+                        window_ms = self.backoff.window().as_millis() as u64,
+                        "reconnecting, spread over the server's window"
+                    );
+                    delay
                 }
                 Err(e) if is_fatal(&e) => break Err(e),
-                Err(e) => tracing::warn!("connection to {} failed: {e:#}", self.args.server),
-            }
-            let cap = Duration::from_secs(self.args.reconnect_max_secs);
-            let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(cap);
-            let delay = ceiling.mul_f64(rand::thread_rng().r#gen::<f64>());
-            attempt = attempt.saturating_add(1);
-            tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+                Err(e) => {
+                    let busy = e.downcast_ref::<ServerBusy>().copied();
+                    let retry_after = busy.and_then(|b| b.retry_after);
+                    let delay = self
+                        .backoff
+                        .failed(Instant::now(), retry_after, &mut rand::thread_rng());
+                    match busy {
+                        Some(busy) => tracing::warn!(
+                            "{busy}: trying {} again in {:.1} s",
+                            self.args.server,
+                            delay.as_secs_f64()
+                        ),
+                        None => tracing::warn!(
+                            "connection to {} failed: {e:#}; trying again in {:.1} s",
+                            self.args.server,
+                            delay.as_secs_f64()
+                        ),
+                    }
+                    delay
+                }
+            };
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
@@ -186,6 +203,7 @@ impl Agent {
                 if let Err(e) = self.spool.set_limits(welcome.output_limits) {
                     tracing::warn!("cannot remember the server's output limits: {e}");
                 }
+                self.backoff.welcomed(welcome.reconnect_window_ms);
                 (
                     Duration::from_secs(welcome.heartbeat_secs.max(1)),
                     welcome.protocol_version,
@@ -361,6 +379,15 @@ async fn connect(server: &str, identity: &Identity, tls: Arc<rustls::ClientConfi
         tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(Connector::Rustls(tls)));
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((socket, _))) => Ok(socket),
+        // Too many agents connecting at once (a restart): come back later, as the server asks.
+        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 503 => {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            Err(ServerBusy { retry_after }.into())
+        }
         Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {
             bail!(Fatal(format!(
                 "the server refused this instance's credential ({}): it was deregistered or belongs to another server; \

@@ -155,6 +155,7 @@ impl Dispatcher {
             }
             Err(e) => return Err(e.into()),
         };
+        self.fleet_changed(true);
         let detail = format!("activation {} region {}", req.activation_id, instance.region_id);
         self.audit(actor, "RegisterInstance", &instance.id, &detail).await;
         Ok((instance, secret))
@@ -195,6 +196,7 @@ impl Dispatcher {
             .delete_instance(instance_id)
             .await
             .map_err(not_found(Kind::Instance, instance_id))?;
+        self.fleet_changed(false);
         self.disconnect(instance_id);
         self.audit(actor, "DeregisterInstance", instance_id, "").await;
         Ok(())

@@ -22,6 +22,7 @@ pub mod check;
 mod commands;
 pub mod error;
 mod fleet;
+mod reconnect;
 mod run;
 mod session;
 mod throttle;
@@ -33,6 +34,7 @@ pub use actor::{Actor, Via};
 pub use commands::QuotaUse;
 pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
+pub use reconnect::Busy;
 pub use run::{Run, Stopped, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 pub use throttle::LoginPolicy;
@@ -72,6 +74,14 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Login throttling: per-address limit, per-username delay.
     pub login: LoginPolicy,
+    /// Agents per second the server means to take back after a restart: sizes the reconnect
+    /// window announced in `Welcome` (`reconnect`).
+    pub reconnect_rate: u64,
+    /// Longest reconnect window announced.
+    pub reconnect_window_max: Duration,
+    /// Agents being attached at once (`Hello` to settled) beyond which new connections are
+    /// refused (503).
+    pub max_attaching: usize,
 }
 
 impl Default for Settings {
@@ -90,6 +100,9 @@ impl Default for Settings {
             retention: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(1),
             login: LoginPolicy::default(),
+            reconnect_rate: 500,
+            reconnect_window_max: Duration::from_secs(30),
+            max_attaching: 256,
         }
     }
 }
@@ -160,6 +173,13 @@ struct Inner {
     /// after `Terminated`).
     status_order: tokio::sync::Mutex<()>,
     next_session: AtomicU64,
+    /// Agents that may come back after a restart, which sizes the reconnect window. Counted
+    /// from the store at start and every minute, and bumped by each enrolment.
+    fleet_size: AtomicU64,
+    /// Agents being attached now, from `Hello` until settled (`Settings::max_attaching`).
+    attaching: std::sync::atomic::AtomicUsize,
+    /// Refusals for being busy since the last warning about them, and when that was (ms).
+    busy: reconnect::BusyLog,
 }
 
 /// Result ids of a connection's tasks, by task id: filled as tasks are handed to the agent,
@@ -249,7 +269,6 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 store,
-                settings,
                 clock,
                 accounts: accounts::Accounts::default(),
                 agents: Mutex::default(),
@@ -258,6 +277,10 @@ impl Dispatcher {
                 writer_tx,
                 status_order: tokio::sync::Mutex::new(()),
                 next_session: AtomicU64::new(1),
+                fleet_size: AtomicU64::new(0),
+                attaching: Default::default(),
+                busy: reconnect::BusyLog::default(),
+                settings,
             }),
         };
         (dispatcher, writer_rx)
@@ -377,11 +400,15 @@ impl Dispatcher {
         let settings = &self.inner.settings;
         let mut sweep = tokio::time::interval(settings.sweep_interval);
         let mut flush = tokio::time::interval(settings.heartbeat.min(Duration::from_secs(5)));
+        // The server counted the fleet before it listened (`server::run`).
+        let every = reconnect::COUNT_FLEET_EVERY;
+        let mut count_fleet = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.enforce_deadlines().await,
+                _ = count_fleet.tick() => self.recount_fleet().await,
             }
         }
         self.flush_heartbeats().await;

@@ -75,6 +75,8 @@ impl Dispatcher {
         hello: &Hello,
         protocol_version: u32,
     ) -> Result<(AgentSession, Outbox), Error> {
+        // Counted until settled: while too many are, new connections are refused (`reconnect`).
+        let _attaching = self.attaching();
         let store = &self.inner.store;
         let instance = store
             .instance(instance_id)
@@ -96,7 +98,7 @@ impl Dispatcher {
             heartbeat_secs: self.inner.settings.heartbeat.as_secs().max(1),
             max_frame_bytes: crate::protocol::agent::MAX_FRAME_BYTES,
             server_time_ms: Some(self.now()),
-            reconnect_window_ms: None,
+            reconnect_window_ms: Some(self.reconnect_window().as_millis() as u64),
             output_limits: Some(crate::protocol::agent::OutputKept {
                 head: self.inner.settings.output.head,
                 tail: self.inner.settings.output.tail,

@@ -5,7 +5,7 @@
 use super::AppState;
 use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
-use crate::dispatch::{Actor, Outbound, Outbox};
+use crate::dispatch::{Actor, Busy, Outbound, Outbox};
 use crate::protocol::PROTOCOL_VERSIONS;
 use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Output, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
@@ -38,12 +38,15 @@ pub async fn register(
 }
 
 /// `GET /agent/v1/connect`: the agent's WebSocket, authenticated at the upgrade with
-/// `Authorization: Bearer <instance id>:<instance secret>`.
+/// `Authorization: Bearer <instance id>:<instance secret>`. While too many agents are being
+/// attached already (a fleet coming back after a restart), 503 with `Retry-After`.
 pub async fn connect(
     State(state): State<AppState>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // First, so that a storm is turned away before each connection costs a credential check.
+    state.dispatcher.admit_agent().map_err(busy)?;
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -65,6 +68,17 @@ pub async fn connect(
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| run(socket, state, instance_id)))
+}
+
+fn busy(busy: Busy) -> ApiError {
+    let secs = busy.retry_after.as_secs().max(1);
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServerBusy",
+        format!("the server is attaching many agents at once; try again in {secs} s"),
+    );
+    error.retry_after = Some(secs);
+    error
 }
 
 fn text(message: ServerMessage) -> Message {

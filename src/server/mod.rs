@@ -93,6 +93,9 @@ pub fn settings(args: &ServeArgs) -> Settings {
         max_instances: args.max_instances,
         retained_command_quota: args.retained_command_quota,
         retention: Duration::from_secs(args.retention_days * 24 * 3600),
+        reconnect_rate: args.reconnect_rate,
+        reconnect_window_max: Duration::from_secs(args.reconnect_window_max_secs),
+        max_attaching: args.max_attaching as usize,
         ..Settings::default()
     }
 }
@@ -110,6 +113,8 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
         _ => anyhow::bail!("give both --tls-cert and --tls-key, or neither"),
     };
     dispatcher.load_settings().await?;
+    // Before the first agent is welcomed: its reconnect window is sized to the whole fleet.
+    dispatcher.count_fleet().await?;
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     state.tls = tls.is_some();
     state.trusted_proxies = args.trusted_proxies.clone().into();
@@ -187,6 +192,20 @@ mod tests {
         );
         assert_eq!(settings.heartbeat, Duration::from_secs(20));
         assert_eq!(settings.retained_command_quota, 500);
+        let dispatch = Settings::default();
+        assert_eq!(
+            (
+                settings.reconnect_rate,
+                settings.reconnect_window_max,
+                settings.max_attaching
+            ),
+            (
+                dispatch.reconnect_rate,
+                dispatch.reconnect_window_max,
+                dispatch.max_attaching
+            )
+        );
+        assert_eq!(settings.reconnect_window_max, Duration::from_secs(30));
         assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
     }
 }

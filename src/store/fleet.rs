@@ -307,6 +307,17 @@ impl Store {
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
     }
 
+    /// Instances whose agent was heard from (or that enrolled) since `since`: the fleet that
+    /// may come back when the server restarts.
+    pub async fn count_instances_seen_since(&self, since: i64) -> Result<u64> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM instances WHERE COALESCE(last_heartbeat_at, registered_at) >= $1")
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count as u64)
+    }
+
     /// Records what an agent said about itself in its `Hello`, and that it is online since `now`.
     pub async fn agent_connected(
         &self,

@@ -19,8 +19,14 @@ mod netlab;
 mod netns;
 mod parity;
 mod private;
+mod reconnect;
 mod resilience;
 mod security;
 mod serving;
 mod throttle;
 mod tls;
+// The bench's virtual agents (`bench/src/swarm.rs`, also driven by `tests/bench_smoke.rs`), for
+// the reconnect storm of `reconnect`.
+#[allow(dead_code)]
+#[path = "../../bench/src/swarm.rs"]
+mod swarm;
