@@ -360,7 +360,7 @@ async fn stalled_watchers_do_not_pin_memory_and_a_reading_watcher_sees_every_byt
     let go = tempfile::tempdir().unwrap();
     let script = format!(
         "while [ ! -e {go}/go ]; do sleep 0.1; done; b=0; while [ $b -lt 174 ]; do \
-         seq $((b*100000+1)) $((b*100000+100000)); b=$((b+1)); sleep 0.2; done",
+         seq $((b*100000+1)) $((b*100000+100000)); b=$((b+1)); sleep 0.3; done",
         go = go.path().display()
     );
     let mut invocations = Vec::new();
