@@ -142,9 +142,9 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use crate::dispatch::{ActivationRequest, Actor, Clock, Outbound, Settings, Via};
-    use crate::protocol::agent::{Hello, ServerMessage};
+    use crate::protocol::agent::ServerMessage;
     use crate::protocol::api::RegisterRequest;
-    use crate::protocol::{CommandType, OsType, PROTOCOL_VERSION};
+    use crate::protocol::{OsType, PROTOCOL_VERSION};
     use crate::store::{Role, test_store};
 
     async fn dispatcher(settings: Settings) -> (Dispatcher, tempfile::TempDir) {
@@ -186,20 +186,6 @@ mod tests {
         ids
     }
 
-    fn hello() -> Hello {
-        Hello {
-            protocol_version: PROTOCOL_VERSION,
-            protocol_versions: Vec::new(),
-            agent_version: "test".into(),
-            hostname: "host".into(),
-            os_type: OsType::Linux,
-            os_name: "Debian".into(),
-            ip_addresses: vec![],
-            supported_command_types: vec![CommandType::RunShellScript],
-            held_tasks: vec![],
-        }
-    }
-
     #[tokio::test]
     async fn a_welcome_announces_a_window_sized_to_the_enrolled_fleet_not_to_who_is_back_yet() {
         let settings = Settings {
@@ -209,7 +195,10 @@ mod tests {
         let (dispatcher, _dir) = dispatcher(settings).await;
         let ids = enrol(&dispatcher, 5).await;
 
-        let (_session, mut outbox) = dispatcher.attach(&ids[0], &hello(), PROTOCOL_VERSION).await.unwrap();
+        let (_session, mut outbox) = dispatcher
+            .attach(&ids[0], &super::super::tests::hello(vec![]), PROTOCOL_VERSION)
+            .await
+            .unwrap();
         let counted = dispatcher.count_fleet().await.unwrap();
 
         let Some(Outbound::Message(ServerMessage::Welcome(welcome))) = outbox.rx.recv().await else {

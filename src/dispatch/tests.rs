@@ -48,7 +48,7 @@ async fn harness() -> Harness {
     }
 }
 
-fn hello(held_tasks: Vec<String>) -> Hello {
+pub(super) fn hello(held_tasks: Vec<String>) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
         protocol_versions: Vec::new(),
