@@ -1,5 +1,6 @@
 //! The audit log. Append-only: nothing here updates or deletes an entry.
 
+use super::db::{query, query_scalar};
 use super::{Result, Store, now_ms};
 
 /// An audit entry to record.
@@ -39,7 +40,7 @@ pub struct AuditFilter {
 impl Store {
     /// Appends an audit entry.
     pub async fn audit(&self, entry: NewAudit<'_>) -> Result<()> {
-        sqlx::query(
+        query(
             "INSERT INTO audit_log (at, username, source_ip, via, action, target, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -59,13 +60,13 @@ impl Store {
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRow>, u64)> {
         const WHERE: &str = "WHERE ($1 IS NULL OR username = $1) AND ($2 IS NULL OR action = $2) \
                              AND ($3 IS NULL OR at >= $3)";
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {WHERE}"))
+        let total: i64 = query_scalar(&format!("SELECT COUNT(*) FROM audit_log {WHERE}"))
             .bind(&filter.username)
             .bind(&filter.action)
             .bind(filter.since_ms)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query_as(&format!(
+        let rows = query(&format!(
             "SELECT at, username, source_ip, via, action, target, detail FROM audit_log {WHERE} \
              ORDER BY id DESC LIMIT $4 OFFSET $5"
         ))

@@ -1,10 +1,9 @@
 //! Retained commands: unique names per region and the per-region quota, both checked inside the
 //! write transaction that stores the command.
 
+use super::db::{Tx, query, query_scalar};
 use super::{Error, Result, Store, bind_spec, changed_one, now_ms};
 use crate::protocol::CommandSpec;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row};
 
 /// A retained command to create.
 #[derive(Debug, Clone)]
@@ -48,37 +47,26 @@ pub struct CommandUpdate {
     pub username: Option<Option<String>>,
 }
 
-/// The spec columns of `commands` and `invocations`, which share their names.
-impl FromRow<'_, SqliteRow> for CommandSpec {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
-        let command_type: String = row.try_get("type")?;
-        Ok(CommandSpec {
-            command_type: command_type.parse().map_err(|e| sqlx::Error::ColumnDecode {
-                index: "type".into(),
-                source: Box::new(e),
-            })?,
-            content: row.try_get("content")?,
-            timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
-            working_dir: row.try_get("working_dir")?,
-            username: row.try_get("username")?,
-            enable_parameter: row.try_get("enable_parameter")?,
-        })
-    }
-}
+// The spec columns of `commands` and `invocations`, which share their names.
+super::db::from_row!(CommandSpec, |row| {
+    Ok(CommandSpec {
+        command_type: super::db::parsed("type", row.try_get("type")?)?,
+        content: row.try_get("content")?,
+        timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u64,
+        working_dir: row.try_get("working_dir")?,
+        username: row.try_get("username")?,
+        enable_parameter: row.try_get("enable_parameter")?,
+    })
+});
 
 const SELECT: &str = "SELECT c.*, (SELECT COUNT(*) FROM invocations i WHERE i.command_id = c.id) AS invoke_times \
                       FROM commands c";
 
 /// Refuses a name another command of the region has (`Conflict`), so that people and scripts
 /// can name a retained command unambiguously.
-async fn ensure_name_free(
-    conn: &mut sqlx::SqliteConnection,
-    region_id: &str,
-    name: &str,
-    except: Option<&str>,
-) -> Result<()> {
+async fn ensure_name_free(conn: &mut Tx, region_id: &str, name: &str, except: Option<&str>) -> Result<()> {
     let taken: Option<String> =
-        sqlx::query_scalar("SELECT id FROM commands WHERE region_id = $1 AND name = $2 AND ($3 IS NULL OR id <> $3)")
+        query_scalar("SELECT id FROM commands WHERE region_id = $1 AND name = $2 AND ($3 IS NULL OR id <> $3)")
             .bind(region_id)
             .bind(name)
             .bind(except)
@@ -91,9 +79,9 @@ async fn ensure_name_free(
 }
 
 /// Inserts a command inside a transaction after checking its name and the region's quota.
-pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewCommand, quota: u64) -> Result<String> {
+pub(super) async fn insert_command(conn: &mut Tx, new: &NewCommand, quota: u64) -> Result<String> {
     ensure_name_free(conn, &new.region_id, &new.name, None).await?;
-    let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
+    let used: i64 = query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
         .bind(&new.region_id)
         .fetch_one(&mut *conn)
         .await?;
@@ -105,7 +93,7 @@ pub(super) async fn insert_command(conn: &mut sqlx::SqliteConnection, new: &NewC
         });
     }
     let id = super::ids::new_id("c");
-    let insert = sqlx::query(
+    let insert = query(
         "INSERT INTO commands (id, region_id, name, description, type, content, working_dir, timeout_secs, \
          username, enable_parameter, parameter_names, creator, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -135,33 +123,33 @@ impl Store {
 
     /// One retained command.
     pub async fn command(&self, command_id: &str) -> Result<CommandRow> {
-        Ok(sqlx::query_as(&format!("{SELECT} WHERE c.id = $1"))
+        query(&format!("{SELECT} WHERE c.id = $1"))
             .bind(command_id)
             .fetch_one(&self.pool)
-            .await?)
+            .await
     }
 
     /// Retained commands, newest first, optionally of one region and matching a name search.
     pub async fn list_commands(
         &self,
         region_id: Option<&str>,
-        query: Option<&str>,
+        search: Option<&str>,
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<CommandRow>, u64)> {
         const WHERE: &str = "WHERE ($1 IS NULL OR c.region_id = $1) \
                              AND ($2 IS NULL OR instr(lower(c.id || ' ' || c.name || ' ' || c.description), $2) > 0)";
-        let query = query.map(str::to_lowercase);
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM commands c {WHERE}"))
+        let text = search.map(str::to_lowercase);
+        let total: i64 = query_scalar(&format!("SELECT COUNT(*) FROM commands c {WHERE}"))
             .bind(region_id)
-            .bind(&query)
+            .bind(&text)
             .fetch_one(&self.pool)
             .await?;
-        let commands = sqlx::query_as(&format!(
+        let commands = query(&format!(
             "{SELECT} {WHERE} ORDER BY c.created_at DESC LIMIT $3 OFFSET $4"
         ))
         .bind(region_id)
-        .bind(&query)
+        .bind(&text)
         .bind(limit as i64)
         .bind(offset as i64)
         .fetch_all(&self.pool)
@@ -177,14 +165,14 @@ impl Store {
         };
         let mut tx = self.write_tx().await?;
         if let Some(name) = &update.name {
-            let region: String = sqlx::query_scalar("SELECT region_id FROM commands WHERE id = $1")
+            let region: String = query_scalar("SELECT region_id FROM commands WHERE id = $1")
                 .bind(command_id)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut tx)
                 .await?;
             ensure_name_free(&mut tx, &region, name, Some(command_id)).await?;
         }
         changed_one(
-            sqlx::query(
+            query(
                 "UPDATE commands SET name = COALESCE($2, name), description = COALESCE($3, description), \
              content = COALESCE($4, content), parameter_names = COALESCE($5, parameter_names), \
              working_dir = CASE WHEN $6 THEN $7 ELSE working_dir END, \
@@ -201,7 +189,7 @@ impl Store {
             .bind(update.timeout_secs.map(|t| t as i64))
             .bind(update.username.is_some())
             .bind(update.username.clone().flatten())
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?,
         )?;
         tx.commit().await?;
@@ -211,7 +199,7 @@ impl Store {
     /// Deletes a retained command. Its past invocations keep their own copy of the content.
     pub async fn delete_command(&self, command_id: &str) -> Result<()> {
         changed_one(
-            sqlx::query("DELETE FROM commands WHERE id = $1")
+            query("DELETE FROM commands WHERE id = $1")
                 .bind(command_id)
                 .execute(&self.pool)
                 .await?,
@@ -221,7 +209,7 @@ impl Store {
 
     /// Retained commands in one region.
     pub async fn command_count(&self, region_id: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
+        let n: i64 = query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
             .bind(region_id)
             .fetch_one(&self.pool)
             .await?;
@@ -231,7 +219,7 @@ impl Store {
     /// Retained commands per region.
     pub async fn command_counts(&self) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT region_id, COUNT(*) FROM commands GROUP BY region_id ORDER BY region_id")
+            query("SELECT region_id, COUNT(*) FROM commands GROUP BY region_id ORDER BY region_id")
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
@@ -241,7 +229,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_store;
 
     fn new_command(name: &str) -> NewCommand {
         NewCommand {
@@ -257,9 +244,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_quota_refusal_names_use_and_limit() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn the_quota_refusal_names_use_and_limit(store) {
         store.create_command(&new_command("a"), 2).await.unwrap();
         store.create_command(&new_command("b"), 2).await.unwrap();
 
@@ -270,10 +256,10 @@ mod tests {
             "{refused:?}"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn a_name_is_unique_within_its_region_on_create_and_rename() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_name_is_unique_within_its_region_on_create_and_rename(store) {
         let greet = store.create_command(&new_command("greet"), 10).await.unwrap();
         let other = store.create_command(&new_command("other"), 10).await.unwrap();
         let elsewhere = NewCommand {
@@ -305,10 +291,10 @@ mod tests {
             "keeping one's own name"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn a_command_update_keeps_fields_left_out() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_command_update_keeps_fields_left_out(store) {
         let cmd = store.create_command(&new_command("a"), 10).await.unwrap();
 
         let update = CommandUpdate {
@@ -322,5 +308,6 @@ mod tests {
         assert_eq!(changed.spec.working_dir.as_deref(), Some("/tmp"));
         assert_eq!(changed.spec.content, "echo {{who}}");
         assert_eq!(changed.parameter_names, vec!["who".to_string()]);
+    }
     }
 }

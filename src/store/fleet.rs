@@ -1,5 +1,6 @@
 //! Activations, enrolment and instances.
 
+use super::db::{query, query_scalar};
 use super::{Error, Result, Store, changed_one, now_ms};
 use crate::protocol::{CommandType, OsType};
 use std::collections::BTreeMap;
@@ -107,7 +108,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> sqlx::types::Json<&T> {
 }
 
 const INSTANCE_FILTER: &str = "WHERE ($1 IS NULL OR region_id = $1) \
-    AND ($2 IS NULL OR ($2 = 1) = (COALESCE(last_heartbeat_at, 0) > $3)) \
+    AND ($2 IS NULL OR $2 = (COALESCE(last_heartbeat_at, 0) > $3)) \
     AND ($4 IS NULL OR instr(lower(id || ' ' || name || ' ' || hostname || ' ' || ip_addresses || ' ' || tags), $4) > 0) \
     AND ($5 IS NULL OR online = $5)";
 
@@ -118,7 +119,7 @@ impl Store {
     /// Stores a new activation and returns its id.
     pub async fn create_activation(&self, new: &NewActivation) -> Result<ActivationRow> {
         let id = super::ids::new_id("act");
-        let row = sqlx::query_as(
+        let row = query(
             "INSERT INTO activations (id, code_hash, region_id, description, instance_count_limit, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, region_id, description, instance_count_limit, \
              registered_count, created_at, expires_at, disabled",
@@ -137,18 +138,18 @@ impl Store {
 
     /// All activations, newest first.
     pub async fn list_activations(&self) -> Result<Vec<ActivationRow>> {
-        Ok(sqlx::query_as(
+        query(
             "SELECT id, region_id, description, instance_count_limit, registered_count, created_at, expires_at, disabled \
              FROM activations ORDER BY created_at DESC",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Disables an activation: it enrols no more instances.
     pub async fn disable_activation(&self, activation_id: &str) -> Result<()> {
         changed_one(
-            sqlx::query("UPDATE activations SET disabled = 1 WHERE id = $1")
+            query("UPDATE activations SET disabled = TRUE WHERE id = $1")
                 .bind(activation_id)
                 .execute(&self.pool)
                 .await?,
@@ -165,13 +166,13 @@ impl Store {
     ) -> Result<InstanceRow> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let activation: Option<ActivationRow> = sqlx::query_as(
+        let activation: Option<ActivationRow> = query(
             "SELECT id, region_id, description, instance_count_limit, registered_count, created_at, expires_at, disabled \
              FROM activations WHERE id = $1 AND code_hash = $2",
         )
         .bind(activation_id)
         .bind(code_hash)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         let activation = activation.ok_or(Error::Register(RegisterRefusal::BadCode))?;
         if activation.disabled {
@@ -183,9 +184,9 @@ impl Store {
         if activation.registered_count >= activation.instance_count_limit {
             return Err(Error::Register(RegisterRefusal::UsedUp));
         }
-        sqlx::query("UPDATE activations SET registered_count = registered_count + 1 WHERE id = $1")
+        query("UPDATE activations SET registered_count = registered_count + 1 WHERE id = $1")
             .bind(activation_id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         let id = super::ids::new_id("i");
         let name = if new.name.is_empty() {
@@ -193,7 +194,7 @@ impl Store {
         } else {
             new.name.clone()
         };
-        let instance = sqlx::query_as(
+        let instance = query(
             "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, agent_version, \
              supported_command_types, secret_hash, activation_id, registered_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
@@ -210,7 +211,7 @@ impl Store {
         .bind(&new.secret_hash)
         .bind(activation_id)
         .bind(now)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(instance)
@@ -218,51 +219,49 @@ impl Store {
 
     /// The stored secret hash of an instance, for authenticating its agent.
     pub async fn instance_secret_hash(&self, instance_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
+        query_scalar("SELECT secret_hash FROM instances WHERE id = $1")
             .bind(instance_id)
             .fetch_optional(&self.pool)
-            .await?)
+            .await
     }
 
     /// One instance.
     pub async fn instance(&self, instance_id: &str) -> Result<InstanceRow> {
-        Ok(sqlx::query_as("SELECT * FROM instances WHERE id = $1")
+        query("SELECT * FROM instances WHERE id = $1")
             .bind(instance_id)
             .fetch_one(&self.pool)
-            .await?)
+            .await
     }
 
     /// The instances among `ids` that exist (in no particular order).
     pub async fn instances_by_ids(&self, ids: &[String]) -> Result<Vec<InstanceRow>> {
         // One statement however many: the ids travel as one JSON array.
-        Ok(
-            sqlx::query_as("SELECT * FROM instances WHERE id IN (SELECT value FROM json_each($1))")
-                .bind(sqlx::types::Json(ids))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        query("SELECT * FROM instances WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(sqlx::types::Json(ids))
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// A page of instances matching the filter, ordered by region then name, and the total matching.
     pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<(Vec<InstanceRow>, u64)> {
-        let running = filter.running.map(i64::from);
-        let online = filter.online.map(i64::from);
-        let query = filter.query.as_ref().map(|q| q.to_lowercase());
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
+        let running = filter.running;
+        let online = filter.online;
+        let text = filter.query.as_ref().map(|q| q.to_lowercase());
+        let total: i64 = query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
             .bind(&filter.region_id)
             .bind(running)
             .bind(filter.fresh_after)
-            .bind(&query)
+            .bind(&text)
             .bind(online)
             .fetch_one(&self.pool)
             .await?;
-        let instances = sqlx::query_as(&format!(
+        let instances = query(&format!(
             "SELECT * FROM instances {INSTANCE_FILTER} {INSTANCE_ORDER} LIMIT $6 OFFSET $7"
         ))
         .bind(&filter.region_id)
         .bind(running)
         .bind(filter.fresh_after)
-        .bind(&query)
+        .bind(&text)
         .bind(online)
         .bind(filter.limit as i64)
         .bind(filter.offset as i64)
@@ -274,34 +273,32 @@ impl Store {
     /// The ids of the first `limit` instances matching the filter (its offset is ignored), in
     /// listing order: "select all matching" in the console.
     pub async fn matching_instance_ids(&self, filter: &InstanceFilter, limit: u64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(&format!(
+        query_scalar(&format!(
             "SELECT id FROM instances {INSTANCE_FILTER} {INSTANCE_ORDER} LIMIT $6"
         ))
         .bind(&filter.region_id)
-        .bind(filter.running.map(i64::from))
+        .bind(filter.running)
         .bind(filter.fresh_after)
         .bind(filter.query.as_ref().map(|q| q.to_lowercase()))
-        .bind(filter.online.map(i64::from))
+        .bind(filter.online)
         .bind(limit as i64)
         .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Renames an instance.
     pub async fn rename_instance(&self, instance_id: &str, name: &str) -> Result<InstanceRow> {
-        Ok(
-            sqlx::query_as("UPDATE instances SET name = $2 WHERE id = $1 RETURNING *")
-                .bind(instance_id)
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        query("UPDATE instances SET name = $2 WHERE id = $1 RETURNING *")
+            .bind(instance_id)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Every region with its number of instances.
     pub async fn regions(&self) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id")
+            query("SELECT region_id, COUNT(*) FROM instances GROUP BY region_id ORDER BY region_id")
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().map(|(r, n)| (r, n as u64)).collect())
@@ -311,7 +308,7 @@ impl Store {
     /// may come back when the server restarts.
     pub async fn count_instances_seen_since(&self, since: i64) -> Result<u64> {
         let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM instances WHERE COALESCE(last_heartbeat_at, registered_at) >= $1")
+            query("SELECT COUNT(*) FROM instances WHERE COALESCE(last_heartbeat_at, registered_at) >= $1")
                 .bind(since)
                 .fetch_one(&self.pool)
                 .await?;
@@ -327,9 +324,9 @@ impl Store {
         protocol_version: u32,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
+        query(
             "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
-             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = 1, connection = $9, \
+             supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = TRUE, connection = $9, \
              agent_protocol = $10 WHERE id = $1",
         )
         .bind(instance_id)
@@ -350,8 +347,8 @@ impl Store {
     /// Records that an agent's connection closed, with its last heartbeat time, unless a newer
     /// connection of the instance has taken over.
     pub async fn agent_disconnected(&self, instance_id: &str, connection: u64, last_heartbeat_at: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE instances SET online = 0, connection = NULL, last_heartbeat_at = $2 \
+        query(
+            "UPDATE instances SET online = FALSE, connection = NULL, last_heartbeat_at = $2 \
              WHERE id = $1 AND connection = $3",
         )
         .bind(instance_id)
@@ -364,7 +361,7 @@ impl Store {
 
     /// Marks every instance offline; called at server start, before any agent connects.
     pub async fn mark_all_offline(&self) -> Result<()> {
-        sqlx::query("UPDATE instances SET online = 0, connection = NULL")
+        query("UPDATE instances SET online = FALSE, connection = NULL")
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -376,14 +373,14 @@ impl Store {
         static HEARTBEATS: super::MultiRow = super::MultiRow::new(
             "WITH v(id, at) AS (VALUES ",
             2,
-            ") UPDATE instances SET last_heartbeat_at = v.at FROM v WHERE instances.id = v.id AND instances.online = 1",
+            ") UPDATE instances SET last_heartbeat_at = v.at FROM v WHERE instances.id = v.id AND instances.online = TRUE",
         );
         for chunk in super::statement_chunks(beats) {
-            let mut query = sqlx::query(HEARTBEATS.sql(chunk.len()));
+            let mut statement = query(HEARTBEATS.sql(chunk.len()));
             for (id, at) in chunk {
-                query = query.bind(id).bind(at);
+                statement = statement.bind(id).bind(at);
             }
-            query.execute(&mut *tx).await?;
+            statement.execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -392,7 +389,7 @@ impl Store {
     /// Deregisters an instance: its credential stops working at once. Its results are kept.
     pub async fn delete_instance(&self, instance_id: &str) -> Result<()> {
         changed_one(
-            sqlx::query("DELETE FROM instances WHERE id = $1")
+            query("DELETE FROM instances WHERE id = $1")
                 .bind(instance_id)
                 .execute(&self.pool)
                 .await?,
@@ -404,7 +401,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ids, test_store};
+    use crate::store::ids;
 
     fn new_instance(name: &str) -> NewInstance {
         NewInstance {
@@ -430,9 +427,8 @@ mod tests {
         store.create_activation(&new).await.unwrap()
     }
 
-    #[tokio::test]
-    async fn an_activation_refuses_enrolment_past_its_limit() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn an_activation_refuses_enrolment_past_its_limit(store) {
         let act = activation(&store, 1, now_ms() + 60_000).await;
         let code = ids::hash_secret("code");
 
@@ -445,10 +441,10 @@ mod tests {
         assert_eq!(first.region_id, "cn-hangzhou");
         assert!(matches!(second, Err(Error::Register(RegisterRefusal::UsedUp))));
     }
+    }
 
-    #[tokio::test]
-    async fn an_activation_refuses_a_wrong_code_and_expiry() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn an_activation_refuses_a_wrong_code_and_expiry(store) {
         let live = activation(&store, 5, now_ms() + 60_000).await;
         let expired = activation(&store, 5, now_ms() - 1).await;
         let code = ids::hash_secret("code");
@@ -459,10 +455,10 @@ mod tests {
         assert!(matches!(wrong, Err(Error::Register(RegisterRefusal::BadCode))));
         assert!(matches!(late, Err(Error::Register(RegisterRefusal::Expired))));
     }
+    }
 
-    #[tokio::test]
-    async fn instances_are_listed_by_region_and_search() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn instances_are_listed_by_region_and_search(store) {
         let act = activation(&store, 5, now_ms() + 60_000).await;
         let code = ids::hash_secret("code");
         store
@@ -493,5 +489,6 @@ mod tests {
         assert_eq!((web.len(), total), (1, 1));
         assert_eq!(web[0].name, "web-1");
         assert!(none.is_empty());
+    }
     }
 }

@@ -1,10 +1,10 @@
 //! Invocations and their per-instance results: creation, listing, stop, deadlines, delivery.
 
 use super::commands::{NewCommand, insert_command};
-use super::{Result, Store, bind_spec, now_ms, parse_name, placeholders};
+use super::db::parsed;
+use super::db::{query, query_scalar};
+use super::{Result, Store, bind_spec, now_ms, placeholders};
 use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use std::collections::BTreeMap;
 
 /// An invocation to create.
@@ -69,18 +69,16 @@ impl StatusCounts {
     }
 }
 
-impl sqlx::FromRow<'_, SqliteRow> for StatusCounts {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
-        let mut counts = BTreeMap::new();
-        for status in ResultStatus::ALL {
-            let n: i64 = row.try_get(format!("n_{}", status.as_str().to_lowercase()).as_str())?;
-            if n > 0 {
-                counts.insert(*status, n as u64);
-            }
+super::db::from_row!(StatusCounts, |row| {
+    let mut counts = BTreeMap::new();
+    for status in ResultStatus::ALL {
+        let n: i64 = row.try_get(format!("n_{}", status.as_str().to_lowercase()).as_str())?;
+        if n > 0 {
+            counts.insert(*status, n as u64);
         }
-        Ok(StatusCounts(counts))
     }
-}
+    Ok(StatusCounts(counts))
+});
 
 /// A stored result.
 #[derive(Debug, Clone)]
@@ -163,15 +161,15 @@ pub struct InvocationPage {
     pub next: Option<Cursor>,
 }
 
-pub(super) fn result_from_row(row: &SqliteRow) -> Result<ResultRow> {
+super::db::from_row!(ResultRow, |row| {
     let error_code: Option<String> = row.try_get("error_code")?;
     Ok(ResultRow {
         id: row.try_get("id")?,
         invocation_id: row.try_get("invocation_id")?,
         instance_id: row.try_get("instance_id")?,
-        status: parse_name(row.try_get("status")?)?,
+        status: parsed("status", row.try_get("status")?)?,
         exit_code: row.try_get("exit_code")?,
-        error_code: error_code.as_deref().map(parse_name).transpose()?,
+        error_code: error_code.map(|c| parsed("error_code", c)).transpose()?,
         error_info: row.try_get("error_info")?,
         output_bytes: row.try_get::<i64, _>("output_bytes")? as u64,
         dropped: row.try_get::<i64, _>("dropped")? as u64,
@@ -179,19 +177,27 @@ pub(super) fn result_from_row(row: &SqliteRow) -> Result<ResultRow> {
         finish_time: row.try_get("finish_time")?,
         stop_time: row.try_get("stop_time")?,
     })
-}
+});
 
-fn change_from_row(row: &SqliteRow) -> Result<ResultChange> {
+super::db::from_row!(ResultChange, |row| {
     let error_code: Option<String> = row.try_get("error_code")?;
     Ok(ResultChange {
         invocation_id: row.try_get("invocation_id")?,
         instance_id: row.try_get("instance_id")?,
-        status: parse_name(row.try_get("status")?)?,
+        status: parsed("status", row.try_get("status")?)?,
         exit_code: row.try_get("exit_code")?,
-        error_code: error_code.as_deref().map(parse_name).transpose()?,
+        error_code: error_code.map(|c| parsed("error_code", c)).transpose()?,
         error_info: row.try_get("error_info")?,
     })
-}
+});
+
+super::db::from_row!(DeliveryRow, |row| {
+    Ok(DeliveryRow {
+        result_id: row.try_get("result_id")?,
+        deliver_by: row.try_get("result_deliver_by")?,
+        invocation: sqlx::FromRow::from_row(row)?,
+    })
+});
 
 const CHANGE_COLUMNS: &str = "invocation_id, instance_id, status, exit_code, error_code, error_info";
 
@@ -207,7 +213,7 @@ impl Store {
             None => new.command_id.clone(),
         };
         let id = super::ids::new_id("t");
-        let insert = sqlx::query(
+        let insert = query(
             "INSERT INTO invocations (id, command_id, name, type, content, working_dir, timeout_secs, username, \
              enable_parameter, parameters, creator, created_at, n_pending) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -221,18 +227,18 @@ impl Store {
             .bind(now)
             // Every result starts Pending (the trigger counts changes from there).
             .bind(new.instance_ids.len() as i64)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         // One statement for every target: the ids travel as one JSON array (binding thousands
         // of `$N` costs sqlx-sqlite a scan of the names per parameter).
-        let result_ids = sqlx::query_as::<_, (i64, String)>(
+        let result_ids = query(
             "INSERT INTO results (invocation_id, instance_id, status, deliver_by) \
              SELECT $1, value, 'Pending', $2 FROM json_each($3) RETURNING id, instance_id",
         )
         .bind(&id)
         .bind(new.deliver_by)
         .bind(sqlx::types::Json(&new.instance_ids))
-        .fetch_all(&mut *tx)
+        .fetch_all::<(i64, String)>(&mut tx)
         .await?
         .into_iter()
         .map(|(id, instance)| (instance, id))
@@ -247,10 +253,10 @@ impl Store {
 
     /// One invocation with its counts.
     pub async fn invocation(&self, invoke_id: &str) -> Result<InvocationRow> {
-        Ok(sqlx::query_as("SELECT * FROM invocations WHERE id = $1")
+        query("SELECT * FROM invocations WHERE id = $1")
             .bind(invoke_id)
             .fetch_one(&self.pool)
-            .await?)
+            .await
     }
 
     /// Invocations matching the filter, newest first, with counts, and the total matching.
@@ -265,7 +271,7 @@ impl Store {
              AND ($3 IS NULL OR i.created_at >= $3) AND ($4 IS NULL OR i.created_at < $4) \
              AND ($5 IS NULL OR i.status = $5)";
         let status = filter.status.map(|s| s.as_str());
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM invocations i {conditions}"))
+        let total: i64 = query_scalar(&format!("SELECT COUNT(*) FROM invocations i {conditions}"))
             .bind(&filter.command_id)
             .bind(&filter.instance)
             .bind(filter.since)
@@ -279,7 +285,7 @@ impl Store {
             Some(c) => (Some(c.created_at), Some(c.id.as_str())),
             None => (None, None),
         };
-        let mut rows: Vec<InvocationRow> = sqlx::query_as(&format!(
+        let mut rows: Vec<InvocationRow> = query(&format!(
             "SELECT i.* FROM invocations i {conditions} \
              AND ($6 IS NULL OR (i.created_at <= $6 AND NOT (i.created_at = $6 AND i.id <= $7))) \
              ORDER BY i.created_at DESC, i.id LIMIT $8 OFFSET $9"
@@ -310,7 +316,7 @@ impl Store {
 
     /// The results of these instances in an invocation (those it has), in instance id order.
     pub async fn results_of(&self, invoke_id: &str, instance_ids: &[String]) -> Result<Vec<ResultRow>> {
-        let rows = sqlx::query(
+        let rows: Vec<ResultRow> = query(
             "SELECT * FROM results WHERE invocation_id = $1 \
              AND instance_id IN (SELECT value FROM json_each($2)) ORDER BY instance_id",
         )
@@ -318,7 +324,7 @@ impl Store {
         .bind(sqlx::types::Json(instance_ids))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(result_from_row).collect()
+        Ok(rows)
     }
 
     /// A page of an invocation's results in instance id order, of one status or all.
@@ -329,7 +335,7 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Vec<ResultRow>> {
-        let rows = sqlx::query(
+        let rows: Vec<ResultRow> = query(
             "SELECT * FROM results WHERE invocation_id = $1 AND ($2 IS NULL OR status = $2) \
              ORDER BY instance_id LIMIT $3 OFFSET $4",
         )
@@ -339,26 +345,26 @@ impl Store {
         .bind(offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(result_from_row).collect()
+        Ok(rows)
     }
 
     /// The results of an invocation, ordered by instance id.
     pub async fn results(&self, invoke_id: &str) -> Result<Vec<ResultRow>> {
-        let rows = sqlx::query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
+        let rows: Vec<ResultRow> = query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
             .bind(invoke_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(result_from_row).collect()
+        Ok(rows)
     }
 
     /// One result.
     pub async fn result(&self, invoke_id: &str, instance_id: &str) -> Result<ResultRow> {
-        let row = sqlx::query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
+        let row: ResultRow = query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
             .bind(invoke_id)
             .bind(instance_id)
             .fetch_one(&self.pool)
             .await?;
-        result_from_row(&row)
+        Ok(row)
     }
 
     /// Stops results of an invocation (all, or those of the given instances) at `now`, on behalf
@@ -400,13 +406,11 @@ impl Store {
                     &stopped,
                 ),
             ] {
-                let mut query = sqlx::query(&sql).bind(invoke_id).bind(now).bind(info);
+                let mut statement = query(&sql).bind(invoke_id).bind(now).bind(info);
                 for id in batch.unwrap_or_default() {
-                    query = query.bind(id);
+                    statement = statement.bind(id);
                 }
-                for row in query.fetch_all(&mut *tx).await? {
-                    changes.push(change_from_row(&row)?);
-                }
+                changes.extend(statement.fetch_all::<ResultChange>(&mut tx).await?);
             }
         }
         tx.commit().await?;
@@ -415,7 +419,7 @@ impl Store {
 
     /// Pending results of an instance that are still within their delivery window at `now`.
     pub async fn deliveries(&self, instance_id: &str, now: i64) -> Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query(
+        query(
             "SELECT r.id AS result_id, r.deliver_by AS result_deliver_by, i.* FROM results r \
              JOIN invocations i ON i.id = r.invocation_id \
              WHERE r.instance_id = $1 AND r.status = 'Pending' AND r.deliver_by > $2 ORDER BY i.created_at",
@@ -423,16 +427,7 @@ impl Store {
         .bind(instance_id)
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeliveryRow {
-                    result_id: row.try_get("result_id")?,
-                    deliver_by: row.try_get("result_deliver_by")?,
-                    invocation: sqlx::FromRow::from_row(row)?,
-                })
-            })
-            .collect()
+        .await
     }
 
     /// Records that these results' tasks were handed to their agents' connections at `at`
@@ -441,8 +436,8 @@ impl Store {
         if result_ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE results SET sent_at = $1 WHERE id IN (SELECT value FROM json_each($2)) \
+        query(
+            "UPDATE results SET sent_at = $1 WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($2)) \
              AND status = 'Pending' AND sent_at IS NULL",
         )
         .bind(at)
@@ -454,19 +449,17 @@ impl Store {
 
     /// The result id of an instance's task, if the task is the instance's own.
     pub async fn result_id(&self, invoke_id: &str, instance_id: &str) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2")
-                .bind(invoke_id)
-                .bind(instance_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        query_scalar("SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2")
+            .bind(invoke_id)
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// Results an agent lost: running on the server but not held by the agent that reconnected.
     /// They end as `Error` / `ExecutionInterrupted`.
     pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String], now: i64) -> Result<Vec<ResultChange>> {
-        let running: Vec<String> = sqlx::query_scalar(
+        let running: Vec<String> = query_scalar(
             "SELECT invocation_id FROM results WHERE instance_id = $1 AND status IN ('Running', 'Stopping')",
         )
         .bind(instance_id)
@@ -481,16 +474,14 @@ impl Store {
                  AND invocation_id IN ({}) RETURNING {CHANGE_COLUMNS}",
                 placeholders(4, batch.len())
             );
-            let mut query = sqlx::query(&sql)
+            let mut statement = query(&sql)
                 .bind(instance_id)
                 .bind(now)
                 .bind(ErrorCode::ExecutionInterrupted.default_info());
             for task in batch {
-                query = query.bind(task);
+                statement = statement.bind(*task);
             }
-            for row in query.fetch_all(&self.pool).await? {
-                changes.push(change_from_row(&row)?);
-            }
+            changes.extend(statement.fetch_all::<ResultChange>(&self.pool).await?);
         }
         Ok(changes)
     }
@@ -510,7 +501,7 @@ impl Store {
             ),
             (
                 "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1 AND instance_id IN \
-                 (SELECT id FROM instances WHERE online = 0 AND COALESCE(last_heartbeat_at, 0) <= $2)",
+                 (SELECT id FROM instances WHERE online = FALSE AND COALESCE(last_heartbeat_at, 0) <= $2)",
                 "Aborted",
                 Some(ErrorCode::ClientNotRunning),
                 ErrorCode::ClientNotRunning.default_info(),
@@ -544,7 +535,7 @@ impl Store {
             ),
             (
                 "status IN ('Running', 'Stopping') AND (instance_id IN \
-                 (SELECT id FROM instances WHERE online = 0 AND COALESCE(last_heartbeat_at, 0) <= $2) \
+                 (SELECT id FROM instances WHERE online = FALSE AND COALESCE(last_heartbeat_at, 0) <= $2) \
                  OR NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id))",
                 "Error",
                 Some(ErrorCode::ClientNotResponse),
@@ -559,17 +550,15 @@ impl Store {
                  error_info = CASE WHEN status = 'Stopping' THEN COALESCE(error_info || ' ', '') || $5 ELSE $5 END, \
                  finish_time = $1 WHERE {rule} RETURNING {CHANGE_COLUMNS}"
             );
-            let rows = sqlx::query(&sql)
+            let ended: Vec<ResultChange> = query(&sql)
                 .bind(now)
                 .bind(lost_before)
                 .bind(status)
                 .bind(code.map(ErrorCode::as_str))
                 .bind(info)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut tx)
                 .await?;
-            for row in rows {
-                changes.push(change_from_row(&row)?);
-            }
+            changes.extend(ended);
         }
         tx.commit().await?;
         Ok(changes)
@@ -580,7 +569,7 @@ impl Store {
     /// so that one purge transaction never holds the write lock for long. Returns the
     /// invocations and results deleted; `(0, 0)` once nothing is left to purge.
     pub async fn purge_batch(&self, before: i64, max_results: u64) -> Result<(u64, u64)> {
-        let oldest: Vec<(String, i64)> = sqlx::query_as(&format!(
+        let oldest: Vec<(String, i64)> = query(&format!(
             "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 ORDER BY created_at LIMIT 256"
         ))
         .bind(before)
@@ -600,9 +589,9 @@ impl Store {
         }
         // Results and output go with them (ON DELETE CASCADE).
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM invocations WHERE id IN (SELECT value FROM json_each($1))")
+        query("DELETE FROM invocations WHERE id IN (SELECT value FROM json_each($1))")
             .bind(sqlx::types::Json(&ids))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         Ok((ids.len() as u64, results))
@@ -616,7 +605,6 @@ const COUNT_ALL: &str = "n_pending + n_invalid + n_aborted + n_running + n_succe
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::store::test_store;
 
     pub(crate) fn new_invocation(instances: &[&str], deliver_by: i64) -> NewInvocation {
         NewInvocation {
@@ -631,9 +619,8 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_invocation_starts_with_one_pending_result_per_instance() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn an_invocation_starts_with_one_pending_result_per_instance(store) {
         let ids: Vec<String> = (0..450).map(|i| format!("i-{i:03}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
 
@@ -647,16 +634,16 @@ pub(crate) mod tests {
         assert!(command_id.is_none());
         assert_eq!(inv.counts.0.get(&ResultStatus::Pending), Some(&450));
     }
+    }
 
-    #[tokio::test]
-    async fn stop_cancels_pending_results_and_stops_running_ones() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn stop_cancels_pending_results_and_stops_running_ones(store) {
         let id = store
             .create_invocation(&new_invocation(&["i-a", "i-b"], now_ms() + 60_000))
             .await
             .unwrap()
             .id;
-        sqlx::query("UPDATE results SET status = 'Running' WHERE instance_id = 'i-b'")
+        query("UPDATE results SET status = 'Running' WHERE instance_id = 'i-b'")
             .execute(&store.pool)
             .await
             .unwrap();
@@ -675,10 +662,10 @@ pub(crate) mod tests {
             "a second stop changes nothing"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn listings_filter_by_overall_status_and_page_in_the_database() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn listings_filter_by_overall_status_and_page_in_the_database(store) {
         let mut ids = Vec::new();
         for n in 0..5 {
             let id = store
@@ -689,7 +676,7 @@ pub(crate) mod tests {
             ids.push(id);
         }
         for id in &ids[..3] {
-            sqlx::query("UPDATE results SET status = 'Success' WHERE invocation_id = $1")
+            query("UPDATE results SET status = 'Success' WHERE invocation_id = $1")
                 .bind(id)
                 .execute(&store.pool)
                 .await
@@ -728,10 +715,10 @@ pub(crate) mod tests {
         assert_eq!(pending_total, 2);
         assert!(pending.iter().all(|i| ids[3..].contains(&i.id)));
     }
+    }
 
-    #[tokio::test]
-    async fn a_cursor_pages_through_invocations_of_one_millisecond_without_a_repeat() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_cursor_pages_through_invocations_of_one_millisecond_without_a_repeat(store) {
         for _ in 0..7 {
             store
                 .create_invocation(&new_invocation(&["i-a"], now_ms() + 60_000))
@@ -739,7 +726,7 @@ pub(crate) mod tests {
                 .unwrap();
         }
         // Five share a millisecond, the page boundary falls inside it.
-        sqlx::query("UPDATE invocations SET created_at = 1000 WHERE id IN (SELECT id FROM invocations LIMIT 5)")
+        query("UPDATE invocations SET created_at = 1000 WHERE id IN (SELECT id FROM invocations LIMIT 5)")
             .execute(&store.pool)
             .await
             .unwrap();
@@ -772,11 +759,11 @@ pub(crate) mod tests {
         let expected: Vec<String> = everything.rows.into_iter().map(|r| r.id).collect();
         assert_eq!(followed, expected);
     }
+    }
 
-    #[tokio::test]
-    async fn records_are_found_by_instance_name_id_prefix_or_id_and_by_time() {
-        let (store, _dir) = test_store().await;
-        sqlx::query(
+    crate::store::both_backends! {
+    async fn records_are_found_by_instance_name_id_prefix_or_id_and_by_time(store) {
+        query(
             "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, \
              agent_version, supported_command_types, secret_hash, activation_id, registered_at) \
              VALUES ('i-webaaaa', 'Web-1', 'h', 'local', 'linux', 'x', '[]', '0', '[]', 'h', 'a', 0)",
@@ -819,10 +806,10 @@ pub(crate) mod tests {
             "created before `since`"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn undelivered_results_are_aborted_after_the_window() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn undelivered_results_are_aborted_after_the_window(store) {
         let id = store
             .create_invocation(&new_invocation(&["i-gone"], 1000))
             .await
@@ -838,16 +825,16 @@ pub(crate) mod tests {
         assert_eq!(late[0].error_code, Some(ErrorCode::InstanceNotExists));
         assert!(store.invocation(&id).await.unwrap().status().is_terminal());
     }
+    }
 }
 
 #[cfg(test)]
 mod purge_tests {
     use super::*;
-    use crate::store::{AgentWrite, OutputLimits, test_store};
+    use crate::store::{AgentWrite, OutputLimits};
 
-    #[tokio::test]
-    async fn the_purge_deletes_whole_old_invocations_in_bounded_batches_with_their_output() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn the_purge_deletes_whole_old_invocations_in_bounded_batches_with_their_output(store) {
         let mut ids = Vec::new();
         for n in 0..5 {
             let instances: Vec<String> = (0..3).map(|i| format!("i-{n}{i}")).collect();
@@ -867,7 +854,7 @@ mod purge_tests {
                 store.apply_agent_writes(&[chunk], limits).await.unwrap();
             }
             // Oldest first: invocation n was created n days before the last.
-            sqlx::query("UPDATE invocations SET created_at = $2 WHERE id = $1")
+            query("UPDATE invocations SET created_at = $2 WHERE id = $1")
                 .bind(&created.id)
                 .bind(1_000_000 + n)
                 .execute(&store.pool)
@@ -878,8 +865,8 @@ mod purge_tests {
         let count = |table: &'static str| {
             let store = store.clone();
             async move {
-                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
-                    .fetch_one(&store.pool)
+                query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one::<i64>(&store.pool)
                     .await
                     .unwrap()
             }
@@ -898,20 +885,19 @@ mod purge_tests {
         assert_eq!(count("output_chunks").await, 3, "output went with its results");
         assert!(store.invocation(&ids[4]).await.is_ok(), "the young one stays");
     }
+    }
 }
 
 #[cfg(test)]
 mod status_sql_tests {
     use super::*;
-    use crate::store::test_store;
 
-    /// Every combination of result groups (with every status of a group taking its turn) gets
-    /// the same overall status from the migration's SQL as from `InvocationStatus::from_counts`,
-    /// and the counts follow every change.
-    #[tokio::test]
-    async fn the_sql_overall_status_and_counts_agree_with_from_counts() {
+    // Every combination of result groups (with every status of a group taking its turn) gets
+    // the same overall status from the migration's SQL as from `InvocationStatus::from_counts`,
+    // and the counts follow every change.
+    crate::store::both_backends! {
+    async fn the_sql_overall_status_and_counts_agree_with_from_counts(store) {
         use ResultStatus::*;
-        let (store, _dir) = test_store().await;
         let groups: [&[ResultStatus]; 6] = [
             &[Pending],
             &[Running],
@@ -930,7 +916,7 @@ mod status_sql_tests {
             let new = tests::new_invocation(&refs, now_ms() + 60_000);
             let id = store.create_invocation(&new).await.unwrap().id;
             for (instance, status) in instances.iter().zip(&statuses) {
-                sqlx::query("UPDATE results SET status = $3 WHERE invocation_id = $1 AND instance_id = $2")
+                query("UPDATE results SET status = $3 WHERE invocation_id = $1 AND instance_id = $2")
                     .bind(&id)
                     .bind(instance)
                     .bind(status.as_str())
@@ -940,7 +926,7 @@ mod status_sql_tests {
             }
 
             let row = store.invocation(&id).await.unwrap();
-            let from_sql: String = sqlx::query_scalar("SELECT status FROM invocations WHERE id = $1")
+            let from_sql: String = query_scalar("SELECT status FROM invocations WHERE id = $1")
                 .bind(&id)
                 .fetch_one(&store.pool)
                 .await
@@ -951,5 +937,6 @@ mod status_sql_tests {
             let counted: BTreeMap<ResultStatus, u64> = statuses.iter().map(|s| (*s, 1)).collect();
             assert_eq!(row.counts.0, counted, "{statuses:?}");
         }
+    }
     }
 }

@@ -2,38 +2,35 @@
 //! in from. The rules that read them live in `dispatch::throttle`; this module only counts.
 //! Usernames and addresses arrive as the throttle's keys (lowercased, IPv6 by /64).
 
+use super::db::{query, query_scalar};
 use super::{Result, Store};
 
 impl Store {
     /// Whether the username logged in from this address since `known_since`.
     pub async fn is_known_login_source(&self, username: &str, source: &str, known_since: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM login_sources WHERE username = $1 AND source = $2 AND at > $3)",
-        )
-        .bind(username)
-        .bind(source)
-        .bind(known_since)
-        .fetch_one(&self.pool)
-        .await?)
+        query_scalar("SELECT EXISTS (SELECT 1 FROM login_sources WHERE username = $1 AND source = $2 AND at > $3)")
+            .bind(username)
+            .bind(source)
+            .bind(known_since)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// When the address's `limit`-th most recent failure since `since` happened, if it has
     /// that many.
     pub async fn address_limit_reached_at(&self, source: &str, since: i64, limit: u32) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT at FROM login_failures WHERE source = $1 AND at > $2 ORDER BY at DESC LIMIT 1 OFFSET $3",
-        )
-        .bind(source)
-        .bind(since)
-        .bind(i64::from(limit.max(1)) - 1)
-        .fetch_optional(&self.pool)
-        .await?)
+        query_scalar("SELECT at FROM login_failures WHERE source = $1 AND at > $2 ORDER BY at DESC LIMIT 1 OFFSET $3")
+            .bind(source)
+            .bind(since)
+            .bind(i64::from(limit.max(1)) - 1)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// The username's failures since `since` from addresses other than `source`.
     pub async fn login_failures_elsewhere(&self, username: &str, source: &str, since: i64) -> Result<u64> {
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM login_failures WHERE username = $1 AND source <> $2 AND at > $3")
+            query_scalar("SELECT COUNT(*) FROM login_failures WHERE username = $1 AND source <> $2 AND at > $3")
                 .bind(username)
                 .bind(source)
                 .bind(since)
@@ -44,7 +41,7 @@ impl Store {
 
     /// Counts a failed password check.
     pub async fn record_login_failure(&self, username: &str, source: &str, at: i64) -> Result<()> {
-        sqlx::query("INSERT INTO login_failures (username, source, at) VALUES ($1, $2, $3)")
+        query("INSERT INTO login_failures (username, source, at) VALUES ($1, $2, $3)")
             .bind(username)
             .bind(source)
             .bind(at)
@@ -57,19 +54,19 @@ impl Store {
     /// address keeps its failures for other usernames), and the address becomes known to it.
     pub async fn record_login_success(&self, username: &str, source: &str, at: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM login_failures WHERE username = $1 AND source = $2")
+        query("DELETE FROM login_failures WHERE username = $1 AND source = $2")
             .bind(username)
             .bind(source)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        sqlx::query(
+        query(
             "INSERT INTO login_sources (username, source, at) VALUES ($1, $2, $3) \
              ON CONFLICT (username, source) DO UPDATE SET at = $3",
         )
         .bind(username)
         .bind(source)
         .bind(at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -78,25 +75,23 @@ impl Store {
     /// Deletes failures from before `failures_before` and known addresses last used before
     /// `sources_before`; returns how many rows went.
     pub async fn forget_login_records(&self, failures_before: i64, sources_before: i64) -> Result<u64> {
-        let failures = sqlx::query("DELETE FROM login_failures WHERE at <= $1")
+        let failures = query("DELETE FROM login_failures WHERE at <= $1")
             .bind(failures_before)
             .execute(&self.pool)
             .await?;
-        let sources = sqlx::query("DELETE FROM login_sources WHERE at <= $1")
+        let sources = query("DELETE FROM login_sources WHERE at <= $1")
             .bind(sources_before)
             .execute(&self.pool)
             .await?;
-        Ok(failures.rows_affected() + sources.rows_affected())
+        Ok(failures + sources)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::store::test_store;
 
-    #[tokio::test]
-    async fn an_address_reaches_its_limit_at_its_limit_th_newest_failure() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn an_address_reaches_its_limit_at_its_limit_th_newest_failure(store) {
         for at in [100, 200, 300] {
             store.record_login_failure("admin", "10.0.0.9", at).await.unwrap();
         }
@@ -113,10 +108,10 @@ mod tests {
             "the first one is out of the window"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn a_username_counts_failures_from_other_addresses_only() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_username_counts_failures_from_other_addresses_only(store) {
         for (source, at) in [
             ("10.0.0.9", 100),
             ("10.0.0.9", 200),
@@ -134,10 +129,10 @@ mod tests {
             2
         );
     }
+    }
 
-    #[tokio::test]
-    async fn a_success_forgives_that_address_for_that_username_only_and_makes_it_known() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_success_forgives_that_address_for_that_username_only_and_makes_it_known(store) {
         for (user, source) in [("admin", "10.0.0.1"), ("admin", "10.0.0.9"), ("ann", "10.0.0.1")] {
             store.record_login_failure(user, source, 100).await.unwrap();
         }
@@ -160,10 +155,10 @@ mod tests {
             "known for admin, not for ann"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn old_records_are_forgotten() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn old_records_are_forgotten(store) {
         store.record_login_failure("admin", "10.0.0.9", 100).await.unwrap();
         store.record_login_failure("admin", "10.0.0.9", 300).await.unwrap();
         store.record_login_success("ann", "10.0.0.1", 100).await.unwrap();
@@ -173,5 +168,6 @@ mod tests {
         assert_eq!(forgotten, 2);
         assert_eq!(store.login_failures_elsewhere("admin", "x", 0).await.unwrap(), 1);
         assert!(!store.is_known_login_source("ann", "10.0.0.1", 0).await.unwrap());
+    }
     }
 }

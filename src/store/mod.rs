@@ -3,16 +3,18 @@
 //! Callers get plain Rust types and a `store::Error`; no sqlx type leaves this module. Every
 //! transaction begins and ends here. This module must not depend on axum, `server` or `dispatch`.
 //!
-//! Today the backend is one SQLite file in WAL mode; the statements use `$N` placeholders and
-//! portable SQL so that the PostgreSQL backend of the scale-out work can share most of them.
+//! Two backends: one SQLite file in WAL mode (the default), or PostgreSQL shared by several
+//! replicas. Statements are written once, with `$N` placeholders, and run on either (`db`).
 
 mod audit;
 mod commands;
+mod db;
 mod fleet;
 pub mod ids;
 mod invocations;
 mod logins;
 mod output;
+pub mod scratch;
 mod sessions;
 mod settings;
 mod tokens;
@@ -29,8 +31,10 @@ pub use sessions::SessionRow;
 pub use tokens::TokenRow;
 pub use users::{Role, UserRow, UserUpdate};
 
-use sqlx::SqlitePool;
+use db::{Pool, Tx, query};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions as _, Connection as _};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -71,14 +75,17 @@ impl From<sqlx::Error> for Error {
         match &e {
             sqlx::Error::RowNotFound => Error::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict,
-            sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_FULL) => Error::DiskFull,
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some(SQLITE_FULL | PG_DISK_FULL)) => {
+                Error::DiskFull
+            }
             _ => Error::Database(e),
         }
     }
 }
 
-/// SQLite's result code for a write that found no room on the disk.
+/// SQLite's result code, and PostgreSQL's SQLSTATE, for a write that found no room on the disk.
 const SQLITE_FULL: &str = "13";
+const PG_DISK_FULL: &str = "53100";
 
 impl Error {
     /// Whether the same call may succeed if retried later (the disk full, the database busy or
@@ -87,10 +94,18 @@ impl Error {
         match self {
             Error::DiskFull => true,
             Error::Database(sqlx::Error::Database(db)) => {
-                // SQLite's primary result codes (the low byte of an extended one): BUSY,
-                // LOCKED, IOERR, CANTOPEN. A constraint or a bad statement is not transient.
-                let primary = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
-                matches!(primary, Some(5 | 6 | 10 | 14))
+                let code = db.code().unwrap_or_default();
+                match code.parse::<i32>() {
+                    // SQLite's primary result codes (the low byte of an extended one): BUSY,
+                    // LOCKED, IOERR, CANTOPEN. A constraint or a bad statement is not transient.
+                    Ok(n) if code.len() < 5 => matches!(n & 0xff, 5 | 6 | 10 | 14),
+                    // PostgreSQL's SQLSTATEs: a lost connection (08…), a serialization failure
+                    // or deadlock (40001, 40P01), too few resources (53…), a shutdown or a
+                    // server starting (57P…).
+                    _ => ["08", "40001", "40P01", "53", "57P"]
+                        .iter()
+                        .any(|prefix| code.starts_with(prefix)),
+                }
             }
             Error::Database(e) => matches!(
                 e,
@@ -107,7 +122,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 impl Store {
@@ -135,28 +150,72 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+        })
     }
 
-    /// Opens the database named by a URL: `sqlite:<path>` or a plain file path.
+    /// Connects to a PostgreSQL database (`postgres://…`) and applies pending migrations.
+    ///
+    /// Replicas starting together take turns: sqlx's migrator holds an advisory lock while it
+    /// migrates. It runs on a connection of its own, closed afterwards, so a failed migration
+    /// cannot leave the lock held by a connection idling in the pool.
+    pub async fn open_postgres(url: &str) -> Result<Store> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("fleetrun")
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1));
+        let mut migrating = options.connect().await?;
+        let migrated = sqlx::migrate!("./migrations/postgres").run_direct(&mut migrating).await;
+        migrating.close().await?;
+        migrated?;
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(Store {
+            pool: Pool::Postgres(pool),
+        })
+    }
+
+    /// Opens the database named by a URL: `postgres://…`, `sqlite:<path>` or a plain file path.
     pub async fn open(url: &str) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Store::open_postgres(url).await;
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
-        if url.starts_with("postgres") {
-            return Err(Error::Corrupt(
-                "PostgreSQL is not supported yet; use the SQLite default (see docs/ARCHITECTURE.md)".into(),
-            ));
-        }
         Store::open_sqlite(Path::new(path)).await
     }
 
-    /// Begins a write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
-    /// transaction that reads first and writes later fails with "database is locked" when
-    /// another writer commits in between, instead of waiting its turn.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Whether this store is PostgreSQL, shared with other replicas, rather than a SQLite file
+    /// only this process writes.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Begins a write transaction. Writes take turns, on both backends, so a check and the
+    /// write it guards (a quota, a name, an activation's limit, a result's status) see no
+    /// other writer in between.
+    ///
+    /// SQLite: `BEGIN IMMEDIATE` takes the write lock up front (a deferred transaction that
+    /// reads first and writes later fails with "database is locked" when another writer
+    /// commits in between, instead of waiting its turn). PostgreSQL: a transaction-level
+    /// advisory lock, released by the commit, so every replica's writers queue the same way.
+    async fn write_tx(&self) -> Result<Tx> {
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => {
+                let mut tx = Tx::Postgres(pool.begin().await?);
+                query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut tx)
+                    .await?;
+                tx
+            }
+        })
     }
 
     /// Closes every connection, waiting for running statements.
@@ -179,19 +238,20 @@ fn left_in_transaction(conn: &sqlx::SqliteConnection) -> bool {
     depth > 0
 }
 
+/// Connections each replica keeps to PostgreSQL (its `max_connections` is 100 by default).
+const PG_POOL_SIZE: u32 = 10;
+
+/// The advisory lock key writers take turns on (PostgreSQL): "fleetrun" in ASCII.
+const WRITE_LOCK: i64 = 0x666c_6565_7472_756e;
+
 /// Milliseconds since the Unix epoch, the time format of every stored timestamp.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn parse_name<T: FromStr>(text: &str) -> Result<T> {
-    text.parse()
-        .map_err(|_| Error::Corrupt(format!("unexpected value {text:?}")))
-}
-
 /// `NotFound` unless a statement changed a row: for updates and deletes of one row by id.
-fn changed_one(done: sqlx::sqlite::SqliteQueryResult) -> Result<()> {
-    if done.rows_affected() == 0 {
+fn changed_one(rows_affected: u64) -> Result<()> {
+    if rows_affected == 0 {
         return Err(Error::NotFound);
     }
     Ok(())
@@ -199,10 +259,7 @@ fn changed_one(done: sqlx::sqlite::SqliteQueryResult) -> Result<()> {
 
 /// Binds a `CommandSpec` to the six placeholders that follow, in the column order every
 /// statement lists them: `type, content, working_dir, timeout_secs, username, enable_parameter`.
-fn bind_spec<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    spec: &'q crate::protocol::CommandSpec,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+fn bind_spec<'q>(query: db::Query<'q>, spec: &'q crate::protocol::CommandSpec) -> db::Query<'q> {
     query
         .bind(spec.command_type.as_str())
         .bind(&spec.content)
@@ -288,23 +345,86 @@ pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     (store, dir)
 }
 
+/// The backend a store test runs on ([`both_backends!`] runs it on each).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// What keeps a test store's data alive: its directory or its PostgreSQL database.
+#[cfg(test)]
+#[allow(dead_code)]
+pub(crate) enum TestData {
+    Dir(tempfile::TempDir),
+    Postgres(scratch::ScratchDatabase),
+}
+
+/// A fresh store on `backend`. On PostgreSQL, a database of its own on the test server (see
+/// [`scratch`]); the test fails with one line saying how to start PostgreSQL when none answers.
+#[cfg(test)]
+pub(crate) async fn test_store_on(backend: TestBackend) -> (Store, TestData) {
+    match backend {
+        TestBackend::Sqlite => {
+            let (store, dir) = test_store().await;
+            (store, TestData::Dir(dir))
+        }
+        TestBackend::Postgres => {
+            let database = scratch::ScratchDatabase::create()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let store = Store::open(&database.url).await.unwrap();
+            (store, TestData::Postgres(database))
+        }
+    }
+}
+
+/// Store tests that run on both backends: each `async fn name(store) { … }` becomes a module
+/// `name` with the tests `sqlite` and `postgres`, `store` a fresh store of that backend.
+#[cfg(test)]
+macro_rules! both_backends {
+    ($(async fn $name:ident($store:ident) $body:block)*) => {
+        $(mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                #[allow(unused_variables)]
+                let ($store, _data) = $crate::store::test_store_on($crate::store::TestBackend::Sqlite).await;
+                $body
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                #[allow(unused_variables)]
+                let ($store, _data) = $crate::store::test_store_on($crate::store::TestBackend::Postgres).await;
+                $body
+            }
+        })*
+    };
+}
+#[cfg(test)]
+pub(crate) use both_backends;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_transaction_sqlite_ended_by_itself_does_not_poison_the_pool() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_transaction_sqlite_ended_by_itself_does_not_poison_the_pool(store) {
         {
             let mut tx = store.write_tx().await.unwrap();
             // What SQLite does by itself when a write finds the disk full: the transaction is
             // rolled back under sqlx's feet, and sqlx's own ROLLBACK on drop then fails.
-            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            query("ROLLBACK").execute(&mut tx).await.unwrap();
         }
         for _ in 0..16 {
             let tx = store.write_tx().await.expect("a later transaction begins");
             tx.commit().await.unwrap();
         }
+    }
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! it gave up (they lay wholly in the middle): it advances the sequence and the byte count like
 //! those chunks and stores nothing.
 
-use super::{MultiRow, Result, Store, parse_name, statement_chunks};
+use super::db::{Tx, query};
+use super::db::{from_row, parsed};
+use super::{MultiRow, Result, Store, statement_chunks};
 use crate::protocol::{ErrorCode, OutputStream, ResultStatus, TaskEnd};
 use bytes::Bytes;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
 use std::collections::HashMap;
 
 /// How much output is kept per result.
@@ -91,6 +91,21 @@ pub struct ChunkRow {
     pub data: Vec<u8>,
 }
 
+from_row!(ChunkRow, |row| {
+    Ok(ChunkRow {
+        offset: row.try_get::<i64, _>("pos")? as u64,
+        stream: OutputStream::from_code(row.try_get("stream")?),
+        data: row.try_get("data")?,
+    })
+});
+
+/// A chunk with its result's id.
+struct ResultChunk(i64, ChunkRow);
+
+from_row!(ResultChunk, |row| {
+    Ok(ResultChunk(row.try_get("result_id")?, sqlx::FromRow::from_row(row)?))
+});
+
 /// Per-result state loaded once per batch.
 struct State {
     status: ResultStatus,
@@ -118,11 +133,15 @@ struct End {
     at: i64,
 }
 
-impl State {
-    fn from_row(row: &SqliteRow) -> Result<State> {
-        let status = parse_name(row.try_get("status")?)?;
-        let error_code: Option<String> = row.try_get("error_code")?;
-        Ok(State {
+/// A result's state as [`LOAD`] reads it, with its id.
+struct Loaded(i64, State);
+
+from_row!(Loaded, |row| {
+    let status = parsed("status", row.try_get("status")?)?;
+    let error_code: Option<String> = row.try_get("error_code")?;
+    Ok(Loaded(
+        row.try_get("id")?,
+        State {
             status,
             revivable: status == ResultStatus::Aborted
                 && error_code.as_deref() == Some(ErrorCode::ClientNotResponse.as_str()),
@@ -134,9 +153,11 @@ impl State {
             output_changed: false,
             started: None,
             ended: None,
-        })
-    }
+        },
+    ))
+});
 
+impl State {
     /// Adds `data` at the end of the output, keeping only what could survive in head or tail.
     fn append(&mut self, stream: OutputStream, data: &[u8], limits: OutputLimits) -> u64 {
         let offset = self.output_bytes;
@@ -308,12 +329,12 @@ impl Store {
         ids.dedup();
         let mut states: HashMap<i64, State> = HashMap::with_capacity(ids.len());
         for chunk in statement_chunks(&ids) {
-            let mut query = sqlx::query(LOAD.sql(chunk.len()));
+            let mut statement = query(LOAD.sql(chunk.len()));
             for id in chunk {
-                query = query.bind(id);
+                statement = statement.bind(id);
             }
-            for row in query.fetch_all(&mut *tx).await? {
-                states.insert(row.try_get("id")?, State::from_row(&row)?);
+            for Loaded(id, state) in statement.fetch_all(&mut tx).await? {
+                states.insert(id, state);
             }
         }
         let applied = writes
@@ -331,23 +352,14 @@ impl Store {
     /// The kept output of a result from byte `from` on, in order. The row that contains
     /// `from` is returned whole.
     pub async fn output_chunks(&self, result_id: i64, from: u64) -> Result<Vec<ChunkRow>> {
-        let rows = sqlx::query(
+        query(
             "SELECT pos, stream, data FROM output_chunks WHERE result_id = $1 \
              AND pos + length(data) > $2 ORDER BY pos",
         )
         .bind(result_id)
         .bind(from as i64)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChunkRow {
-                    offset: row.try_get::<i64, _>("pos")? as u64,
-                    stream: OutputStream::from_code(row.try_get("stream")?),
-                    data: row.try_get("data")?,
-                })
-            })
-            .collect()
+        .await
     }
 
     /// The kept output of many results, each from its own byte offset on (`(result id, from)`),
@@ -361,16 +373,12 @@ impl Store {
         );
         let mut chunks: HashMap<i64, Vec<ChunkRow>> = HashMap::with_capacity(since.len());
         for batch in statement_chunks(since) {
-            let mut query = sqlx::query(SINCE.sql(batch.len()));
+            let mut statement = query(SINCE.sql(batch.len()));
             for (id, from) in batch {
-                query = query.bind(id).bind(*from as i64);
+                statement = statement.bind(id).bind(*from as i64);
             }
-            for row in query.fetch_all(&self.pool).await? {
-                chunks.entry(row.try_get("result_id")?).or_default().push(ChunkRow {
-                    offset: row.try_get::<i64, _>("pos")? as u64,
-                    stream: OutputStream::from_code(row.try_get("stream")?),
-                    data: row.try_get("data")?,
-                });
+            for ResultChunk(result_id, chunk) in statement.fetch_all(&self.pool).await? {
+                chunks.entry(result_id).or_default().push(chunk);
             }
         }
         Ok(chunks)
@@ -390,13 +398,12 @@ impl Store {
                 "SELECT result_id, data FROM output_chunks WHERE result_id IN ({}) ORDER BY result_id, pos",
                 super::placeholders(1, batch.len())
             );
-            let mut query = sqlx::query(&sql);
+            let mut statement = query(&sql);
             for id in batch {
-                query = query.bind(id);
+                statement = statement.bind(id);
             }
-            for row in query.fetch_all(&self.pool).await? {
-                let data: Vec<u8> = row.try_get("data")?;
-                outputs.entry(row.try_get("result_id")?).or_default().extend(data);
+            for (result_id, data) in statement.fetch_all::<(i64, Vec<u8>)>(&self.pool).await? {
+                outputs.entry(result_id).or_default().extend(data);
             }
         }
         Ok(outputs)
@@ -443,7 +450,7 @@ static ENDED: MultiRow = MultiRow::new(
 
 /// Writes what a batch changed: new output pieces, then the results' rows (started, output
 /// counters, ended), each kind with multi-row statements.
-async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, limits: OutputLimits) -> Result<()> {
+async fn write_states(tx: &mut Tx, states: &HashMap<i64, State>, limits: OutputLimits) -> Result<()> {
     let mut pieces: Vec<(i64, u64, OutputStream, &[u8])> = Vec::new();
     for (id, state) in states.iter().filter(|(_, s)| s.output_changed) {
         let tail_start = limits.head.max(state.output_bytes.saturating_sub(limits.tail));
@@ -458,15 +465,15 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
             }
         }
         if tail_start > limits.head {
-            trim_tail(tx, *id, limits.head, tail_start).await?;
+            trim_tail(&mut *tx, *id, limits.head, tail_start).await?;
         }
     }
     for chunk in statement_chunks(&pieces) {
-        let mut query = sqlx::query(INSERT_PIECES.sql(chunk.len()));
+        let mut statement = query(INSERT_PIECES.sql(chunk.len()));
         for (id, pos, stream, data) in chunk {
-            query = query.bind(id).bind(*pos as i64).bind(stream.code()).bind(*data);
+            statement = statement.bind(id).bind(*pos as i64).bind(stream.code()).bind(*data);
         }
-        query.execute(&mut *tx).await?;
+        statement.execute(&mut *tx).await?;
     }
 
     let dropped = |s: &State| s.output_bytes.saturating_sub(limits.head + limits.tail) as i64;
@@ -477,10 +484,10 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
         .map(|(id, s)| (*id, s))
         .collect();
     for chunk in statement_chunks(&started) {
-        let mut query = sqlx::query(STARTED.sql(chunk.len()));
+        let mut statement = query(STARTED.sql(chunk.len()));
         for (id, s) in chunk {
             let (at, deadline) = s.started.unwrap_or_default();
-            query = query
+            statement = statement
                 .bind(id)
                 .bind(at)
                 .bind(deadline)
@@ -488,7 +495,7 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
                 .bind(s.output_bytes as i64)
                 .bind(dropped(s));
         }
-        query.execute(&mut *tx).await?;
+        statement.execute(&mut *tx).await?;
     }
     let output_only: Vec<(i64, &State)> = states
         .iter()
@@ -496,24 +503,24 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
         .map(|(id, s)| (*id, s))
         .collect();
     for chunk in statement_chunks(&output_only) {
-        let mut query = sqlx::query(COUNTED.sql(chunk.len()));
+        let mut statement = query(COUNTED.sql(chunk.len()));
         for (id, s) in chunk {
-            query = query
+            statement = statement
                 .bind(id)
                 .bind(s.next_seq as i64)
                 .bind(s.output_bytes as i64)
                 .bind(dropped(s));
         }
-        query.execute(&mut *tx).await?;
+        statement.execute(&mut *tx).await?;
     }
     let ended: Vec<(i64, &State, &End)> = states
         .iter()
         .filter_map(|(id, s)| Some((*id, s, s.ended.as_ref()?)))
         .collect();
     for chunk in statement_chunks(&ended) {
-        let mut query = sqlx::query(ENDED.sql(chunk.len()));
+        let mut statement = query(ENDED.sql(chunk.len()));
         for (id, s, end) in chunk {
-            query = query
+            statement = statement
                 .bind(id)
                 .bind(end.status.as_str())
                 .bind(end.exit_code)
@@ -526,22 +533,22 @@ async fn write_states(tx: &mut SqliteConnection, states: &HashMap<i64, State>, l
                 .bind(s.output_bytes as i64)
                 .bind(dropped(s));
         }
-        query.execute(&mut *tx).await?;
+        statement.execute(&mut *tx).await?;
     }
     Ok(())
 }
 
 /// Keeps only the last bytes of a result's tail: rows wholly before `tail_start` go, the row
 /// that straddles it is cut.
-async fn trim_tail(tx: &mut SqliteConnection, result_id: i64, head: u64, tail_start: u64) -> Result<()> {
-    sqlx::query("DELETE FROM output_chunks WHERE result_id = $1 AND pos >= $2 AND pos + length(data) <= $3")
+async fn trim_tail(tx: &mut Tx, result_id: i64, head: u64, tail_start: u64) -> Result<()> {
+    query("DELETE FROM output_chunks WHERE result_id = $1 AND pos >= $2 AND pos + length(data) <= $3")
         .bind(result_id)
         .bind(head as i64)
         .bind(tail_start as i64)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE output_chunks SET data = substr(data, $3 - pos + 1), pos = $3 \
+    query(
+        "UPDATE output_chunks SET data = substr(data, CAST($3 - pos + 1 AS INTEGER)), pos = $3 \
          WHERE result_id = $1 AND pos >= $2 AND pos < $3",
     )
     .bind(result_id)
@@ -566,6 +573,7 @@ impl AgentWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::db::query_scalar;
     use crate::store::{Store, now_ms, test_store};
     use std::collections::BTreeMap;
 
@@ -593,9 +601,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn output_keeps_head_and_tail_and_counts_the_middle() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn output_keeps_head_and_tail_and_counts_the_middle(store) {
         let id = running_result(&store).await;
         let writes: Vec<_> = (0..5).map(|i| chunk(id, i, b"abcdefg")).collect();
 
@@ -610,10 +617,10 @@ mod tests {
         assert_eq!(result.dropped, 35 - 20);
         assert_eq!(result.output_bytes, 35);
     }
+    }
 
-    #[tokio::test]
-    async fn duplicate_chunks_are_skipped_and_gaps_reported() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn duplicate_chunks_are_skipped_and_gaps_reported(store) {
         let id = running_result(&store).await;
 
         let first = store
@@ -639,6 +646,7 @@ mod tests {
         assert_eq!(gap[0], Applied::Gap { next_seq: 1 });
         assert_eq!(store.output(id).await.unwrap(), b"ab");
     }
+    }
 
     fn skip(result_id: i64, seq: u64, chunks: u64, offset: u64, bytes: u64) -> AgentWrite {
         AgentWrite::Skipped {
@@ -650,9 +658,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_skip_counts_its_chunks_as_dropped_output_and_a_resent_one_is_ignored() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_skip_counts_its_chunks_as_dropped_output_and_a_resent_one_is_ignored(store) {
         let id = running_result(&store).await;
 
         // Head, three chunks (30 bytes) the agent did not keep, tail.
@@ -689,10 +696,10 @@ mod tests {
         assert_eq!(store.output(id).await.unwrap(), b"0123456789abcdefghij");
         assert_eq!((result.output_bytes, result.dropped), (50, 30));
     }
+    }
 
-    #[tokio::test]
-    async fn a_skip_whose_first_chunks_arrived_counts_only_the_rest() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_skip_whose_first_chunks_arrived_counts_only_the_rest(store) {
         let id = running_result(&store).await;
         store
             .apply_agent_writes(&[chunk(id, 0, b"0123456789"), chunk(id, 1, b"xxxxx")], LIMITS)
@@ -710,10 +717,10 @@ mod tests {
         assert_eq!(store.output(id).await.unwrap(), b"0123456789abcdefghij");
         assert_eq!((result.output_bytes, result.dropped), (50, 30));
     }
+    }
 
-    #[tokio::test]
-    async fn a_skip_into_the_head_or_off_the_stored_output_is_refused() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_skip_into_the_head_or_off_the_stored_output_is_refused(store) {
         let id = running_result(&store).await;
         store
             .apply_agent_writes(&[chunk(id, 0, b"01234")], LIMITS)
@@ -740,10 +747,10 @@ mod tests {
             "nothing was applied"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn an_end_before_all_output_is_refused_and_the_first_end_wins() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn an_end_before_all_output_is_refused_and_the_first_end_wins(store) {
         let id = running_result(&store).await;
         let fin = |chunks, code| AgentWrite::Finished {
             result_id: id,
@@ -781,10 +788,10 @@ mod tests {
         let result = store.result(&store_invocation(&store, id).await, "i-a").await.unwrap();
         assert_eq!(result.error_code, Some(ErrorCode::ExitCodeNonzero));
     }
+    }
 
-    #[tokio::test]
-    async fn a_result_ended_without_its_agent_takes_no_late_output_and_acknowledges_it() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_result_ended_without_its_agent_takes_no_late_output_and_acknowledges_it(store) {
         let id = running_result(&store).await;
         store
             .apply_agent_writes(&[chunk(id, 0, b"kept")], LIMITS)
@@ -829,19 +836,20 @@ mod tests {
             (ResultStatus::Error, Some(ErrorCode::ClientNotResponse), 4)
         );
     }
+    }
 
     /// Results and kept output (each byte with its stream and offset, however the rows split
     /// it) of a store, for comparing two of them.
     async fn snapshot(store: &Store) -> Vec<String> {
         type Row = (String, String, Option<i32>, Option<String>, i64, i64, i64);
-        let results: Vec<Row> = sqlx::query_as(
+        let results: Vec<Row> = query(
             "SELECT instance_id, status, exit_code, error_info, next_seq, output_bytes, dropped FROM results \
              ORDER BY instance_id",
         )
         .fetch_all(&store.pool)
         .await
         .unwrap();
-        let chunks: Vec<(String, i64, i64, Vec<u8>)> = sqlx::query_as(
+        let chunks: Vec<(String, i64, i64, Vec<u8>)> = query(
             "SELECT r.instance_id, c.pos, c.stream, c.data FROM output_chunks c JOIN results r ON r.id = c.result_id \
              ORDER BY r.instance_id, c.pos",
         )
@@ -860,9 +868,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_batch_of_many_results_ends_as_its_reports_applied_one_by_one() {
-        let (batched, _a) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_batch_of_many_results_ends_as_its_reports_applied_one_by_one(batched) {
         let (single, _b) = test_store().await;
         let instances: Vec<String> = (0..37).map(|i| format!("i-{i:02}")).collect();
         let refs: Vec<&str> = instances.iter().map(String::as_str).collect();
@@ -936,9 +943,10 @@ mod tests {
         assert_eq!(inv.counts.total(), 37);
         assert!(inv.counts.0.contains_key(&ResultStatus::Running), "{:?}", inv.counts);
     }
+    }
 
     async fn store_invocation(store: &Store, result_id: i64) -> String {
-        sqlx::query_scalar("SELECT invocation_id FROM results WHERE id = $1")
+        query_scalar("SELECT invocation_id FROM results WHERE id = $1")
             .bind(result_id)
             .fetch_one(&store.pool)
             .await

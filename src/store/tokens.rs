@@ -1,5 +1,6 @@
 //! API tokens. Only a hash of each secret is stored.
 
+use super::db::{query, query_scalar};
 use super::{Result, Store, UserRow, changed_one, now_ms};
 
 /// An API token, without its secret.
@@ -22,7 +23,7 @@ impl Store {
         secret_hash: &str,
         expires_at: Option<i64>,
     ) -> Result<TokenRow> {
-        Ok(sqlx::query_as(
+        query(
             "INSERT INTO api_tokens (id, user_id, name, secret_hash, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              RETURNING id, user_id, name, created_at, last_used_at, expires_at",
@@ -34,13 +35,13 @@ impl Store {
         .bind(now_ms())
         .bind(expires_at)
         .fetch_one(&self.pool)
-        .await?)
+        .await
     }
 
     /// The enabled user behind a live (unrevoked, unexpired) token, marking the token used.
     pub async fn user_by_token(&self, secret_hash: &str) -> Result<Option<UserRow>> {
         let now = now_ms();
-        let user_id: Option<i64> = sqlx::query_scalar(
+        let user_id: Option<i64> = query_scalar(
             "UPDATE api_tokens SET last_used_at = $2 \
              WHERE secret_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
              RETURNING user_id",
@@ -50,27 +51,27 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(user_id) = user_id else { return Ok(None) };
-        Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1 AND disabled = 0")
+        query("SELECT * FROM users WHERE id = $1 AND disabled = FALSE")
             .bind(user_id)
             .fetch_optional(&self.pool)
-            .await?)
+            .await
     }
 
     /// A user's live tokens, newest first.
     pub async fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenRow>> {
-        Ok(sqlx::query_as(
+        query(
             "SELECT id, user_id, name, created_at, last_used_at, expires_at FROM api_tokens \
              WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Revokes one of a user's tokens; `NotFound` when it is not theirs or already revoked.
     pub async fn revoke_token(&self, user_id: i64, token_id: &str) -> Result<()> {
         changed_one(
-            sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+            query("UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
                 .bind(token_id)
                 .bind(user_id)
                 .bind(now_ms())
@@ -83,11 +84,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Error, Role, test_store};
+    use crate::store::{Error, Role};
 
-    #[tokio::test]
-    async fn a_revoked_or_expired_token_finds_no_user() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn a_revoked_or_expired_token_finds_no_user(store) {
         let user = store.create_user("ann", "hash", Role::Operator).await.unwrap();
         let live = store.create_token(user.id, "ci", "h1", None).await.unwrap();
         store
@@ -103,5 +103,6 @@ mod tests {
             store.revoke_token(user.id, &live.id).await,
             Err(Error::NotFound)
         ));
+    }
     }
 }

@@ -1,5 +1,6 @@
 //! Accounts: create, find, change, delete, with the rule that one enabled admin always remains.
 
+use super::db::{Tx, query, query_scalar};
 use super::{Error, Result, Store, now_ms};
 
 /// What an account may do. Ordered: each role may do everything of the ones below it.
@@ -64,11 +65,11 @@ pub struct UserUpdate {
 
 /// Refuses (`Conflict`) to take away the last enabled admin: `user` may lose its rights only
 /// if it is not an enabled admin or another enabled admin remains.
-async fn ensure_another_admin(conn: &mut sqlx::SqliteConnection, user: &UserRow) -> Result<()> {
+async fn ensure_another_admin(conn: &mut Tx, user: &UserRow) -> Result<()> {
     if user.role != Role::Admin || user.disabled {
         return Ok(());
     }
-    let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+    let admins: i64 = query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = FALSE")
         .fetch_one(&mut *conn)
         .await?;
     if admins <= 1 {
@@ -80,47 +81,43 @@ async fn ensure_another_admin(conn: &mut sqlx::SqliteConnection, user: &UserRow)
 impl Store {
     /// Number of accounts (0 on a fresh database).
     pub async fn count_users(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
         Ok(n as u64)
     }
 
     /// Creates an account; `Conflict` when the name is taken.
     pub async fn create_user(&self, username: &str, password_hash: &str, role: Role) -> Result<UserRow> {
-        Ok(sqlx::query_as(
-            "INSERT INTO users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING *",
-        )
-        .bind(username)
-        .bind(password_hash)
-        .bind(role.as_str())
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?)
+        query("INSERT INTO users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING *")
+            .bind(username)
+            .bind(password_hash)
+            .bind(role.as_str())
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// The account with this name, if any.
     pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>> {
-        Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+        query("SELECT * FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(&self.pool)
-            .await?)
+            .await
     }
 
     /// Every account, by name.
     pub async fn list_users(&self) -> Result<Vec<UserRow>> {
-        Ok(sqlx::query_as("SELECT * FROM users ORDER BY username")
+        query("SELECT * FROM users ORDER BY username")
             .fetch_all(&self.pool)
-            .await?)
+            .await
     }
 
     /// Changes an account. Refuses (`Conflict`) to leave no enabled admin. A new password or a
     /// disabled account ends every session of the user.
     pub async fn update_user(&self, username: &str, update: &UserUpdate) -> Result<UserRow> {
         let mut tx = self.write_tx().await?;
-        let user: UserRow = sqlx::query_as("SELECT * FROM users WHERE username = $1")
+        let user: UserRow = query("SELECT * FROM users WHERE username = $1")
             .bind(username)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
         let role = update.role.unwrap_or(user.role);
         let disabled = update.disabled.unwrap_or(user.disabled);
@@ -128,17 +125,17 @@ impl Store {
             ensure_another_admin(&mut tx, &user).await?;
         }
         let hash = update.password_hash.clone().unwrap_or(user.password_hash.clone());
-        sqlx::query("UPDATE users SET role = $2, disabled = $3, password_hash = $4 WHERE id = $1")
+        query("UPDATE users SET role = $2, disabled = $3, password_hash = $4 WHERE id = $1")
             .bind(user.id)
             .bind(role.as_str())
             .bind(disabled)
             .bind(&hash)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if update.password_hash.is_some() || disabled {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            query("DELETE FROM sessions WHERE user_id = $1")
                 .bind(user.id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         tx.commit().await?;
@@ -153,14 +150,14 @@ impl Store {
     /// Deletes an account with its sessions and tokens. Refuses (`Conflict`) the last enabled admin.
     pub async fn delete_user(&self, username: &str) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let user: UserRow = sqlx::query_as("SELECT * FROM users WHERE username = $1")
+        let user: UserRow = query("SELECT * FROM users WHERE username = $1")
             .bind(username)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
         ensure_another_admin(&mut tx, &user).await?;
-        sqlx::query("DELETE FROM users WHERE id = $1")
+        query("DELETE FROM users WHERE id = $1")
             .bind(user.id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -170,11 +167,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_store;
 
-    #[tokio::test]
-    async fn the_last_enabled_admin_cannot_be_demoted_disabled_or_deleted() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn the_last_enabled_admin_cannot_be_demoted_disabled_or_deleted(store) {
         store.create_user("root", "h", Role::Admin).await.unwrap();
         let demote = UserUpdate {
             role: Some(Role::Viewer),
@@ -194,14 +189,15 @@ mod tests {
         store.create_user("second", "h", Role::Admin).await.unwrap();
         assert_eq!(store.update_user("root", &demote).await.unwrap().role, Role::Viewer);
     }
+    }
 
-    #[tokio::test]
-    async fn usernames_are_unique() {
-        let (store, _dir) = test_store().await;
+    crate::store::both_backends! {
+    async fn usernames_are_unique(store) {
         store.create_user("ann", "h", Role::Admin).await.unwrap();
         assert!(matches!(
             store.create_user("ann", "h", Role::Viewer).await,
             Err(Error::Conflict)
         ));
+    }
     }
 }
