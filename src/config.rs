@@ -168,9 +168,17 @@ impl ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// Server URL, e.g. https://fleet.example.com or http://127.0.0.1:8080.
-    #[arg(long, env = "FLEETRUN_SERVER")]
-    pub server: String,
+    /// Server URL, e.g. https://fleet.example.com or http://127.0.0.1:8080; several replicas as
+    /// a comma-separated list (or --server repeated): the agent holds one connection at a time
+    /// and moves to the next URL when its server is gone.
+    #[arg(
+        long,
+        env = "FLEETRUN_SERVER",
+        value_name = "URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub server: Vec<String>,
     /// Activation id, needed only to enrol (the first start with an empty state directory).
     #[arg(long, env = "FLEETRUN_ACTIVATION_ID")]
     pub activation_id: Option<String>,
@@ -386,6 +394,28 @@ mod tests {
         );
         assert!(parse(&["--trusted-proxy", "proxy.example"]).is_err());
         assert!(parse(&["--trusted-proxy", "10.0.0.0/33"]).is_err());
+    }
+
+    #[test]
+    fn the_agent_takes_one_server_url_or_several_comma_separated_or_repeated() {
+        let parse =
+            |args: &[&str]| AgentCli::try_parse_from([&["fleetrun-agent"], args].concat()).map(|cli| cli.agent.server);
+
+        assert_eq!(parse(&["--server", "https://a"]).unwrap(), ["https://a"]);
+        assert_eq!(
+            parse(&["--server", "https://a,https://b:8443"]).unwrap(),
+            ["https://a", "https://b:8443"]
+        );
+        assert_eq!(
+            parse(&["--server", "https://a", "--server", "https://b,https://c"]).unwrap(),
+            ["https://a", "https://b", "https://c"]
+        );
+        assert_eq!(
+            parse(&["--server", "https://a,,https://b"]).unwrap(),
+            ["https://a", "", "https://b"],
+            "an empty entry is kept, for the agent to name it"
+        );
+        assert!(parse(&[]).is_err(), "a server is required");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The agent's identity: enrolment with an activation code on first start, and the stored
 //! credential (`<state-dir>/identity.json`, mode 0600) on every start after.
 
+use super::failover::Servers;
 use super::host;
 use crate::config::AgentArgs;
 use crate::protocol::OsType;
 use crate::protocol::api::{ErrorBody, RegisterRequest, RegisterResponse};
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 /// The instance credential. Its `Debug` hides the secret.
@@ -25,8 +26,9 @@ impl std::fmt::Debug for Identity {
 
 const FILE: &str = "identity.json";
 
-/// Reads the stored identity, or enrols with the activation and stores the new one.
-pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::Result<Identity> {
+/// Reads the stored identity, or enrols with the activation (at the first of `servers` that
+/// answers) and stores the new one.
+pub async fn load_or_enrol(args: &AgentArgs, servers: &Servers, http: &reqwest::Client) -> anyhow::Result<Identity> {
     crate::files::create_private_dir(&args.state_dir, &["identity.json", "spool"])?;
     let path = args.state_dir.join(FILE);
     if path.exists() {
@@ -53,32 +55,70 @@ pub async fn load_or_enrol(args: &AgentArgs, http: &reqwest::Client) -> anyhow::
         ip_addresses: host::ip_addresses(),
         agent_version: crate::VERSION.to_string(),
     };
-    let url = format!("{}/agent/v1/register", args.server.trim_end_matches('/'));
-    let response = http
-        .post(&url)
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| crate::tls::explain(e.into()).context(format!("cannot reach {url}")))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let message = match response.json::<ErrorBody>().await {
-            Ok(body) => body.message,
-            Err(_) => "no details".into(),
-        };
-        bail!("enrolment refused ({status}): {message}");
-    }
-    let registered: RegisterResponse = response
-        .json()
-        .await
-        .context("the server's enrolment answer is malformed")?;
+    let (server, registered) = register(http, servers, &request).await?;
     let identity = Identity {
         instance_id: registered.instance_id,
         instance_secret: registered.instance_secret,
     };
     crate::files::write_private(&path, &serde_json::to_string_pretty(&identity)?)?;
-    tracing::info!(instance_id = %identity.instance_id, "enrolled");
+    tracing::info!(instance_id = %identity.instance_id, "enrolled at {server}");
     Ok(identity)
+}
+
+/// Sends the enrolment to each server in turn until one answers. An answer is final, a refusal
+/// (4xx) too: the replicas share one database, so the next would say the same. A server that
+/// cannot be reached, or that answers 5xx (a replica going down, a proxy with no backend), is
+/// skipped. Returns the server that enrolled this agent, with its answer.
+async fn register<'s>(
+    http: &reqwest::Client,
+    servers: &'s Servers,
+    request: &RegisterRequest,
+) -> anyhow::Result<(&'s str, RegisterResponse)> {
+    let mut unavailable = Vec::new();
+    for server in servers.all() {
+        let url = format!("{server}/agent/v1/register");
+        let response = match http.post(&url).json(request).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let e = crate::tls::explain(e.into()).context(format!("cannot reach {url}"));
+                if servers.has_others() {
+                    tracing::warn!("enrolment: {e:#}; trying the next server");
+                }
+                unavailable.push(e);
+                continue;
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            let registered = response
+                .json()
+                .await
+                .with_context(|| format!("the enrolment answer of {server} is malformed"))?;
+            return Ok((server, registered));
+        }
+        let message = match response.json::<ErrorBody>().await {
+            Ok(body) => body.message,
+            Err(_) => "no details".into(),
+        };
+        let e = anyhow!("enrolment refused ({status}): {message}");
+        if !status.is_server_error() || !servers.has_others() {
+            return Err(e);
+        }
+        tracing::warn!("enrolment at {server}: {e}; trying the next server");
+        unavailable.push(e.context(format!("at {server}")));
+    }
+    match unavailable.len() {
+        // One URL: its error as it was.
+        1 => Err(unavailable.remove(0)),
+        _ => bail!(
+            "no server could take the enrolment: {}",
+            unavailable
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// The activation code from `--activation-code-file` (`-` is standard input), or else from

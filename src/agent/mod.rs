@@ -1,7 +1,8 @@
-//! The agent (our Cloud Assistant client): enrols once, holds one outbound WebSocket to the
+//! The agent (our Cloud Assistant client): enrols once, holds one outbound WebSocket to a
 //! server, runs the tasks it is sent and streams their output back.
 //!
-//! It uses `config` (its options), `protocol`, `files` and `tls`, and nothing of the server.
+//! It uses `config` (its options), `protocol`, `files` and `tls`, and nothing of the server. With
+//! several server URLs it holds one connection at a time and fails over (`failover`).
 //! Output and ends are spooled on disk until the server acknowledges them (see `spool`), so a
 //! dropped connection or an agent restart loses nothing.
 
@@ -11,6 +12,7 @@ pub mod backoff;
 #[cfg(unix)]
 mod cgroup;
 mod exec;
+mod failover;
 mod host;
 mod identity;
 #[cfg(unix)]
@@ -26,14 +28,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs the agent until `shutdown` is cancelled or the server refuses it for good.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    check_server_url(&args.server, args.insecure_plaintext)?;
+    let mut servers = failover::Servers::parse(&args.server, args.insecure_plaintext)?;
     let tls = crate::tls::client_config(args.ca_file.as_deref())?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .use_preconfigured_tls((*tls).clone())
         .build()?;
     let identity = tokio::select! {
-        identity = identity::load_or_enrol(&args, &http) => identity?,
+        identity = identity::load_or_enrol(&args, &servers, &http) => identity?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     // The id names the agent's cgroups and script directory, so it must be a plain name.
@@ -43,6 +45,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         identity.instance_id,
         args.state_dir.join("identity.json").display()
     );
+    servers.start_for(&identity.instance_id);
     // Opening the spool kills what tasks of a crashed run left, before the sweeps below.
     let spool = spool::Spool::open(&args.state_dir.join("spool")).context("cannot open the output spool")?;
     let exec = Arc::new(exec::ExecConfig {
@@ -55,7 +58,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         scripts: scripts(&identity.instance_id),
         shutting_down: Default::default(),
     });
-    let ended = session::Agent::new(args, identity, spool, exec.clone(), tls)
+    let ended = session::Agent::new(args, servers, identity, spool, exec.clone(), tls)
         .run(shutdown)
         .await;
     // A stopped agent leaves no empty directory in the temp dir; one still holding scripts stays
@@ -98,49 +101,4 @@ fn scripts(instance_id: &str) -> script::ScriptDir {
         Err(e) => tracing::warn!(dir = %scripts.path().display(), "cannot use the script directory: {e}"),
     }
     scripts
-}
-
-/// Refuses URLs the agent cannot use, and plain HTTP to another machine unless allowed: the
-/// instance credential and every command would cross the network unencrypted.
-fn check_server_url(url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--server {url:?} is not a URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if insecure_plaintext || is_loopback(&parsed) => Ok(()),
-        "http" => anyhow::bail!(
-            "refusing plain http:// to {}: the instance credential and every command would cross the network \
-             unencrypted. Serve with --tls-cert/--tls-key and use https://, or pass --insecure-plaintext if \
-             this network is trusted",
-            parsed.host_str().unwrap_or_default()
-        ),
-        other => anyhow::bail!("--server must use https:// or http://, not {other}://"),
-    }
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plaintext_is_refused_to_other_machines_unless_allowed() {
-        assert!(check_server_url("http://127.0.0.1:8080", false).is_ok());
-        assert!(check_server_url("http://localhost:8080", false).is_ok());
-        assert!(check_server_url("http://[::1]:8080", false).is_ok());
-        assert!(check_server_url("https://fleet.example", false).is_ok());
-        let refused = check_server_url("http://fleet.example:8080", false)
-            .unwrap_err()
-            .to_string();
-        assert!(refused.contains("--insecure-plaintext"), "{refused}");
-        assert!(check_server_url("http://fleet.example:8080", true).is_ok());
-        assert!(check_server_url("ftp://fleet.example", true).is_err());
-    }
 }

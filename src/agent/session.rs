@@ -1,9 +1,16 @@
 //! The agent's connection loop: connect, `Hello`/`Welcome`, re-send the spool, then serve tasks
 //! and heartbeats; on loss, reconnect when [`Backoff`] says: spread over the window the server
 //! announced, so a restarted server is not hit by its whole fleet at once.
+//!
+//! One connection to one server at a time. When it is lost, or an attempt fails, the next
+//! attempt goes to the next server of [`Servers`] (the same one when there is one URL); the wait
+//! before it is [`Backoff`]'s either way. Nothing here or in the spool is tied to a server: a
+//! task keeps running across the move, and what the old server did not acknowledge is re-sent
+//! by `seq` to the new one, as after any reconnect.
 
 use super::backoff::{Backoff, STABLE_AFTER, ServerBusy, parse_retry_after};
 use super::exec::{self, ExecConfig, TaskEvent};
+use super::failover::Servers;
 use super::host;
 use super::identity::Identity;
 use super::spool::{self, Spool};
@@ -39,6 +46,9 @@ enum End {
 
 pub struct Agent {
     args: AgentArgs,
+    /// The servers to connect to, and the one to try next (or connected to now); moved on
+    /// after every loss and failed attempt, in `run` only.
+    servers: Servers,
     identity: Identity,
     spool: Spool,
     exec: Arc<ExecConfig>,
@@ -58,6 +68,7 @@ pub struct Agent {
 impl Agent {
     pub fn new(
         args: AgentArgs,
+        servers: Servers,
         identity: Identity,
         spool: Spool,
         exec: Arc<ExecConfig>,
@@ -68,6 +79,7 @@ impl Agent {
         Agent {
             backoff,
             args,
+            servers,
             identity,
             spool,
             exec,
@@ -85,10 +97,11 @@ impl Agent {
                 Ok(End::Shutdown) => break Ok(()),
                 Ok(End::Lost { stable }) => {
                     let delay = self.backoff.lost(Instant::now(), stable, &mut rand::thread_rng());
+                    let next = self.servers.advance();
                     tracing::info!(
                         delay_ms = delay.as_millis() as u64,
                         window_ms = self.backoff.window().as_millis() as u64,
-                        "reconnecting, spread over the server's window"
+                        "reconnecting to {next}, spread over the server's window"
                     );
                     delay
                 }
@@ -99,17 +112,16 @@ impl Agent {
                     let delay = self
                         .backoff
                         .failed(Instant::now(), retry_after, &mut rand::thread_rng());
+                    let failed = self.servers.current().to_string();
+                    let next = self.servers.advance();
+                    let secs = delay.as_secs_f64();
                     match busy {
-                        Some(busy) => tracing::warn!(
-                            "{busy}: trying {} again in {:.1} s",
-                            self.args.server,
-                            delay.as_secs_f64()
-                        ),
-                        None => tracing::warn!(
-                            "connection to {} failed: {e:#}; trying again in {:.1} s",
-                            self.args.server,
-                            delay.as_secs_f64()
-                        ),
+                        Some(busy) if next == failed => tracing::warn!("{busy}: trying {next} again in {secs:.1} s"),
+                        Some(busy) => tracing::warn!("{failed}: {busy}; trying {next} in {secs:.1} s"),
+                        None if next == failed => {
+                            tracing::warn!("connection to {failed} failed: {e:#}; trying again in {secs:.1} s")
+                        }
+                        None => tracing::warn!("connection to {failed} failed: {e:#}; trying {next} in {secs:.1} s"),
                     }
                     delay
                 }
@@ -165,7 +177,7 @@ impl Agent {
     }
 
     async fn connect_and_serve(&mut self, shutdown: &CancellationToken) -> anyhow::Result<End> {
-        let (server, identity) = (self.args.server.clone(), self.identity.clone());
+        let (server, identity) = (self.servers.current().to_string(), self.identity.clone());
         let connecting = connect(&server, &identity, self.tls.clone());
         tokio::pin!(connecting);
         // Keep spooling task events while the connection is being made.
@@ -222,7 +234,7 @@ impl Agent {
             Ok(Err(e)) => return Err(e),
             Err(_) => bail!("no Welcome from the server within 10 s"),
         };
-        tracing::info!(instance_id = %self.identity.instance_id, protocol = version, "connected to {}", self.args.server);
+        tracing::info!(instance_id = %self.identity.instance_id, protocol = version, "connected to {server}");
         for task in self.spool.held() {
             for step in self.spool.resend_plan(&task) {
                 send(&mut socket, &self.spool.message(&task, &step)?, version).await?;
@@ -230,7 +242,7 @@ impl Agent {
         }
 
         let lost = |e: anyhow::Error| {
-            tracing::warn!("connection lost: {e:#}");
+            tracing::warn!("connection to {server} lost: {e:#}");
             End::Lost {
                 stable: connected_at.elapsed() >= STABLE_AFTER,
             }
@@ -363,10 +375,8 @@ fn is_fatal(e: &anyhow::Error) -> bool {
 }
 
 async fn connect(server: &str, identity: &Identity, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Socket> {
-    let url = format!(
-        "{}/agent/v1/connect",
-        server.trim_end_matches('/').replacen("http", "ws", 1)
-    );
+    // `server` is checked (http or https) and has no trailing `/` (`Servers::parse`).
+    let url = format!("{}/agent/v1/connect", server.replacen("http", "ws", 1));
     let mut request = url.as_str().into_client_request()?;
     let credential = format!("Bearer {}:{}", identity.instance_id, identity.instance_secret);
     request.headers_mut().insert("authorization", credential.parse()?);

@@ -11,6 +11,7 @@ mod console;
 mod console_flows;
 mod console_http;
 mod engine;
+mod failover;
 mod faults;
 mod faults_exec;
 mod helpers;

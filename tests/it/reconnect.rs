@@ -24,12 +24,13 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest as _};
 
 /// `fleetrun serve` as a child process, killed on drop. Its data directory and logs outlive
-/// restarts (one log file per start, for a failed test to show).
-struct ServerProcess {
+/// restarts (one log file per start, for a failed test to show). Also used by `failover`.
+pub struct ServerProcess {
     child: Child,
-    /// `127.0.0.1:port`, the same across restarts.
+    /// `127.0.0.1:port`, the same across restarts (unless restarted elsewhere with
+    /// [`ServerProcess::restart_at`]).
     address: String,
-    url: String,
+    pub url: String,
     dir: tempfile::TempDir,
     extra: Vec<String>,
     starts: u32,
@@ -37,7 +38,7 @@ struct ServerProcess {
 
 impl ServerProcess {
     /// Starts a server on a port the kernel picks, with `extra` flags (kept on restart).
-    async fn start(extra: &[&str]) -> ServerProcess {
+    pub async fn start(extra: &[&str]) -> ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, address) = spawn_server(dir.path(), "127.0.0.1:0", &extra, 1).await;
@@ -55,7 +56,7 @@ impl ServerProcess {
         self.child.id().expect("the server is running")
     }
 
-    fn client(&self) -> ApiClient {
+    pub fn client(&self) -> ApiClient {
         let credentials = Credentials::Basic {
             username: "admin".into(),
             password: PASSWORD.into(),
@@ -65,7 +66,7 @@ impl ServerProcess {
 
     /// SIGKILL, as a crash would: the kernel closes every agent's socket at once. Returns when
     /// the process is gone.
-    async fn kill9(&mut self) -> Instant {
+    pub async fn kill9(&mut self) -> Instant {
         self.child.kill().await.unwrap();
         Instant::now()
     }
@@ -73,10 +74,20 @@ impl ServerProcess {
     /// Starts the server again on the same address and data directory; returns once it
     /// answers `/healthz`.
     async fn restart(&mut self) {
+        let address = self.address.clone();
+        self.restart_at(&address).await;
+    }
+
+    /// Starts the server again on the same data directory but listening on `address`, as
+    /// another replica taking over would; `url` and `client` then point there. Returns once it
+    /// answers `/healthz`.
+    pub async fn restart_at(&mut self, address: &str) {
         self.starts += 1;
-        let (child, address) = spawn_server(self.dir.path(), &self.address, &self.extra, self.starts).await;
-        assert_eq!(address, self.address);
+        let (child, bound) = spawn_server(self.dir.path(), address, &self.extra, self.starts).await;
+        assert_eq!(bound, address);
         self.child = child;
+        self.url = format!("http://{bound}");
+        self.address = bound;
     }
 
     /// Peak resident memory of the running server, in MiB (`VmHWM`).
