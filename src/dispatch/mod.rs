@@ -23,6 +23,7 @@ mod commands;
 pub mod error;
 mod fleet;
 mod reconnect;
+mod replicas;
 mod run;
 mod session;
 mod throttle;
@@ -156,6 +157,10 @@ pub struct Dispatcher {
 
 struct Inner {
     store: Store,
+    /// This server process's id among the replicas sharing the database (`replicas`).
+    replica: String,
+    /// Invocations whose output or statuses changed here since other replicas were last told.
+    changed: Mutex<BTreeSet<String>>,
     settings: Settings,
     clock: Clock,
     /// Login throttling, verified Basic-auth passwords, run-time settings.
@@ -254,7 +259,8 @@ impl Dispatcher {
         let (dispatcher, writer_rx) = Dispatcher::build(store, settings, Clock::Wall);
         tracker.spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
         tracker.spawn(dispatcher.clone().run_housekeeping(shutdown.clone()));
-        tracker.spawn(dispatcher.clone().run_purge(shutdown));
+        tracker.spawn(dispatcher.clone().run_purge(shutdown.clone()));
+        tracker.spawn(dispatcher.clone().run_replica(shutdown));
         dispatcher
     }
 
@@ -269,6 +275,8 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 store,
+                replica: crate::store::ids::new_id("r"),
+                changed: Mutex::default(),
                 clock,
                 accounts: accounts::Accounts::default(),
                 agents: Mutex::default(),
@@ -350,9 +358,13 @@ impl Dispatcher {
         }
     }
 
-    /// Publishes an event to the watchers of an invocation, if there are any.
+    /// Publishes an event to the watchers of an invocation, here and (soon after, through the
+    /// store) on the other replicas.
     fn publish(&self, invoke_id: &str, event: StreamEvent) {
         self.inner.watchers.publish(invoke_id, event);
+        if self.inner.store.is_shared() {
+            self.changed(invoke_id);
+        }
     }
 
     fn is_watched(&self, invoke_id: &str) -> bool {

@@ -10,6 +10,7 @@ use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{InvocationCreated, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::{CommandSpec, InvocationStatus, params};
+use crate::store::bus::Note;
 use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, ResultRow, Role};
 use std::collections::{BTreeMap, HashSet};
 
@@ -176,6 +177,11 @@ impl Dispatcher {
             })
             .collect();
         self.send_runs(tasks).await;
+        // Targets held by other replicas get theirs from there.
+        self.tell(&[Note::Run {
+            invoke_id: created.id.clone(),
+        }])
+        .await;
         Ok(InvocationCreated {
             invoke_id: created.id,
             command_id: created.command_id,
@@ -270,6 +276,10 @@ impl Dispatcher {
         }
         self.publish_changes(&changes).await;
         drop(order);
+        self.tell(&[Note::Stop {
+            invoke_id: invoke_id.to_string(),
+        }])
+        .await;
         let status = self.inner.store.invocation(invoke_id).await?.status();
         let detail = format!("{} results stopped", changes.len());
         self.audit(actor, "StopInvocation", invoke_id, &detail).await;

@@ -87,7 +87,14 @@ impl Dispatcher {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         store
-            .agent_connected(instance_id, id, hello, protocol_version, self.now())
+            .agent_connected(
+                instance_id,
+                &self.inner.replica,
+                id,
+                hello,
+                protocol_version,
+                self.now(),
+            )
             .await?;
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let close = CancellationToken::new();
@@ -304,7 +311,12 @@ impl Dispatcher {
             if let Err(e) = self
                 .inner
                 .store
-                .agent_disconnected(&session.instance_id, session.id, session.last_heartbeat)
+                .agent_disconnected(
+                    &session.instance_id,
+                    &self.inner.replica,
+                    session.id,
+                    session.last_heartbeat,
+                )
                 .await
             {
                 tracing::warn!(error = %e, "could not record an agent offline");

@@ -121,6 +121,25 @@ impl Watchers {
         }
     }
 
+    /// Tells the watchers of an invocation to catch up from the store (it changed where no
+    /// event of this process saw it: on another replica).
+    pub fn nudge(&self, invoke_id: &str) {
+        let map = self.lock();
+        for sender in map.get(invoke_id).into_iter().flatten() {
+            if !sender.shared.lagging.swap(true, Ordering::AcqRel) {
+                let _ = sender.tx.send(Live::Lagged);
+            }
+        }
+    }
+
+    /// [`Watchers::nudge`] for every invocation watched.
+    pub fn nudge_all(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.nudge(&id);
+        }
+    }
+
     /// Whether anyone watches the invocation.
     pub fn is_watched(&self, invoke_id: &str) -> bool {
         self.lock().contains_key(invoke_id)

@@ -103,10 +103,9 @@ pub fn settings(args: &ServeArgs) -> Settings {
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
-    store.mark_all_offline().await?;
-
     let tracker = TaskTracker::new();
     let dispatcher = Dispatcher::start(store.clone(), settings(&args), shutdown.clone(), &tracker);
+    dispatcher.join_replicas().await?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(listen::tls_config(cert, key)?),
         (None, None) => None,

@@ -315,10 +315,13 @@ impl Store {
         Ok(count as u64)
     }
 
-    /// Records what an agent said about itself in its `Hello`, and that it is online since `now`.
+    /// Records what an agent said about itself in its `Hello`, and that it is online since `now`
+    /// on `replica`, connection number `connection` of that replica.
+    #[allow(clippy::too_many_arguments)]
     pub async fn agent_connected(
         &self,
         instance_id: &str,
+        replica: &str,
         connection: u64,
         hello: &crate::protocol::agent::Hello,
         protocol_version: u32,
@@ -327,7 +330,7 @@ impl Store {
         query(
             "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
              supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = TRUE, connection = $9, \
-             agent_protocol = $10 WHERE id = $1",
+             agent_protocol = $10, replica = $11 WHERE id = $1",
         )
         .bind(instance_id)
         .bind(&hello.hostname)
@@ -339,31 +342,31 @@ impl Store {
         .bind(now)
         .bind(connection as i64)
         .bind(protocol_version as i64)
+        .bind(replica)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     /// Records that an agent's connection closed, with its last heartbeat time, unless a newer
-    /// connection of the instance has taken over.
-    pub async fn agent_disconnected(&self, instance_id: &str, connection: u64, last_heartbeat_at: i64) -> Result<()> {
+    /// connection of the instance (here or on another replica) has taken over.
+    pub async fn agent_disconnected(
+        &self,
+        instance_id: &str,
+        replica: &str,
+        connection: u64,
+        last_heartbeat_at: i64,
+    ) -> Result<()> {
         query(
-            "UPDATE instances SET online = FALSE, connection = NULL, last_heartbeat_at = $2 \
-             WHERE id = $1 AND connection = $3",
+            "UPDATE instances SET online = FALSE, connection = NULL, replica = NULL, last_heartbeat_at = $2 \
+             WHERE id = $1 AND connection = $3 AND replica = $4",
         )
         .bind(instance_id)
         .bind(last_heartbeat_at)
         .bind(connection as i64)
+        .bind(replica)
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// Marks every instance offline; called at server start, before any agent connects.
-    pub async fn mark_all_offline(&self) -> Result<()> {
-        query("UPDATE instances SET online = FALSE, connection = NULL")
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 

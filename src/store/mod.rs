@@ -7,6 +7,7 @@
 //! replicas. Statements are written once, with `$N` placeholders, and run on either (`db`).
 
 mod audit;
+pub mod bus;
 mod commands;
 mod db;
 mod fleet;
@@ -14,6 +15,7 @@ pub mod ids;
 mod invocations;
 mod logins;
 mod output;
+mod replicas;
 pub mod scratch;
 mod sessions;
 mod settings;

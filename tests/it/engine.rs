@@ -1,14 +1,35 @@
 //! The engine's acceptance list: enrolment, statuses, output, timeout, stop, input.
 
-use crate::helpers::{TestApp, eventually, live_processes, unique_seconds};
+use crate::helpers::{Backend, TestApp, eventually, live_processes, unique_seconds};
 use fleetrun::protocol::api::{InstanceStatus, RunCommandRequest};
 use fleetrun::protocol::{ErrorCode, InvocationStatus, ResultStatus};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[tokio::test]
-async fn two_agents_enrol_and_are_running_within_seconds() {
-    let app = TestApp::spawn().await;
+/// Each test runs twice: on SQLite and on PostgreSQL (a module per test, `sqlite` and
+/// `postgres` in it), with `app` a server on that backend.
+macro_rules! on_both_backends {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $(mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let $app = TestApp::spawn_on(Backend::Sqlite, &[]).await;
+                $body
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let $app = TestApp::spawn_on(Backend::Postgres, &[]).await;
+                $body
+            }
+        })*
+    };
+}
+
+on_both_backends! {
+async fn two_agents_enrol_and_are_running_within_seconds(app) {
 
     // `agent()` waits (with a deadline) until each agent is online and Running.
     let a = app.agent("cn-hangzhou").await;
@@ -32,10 +53,10 @@ async fn two_agents_enrol_and_are_running_within_seconds() {
     );
     assert_eq!(mode(a.state.path()), 0o700, "the state directory is private");
 }
+}
 
-#[tokio::test]
-async fn exit_codes_decide_failed_success_and_partial_failed() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn exit_codes_decide_failed_success_and_partial_failed(app) {
     let (a, b) = (app.agent("local").await, app.agent("local").await);
     let ids = vec![a.instance_id().await, b.instance_id().await];
 
@@ -67,10 +88,10 @@ async fn exit_codes_decide_failed_success_and_partial_failed() {
     assert_eq!(mixed.status_counts.get(&ResultStatus::Success), Some(&1));
     assert_eq!(mixed.status_counts.get(&ResultStatus::Failed), Some(&1));
 }
+}
 
-#[tokio::test]
-async fn five_mib_of_output_keeps_exactly_the_first_and_last_512_kib_byte_for_byte() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn five_mib_of_output_keeps_exactly_the_first_and_last_512_kib_byte_for_byte(app) {
     let agent = app.agent("local").await;
     let id = agent.instance_id().await;
     // Every byte value, so most of it is not valid UTF-8.
@@ -95,10 +116,10 @@ async fn five_mib_of_output_keeps_exactly_the_first_and_last_512_kib_byte_for_by
     assert!(raw == kept, "kept bytes differ from the first and last 512 KiB");
     assert_eq!(result.dropped, (data.len() - kept.len()) as u64);
 }
+}
 
-#[tokio::test]
-async fn a_command_past_its_timeout_is_killed_with_its_whole_tree() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn a_command_past_its_timeout_is_killed_with_its_whole_tree(app) {
     let agent = app.agent("local").await;
     let (a, b) = (unique_seconds(60), unique_seconds(60));
     let mut req = RunCommandRequest::shell(vec![agent.instance_id().await], format!("sleep {a} & sleep {b}"));
@@ -114,10 +135,10 @@ async fn a_command_past_its_timeout_is_killed_with_its_whole_tree() {
         "a process of the command survived"
     );
 }
+}
 
-#[tokio::test]
-async fn stop_terminates_a_running_tree_and_cancels_what_has_not_started() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn stop_terminates_a_running_tree_and_cancels_what_has_not_started(app) {
     let mut agent = app.agent("local").await;
     let id = agent.instance_id().await;
     let (first, second) = (unique_seconds(1000), unique_seconds(1000));
@@ -152,10 +173,10 @@ async fn stop_terminates_a_running_tree_and_cancels_what_has_not_started() {
     let cancelled = app.wait_done(&pending.invoke_id, Duration::from_secs(5)).await;
     assert_eq!(cancelled.results.unwrap()[0].invocation_status, ResultStatus::Cancelled);
 }
+}
 
-#[tokio::test]
-async fn a_command_reading_stdin_gets_end_of_file_at_once() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn a_command_reading_stdin_gets_end_of_file_at_once(app) {
     let agent = app.agent("local").await;
     // Were stdin left open, `read` would block until this timeout ended the command.
     let mut req = RunCommandRequest::shell(vec![agent.instance_id().await], "read x; echo \"got[$x]\"");
@@ -167,10 +188,10 @@ async fn a_command_reading_stdin_gets_end_of_file_at_once() {
     assert_eq!(result.invocation_status, ResultStatus::Success);
     assert_eq!(result.output, "got[]\n");
 }
+}
 
-#[tokio::test]
-async fn working_dir_username_and_parameters_reach_the_process() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn working_dir_username_and_parameters_reach_the_process(app) {
     let agent = app.agent("local").await;
     let id = agent.instance_id().await;
     let mut req = RunCommandRequest::shell(vec![id.clone()], "pwd; echo {{greeting}} {{ fleetrun::instance_id }}");
@@ -198,10 +219,10 @@ async fn working_dir_username_and_parameters_reach_the_process() {
         (ResultStatus::Error, Some(ErrorCode::AccountNotExists))
     );
 }
+}
 
-#[tokio::test]
-async fn a_retained_command_is_listed_and_runs_again_by_id() {
-    let app = TestApp::spawn().await;
+on_both_backends! {
+async fn a_retained_command_is_listed_and_runs_again_by_id(app) {
     let agent = app.agent("cn-hangzhou").await;
     let id = agent.instance_id().await;
     let mut req = RunCommandRequest::shell(vec![id.clone()], "echo {{word}}");
@@ -243,4 +264,5 @@ async fn a_retained_command_is_listed_and_runs_again_by_id() {
     assert_eq!(listed["commands"][0]["name"], "say");
     assert_eq!(listed["commands"][0]["invoke_times"], 2);
     assert_eq!(listed["commands"][0]["parameter_names"], serde_json::json!(["word"]));
+}
 }

@@ -6,6 +6,7 @@ use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::config::{Cli, Mode};
 use fleetrun::protocol::PROTOCOL_VERSION;
 use fleetrun::protocol::api::{ActivationCreated, CreateActivationRequest, Invocation, RunCommandRequest};
+use fleetrun::store::scratch::ScratchDatabase;
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap};
 use serde_json::{Value, json};
@@ -39,11 +40,22 @@ where
     }
 }
 
+/// The database a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the server's data directory (the default).
+    Sqlite,
+    /// A fresh database of its own on the test PostgreSQL (`fleetrun::store::scratch`).
+    Postgres,
+}
+
 /// A server running in this process on a loopback port, stopped on drop.
 pub struct TestApp {
     pub url: String,
     pub client: ApiClient,
     pub data: tempfile::TempDir,
+    /// The PostgreSQL database, shared with its replicas and dropped after the last of them.
+    pub database: Option<Arc<ScratchDatabase>>,
     shutdown: CancellationToken,
 }
 
@@ -52,6 +64,31 @@ impl TestApp {
     /// which may set `--heartbeat-secs` or `--timeout-grace-secs` otherwise.
     pub async fn spawn_with(extra: &[&str]) -> TestApp {
         TestApp::start(tempfile::tempdir().unwrap(), extra, None).await
+    }
+
+    /// [`TestApp::spawn_with`] on the given backend.
+    pub async fn spawn_on(backend: Backend, extra: &[&str]) -> TestApp {
+        match backend {
+            Backend::Sqlite => TestApp::spawn_with(extra).await,
+            Backend::Postgres => {
+                let database = ScratchDatabase::create().await.unwrap_or_else(|e| panic!("{e}"));
+                TestApp::replica_on(Arc::new(database), extra).await
+            }
+        }
+    }
+
+    /// Another server (a replica) on this one's PostgreSQL database.
+    pub async fn replica(&self, extra: &[&str]) -> TestApp {
+        let database = self.database.clone().expect("replicas share a PostgreSQL database");
+        TestApp::replica_on(database, extra).await
+    }
+
+    async fn replica_on(database: Arc<ScratchDatabase>, extra: &[&str]) -> TestApp {
+        let mut args = vec!["--database-url", database.url.as_str()];
+        args.extend(extra);
+        let mut app = TestApp::start(tempfile::tempdir().unwrap(), &args, None).await;
+        app.database = Some(database);
+        app
     }
 
     /// [`TestApp::spawn_with`] keeping its data (the database) in `data`.
@@ -116,6 +153,7 @@ impl TestApp {
             url,
             client,
             data,
+            database: None,
             shutdown,
         }
     }

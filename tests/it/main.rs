@@ -21,6 +21,7 @@ mod netns;
 mod parity;
 mod private;
 mod reconnect;
+mod replicas;
 mod resilience;
 mod security;
 mod serving;

@@ -1,0 +1,121 @@
+//! Server processes sharing the database, and which of them holds each agent's connection.
+
+use super::db::{query, query_scalar};
+use super::{Result, Store};
+
+impl Store {
+    /// Registers this server process, `replica`, alive at `now`. On SQLite the process is the
+    /// only one: every other row is an earlier run of it, and goes.
+    pub async fn register_replica(&self, replica: &str, now: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        if !self.is_shared() {
+            query("DELETE FROM replicas").execute(&mut tx).await?;
+        }
+        query("INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2)")
+            .bind(replica)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Keeps this replica's row alive. Returns false when it was reaped meanwhile (this
+    /// process was frozen for longer than the others wait): its row is written again, and its
+    /// agents, recorded offline by the others, must reconnect to be recorded online again.
+    pub async fn replica_heartbeat(&self, replica: &str, now: i64) -> Result<bool> {
+        let kept = query("UPDATE replicas SET heartbeat_at = $2 WHERE id = $1")
+            .bind(replica)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        if kept == 0 {
+            self.register_replica(replica, now).await?;
+        }
+        Ok(kept > 0)
+    }
+
+    /// Reaps replicas silent since `expired_before` and records offline every agent a replica
+    /// no longer alive held (an earlier run of this process too). Returns the replicas reaped.
+    pub async fn reap_replicas(&self, expired_before: i64) -> Result<Vec<String>> {
+        let mut tx = self.write_tx().await?;
+        let reaped: Vec<String> = query_scalar("DELETE FROM replicas WHERE heartbeat_at < $1 RETURNING id")
+            .bind(expired_before)
+            .fetch_all(&mut tx)
+            .await?;
+        query(
+            "UPDATE instances SET online = FALSE, connection = NULL, replica = NULL \
+             WHERE online = TRUE AND (replica IS NULL OR replica NOT IN (SELECT id FROM replicas))",
+        )
+        .execute(&mut tx)
+        .await?;
+        tx.commit().await?;
+        Ok(reaped)
+    }
+
+    /// A replica shutting down: its row goes and its agents are offline until they reconnect.
+    pub async fn remove_replica(&self, replica: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        query("DELETE FROM replicas WHERE id = $1")
+            .bind(replica)
+            .execute(&mut tx)
+            .await?;
+        query("UPDATE instances SET online = FALSE, connection = NULL, replica = NULL WHERE replica = $1")
+            .bind(replica)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// The replicas alive now (heartbeat at or after `alive_since`), by id.
+    pub async fn replicas(&self, alive_since: i64) -> Result<Vec<String>> {
+        query_scalar("SELECT id FROM replicas WHERE heartbeat_at >= $1 ORDER BY id")
+            .bind(alive_since)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// The pending results of an invocation not yet handed to an agent and still within their
+    /// delivery window: `(result id, instance id, end of the window)`.
+    pub async fn unsent_results(&self, invoke_id: &str, now: i64) -> Result<Vec<(i64, String, i64)>> {
+        query(
+            "SELECT id, instance_id, deliver_by FROM results WHERE invocation_id = $1 AND status = 'Pending' \
+             AND sent_at IS NULL AND deliver_by > $2",
+        )
+        .bind(invoke_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The instances of an invocation whose task is being stopped (or was cancelled before it
+    /// started), whose agents must be told.
+    pub async fn stopped_instances(&self, invoke_id: &str) -> Result<Vec<String>> {
+        query_scalar("SELECT instance_id FROM results WHERE invocation_id = $1 AND status IN ('Stopping', 'Cancelled')")
+            .bind(invoke_id)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// The invocations with unsent tasks, within their window, for agents `replica` holds.
+    pub async fn unsent_invocations_of(&self, replica: &str, now: i64) -> Result<Vec<String>> {
+        query_scalar(
+            "SELECT DISTINCT r.invocation_id FROM results r JOIN instances i ON i.id = r.instance_id \
+             WHERE r.status = 'Pending' AND r.sent_at IS NULL AND r.deliver_by > $2 AND i.replica = $1",
+        )
+        .bind(replica)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The tasks being stopped on agents `replica` holds: `(invoke id, instance id)`.
+    pub async fn stopping_of(&self, replica: &str) -> Result<Vec<(String, String)>> {
+        query(
+            "SELECT r.invocation_id, r.instance_id FROM results r JOIN instances i ON i.id = r.instance_id \
+             WHERE r.status = 'Stopping' AND i.replica = $1",
+        )
+        .bind(replica)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
