@@ -491,10 +491,18 @@ impl Dispatcher {
         let _order = self.inner.status_order.lock().await;
         match self.inner.store.enforce_deadlines(self.now(), self.lost_before()).await {
             Ok(changes) => {
+                let mut timed_out = BTreeSet::new();
                 for change in changes.iter().filter(|c| c.status == ResultStatus::Timeout) {
                     self.send_stop(&change.instance_id, &change.invocation_id);
+                    timed_out.insert(change.invocation_id.clone());
                 }
                 self.publish_changes(&changes).await;
+                // Agents held by other replicas are stopped from there.
+                let notes: Vec<_> = timed_out
+                    .into_iter()
+                    .map(|invoke_id| crate::store::bus::Note::Stop { invoke_id })
+                    .collect();
+                self.tell(&notes).await;
             }
             Err(e) => tracing::warn!(error = %e, "deadline check failed"),
         }
