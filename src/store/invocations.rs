@@ -566,14 +566,18 @@ impl Store {
 
     /// Deletes the oldest invocations created before `before`, with their results and output:
     /// whole invocations adding up to about `max_results` results (at least one invocation),
-    /// so that one purge transaction never holds the write lock for long. Returns the
-    /// invocations and results deleted; `(0, 0)` once nothing is left to purge.
+    /// so that one purge transaction never holds the write lock for long. The batch is chosen
+    /// and deleted in one write transaction, with one audit entry saying what went (by
+    /// `retention`, via `server`): replicas purging at once never delete, or count, one
+    /// invocation twice. Returns the invocations and results deleted; `(0, 0)` once nothing
+    /// is left to purge.
     pub async fn purge_batch(&self, before: i64, max_results: u64) -> Result<(u64, u64)> {
+        let mut tx = self.write_tx().await?;
         let oldest: Vec<(String, i64)> = query(&format!(
             "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 ORDER BY created_at LIMIT 256"
         ))
         .bind(before)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut tx)
         .await?;
         let mut ids = Vec::new();
         let mut results = 0u64;
@@ -588,11 +592,19 @@ impl Store {
             return Ok((0, 0));
         }
         // Results and output go with them (ON DELETE CASCADE).
-        let mut tx = self.write_tx().await?;
         query("DELETE FROM invocations WHERE id IN (SELECT value FROM json_each($1))")
             .bind(sqlx::types::Json(&ids))
             .execute(&mut tx)
             .await?;
+        query(
+            "INSERT INTO audit_log (at, username, source_ip, via, action, target, detail) \
+             VALUES ($1, 'retention', 'local', 'server', 'PurgeInvocations', $2, $3)",
+        )
+        .bind(now_ms())
+        .bind(format!("created before {before}"))
+        .bind(format!("{} invocations, {results} results", ids.len()))
+        .execute(&mut tx)
+        .await?;
         tx.commit().await?;
         Ok((ids.len() as u64, results))
     }

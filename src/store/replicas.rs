@@ -119,3 +119,100 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::db::{query, query_scalar};
+    use super::super::scratch::ScratchDatabase;
+    use super::super::{Store, now_ms};
+    use crate::store::invocations::tests::new_invocation;
+
+    /// Two replicas (two stores on one PostgreSQL database) run the deadline sweeper and then
+    /// the purge at the same moment, again and again: a trigger the test adds logs every status
+    /// transition, and the audit log says what each purge deleted.
+    #[tokio::test]
+    async fn two_replicas_sweeping_and_purging_at_once_never_apply_a_rule_twice() {
+        let database = ScratchDatabase::create().await.unwrap_or_else(|e| panic!("{e}"));
+        let (one, two) = (
+            Store::open(&database.url).await.unwrap(),
+            Store::open(&database.url).await.unwrap(),
+        );
+        for statement in [
+            "CREATE TABLE transitions (result_id BIGINT NOT NULL, was TEXT NOT NULL, now TEXT NOT NULL)",
+            "CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO transitions VALUES (NEW.id, OLD.status, NEW.status); RETURN NULL; END $$",
+            "CREATE TRIGGER logged AFTER UPDATE ON results FOR EACH ROW \
+             WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION log_transition()",
+        ] {
+            query(statement).execute(&one.pool).await.unwrap();
+        }
+        // 30 invocations of 5 results each, past their delivery window on instances that do
+        // not exist: each result is due to be aborted once.
+        let targets = ["i-a", "i-b", "i-c", "i-d", "i-e"];
+        for _ in 0..30 {
+            one.create_invocation(&new_invocation(&targets, now_ms() - 1))
+                .await
+                .unwrap();
+        }
+
+        let sweep = |store: Store| async move {
+            let mut ended = 0;
+            for _ in 0..20 {
+                ended += store.enforce_deadlines(now_ms(), now_ms()).await.unwrap().len();
+            }
+            ended
+        };
+        let (a, b) = tokio::join!(sweep(one.clone()), sweep(two.clone()));
+
+        let transitions: Vec<(i64, String, String)> = query("SELECT result_id, was, now FROM transitions")
+            .fetch_all(&one.pool)
+            .await
+            .unwrap();
+        let mut results: Vec<i64> = transitions.iter().map(|(id, _, _)| *id).collect();
+        results.sort_unstable();
+        results.dedup();
+        assert_eq!(a + b, 150, "the two sweeps ended each result once between them");
+        assert_eq!(transitions.len(), 150, "one transition per result");
+        assert_eq!(results.len(), 150);
+        assert!(
+            transitions
+                .iter()
+                .all(|(_, was, now)| was == "Pending" && now == "Aborted")
+        );
+        let aborted: i64 = query_scalar("SELECT SUM(n_aborted)::BIGINT FROM invocations")
+            .fetch_one(&one.pool)
+            .await
+            .unwrap();
+        assert_eq!(aborted, 150, "the counts moved once per result");
+
+        let purge = |store: Store| async move {
+            let mut purged = 0;
+            loop {
+                match store.purge_batch(now_ms() + 1, 12).await.unwrap() {
+                    (0, _) => return purged,
+                    (n, _) => purged += n,
+                }
+            }
+        };
+        let (a, b) = tokio::join!(purge(one.clone()), purge(two.clone()));
+
+        let details: Vec<String> = query_scalar("SELECT detail FROM audit_log WHERE action = 'PurgeInvocations'")
+            .fetch_all(&one.pool)
+            .await
+            .unwrap();
+        let audited: u64 = details
+            .iter()
+            .map(|d| d.split(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        let left: i64 = query_scalar("SELECT COUNT(*) FROM invocations")
+            .fetch_one(&one.pool)
+            .await
+            .unwrap();
+        assert_eq!(a + b, 30, "the two purges deleted each invocation once between them");
+        assert_eq!(
+            audited, 30,
+            "the audit log counts each deleted invocation once: {details:?}"
+        );
+        assert_eq!(left, 0);
+    }
+}

@@ -1,9 +1,11 @@
 //! Several servers on one PostgreSQL (issue 12): agents spread over three replicas, a command
 //! sent through one, watched live through another and stopped through the third.
 
-use crate::helpers::{Backend, TestApp, eventually, live_processes, unique_seconds};
+use crate::helpers::{Backend, Console, TestApp, eventually, form, live_processes, unique_seconds};
+use fleetrun::client::{ApiClient, ApiFailure, Credentials};
 use fleetrun::protocol::api::{RunCommandRequest, StreamEvent};
 use fleetrun::protocol::{InvocationStatus, ResultStatus};
+use reqwest::Method;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -123,4 +125,63 @@ async fn an_agent_of_a_replica_that_stops_is_offline_at_once_and_a_command_reach
     let done = a.wait_done(&created.invoke_id, Duration::from_secs(30)).await;
     let result = &done.results.unwrap()[0];
     assert_eq!(result.invocation_status, ResultStatus::Success, "{result:?}");
+}
+
+#[tokio::test]
+async fn failed_logins_spread_over_three_replicas_count_together() {
+    let a = TestApp::spawn_on(Backend::Postgres, &[]).await;
+    let (b, c) = (a.replica(&[]).await, a.replica(&[]).await);
+    let wrong = |app: &TestApp| {
+        ApiClient::new(
+            &app.url,
+            Credentials::Basic {
+                username: "admin".into(),
+                password: "wrong".into(),
+            },
+        )
+    };
+    let clients = [wrong(&a), wrong(&b), wrong(&c)];
+
+    // The address limit is 50 failures in 15 minutes: 17, 17 and 16 of them on three replicas.
+    for n in 0..50 {
+        let failure = clients[n % 3].instances("").await.unwrap_err();
+        assert_eq!(failure.downcast_ref::<ApiFailure>().unwrap().status, 401, "failure {n}");
+    }
+    for client in &clients {
+        let refused = client.raw(Method::GET, "/instances", None).await.unwrap();
+        assert_eq!(refused.status(), 429, "every replica counts the 50");
+    }
+}
+
+#[tokio::test]
+async fn a_console_session_made_on_one_replica_works_on_the_others() {
+    let a = TestApp::spawn_on(Backend::Postgres, &[]).await;
+    let (b, c) = (a.replica(&[]).await, a.replica(&[]).await);
+    let on_a = Console::login(&a).await;
+    let elsewhere = |app: &TestApp| Console {
+        http: on_a.http.clone(),
+        url: app.url.clone(),
+        set_cookie: on_a.set_cookie.clone(),
+        cookie: on_a.cookie.clone(),
+        csrf: on_a.csrf.clone(),
+    };
+    let (on_b, on_c) = (elsewhere(&b), elsewhere(&c));
+
+    let page = on_b.get("/console/instances").await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("admin"), "B knows whose session it is");
+    // A state change on C with A's CSRF token.
+    let picked = on_c
+        .post_form("/console/region", form(&[("region_id", "cn-hangzhou")]))
+        .await
+        .unwrap();
+    assert_eq!(picked.status, 200);
+
+    // Logging out on C ends the session on A and B too.
+    let out = on_c.post_form("/logout", Vec::new()).await.unwrap();
+    assert!(out.status == 303 || out.status == 200, "{}", out.status);
+    for console in [&on_a, &on_b] {
+        let page = console.get("/console/instances").await.unwrap();
+        assert_ne!(page.status, 200, "the session ended everywhere");
+    }
 }
