@@ -27,15 +27,20 @@ impl ScratchDatabase {
     /// Creates an empty database on [`postgres_server`]. When no PostgreSQL answers, the error
     /// is one line that says how to start one.
     pub async fn create() -> Result<ScratchDatabase, String> {
-        let server = postgres_server();
+        ScratchDatabase::create_on(&postgres_server()).await
+    }
+
+    /// [`ScratchDatabase::create`] on the server `server` names.
+    pub async fn create_on(server: &str) -> Result<ScratchDatabase, String> {
+        let server = server.to_string();
         let options = sqlx::postgres::PgConnectOptions::from_str(&server)
             .map_err(|e| format!("FLEETRUN_TEST_POSTGRES={server:?} is not a PostgreSQL URL: {e}"))?;
-        let mut admin = options.connect().await.map_err(|e| {
-            format!(
-                "no PostgreSQL answers at {server} ({e}); start one (`pg_ctlcluster 15 main start`, or \
-                 `.ci/run` starts it) or point FLEETRUN_TEST_POSTGRES at one"
-            )
-        })?;
+        let connected = tokio::time::timeout(std::time::Duration::from_secs(10), options.connect()).await;
+        let mut admin = match connected {
+            Ok(Ok(admin)) => admin,
+            Ok(Err(e)) => return Err(no_postgres(&server, &e.to_string())),
+            Err(_) => return Err(no_postgres(&server, "no answer in 10 s")),
+        };
         let name = format!("fleetrun_test_{}_{:08x}", std::process::id(), rand::random::<u32>());
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())
@@ -45,6 +50,14 @@ impl ScratchDatabase {
         let url = options.database(&name).to_url_lossy().to_string();
         Ok(ScratchDatabase { url, name, server })
     }
+}
+
+/// The one line a test prints when there is no PostgreSQL to run on.
+fn no_postgres(server: &str, why: &str) -> String {
+    format!(
+        "no PostgreSQL answers at {server} ({why}); start one (`pg_ctlcluster 15 main start`, or `.ci/run` \
+         starts it) or point FLEETRUN_TEST_POSTGRES at one"
+    )
 }
 
 impl Drop for ScratchDatabase {
@@ -70,5 +83,20 @@ impl Drop for ScratchDatabase {
         if !matches!(dropped, Ok(Some(()))) {
             eprintln!("could not drop the test database {}; drop it by hand", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_postgresql_the_error_is_one_line_saying_how_to_start_it() {
+        let error = ScratchDatabase::create_on("postgres://postgres@127.0.0.1:1/test")
+            .await
+            .unwrap_err();
+
+        assert!(error.starts_with("no PostgreSQL answers at postgres://postgres@127.0.0.1:1/test"), "{error}");
+        assert!(error.contains("pg_ctlcluster") && !error.contains('\n'), "{error}");
     }
 }
