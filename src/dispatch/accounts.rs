@@ -165,7 +165,12 @@ impl Dispatcher {
         };
         check::password("admin", &password)?;
         let hash = hash_blocking(password.clone()).await?;
-        self.inner.store.create_user("admin", &hash, Role::Admin).await?;
+        match self.inner.store.create_user("admin", &hash, Role::Admin).await {
+            Ok(_) => {}
+            // Another replica starting at the same moment created it first.
+            Err(store::Error::Conflict) => return Ok(FirstAdmin::Existed),
+            Err(e) => return Err(e.into()),
+        }
         let server = Actor::server("server");
         self.audit(&server, "CreateUser", "admin", "admin").await;
         Ok(if generated {

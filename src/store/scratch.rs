@@ -96,7 +96,10 @@ mod tests {
             .await
             .unwrap_err();
 
-        assert!(error.starts_with("no PostgreSQL answers at postgres://postgres@127.0.0.1:1/test"), "{error}");
+        assert!(
+            error.starts_with("no PostgreSQL answers at postgres://postgres@127.0.0.1:1/test"),
+            "{error}"
+        );
         assert!(error.contains("pg_ctlcluster") && !error.contains('\n'), "{error}");
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Agents per replica.
-const PER_REPLICA: usize = 4;
+const PER_REPLICA: usize = 10;
 
 #[tokio::test]
 async fn a_command_sent_through_a_watched_through_b_and_stopped_through_c_ends_terminated_everywhere() {
