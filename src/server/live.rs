@@ -82,6 +82,9 @@ pub struct Watch {
     rows: HashSet<String>,
     /// Per instance, the output offset up to which the watcher has everything.
     sent: HashMap<String, u64>,
+    /// JSON: per instance, the last status sent: a replay (after a lag, or when another replica
+    /// says the invocation changed) sends only statuses that moved, so each is sent once.
+    statuses: HashMap<String, crate::protocol::ResultStatus>,
     /// HTML: the per-status counts need redrawing.
     counts_dirty: bool,
     /// HTML: decodes the watched instance's output as a stream (characters and escape
@@ -105,6 +108,7 @@ impl Watch {
             format,
             rows: HashSet::new(),
             sent: HashMap::new(),
+            statuses: HashMap::new(),
             counts_dirty: false,
             renderer: OutputRenderer::default(),
         }
@@ -322,7 +326,12 @@ impl Watch {
                     return Ok(false);
                 }
                 match self.format {
-                    Format::Json => serde_json::to_string(event)?,
+                    Format::Json => {
+                        if self.statuses.insert(instance_id.clone(), *invocation_status) == Some(*invocation_status) {
+                            return Ok(false);
+                        }
+                        serde_json::to_string(event)?
+                    }
                     Format::Html => {
                         self.counts_dirty = true;
                         // A row off the page only counts: no query, nothing sent.

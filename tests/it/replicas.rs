@@ -47,7 +47,7 @@ async fn a_command_sent_through_a_watched_through_b_and_stopped_through_c_ends_t
         let client = b.client.clone();
         let invoke_id = created.invoke_id.clone();
         tokio::spawn(async move {
-            let mut last: BTreeMap<String, ResultStatus> = BTreeMap::new();
+            let mut seen: BTreeMap<String, Vec<ResultStatus>> = BTreeMap::new();
             let mut done = None;
             client
                 .stream(&invoke_id, None, |event| match event {
@@ -56,14 +56,14 @@ async fn a_command_sent_through_a_watched_through_b_and_stopped_through_c_ends_t
                         invocation_status,
                         ..
                     } => {
-                        last.insert(instance_id.clone(), *invocation_status);
+                        seen.entry(instance_id.clone()).or_default().push(*invocation_status);
                     }
                     StreamEvent::Done { invocation_status } => done = Some(*invocation_status),
                     _ => {}
                 })
                 .await
                 .unwrap();
-            (last, done)
+            (seen, done)
         })
     };
 
@@ -97,7 +97,17 @@ async fn a_command_sent_through_a_watched_through_b_and_stopped_through_c_ends_t
         .unwrap();
     assert_eq!(done, Some(InvocationStatus::Stopped));
     assert_eq!(seen.len(), ids.len(), "B saw every instance: {seen:?}");
-    assert!(seen.values().all(|s| *s == ResultStatus::Terminated), "{seen:?}");
+    for (instance, statuses) in &seen {
+        assert_eq!(
+            statuses.last(),
+            Some(&ResultStatus::Terminated),
+            "{instance}: {statuses:?}"
+        );
+        let mut distinct = statuses.clone();
+        distinct.dedup();
+        assert_eq!(&distinct, statuses, "{instance}: each status once, in order");
+        assert!(statuses.len() <= 4, "{instance}: {statuses:?}");
+    }
 }
 
 #[tokio::test]
