@@ -185,6 +185,35 @@ impl<T> Column for T where
 {
 }
 
+/// Runs `$body` with the statement's text and arguments for the backend of `$on`, and `$ex`
+/// its executor there (a pool or an open transaction): written once, compiled per backend.
+macro_rules! on_backend {
+    ($query:expr, $on:expr, |$sql:ident, $args:ident, $ex:ident| $body:expr) => {
+        match $on {
+            Exec::Pool(Pool::Sqlite(pool)) => {
+                let ($sql, $args) = $query.sqlite_args()?;
+                let $ex = pool;
+                $body
+            }
+            Exec::Tx(Tx::Sqlite(tx)) => {
+                let ($sql, $args) = $query.sqlite_args()?;
+                let $ex = &mut **tx;
+                $body
+            }
+            Exec::Pool(Pool::Postgres(pool)) => {
+                let ($sql, $args) = $query.pg_args()?;
+                let $ex = pool;
+                $body
+            }
+            Exec::Tx(Tx::Postgres(tx)) => {
+                let ($sql, $args) = $query.pg_args()?;
+                let $ex = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
 impl<'q> Query<'q> {
     pub(crate) fn bind(mut self, value: impl Into<Value<'q>>) -> Self {
         self.args.push(value.into());
@@ -230,24 +259,10 @@ impl<'q> Query<'q> {
     {
         let on = on.into();
         Box::pin(async move {
-            Ok(match on {
-                Exec::Pool(Pool::Sqlite(pool)) => {
-                    let (sql, args) = self.sqlite_args()?;
-                    sqlx::query_with(sql, args).execute(pool).await?.rows_affected()
-                }
-                Exec::Tx(Tx::Sqlite(tx)) => {
-                    let (sql, args) = self.sqlite_args()?;
-                    sqlx::query_with(sql, args).execute(&mut **tx).await?.rows_affected()
-                }
-                Exec::Pool(Pool::Postgres(pool)) => {
-                    let (sql, args) = self.pg_args()?;
-                    sqlx::query_with(sql, args).execute(pool).await?.rows_affected()
-                }
-                Exec::Tx(Tx::Postgres(tx)) => {
-                    let (sql, args) = self.pg_args()?;
-                    sqlx::query_with(sql, args).execute(&mut **tx).await?.rows_affected()
-                }
-            })
+            Ok(on_backend!(self, on, |sql, args, ex| sqlx::query_with(sql, args)
+                .execute(ex)
+                .await?
+                .rows_affected()))
         })
     }
 
@@ -257,24 +272,9 @@ impl<'q> Query<'q> {
     {
         let on = on.into();
         Box::pin(async move {
-            Ok(match on {
-                Exec::Pool(Pool::Sqlite(pool)) => {
-                    let (sql, args) = self.sqlite_args()?;
-                    sqlx::query_as_with(sql, args).fetch_all(pool).await?
-                }
-                Exec::Tx(Tx::Sqlite(tx)) => {
-                    let (sql, args) = self.sqlite_args()?;
-                    sqlx::query_as_with(sql, args).fetch_all(&mut **tx).await?
-                }
-                Exec::Pool(Pool::Postgres(pool)) => {
-                    let (sql, args) = self.pg_args()?;
-                    sqlx::query_as_with(sql, args).fetch_all(pool).await?
-                }
-                Exec::Tx(Tx::Postgres(tx)) => {
-                    let (sql, args) = self.pg_args()?;
-                    sqlx::query_as_with(sql, args).fetch_all(&mut **tx).await?
-                }
-            })
+            Ok(on_backend!(self, on, |sql, args, ex| sqlx::query_as_with(sql, args)
+                .fetch_all(ex)
+                .await?))
         })
     }
 
@@ -284,24 +284,9 @@ impl<'q> Query<'q> {
     {
         let on = on.into();
         Box::pin(async move {
-            Ok(match on {
-                Exec::Pool(Pool::Sqlite(pool)) => {
-                    let (sql, args) = self.sqlite_args()?;
-                    sqlx::query_as_with(sql, args).fetch_optional(pool).await?
-                }
-                Exec::Tx(Tx::Sqlite(tx)) => {
-                    let (sql, args) = self.sqlite_args()?;
-                    sqlx::query_as_with(sql, args).fetch_optional(&mut **tx).await?
-                }
-                Exec::Pool(Pool::Postgres(pool)) => {
-                    let (sql, args) = self.pg_args()?;
-                    sqlx::query_as_with(sql, args).fetch_optional(pool).await?
-                }
-                Exec::Tx(Tx::Postgres(tx)) => {
-                    let (sql, args) = self.pg_args()?;
-                    sqlx::query_as_with(sql, args).fetch_optional(&mut **tx).await?
-                }
-            })
+            Ok(on_backend!(self, on, |sql, args, ex| sqlx::query_as_with(sql, args)
+                .fetch_optional(ex)
+                .await?))
         })
     }
 
