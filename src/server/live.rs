@@ -150,6 +150,12 @@ impl Watch {
                     let mut queued = 0;
                     while let Some(live) = next.take() {
                         let done = match live {
+                            // The end: whatever changed on other replicas and is not told
+                            // yet (their notes come a moment later) is read from the store
+                            // first, so nothing is missing before `Done`.
+                            Live::Event(event) if matches!(*event, StreamEvent::Done { .. }) => {
+                                self.replay(socket).await?
+                            }
                             Live::Event(event) => self.forward(socket, &event).await?,
                             // Events were left out while this watcher lagged: the store has them.
                             Live::Lagged => self.replay(socket).await?,
