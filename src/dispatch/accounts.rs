@@ -165,7 +165,12 @@ impl Dispatcher {
         };
         check::password("admin", &password)?;
         let hash = hash_blocking(password.clone()).await?;
-        self.inner.store.create_user("admin", &hash, Role::Admin).await?;
+        match self.inner.store.create_user("admin", &hash, Role::Admin).await {
+            Ok(_) => {}
+            // Replicas starting at once on an empty database (issue 12): one creates it.
+            Err(crate::store::Error::Conflict) => return Ok(FirstAdmin::Existed),
+            Err(e) => return Err(e.into()),
+        }
         let server = Actor::server("server");
         self.audit(&server, "CreateUser", "admin", "admin").await;
         Ok(if generated {
@@ -585,6 +590,26 @@ mod tests {
         dispatcher.ensure_first_admin(Some(ADMIN_PASSWORD)).await.unwrap();
         dispatcher.load_settings().await.unwrap();
         (dispatcher, clock, dir)
+    }
+
+    #[tokio::test]
+    async fn servers_starting_at_once_on_an_empty_database_create_one_admin_and_both_start() {
+        let (store, _dir) = crate::store::test_store().await;
+        let first = Dispatcher::offline(store.clone(), Settings::default());
+        let second = Dispatcher::offline(store.clone(), Settings::default());
+
+        let (a, b) = tokio::join!(
+            first.ensure_first_admin(Some(ADMIN_PASSWORD)),
+            second.ensure_first_admin(None)
+        );
+
+        let mut outcomes = [a.unwrap(), b.unwrap()];
+        outcomes.sort_by_key(|o| matches!(o, FirstAdmin::Existed));
+        assert!(
+            matches!(outcomes, [FirstAdmin::Created | FirstAdmin::Generated(_), FirstAdmin::Existed]),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.count_users().await.unwrap(), 1);
     }
 
     fn refusal<T>(result: Result<T, Error>) -> LoginRefusal {
