@@ -606,7 +606,10 @@ mod tests {
         let mut outcomes = [a.unwrap(), b.unwrap()];
         outcomes.sort_by_key(|o| matches!(o, FirstAdmin::Existed));
         assert!(
-            matches!(outcomes, [FirstAdmin::Created | FirstAdmin::Generated(_), FirstAdmin::Existed]),
+            matches!(
+                outcomes,
+                [FirstAdmin::Created | FirstAdmin::Generated(_), FirstAdmin::Existed]
+            ),
             "{outcomes:?}"
         );
         assert_eq!(store.count_users().await.unwrap(), 1);
