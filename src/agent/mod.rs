@@ -12,7 +12,7 @@ pub mod backoff;
 #[cfg(unix)]
 mod cgroup;
 mod exec;
-mod failover;
+pub mod failover;
 mod host;
 mod identity;
 #[cfg(unix)]

@@ -592,6 +592,29 @@ mod tests {
         (dispatcher, clock, dir)
     }
 
+    #[tokio::test]
+    async fn servers_starting_at_once_on_an_empty_database_create_one_admin_and_both_start() {
+        let (store, _dir) = crate::store::test_store().await;
+        let first = Dispatcher::offline(store.clone(), Settings::default());
+        let second = Dispatcher::offline(store.clone(), Settings::default());
+
+        let (a, b) = tokio::join!(
+            first.ensure_first_admin(Some(ADMIN_PASSWORD)),
+            second.ensure_first_admin(None)
+        );
+
+        let mut outcomes = [a.unwrap(), b.unwrap()];
+        outcomes.sort_by_key(|o| matches!(o, FirstAdmin::Existed));
+        assert!(
+            matches!(
+                outcomes,
+                [FirstAdmin::Created | FirstAdmin::Generated(_), FirstAdmin::Existed]
+            ),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.count_users().await.unwrap(), 1);
+    }
+
     fn refusal<T>(result: Result<T, Error>) -> LoginRefusal {
         match result {
             Err(Error::Login(refusal)) => refusal,

@@ -130,6 +130,8 @@ pub enum Conflict {
     DeleteSelf,
     /// Another retained command of the region has the name.
     CommandName,
+    /// An agent connection attached after a newer connection of the same agent (`attach`).
+    Superseded,
 }
 
 /// Why a login (console, HTTP Basic or a password check) was refused.

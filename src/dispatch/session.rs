@@ -1,7 +1,7 @@
 //! One agent's connection as the dispatcher sees it: attach on `Hello`, the reports it sends,
 //! detach when the socket closes.
 
-use super::error::{Error, Kind, not_found};
+use super::error::{Conflict, Error, Kind, not_found};
 use super::{AgentLink, Dispatcher, TaskIds, task_for, writer};
 use crate::protocol::agent::{Ack, AgentMessage, Hello, MAX_CHUNK_BYTES, Welcome};
 use crate::store::AgentWrite;
@@ -75,6 +75,8 @@ impl Dispatcher {
         hello: &Hello,
         protocol_version: u32,
     ) -> Result<(AgentSession, Outbox), Error> {
+        // When the Hello arrived: it orders this connection among the agent's others.
+        let hello_at = self.now();
         // Counted until settled: while too many are, new connections are refused (`reconnect`).
         let _attaching = self.attaching();
         let store = &self.inner.store;
@@ -86,16 +88,15 @@ impl Dispatcher {
             .inner
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        store
-            .agent_connected(
-                instance_id,
-                &self.inner.replica,
-                id,
-                hello,
-                protocol_version,
-                self.now(),
-            )
+        let taken = store
+            .agent_connected(instance_id, &self.inner.replica, id, hello, protocol_version, hello_at)
             .await?;
+        if !taken {
+            return Err(Error::Conflict {
+                conflict: Conflict::Superseded,
+                message: "the agent has connected again since this connection's Hello; closing this one".into(),
+            });
+        }
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let close = CancellationToken::new();
         let tasks = TaskIds::default();

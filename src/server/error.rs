@@ -193,6 +193,7 @@ impl From<dispatch::Error> for ApiError {
                     Conflict::LastAdmin => "LastAdmin",
                     Conflict::DeleteSelf => "DeleteSelf",
                     Conflict::CommandName => "InvalidCommandName.Duplicate",
+                    Conflict::Superseded => "ConnectionSuperseded",
                 };
                 ApiError::new(StatusCode::CONFLICT, code, message)
             }

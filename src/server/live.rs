@@ -150,10 +150,13 @@ impl Watch {
                     let mut queued = 0;
                     while let Some(live) = next.take() {
                         let done = match live {
-                            // The end: whatever changed on other replicas and is not told
-                            // yet (their notes come a moment later) is read from the store
-                            // first, so nothing is missing before `Done`.
-                            Live::Event(event) if matches!(*event, StreamEvent::Done { .. }) => {
+                            // This replica stored the change that ended the invocation; changes
+                            // other replicas stored just before may not have been told here yet
+                            // (their notes come every 100 ms), so the end is read from the
+                            // store, which has them all, and `Done` comes after them.
+                            Live::Event(event)
+                                if matches!(*event, StreamEvent::Done { .. }) && self.state.store.is_shared() =>
+                            {
                                 self.replay(socket).await?
                             }
                             Live::Event(event) => self.forward(socket, &event).await?,

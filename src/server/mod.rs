@@ -114,11 +114,14 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     dispatcher.load_settings().await?;
     // Before the first agent is welcomed: its reconnect window is sized to the whole fleet.
     dispatcher.count_fleet().await?;
+    // Named at start so that an operator can tell which process a replica id in a later
+    // warning ("a replica stopped answering") is.
+    let replica = dispatcher.replica_id().to_string();
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     state.tls = tls.is_some();
     state.trusted_proxies = args.trusted_proxies.clone().into();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!("fleetrun server listening on {scheme}://{}", listener.local_addr()?);
+    tracing::info!(%replica, "fleetrun server listening on {scheme}://{}", listener.local_addr()?);
     let header_timeout = Duration::from_secs(args.header_timeout_secs);
     listen::serve(listener, router(state), tls, header_timeout, shutdown.clone()).await?;
 

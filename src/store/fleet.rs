@@ -315,8 +315,15 @@ impl Store {
         Ok(count as u64)
     }
 
-    /// Records what an agent said about itself in its `Hello`, and that it is online since `now`
-    /// on `replica`, connection number `connection` of that replica.
+    /// Records what an agent said about itself in its `Hello`, received at `hello_at`, and that
+    /// it is online since then on `replica`, connection number `connection` of that replica.
+    ///
+    /// Returns false, and changes nothing, when the agent was heard after `hello_at` on a
+    /// connection still recorded online: this connection is older than that one, and only
+    /// recorded late (its server was slow to attach it, and the agent, killed or tired of
+    /// waiting, meanwhile connected again, perhaps to another replica). Taking over would
+    /// record the agent on a connection it no longer has, and offline once that one's close
+    /// is noticed, while it is connected elsewhere.
     #[allow(clippy::too_many_arguments)]
     pub async fn agent_connected(
         &self,
@@ -325,12 +332,13 @@ impl Store {
         connection: u64,
         hello: &crate::protocol::agent::Hello,
         protocol_version: u32,
-        now: i64,
-    ) -> Result<()> {
-        query(
+        hello_at: i64,
+    ) -> Result<bool> {
+        let taken = query(
             "UPDATE instances SET hostname = $2, os_name = $3, ip_addresses = $4, agent_version = $5, \
              supported_command_types = $6, os_type = $7, last_heartbeat_at = $8, online = TRUE, connection = $9, \
-             agent_protocol = $10, replica = $11 WHERE id = $1",
+             agent_protocol = $10, replica = $11 \
+             WHERE id = $1 AND NOT (online = TRUE AND COALESCE(last_heartbeat_at, 0) > $8)",
         )
         .bind(instance_id)
         .bind(&hello.hostname)
@@ -339,13 +347,13 @@ impl Store {
         .bind(&hello.agent_version)
         .bind(to_json(&hello.supported_command_types))
         .bind(hello.os_type.as_str())
-        .bind(now)
+        .bind(hello_at)
         .bind(connection as i64)
         .bind(protocol_version as i64)
         .bind(replica)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(taken == 1)
     }
 
     /// Records that an agent's connection closed, with its last heartbeat time, unless a newer
@@ -428,6 +436,51 @@ mod tests {
             code_hash: ids::hash_secret("code"),
         };
         store.create_activation(&new).await.unwrap()
+    }
+
+    fn hello() -> crate::protocol::agent::Hello {
+        crate::protocol::agent::Hello {
+            protocol_version: crate::protocol::PROTOCOL_VERSION,
+            protocol_versions: Vec::new(),
+            agent_version: "0.1.0".into(),
+            hostname: "host".into(),
+            os_type: OsType::Linux,
+            os_name: "Debian".into(),
+            ip_addresses: vec!["10.0.0.1".into()],
+            supported_command_types: vec![CommandType::RunShellScript],
+            held_tasks: Vec::new(),
+        }
+    }
+
+    crate::store::both_backends! {
+    async fn a_connection_recorded_after_a_newer_one_of_the_agent_does_not_take_over(store) {
+        let act = activation(&store, 1, now_ms() + 60_000).await;
+        let id = store
+            .register_instance(&act.id, &ids::hash_secret("code"), &new_instance("web-1"))
+            .await
+            .unwrap()
+            .id;
+        let holder = || async {
+            query("SELECT online, replica, connection FROM instances WHERE id = $1")
+                .bind(&id)
+                .fetch_one::<(bool, Option<String>, Option<i64>)>(&store.pool)
+                .await
+                .unwrap()
+        };
+
+        let newer = store.agent_connected(&id, "r-b", 1, &hello(), 2, 2_000).await.unwrap();
+        // Its Hello came first; it is recorded second, then its close is noticed.
+        let older = store.agent_connected(&id, "r-a", 7, &hello(), 2, 1_000).await.unwrap();
+        store.agent_disconnected(&id, "r-a", 7, 1_000).await.unwrap();
+        let after_the_older = holder().await;
+        let later = store.agent_connected(&id, "r-a", 8, &hello(), 2, 3_000).await.unwrap();
+
+        assert!(newer);
+        assert!(!older, "the older connection does not take over");
+        assert_eq!(after_the_older, (true, Some("r-b".into()), Some(1)));
+        assert!(later, "a connection newer than the agent's last word takes over");
+        assert_eq!(holder().await, (true, Some("r-a".into()), Some(8)));
+    }
     }
 
     crate::store::both_backends! {

@@ -165,6 +165,7 @@ impl Store {
     pub async fn open_postgres(url: &str) -> Result<Store> {
         let options = PgConnectOptions::from_str(url)?
             .application_name("fleetrun")
+            .options([("idle_in_transaction_session_timeout", PG_IDLE_IN_TRANSACTION)])
             .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1));
         let mut migrating = options.connect().await?;
         let migrated = sqlx::migrate!("./migrations/postgres").run_direct(&mut migrating).await;
@@ -242,6 +243,15 @@ fn left_in_transaction(conn: &sqlx::SqliteConnection) -> bool {
 
 /// Connections each replica keeps to PostgreSQL (its `max_connections` is 100 by default).
 const PG_POOL_SIZE: u32 = 10;
+
+/// How long PostgreSQL lets a session of ours sit idle inside a transaction before it ends the
+/// session (`idle_in_transaction_session_timeout`). A replica frozen inside a write transaction
+/// (stopped, its VM paused, cut off from the database) holds the write lock every replica takes
+/// turns on: without this, every replica's writes would wait until the frozen one died or TCP
+/// gave up on it, hours later. As long as the other replicas wait before counting a silent one
+/// dead (`dispatch::replicas`). Our transactions begin and end inside `store` and wait on
+/// nothing but the database between their statements, so none of them comes near it.
+const PG_IDLE_IN_TRANSACTION: &str = "10s";
 
 /// The advisory lock key writers take turns on (PostgreSQL): "fleetrun" in ASCII.
 const WRITE_LOCK: i64 = 0x666c_6565_7472_756e;
@@ -427,6 +437,26 @@ mod tests {
             tx.commit().await.unwrap();
         }
     }
+    }
+
+    #[tokio::test]
+    async fn a_write_transaction_left_open_by_a_frozen_replica_is_ended_and_the_others_write_again() {
+        let (frozen, data) = test_store_on(TestBackend::Postgres).await;
+        let TestData::Postgres(database) = &data else {
+            unreachable!("a PostgreSQL store")
+        };
+        let other = Store::open(&database.url).await.unwrap();
+        // The frozen replica: it holds the write lock and sends nothing more.
+        let held = frozen.write_tx().await.unwrap();
+
+        let next = tokio::time::timeout(Duration::from_secs(120), async {
+            let tx = other.write_tx().await?;
+            tx.commit().await
+        })
+        .await;
+
+        assert!(matches!(next, Ok(Ok(()))), "the other replica writes again: {next:?}");
+        drop(held);
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //! B's port is reserved (bound, not listening, so connecting to it is refused); A is SIGKILLed
 //! and a new server process, B, starts on the same data directory at B's port.
 
-use crate::helpers::{AgentProcess, agent_command, eventually};
-use crate::reconnect::ServerProcess;
+use crate::helpers::{AgentProcess, ServerProcess, agent_command, eventually};
 use fleetrun::client::ApiClient;
 use fleetrun::protocol::api::{CreateActivationRequest, Invocation, RunCommandRequest};
 use fleetrun::protocol::{PROTOCOL_VERSION, ResultStatus};

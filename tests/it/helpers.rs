@@ -1,5 +1,6 @@
-//! Test harness: a real server on a loopback port, real `fleetrun-agent` processes, a TCP
-//! proxy that can cut connections, and polling with deadlines (no fixed sleeps).
+//! Test harness: a real server on a loopback port (in this process, or a `fleetrun serve`
+//! process that can be killed), real `fleetrun-agent` processes, a TCP proxy that can cut
+//! connections, and polling with deadlines (no fixed sleeps).
 
 use clap::Parser as _;
 use fleetrun::client::{ApiClient, Credentials};
@@ -12,9 +13,10 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -305,8 +307,14 @@ impl AgentProcess {
 
     /// The instance id the agent stored after enrolling.
     pub async fn instance_id(&self) -> String {
+        self.enrolled_within(Duration::from_secs(10)).await
+    }
+
+    /// [`AgentProcess::instance_id`], waiting up to `timeout` for the enrolment (many agents
+    /// enrolling at once take their time on a loaded machine).
+    pub async fn enrolled_within(&self, timeout: Duration) -> String {
         let path = self.state.path().join("identity.json");
-        eventually(Duration::from_secs(10), "the agent to enrol", || async {
+        eventually(timeout, "the agent to enrol", || async {
             let text = std::fs::read_to_string(&path).ok()?;
             let value: serde_json::Value = serde_json::from_str(&text).ok()?;
             value["instance_id"].as_str().map(String::from)
@@ -429,6 +437,159 @@ pub fn agent_command(server: &str, activation: Option<&ActivationCreated>, state
         ]);
     }
     command
+}
+
+/// `fleetrun serve` as a child process, killed on drop, for tests that kill a server as a crash
+/// would (`reconnect`, `failover`, `replicas_faults`). Its data directory and logs outlive
+/// restarts (one log file per start, for a failed test to show).
+pub struct ServerProcess {
+    child: Child,
+    /// `127.0.0.1:port`, the same across restarts (unless restarted elsewhere with
+    /// [`ServerProcess::restart_at`]).
+    address: String,
+    pub url: String,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    starts: u32,
+}
+
+impl ServerProcess {
+    /// Starts a server on a port the kernel picks, with `extra` flags (kept on restart).
+    pub async fn start(extra: &[&str]) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, address) = spawn_server(dir.path(), "127.0.0.1:0", &extra, 1).await;
+        ServerProcess {
+            child,
+            url: format!("http://{address}"),
+            address,
+            dir,
+            extra,
+            starts: 1,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
+    }
+
+    pub fn client(&self) -> ApiClient {
+        let credentials = Credentials::Basic {
+            username: "admin".into(),
+            password: PASSWORD.into(),
+        };
+        ApiClient::new(&self.url, credentials)
+    }
+
+    /// The log of the running start (stderr), for a failed test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("server-{}.log", self.starts))).unwrap_or_default()
+    }
+
+    /// This start's id among the replicas sharing a database, as it logged it at start.
+    pub fn replica_id(&self) -> String {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("listening on")).unwrap();
+        let after = line
+            .split("replica=")
+            .nth(1)
+            .expect("the replica id on the listening line");
+        after.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// SIGKILL, as a crash would: the kernel closes every agent's socket at once. Returns when
+    /// the process is gone.
+    pub async fn kill9(&mut self) -> Instant {
+        self.child.kill().await.unwrap();
+        Instant::now()
+    }
+
+    /// SIGSTOP: the process is frozen with every socket open, so its agents stay connected to
+    /// a server that neither reads nor writes, and its heartbeat stops. Undone only by
+    /// [`ServerProcess::kill9`] (or the drop).
+    pub fn freeze(&self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGSTOP).unwrap();
+    }
+
+    /// Starts the server again on the same address and data directory; returns once it
+    /// answers `/healthz`.
+    pub async fn restart(&mut self) {
+        let address = self.address.clone();
+        self.restart_at(&address).await;
+    }
+
+    /// Starts the server again on the same data directory but listening on `address`, as
+    /// another replica taking over would; `url` and `client` then point there. Returns once it
+    /// answers `/healthz`.
+    pub async fn restart_at(&mut self, address: &str) {
+        self.starts += 1;
+        let (child, bound) = spawn_server(self.dir.path(), address, &self.extra, self.starts).await;
+        assert_eq!(bound, address);
+        self.child = child;
+        self.url = format!("http://{bound}");
+        self.address = bound;
+    }
+
+    /// Peak resident memory of the running server, in MiB (`VmHWM`).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: f64 = line["VmHWM:".len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib / 1024.0
+    }
+}
+
+/// Spawns `fleetrun serve` on `listen`; returns it with the address it bound, once it answers.
+async fn spawn_server(dir: &Path, listen: &str, extra: &[String], start: u32) -> (Child, String) {
+    let log_path = dir.join(format!("server-{start}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetrun"))
+        .args(["serve", "--listen", listen, "--admin-password", PASSWORD, "--data-dir"])
+        .arg(dir.join("data"))
+        .args(extra)
+        // The address line, and warnings; not a line per agent connection.
+        .env(
+            "FLEETRUN_LOG",
+            "warn,fleetrun::server=info,fleetrun::server::agent=warn",
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start fleetrun serve");
+    // Generous: a loaded machine starts several servers at once in some tests.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let address = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(after) = log.split("listening on http://").nth(1) {
+            let address: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            break address;
+        }
+        let exited = child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the server did not start listening ({exited:?}); its log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let health = format!("http://{address}/healthz");
+    eventually(Duration::from_secs(60), "the server to answer", || async {
+        reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    (child, address)
 }
 
 /// A `sleep` argument unique to this test run, e.g. `600.0123405`, so that process checks

@@ -22,6 +22,7 @@ mod parity;
 mod private;
 mod reconnect;
 mod replicas;
+mod replicas_faults;
 mod resilience;
 mod security;
 mod serving;

@@ -7,147 +7,18 @@
 //! agents are either virtual (the bench's swarm, in this process, running the real agent's
 //! reconnect policy) or real `fleetrun-agent` processes.
 
-use crate::helpers::{AgentProcess, PASSWORD, TestApp, agent_command, eventually, register, register_body};
+use crate::helpers::{AgentProcess, ServerProcess, TestApp, agent_command, eventually, register, register_body};
 use crate::swarm::{self, Swarm, SwarmConfig};
-use fleetrun::client::{ApiClient, Credentials};
 use fleetrun::protocol::agent::{AgentMessage, Hello};
 use fleetrun::protocol::api::{CreateActivationRequest, RunCommandRequest};
 use fleetrun::protocol::{CommandType, OsType, PROTOCOL_VERSION, ResultStatus};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest as _};
-
-/// `fleetrun serve` as a child process, killed on drop. Its data directory and logs outlive
-/// restarts (one log file per start, for a failed test to show). Also used by `failover`.
-pub struct ServerProcess {
-    child: Child,
-    /// `127.0.0.1:port`, the same across restarts (unless restarted elsewhere with
-    /// [`ServerProcess::restart_at`]).
-    address: String,
-    pub url: String,
-    dir: tempfile::TempDir,
-    extra: Vec<String>,
-    starts: u32,
-}
-
-impl ServerProcess {
-    /// Starts a server on a port the kernel picks, with `extra` flags (kept on restart).
-    pub async fn start(extra: &[&str]) -> ServerProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, address) = spawn_server(dir.path(), "127.0.0.1:0", &extra, 1).await;
-        ServerProcess {
-            child,
-            url: format!("http://{address}"),
-            address,
-            dir,
-            extra,
-            starts: 1,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("the server is running")
-    }
-
-    pub fn client(&self) -> ApiClient {
-        let credentials = Credentials::Basic {
-            username: "admin".into(),
-            password: PASSWORD.into(),
-        };
-        ApiClient::new(&self.url, credentials)
-    }
-
-    /// SIGKILL, as a crash would: the kernel closes every agent's socket at once. Returns when
-    /// the process is gone.
-    pub async fn kill9(&mut self) -> Instant {
-        self.child.kill().await.unwrap();
-        Instant::now()
-    }
-
-    /// Starts the server again on the same address and data directory; returns once it
-    /// answers `/healthz`.
-    async fn restart(&mut self) {
-        let address = self.address.clone();
-        self.restart_at(&address).await;
-    }
-
-    /// Starts the server again on the same data directory but listening on `address`, as
-    /// another replica taking over would; `url` and `client` then point there. Returns once it
-    /// answers `/healthz`.
-    pub async fn restart_at(&mut self, address: &str) {
-        self.starts += 1;
-        let (child, bound) = spawn_server(self.dir.path(), address, &self.extra, self.starts).await;
-        assert_eq!(bound, address);
-        self.child = child;
-        self.url = format!("http://{bound}");
-        self.address = bound;
-    }
-
-    /// Peak resident memory of the running server, in MiB (`VmHWM`).
-    fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kib: f64 = line["VmHWM:".len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap();
-        kib / 1024.0
-    }
-}
-
-/// Spawns `fleetrun serve` on `listen`; returns it with the address it bound, once it answers.
-async fn spawn_server(dir: &Path, listen: &str, extra: &[String], start: u32) -> (Child, String) {
-    let log_path = dir.join(format!("server-{start}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetrun"))
-        .args(["serve", "--listen", listen, "--admin-password", PASSWORD, "--data-dir"])
-        .arg(dir.join("data"))
-        .args(extra)
-        // The address line, and warnings; not a line per agent connection.
-        .env(
-            "FLEETRUN_LOG",
-            "warn,fleetrun::server=info,fleetrun::server::agent=warn",
-        )
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start fleetrun serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let address = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(after) = log.split("listening on http://").nth(1) {
-            let address: String = after
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                .collect();
-            break address;
-        }
-        let exited = child.try_wait().unwrap();
-        assert!(
-            exited.is_none() && Instant::now() < deadline,
-            "the server did not start listening ({exited:?}); its log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let health = format!("http://{address}/healthz");
-    eventually(Duration::from_secs(20), "the server to answer", || async {
-        reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
-    })
-    .await;
-    (child, address)
-}
 
 /// Share of `times` (seconds) in the busiest one-second bucket, counted from `from`.
 fn busiest_second(times: &[f64], from: f64) -> (usize, f64) {
