@@ -165,7 +165,12 @@ impl Dispatcher {
         };
         check::password("admin", &password)?;
         let hash = hash_blocking(password.clone()).await?;
-        self.inner.store.create_user("admin", &hash, Role::Admin).await?;
+        match self.inner.store.create_user("admin", &hash, Role::Admin).await {
+            Ok(_) => {}
+            // Another replica starting on the same empty database created it in between.
+            Err(crate::store::Error::Conflict) => return Ok(FirstAdmin::Existed),
+            Err(e) => return Err(e.into()),
+        }
         let server = Actor::server("server");
         self.audit(&server, "CreateUser", "admin", "admin").await;
         Ok(if generated {
@@ -593,6 +598,23 @@ mod tests {
             Err(other) => panic!("refused otherwise: {other}"),
             Ok(_) => panic!("not refused"),
         }
+    }
+
+    #[tokio::test]
+    async fn servers_starting_at_once_on_an_empty_database_create_one_admin_and_all_start() {
+        let (store, _dir) = crate::store::test_store().await;
+        let (a, _) = Dispatcher::build(store.clone(), Settings::default(), Clock::manual());
+        let (b, _) = Dispatcher::build(store.clone(), Settings::default(), Clock::manual());
+
+        let (first, second) = tokio::join!(
+            a.ensure_first_admin(Some(ADMIN_PASSWORD)),
+            b.ensure_first_admin(Some(ADMIN_PASSWORD))
+        );
+
+        let mut outcomes = [first.unwrap(), second.unwrap()];
+        outcomes.sort_by_key(|o| *o != FirstAdmin::Created);
+        assert_eq!(outcomes, [FirstAdmin::Created, FirstAdmin::Existed]);
+        assert_eq!(store.count_users().await.unwrap(), 1);
     }
 
     #[tokio::test]
