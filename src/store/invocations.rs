@@ -432,19 +432,25 @@ impl Store {
 
     /// Records that these results' tasks were handed to their agents' connections at `at`
     /// (the first time counts).
+    ///
+    /// A write like any other, so it takes its turn ([`Store::write_tx`]): on PostgreSQL, an
+    /// update of these rows outside the turn deadlocks with the batching writer, which locks
+    /// the same rows (agents answer before this runs) in another order, and one of the two
+    /// is cancelled after `deadlock_timeout` (a second).
     pub async fn mark_sent(&self, result_ids: &[i64], at: i64) -> Result<()> {
         if result_ids.is_empty() {
             return Ok(());
         }
+        let mut tx = self.write_tx().await?;
         query(
             "UPDATE results SET sent_at = $1 WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($2)) \
              AND status = 'Pending' AND sent_at IS NULL",
         )
         .bind(at)
         .bind(sqlx::types::Json(result_ids))
-        .execute(&self.pool)
+        .execute(&mut tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// The result id of an instance's task, if the task is the instance's own.
@@ -467,6 +473,12 @@ impl Store {
         .await?;
         let lost: Vec<&String> = running.iter().filter(|task| !held.contains(task)).collect();
         let mut changes = Vec::new();
+        if lost.is_empty() {
+            return Ok(changes);
+        }
+        // In turn with the other writers (see `mark_sent`): the batching writer may be
+        // writing these rows and their invocation's counts.
+        let mut tx = self.write_tx().await?;
         for batch in lost.chunks(500) {
             let sql = format!(
                 "UPDATE results SET status = 'Error', error_code = 'ExecutionInterrupted', error_info = $3, \
@@ -481,8 +493,9 @@ impl Store {
             for task in batch {
                 statement = statement.bind(*task);
             }
-            changes.extend(statement.fetch_all::<ResultChange>(&self.pool).await?);
+            changes.extend(statement.fetch_all::<ResultChange>(&mut tx).await?);
         }
+        tx.commit().await?;
         Ok(changes)
     }
 
