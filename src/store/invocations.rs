@@ -951,5 +951,46 @@ mod status_sql_tests {
             assert_eq!(row.counts.0, counted, "{statuses:?}");
         }
     }
+
+    async fn statements_moving_many_results_of_two_invocations_keep_both_counts(store) {
+        let a = store
+            .create_invocation(&tests::new_invocation(&["i-0", "i-1", "i-2", "i-3"], now_ms() + 60_000))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_invocation(&tests::new_invocation(&["i-0", "i-1", "i-2"], now_ms() + 60_000))
+            .await
+            .unwrap()
+            .id;
+
+        // Each statement moves some results, leaves others' statuses as they are (their rows
+        // still change), and spans both invocations.
+        for sql in [
+            "UPDATE results SET sent_at = 1",
+            "UPDATE results SET status = CASE WHEN instance_id IN ('i-0', 'i-1') THEN 'Running' ELSE status END, \
+             sent_at = 2",
+            "UPDATE results SET status = CASE instance_id WHEN 'i-0' THEN 'Success' WHEN 'i-2' THEN 'Cancelled' \
+             ELSE status END",
+            "UPDATE results SET status = 'Failed' WHERE instance_id = 'i-1'",
+        ] {
+            query(sql).execute(&store.pool).await.unwrap();
+        }
+
+        for id in [&a, &b] {
+            let counted: BTreeMap<ResultStatus, u64> = store
+                .results(id)
+                .await
+                .unwrap()
+                .iter()
+                .fold(BTreeMap::new(), |mut counts, r| {
+                    *counts.entry(r.status).or_default() += 1;
+                    counts
+                });
+            assert_eq!(store.invocation(id).await.unwrap().counts.0, counted, "{id}");
+        }
+        assert_eq!(store.invocation(&a).await.unwrap().status(), InvocationStatus::Pending);
+        assert_eq!(store.invocation(&b).await.unwrap().status(), InvocationStatus::PartialFailed);
+    }
     }
 }
