@@ -431,7 +431,13 @@ impl Store {
     }
 
     /// Records that these results' tasks were handed to their agents' connections at `at`
-    /// (the first time counts).
+    /// (the first time counts). A result whose agent already answered gets it too: that is
+    /// true, and every reader of `sent_at` looks at `Pending` results only.
+    ///
+    /// The rows are found by id alone. With `status = 'Pending'` in the filter as well,
+    /// PostgreSQL chose the `results_status` index whenever its statistics lagged a fan-out
+    /// (a few pending results counted, tens of thousands there) and compared every pending
+    /// result with every id given: seconds, holding the write lock.
     ///
     /// A write like any other, so it takes its turn ([`Store::write_tx`]): on PostgreSQL, an
     /// update of these rows outside the turn deadlocks with the batching writer, which locks
@@ -444,7 +450,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         query(
             "UPDATE results SET sent_at = $1 WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($2)) \
-             AND status = 'Pending' AND sent_at IS NULL",
+             AND sent_at IS NULL",
         )
         .bind(at)
         .bind(sqlx::types::Json(result_ids))
