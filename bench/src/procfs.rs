@@ -101,6 +101,39 @@ impl CpuMeter {
     }
 }
 
+/// CPU time used by several processes between two readings, summed. A process that exits in
+/// between counts with what it had used at the start (nothing), not as an error: the
+/// database's backends come and go with their connections.
+pub struct CpuMeters(Vec<CpuMeter>);
+
+impl CpuMeters {
+    /// Starts measuring every process of `pids` that exists now.
+    pub fn start(pids: &[u32]) -> Self {
+        CpuMeters(pids.iter().filter_map(|pid| CpuMeter::start(*pid).ok()).collect())
+    }
+
+    /// CPU time used by all of them since `start`.
+    pub fn read(&self) -> Duration {
+        self.0
+            .iter()
+            .filter_map(|meter| meter.read().ok())
+            .map(|(cpu, _)| cpu)
+            .sum()
+    }
+}
+
+/// The processes whose command name (`/proc/<pid>/comm`) is `name`: the PostgreSQL server's
+/// postmaster, background workers and one backend per connection are all `postgres`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == name))
+        .collect()
+}
+
 /// Waits until `pid` uses less than `busy` of one core over 500 ms (at most `limit`), so a
 /// scenario does not start while the server still digests the previous one. Returns the wait.
 pub async fn settle(pid: u32, busy: f64, limit: Duration) -> Duration {

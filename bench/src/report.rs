@@ -45,8 +45,9 @@ pub struct Spec {
     pub salt: Option<(f64, &'static str)>,
 }
 
-/// The targets of issue 10 (issue 5's, raised), in table order, with Salt's figures from
-/// `research/bench-salt/RESULTS.md` (medians of 7 runs).
+/// The targets of issue 10 (issue 5's, raised) and issue 12's (the `pg_` keys: three replicas
+/// on one PostgreSQL), in table order, with Salt's figures from `research/bench-salt/RESULTS.md`
+/// (medians of 7 runs).
 pub const SPECS: &[Spec] = &[
     Spec {
         key: "fanout_virtual_1000_p50_ms",
@@ -60,6 +61,20 @@ pub const SPECS: &[Spec] = &[
         unit: "ms",
         goal: Goal::AtMost,
         target: 1500.0,
+        salt: None,
+    },
+    Spec {
+        key: "pg_fanout_virtual_1000_p50_ms",
+        unit: "ms",
+        goal: Goal::AtMost,
+        target: 300.0,
+        salt: None,
+    },
+    Spec {
+        key: "pg_fanout_virtual_10000_p50_ms",
+        unit: "ms",
+        goal: Goal::AtMost,
+        target: 3000.0,
         salt: None,
     },
     Spec {
@@ -283,9 +298,14 @@ mod tests {
         let mut results = Results::default();
         results.set("fanout_virtual_1000_p50_ms", 120.0);
         results.set("ingest_single_mb_per_s", 50.0);
+        results.set("pg_fanout_virtual_10000_p50_ms", 3200.0);
         let table = results.table();
         assert!(
             table.contains("| `fanout_virtual_1000_p50_ms` | 120 ms | ≤ 150 ms | yes |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `pg_fanout_virtual_10000_p50_ms` | 3200 ms | ≤ 3000 ms | **no** |"),
             "{table}"
         );
         assert!(

@@ -1,14 +1,15 @@
 //! The scenarios of issue 5, run in order against one server: virtual agents first (enrol and
 //! connect 10,000, fan-outs, live latency, the console page, server memory), then real agent
 //! processes (fan-out, 1 MB outputs, single-agent ingest). One idle real agent is measured over
-//! its own window in parallel, from its own process accounting.
+//! its own window in parallel, from its own process accounting. Last, when asked for, the
+//! fan-outs of issue 12 against several replicas sharing one PostgreSQL (the `pg` group).
 //!
 //! Every figure is taken from public surfaces: RunCommand and the invocation's live stream,
 //! the console over HTTP, and `/proc` for memory and CPU.
 
 use crate::api::{Api, Timed};
 use crate::browser::Browser;
-use crate::procfs::{self, CpuMeter};
+use crate::procfs::{self, CpuMeter, CpuMeters};
 use crate::real::RealFleet;
 use crate::records;
 use crate::report::{Results, median, ms, percentile};
@@ -71,9 +72,17 @@ pub struct RunArgs {
     /// The server's retention (`--retention-days`), for when the seeded month falls due.
     #[arg(long, default_value_t = 30)]
     pub retention_days: u64,
-    /// Groups to run: any of `virtual`, `records` (needs `virtual`), `real`, `ingest`, `idle`.
+    /// Groups to run: any of `virtual`, `records` (needs `virtual`), `real`, `ingest`, `idle`,
+    /// and `pg` (needs `--replicas`).
     #[arg(long, value_delimiter = ',', default_value = "virtual,records,real,ingest,idle")]
     pub only: Vec<String>,
+    /// Base URLs of the replicas for the `pg` group, comma-separated: servers sharing one
+    /// PostgreSQL database (bench/run.sh starts three on a fresh one). Fan-outs go to the first.
+    #[arg(long, value_delimiter = ',')]
+    pub replicas: Vec<String>,
+    /// Process ids of `--replicas`, in the same order, for their CPU and memory.
+    #[arg(long, value_delimiter = ',')]
+    pub replica_pids: Vec<u32>,
 }
 
 /// Longest any single RunCommand may take before the scenario counts as failed.
@@ -91,7 +100,15 @@ enum Wait {
 }
 
 struct Bench {
+    /// The server the scenarios talk to: the SQLite server, or the first replica during the
+    /// `pg` group.
     api: Api,
+    /// The processes serving `api`, whose CPU the rounds meter and [`Bench::settle`] waits
+    /// out: the SQLite server, or every replica.
+    pids: Vec<u32>,
+    /// The database's own processes, metered beside `pids` (PostgreSQL's; none for SQLite,
+    /// which runs inside the server).
+    database_pids: Vec<u32>,
     args: RunArgs,
     results: Results,
     failures: Vec<String>,
@@ -105,6 +122,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     api.wait_healthy(Duration::from_secs(30)).await?;
     let mut bench = Bench {
         api,
+        pids: vec![args.server_pid],
+        database_pids: Vec::new(),
         args,
         results: Results::default(),
         failures: Vec::new(),
@@ -114,7 +133,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let wants = |group: &str| bench.args.only.iter().any(|g| g == group);
     let (run_virtual, run_real, run_idle) = (wants("virtual"), wants("real"), wants("idle"));
-    let run_ingest = wants("ingest");
+    let (run_ingest, run_pg) = (wants("ingest"), wants("pg"));
 
     let idle = if run_idle {
         match bench.start_idle().await {
@@ -140,6 +159,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if run_ingest {
         if let Err(e) = bench.ingest_phase().await {
             bench.fail("ingest_single_mb_per_s", e);
+        }
+    }
+    if run_pg {
+        if let Err(e) = bench.pg_phase().await {
+            bench.fail("pg", e);
         }
     }
     if let Some(idle) = idle {
@@ -219,8 +243,17 @@ impl Bench {
         eprintln!("fleetrun-bench: {}", message.as_ref());
     }
 
+    /// Waits until every server process is quiet (see [`procfs::settle`]).
     async fn settle(&self) -> Duration {
-        procfs::settle(self.args.server_pid, 0.2, Duration::from_secs(30)).await
+        let waits = self
+            .pids
+            .iter()
+            .map(|pid| procfs::settle(*pid, 0.2, Duration::from_secs(30)));
+        futures_util::future::join_all(waits)
+            .await
+            .into_iter()
+            .max()
+            .unwrap_or_default()
     }
 
     /// Starts one real agent, runs one command on it (so it is warm, as a working agent is),
@@ -294,14 +327,16 @@ impl Bench {
     }
 
     /// One warm-up and `rounds` measured runs of `req`, each until `done`; returns the median
-    /// and records every round with the server's and the bench's CPU time.
+    /// and records every round with the server's, the database's and the bench's CPU time.
     async fn rounds(&mut self, key: &str, req: &RunCommandRequest, wait: Wait, rounds: usize) -> anyhow::Result<f64> {
         let mut times = Vec::new();
         let mut server_cpu = Vec::new();
+        let mut database_cpu = Vec::new();
         let mut bench_cpu = Vec::new();
         for round in 0..=rounds {
             self.settle().await;
-            let server = CpuMeter::start(self.args.server_pid)?;
+            let server = CpuMeters::start(&self.pids);
+            let database = CpuMeters::start(&self.database_pids);
             let own = CpuMeter::start(std::process::id())?;
             let timed = self.timed(req, wait).await?;
             check_status(&timed)?;
@@ -312,7 +347,8 @@ impl Bench {
                 continue;
             }
             times.push(ms(timed.elapsed));
-            server_cpu.push(ms(server.read()?.0));
+            server_cpu.push(ms(server.read()));
+            database_cpu.push(ms(database.read()));
             bench_cpu.push(ms(own.read()?.0));
         }
         let p50 = median(&times);
@@ -325,6 +361,7 @@ impl Bench {
                 "phases_of_an_extra_watched_round": phases,
                 "rounds_ms": times,
                 "server_cpu_ms": server_cpu,
+                "database_cpu_ms": (!self.database_pids.is_empty()).then_some(database_cpu),
                 "bench_cpu_ms": bench_cpu,
                 "instances": req.instance_ids.len(),
                 "content": req.spec.content,
@@ -946,6 +983,107 @@ impl Bench {
                 "agent_cpu_ms": agent_cpu,
             }),
         );
+        Ok(())
+    }
+
+    /// The `pg` group (issue 12): `virtual_agents` virtual agents spread evenly over the
+    /// replicas of `--replicas`, then the fan-outs of 1,000 and 10,000 sent through the first
+    /// replica. The tasks of agents held by the others reach them through PostgreSQL (a NOTIFY
+    /// naming the invocation, then its rows), and the first replica's stream hears of their
+    /// results the same way. The clock runs as for `fanout_virtual_N_p50_ms`: from the POST
+    /// until the stream's `done`.
+    async fn pg_phase(&mut self) -> anyhow::Result<()> {
+        let replicas = self.args.replicas.clone();
+        if replicas.is_empty() || replicas.len() != self.args.replica_pids.len() {
+            bail!("the pg group needs --replicas and as many --replica-pids");
+        }
+        for url in &replicas {
+            Api::new(url, &self.args.password)
+                .wait_healthy(Duration::from_secs(30))
+                .await?;
+        }
+        let first = Api::new(&replicas[0], &self.args.password);
+        let sqlite_api = std::mem::replace(&mut self.api, first);
+        let sqlite_pids = std::mem::replace(&mut self.pids, self.args.replica_pids.clone());
+        self.database_pids = procfs::pids_named("postgres");
+        let outcome = self.pg_scenarios(&replicas).await;
+        self.api = sqlite_api;
+        self.pids = sqlite_pids;
+        self.database_pids.clear();
+        outcome
+    }
+
+    async fn pg_scenarios(&mut self, replicas: &[String]) -> anyhow::Result<()> {
+        let n = self.args.virtual_agents;
+        let config = SwarmConfig::new(&replicas[0]);
+        let started = Instant::now();
+        let identities = swarm::enrol(&self.api.client, &config, "bench-pg", n, "pgagent").await?;
+        let enrol_ms = ms(started.elapsed());
+        self.log(format!("pg: enrolled {n} virtual agents in {enrol_ms:.0} ms"));
+        self.settle().await;
+
+        // Agent n on replica n mod k, so the first 1,000 are spread as evenly as all of them.
+        let ids: Vec<String> = identities.iter().map(|i| i.instance_id.clone()).collect();
+        let mut shares = vec![Vec::new(); replicas.len()];
+        for (n, identity) in identities.into_iter().enumerate() {
+            shares[n % replicas.len()].push(identity);
+        }
+        let started = Instant::now();
+        let mut swarms = Vec::new();
+        for (url, share) in replicas.iter().zip(shares) {
+            swarms.push(Swarm::connect(SwarmConfig::new(url), share).await?);
+        }
+        let connect_ms = ms(started.elapsed());
+        self.log(format!(
+            "pg: connected {n} virtual agents to {} replicas in {connect_ms:.0} ms",
+            replicas.len()
+        ));
+        self.settle().await;
+        let rss: Vec<f64> = self
+            .pids
+            .iter()
+            .map(|pid| procfs::rss_mib(*pid).unwrap_or(0.0))
+            .collect();
+        self.results.detail(
+            "pg_setup",
+            json!({
+                "agents": n,
+                "replicas": replicas.len(),
+                "agents_per_replica": swarms.iter().map(|s| s.instance_ids().len()).collect::<Vec<_>>(),
+                "enrol_ms": enrol_ms,
+                "connect_ms": connect_ms,
+                "replica_rss_after_connect_mb": rss,
+            }),
+        );
+
+        let outcome = self.pg_fanouts(&ids).await;
+        let count = |f: fn(&swarm::Counters) -> u64| swarms.iter().map(|s| f(s.counters())).sum::<u64>();
+        self.results.detail(
+            "pg_swarm",
+            json!({
+                "disconnects": count(|c| c.disconnects.load(Ordering::Relaxed)),
+                "tasks_finished": count(|c| c.tasks_finished.load(Ordering::Relaxed)),
+            }),
+        );
+        for swarm in swarms {
+            swarm.close(Duration::from_secs(30)).await;
+        }
+        outcome
+    }
+
+    async fn pg_fanouts(&mut self, ids: &[String]) -> anyhow::Result<()> {
+        let content = "#bench out=3\necho hi";
+        for count in [1000, 10_000] {
+            if ids.len() < count {
+                continue;
+            }
+            let key = format!("pg_fanout_virtual_{count}_p50_ms");
+            let req = RunCommandRequest::shell(ids[..count].to_vec(), content);
+            match self.rounds(&key, &req, Wait::Stream, self.args.rounds).await {
+                Ok(p50) => self.results.set(&key, p50),
+                Err(e) => self.fail(&key, e),
+            }
+        }
         Ok(())
     }
 }

@@ -177,6 +177,10 @@ struct Inner {
     /// watchers see one result's statuses in the order they were committed (never `Stopping`
     /// after `Terminated`).
     status_order: tokio::sync::Mutex<()>,
+    /// Held from reading which tasks are unsent until those handed out are recorded sent (a
+    /// launch's own, or those another replica stored, `replicas`), so the periodic look for
+    /// unsent tasks never hands out again a task that is on its way.
+    delivering: tokio::sync::Mutex<()>,
     next_session: AtomicU64,
     /// Agents that may come back after a restart, which sizes the reconnect window. Counted
     /// from the store at start and every minute, and bumped by each enrolment.
@@ -284,6 +288,7 @@ impl Dispatcher {
                 heartbeats: Mutex::default(),
                 writer_tx,
                 status_order: tokio::sync::Mutex::new(()),
+                delivering: tokio::sync::Mutex::new(()),
                 next_session: AtomicU64::new(1),
                 fleet_size: AtomicU64::new(0),
                 attaching: Default::default(),

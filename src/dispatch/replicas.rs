@@ -136,12 +136,23 @@ impl Dispatcher {
 
     async fn try_deliver_here(&self, invoke_id: &str) -> Result<(), Error> {
         let store = &self.inner.store;
+        let _delivering = self.inner.delivering.lock().await;
         let unsent = store.unsent_results(invoke_id, self.now()).await?;
+        // Connected here, and not already handed to that connection (at its attach, whose
+        // record of it as sent may not be committed yet).
         let here: Vec<(i64, String, i64)> = {
             let agents = self.lock_agents();
             unsent
                 .into_iter()
-                .filter(|(_, instance_id, _)| agents.contains_key(instance_id))
+                .filter(|(_, instance_id, _)| {
+                    agents.get(instance_id).is_some_and(|link| {
+                        !link
+                            .tasks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains_key(invoke_id)
+                    })
+                })
                 .collect()
         };
         if here.is_empty() {

@@ -169,6 +169,7 @@ impl Dispatcher {
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
         // targets stay Pending: they get the task when they connect, or are aborted when the
         // delivery window closes.
+        let delivering = self.inner.delivering.lock().await;
         let tasks: Vec<_> = instances
             .iter()
             .filter_map(|i| {
@@ -177,6 +178,7 @@ impl Dispatcher {
             })
             .collect();
         self.send_runs(tasks).await;
+        drop(delivering);
         // Targets held by other replicas get theirs from there.
         self.tell(&[Note::Run {
             invoke_id: created.id.clone(),

@@ -431,20 +431,32 @@ impl Store {
     }
 
     /// Records that these results' tasks were handed to their agents' connections at `at`
-    /// (the first time counts).
+    /// (the first time counts). A result whose agent already answered gets it too: that is
+    /// true, and every reader of `sent_at` looks at `Pending` results only.
+    ///
+    /// The rows are found by id alone. With `status = 'Pending'` in the filter as well,
+    /// PostgreSQL chose the `results_status` index whenever its statistics lagged a fan-out
+    /// (a few pending results counted, tens of thousands there) and compared every pending
+    /// result with every id given: seconds, holding the write lock.
+    ///
+    /// A write like any other, so it takes its turn ([`Store::write_tx`]): on PostgreSQL, an
+    /// update of these rows outside the turn deadlocks with the batching writer, which locks
+    /// the same rows (agents answer before this runs) in another order, and one of the two
+    /// is cancelled after `deadlock_timeout` (a second).
     pub async fn mark_sent(&self, result_ids: &[i64], at: i64) -> Result<()> {
         if result_ids.is_empty() {
             return Ok(());
         }
+        let mut tx = self.write_tx().await?;
         query(
             "UPDATE results SET sent_at = $1 WHERE id IN (SELECT CAST(value AS BIGINT) FROM json_each($2)) \
-             AND status = 'Pending' AND sent_at IS NULL",
+             AND sent_at IS NULL",
         )
         .bind(at)
         .bind(sqlx::types::Json(result_ids))
-        .execute(&self.pool)
+        .execute(&mut tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// The result id of an instance's task, if the task is the instance's own.
@@ -467,6 +479,12 @@ impl Store {
         .await?;
         let lost: Vec<&String> = running.iter().filter(|task| !held.contains(task)).collect();
         let mut changes = Vec::new();
+        if lost.is_empty() {
+            return Ok(changes);
+        }
+        // In turn with the other writers (see `mark_sent`): the batching writer may be
+        // writing these rows and their invocation's counts.
+        let mut tx = self.write_tx().await?;
         for batch in lost.chunks(500) {
             let sql = format!(
                 "UPDATE results SET status = 'Error', error_code = 'ExecutionInterrupted', error_info = $3, \
@@ -481,8 +499,9 @@ impl Store {
             for task in batch {
                 statement = statement.bind(*task);
             }
-            changes.extend(statement.fetch_all::<ResultChange>(&self.pool).await?);
+            changes.extend(statement.fetch_all::<ResultChange>(&mut tx).await?);
         }
+        tx.commit().await?;
         Ok(changes)
     }
 
@@ -949,6 +968,47 @@ mod status_sql_tests {
             let counted: BTreeMap<ResultStatus, u64> = statuses.iter().map(|s| (*s, 1)).collect();
             assert_eq!(row.counts.0, counted, "{statuses:?}");
         }
+    }
+
+    async fn statements_moving_many_results_of_two_invocations_keep_both_counts(store) {
+        let a = store
+            .create_invocation(&tests::new_invocation(&["i-0", "i-1", "i-2", "i-3"], now_ms() + 60_000))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_invocation(&tests::new_invocation(&["i-0", "i-1", "i-2"], now_ms() + 60_000))
+            .await
+            .unwrap()
+            .id;
+
+        // Each statement moves some results, leaves others' statuses as they are (their rows
+        // still change), and spans both invocations.
+        for sql in [
+            "UPDATE results SET sent_at = 1",
+            "UPDATE results SET status = CASE WHEN instance_id IN ('i-0', 'i-1') THEN 'Running' ELSE status END, \
+             sent_at = 2",
+            "UPDATE results SET status = CASE instance_id WHEN 'i-0' THEN 'Success' WHEN 'i-2' THEN 'Cancelled' \
+             ELSE status END",
+            "UPDATE results SET status = 'Failed' WHERE instance_id = 'i-1'",
+        ] {
+            query(sql).execute(&store.pool).await.unwrap();
+        }
+
+        for id in [&a, &b] {
+            let counted: BTreeMap<ResultStatus, u64> = store
+                .results(id)
+                .await
+                .unwrap()
+                .iter()
+                .fold(BTreeMap::new(), |mut counts, r| {
+                    *counts.entry(r.status).or_default() += 1;
+                    counts
+                });
+            assert_eq!(store.invocation(id).await.unwrap().counts.0, counted, "{id}");
+        }
+        assert_eq!(store.invocation(&a).await.unwrap().status(), InvocationStatus::Pending);
+        assert_eq!(store.invocation(&b).await.unwrap().status(), InvocationStatus::PartialFailed);
     }
     }
 }
