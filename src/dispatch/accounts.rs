@@ -624,23 +624,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn servers_starting_at_once_on_an_empty_database_create_one_admin_and_all_start() {
-        let (store, _dir) = crate::store::test_store().await;
-        let (a, _) = Dispatcher::build(store.clone(), Settings::default(), Clock::manual());
-        let (b, _) = Dispatcher::build(store.clone(), Settings::default(), Clock::manual());
-
-        let (first, second) = tokio::join!(
-            a.ensure_first_admin(Some(ADMIN_PASSWORD)),
-            b.ensure_first_admin(Some(ADMIN_PASSWORD))
-        );
-
-        let mut outcomes = [first.unwrap(), second.unwrap()];
-        outcomes.sort_by_key(|o| *o != FirstAdmin::Created);
-        assert_eq!(outcomes, [FirstAdmin::Created, FirstAdmin::Existed]);
-        assert_eq!(store.count_users().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
     async fn guesses_from_one_address_slow_the_username_elsewhere_but_never_refuse_the_right_password() {
         let policy = LoginPolicy {
             address_limit: 50,

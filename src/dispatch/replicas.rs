@@ -5,8 +5,9 @@
 //! the tables do not.
 
 use super::{Dispatcher, Error, task_for};
+use crate::store::InstanceRow;
 use crate::store::bus::{Heard, Note};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +66,8 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = beat.tick() => self.beat().await,
+                // On SQLite there is one process: nothing to keep alive or reap after the start.
+                _ = beat.tick(), if store.is_shared() => self.beat().await,
                 _ = tell.tick() => self.tell_changes().await,
                 _ = unsent.tick(), if store.is_shared() => self.deliver_unsent_here().await,
                 Some(heard) = async {
@@ -160,11 +162,16 @@ impl Dispatcher {
         }
         let invocation = store.invocation(invoke_id).await?;
         let ids: Vec<String> = here.iter().map(|(_, id, _)| id.clone()).collect();
-        let instances = store.instances_by_ids(&ids).await?;
+        let instances: HashMap<String, InstanceRow> = store
+            .instances_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
         let tasks: Vec<_> = here
             .iter()
             .filter_map(|(result_id, instance_id, deliver_by)| {
-                let instance = instances.iter().find(|i| &i.id == instance_id)?;
+                let instance = instances.get(instance_id)?;
                 Some((
                     instance_id.as_str(),
                     *result_id,
@@ -210,8 +217,7 @@ impl Dispatcher {
     async fn stop_all_here(&self) {
         match self.inner.store.stopping_of(&self.inner.replica).await {
             Ok(stops) => {
-                let seen: HashSet<(String, String)> = stops.into_iter().collect();
-                for (invoke_id, instance_id) in seen {
+                for (invoke_id, instance_id) in stops {
                     self.send_stop(&instance_id, &invoke_id);
                 }
             }
