@@ -28,6 +28,14 @@ pub(crate) enum Tx {
 }
 
 impl Pool {
+    /// Most rows one multi-row statement carries on this backend.
+    pub(crate) fn rows_per_statement(&self) -> usize {
+        match self {
+            Pool::Sqlite(_) => super::SQLITE_ROWS_PER_STATEMENT,
+            Pool::Postgres(_) => super::PG_ROWS_PER_STATEMENT,
+        }
+    }
+
     pub(crate) async fn close(&self) {
         match self {
             Pool::Sqlite(pool) => pool.close().await,
@@ -37,6 +45,14 @@ impl Pool {
 }
 
 impl Tx {
+    /// Most rows one multi-row statement carries on this backend.
+    pub(crate) fn rows_per_statement(&self) -> usize {
+        match self {
+            Tx::Sqlite(_) => super::SQLITE_ROWS_PER_STATEMENT,
+            Tx::Postgres(_) => super::PG_ROWS_PER_STATEMENT,
+        }
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await?,

@@ -386,7 +386,7 @@ impl Store {
             2,
             ") UPDATE instances SET last_heartbeat_at = v.at FROM v WHERE instances.id = v.id AND instances.online = TRUE",
         );
-        for chunk in super::statement_chunks(beats) {
+        for chunk in super::statement_chunks(beats, tx.rows_per_statement()) {
             let mut statement = query(HEARTBEATS.sql(chunk.len()));
             for (id, at) in chunk {
                 statement = statement.bind(id).bind(at);

@@ -320,7 +320,7 @@ impl State {
 
 impl Store {
     /// Applies a batch of agent reports in one transaction: one statement loads the state of up
-    /// to `ROWS_PER_STATEMENT` results, the reports are applied in memory, and the changes are
+    /// to a statement's most rows of results, the reports are applied in memory, and the changes are
     /// written with multi-row statements, a few per batch rather than a few per report.
     pub async fn apply_agent_writes(&self, writes: &[AgentWrite], limits: OutputLimits) -> Result<Vec<Applied>> {
         let mut tx = self.write_tx().await?;
@@ -328,7 +328,7 @@ impl Store {
         ids.sort_unstable();
         ids.dedup();
         let mut states: HashMap<i64, State> = HashMap::with_capacity(ids.len());
-        for chunk in statement_chunks(&ids) {
+        for chunk in statement_chunks(&ids, tx.rows_per_statement()) {
             let mut statement = query(LOAD.sql(chunk.len()));
             for id in chunk {
                 statement = statement.bind(id);
@@ -372,7 +372,7 @@ impl Store {
              ON c.result_id = v.id AND c.pos + length(c.data) > v.from_pos ORDER BY c.result_id, c.pos",
         );
         let mut chunks: HashMap<i64, Vec<ChunkRow>> = HashMap::with_capacity(since.len());
-        for batch in statement_chunks(since) {
+        for batch in statement_chunks(since, self.pool.rows_per_statement()) {
             let mut statement = query(SINCE.sql(batch.len()));
             for (id, from) in batch {
                 statement = statement.bind(id).bind(*from as i64);
@@ -451,6 +451,7 @@ static ENDED: MultiRow = MultiRow::new(
 /// Writes what a batch changed: new output pieces, then the results' rows (started, output
 /// counters, ended), each kind with multi-row statements.
 async fn write_states(tx: &mut Tx, states: &HashMap<i64, State>, limits: OutputLimits) -> Result<()> {
+    let rows = tx.rows_per_statement();
     let mut pieces: Vec<(i64, u64, OutputStream, &[u8])> = Vec::new();
     for (id, state) in states.iter().filter(|(_, s)| s.output_changed) {
         let tail_start = limits.head.max(state.output_bytes.saturating_sub(limits.tail));
@@ -468,7 +469,7 @@ async fn write_states(tx: &mut Tx, states: &HashMap<i64, State>, limits: OutputL
             trim_tail(&mut *tx, *id, limits.head, tail_start).await?;
         }
     }
-    for chunk in statement_chunks(&pieces) {
+    for chunk in statement_chunks(&pieces, rows) {
         let mut statement = query(INSERT_PIECES.sql(chunk.len()));
         for (id, pos, stream, data) in chunk {
             statement = statement.bind(id).bind(*pos as i64).bind(stream.code()).bind(*data);
@@ -483,7 +484,7 @@ async fn write_states(tx: &mut Tx, states: &HashMap<i64, State>, limits: OutputL
         .filter(|(_, s)| s.started.is_some() && s.ended.is_none())
         .map(|(id, s)| (*id, s))
         .collect();
-    for chunk in statement_chunks(&started) {
+    for chunk in statement_chunks(&started, rows) {
         let mut statement = query(STARTED.sql(chunk.len()));
         for (id, s) in chunk {
             let (at, deadline) = s.started.unwrap_or_default();
@@ -502,7 +503,7 @@ async fn write_states(tx: &mut Tx, states: &HashMap<i64, State>, limits: OutputL
         .filter(|(_, s)| s.output_changed && s.started.is_none() && s.ended.is_none())
         .map(|(id, s)| (*id, s))
         .collect();
-    for chunk in statement_chunks(&output_only) {
+    for chunk in statement_chunks(&output_only, rows) {
         let mut statement = query(COUNTED.sql(chunk.len()));
         for (id, s) in chunk {
             statement = statement
@@ -517,7 +518,7 @@ async fn write_states(tx: &mut Tx, states: &HashMap<i64, State>, limits: OutputL
         .iter()
         .filter_map(|(id, s)| Some((*id, s, s.ended.as_ref()?)))
         .collect();
-    for chunk in statement_chunks(&ended) {
+    for chunk in statement_chunks(&ended, rows) {
         let mut statement = query(ENDED.sql(chunk.len()));
         for (id, s, end) in chunk {
             statement = statement
