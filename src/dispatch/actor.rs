@@ -12,6 +12,8 @@ pub enum Via {
     Api,
     /// The web console.
     Console,
+    /// The Alibaba ECS API, signed with an AccessKey.
+    Ecs,
     /// An agent (enrolment).
     Agent,
     /// The server itself (the demo's activations, housekeeping).
@@ -24,6 +26,7 @@ impl Via {
         match self {
             Via::Api => "api",
             Via::Console => "console",
+            Via::Ecs => "ecs",
             Via::Agent => "agent",
             Via::Server => "server",
         }

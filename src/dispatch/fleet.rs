@@ -112,6 +112,18 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Deletes an activation (admin): its code enrols no one again. Instances it enrolled stay.
+    pub async fn delete_activation(&self, actor: &Actor, activation_id: &str) -> Result<(), Error> {
+        actor.require(Role::Admin)?;
+        self.inner
+            .store
+            .delete_activation(activation_id)
+            .await
+            .map_err(not_found(Kind::Activation, activation_id))?;
+        self.audit(actor, "DeleteActivation", activation_id, "").await;
+        Ok(())
+    }
+
     /// Enrols an agent with an activation code: checks what it says about its host, counts it
     /// against the activation and returns the new instance with its secret (shown this once).
     /// A refusal is logged without the code.

@@ -26,6 +26,7 @@ mod reconnect;
 mod replicas;
 mod run;
 mod session;
+mod signing;
 mod throttle;
 pub mod watch;
 mod writer;
@@ -38,6 +39,7 @@ pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOU
 pub use reconnect::Busy;
 pub use run::{Run, Stopped, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
+pub use signing::{Freshness, REPLAY_WINDOW};
 pub use throttle::LoginPolicy;
 
 use crate::protocol::ResultStatus;

@@ -23,6 +23,8 @@ pub struct Run {
     spec: CommandSpec,
     parameters: BTreeMap<String, String>,
     instance_ids: Vec<String>,
+    /// The region every instance must be in, when the request names one.
+    region_id: Option<String>,
 }
 
 /// What a stop did.
@@ -100,6 +102,7 @@ impl Dispatcher {
             spec,
             parameters: req.parameters,
             instance_ids: req.instance_ids,
+            region_id: None,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         let region = command.region_id;
@@ -119,7 +122,9 @@ impl Dispatcher {
         (action, detail): (&str, String),
     ) -> Result<InvocationCreated, Error> {
         let settings = &self.inner.settings;
-        let instances = self.targets(&run.instance_ids, &run.spec).await?;
+        let instances = self
+            .targets(&run.instance_ids, &run.spec, run.region_id.as_deref())
+            .await?;
         if let Some((command_id, region)) = &command {
             if let Some(other) = instances.iter().find(|i| &i.region_id != region) {
                 return Err(invalid(
@@ -190,11 +195,14 @@ impl Dispatcher {
         })
     }
 
-    /// Loads and checks the target instances: all registered, no duplicates, within the limit,
-    /// and able to run the command type.
-    async fn targets(&self, ids: &[String], spec: &CommandSpec) -> Result<Vec<InstanceRow>, Error> {
+    /// Loads and checks the target instances: all registered (in `region`, when given), no
+    /// duplicates, within the limit, and able to run the command type.
+    async fn targets(&self, ids: &[String], spec: &CommandSpec, region: Option<&str>) -> Result<Vec<InstanceRow>, Error> {
         check::instance_ids(ids, self.inner.settings.max_instances)?;
-        let instances = self.inner.store.instances_by_ids(ids).await?;
+        let mut instances = self.inner.store.instances_by_ids(ids).await?;
+        if let Some(region) = region {
+            instances.retain(|i| i.region_id == region);
+        }
         if instances.len() < ids.len() {
             let known: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
             let unknown = ids.iter().filter(|id| !known.contains(id.as_str())).cloned().collect();
@@ -323,6 +331,7 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         spec,
         parameters: req.parameters,
         instance_ids: req.instance_ids,
+        region_id: req.region_id.filter(|r| !r.is_empty()),
     };
     if req.keep_command && run.name.trim().is_empty() {
         return Err(invalid(

@@ -563,6 +563,10 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
         d.disable_activation(admin, &activation.id).await.unwrap()
     );
     audited!(
+        "DeleteActivation",
+        d.delete_activation(admin, &activation.id).await.unwrap()
+    );
+    audited!(
         "RenameInstance",
         d.rename_instance(admin, &instance.id, "web-1").await.unwrap()
     );

@@ -153,6 +153,10 @@ pub enum ContentEncoding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunCommandRequest {
     pub instance_ids: Vec<String>,
+    /// When given, every instance must be in this region (an instance elsewhere is unknown
+    /// here), as the ECS API's `RegionId` scopes a call.
+    #[serde(default)]
+    pub region_id: Option<String>,
     /// What to run; `command_content` is encoded as `content_encoding` says.
     #[serde(flatten)]
     pub spec: CommandSpec,
@@ -180,6 +184,7 @@ impl RunCommandRequest {
     pub fn new(instance_ids: Vec<String>, spec: CommandSpec) -> Self {
         RunCommandRequest {
             instance_ids,
+            region_id: None,
             spec,
             content_encoding: ContentEncoding::PlainText,
             keep_command: false,

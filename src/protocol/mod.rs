@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod api;
+#[cfg(feature = "server")]
+pub mod ecs;
 pub mod params;
 mod spec;
 mod status;

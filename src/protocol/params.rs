@@ -10,6 +10,29 @@ pub const BUILTIN_PREFIX: &str = "fleetrun::";
 /// The built-in parameter names (after the prefix).
 pub const BUILTINS: &[&str] = &["instance_id", "instance_name", "region_id", "invoke_id", "command_id"];
 
+/// Alibaba's prefix of the built-ins, e.g. `{{ACS::InstanceId}}`, so content written for Cloud
+/// Assistant runs unchanged; its names map to ours ([`ACS_BUILTINS`]).
+pub const ACS_PREFIX: &str = "ACS::";
+
+/// Alibaba's built-in names and the ones they stand for.
+pub const ACS_BUILTINS: &[(&str, &str)] = &[
+    ("InstanceId", "instance_id"),
+    ("InstanceName", "instance_name"),
+    ("RegionId", "region_id"),
+    ("InvokeId", "invoke_id"),
+    ("CommandId", "command_id"),
+];
+
+/// What a placeholder's name is: a built-in (`Ok` with our name for it, `Err` when the prefix
+/// is a built-in's but the name is unknown), or `None` for a custom parameter.
+fn builtin(name: &str) -> Option<Result<&str, ()>> {
+    if let Some(ours) = name.strip_prefix(BUILTIN_PREFIX) {
+        return Some(BUILTINS.iter().copied().find(|b| *b == ours).ok_or(()));
+    }
+    let acs = name.strip_prefix(ACS_PREFIX)?;
+    Some(ACS_BUILTINS.iter().find(|(a, _)| *a == acs).map(|(_, ours)| *ours).ok_or(()))
+}
+
 /// Most custom parameters one command may declare (Alibaba's limit).
 pub const MAX_PARAMETERS: usize = 20;
 
@@ -45,7 +68,10 @@ fn placeholders(content: &str) -> impl Iterator<Item = Placeholder<'_>> {
 }
 
 fn is_name(name: &str) -> bool {
-    let plain = name.strip_prefix(BUILTIN_PREFIX).unwrap_or(name);
+    let plain = name
+        .strip_prefix(BUILTIN_PREFIX)
+        .or_else(|| name.strip_prefix(ACS_PREFIX))
+        .unwrap_or(name);
     !plain.is_empty()
         && name.len() <= MAX_NAME_LEN + BUILTIN_PREFIX.len()
         && plain
@@ -62,7 +88,7 @@ pub fn has_placeholders(content: &str) -> bool {
 pub fn custom_names(content: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for p in placeholders(content) {
-        if !p.name.starts_with(BUILTIN_PREFIX) && !names.iter().any(|n| n == p.name) {
+        if builtin(p.name).is_none() && !names.iter().any(|n| n == p.name) {
             names.push(p.name.to_string());
         }
     }
@@ -72,18 +98,14 @@ pub fn custom_names(content: &str) -> Vec<String> {
 /// Checks content and values when parameters are enabled. The error names the problem.
 pub fn check(content: &str, values: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
     for p in placeholders(content) {
-        if let Some(builtin) = p.name.strip_prefix(BUILTIN_PREFIX) {
-            if !BUILTINS.contains(&builtin) {
-                return Err(format!(
-                    "unknown built-in parameter {{{{{}}}}}; the built-ins are {}",
-                    p.name,
-                    BUILTINS
-                        .iter()
-                        .map(|b| format!("{{{{{BUILTIN_PREFIX}{b}}}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+        if let Some(Err(())) = builtin(p.name) {
+            let ours = BUILTINS.iter().map(|b| format!("{{{{{BUILTIN_PREFIX}{b}}}}}"));
+            let acs = ACS_BUILTINS.iter().map(|(a, _)| format!("{{{{{ACS_PREFIX}{a}}}}}"));
+            return Err(format!(
+                "unknown built-in parameter {{{{{}}}}}; the built-ins are {}",
+                p.name,
+                ours.chain(acs).collect::<Vec<_>>().join(", ")
+            ));
         }
     }
     if let Some((name, _)) = values.iter().find(|(_, v)| v.contains('\0')) {
@@ -118,8 +140,9 @@ pub fn fill(content: &str, values: &BTreeMap<String, String>, builtins: &BTreeMa
     let mut out = String::with_capacity(content.len());
     let mut copied = 0;
     for p in placeholders(content) {
-        let value = match p.name.strip_prefix(BUILTIN_PREFIX) {
-            Some(builtin) => builtins.get(builtin),
+        let value = match builtin(p.name) {
+            Some(Ok(ours)) => builtins.get(ours),
+            Some(Err(())) => None,
             None => values.get(p.name),
         };
         if let Some(value) = value {
@@ -138,6 +161,15 @@ mod tests {
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn alibabas_builtins_are_filled_as_ours() {
+        let content = "{{ACS::InstanceId}} {{ACS::InvokeId}} {{who}}";
+        assert_eq!(check(content, &values(&[("who", "ann")])).unwrap(), vec!["who"]);
+        let builtins = BTreeMap::from([("instance_id", "i-1".to_string()), ("invoke_id", "t-1".to_string())]);
+        assert_eq!(fill(content, &values(&[("who", "ann")]), &builtins), "i-1 t-1 ann");
+        assert!(check("{{ACS::AccountId}}", &values(&[])).unwrap_err().contains("{{ACS::InstanceId}}"));
     }
 
     #[test]

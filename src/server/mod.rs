@@ -10,6 +10,7 @@ mod agent;
 pub mod api;
 mod auth;
 mod console;
+mod ecs;
 mod error;
 mod headers;
 mod listen;
@@ -71,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/connect", get(agent::connect))
         .merge(console::routes())
+        // The ECS API shares `/` with the console: its calls are told apart by their parameters.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ecs::route))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security))
         .layer(axum::middleware::from_fn(error::request_id))

@@ -157,6 +157,16 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes an activation. Instances it enrolled keep their own credentials.
+    pub async fn delete_activation(&self, activation_id: &str) -> Result<()> {
+        changed_one(
+            query("DELETE FROM activations WHERE id = $1")
+                .bind(activation_id)
+                .execute(&self.pool)
+                .await?,
+        )
+    }
+
     /// Enrols an instance through an activation, atomically counting it against the limit.
     pub async fn register_instance(
         &self,

@@ -14,6 +14,7 @@ mod fleet;
 pub mod ids;
 mod invocations;
 mod logins;
+mod nonces;
 mod output;
 mod replicas;
 pub mod scratch;

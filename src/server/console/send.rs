@@ -568,6 +568,7 @@ async fn submit(
     }
     let req = RunCommandRequest {
         instance_ids,
+        region_id: None,
         spec: CommandSpec {
             command_type: group.command_type,
             content: group.content.clone(),

@@ -1,0 +1,238 @@
+//! The Alibaba Cloud ECS API (version 2014-05-26) on the console's listener, so the official
+//! SDKs and scripts written for Cloud Assistant work against fleetrun by changing their endpoint
+//! (research/ecs-api-compat.md, docs/ECS-API.md).
+//!
+//! A request to `/` that carries `Action`, an `x-acs-action` header or an ACS3 signature is an
+//! ECS call; anything else at `/` is the console's. A call is authenticated by its AccessKey
+//! signature ([`sign`]), checked for replay by the domain, and served by an action
+//! ([`actions`]) that reads Alibaba's parameters, calls the same domain functions as the JSON API
+//! and the console, and answers in Alibaba's shapes (`protocol::ecs`).
+
+mod actions;
+mod error;
+mod params;
+mod sign;
+
+use super::AppState;
+use super::auth::PeerIp;
+use crate::dispatch::{AccessKeyLookup, Actor, Freshness, Via};
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::DateTime;
+pub use error::EcsError;
+use params::Params;
+use sign::Signed;
+
+/// Sends ECS calls to the ECS API and everything else on.
+pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.uri().path() != "/" || !is_ecs_call(&req) {
+        return next.run(req).await;
+    }
+    let request_id = new_request_id();
+    let action = action_name(&req);
+    let result = call(&state, req).await;
+    let (status, mut body) = match result {
+        Ok(body) => (axum::http::StatusCode::OK, body),
+        Err(e) => {
+            if let Some(source) = &e.source {
+                tracing::error!(request_id, action, error = ?source, "ECS call failed");
+            } else {
+                tracing::debug!(request_id, action, code = %e.code, "ECS call refused");
+            }
+            let body = serde_json::json!({
+                "HostId": "fleetrun",
+                "Code": e.code,
+                "Message": e.message,
+                "Recommend": "https://github.com/fleetrun/fleetrun/blob/main/docs/ECS-API.md",
+            });
+            (e.status, body)
+        }
+    };
+    if let Some(object) = body.as_object_mut() {
+        object.insert("RequestId".into(), request_id.into());
+    }
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=utf-8"),
+    );
+    response
+}
+
+/// `Action` in the query, the V3 header, or a V3 signature.
+fn is_ecs_call(req: &Request) -> bool {
+    let headers = req.headers();
+    headers.contains_key("x-acs-action")
+        || headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("ACS3-"))
+        || query_pairs(req).iter().any(|(k, _)| k == "Action")
+}
+
+/// The action a request names: the `Action` parameter (V1) or the `x-acs-action` header (V3).
+fn action_name(req: &Request) -> String {
+    query_pairs(req)
+        .into_iter()
+        .find(|(k, _)| k == "Action")
+        .map(|(_, v)| v)
+        .or_else(|| {
+            req.headers()
+                .get("x-acs-action")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// The query's pairs, decoded as a form (`+` is a space: the Python Tea SDK encodes so).
+fn query_pairs(req: &Request) -> Vec<(String, String)> {
+    let query = req.uri().query().unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+/// Alibaba's request ids look like `473469C7-AA6F-4DC5-B3DB-A3DC0DE3C83E`.
+fn new_request_id() -> String {
+    let hex: String = (0..16)
+        .map(|_| format!("{:02X}", rand::random::<u8>()))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Authenticates the call and runs its action.
+async fn call(state: &AppState, req: Request) -> Result<serde_json::Value, EcsError> {
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::GET && parts.method != Method::POST {
+        return Err(EcsError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "UnsupportedHTTPMethod",
+            "ECS API calls are GET or POST",
+        ));
+    }
+    let body = to_bytes(Body::new(body), super::MAX_BODY_BYTES).await.map_err(|_| {
+        EcsError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidParameter.Body",
+            format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES),
+        )
+    })?;
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form: Vec<(String, String)> = if is_form {
+        url::form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        Vec::new()
+    };
+    let signed = Signed {
+        method: parts.method.as_str(),
+        query: &query,
+        form: &form,
+        headers: &parts.headers,
+        body: &body,
+    };
+    let actor = authenticate(state, &signed, PeerIp::of(&parts, state)).await?;
+
+    let mut params = Params::new(query.iter().chain(&form));
+    let action = params
+        .text("Action")
+        .or_else(|| {
+            parts
+                .headers
+                .get("x-acs-action")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .ok_or_else(|| EcsError::missing("Action"))?;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let call = actions::Call { state, actor, host };
+    actions::run(&action, call, params).await
+}
+
+/// Who signed the request, once the signature verifies and the request is fresh.
+async fn authenticate(state: &AppState, signed: &Signed<'_>, peer: PeerIp) -> Result<Actor, EcsError> {
+    let claim = sign::claim(signed)?;
+    let dispatcher = &state.dispatcher;
+    let (user, secret) = match dispatcher.access_key(&claim.access_key_id).await? {
+        AccessKeyLookup::Found { user, secret } => (user, secret),
+        AccessKeyLookup::NotFound => {
+            return Err(EcsError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "InvalidAccessKeyId.NotFound",
+                "Specified access key is not found.",
+            ));
+        }
+        AccessKeyLookup::Disabled => {
+            return Err(EcsError::bad_request(
+                "InvalidAccessKeyId.Inactive",
+                "Specified access key is disabled (or its user is): enable it under Account → AccessKeys.",
+            ));
+        }
+    };
+    sign::verify(&claim, signed, &secret)?;
+    let signed_at = DateTime::parse_from_rfc3339(&claim.timestamp)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            EcsError::bad_request(
+                "InvalidTimeStamp.Format",
+                format!(
+                    "the signing time {:?} is not in the format yyyy-MM-ddTHH:mm:ssZ (UTC)",
+                    claim.timestamp
+                ),
+            )
+        })?;
+    match dispatcher
+        .check_freshness(&claim.access_key_id, &claim.nonce, signed_at)
+        .await?
+    {
+        Freshness::Fresh => {}
+        Freshness::Expired => {
+            return Err(EcsError::bad_request(
+                "InvalidTimeStamp.Expired",
+                format!(
+                    "Specified time stamp or date value is expired: {} is more than 15 minutes from the server's time",
+                    claim.timestamp
+                ),
+            ));
+        }
+        Freshness::NonceUsed => {
+            return Err(EcsError::bad_request(
+                "SignatureNonceUsed",
+                "Specified signature nonce was used already.",
+            ));
+        }
+        Freshness::BadNonce => {
+            return Err(EcsError::invalid("SignatureNonce", "must be 1 to 128 characters"));
+        }
+    }
+    if let Err(e) = dispatcher.access_key_used(&claim.access_key_id).await {
+        tracing::warn!(error = %e, "could not record an access key's use");
+    }
+    Ok(Actor {
+        user_id: user.id,
+        username: user.username,
+        role: user.role,
+        source_ip: peer.0,
+        via: Via::Ecs,
+    })
+}
