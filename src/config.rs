@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// Password for the `admin` account created on first start (generated when not given).
     #[arg(long, env = "FLEETRUN_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,
+    /// File of the 32-byte key that seals AccessKey secrets in the database; created (mode
+    /// 0600) when absent. Defaults to `<data-dir>/secret.key`. Replicas sharing a PostgreSQL
+    /// database must all use the same file, and backups must include it.
+    #[arg(long, env = "FLEETRUN_SECRET_KEY_FILE", value_name = "PATH")]
+    pub secret_key_file: Option<PathBuf>,
     /// Heartbeat interval, in seconds; an agent is lost after three missed.
     #[arg(long, env = "FLEETRUN_HEARTBEAT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_secs: u64,
@@ -149,6 +154,14 @@ impl ServeArgs {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("fleetrun.db").display()))
+    }
+
+    /// The key file that seals AccessKey secrets, defaulting to `secret.key` in the data
+    /// directory.
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"))
     }
 
     /// The SQLite database file that `database_url` names (as `Store::open` reads it), or
@@ -371,6 +384,23 @@ mod tests {
         );
         assert_eq!(serve(&["--database-url", "sqlite::memory:"]), None);
         assert_eq!(serve(&["--database-url", "postgres://db/fleet"]), None);
+    }
+
+    #[test]
+    fn the_secret_key_file_defaults_to_the_data_directory() {
+        let key_file = |extra: &[&str]| {
+            let args = [&["fleetrun", "serve", "--data-dir", "/srv/fleet"], extra].concat();
+            let Mode::Serve(serve) = Cli::parse_from(args).mode else {
+                panic!("not serve")
+            };
+            serve.secret_key_file()
+        };
+
+        assert_eq!(key_file(&[]), PathBuf::from("/srv/fleet/secret.key"));
+        assert_eq!(
+            key_file(&["--secret-key-file", "/etc/fleetrun/secret.key"]),
+            PathBuf::from("/etc/fleetrun/secret.key")
+        );
     }
 
     #[test]

@@ -586,7 +586,7 @@ mod tests {
             login,
             ..Settings::default()
         };
-        let (dispatcher, _writer_rx) = Dispatcher::build(store, settings, clock.clone());
+        let (dispatcher, _writer_rx) = Dispatcher::build(store, settings, clock.clone(), None);
         dispatcher.ensure_first_admin(Some(ADMIN_PASSWORD)).await.unwrap();
         dispatcher.load_settings().await.unwrap();
         (dispatcher, clock, dir)

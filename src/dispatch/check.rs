@@ -28,6 +28,8 @@ pub const TOKEN_DAYS: std::ops::RangeInclusive<u64> = 1..=3650;
 /// Longest API token name and instance name.
 pub const MAX_TOKEN_NAME: usize = 64;
 pub const MAX_INSTANCE_NAME: usize = 128;
+/// Longest AccessKey description.
+pub const MAX_ACCESS_KEY_DESCRIPTION: usize = 128;
 
 /// Pages of a listing: `page` from 1, `page_size` up to 1,000 (default 100).
 pub const PAGES: std::ops::RangeInclusive<u64> = 1..=1_000_000_000;
@@ -460,6 +462,26 @@ pub fn activation_description(description: Option<String>) -> Result<String, Err
     Ok(description)
 }
 
+/// An AccessKey's description: at most 128 characters on one line, spaces around it dropped;
+/// none is an empty one.
+pub fn access_key_description(description: Option<String>) -> Result<String, Error> {
+    let description = description.as_deref().unwrap_or_default().trim();
+    let chars = description.chars().count();
+    if chars > MAX_ACCESS_KEY_DESCRIPTION {
+        return Err(invalid(
+            Field::Description,
+            format!("`description` is {chars} characters; at most {MAX_ACCESS_KEY_DESCRIPTION} are allowed"),
+        ));
+    }
+    if description.chars().any(char::is_control) {
+        return Err(invalid(
+            Field::Description,
+            "`description` must be one line without control characters",
+        ));
+    }
+    Ok(description.to_string())
+}
+
 /// A field an agent reports about its host: at most `max` characters, no control characters.
 pub fn host_field(name: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.chars().count() > max || value.chars().any(char::is_control) {
@@ -541,5 +563,18 @@ mod tests {
         assert!(err.to_string().contains("ttl_hours"), "{err}");
         assert!(activation_instances(0).is_err());
         assert!(activation_description(Some("x".repeat(101))).is_err());
+    }
+
+    #[test]
+    fn access_key_descriptions_are_one_line_of_at_most_128_characters() {
+        assert_eq!(access_key_description(None).unwrap(), "");
+        assert_eq!(access_key_description(Some("  ci  ".into())).unwrap(), "ci");
+        assert!(access_key_description(Some("é".repeat(128))).is_ok());
+        let long = access_key_description(Some("x".repeat(129))).unwrap_err();
+        assert!(long.to_string().contains("129 characters"), "{long}");
+        assert_eq!(
+            field(access_key_description(Some("a\nb".into())).unwrap_err()),
+            Field::Description
+        );
     }
 }

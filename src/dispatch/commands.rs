@@ -4,7 +4,7 @@
 use super::Dispatcher;
 use super::actor::Actor;
 use super::check;
-use super::error::{Conflict, Error, Field, Kind, invalid, not_found};
+use super::error::{Conflict, Error, Field, Kind, QuotaKind, invalid, not_found};
 use crate::protocol::api::{ContentEncoding, CreateCommandRequest, ModifyCommandRequest, Quota};
 use crate::protocol::{CommandSpec, params};
 use crate::store::{self, CommandRow, CommandUpdate, NewCommand, Role};
@@ -213,9 +213,10 @@ pub(super) fn command_parameters(spec: &CommandSpec) -> Result<Vec<String>, Erro
 /// Turns the store's refusals of a retained command into the domain's.
 pub(super) fn command_refusal(e: store::Error, region_id: &str, name: &str) -> Error {
     match e {
-        store::Error::Quota { name, used, limit } => Error::Quota {
-            name,
-            region_id: region_id.to_string(),
+        store::Error::Quota { used, limit, .. } => Error::Quota {
+            quota: QuotaKind::RetainedCommands {
+                region_id: region_id.to_string(),
+            },
             used,
             limit,
         },

@@ -102,6 +102,7 @@ pub enum Kind {
     Activation,
     User,
     Token,
+    AccessKey,
 }
 
 impl Kind {
@@ -115,6 +116,25 @@ impl Kind {
             Kind::Activation => "activation",
             Kind::User => "user",
             Kind::Token => "token",
+            Kind::AccessKey => "AccessKey",
+        }
+    }
+}
+
+/// The quota a refusal is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// Retained commands of a region (`--retained-command-quota`).
+    RetainedCommands { region_id: String },
+    /// AccessKey pairs of one account (`ACCESS_KEYS_PER_USER`, fixed).
+    AccessKeys,
+}
+
+impl std::fmt::Display for QuotaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuotaKind::RetainedCommands { region_id } => write!(f, "quota retained_commands of region {region_id}"),
+            QuotaKind::AccessKeys => f.write_str("quota access_keys of your account"),
         }
     }
 }
@@ -207,13 +227,8 @@ pub enum Error {
     #[error("unknown instances: {0:?}")]
     UnknownInstances(Vec<String>),
     /// A quota is used up.
-    #[error("quota {name} of region {region_id} is used up ({used} of {limit})")]
-    Quota {
-        name: &'static str,
-        region_id: String,
-        used: u64,
-        limit: u64,
-    },
+    #[error("{quota} is used up ({used} of {limit})")]
+    Quota { quota: QuotaKind, used: u64, limit: u64 },
     /// The current state refuses the change.
     #[error("{message}")]
     Conflict { conflict: Conflict, message: String },

@@ -8,6 +8,7 @@
 //! - [`actor`]: who asks; every mutating call takes an `Actor`, checks its role and writes the
 //!   one audit entry for the action;
 //! - `accounts`: logins (throttled by the rules of `throttle`), sessions, users, tokens, settings;
+//! - `access_keys`: AccessKey pairs for the ECS API, their secrets sealed by [`sealing`];
 //! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
 //! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
@@ -16,6 +17,7 @@
 //! invocation, whose turn it is among login attempts) and calls `store` for everything durable,
 //! login failures included. It knows nothing of HTTP: no axum, no SQL.
 
+mod access_keys;
 mod accounts;
 pub mod actor;
 pub mod check;
@@ -25,16 +27,18 @@ mod fleet;
 mod reconnect;
 mod replicas;
 mod run;
+pub mod sealing;
 mod session;
 mod signing;
 mod throttle;
 pub mod watch;
 mod writer;
 
+pub use access_keys::{ACCESS_KEYS_PER_USER, AccessKeyLookup};
 pub use accounts::{FirstAdmin, NewSession, SESSION_HOURS, UserChange, hash_password, verify_password};
 pub use actor::{Actor, Via};
 pub use commands::QuotaUse;
-pub use error::{Conflict, Error, Field, Kind, LoginRefusal};
+pub use error::{Conflict, Error, Field, Kind, LoginRefusal, QuotaKind};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
 pub use reconnect::Busy;
 pub use run::{Run, Stopped, check_run_command, task_for};
@@ -167,6 +171,9 @@ struct Inner {
     clock: Clock,
     /// Login throttling, verified Basic-auth passwords, run-time settings.
     accounts: accounts::Accounts,
+    /// Seals and opens AccessKey secrets. `None` in a dispatcher built without it (`offline`),
+    /// which refuses AccessKeys.
+    secret_key: Option<sealing::SecretKey>,
     /// Agents connected to this server, by instance id. Written by `attach`/`detach`.
     agents: Mutex<HashMap<String, AgentLink>>,
     /// Live watchers by invoke id, each with a queue bounded in bytes.
@@ -261,8 +268,15 @@ impl PurgePace {
 impl Dispatcher {
     /// Starts the dispatcher and its background tasks (batching writer, deadlines, heartbeat
     /// flush, retention). They stop when `shutdown` is cancelled; await `tracker` after that.
-    pub fn start(store: Store, settings: Settings, shutdown: CancellationToken, tracker: &TaskTracker) -> Dispatcher {
-        let (dispatcher, writer_rx) = Dispatcher::build(store, settings, Clock::Wall);
+    /// `secret_key` seals AccessKey secrets: every replica of a database needs the same one.
+    pub fn start(
+        store: Store,
+        secret_key: sealing::SecretKey,
+        settings: Settings,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Dispatcher {
+        let (dispatcher, writer_rx) = Dispatcher::build(store, settings, Clock::Wall, Some(secret_key));
         tracker.spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
         tracker.spawn(dispatcher.clone().run_housekeeping(shutdown.clone()));
         tracker.spawn(dispatcher.clone().run_purge(shutdown.clone()));
@@ -271,12 +285,17 @@ impl Dispatcher {
     }
 
     /// A dispatcher without background tasks, for one-off domain calls before a server runs
-    /// (the demo creating its activations).
+    /// (the demo creating its activations). It has no secret key, so it refuses AccessKeys.
     pub fn offline(store: Store, settings: Settings) -> Dispatcher {
-        Dispatcher::build(store, settings, Clock::Wall).0
+        Dispatcher::build(store, settings, Clock::Wall, None).0
     }
 
-    fn build(store: Store, settings: Settings, clock: Clock) -> (Dispatcher, mpsc::Receiver<writer::Item>) {
+    fn build(
+        store: Store,
+        settings: Settings,
+        clock: Clock,
+        secret_key: Option<sealing::SecretKey>,
+    ) -> (Dispatcher, mpsc::Receiver<writer::Item>) {
         let (writer_tx, writer_rx) = mpsc::channel(8192);
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
@@ -285,6 +304,7 @@ impl Dispatcher {
                 changed: Mutex::default(),
                 clock,
                 accounts: accounts::Accounts::default(),
+                secret_key,
                 agents: Mutex::default(),
                 watchers: Arc::default(),
                 heartbeats: Mutex::default(),

@@ -149,7 +149,7 @@ mod tests {
 
     async fn dispatcher(settings: Settings) -> (Dispatcher, tempfile::TempDir) {
         let (store, dir) = test_store().await;
-        (Dispatcher::build(store, settings, Clock::manual()).0, dir)
+        (Dispatcher::build(store, settings, Clock::manual(), None).0, dir)
     }
 
     /// Enrols `n` instances through one activation; their ids.

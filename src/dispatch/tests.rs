@@ -29,7 +29,8 @@ impl Drop for Harness {
 async fn harness() -> Harness {
     let (store, dir) = test_store().await;
     let clock = Clock::manual();
-    let (dispatcher, writer_rx) = Dispatcher::build(store, Settings::default(), clock.clone());
+    let secret_key = sealing::SecretKey::generate().unwrap();
+    let (dispatcher, writer_rx) = Dispatcher::build(store, Settings::default(), clock.clone(), Some(secret_key));
     let shutdown = CancellationToken::new();
     tokio::spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
     let admin = Actor {
@@ -537,6 +538,22 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
     audited!("DeleteUser", d.delete_user(admin, "bob").await.unwrap());
     let (token, _) = audited!("CreateToken", d.create_token(&ann_actor, "ci", None).await.unwrap());
     audited!("RevokeToken", d.revoke_token(&ann_actor, &token.id).await.unwrap());
+    let (key, _) = audited!(
+        "CreateAccessKey",
+        d.create_access_key(&ann_actor, Some("ci".into())).await.unwrap()
+    );
+    audited!(
+        "DisableAccessKey",
+        d.set_access_key_enabled(&ann_actor, &key.id, false).await.unwrap()
+    );
+    audited!(
+        "EnableAccessKey",
+        d.set_access_key_enabled(&ann_actor, &key.id, true).await.unwrap()
+    );
+    audited!(
+        "DeleteAccessKey",
+        d.delete_access_key(&ann_actor, &key.id).await.unwrap()
+    );
     let req = ActivationRequest {
         region_id: "local".into(),
         instance_count_limit: 2,
@@ -623,6 +640,7 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
 
     let sources = [
         include_str!("accounts.rs"),
+        include_str!("access_keys.rs"),
         include_str!("fleet.rs"),
         include_str!("commands.rs"),
         include_str!("run.rs"),

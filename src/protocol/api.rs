@@ -410,6 +410,61 @@ pub struct TokensResponse {
     pub tokens: Vec<Token>,
 }
 
+/// `POST /api/v1/access-keys`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessKeyRequest {
+    /// At most 128 characters on one line.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Answer to `POST /api/v1/access-keys`: the only time the secret is shown.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessKeyCreated {
+    pub access_key_id: String,
+    /// Signs requests to the ECS API; not retrievable again.
+    pub access_key_secret: String,
+    pub description: String,
+    pub enabled: bool,
+    pub created_time: String,
+}
+
+impl std::fmt::Debug for AccessKeyCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeyCreated")
+            .field("access_key_id", &self.access_key_id)
+            .field("description", &self.description)
+            .field("enabled", &self.enabled)
+            .field("created_time", &self.created_time)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An AccessKey pair as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub description: String,
+    pub enabled: bool,
+    pub created_time: String,
+    /// The last request it signed that verified, to the minute.
+    pub last_used_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessKeysResponse {
+    pub access_keys: Vec<AccessKey>,
+}
+
+/// `PATCH /api/v1/access-keys/{access_key_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyAccessKeyRequest {
+    /// False disables the key (requests it signs are refused); true enables it again.
+    pub enabled: bool,
+}
+
 /// One audit log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {

@@ -138,7 +138,7 @@ impl From<store::Error> for ApiError {
 
 impl From<dispatch::Error> for ApiError {
     fn from(e: dispatch::Error) -> Self {
-        use dispatch::{Conflict, Error, Kind, LoginRefusal};
+        use dispatch::{Conflict, Error, Kind, LoginRefusal, QuotaKind};
         match e {
             Error::Invalid { field, message } => ApiError::bad_request(field.api_code(), message),
             Error::NotFound { kind, id } => {
@@ -150,6 +150,7 @@ impl From<dispatch::Error> for ApiError {
                     Kind::Result => "InvalidResult.NotFound",
                     Kind::Activation => "InvalidActivation.NotFound",
                     Kind::User => "NotFound",
+                    Kind::AccessKey => "InvalidAccessKeyId.NotFound",
                 };
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -173,20 +174,26 @@ impl From<dispatch::Error> for ApiError {
                     ),
                 )
             }
-            Error::Quota {
-                name,
-                region_id,
-                used,
-                limit,
-            } => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "QuotaExceeded.RetainedCommand",
-                format!(
-                    "quota {name} of region {region_id} is used up ({used} of {limit}): delete retained commands you no \
-                     longer need, run without keep_command, or raise the limit with `fleetrun serve \
-                     --retained-command-quota N` (FLEETRUN_RETAINED_COMMAND_QUOTA)"
-                ),
-            ),
+            Error::Quota { quota, used, limit } => {
+                let (code, advice) = match quota {
+                    QuotaKind::RetainedCommands { .. } => (
+                        "QuotaExceeded.RetainedCommand",
+                        "delete retained commands you no longer need, run without keep_command, or raise the \
+                         limit with `fleetrun serve --retained-command-quota N` (FLEETRUN_RETAINED_COMMAND_QUOTA)",
+                    ),
+                    QuotaKind::AccessKeys => (
+                        "QuotaExceeded.AccessKey",
+                        "an account holds at most this many AccessKey pairs (a fixed limit, as on Alibaba Cloud): \
+                         delete one you no longer use (DELETE /api/v1/access-keys/{access_key_id}, or the \
+                         console's Account page), then create the new one",
+                    ),
+                };
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    code,
+                    format!("{quota} is used up ({used} of {limit}): {advice}"),
+                )
+            }
             Error::Conflict { conflict, message } => {
                 let code = match conflict {
                     Conflict::UserExists => "UserExists",

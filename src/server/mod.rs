@@ -19,6 +19,7 @@ mod live;
 pub use error::ApiError;
 
 use crate::config::ServeArgs;
+use crate::dispatch::sealing::SecretKey;
 use crate::dispatch::{Dispatcher, FirstAdmin, Settings};
 use crate::store::{OutputLimits, Store};
 use anyhow::Context as _;
@@ -106,8 +107,11 @@ pub fn settings(args: &ServeArgs) -> Settings {
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
+    let key_file = args.secret_key_file();
+    let secret_key = SecretKey::load_or_create(&key_file)
+        .with_context(|| format!("cannot load the secret key (--secret-key-file {})", key_file.display()))?;
     let tracker = TaskTracker::new();
-    let dispatcher = Dispatcher::start(store.clone(), settings(&args), shutdown.clone(), &tracker);
+    let dispatcher = Dispatcher::start(store.clone(), secret_key, settings(&args), shutdown.clone(), &tracker);
     dispatcher.join_replicas().await?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(listen::tls_config(cert, key)?),
@@ -138,8 +142,11 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
 /// database, creates the `admin` account. Both hold every command's output: they are made
 /// readable by this user only (0700, 0600).
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
-    crate::files::create_private_dir(&args.data_dir, &["fleetrun.db", "initial-admin-password", "agents"])
-        .context("cannot create the data directory")?;
+    crate::files::create_private_dir(
+        &args.data_dir,
+        &["fleetrun.db", "initial-admin-password", "agents", "secret.key"],
+    )
+    .context("cannot create the data directory")?;
     if let Some(db) = args.sqlite_file() {
         crate::files::create_private_database(&db)?;
     }

@@ -1,7 +1,8 @@
-//! Identifiers and secrets: `i-`/`t-`/`c-`/`act-`/`tok-` ids, random secrets and the hash under
-//! which a secret is stored.
+//! Identifiers and secrets: `i-`/`t-`/`c-`/`act-`/`tok-` ids, AccessKey pairs, random secrets
+//! and the hash under which a secret is stored.
 
-use rand::RngCore;
+use rand::distributions::Alphanumeric;
+use rand::{Rng as _, RngCore};
 use sha2::{Digest, Sha256};
 
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
@@ -22,6 +23,25 @@ pub fn new_secret() -> String {
     let mut bytes = [0u8; 52];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     bytes.iter().map(|b| BASE32[usize::from(b & 31)] as char).collect()
+}
+
+/// A new AccessKey id, shaped like Alibaba's: `LTAI` + 20 letters and digits.
+pub fn new_access_key_id() -> String {
+    format!("LTAI{}", alphanumeric(20))
+}
+
+/// A new AccessKey secret, shaped like Alibaba's: 30 letters and digits (178 random bits).
+pub fn new_access_key_secret() -> String {
+    alphanumeric(30)
+}
+
+/// `n` characters drawn uniformly from `A-Z`, `a-z` and `0-9`.
+fn alphanumeric(n: usize) -> String {
+    rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
 }
 
 /// SHA-256 of a high-entropy secret, hex encoded: how tokens, activation codes and instance
@@ -50,6 +70,20 @@ mod tests {
         assert!(!is_id(&id, "t"));
         assert!(!is_id("i-short", "i"));
         assert_ne!(new_id("i"), new_id("i"));
+    }
+
+    #[test]
+    fn access_key_pairs_look_like_alibabas() {
+        let (id, secret) = (new_access_key_id(), new_access_key_secret());
+
+        assert_eq!(id.len(), 24);
+        assert!(
+            id.starts_with("LTAI") && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{id}"
+        );
+        assert_eq!(secret.len(), 30);
+        assert!(secret.bytes().all(|b| b.is_ascii_alphanumeric()), "{secret}");
+        assert_ne!(new_access_key_secret(), secret);
     }
 
     #[test]

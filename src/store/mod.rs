@@ -6,6 +6,7 @@
 //! Two backends: one SQLite file in WAL mode (the default), or PostgreSQL shared by several
 //! replicas. Statements are written once, with `$N` placeholders, and run on either (`db`).
 
+mod access_keys;
 mod audit;
 pub mod bus;
 mod commands;
@@ -23,6 +24,7 @@ mod settings;
 mod tokens;
 mod users;
 
+pub use access_keys::{AccessKeyRow, SealedAccessKey};
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};

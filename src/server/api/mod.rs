@@ -1,5 +1,6 @@
 //! The JSON API, `/api/v1` (DESIGN.md §4). One file per resource; `routes()` lists them all.
 
+mod access_keys;
 mod activations;
 mod audit;
 mod commands;
@@ -44,6 +45,11 @@ pub fn routes() -> Router<AppState> {
         .route("/quotas", get(commands::quotas))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{token_id}", delete(tokens::revoke))
+        .route("/access-keys", post(access_keys::create).get(access_keys::list))
+        .route(
+            "/access-keys/{access_key_id}",
+            axum::routing::patch(access_keys::modify).delete(access_keys::delete),
+        )
         .route("/audit", get(audit::list))
         .route("/users", post(users::create).get(users::list))
         .route(

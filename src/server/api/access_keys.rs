@@ -1,0 +1,67 @@
+//! AccessKey pairs of the calling user, for the ECS API. The secret is answered once, by
+//! `create`; nothing else here returns it.
+
+use super::rfc3339;
+use crate::dispatch::Actor;
+use crate::protocol::api::{
+    AccessKey, AccessKeyCreated, AccessKeysResponse, CreateAccessKeyRequest, ModifyAccessKeyRequest,
+};
+use crate::server::AppState;
+use crate::server::error::{ApiError, ApiJson, ApiPath};
+use crate::store::AccessKeyRow;
+use axum::extract::State;
+use axum::http::StatusCode;
+
+fn access_key(row: AccessKeyRow) -> AccessKey {
+    AccessKey {
+        access_key_id: row.id,
+        description: row.description,
+        enabled: row.enabled,
+        created_time: rfc3339(row.created_at),
+        last_used_time: row.last_used_at.map(rfc3339),
+    }
+}
+
+pub async fn create(
+    actor: Actor,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateAccessKeyRequest>,
+) -> Result<(StatusCode, ApiJson<AccessKeyCreated>), ApiError> {
+    let (row, secret) = state.dispatcher.create_access_key(&actor, req.description).await?;
+    let created = AccessKeyCreated {
+        access_key_id: row.id,
+        access_key_secret: secret,
+        description: row.description,
+        enabled: row.enabled,
+        created_time: rfc3339(row.created_at),
+    };
+    Ok((StatusCode::CREATED, ApiJson(created)))
+}
+
+pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<AccessKeysResponse>, ApiError> {
+    let rows = state.dispatcher.list_access_keys(&actor).await?;
+    let access_keys = rows.into_iter().map(access_key).collect();
+    Ok(ApiJson(AccessKeysResponse { access_keys }))
+}
+
+pub async fn modify(
+    actor: Actor,
+    State(state): State<AppState>,
+    ApiPath(access_key_id): ApiPath<String>,
+    ApiJson(req): ApiJson<ModifyAccessKeyRequest>,
+) -> Result<ApiJson<AccessKey>, ApiError> {
+    let row = state
+        .dispatcher
+        .set_access_key_enabled(&actor, &access_key_id, req.enabled)
+        .await?;
+    Ok(ApiJson(access_key(row)))
+}
+
+pub async fn delete(
+    actor: Actor,
+    State(state): State<AppState>,
+    ApiPath(access_key_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.dispatcher.delete_access_key(&actor, &access_key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
