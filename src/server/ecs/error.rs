@@ -2,7 +2,7 @@
 //! Alibaba's HTTP statuses and codes (research/ecs-api-compat.md §7). The domain's typed errors
 //! are rendered here, so no rule is restated: only its words change.
 
-use crate::dispatch::{self, Conflict, Field, Kind};
+use crate::dispatch::{self, Conflict, Field, Kind, QuotaKind};
 use crate::store;
 use axum::http::StatusCode;
 use std::borrow::Cow;
@@ -100,7 +100,7 @@ impl From<dispatch::Error> for EcsError {
                     Kind::Result => "InvalidInvokeId.NotFound",
                     Kind::Command => "InvalidCommandId.NotFound",
                     Kind::Activation => "InvalidActivationId.NotFound",
-                    Kind::User | Kind::Token => "InvalidParameter.NotFound",
+                    Kind::User | Kind::Token | Kind::AccessKey => "InvalidParameter.NotFound",
                 };
                 EcsError::new(
                     StatusCode::NOT_FOUND,
@@ -116,7 +116,13 @@ impl From<dispatch::Error> for EcsError {
                     ids.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
                 ),
             ),
-            e @ Error::Quota { .. } => EcsError::new(StatusCode::FORBIDDEN, "CmdCount.ExceedQuota", e.to_string()),
+            Error::Quota { ref quota, .. } => {
+                let code = match quota {
+                    QuotaKind::RetainedCommands { .. } => "CmdCount.ExceedQuota",
+                    QuotaKind::AccessKeys => "QuotaExceed.AccessKey",
+                };
+                EcsError::new(StatusCode::FORBIDDEN, code, e.to_string())
+            }
             Error::Conflict { conflict, message } => {
                 let code = match conflict {
                     Conflict::CommandName => "InvalidCommandName.Duplicate",

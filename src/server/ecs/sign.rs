@@ -7,6 +7,7 @@ use super::error::EcsError;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use ring::{digest, hmac};
+use subtle::ConstantTimeEq as _;
 
 /// What a request says about its signature, read before the secret is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +138,7 @@ pub fn verify(claim: &Claim, req: &Signed, secret: &str) -> Result<(), EcsError>
             let string_to_sign = v3_string_to_sign(req, signed_headers, &payload_hash);
             let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
             let expected = hex(hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
-            if ring::constant_time::verify_slices_are_equal(expected.as_bytes(), signature.as_bytes()).is_err() {
+            if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
                 return Err(EcsError::signature_mismatch(&string_to_sign));
             }
         }
@@ -149,7 +150,7 @@ pub fn verify(claim: &Claim, req: &Signed, secret: &str) -> Result<(), EcsError>
             );
             let expected =
                 base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
-            if ring::constant_time::verify_slices_are_equal(expected.as_bytes(), signature.as_bytes()).is_err() {
+            if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
                 return Err(EcsError::signature_mismatch(&string_to_sign));
             }
         }

@@ -8,7 +8,7 @@ use crate::protocol::ecs::{
     DescribeInvocationResultsResponse, DescribeInvocationsResponse, Empty, Invocation, InvocationResult,
     InvocationResults, InvocationResultsPage, Invocations, InvokeInstance, InvokeInstances, Tags,
 };
-use crate::protocol::{InvocationStatus, ResultStatus};
+use crate::protocol::InvocationStatus;
 use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::{InvocationFilter, InvocationRow, ResultRow};
@@ -291,6 +291,5 @@ mod tests {
         assert_eq!(status_filter("Finished").unwrap(), Some(InvocationStatus::Success));
         assert_eq!(status_filter("Scheduled").unwrap(), None);
         assert!(status_filter("Done").is_err());
-        assert_eq!(ResultStatus::Terminated.as_str(), "Terminated");
     }
 }
