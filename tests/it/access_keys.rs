@@ -78,14 +78,14 @@ async fn access_keys_live_their_whole_life_through_api_and_console_and_their_sec
     let console = Console::login(&app).await;
 
     // Created through the API: the secret comes back this once.
-    let (status, by_api) = call(
-        &app.client,
-        Method::POST,
-        "/access-keys",
-        Some(&json!({"description": "ci"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{by_api}");
+    let response = app
+        .client
+        .raw(Method::POST, "/access-keys", Some(&json!({"description": "ci"})))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let by_api: Value = response.json().await.unwrap();
     let api_id = by_api["access_key_id"].as_str().unwrap().to_string();
     let api_secret = by_api["access_key_secret"].as_str().unwrap().to_string();
     assert!(api_id.starts_with("LTAI") && api_id.len() == 24, "{api_id}");
@@ -101,6 +101,7 @@ async fn access_keys_live_their_whole_life_through_api_and_console_and_their_sec
         .await
         .unwrap();
     assert_eq!(page.status, 200);
+    assert_eq!(page.headers["cache-control"], "no-store");
     assert!(
         page.text
             .contains("AccessKey Secret — copy it now; it is not shown again."),

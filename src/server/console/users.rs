@@ -7,7 +7,7 @@ use crate::server::AppState;
 use crate::store::UserRow;
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use axum_htmx::HxRedirect;
 use serde::Deserialize;
@@ -317,7 +317,9 @@ pub async fn create_access_key(
                 access_key: Some(NewAccessKey { id: row.id, secret }),
                 ..Created::default()
             };
-            account_page(&state, &session, created, Ok(String::new())).await
+            let page = account_page(&state, &session, created, Ok(String::new())).await?;
+            // The one page holding the secret: no cache along the way may keep a copy.
+            Ok(([(header::CACHE_CONTROL, "no-store")], page).into_response())
         }
         Err(e) => account_page(&state, &session, Created::default(), Err(e)).await,
     }
