@@ -79,10 +79,16 @@ impl TestApp {
         }
     }
 
-    /// Another server (a replica) on this one's PostgreSQL database.
+    /// Another server (a replica) on this one's PostgreSQL database, sharing its secret key
+    /// file as replicas must (unless `extra` names another).
     pub async fn replica(&self, extra: &[&str]) -> TestApp {
         let database = self.database.clone().expect("replicas share a PostgreSQL database");
-        TestApp::replica_on(database, extra).await
+        let key_file = self.data.path().join("secret.key").display().to_string();
+        let mut args = Vec::from(extra);
+        if !extra.contains(&"--secret-key-file") {
+            args.extend(["--secret-key-file", &key_file]);
+        }
+        TestApp::replica_on(database, &args).await
     }
 
     async fn replica_on(database: Arc<ScratchDatabase>, extra: &[&str]) -> TestApp {

@@ -3,6 +3,7 @@
 // Test code: a panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access_keys;
 mod agents;
 mod api;
 mod browser;

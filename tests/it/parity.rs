@@ -67,12 +67,13 @@ impl Action {
     }
 }
 
-/// The five actions, against a server with one (fake, offline) instance and two retained
+/// The six actions, against a server with one (fake, offline) instance and two retained
 /// commands, `kept` (the one edited) and `other`, in region `local`.
 struct Actions {
     activation: Action,
     user: Action,
     token: Action,
+    access_key: Action,
     edit: Action,
     run: Action,
 }
@@ -105,6 +106,13 @@ impl Actions {
                 console_path: "/console/account/tokens".into(),
                 valid: json!({"name": "ci"}),
                 fields: &[("name", "name"), ("expires_in_days", "expires_in_days")],
+            },
+            access_key: Action {
+                method: Method::POST,
+                api_path: "/access-keys".into(),
+                console_path: "/console/account/access-keys".into(),
+                valid: json!({"description": "ci"}),
+                fields: &[("description", "description")],
             },
             // The console's edit form always sends every field, so the API gets them all too.
             edit: Action {
@@ -168,6 +176,7 @@ fn case<'a>(what: &'static str, action: &'a Action, changes: Value, code: &'stat
 #[rustfmt::skip]
 fn cases(a: &Actions) -> Vec<Case<'_>> {
     let (activation, user, token, edit, run) = (&a.activation, &a.user, &a.token, &a.edit, &a.run);
+    let access_key = &a.access_key;
     vec![
         // Activations.
         case("activation in region CN Hangzhou", activation, json!({"region_id": "CN Hangzhou"}), "InvalidParameter.RegionId"),
@@ -190,6 +199,9 @@ fn cases(a: &Actions) -> Vec<Case<'_>> {
         case("token name with a control character", token, json!({"name": "a\u{7}b"}), "InvalidParameter.Name"),
         case("token expiring in 0 days", token, json!({"expires_in_days": 0}), "InvalidParameter.ExpiresInDays"),
         case("token expiring in 3651 days", token, json!({"expires_in_days": 3651}), "InvalidParameter.ExpiresInDays"),
+        // AccessKeys.
+        case("AccessKey description of 129 characters", access_key, json!({"description": "d".repeat(129)}), "InvalidParameter.Description"),
+        case("AccessKey description on two lines", access_key, json!({"description": "a\nb"}), "InvalidParameter.Description"),
         // Editing a retained command.
         case("command edit to timeout 0", edit, json!({"timeout_secs": 0}), "InvalidParameter.Timeout"),
         case("command edit to working_dir ../etc", edit, json!({"working_dir": "../etc"}), "InvalidParameter.WorkingDir"),
@@ -216,6 +228,7 @@ async fn stored(app: &TestApp) -> Value {
         "/activations",
         "/users",
         "/tokens",
+        "/access-keys",
         "/commands?page_size=1000",
         "/invocations?page_size=1000",
     ] {

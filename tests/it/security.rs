@@ -54,6 +54,8 @@ async fn each_role_reaches_exactly_its_routes() {
         (Method::GET, "/commands", None, 200, 200, 200),
         (Method::GET, "/quotas", None, 200, 200, 200),
         (Method::GET, "/tokens", None, 200, 200, 200),
+        (Method::GET, "/access-keys", None, 200, 200, 200),
+        (Method::POST, "/access-keys", Some(json!({})), 201, 201, 201),
         (Method::POST, "/invocations", Some(run), 403, 404, 404),
         (
             Method::POST,

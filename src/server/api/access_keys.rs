@@ -10,7 +10,7 @@ use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath};
 use crate::store::AccessKeyRow;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 
 fn access_key(row: AccessKeyRow) -> AccessKey {
     AccessKey {
@@ -26,7 +26,14 @@ pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateAccessKeyRequest>,
-) -> Result<(StatusCode, ApiJson<AccessKeyCreated>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(header::HeaderName, &'static str); 1],
+        ApiJson<AccessKeyCreated>,
+    ),
+    ApiError,
+> {
     let (row, secret) = state.dispatcher.create_access_key(&actor, req.description).await?;
     let created = AccessKeyCreated {
         access_key_id: row.id,
@@ -35,7 +42,12 @@ pub async fn create(
         enabled: row.enabled,
         created_time: rfc3339(row.created_at),
     };
-    Ok((StatusCode::CREATED, ApiJson(created)))
+    // The one answer holding the secret: no cache along the way may keep a copy.
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        ApiJson(created),
+    ))
 }
 
 pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<AccessKeysResponse>, ApiError> {

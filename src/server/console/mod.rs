@@ -82,6 +82,15 @@ pub fn routes() -> Router<AppState> {
         .route("/console/account/password", post(users::password))
         .route("/console/account/tokens", post(users::create_token))
         .route("/console/account/tokens/{token_id}/revoke", post(users::revoke_token))
+        .route("/console/account/access-keys", post(users::create_access_key))
+        .route(
+            "/console/account/access-keys/{access_key_id}/status",
+            post(users::access_key_status),
+        )
+        .route(
+            "/console/account/access-keys/{access_key_id}/delete",
+            post(users::delete_access_key),
+        )
         .route("/static/{*path}", get(static_files::serve))
         .route("/favicon.ico", get(static_files::favicon))
 }

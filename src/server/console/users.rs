@@ -1,13 +1,13 @@
 //! Users (admin: create, change role, disable, reset password, switch Basic auth) and Account
-//! (anyone: change one's own password, API tokens).
+//! (anyone: change one's own password, API tokens, AccessKey pairs for the ECS API).
 
 use super::{ConsoleForm, Layout, PageError, Session, Url, When, render};
-use crate::dispatch::{Error, Field, UserChange, check};
+use crate::dispatch::{ACCESS_KEYS_PER_USER, Error, Field, UserChange, check};
 use crate::server::AppState;
 use crate::store::UserRow;
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use axum_htmx::HxRedirect;
 use serde::Deserialize;
@@ -138,6 +138,29 @@ pub struct TokenView {
     pub expires: Option<When>,
 }
 
+/// An AccessKey as the Account page lists it.
+pub struct AccessKeyView {
+    pub id: String,
+    pub description: String,
+    pub enabled: bool,
+    pub created: When,
+    pub last_used: Option<When>,
+}
+
+/// An AccessKey pair just created: its secret is shown this once.
+pub struct NewAccessKey {
+    pub id: String,
+    pub secret: String,
+}
+
+/// What the request just created that is shown only now.
+#[derive(Default)]
+struct Created {
+    /// An API token's secret.
+    token: String,
+    access_key: Option<NewAccessKey>,
+}
+
 #[derive(Template)]
 #[template(path = "users/account.html")]
 struct AccountPage {
@@ -145,6 +168,11 @@ struct AccountPage {
     tokens: Vec<TokenView>,
     /// The secret of a token just created: shown once.
     new_token: String,
+    access_keys: Vec<AccessKeyView>,
+    /// The AccessKey pair just created, with its secret: shown once.
+    new_access_key: Option<NewAccessKey>,
+    /// Most AccessKey pairs an account may hold.
+    access_key_limit: u64,
     notice: String,
     error: String,
 }
@@ -152,12 +180,14 @@ struct AccountPage {
 async fn account_page(
     state: &AppState,
     session: &Session,
-    new_token: String,
+    created: Created,
     outcome: Result<String, Error>,
 ) -> Result<Response, PageError> {
     let (notice, error) = match outcome {
         Ok(notice) => (notice, String::new()),
-        Err(e @ (Error::Invalid { .. } | Error::Login(_))) => (String::new(), PageError::from(e).message().to_string()),
+        Err(e @ (Error::Invalid { .. } | Error::Login(_) | Error::Quota { .. })) => {
+            (String::new(), PageError::from(e).message().to_string())
+        }
         Err(e) => return Err(e.into()),
     };
     let tokens = state
@@ -173,18 +203,34 @@ async fn account_page(
             expires: t.expires_at.map(When::new),
         })
         .collect();
+    let access_keys = state
+        .dispatcher
+        .list_access_keys(&session.actor())
+        .await?
+        .into_iter()
+        .map(|k| AccessKeyView {
+            id: k.id,
+            description: k.description,
+            enabled: k.enabled,
+            created: When::new(k.created_at),
+            last_used: k.last_used_at.map(When::new),
+        })
+        .collect();
     let layout = session.layout(state.store.regions().await?, "account");
     Ok(render(&AccountPage {
         layout,
         tokens,
-        new_token,
+        new_token: created.token,
+        access_keys,
+        new_access_key: created.access_key,
+        access_key_limit: ACCESS_KEYS_PER_USER,
         notice,
         error,
     }))
 }
 
 pub async fn account(State(state): State<AppState>, session: Session) -> Result<Response, PageError> {
-    account_page(&state, &session, String::new(), Ok(String::new())).await
+    account_page(&state, &session, Created::default(), Ok(String::new())).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,7 +251,7 @@ pub async fn password(
     match changed {
         // Every session ended with the change, this one too: log in again.
         Ok(_) => Ok((HxRedirect(Url::LOGIN.to_string()), StatusCode::OK).into_response()),
-        Err(e) => account_page(&state, &session, String::new(), Err(e)).await,
+        Err(e) => account_page(&state, &session, Created::default(), Err(e)).await,
     }
 }
 
@@ -230,8 +276,14 @@ pub async fn create_token(
         Err(e) => Err(e),
     };
     match created {
-        Ok((_, secret)) => account_page(&state, &session, secret, Ok(String::new())).await,
-        Err(e) => account_page(&state, &session, String::new(), Err(e)).await,
+        Ok((_, secret)) => {
+            let created = Created {
+                token: secret,
+                ..Created::default()
+            };
+            account_page(&state, &session, created, Ok(String::new())).await
+        }
+        Err(e) => account_page(&state, &session, Created::default(), Err(e)).await,
     }
 }
 
@@ -241,5 +293,135 @@ pub async fn revoke_token(
     Path(token_id): Path<String>,
 ) -> Result<Response, PageError> {
     state.dispatcher.revoke_token(&session.actor(), &token_id).await?;
-    account_page(&state, &session, String::new(), Ok("Token revoked.".into())).await
+    account_page(&state, &session, Created::default(), Ok("Token revoked.".into())).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccessKeyForm {
+    #[serde(default)]
+    description: String,
+}
+
+pub async fn create_access_key(
+    State(state): State<AppState>,
+    session: Session,
+    ConsoleForm(form): ConsoleForm<AccessKeyForm>,
+) -> Result<Response, PageError> {
+    let created = state
+        .dispatcher
+        .create_access_key(&session.actor(), Some(form.description))
+        .await;
+    match created {
+        Ok((row, secret)) => {
+            let created = Created {
+                access_key: Some(NewAccessKey { id: row.id, secret }),
+                ..Created::default()
+            };
+            let page = account_page(&state, &session, created, Ok(String::new())).await?;
+            // The one page holding the secret: no cache along the way may keep a copy.
+            Ok(([(header::CACHE_CONTROL, "no-store")], page).into_response())
+        }
+        Err(e) => account_page(&state, &session, Created::default(), Err(e)).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccessKeyStatusForm {
+    enabled: bool,
+}
+
+pub async fn access_key_status(
+    State(state): State<AppState>,
+    session: Session,
+    Path(access_key_id): Path<String>,
+    ConsoleForm(form): ConsoleForm<AccessKeyStatusForm>,
+) -> Result<Response, PageError> {
+    let row = state
+        .dispatcher
+        .set_access_key_enabled(&session.actor(), &access_key_id, form.enabled)
+        .await?;
+    let notice = if row.enabled {
+        format!("AccessKey {} enabled.", row.id)
+    } else {
+        format!("AccessKey {} disabled: requests it signs are refused.", row.id)
+    };
+    account_page(&state, &session, Created::default(), Ok(notice)).await
+}
+
+pub async fn delete_access_key(
+    State(state): State<AppState>,
+    session: Session,
+    Path(access_key_id): Path<String>,
+) -> Result<Response, PageError> {
+    state
+        .dispatcher
+        .delete_access_key(&session.actor(), &access_key_id)
+        .await?;
+    let notice = format!("AccessKey {access_key_id} deleted.");
+    account_page(&state, &session, Created::default(), Ok(notice)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(access_keys: Vec<AccessKeyView>, new_access_key: Option<NewAccessKey>) -> String {
+        let layout = Layout {
+            username: "ann".into(),
+            role: "viewer",
+            csrf: "csrf".into(),
+            region: String::new(),
+            regions: Vec::new(),
+            active: "account",
+        };
+        AccountPage {
+            layout,
+            tokens: Vec::new(),
+            new_token: String::new(),
+            access_keys,
+            new_access_key,
+            access_key_limit: ACCESS_KEYS_PER_USER,
+            notice: String::new(),
+            error: String::new(),
+        }
+        .render()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_access_key_secret_is_shown_once_with_the_warning_and_descriptions_are_escaped() {
+        let key = |id: &str, enabled| AccessKeyView {
+            id: id.into(),
+            description: "<script>alert(1)</script>".into(),
+            enabled,
+            created: When::new(0),
+            last_used: None,
+        };
+        let created = NewAccessKey {
+            id: "LTAIaaaaaaaaaaaaaaaaaaaa".into(),
+            secret: "s3cretS3cretS3cretS3cretS3cre".into(),
+        };
+
+        let with_secret = page(vec![key("LTAIaaaaaaaaaaaaaaaaaaaa", true)], Some(created));
+        let listed = page(
+            vec![
+                key("LTAIaaaaaaaaaaaaaaaaaaaa", true),
+                key("LTAIbbbbbbbbbbbbbbbbbbbb", false),
+            ],
+            None,
+        );
+
+        assert!(with_secret.contains("AccessKey Secret — copy it now; it is not shown again."));
+        assert!(with_secret.contains("s3cretS3cretS3cretS3cretS3cre"));
+        assert!(!listed.contains("copy it now"));
+        assert!(
+            !listed.contains("<script>alert(1)</script>"),
+            "descriptions are escaped"
+        );
+        assert!(listed.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+        assert!(listed.contains("/console/account/access-keys/LTAIaaaaaaaaaaaaaaaaaaaa/status"));
+        assert!(listed.contains(">Disable</button>") && listed.contains(">Enable</button>"));
+        assert!(listed.contains(">Enabled</span>") && listed.contains(">Disabled</span>"));
+        assert!(listed.contains("you have 2"));
+    }
 }
