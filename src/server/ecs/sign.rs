@@ -294,14 +294,15 @@ mod tests {
         assert!(wrong.message.contains(':'), "the legacy SDK splits this message on ':'");
 
         let (query, headers) = v3_request(&good.replace('f', "0"));
-        let req = Signed {
+        let tampered = Signed {
             method: "POST",
             query: &query,
             form: &[],
             headers: &headers,
             body: b"",
         };
-        assert!(verify(&claim, &req, "testsecret").is_err());
+        let tampered_claim = super::claim(&tampered).unwrap();
+        assert!(verify(&tampered_claim, &tampered, "testsecret").is_err());
         let body_changed = Signed { body: b"x", ..req };
         assert_eq!(
             verify(&claim, &body_changed, "testsecret").unwrap_err().code,
