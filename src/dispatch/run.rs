@@ -197,7 +197,12 @@ impl Dispatcher {
 
     /// Loads and checks the target instances: all registered (in `region`, when given), no
     /// duplicates, within the limit, and able to run the command type.
-    async fn targets(&self, ids: &[String], spec: &CommandSpec, region: Option<&str>) -> Result<Vec<InstanceRow>, Error> {
+    async fn targets(
+        &self,
+        ids: &[String],
+        spec: &CommandSpec,
+        region: Option<&str>,
+    ) -> Result<Vec<InstanceRow>, Error> {
         check::instance_ids(ids, self.inner.settings.max_instances)?;
         let mut instances = self.inner.store.instances_by_ids(ids).await?;
         if let Some(region) = region {
@@ -405,6 +410,7 @@ mod tests {
             agent_protocol: None,
             supported_command_types: vec![CommandType::RunShellScript],
             registered_at: 0,
+            activation_id: "act-1".into(),
             last_heartbeat_at: None,
             online: true,
         }

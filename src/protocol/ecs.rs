@@ -371,6 +371,7 @@ pub struct ManagedInstance {
     pub os_type: String,
     pub os_version: String,
     pub agent_version: String,
+    pub activation_id: String,
     pub intranet_ip: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected: Option<bool>,

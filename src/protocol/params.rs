@@ -30,7 +30,13 @@ fn builtin(name: &str) -> Option<Result<&str, ()>> {
         return Some(BUILTINS.iter().copied().find(|b| *b == ours).ok_or(()));
     }
     let acs = name.strip_prefix(ACS_PREFIX)?;
-    Some(ACS_BUILTINS.iter().find(|(a, _)| *a == acs).map(|(_, ours)| *ours).ok_or(()))
+    Some(
+        ACS_BUILTINS
+            .iter()
+            .find(|(a, _)| *a == acs)
+            .map(|(_, ours)| *ours)
+            .ok_or(()),
+    )
 }
 
 /// Most custom parameters one command may declare (Alibaba's limit).
@@ -169,7 +175,11 @@ mod tests {
         assert_eq!(check(content, &values(&[("who", "ann")])).unwrap(), vec!["who"]);
         let builtins = BTreeMap::from([("instance_id", "i-1".to_string()), ("invoke_id", "t-1".to_string())]);
         assert_eq!(fill(content, &values(&[("who", "ann")]), &builtins), "i-1 t-1 ann");
-        assert!(check("{{ACS::AccountId}}", &values(&[])).unwrap_err().contains("{{ACS::InstanceId}}"));
+        assert!(
+            check("{{ACS::AccountId}}", &values(&[]))
+                .unwrap_err()
+                .contains("{{ACS::InstanceId}}")
+        );
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct InstanceRow {
     #[sqlx(json)]
     pub supported_command_types: Vec<CommandType>,
     pub registered_at: i64,
+    /// The activation it enrolled with.
+    pub activation_id: String,
     pub last_heartbeat_at: Option<i64>,
     /// The agent holds a connection to a server right now.
     pub online: bool,

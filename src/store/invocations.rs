@@ -608,6 +608,8 @@ impl Store {
             ids.push(id);
         }
         if ids.is_empty() {
+            // End the transaction: one dropped open would cost its connection (`left_in_transaction`).
+            tx.commit().await?;
             return Ok((0, 0));
         }
         // Results and output go with them (ON DELETE CASCADE).

@@ -48,7 +48,9 @@ impl EcsError {
     pub fn signature_mismatch(string_to_sign: &str) -> Self {
         EcsError::bad_request(
             "SignatureDoesNotMatch",
-            format!("Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"),
+            format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
+            ),
         )
     }
 
@@ -135,7 +137,9 @@ impl From<dispatch::Error> for EcsError {
                 "Forbidden.RAM",
                 format!("User not authorized to operate on the specified resource: {e}."),
             ),
-            e @ (Error::Login(_) | Error::Enrolment { .. }) => EcsError::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
+            e @ (Error::Login(_) | Error::Enrolment { .. }) => {
+                EcsError::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string())
+            }
             Error::Store(e) => e.into(),
         }
     }
@@ -149,7 +153,11 @@ impl From<store::Error> for EcsError {
                 "ServiceUnavailable",
                 "The server's disk is full; nothing was stored. Try again later.",
             ),
-            store::Error::NotFound => EcsError::new(StatusCode::NOT_FOUND, "InvalidParameter.NotFound", "The resource does not exist."),
+            store::Error::NotFound => EcsError::new(
+                StatusCode::NOT_FOUND,
+                "InvalidParameter.NotFound",
+                "The resource does not exist.",
+            ),
             other => EcsError::internal(other),
         }
     }

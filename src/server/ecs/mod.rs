@@ -28,9 +28,26 @@ use sign::Signed;
 
 /// Sends ECS calls to the ECS API and everything else on.
 pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/" || !is_ecs_call(&req) {
+    if req.uri().path() != "/" {
         return next.run(req).await;
     }
+    let req = if is_ecs_call(&req) {
+        req
+    } else if is_form(req.headers()) && req.method() == Method::POST {
+        // The Go SDK and the CLI may send `Action` in a form body only: read the body to know.
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = to_bytes(body, super::MAX_BODY_BYTES).await else {
+            return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+        };
+        let is_call = url::form_urlencoded::parse(&bytes).any(|(k, _)| k == "Action");
+        let req = Request::from_parts(parts, Body::from(bytes));
+        if !is_call {
+            return next.run(req).await;
+        }
+        req
+    } else {
+        return next.run(req).await;
+    };
     let request_id = new_request_id();
     let action = action_name(&req);
     let result = call(&state, req).await;
@@ -73,6 +90,13 @@ fn is_ecs_call(req: &Request) -> bool {
         || query_pairs(req).iter().any(|(k, _)| k == "Action")
 }
 
+fn is_form(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
 /// The action a request names: the `Action` parameter (V1) or the `x-acs-action` header (V3).
 fn action_name(req: &Request) -> String {
     query_pairs(req)
@@ -96,9 +120,7 @@ fn query_pairs(req: &Request) -> Vec<(String, String)> {
 
 /// Alibaba's request ids look like `473469C7-AA6F-4DC5-B3DB-A3DC0DE3C83E`.
 fn new_request_id() -> String {
-    let hex: String = (0..16)
-        .map(|_| format!("{:02X}", rand::random::<u8>()))
-        .collect();
+    let hex: String = (0..16).map(|_| format!("{:02X}", rand::random::<u8>())).collect();
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],
@@ -129,12 +151,7 @@ async fn call(state: &AppState, req: Request) -> Result<serde_json::Value, EcsEr
     let query: Vec<(String, String)> = url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
         .into_owned()
         .collect();
-    let is_form = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let form: Vec<(String, String)> = if is_form {
+    let form: Vec<(String, String)> = if is_form(&parts.headers) {
         url::form_urlencoded::parse(&body).into_owned().collect()
     } else {
         Vec::new()

@@ -88,7 +88,10 @@ impl Params {
                 continue; // `Name.1.Key` and the like: not items of this list.
             };
             if n == 0 || n > MAX_LIST {
-                return Err(EcsError::invalid(name, format!("{key}: list items are numbered from 1 to {MAX_LIST}")));
+                return Err(EcsError::invalid(
+                    name,
+                    format!("{key}: list items are numbered from 1 to {MAX_LIST}"),
+                ));
             }
             if let Some(value) = self.map.remove(&key).filter(|v| !v.is_empty()) {
                 items.push((n, value));
@@ -116,7 +119,10 @@ impl Params {
                 serde_json::Value::String(s) => Ok((k, s)),
                 serde_json::Value::Number(n) => Ok((k, n.to_string())),
                 serde_json::Value::Bool(b) => Ok((k, b.to_string())),
-                _ => Err(EcsError::invalid(name, format!("the value of {k:?} must be a string, number or boolean"))),
+                _ => Err(EcsError::invalid(
+                    name,
+                    format!("the value of {k:?} must be a string, number or boolean"),
+                )),
             })
             .collect()
     }
@@ -207,6 +213,12 @@ mod tests {
         assert_eq!(p.number("Timeout").unwrap_err().code, "InvalidParameter.Timeout");
         p.finish().unwrap();
         let mut legacy = params(&[("Parameters", "{'who': 'ann'}")]);
-        assert!(legacy.json_values("Parameters").unwrap_err().message.contains("json.dumps"));
+        assert!(
+            legacy
+                .json_values("Parameters")
+                .unwrap_err()
+                .message
+                .contains("json.dumps")
+        );
     }
 }

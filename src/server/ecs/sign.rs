@@ -72,11 +72,7 @@ pub fn claim(req: &Signed) -> Result<Claim, EcsError> {
                 "the Authorization header needs Credential, SignedHeaders and Signature",
             ));
         };
-        let required = |name: &str| {
-            header(name)
-                .map(str::to_string)
-                .ok_or_else(|| EcsError::missing(name))
-        };
+        let required = |name: &str| header(name).map(str::to_string).ok_or_else(|| EcsError::missing(name));
         return Ok(Claim {
             access_key_id: credential.to_string(),
             nonce: required("x-acs-signature-nonce")?,
@@ -99,7 +95,9 @@ pub fn claim(req: &Signed) -> Result<Claim, EcsError> {
     if method != "HMAC-SHA1" {
         return Err(EcsError::bad_request(
             "InvalidSignatureMethod",
-            format!("SignatureMethod {method:?} is not supported: use HMAC-SHA1 (or ACS3-HMAC-SHA256 in the Authorization header)"),
+            format!(
+                "SignatureMethod {method:?} is not supported: use HMAC-SHA1 (or ACS3-HMAC-SHA256 in the Authorization header)"
+            ),
         ));
     }
     if let Some(version) = param("SignatureVersion").filter(|v| v != "1.0") {
@@ -144,10 +142,7 @@ pub fn verify(claim: &Claim, req: &Signed, secret: &str) -> Result<(), EcsError>
         }
         Scheme::V1 { signature } => {
             let string_to_sign = v1_string_to_sign(req);
-            let key = hmac::Key::new(
-                hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-                format!("{secret}&").as_bytes(),
-            );
+            let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, format!("{secret}&").as_bytes());
             let expected =
                 base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
             if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
@@ -280,7 +275,11 @@ mod tests {
         };
         let claim = claim(&req).unwrap();
         assert_eq!(
-            (claim.access_key_id.as_str(), claim.nonce.as_str(), claim.timestamp.as_str()),
+            (
+                claim.access_key_id.as_str(),
+                claim.nonce.as_str(),
+                claim.timestamp.as_str()
+            ),
             ("testid", "nonce-0001", "2024-01-01T00:00:00Z")
         );
         assert_eq!(
@@ -343,7 +342,9 @@ mod tests {
             };
             let claim = claim(&req).unwrap();
             assert_eq!(claim.access_key_id, "testid");
-            assert!(v1_string_to_sign(&req).starts_with("POST&%2F&AccessKeyId%3Dtestid%26Action%3DRunCommand%26CommandContent%3Decho%2520%2522hi"));
+            assert!(v1_string_to_sign(&req).starts_with(
+                "POST&%2F&AccessKeyId%3Dtestid%26Action%3DRunCommand%26CommandContent%3Decho%2520%2522hi"
+            ));
             verify(&claim, &req, "testsecret").unwrap();
             let err = verify(&claim, &req, "wrong").unwrap_err();
             assert_eq!(err.code, "SignatureDoesNotMatch");

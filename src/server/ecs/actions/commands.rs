@@ -6,8 +6,8 @@ use crate::protocol::api::{
     ContentEncoding, CreateCommandRequest, InvokeCommandRequest, ModifyCommandRequest, RunCommandRequest,
 };
 use crate::protocol::ecs::{
-    Command, Commands, CreateCommandResponse, DescribeCommandsResponse, Empty, InvokeCommandResponse,
-    ParameterNames, RunCommandResponse, Tags,
+    Command, Commands, CreateCommandResponse, DescribeCommandsResponse, Empty, InvokeCommandResponse, ParameterNames,
+    RunCommandResponse, Tags,
 };
 use crate::protocol::{CommandSpec, CommandType, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 use crate::server::ecs::error::EcsError;
@@ -184,7 +184,11 @@ pub async fn describe_commands(call: Call<'_>, mut p: Params) -> Result<Describe
         .filter(|c| c.region_id == region_id)
         .filter(|c| name.as_deref().is_none_or(|n| wildcard(n, &c.name)))
         .filter(|c| description.as_deref().is_none_or(|d| wildcard(d, &c.description)))
-        .filter(|c| command_type.as_deref().is_none_or(|t| t == c.spec.command_type.as_str()))
+        .filter(|c| {
+            command_type
+                .as_deref()
+                .is_none_or(|t| t == c.spec.command_type.as_str())
+        })
         .filter(|_| provider.is_none() && latest != Some(false))
         .collect();
     let total = matching.len() as u64;

@@ -196,6 +196,7 @@ fn managed(row: InstanceRow, connected: Option<bool>) -> ManagedInstance {
         hostname: row.hostname,
         os_version: row.os_name,
         agent_version: row.agent_version,
+        activation_id: row.activation_id,
     }
 }
 
@@ -207,6 +208,7 @@ pub async fn describe_managed_instances(
     let ids = p.list("InstanceId")?;
     let name = p.text("InstanceName");
     let ip = p.text("InstanceIp");
+    let activation_id = p.text("ActivationId");
     let os = p.text("OsType").map(|o| o.to_ascii_lowercase());
     let connected = p.bool("Connected")?;
     let page = Page::read(&mut p, 10, 50)?;
@@ -226,6 +228,7 @@ pub async fn describe_managed_instances(
         })
         .filter(|(r, _)| name.as_deref().is_none_or(|n| wildcard(n, &r.name)))
         .filter(|(r, _)| ip.as_ref().is_none_or(|ip| r.ip_addresses.contains(ip)))
+        .filter(|(r, _)| activation_id.as_ref().is_none_or(|a| &r.activation_id == a))
         .filter(|(r, _)| os.as_deref().is_none_or(|o| o == r.os_type.as_str()))
         .filter(|(_, online)| connected.is_none_or(|c| c == *online))
         .collect();

@@ -3,12 +3,12 @@
 
 use super::{Call, Page, content_encoding, ecs_time, encode, legacy_result_status};
 use crate::dispatch::{Kind, error::not_found};
+use crate::protocol::InvocationStatus;
 use crate::protocol::api::ContentEncoding;
 use crate::protocol::ecs::{
     DescribeInvocationResultsResponse, DescribeInvocationsResponse, Empty, Invocation, InvocationResult,
     InvocationResults, InvocationResultsPage, Invocations, InvokeInstance, InvokeInstances, Tags,
 };
-use crate::protocol::InvocationStatus;
 use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::{InvocationFilter, InvocationRow, ResultRow};
@@ -46,7 +46,9 @@ fn status_filter(text: &str) -> Result<Option<InvocationStatus>, EcsError> {
         _ => {
             return Err(EcsError::invalid(
                 "InvokeStatus",
-                format!("{text:?} is not one of Running, Finished, Success, Failed, PartialFailed, Stopped, Stopping, Pending, Scheduled"),
+                format!(
+                    "{text:?} is not one of Running, Finished, Success, Failed, PartialFailed, Stopped, Stopping, Pending, Scheduled"
+                ),
             ));
         }
     }))
@@ -198,12 +200,7 @@ pub async fn describe_invocation_results(
 
     let store = &call.state.store;
     let invocations: Vec<InvocationRow> = match &invoke_id {
-        Some(id) => vec![
-            store
-                .invocation(id)
-                .await
-                .map_err(not_found(Kind::Invocation, id))?,
-        ],
+        Some(id) => vec![store.invocation(id).await.map_err(not_found(Kind::Invocation, id))?],
         None => {
             let filter = InvocationFilter {
                 instance: instance_id.clone(),
@@ -220,7 +217,10 @@ pub async fn describe_invocation_results(
     };
     let mut rows: Vec<(&InvocationRow, ResultRow)> = Vec::new();
     for invocation in &invocations {
-        if command_id.as_ref().is_some_and(|c| invocation.command_id.as_ref() != Some(c)) {
+        if command_id
+            .as_ref()
+            .is_some_and(|c| invocation.command_id.as_ref() != Some(c))
+        {
             continue;
         }
         for result in store.results(&invocation.id).await? {

@@ -114,7 +114,11 @@ impl Page {
 /// How text goes out (`ContentEncoding`): Base64 unless PlainText is asked for. An unknown
 /// value means the default, as Alibaba treats it.
 fn content_encoding(params: &mut Params, default: ContentEncoding) -> ContentEncoding {
-    match params.text("ContentEncoding").map(|v| v.to_ascii_lowercase()).as_deref() {
+    match params
+        .text("ContentEncoding")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("plaintext") => ContentEncoding::PlainText,
         Some("base64") => ContentEncoding::Base64,
         _ => default,
