@@ -170,7 +170,7 @@ pub async fn describe_commands(call: Call<'_>, mut p: Params) -> Result<Describe
 
     // A region holds at most its retained-command quota, so its commands are filtered here.
     let store = &call.state.store;
-    let quota = call.state.dispatcher.settings().retained_command_quota as u64;
+    let quota = call.state.dispatcher.settings().retained_command_quota;
     let rows = match &command_id {
         Some(id) => match store.command(id).await {
             Ok(row) => vec![row],
