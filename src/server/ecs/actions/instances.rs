@@ -14,9 +14,16 @@ use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::{InstanceFilter, InstanceRow};
 
-/// The instances of a region, all of them: the Describe actions filter on fields the store does
-/// not index (names with wildcards, addresses), and a region's rows are few enough.
-async fn region_instances(call: &Call<'_>, region_id: &str) -> Result<Vec<InstanceRow>, EcsError> {
+/// The instances of the region named in `ids` (in their order), or all of the region when
+/// `ids` is empty: the Describe actions filter on fields the store does not index (names with
+/// wildcards, addresses), and a region's rows are few enough.
+async fn instances(call: &Call<'_>, region_id: &str, ids: &[String]) -> Result<Vec<InstanceRow>, EcsError> {
+    if !ids.is_empty() {
+        let mut rows = call.state.store.instances_by_ids(ids).await?;
+        rows.retain(|r| r.region_id == region_id);
+        rows.sort_by_key(|r| ids.iter().position(|id| id == &r.id));
+        return Ok(rows);
+    }
     let filter = InstanceFilter {
         region_id: Some(region_id.to_string()),
         fresh_after: call.state.dispatcher.lost_before(),
@@ -25,14 +32,6 @@ async fn region_instances(call: &Call<'_>, region_id: &str) -> Result<Vec<Instan
         ..Default::default()
     };
     Ok(call.state.store.list_instances(&filter).await?.0)
-}
-
-/// Those of `ids` that are in the region, in the order asked.
-async fn by_ids(call: &Call<'_>, region_id: &str, ids: &[String]) -> Result<Vec<InstanceRow>, EcsError> {
-    let mut rows = call.state.store.instances_by_ids(ids).await?;
-    rows.retain(|r| r.region_id == region_id);
-    rows.sort_by_key(|r| ids.iter().position(|id| id == &r.id));
-    Ok(rows)
 }
 
 fn tags(row: &InstanceRow) -> Vec<Tag> {
@@ -69,11 +68,7 @@ pub async fn describe_instances(call: Call<'_>, mut p: Params) -> Result<Describ
     let page = Page::read(&mut p, 10, 100)?;
     p.finish()?;
 
-    let rows = if ids.is_empty() {
-        region_instances(&call, &region_id).await?
-    } else {
-        by_ids(&call, &region_id, &ids).await?
-    };
+    let rows = instances(&call, &region_id, &ids).await?;
     let dispatcher = &call.state.dispatcher;
     let matching: Vec<(InstanceRow, Liveness)> = rows
         .into_iter()
@@ -129,11 +124,7 @@ pub async fn describe_cloud_assistant_status(
     let page = Page::read(&mut p, 10, 50)?;
     p.finish()?;
 
-    let rows = if ids.is_empty() {
-        region_instances(&call, &region_id).await?
-    } else {
-        by_ids(&call, &region_id, &ids).await?
-    };
+    let rows = instances(&call, &region_id, &ids).await?;
     let matching: Vec<InstanceRow> = rows
         .into_iter()
         .filter(|r| os.as_deref().is_none_or(|o| o == r.os_type.as_str()))
@@ -214,11 +205,7 @@ pub async fn describe_managed_instances(
     let page = Page::read(&mut p, 10, 50)?;
     p.finish()?;
 
-    let rows = if ids.is_empty() {
-        region_instances(&call, &region_id).await?
-    } else {
-        by_ids(&call, &region_id, &ids).await?
-    };
+    let rows = instances(&call, &region_id, &ids).await?;
     let dispatcher = &call.state.dispatcher;
     let matching: Vec<(InstanceRow, bool)> = rows
         .into_iter()
