@@ -83,6 +83,25 @@ def test_describe_invocations_shows_the_run_and_its_instances(ecs, hz):
     assert [i.output for i in plain_invocation.invoke_instances.invoke_instance] == [content[5:] + "\n"] * 2
 
 
+def test_describe_invocations_answers_the_last_24_kib_of_output_and_results_all_of_it(ecs, hz):
+    # 40,000 bytes: the numbers 10000..17999, one per line ("10000\n" is 6 bytes, x 8,000 = 48,000).
+    content = "seq 10000 17999"
+    invoke_id = support.run(ecs, HZ, hz[:1], content).invoke_id
+    support.wait_finished(ecs, HZ, invoke_id, 1)
+    whole = b"".join(f"{n}\n".encode() for n in range(10000, 18000))
+
+    body = ecs.describe_invocations(
+        m.DescribeInvocationsRequest(region_id=HZ, invoke_id=invoke_id, include_output=True)
+    ).body
+    row = body.invocations.invocation[0].invoke_instances.invoke_instance[0]
+    assert unb64(row.output) == whole[-24 * 1024 :]
+    assert row.dropped == len(whole) - 24 * 1024
+
+    result = support.results(ecs, HZ, invoke_id)[0]
+    assert unb64(result.output) == whole
+    assert result.dropped == 0
+
+
 def test_describe_invocations_pages_both_ways(ecs, eu):
     mine = set()
     for n in range(3):

@@ -18,6 +18,37 @@ use std::collections::HashMap;
 /// one: the newest, as Alibaba's console shows the newest first.
 const RESULTS_SCAN: u64 = 1000;
 
+/// The most output DescribeInvocations answers per instance: its end, as Alibaba answers at most
+/// 24 KB there. One call may list 50 invocations of thousands of instances each; the whole kept
+/// output of one result is DescribeInvocationResults' (paged by result).
+const INVOCATIONS_OUTPUT: u64 = 24 * 1024;
+
+/// The last [`INVOCATIONS_OUTPUT`] bytes of each result's output, read from there on only.
+async fn output_ends(store: &crate::store::Store, results: &[ResultRow]) -> Result<HashMap<i64, Vec<u8>>, EcsError> {
+    let since: Vec<(i64, u64)> = results
+        .iter()
+        .map(|r| (r.id, r.output_bytes.saturating_sub(INVOCATIONS_OUTPUT)))
+        .collect();
+    let from: HashMap<i64, u64> = since.iter().copied().collect();
+    let mut chunks = HashMap::new();
+    for batch in since.chunks(500) {
+        chunks.extend(store.outputs_since(batch).await?);
+    }
+    Ok(chunks
+        .into_iter()
+        .map(|(id, chunks)| {
+            let start = from.get(&id).copied().unwrap_or(0);
+            let mut bytes = Vec::new();
+            for chunk in chunks {
+                // The first chunk may begin before `start`: its rows are read whole.
+                let skip = (start.saturating_sub(chunk.offset) as usize).min(chunk.data.len());
+                bytes.extend_from_slice(&chunk.data[skip..]);
+            }
+            (id, bytes)
+        })
+        .collect())
+}
+
 /// The legacy overall word (`InvokeStatus`): Running, Finished, Failed, PartialFailed, Stopped
 /// or Stopping.
 fn legacy_status(status: InvocationStatus) -> &'static str {
@@ -115,29 +146,36 @@ pub async fn describe_invocations(call: Call<'_>, mut p: Params) -> Result<Descr
             results.retain(|r| &r.instance_id == instance);
         }
         let mut outputs = if include_output {
-            let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
-            store.outputs(&ids).await?
+            output_ends(store, &results).await?
         } else {
             HashMap::new()
         };
         let instances = results
             .into_iter()
-            .map(|r| InvokeInstance {
-                output: include_output.then(|| encode(&outputs.remove(&r.id).unwrap_or_default(), encoding)),
-                exit_code: exit_code(&r),
-                invocation_status: r.status.as_str().into(),
-                instance_invoke_status: legacy_result_status(r.status).into(),
-                error_code: r.error_code.map(|c| c.as_str().to_string()).unwrap_or_default(),
-                error_info: r.error_info.clone().unwrap_or_default(),
-                dropped: r.dropped,
-                repeats: u64::from(r.start_time.is_some()),
-                timed: false,
-                creation_time: ecs_time(row.created_at),
-                start_time: r.start_time.map(ecs_time),
-                finish_time: r.finish_time.map(ecs_time),
-                stop_time: r.stop_time.map(ecs_time),
-                update_time: ecs_time(updated(&r, row.created_at)),
-                instance_id: r.instance_id,
+            .map(|r| {
+                let output = include_output.then(|| outputs.remove(&r.id).unwrap_or_default());
+                // Bytes produced but not in this answer: not kept, or before its 24 KB.
+                let dropped = match &output {
+                    Some(bytes) => r.output_bytes.saturating_sub(bytes.len() as u64),
+                    None => r.dropped,
+                };
+                InvokeInstance {
+                    output: output.map(|bytes| encode(&bytes, encoding)),
+                    dropped,
+                    exit_code: exit_code(&r),
+                    invocation_status: r.status.as_str().into(),
+                    instance_invoke_status: legacy_result_status(r.status).into(),
+                    error_code: r.error_code.map(|c| c.as_str().to_string()).unwrap_or_default(),
+                    error_info: r.error_info.clone().unwrap_or_default(),
+                    repeats: u64::from(r.start_time.is_some()),
+                    timed: false,
+                    creation_time: ecs_time(row.created_at),
+                    start_time: r.start_time.map(ecs_time),
+                    finish_time: r.finish_time.map(ecs_time),
+                    stop_time: r.stop_time.map(ecs_time),
+                    update_time: ecs_time(updated(&r, row.created_at)),
+                    instance_id: r.instance_id,
+                }
             })
             .collect();
         invocations.push(invocation(row, encoding, instances));
