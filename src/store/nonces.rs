@@ -5,13 +5,14 @@ use super::{Result, Store};
 
 impl Store {
     /// Records `nonce` for `access_key_id` at `now`; false when that key used it since
-    /// `forget_before` (a replay). Nonces older than that are forgotten in the same
-    /// transaction, so the table holds one window's worth.
+    /// `forget_before` (a replay). Nonces older than that are forgotten first, so the table holds
+    /// one window's worth. Two autocommit statements, outside the write lock every other write
+    /// takes turns on: the insert is its own check (`ON CONFLICT`), and no other write touches
+    /// this table, so a signed call never queues behind a fan-out's writer.
     pub async fn remember_nonce(&self, access_key_id: &str, nonce: &str, now: i64, forget_before: i64) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
         query("DELETE FROM signature_nonces WHERE seen_at < $1")
             .bind(forget_before)
-            .execute(&mut tx)
+            .execute(&self.pool)
             .await?;
         let added = query(
             "INSERT INTO signature_nonces (access_key_id, nonce, seen_at) VALUES ($1, $2, $3) \
@@ -20,9 +21,8 @@ impl Store {
         .bind(access_key_id)
         .bind(nonce)
         .bind(now)
-        .execute(&mut tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(added == 1)
     }
 }

@@ -18,7 +18,7 @@ use super::auth::PeerIp;
 use crate::dispatch::{AccessKeyLookup, Actor, Freshness, Via};
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
@@ -31,7 +31,8 @@ pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> R
     if req.uri().path() != "/" {
         return next.run(req).await;
     }
-    let req = if is_ecs_call(&req) {
+    let query = query_pairs(req.uri());
+    let req = if is_ecs_call(req.headers(), &query) {
         req
     } else if is_form(req.headers()) && req.method() == Method::POST {
         // The Go SDK and the CLI may send `Action` in a form body only: read the body to know.
@@ -49,8 +50,8 @@ pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> R
         return next.run(req).await;
     };
     let request_id = new_request_id();
-    let action = action_name(&req);
-    let result = call(&state, req).await;
+    let action = action_of(query.iter(), req.headers()).unwrap_or_default();
+    let result = call(&state, req, query).await;
     let (status, mut body) = match result {
         Ok(body) => (axum::http::StatusCode::OK, body),
         Err(e) => {
@@ -80,41 +81,39 @@ pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// `Action` in the query, the V3 header, or a V3 signature.
-fn is_ecs_call(req: &Request) -> bool {
-    let headers = req.headers();
+fn is_ecs_call(headers: &HeaderMap, query: &[(String, String)]) -> bool {
     headers.contains_key("x-acs-action")
         || headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("ACS3-"))
-        || query_pairs(req).iter().any(|(k, _)| k == "Action")
+        || query.iter().any(|(k, _)| k == "Action")
 }
 
-fn is_form(headers: &axum::http::HeaderMap) -> bool {
+fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }
 
-/// The action a request names: the `Action` parameter (V1) or the `x-acs-action` header (V3).
-fn action_name(req: &Request) -> String {
-    query_pairs(req)
-        .into_iter()
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v)
+/// The action a request names: an `Action` parameter (V1, query or form) or the `x-acs-action`
+/// header (V3).
+fn action_of<'a>(mut params: impl Iterator<Item = &'a (String, String)>, headers: &HeaderMap) -> Option<String> {
+    params
+        .find(|(k, v)| k == "Action" && !v.is_empty())
+        .map(|(_, v)| v.clone())
         .or_else(|| {
-            req.headers()
+            headers
                 .get("x-acs-action")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         })
-        .unwrap_or_default()
 }
 
 /// The query's pairs, decoded as a form (`+` is a space: the Python Tea SDK encodes so).
-fn query_pairs(req: &Request) -> Vec<(String, String)> {
-    let query = req.uri().query().unwrap_or_default();
+fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    let query = uri.query().unwrap_or_default();
     url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 
@@ -132,7 +131,7 @@ fn new_request_id() -> String {
 }
 
 /// Authenticates the call and runs its action.
-async fn call(state: &AppState, req: Request) -> Result<serde_json::Value, EcsError> {
+async fn call(state: &AppState, req: Request, query: Vec<(String, String)>) -> Result<serde_json::Value, EcsError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::GET && parts.method != Method::POST {
         return Err(EcsError::new(
@@ -148,9 +147,6 @@ async fn call(state: &AppState, req: Request) -> Result<serde_json::Value, EcsEr
             format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES),
         )
     })?;
-    let query: Vec<(String, String)> = url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect();
     let form: Vec<(String, String)> = if is_form(&parts.headers) {
         url::form_urlencoded::parse(&body).into_owned().collect()
     } else {
@@ -165,17 +161,8 @@ async fn call(state: &AppState, req: Request) -> Result<serde_json::Value, EcsEr
     };
     let actor = authenticate(state, &signed, PeerIp::of(&parts, state)).await?;
 
-    let mut params = Params::new(query.iter().chain(&form));
-    let action = params
-        .text("Action")
-        .or_else(|| {
-            parts
-                .headers
-                .get("x-acs-action")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .ok_or_else(|| EcsError::missing("Action"))?;
+    let action = action_of(query.iter().chain(&form), &parts.headers).ok_or_else(|| EcsError::missing("Action"))?;
+    let params = Params::new(query.iter().chain(&form));
     let host = parts
         .headers
         .get(header::HOST)

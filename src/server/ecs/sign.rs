@@ -204,7 +204,7 @@ fn canonical_query<'a>(pairs: impl Iterator<Item = &'a (String, String)>) -> Str
 }
 
 /// RFC 3986 encoding of UTF-8 bytes with upper-case hex: only `A-Z a-z 0-9 - _ . ~` stay.
-pub fn percent_encode(text: &str) -> String {
+fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
