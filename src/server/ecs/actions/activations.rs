@@ -10,7 +10,8 @@ use crate::store::ActivationRow;
 
 fn activation(row: ActivationRow, with_disabled: bool) -> Activation {
     Activation {
-        time_to_live_in_hours: ((row.expires_at - row.created_at).max(0) / 3_600_000) as u64,
+        // To the nearest hour: the expiry is computed a moment before the row's creation time.
+        time_to_live_in_hours: ((row.expires_at - row.created_at).max(0) + 1_800_000) as u64 / 3_600_000,
         instance_count: row.instance_count_limit.max(0) as u64,
         registered_count: row.registered_count.max(0) as u64,
         disabled: with_disabled.then_some(row.disabled),
