@@ -315,7 +315,6 @@ async fn a_dry_run_stores_and_runs_nothing_and_says_which_instances_would_not_ru
     assert_eq!(app.client.invocations("").await.unwrap().total, 0, "no invocation stored");
     let (_, commands) = call(&app, Method::GET, "/commands", None).await;
     assert_eq!(commands["total"], 0, "no command retained");
-    tokio::time::sleep(Duration::from_millis(500)).await; // what would have run had time to
     assert_eq!(runs_of(&marker), 0, "nothing ran");
 }
 
@@ -348,4 +347,68 @@ async fn a_dry_run_refuses_what_a_run_would_refuse() {
     assert_eq!((status, answer["code"].as_str()), (400, Some("InvalidParameter.RepeatMode")));
     assert!(answer["message"].as_str().unwrap().contains("not supported yet"), "{answer}");
     assert_eq!(app.client.invocations("").await.unwrap().total, 1, "only the first run");
+}
+
+#[tokio::test]
+async fn the_console_filters_by_tag_edits_tags_adds_them_to_a_selection_and_runs_by_tags() {
+    use crate::browser::Browser;
+    use fantoccini::Locator;
+    let app = TestApp::spawn().await;
+    let (_web, web) = tagged_agent(&app, "local", "web", &["env=prod"]).await;
+    let (_db, db) = tagged_agent(&app, "local", "db", &["env=dev"]).await;
+    let browser = Browser::signed_in(&app).await;
+
+    // The Instances page's tag filter.
+    browser.type_into("#tag-filter", "env=prod\n").await;
+    eventually(Duration::from_secs(30), "the filter to leave web alone", || async {
+        let rows = browser.client.find(Locator::Css("#instance-rows")).await.ok()?;
+        let text = rows.text().await.ok()?;
+        (text.contains(&web) && !text.contains(&db)).then_some(())
+    })
+    .await;
+    assert!(browser.client.current_url().await.unwrap().as_str().contains("tag=env%3Dprod"));
+
+    // The instance page's tag editor.
+    browser.client.goto(&format!("{}/console/instances/{db}", app.url)).await.unwrap();
+    browser.click("#edit-tags summary").await;
+    browser.type_into("#tags-editor", "env=prod\nrole=db").await;
+    browser.click("#save-tags").await;
+    browser.wait_text("#instance-tags", "role=db").await;
+    let tags = app.client.instance(&db).await.unwrap().tags;
+    assert_eq!(tags.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(tags.get("role").map(String::as_str), Some("db"));
+
+    // The batch bar's Add Tags, on a selection of both.
+    browser.client.goto(&format!("{}/console/instances", app.url)).await.unwrap();
+    browser.click(&format!("#instance-rows input[value={web}]")).await;
+    browser.click(&format!("#instance-rows input[value={db}]")).await;
+    browser.click("#more-button").await;
+    browser.click("#add-tags-batch").await;
+    browser.type_into("#add-tags-input", "team=ops").await;
+    browser.click("#add-tags-submit").await;
+    browser.wait_text("#toasts", "Tags added to 2 instances.").await;
+    for id in [&web, &db] {
+        let tags = app.client.instance(id).await.unwrap().tags;
+        assert_eq!(tags.get("team").map(String::as_str), Some("ops"), "{id}: {tags:?}");
+    }
+
+    // Send Command by tags, in the region picked in the top bar.
+    browser.client.find(Locator::Id("region")).await.unwrap().select_by_value("local").await.unwrap();
+    browser.wait_text("#region-picker-label, .page-head", "Region local").await;
+    browser.click("#send-command-open").await;
+    browser.type_into("#select-tags", "env=prod, team=ops").await;
+    browser.wait_text("#tag-note", "2 instances have all these tags").await;
+    browser.type_into("#content-linux", "echo tagged").await;
+    browser.click("#run-button").await;
+    let invoke_id = browser.panel_invoke_id().await;
+    let done = app.wait_done(&invoke_id, Duration::from_secs(30)).await;
+    browser.client.goto(&format!("{}/console/invocations/{invoke_id}", app.url)).await.unwrap();
+    browser.wait_text("#tag-selector", "env=prod").await;
+    browser.close().await;
+
+    let mut expected = vec![web.clone(), db.clone()];
+    expected.sort();
+    assert_eq!(result_ids(&done), expected);
+    assert_eq!(done.tags, vec![Tag::new("env", "prod"), Tag::new("team", "ops")]);
+    assert_eq!(done.region_id.as_deref(), Some("local"));
 }
