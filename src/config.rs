@@ -211,7 +211,12 @@ pub struct AgentArgs {
     /// A tag the instance enrols with, `key=value` (or `key` for an empty value); repeat it for
     /// more (at most 20). Used only to enrol: change tags later in the console, the API or the
     /// CLI. From the environment, a comma-separated list.
-    #[arg(long = "tag", env = "FLEETRUN_AGENT_TAGS", value_name = "KEY=VALUE", value_delimiter = ',')]
+    #[arg(
+        long = "tag",
+        env = "FLEETRUN_AGENT_TAGS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
     pub tags: Vec<String>,
     /// Longest backoff between failed reconnection attempts, in seconds. The first attempt
     /// after losing the server is spread over the window the server announced instead, and a

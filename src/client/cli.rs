@@ -55,7 +55,14 @@ async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&instance)?);
         } else {
             let tags: Vec<String> = instance.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("{instance_id}: tags {}", if tags.is_empty() { "cleared".into() } else { tags.join(", ") });
+            println!(
+                "{instance_id}: tags {}",
+                if tags.is_empty() {
+                    "cleared".into()
+                } else {
+                    tags.join(", ")
+                }
+            );
         }
         return Ok(0);
     }

@@ -148,8 +148,11 @@ impl ApiClient {
     /// Replaces an instance's tags.
     pub async fn set_tags(&self, instance_id: &str, tags: Vec<crate::protocol::Tag>) -> anyhow::Result<Instance> {
         let body = crate::protocol::api::SetTagsRequest { tags };
-        self.send(self.request(Method::PUT, &format!("/instances/{instance_id}/tags")).json(&body))
-            .await
+        self.send(
+            self.request(Method::PUT, &format!("/instances/{instance_id}/tags"))
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn invocation(&self, invoke_id: &str) -> anyhow::Result<Invocation> {

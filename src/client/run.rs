@@ -166,7 +166,11 @@ async fn dry_run(client: &ApiClient, request: &RunCommandRequest, json: bool) ->
             answer.instances.len()
         );
     }
-    Ok(if answer.would_run == answer.instances.len() as u64 { 0 } else { 1 })
+    Ok(if answer.would_run == answer.instances.len() as u64 {
+        0
+    } else {
+        1
+    })
 }
 
 /// The region `--all` means when none is given: the only one there is.

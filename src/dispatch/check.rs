@@ -608,15 +608,21 @@ mod tests {
 
     fn refused_tag(key: &str, value: &str) -> String {
         match tag(&crate::protocol::Tag::new(key, value)) {
-            Err(Error::Invalid { field: Field::Tags, message }) => message,
+            Err(Error::Invalid {
+                field: Field::Tags,
+                message,
+            }) => message,
             other => panic!("{key}={value}: {other:?}"),
         }
     }
 
     #[test]
     fn tags_follow_alibabas_rules_and_a_refusal_names_the_tag_and_the_fix() {
-        assert!(tag(&crate::protocol::Tag::new("env", "")).is_ok(), "an empty value is allowed");
-        assert!(tag(&crate::protocol::Tag::new(&"k".repeat(128), &"v".repeat(128))).is_ok());
+        assert!(
+            tag(&crate::protocol::Tag::new("env", "")).is_ok(),
+            "an empty value is allowed"
+        );
+        assert!(tag(&crate::protocol::Tag::new("k".repeat(128), "v".repeat(128))).is_ok());
 
         assert!(refused_tag("", "prod").contains("empty key"));
         assert!(refused_tag(&"k".repeat(129), "").contains("129 characters"));
@@ -628,13 +634,21 @@ mod tests {
 
     #[test]
     fn a_tag_list_has_at_most_twenty_tags_and_each_key_once() {
-        let many: Vec<_> = (0..21).map(|n| crate::protocol::Tag::new(format!("k{n}"), "v")).collect();
-        let twice = [crate::protocol::Tag::new("env", "a"), crate::protocol::Tag::new("env", "b")];
+        let many: Vec<_> = (0..21)
+            .map(|n| crate::protocol::Tag::new(format!("k{n}"), "v"))
+            .collect();
+        let twice = [
+            crate::protocol::Tag::new("env", "a"),
+            crate::protocol::Tag::new("env", "b"),
+        ];
 
         let too_many = tags(&many, "instance i-1").unwrap_err().to_string();
         let duplicate = tags(&twice, "instance i-1").unwrap_err().to_string();
 
-        assert!(too_many.contains("instance i-1 would have 21 tags; at most 20"), "{too_many}");
+        assert!(
+            too_many.contains("instance i-1 would have 21 tags; at most 20"),
+            "{too_many}"
+        );
         assert!(duplicate.contains("\"env\" is given twice"), "{duplicate}");
         assert!(tags(&many[..20], "instance i-1").is_ok());
     }

@@ -43,9 +43,9 @@ pub use error::{Conflict, Error, Field, Kind, LoginRefusal, QuotaKind};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
 pub use reconnect::Busy;
 pub use run::{CLIENT_TOKEN_HOURS, Run, Stopped, Submitted, check_run_command, task_for};
-pub use tags::tag_filter;
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 pub use signing::{Freshness, REPLAY_WINDOW};
+pub use tags::tag_filter;
 pub use throttle::LoginPolicy;
 
 use crate::protocol::ResultStatus;

@@ -8,7 +8,9 @@ use super::commands::{command_parameters, command_refusal};
 use super::error::{Conflict, Error, Field, Kind, invalid, not_found};
 use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
-use crate::protocol::api::{DryRunInstance, DryRunResponse, InvocationCreated, InvokeCommandRequest, RunCommandRequest};
+use crate::protocol::api::{
+    DryRunInstance, DryRunResponse, InvocationCreated, InvokeCommandRequest, RunCommandRequest,
+};
 use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, RepeatMode, Tag, params};
 use crate::store::bus::Note;
 use crate::store::{self, ClientToken, InstanceRow, InvocationRow, NewCommand, NewInvocation, ResultRow, Role, Target};
@@ -202,7 +204,9 @@ impl Dispatcher {
             None
         };
         if run.repeat_mode == RepeatMode::DryRun {
-            return Ok(Submitted::DryRun(self.dry_run(&instances, keep.as_ref(), &region).await?));
+            return Ok(Submitted::DryRun(
+                self.dry_run(&instances, keep.as_ref(), &region).await?,
+            ));
         }
         let detail = format!(
             "{what}on {} instances{}",
@@ -282,7 +286,10 @@ impl Dispatcher {
         };
         let since = self.now() - CLIENT_TOKEN_HOURS * 3_600_000;
         match self.inner.store.client_token_claim(actor.user_id, token, since).await? {
-            Some(claim) => self.replayed(actor, token, &run.request_hash, action, claim).await.map(Some),
+            Some(claim) => self
+                .replayed(actor, token, &run.request_hash, action, claim)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -342,9 +349,11 @@ impl Dispatcher {
                 ));
             }
             let mut seen: HashSet<String> = run.instance_ids.iter().cloned().collect();
-            run.instance_ids.extend(tagged.into_iter().filter(|id| seen.insert(id.clone())));
+            run.instance_ids
+                .extend(tagged.into_iter().filter(|id| seen.insert(id.clone())));
         }
-        self.targets(&run.instance_ids, &run.spec, run.region_id.as_deref()).await
+        self.targets(&run.instance_ids, &run.spec, run.region_id.as_deref())
+            .await
     }
 
     /// What a dry run answers once every check of a real run has passed: whether each target

@@ -30,12 +30,20 @@ pub(super) fn checked_tags(tags: &[Tag], what: &str) -> Result<BTreeMap<String, 
 
 /// `env=prod, role=web`, for audit details.
 fn words(tags: &BTreeMap<String, String>) -> String {
-    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Dispatcher {
     /// Replaces an instance's tags (operator): at most 20, each by Alibaba's rules.
-    pub async fn set_instance_tags(&self, actor: &Actor, instance_id: &str, tags: &[Tag]) -> Result<InstanceRow, Error> {
+    pub async fn set_instance_tags(
+        &self,
+        actor: &Actor,
+        instance_id: &str,
+        tags: &[Tag],
+    ) -> Result<InstanceRow, Error> {
         actor.require(Role::Operator)?;
         let tags = checked_tags(tags, &format!("instance {instance_id}"))?;
         self.inner
@@ -54,7 +62,12 @@ impl Dispatcher {
     /// Adds tags to each of `instance_ids` (operator), keeping their other tags; a key they
     /// have already takes the new value. Refused, with nothing changed, when an instance would
     /// have more than 20.
-    pub async fn add_instance_tags(&self, actor: &Actor, instance_ids: &[String], tags: &[Tag]) -> Result<usize, Error> {
+    pub async fn add_instance_tags(
+        &self,
+        actor: &Actor,
+        instance_ids: &[String],
+        tags: &[Tag],
+    ) -> Result<usize, Error> {
         actor.require(Role::Operator)?;
         check::instance_ids(instance_ids, self.inner.settings.max_instances)?;
         let added = checked_tags(tags, "the tags to add")?;

@@ -96,7 +96,12 @@ impl Harness {
         let mut req = RunCommandRequest::shell(vec![instance_id.into()], content);
         req.spec.timeout_secs = timeout_secs;
         req.spec.enable_parameter = true;
-        self.dispatcher.run_command(&self.admin, req).await.unwrap().created().unwrap()
+        self.dispatcher
+            .run_command(&self.admin, req)
+            .await
+            .unwrap()
+            .created()
+            .unwrap()
     }
 
     async fn result(&self, invoke_id: &str, instance_id: &str) -> crate::store::ResultRow {
@@ -396,7 +401,13 @@ async fn a_stop_cancels_what_has_not_started_and_terminates_what_runs_without_an
         .unwrap();
     next(&mut outbox).await;
     let req = RunCommandRequest::shell(vec![running.clone(), waiting.clone()], "sleep 600");
-    let created = h.dispatcher.run_command(&h.admin, req).await.unwrap().created().unwrap();
+    let created = h
+        .dispatcher
+        .run_command(&h.admin, req)
+        .await
+        .unwrap()
+        .created()
+        .unwrap();
     next(&mut outbox).await;
     let t = created.invoke_id.as_str();
     h.dispatcher.handle(&mut session, started(t)).await.unwrap();
@@ -597,9 +608,13 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
     );
     audited!(
         "AddInstanceTags",
-        d.add_instance_tags(admin, &[instance.id.clone()], &[crate::protocol::Tag::new("role", "web")])
-            .await
-            .unwrap()
+        d.add_instance_tags(
+            admin,
+            std::slice::from_ref(&instance.id),
+            &[crate::protocol::Tag::new("role", "web")]
+        )
+        .await
+        .unwrap()
     );
     let mut keep = RunCommandRequest::shell(vec![instance.id.clone()], "echo hi");
     (keep.keep_command, keep.name) = (true, Some("greet".into()));

@@ -41,18 +41,14 @@ super::name_enum! {
     /// When an invocation runs (Alibaba's `RepeatMode`). `Once` (the default) runs at once;
     /// `DryRun` checks everything and runs nothing. `Period`, `NextRebootOnly` and
     /// `EveryReboot` are execution plans (issue 14, part 3).
+    #[derive(Default)]
     pub enum RepeatMode {
+        #[default]
         Once,
         Period,
         NextRebootOnly,
         EveryReboot,
         DryRun,
-    }
-}
-
-impl Default for RepeatMode {
-    fn default() -> Self {
-        RepeatMode::Once
     }
 }
 

@@ -279,24 +279,24 @@ impl Store {
             tag_conditions(filter.tags.len(), 6)
         );
         let count = query(&count_sql)
-        .bind(&filter.region_id)
-        .bind(running)
-        .bind(filter.fresh_after)
-        .bind(&text)
-        .bind(online);
+            .bind(&filter.region_id)
+            .bind(running)
+            .bind(filter.fresh_after)
+            .bind(&text)
+            .bind(online);
         let (total,): (i64,) = bind_tag_matches(count, &filter.tags).fetch_one(&self.pool).await?;
         let page_sql = format!(
             "SELECT * FROM instances {INSTANCE_FILTER}{} {INSTANCE_ORDER} LIMIT $6 OFFSET $7",
             tag_conditions(filter.tags.len(), 8)
         );
         let page = query(&page_sql)
-        .bind(&filter.region_id)
-        .bind(running)
-        .bind(filter.fresh_after)
-        .bind(&text)
-        .bind(online)
-        .bind(filter.limit as i64)
-        .bind(filter.offset as i64);
+            .bind(&filter.region_id)
+            .bind(running)
+            .bind(filter.fresh_after)
+            .bind(&text)
+            .bind(online)
+            .bind(filter.limit as i64)
+            .bind(filter.offset as i64);
         let instances = bind_tag_matches(page, &filter.tags).fetch_all(&self.pool).await?;
         Ok((instances, total as u64))
     }
@@ -309,12 +309,12 @@ impl Store {
             tag_conditions(filter.tags.len(), 7)
         );
         let statement = query(&sql)
-        .bind(&filter.region_id)
-        .bind(filter.running)
-        .bind(filter.fresh_after)
-        .bind(filter.query.as_ref().map(|q| q.to_lowercase()))
-        .bind(filter.online)
-        .bind(limit as i64);
+            .bind(&filter.region_id)
+            .bind(filter.running)
+            .bind(filter.fresh_after)
+            .bind(filter.query.as_ref().map(|q| q.to_lowercase()))
+            .bind(filter.online)
+            .bind(limit as i64);
         let ids: Vec<(String,)> = bind_tag_matches(statement, &filter.tags).fetch_all(&self.pool).await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }

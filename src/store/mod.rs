@@ -65,7 +65,10 @@ pub enum Error {
     /// A `client_token` is already claimed by this invocation (made from the request whose
     /// hash is `request_hash`); nothing was stored.
     #[error("the client token is used by {invocation_id}")]
-    ClientTokenUsed { invocation_id: String, request_hash: String },
+    ClientTokenUsed {
+        invocation_id: String,
+        request_hash: String,
+    },
     /// Enrolment refused by its activation.
     #[error("registration refused: {0}")]
     Register(RegisterRefusal),

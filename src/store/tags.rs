@@ -180,8 +180,8 @@ mod tests {
         assert_eq!(prod, ["db", "far", "web"]);
         assert_eq!(any_role, ["db", "far", "web"]);
         assert_eq!(prod_web, ["far", "web"]);
-        assert_eq!(tagged, [web.clone()], "only the region asked, with all the tags");
-        assert_eq!(ids_matching, [db.clone()]);
+        assert_eq!(tagged, std::slice::from_ref(&web), "only the region asked, with all the tags");
+        assert_eq!(ids_matching, std::slice::from_ref(&db));
         assert!(!tagged.contains(&far));
     }
     }

@@ -72,7 +72,11 @@ async fn an_agent_enrolled_with_tags_carries_them_and_the_instances_api_filters_
     let (_, any_role) = call(&app, Method::GET, "/instances?tag=role", None).await;
     let (_, both) = call(&app, Method::GET, "/instances?tag=env=prod&tag=role=db", None).await;
     let (status, bad) = call(&app, Method::GET, "/instances?tag=aliyun:x", None).await;
-    let audit = app.client.raw(Method::GET, "/audit?action=RegisterInstance", None).await.unwrap();
+    let audit = app
+        .client
+        .raw(Method::GET, "/audit?action=RegisterInstance", None)
+        .await
+        .unwrap();
     let audit = audit.text().await.unwrap();
 
     assert_eq!(
@@ -84,7 +88,10 @@ async fn an_agent_enrolled_with_tags_carries_them_and_the_instances_api_filters_
     assert_eq!(instance_names(&any_role), ["db", "web"]);
     assert_eq!(instance_names(&both), ["db"]);
     assert_eq!((status, bad["code"].as_str()), (400, Some("InvalidParameter.Tags")));
-    assert!(audit.contains("tags env=prod, role=web"), "the enrolment's audit names its tags: {audit}");
+    assert!(
+        audit.contains("tags env=prod, role=web"),
+        "the enrolment's audit names its tags: {audit}"
+    );
 }
 
 #[tokio::test]
@@ -134,11 +141,18 @@ async fn tags_set_through_the_api_replace_the_old_ones_and_bad_tags_are_refused_
 
     assert_eq!(status, 200, "{set}");
     assert_eq!(set["tags"], json!({"env": "prod", "team": ""}));
-    assert_eq!((many_status, many["code"].as_str()), (400, Some("InvalidParameter.Tags")));
+    assert_eq!(
+        (many_status, many["code"].as_str()),
+        (400, Some("InvalidParameter.Tags"))
+    );
     assert!(many["message"].as_str().unwrap().contains("at most 20"), "{many}");
     assert_eq!(url_status, 400);
     assert!(url["message"].as_str().unwrap().contains("\"site\""), "{url}");
-    assert_eq!(app.client.instance(&id).await.unwrap().tags.len(), 2, "a refusal changes nothing");
+    assert_eq!(
+        app.client.instance(&id).await.unwrap().tags.len(),
+        2,
+        "a refusal changes nothing"
+    );
     assert_eq!(audit["entries"][0]["target"], id.as_str());
     assert_eq!(audit["entries"][0]["detail"], "env=prod, team=");
 }
@@ -160,7 +174,11 @@ async fn a_run_by_tags_reaches_exactly_the_tagged_instances_of_its_region_and_re
 
     let mut expected = vec![web.clone(), db.clone()];
     expected.sort();
-    assert_eq!(result_ids(&done), expected, "the tagged instance of local and the one named, each once");
+    assert_eq!(
+        result_ids(&done),
+        expected,
+        "the tagged instance of local and the one named, each once"
+    );
     for result in done.results.iter().flatten() {
         let name = if result.instance_id == web { "web" } else { "db" };
         assert_eq!(result.output, format!("{name}\n"));
@@ -168,7 +186,10 @@ async fn a_run_by_tags_reaches_exactly_the_tagged_instances_of_its_region_and_re
     assert_eq!(done.tags, selector, "the record keeps the selector");
     assert_eq!(done.region_id.as_deref(), Some("local"));
     let (_, listed) = call(&app, Method::GET, "/invocations", None).await;
-    assert_eq!(listed["invocations"][0]["tags"], json!([{"key": "env", "value": "prod"}, {"key": "role", "value": "web"}]));
+    assert_eq!(
+        listed["invocations"][0]["tags"],
+        json!([{"key": "env", "value": "prod"}, {"key": "role", "value": "web"}])
+    );
 
     // Tags are resolved when a run starts: a tag added later is in the next run.
     app.client
@@ -210,13 +231,25 @@ async fn a_run_by_tags_that_match_nothing_or_without_a_region_is_refused_saying_
     .await;
     let (empty_status, empty) = call(&app, Method::POST, "/invocations", Some(&run(json!([]), Some("local")))).await;
 
-    assert_eq!((none_status, none["code"].as_str()), (400, Some("InvalidParameter.Tags")));
+    assert_eq!(
+        (none_status, none["code"].as_str()),
+        (400, Some("InvalidParameter.Tags"))
+    );
     assert!(
-        none["message"].as_str().unwrap().contains("no instance of region local has all the tags env=staging"),
+        none["message"]
+            .as_str()
+            .unwrap()
+            .contains("no instance of region local has all the tags env=staging"),
         "{none}"
     );
-    assert_eq!((region_status, region["code"].as_str()), (400, Some("InvalidParameter.RegionId")));
-    assert_eq!((empty_status, empty["code"].as_str()), (400, Some("InvalidParameter.InstanceIds")));
+    assert_eq!(
+        (region_status, region["code"].as_str()),
+        (400, Some("InvalidParameter.RegionId"))
+    );
+    assert_eq!(
+        (empty_status, empty["code"].as_str()),
+        (400, Some("InvalidParameter.InstanceIds"))
+    );
     assert_eq!(app.client.invocations("").await.unwrap().total, 0);
 }
 
@@ -234,11 +267,19 @@ async fn the_same_client_token_twice_gives_one_invocation_and_runs_once() {
     let mut req = RunCommandRequest::shell(vec![id.clone()], format!("echo x >> {}", marker.display()));
     req.client_token = Some("deploy-2024-06-01".into());
 
-    let first = app.client.raw(Method::POST, "/invocations", Some(&json!(req))).await.unwrap();
+    let first = app
+        .client
+        .raw(Method::POST, "/invocations", Some(&json!(req)))
+        .await
+        .unwrap();
     let first_status = first.status().as_u16();
     let first: InvocationCreated = first.json().await.unwrap();
     app.wait_done(&first.invoke_id, Duration::from_secs(30)).await;
-    let again = app.client.raw(Method::POST, "/invocations", Some(&json!(req))).await.unwrap();
+    let again = app
+        .client
+        .raw(Method::POST, "/invocations", Some(&json!(req)))
+        .await
+        .unwrap();
     let again_status = again.status().as_u16();
     let again: InvocationCreated = again.json().await.unwrap();
     let mut changed = req.clone();
@@ -253,8 +294,15 @@ async fn the_same_client_token_twice_gives_one_invocation_and_runs_once() {
     assert_eq!(runs_of(&marker), 1, "the script ran once");
     let failure = reused.unwrap_err();
     let failure = failure.downcast_ref::<ApiFailure>().unwrap();
-    assert_eq!((failure.status.as_u16(), failure.body.code.as_str()), (409, "IdempotentParameterMismatch"));
-    assert!(failure.body.message.contains(&first.invoke_id), "{}", failure.body.message);
+    assert_eq!(
+        (failure.status.as_u16(), failure.body.code.as_str()),
+        (409, "IdempotentParameterMismatch")
+    );
+    assert!(
+        failure.body.message.contains(&first.invoke_id),
+        "{}",
+        failure.body.message
+    );
     let details: Vec<&str> = audit["entries"]
         .as_array()
         .unwrap()
@@ -277,8 +325,15 @@ async fn the_same_client_token_sent_eight_times_at_once_makes_one_invocation() {
     let answers: Vec<InvocationCreated> = answers.into_iter().map(Result::unwrap).collect();
     app.wait_done(&answers[0].invoke_id, Duration::from_secs(30)).await;
 
-    assert!(answers.iter().all(|a| a.invoke_id == answers[0].invoke_id), "{answers:?}");
-    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1, "one made it, seven were answered with it");
+    assert!(
+        answers.iter().all(|a| a.invoke_id == answers[0].invoke_id),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|a| !a.replayed).count(),
+        1,
+        "one made it, seven were answered with it"
+    );
     assert_eq!(app.client.invocations("").await.unwrap().total, 1);
     assert_eq!(runs_of(&marker), 1);
 }
@@ -310,9 +365,16 @@ async fn a_dry_run_stores_and_runs_nothing_and_says_which_instances_would_not_ru
     assert!(by_id(&up).would_run && by_id(&up).reason.is_none());
     let waiting = by_id(&down);
     assert!(!waiting.would_run);
-    assert_eq!(waiting.error_code.map(|c| c.to_string()).as_deref(), Some("ClientNotRunning"));
+    assert_eq!(
+        waiting.error_code.map(|c| c.to_string()).as_deref(),
+        Some("ClientNotRunning")
+    );
     assert!(waiting.reason.unwrap().contains("not connected"));
-    assert_eq!(app.client.invocations("").await.unwrap().total, 0, "no invocation stored");
+    assert_eq!(
+        app.client.invocations("").await.unwrap().total,
+        0,
+        "no invocation stored"
+    );
     let (_, commands) = call(&app, Method::GET, "/commands", None).await;
     assert_eq!(commands["total"], 0, "no command retained");
     assert_eq!(runs_of(&marker), 0, "nothing ran");
@@ -339,13 +401,28 @@ async fn a_dry_run_refuses_what_a_run_would_refuse() {
     let mut period = RunCommandRequest::shell(vec![id.clone()], "true");
     period.repeat_mode = fleetrun::protocol::RepeatMode::Period;
 
-    assert_eq!(refusal(app.client.dry_run(&unknown).await), (404, "InvalidInstance.NotFound".into()));
-    assert_eq!(refusal(app.client.dry_run(&keep).await), (409, "InvalidCommandName.Duplicate".into()));
+    assert_eq!(
+        refusal(app.client.dry_run(&unknown).await),
+        (404, "InvalidInstance.NotFound".into())
+    );
+    assert_eq!(
+        refusal(app.client.dry_run(&keep).await),
+        (409, "InvalidCommandName.Duplicate".into())
+    );
     assert_eq!(refusal(app.client.dry_run(&quota).await).0, 403);
-    assert_eq!(refusal(app.client.dry_run(&parameters).await), (400, "InvalidParameter.Parameters".into()));
+    assert_eq!(
+        refusal(app.client.dry_run(&parameters).await),
+        (400, "InvalidParameter.Parameters".into())
+    );
     let (status, answer) = call(&app, Method::POST, "/invocations", Some(&json!(period))).await;
-    assert_eq!((status, answer["code"].as_str()), (400, Some("InvalidParameter.RepeatMode")));
-    assert!(answer["message"].as_str().unwrap().contains("not supported yet"), "{answer}");
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("InvalidParameter.RepeatMode"))
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("not supported yet"),
+        "{answer}"
+    );
     assert_eq!(app.client.invocations("").await.unwrap().total, 1, "only the first run");
 }
 
@@ -366,10 +443,22 @@ async fn the_console_filters_by_tag_edits_tags_adds_them_to_a_selection_and_runs
         (text.contains(&web) && !text.contains(&db)).then_some(())
     })
     .await;
-    assert!(browser.client.current_url().await.unwrap().as_str().contains("tag=env%3Dprod"));
+    assert!(
+        browser
+            .client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("tag=env%3Dprod")
+    );
 
     // The instance page's tag editor.
-    browser.client.goto(&format!("{}/console/instances/{db}", app.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/console/instances/{db}", app.url))
+        .await
+        .unwrap();
     browser.click("#edit-tags summary").await;
     browser.type_into("#tags-editor", "env=prod\nrole=db").await;
     browser.click("#save-tags").await;
@@ -379,7 +468,11 @@ async fn the_console_filters_by_tag_edits_tags_adds_them_to_a_selection_and_runs
     assert_eq!(tags.get("role").map(String::as_str), Some("db"));
 
     // The batch bar's Add Tags, on a selection of both.
-    browser.client.goto(&format!("{}/console/instances", app.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/console/instances", app.url))
+        .await
+        .unwrap();
     browser.click(&format!("#instance-rows input[value={web}]")).await;
     browser.click(&format!("#instance-rows input[value={db}]")).await;
     browser.click("#more-button").await;
@@ -393,8 +486,17 @@ async fn the_console_filters_by_tag_edits_tags_adds_them_to_a_selection_and_runs
     }
 
     // Send Command by tags, in the region picked in the top bar.
-    browser.client.find(Locator::Id("region")).await.unwrap().select_by_value("local").await.unwrap();
-    browser.wait_text("#region-picker-label, .page-head", "Region local").await;
+    browser
+        .client
+        .find(Locator::Id("region"))
+        .await
+        .unwrap()
+        .select_by_value("local")
+        .await
+        .unwrap();
+    browser
+        .wait_text("#region-picker-label, .page-head", "Region local")
+        .await;
     browser.click("#send-command-open").await;
     browser.type_into("#select-tags", "env=prod, team=ops").await;
     browser.wait_text("#tag-note", "2 instances have all these tags").await;
@@ -402,7 +504,11 @@ async fn the_console_filters_by_tag_edits_tags_adds_them_to_a_selection_and_runs
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
     let done = app.wait_done(&invoke_id, Duration::from_secs(30)).await;
-    browser.client.goto(&format!("{}/console/invocations/{invoke_id}", app.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/console/invocations/{invoke_id}", app.url))
+        .await
+        .unwrap();
     browser.wait_text("#tag-selector", "env=prod").await;
     browser.close().await;
 

@@ -3,8 +3,7 @@
 use super::{rfc3339, window};
 use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::{
-    Command, CommandsResponse, CreateCommandRequest, InvokeCommandRequest, ModifyCommandRequest,
-    QuotasResponse,
+    Command, CommandsResponse, CreateCommandRequest, InvokeCommandRequest, ModifyCommandRequest, QuotasResponse,
 };
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};

@@ -137,7 +137,10 @@ pub async fn set_tags(
     ApiPath(instance_id): ApiPath<String>,
     ApiJson(req): ApiJson<SetTagsRequest>,
 ) -> Result<ApiJson<Instance>, ApiError> {
-    let row = state.dispatcher.set_instance_tags(&actor, &instance_id, &req.tags).await?;
+    let row = state
+        .dispatcher
+        .set_instance_tags(&actor, &instance_id, &req.tags)
+        .await?;
     let liveness = state.dispatcher.liveness(&row);
     Ok(ApiJson(instance_dto(row, liveness)))
 }

@@ -4,8 +4,8 @@
 use super::records::RecordView;
 use super::{ConsoleForm, Layout, PageError, Pager, Session, ToastNote, Url, When, render};
 use crate::dispatch::{Kind, Liveness, error::not_found};
-use crate::server::AppState;
 use crate::protocol::Tag;
+use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow, InvocationFilter, TagMatch};
 use askama::Template;
 use axum::Json;
@@ -349,7 +349,10 @@ pub async fn add_tags(
         .map(str::to_string)
         .collect();
     let tags = tag_list(&form.tags, &[',', '\n']);
-    let tagged = state.dispatcher.add_instance_tags(&session.actor(), &ids, &tags).await?;
+    let tagged = state
+        .dispatcher
+        .add_instance_tags(&session.actor(), &ids, &tags)
+        .await?;
     let message = format!("Tags added to {tagged} instances.");
     Ok(render(&ToastNote { message: &message }))
 }

@@ -204,7 +204,9 @@ async fn tagged_instances(state: &AppState, region: Option<&str>, form: &SendFor
         return Ok(Vec::new());
     }
     let Some(region) = region.filter(|r| !r.is_empty()) else {
-        return Err("Pick a region in the top bar to select instances by tags: tags are matched within one region.".into());
+        return Err(
+            "Pick a region in the top bar to select instances by tags: tags are matched within one region.".into(),
+        );
     };
     check::tags(&tags, "the tag selector").map_err(|e| e.to_string())?;
     let matches: Vec<crate::store::TagMatch> = tags.iter().map(crate::store::TagMatch::from).collect();
@@ -362,7 +364,10 @@ async fn build(
     let tagged = tagged_instances(state, session.region.as_deref(), &form).await;
     let tag_note = match &tagged {
         Ok(ids) if ids.is_empty() => String::new(),
-        Ok(ids) => format!("{} instances have all these tags now; the command runs on those that have them when it starts.", ids.len()),
+        Ok(ids) => format!(
+            "{} instances have all these tags now; the command runs on those that have them when it starts.",
+            ids.len()
+        ),
         Err(why) => why.clone(),
     };
     let mut targets = form.instance_ids.clone();

@@ -260,7 +260,12 @@ mod tests {
                 crate::protocol::Tag::new("canary", "")
             ]
         );
-        assert!(p.tags("Tag").unwrap_err().message.contains("Tag.1.Value is given without Tag.1.Key"));
+        assert!(
+            p.tags("Tag")
+                .unwrap_err()
+                .message
+                .contains("Tag.1.Value is given without Tag.1.Key")
+        );
         p.finish().unwrap();
     }
 
