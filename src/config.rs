@@ -301,7 +301,8 @@ pub struct RunArgs {
     /// each tag. The server resolves them when the run starts and records them.
     #[arg(long = "tag", value_name = "KEY=VALUE", conflicts_with = "all")]
     pub tags: Vec<String>,
-    /// The region for --all and --tag; needed when there is more than one region.
+    /// The region for --all and --tag (needed with --tag, and with --all when there is more than
+    /// one region); with -i, every instance named must be in it.
     #[arg(long)]
     pub region: Option<String>,
     /// Idempotency token (at most 64 printable ASCII characters): running again with the same
@@ -502,14 +503,18 @@ mod tests {
     }
 
     #[test]
-    fn run_takes_either_instances_or_all() {
+    fn run_takes_instances_or_all_or_tags() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["fleetrun", "run"], args].concat());
 
         assert!(parse(&["-i", "i-1", "true"]).is_ok());
         assert!(parse(&["--all", "--region", "r", "true"]).is_ok());
+        assert!(parse(&["--tag", "env=prod", "--region", "r", "true"]).is_ok());
+        assert!(parse(&["-i", "i-1", "--tag", "env=prod", "--region", "r", "true"]).is_ok());
+        // A region scopes the instances named, as RunCommand's `region_id` does.
+        assert!(parse(&["-i", "i-1", "--region", "r", "true"]).is_ok());
         assert!(parse(&["-i", "i-1", "--all", "true"]).is_err());
+        assert!(parse(&["--all", "--tag", "env=prod", "true"]).is_err());
         assert!(parse(&["true"]).is_err());
-        assert!(parse(&["-i", "i-1", "--region", "r", "true"]).is_err());
         assert!(parse(&["--region", "r", "true"]).is_err());
         assert!(parse(&["-i", "i-1", "--param", "a=b", "--no-parameters", "true"]).is_err());
     }
