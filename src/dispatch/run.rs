@@ -214,10 +214,10 @@ impl Dispatcher {
             selector_words(&run.tags, run.region_id.as_deref())
         );
         let (token, hash) = (run.client_token.clone(), run.request_hash.clone());
-        let client_token = run.client_token.clone().map(|token| ClientToken {
+        let client_token = token.clone().map(|token| ClientToken {
             user_id: actor.user_id,
             token,
-            request_hash: run.request_hash.clone(),
+            request_hash: hash.clone(),
             expired_before: self.now() - CLIENT_TOKEN_HOURS * 3_600_000,
         });
         let new = NewInvocation {

@@ -501,6 +501,15 @@ async fn the_console_filters_by_tag_edits_tags_adds_them_to_a_selection_and_runs
     browser.type_into("#select-tags", "env=prod, team=ops").await;
     browser.wait_text("#tag-note", "2 instances have all these tags").await;
     browser.type_into("#content-linux", "echo tagged").await;
+    browser.click("#dry-run-button").await;
+    browser
+        .wait_text("#dry-run-result", "2 of 2 instances would run now")
+        .await;
+    assert_eq!(
+        app.client.invocations("").await.unwrap().total,
+        0,
+        "a dry run records nothing"
+    );
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
     let done = app.wait_done(&invoke_id, Duration::from_secs(30)).await;

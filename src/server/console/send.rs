@@ -13,7 +13,7 @@ use super::{PageError, Session, render};
 use crate::dispatch::{self, Field, Liveness, check};
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::params::{custom_names, has_placeholders};
-use crate::protocol::{CommandSpec, CommandType, OsType};
+use crate::protocol::{CommandSpec, CommandType, OsType, RepeatMode};
 use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow};
 use askama::Template;
@@ -545,7 +545,11 @@ pub async fn run(
         for group in &d.groups {
             let timeout = timeout.as_ref().map_or(0, |t| *t);
             match submit(&state, &session, &form, group, timeout).await {
-                Ok(invoke_id) => panels.push(render_panel(load_panel(&state, &invoke_id, Default::default()).await?)?),
+                Ok(dispatch::Submitted::Created(created)) => {
+                    let panel = load_panel(&state, &created.invoke_id, Default::default()).await?;
+                    panels.push(render_panel(panel)?);
+                }
+                Ok(dispatch::Submitted::DryRun(answer)) => panels.push(render_html(&DryRunFragment { answer })?),
                 Err(e) => {
                     let (field, message) = form_error(e, group)?;
                     errors.insert(field, message);
@@ -596,8 +600,14 @@ async fn submit(
     form: &SendForm,
     group: &Group,
     timeout: u64,
-) -> Result<String, dispatch::Error> {
+) -> Result<dispatch::Submitted, dispatch::Error> {
     let tags = form.tags();
+    // The **Dry Run** button: check everything, run nothing.
+    let repeat_mode = if form.get("dry_run") == "on" {
+        RepeatMode::DryRun
+    } else {
+        RepeatMode::Once
+    };
     // By tags, the ids named are the selection alone; the domain resolves the tags and records them.
     let (instance_ids, region_id) = if tags.is_empty() {
         (group.instance_ids.clone(), None)
@@ -630,15 +640,17 @@ async fn submit(
                     username: form.text("username"),
                     tags,
                     region_id,
+                    repeat_mode,
                     ..Default::default()
                 };
                 let submitted = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
-                return invoke_id(submitted);
+                return Ok(submitted);
             }
         }
     }
     let req = RunCommandRequest {
         tags,
+        repeat_mode,
         ..RunCommandRequest::new(instance_ids, CommandSpec::shell(""))
     };
     let req = RunCommandRequest {
@@ -659,16 +671,18 @@ async fn submit(
         parameters: values,
         ..req
     };
-    invoke_id(state.dispatcher.run_command(&actor, req).await?)
+    state.dispatcher.run_command(&actor, req).await
 }
 
-/// The invocation the dialog's Run made (the dialog never asks for a dry run).
-fn invoke_id(submitted: dispatch::Submitted) -> Result<String, dispatch::Error> {
-    match submitted {
-        dispatch::Submitted::Created(created) => Ok(created.invoke_id),
-        dispatch::Submitted::DryRun(_) => Err(dispatch::error::invalid(
-            Field::RepeatMode,
-            "the dialog runs commands; ask for a dry run through the API or the CLI",
-        )),
-    }
+/// What the dialog's **Dry Run** would do, per instance (nothing was stored or run).
+#[derive(Template)]
+#[template(path = "send/dry_run.html")]
+pub struct DryRunFragment {
+    answer: crate::protocol::api::DryRunResponse,
+}
+
+fn render_html(fragment: &impl Template) -> Result<String, PageError> {
+    fragment
+        .render()
+        .map_err(|e| PageError::from(crate::server::ApiError::internal(e)))
 }
