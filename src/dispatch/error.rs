@@ -36,6 +36,12 @@ pub enum Field {
     Status,
     /// A listing's continuation token.
     NextToken,
+    /// Tags: an instance's, or a selector of instances.
+    Tags,
+    /// RunCommand's and InvokeCommand's idempotency token.
+    ClientToken,
+    /// RunCommand's and InvokeCommand's `repeat_mode`.
+    RepeatMode,
 }
 
 impl Field {
@@ -62,6 +68,9 @@ impl Field {
             Field::Page => "InvalidParameter.Page",
             Field::Status => "InvalidParameter.Status",
             Field::NextToken => "InvalidParameter.NextToken",
+            Field::Tags => "InvalidParameter.Tags",
+            Field::ClientToken => "InvalidParameter.ClientToken",
+            Field::RepeatMode => "InvalidParameter.RepeatMode",
         }
     }
 
@@ -88,6 +97,9 @@ impl Field {
             Field::Page => "page",
             Field::Status => "status",
             Field::NextToken => "next_token",
+            Field::Tags => "tags",
+            Field::ClientToken => "client_token",
+            Field::RepeatMode => "repeat_mode",
         }
     }
 }
@@ -152,6 +164,8 @@ pub enum Conflict {
     CommandName,
     /// An agent connection attached after a newer connection of the same agent (`attach`).
     Superseded,
+    /// A `client_token` already used within a day for a different request.
+    ClientTokenReused,
 }
 
 /// Why a login (console, HTTP Basic or a password check) was refused.

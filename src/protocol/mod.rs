@@ -11,9 +11,11 @@ pub mod ecs;
 pub mod params;
 mod spec;
 mod status;
+mod targeting;
 
 pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
+pub use targeting::{RepeatMode, Tag};
 
 use serde::{Deserialize, Serialize};
 

@@ -85,6 +85,9 @@ fn parameter(field: Field) -> &'static str {
         Field::Page => "PageSize",
         Field::Status => "InvokeStatus",
         Field::NextToken => "NextToken",
+        Field::Tags => "ResourceTag",
+        Field::ClientToken => "ClientToken",
+        Field::RepeatMode => "RepeatMode",
         // Not parameters of any ECS action.
         Field::Password | Field::Role | Field::ExpiresInDays | Field::Register => "Parameter",
     }
@@ -128,6 +131,7 @@ impl From<dispatch::Error> for EcsError {
             Error::Conflict { conflict, message } => {
                 let code = match conflict {
                     Conflict::CommandName => "InvalidCommandName.Duplicate",
+                    Conflict::ClientTokenReused => "IdempotentParameterMismatch",
                     _ => "OperationDenied",
                 };
                 EcsError::new(StatusCode::CONFLICT, code, message)
