@@ -223,6 +223,7 @@ mod tests {
             start_time: None,
             finish_time: None,
             stop_time: None,
+            repeats: 1,
         }
     }
 

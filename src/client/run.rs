@@ -5,7 +5,7 @@ use super::output::{Printer, labels, outcome};
 use super::{ApiClient, ApiFailure};
 use crate::config::RunArgs;
 use crate::protocol::api::{Instance, InvocationCreated, RunCommandRequest, StreamEvent};
-use crate::protocol::{CommandSpec, InvocationStatus, params};
+use crate::protocol::{CommandSpec, InvocationStatus, RepeatMode, params};
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
@@ -46,6 +46,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let request = request(&args, instance_ids)?;
     let created = client.run(&request).await.map_err(explain_parameters)?;
+    let planned = !matches!(request.repeat_mode, None | Some(RepeatMode::Once)) || request.frequency.is_some();
+    if planned && !args.no_wait {
+        // Nothing runs now: say when it will, and return.
+        let invocation = client.invocation_without_output(&created.invoke_id).await?;
+        let when = match (&invocation.next_run_time, invocation.repeat_mode) {
+            (Some(next), _) => format!("next run at {next}"),
+            (None, RepeatMode::NextRebootOnly) => "runs at each instance's next boot".to_string(),
+            (None, RepeatMode::EveryReboot) => "runs at every boot of each instance".to_string(),
+            (None, _) => "no run left".to_string(),
+        };
+        eprintln!(
+            "{}: {} ({when}); `fleetrun stop {}` ends it",
+            created.invoke_id, invocation.invocation_status, created.invoke_id
+        );
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&invocation)?);
+        } else {
+            println!("{}", created.invoke_id);
+        }
+        return Ok(0);
+    }
     if args.no_wait {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&created)?);
@@ -158,8 +179,16 @@ fn request(args: &RunArgs, instance_ids: Vec<String>) -> anyhow::Result<RunComma
         username: args.username.clone(),
         enable_parameter,
     };
+    let repeat_mode = args
+        .repeat_mode
+        .as_deref()
+        .map(|m| m.parse::<RepeatMode>())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("unknown --repeat-mode"))?;
     Ok(RunCommandRequest {
         parameters,
+        repeat_mode,
+        frequency: args.frequency.clone(),
         ..RunCommandRequest::new(instance_ids, spec)
     })
 }

@@ -36,6 +36,10 @@ pub enum Field {
     Status,
     /// A listing's continuation token.
     NextToken,
+    /// When an invocation runs: Once, Period, NextRebootOnly, EveryReboot.
+    RepeatMode,
+    /// A schedule: `rate(…)`, `at(…)` or cron with a time zone.
+    Frequency,
 }
 
 impl Field {
@@ -62,6 +66,8 @@ impl Field {
             Field::Page => "InvalidParameter.Page",
             Field::Status => "InvalidParameter.Status",
             Field::NextToken => "InvalidParameter.NextToken",
+            Field::RepeatMode => "InvalidParameter.RepeatMode",
+            Field::Frequency => "InvalidParameter.Frequency",
         }
     }
 
@@ -88,6 +94,8 @@ impl Field {
             Field::Page => "page",
             Field::Status => "status",
             Field::NextToken => "next_token",
+            Field::RepeatMode => "repeat_mode",
+            Field::Frequency => "frequency",
         }
     }
 }

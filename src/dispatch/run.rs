@@ -6,12 +6,13 @@ use super::actor::Actor;
 use super::check;
 use super::commands::{command_parameters, command_refusal};
 use super::error::{Error, Field, Kind, invalid, not_found};
+use super::plan::Plan;
 use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{InvocationCreated, InvokeCommandRequest, RunCommandRequest};
-use crate::protocol::{CommandSpec, InvocationStatus, params};
+use crate::protocol::{CommandSpec, InvocationStatus, RepeatMode, params, task_id};
 use crate::store::bus::Note;
-use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, ResultRow, Role};
+use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, NewPlan, ResultRow, Role};
 use std::collections::{BTreeMap, HashSet};
 
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
@@ -25,6 +26,9 @@ pub struct Run {
     instance_ids: Vec<String>,
     /// The region every instance must be in, when the request names one.
     region_id: Option<String>,
+    /// When it runs: at once, on a schedule, or at boots. Checked against the clock where the
+    /// request is handled ([`Dispatcher::check_plan`]); `Once` until then.
+    plan: Plan,
 }
 
 /// What a stop did.
@@ -36,9 +40,9 @@ pub struct Stopped {
     pub status: InvocationStatus,
 }
 
-/// The task an instance runs for an invocation: the content with its parameters filled in
-/// for that instance (built-ins included).
-pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: i64) -> RunTask {
+/// The task an instance runs for execution `repeats` of an invocation: the content with its
+/// parameters filled in for that instance (built-ins included), under the execution's task id.
+pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: i64, repeats: u32) -> RunTask {
     let spec = &invocation.spec;
     let content = if spec.enable_parameter {
         let builtins = BTreeMap::from([
@@ -53,7 +57,7 @@ pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: 
         spec.content.clone()
     };
     RunTask {
-        task: invocation.id.clone(),
+        task: task_id(&invocation.id, repeats),
         command_type: spec.command_type,
         content,
         working_dir: spec.working_dir.clone(),
@@ -70,8 +74,10 @@ impl Dispatcher {
         actor.require(Role::Operator)?;
         let keep = req.keep_command;
         let count = req.instance_ids.len();
-        let run = check_run_command(req, &self.inner.settings)?;
-        let audit = ("RunCommand", format!("on {count} instances"));
+        let (mode, frequency) = (req.repeat_mode, req.frequency.clone());
+        let mut run = check_run_command(req, &self.inner.settings)?;
+        run.plan = self.check_plan(mode, frequency.as_deref(), run.spec.timeout_secs)?;
+        let audit = ("RunCommand", format!("on {count} instances{}", plan_words(&run.plan)));
         self.launch(actor, run, keep, None, audit).await
     }
 
@@ -96,6 +102,8 @@ impl Dispatcher {
             ..command.spec
         };
         let count = req.instance_ids.len();
+        let plan = self.check_plan(req.repeat_mode, req.frequency.as_deref(), spec.timeout_secs)?;
+        let words = plan_words(&plan);
         let run = Run {
             name: command.name,
             description: command.description,
@@ -103,10 +111,11 @@ impl Dispatcher {
             parameters: req.parameters,
             instance_ids: req.instance_ids,
             region_id: None,
+            plan,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         let region = command.region_id;
-        let audit = ("InvokeCommand", format!("command {command_id} on {count} instances"));
+        let audit = ("InvokeCommand", format!("command {command_id} on {count} instances{words}"));
         self.launch(actor, run, false, Some((command.id, region)), audit).await
     }
 
@@ -152,6 +161,7 @@ impl Dispatcher {
         } else {
             None
         };
+        let plan = run.plan.clone();
         let new = NewInvocation {
             name: run.name.clone(),
             spec: run.spec,
@@ -162,6 +172,9 @@ impl Dispatcher {
             instance_ids: run.instance_ids,
             deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
         };
+        if !matches!(plan, Plan::Once) {
+            return self.schedule(actor, &new, &plan, (&region, &run.name), (action, detail)).await;
+        }
         let deliver_by = new.deliver_by;
         let created = self
             .inner
@@ -179,7 +192,7 @@ impl Dispatcher {
             .iter()
             .filter_map(|i| {
                 let result_id = *created.result_ids.get(&i.id)?;
-                Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by)))
+                Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by, 1)))
             })
             .collect();
         self.send_runs(tasks).await;
@@ -232,12 +245,18 @@ impl Dispatcher {
         Ok(instances)
     }
 
-    /// One instance's result of an invocation with its kept output bytes.
-    pub async fn result_output(&self, invoke_id: &str, instance_id: &str) -> Result<(ResultRow, Vec<u8>), Error> {
+    /// One instance's result of an invocation with its kept output bytes: of execution
+    /// `repeats`, or the latest.
+    pub async fn result_output(
+        &self,
+        invoke_id: &str,
+        instance_id: &str,
+        repeats: Option<u32>,
+    ) -> Result<(ResultRow, Vec<u8>), Error> {
         let result = self
             .inner
             .store
-            .result(invoke_id, instance_id)
+            .result_of_execution(invoke_id, instance_id, repeats)
             .await
             .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
         let output = self.inner.store.output(result.id).await?;
@@ -256,16 +275,27 @@ impl Dispatcher {
         if let Some(ids) = instance_ids {
             check::instance_ids(ids, self.inner.settings.max_instances)?;
         }
-        self.inner
+        let invocation = self
+            .inner
             .store
             .invocation(invoke_id)
             .await
             .map_err(not_found(Kind::Invocation, invoke_id))?;
         if let Some(ids) = instance_ids {
-            let results = self.inner.store.results(invoke_id).await?;
+            let mut targets: HashSet<String> = self
+                .inner
+                .store
+                .results(invoke_id)
+                .await?
+                .into_iter()
+                .map(|r| r.instance_id)
+                .collect();
+            if invocation.plan.schedule.is_some() {
+                targets.extend(self.inner.store.plan_targets(invoke_id).await?);
+            }
             let strangers: Vec<&str> = ids
                 .iter()
-                .filter(|id| !results.iter().any(|r| &r.instance_id == *id))
+                .filter(|id| !targets.contains(id.as_str()))
                 .map(String::as_str)
                 .collect();
             if !strangers.is_empty() {
@@ -287,7 +317,7 @@ impl Dispatcher {
             .await?;
         for change in &changes {
             // Cancelled results may already be on their way to the agent: stop them there too.
-            self.send_stop(&change.instance_id, invoke_id);
+            self.send_stop(&change.instance_id, &change.task());
         }
         self.publish_changes(&changes).await;
         drop(order);
@@ -302,6 +332,57 @@ impl Dispatcher {
             changed: changes.len(),
             status,
         })
+    }
+}
+
+impl Dispatcher {
+    /// Checks a request's `repeat_mode` and `frequency` (see [`Plan::check`]) against the
+    /// minimum interval of the settings and the domain's clock.
+    fn check_plan(&self, mode: Option<RepeatMode>, frequency: Option<&str>, timeout_secs: u64) -> Result<Plan, Error> {
+        let min = self.inner.settings.min_schedule_interval;
+        Plan::check(mode, frequency, timeout_secs, min, self.now())
+    }
+
+    /// Stores a checked invocation with a plan, `Scheduled`: nothing is sent now. A `Period`
+    /// plan's executions are started by [`Dispatcher::start_due_executions`], boot plans' when
+    /// an agent connects from a new boot (`attach`).
+    async fn schedule(
+        &self,
+        actor: &Actor,
+        new: &NewInvocation,
+        plan: &Plan,
+        (region, name): (&str, &str),
+        (action, detail): (&str, String),
+    ) -> Result<InvocationCreated, Error> {
+        let (frequency, first_run_at) = match plan {
+            Plan::Period(frequency, text) => (Some(text.clone()), frequency.first(self.now())),
+            _ => (None, None),
+        };
+        let plan = NewPlan {
+            repeat_mode: plan.mode(),
+            frequency,
+            first_run_at,
+        };
+        let created = self
+            .inner
+            .store
+            .create_scheduled_invocation(new, &plan)
+            .await
+            .map_err(|e| command_refusal(e, region, name))?;
+        self.audit(actor, action, &created.id, &detail).await;
+        Ok(InvocationCreated {
+            invoke_id: created.id,
+            command_id: created.command_id,
+        })
+    }
+}
+
+/// The plan in an audit entry's detail: nothing for `Once`.
+fn plan_words(plan: &Plan) -> String {
+    match plan {
+        Plan::Once => String::new(),
+        Plan::Period(_, text) => format!(", {text}"),
+        Plan::Boot(mode) => format!(", {mode}"),
     }
 }
 
@@ -337,6 +418,7 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         parameters: req.parameters,
         instance_ids: req.instance_ids,
         region_id: req.region_id.filter(|r| !r.is_empty()),
+        plan: Plan::Once,
     };
     if req.keep_command && run.name.trim().is_empty() {
         return Err(invalid(
@@ -429,6 +511,7 @@ mod tests {
             creator: "admin".into(),
             created_at: 0,
             counts: Default::default(),
+            plan: Default::default(),
         }
     }
 
@@ -438,11 +521,14 @@ mod tests {
             &invocation("hi {{who}} on {{fleetrun::instance_name}}", true),
             &instance("web-1"),
             7,
+            1,
         );
         assert_eq!(task.content, "hi ann on web-1");
         assert_eq!(task.deliver_by, Some(7));
         assert_eq!(task.task, "t-1");
-        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"), 7);
+        let third = task_for(&invocation("hi", false), &instance("web-1"), 7, 3);
+        assert_eq!(third.task, "t-1-r3", "each execution has a task id of its own");
+        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"), 7, 1);
         assert_eq!(raw.content, "hi {{who}}", "parameters off: content taken literally");
     }
 

@@ -4,7 +4,7 @@
 //! Request bodies reject unknown fields, so a misspelt option is an error, not a silent default.
 
 use super::CommandType;
-use super::{CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, ResultStatus};
+use super::{CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RepeatMode, ResultStatus};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -170,6 +170,14 @@ pub struct RunCommandRequest {
     pub description: Option<String>,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// When it runs (Alibaba's `RepeatMode`): `Once` by default, `Period` when `frequency` is
+    /// given; `NextRebootOnly` and `EveryReboot` run at boots.
+    #[serde(default)]
+    pub repeat_mode: Option<RepeatMode>,
+    /// For `Period`: `rate(5m)`, `at(2026-12-01 10:00:00 Asia/Shanghai)`, or a 6/7-field cron
+    /// expression and a time zone (`0 */10 * * * ? Asia/Shanghai`).
+    #[serde(default)]
+    pub frequency: Option<String>,
     #[serde(flatten)]
     pub no_unknown_fields: NoUnknownFields,
 }
@@ -191,6 +199,8 @@ impl RunCommandRequest {
             name: None,
             description: None,
             parameters: BTreeMap::new(),
+            repeat_mode: None,
+            frequency: None,
             no_unknown_fields: NoUnknownFields,
         }
     }
@@ -219,8 +229,41 @@ pub struct Invocation {
     pub instance_count: u64,
     pub creator: String,
     pub created_time: String,
+    /// When it runs: `Once`, `Period`, `NextRebootOnly` or `EveryReboot`.
+    #[serde(default = "once")]
+    pub repeat_mode: RepeatMode,
+    /// The schedule of a `Period` invocation, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<String>,
+    /// Executions started so far (1 for a one-time invocation; each boot-plan instance counts
+    /// its own, and this is the highest). `GET …/executions` lists them.
+    #[serde(default)]
+    pub repeats: u32,
+    /// When the next execution of a `Period` invocation starts, while it is `Scheduled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<String>,
+    /// Each instance's result of its latest execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<InvocationResult>>,
+}
+
+fn once() -> RepeatMode {
+    RepeatMode::Once
+}
+
+/// `GET /api/v1/invocations/{invoke_id}/executions`: every execution, each with the results of
+/// its own run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionsResponse {
+    pub invoke_id: String,
+    pub executions: Vec<Execution>,
+}
+
+/// One execution of an invocation: run number `repeats` (from 1), on each instance it reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub repeats: u32,
+    pub results: Vec<InvocationResult>,
 }
 
 /// One instance's result within an invocation.
@@ -238,6 +281,13 @@ pub struct InvocationResult {
     pub start_time: Option<String>,
     pub finish_time: Option<String>,
     pub stop_time: Option<String>,
+    /// Which execution this is (Alibaba's `Repeats`): 1 for a one-time invocation.
+    #[serde(default = "first")]
+    pub repeats: u32,
+}
+
+fn first() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +388,12 @@ pub struct InvokeCommandRequest {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
+    /// As in RunCommand.
+    #[serde(default)]
+    pub repeat_mode: Option<RepeatMode>,
+    /// As in RunCommand.
+    #[serde(default)]
+    pub frequency: Option<String>,
 }
 
 /// A retained command.

@@ -9,9 +9,11 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod ecs;
 pub mod params;
+pub mod plan;
 mod spec;
 mod status;
 
+pub use plan::{RepeatMode, ScheduleState, parse_task_id, task_id};
 pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
 

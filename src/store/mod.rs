@@ -17,6 +17,7 @@ mod invocations;
 mod logins;
 mod nonces;
 mod output;
+mod plans;
 mod replicas;
 pub mod scratch;
 mod sessions;
@@ -29,8 +30,10 @@ pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
 pub use invocations::{
-    Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
+    Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, PlanState, ResultChange,
+    ResultRow,
 };
+pub use plans::{BootExecution, DueSchedule, NewPlan, StartedExecution};
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;

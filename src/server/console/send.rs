@@ -13,7 +13,7 @@ use super::{PageError, Session, render};
 use crate::dispatch::{self, Field, Liveness, check};
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::params::{custom_names, has_placeholders};
-use crate::protocol::{CommandSpec, CommandType, NoUnknownFields, OsType};
+use crate::protocol::{CommandSpec, CommandType, NoUnknownFields, OsType, RepeatMode};
 use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow};
 use askama::Template;
@@ -175,6 +175,36 @@ impl SendForm {
 
     pub fn keep(&self) -> bool {
         self.get("keep") == "on"
+    }
+
+    /// The Execution Plan chosen: `once` (the default), `schedule`, `next_boot` or `every_boot`.
+    pub fn plan(&self) -> &str {
+        match self.get("plan") {
+            "" => "once",
+            plan => plan,
+        }
+    }
+
+    /// The plan as RunCommand takes it: the repeat mode and, on a schedule, the frequency made
+    /// of the kind, the value and the time zone (`rate(5m)`, `at(… Asia/Shanghai)`, `0 0 * * * ? UTC`).
+    fn repeat(&self) -> (Option<RepeatMode>, Option<String>) {
+        let value = self.get("schedule_value").trim();
+        let zone = self.get("time_zone").trim();
+        let zoned = |text: &str| if zone.is_empty() { text.to_string() } else { format!("{text} {zone}") };
+        match self.plan() {
+            "schedule" => {
+                let frequency = match (self.get("schedule_kind"), value) {
+                    (_, "") => None,
+                    ("at", v) => Some(format!("at({})", zoned(v))),
+                    ("cron", v) => Some(zoned(v)),
+                    (_, v) => Some(format!("rate({v})")),
+                };
+                (Some(RepeatMode::Period), frequency)
+            }
+            "next_boot" => (Some(RepeatMode::NextRebootOnly), None),
+            "every_boot" => (Some(RepeatMode::EveryReboot), None),
+            _ => (None, None),
+        }
     }
 
     pub fn timeout(&self) -> &str {
@@ -545,6 +575,7 @@ async fn submit(
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let actor = session.actor();
+    let (repeat_mode, frequency) = form.repeat();
     // A retained command run unchanged counts as a run of that command.
     if !form.command_id.is_empty() && !form.keep() {
         if let Ok(command) = state.dispatcher.command(&form.command_id).await {
@@ -560,6 +591,8 @@ async fn submit(
                     timeout_secs: Some(timeout),
                     working_dir: form.text("working_dir"),
                     username: form.text("username"),
+                    repeat_mode,
+                    frequency,
                 };
                 let created = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
                 return Ok(created.invoke_id);
@@ -583,6 +616,8 @@ async fn submit(
         name: form.text("name"),
         description: form.text("description"),
         parameters: values,
+        repeat_mode,
+        frequency,
         no_unknown_fields: NoUnknownFields,
     };
     let created = state.dispatcher.run_command(&actor, req).await?;

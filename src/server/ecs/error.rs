@@ -85,6 +85,8 @@ fn parameter(field: Field) -> &'static str {
         Field::Page => "PageSize",
         Field::Status => "InvokeStatus",
         Field::NextToken => "NextToken",
+        Field::RepeatMode => "RepeatMode",
+        Field::Frequency => "Frequency",
         // Not parameters of any ECS action.
         Field::Password | Field::Role | Field::ExpiresInDays | Field::Register => "Parameter",
     }

@@ -9,7 +9,7 @@ use crate::protocol::ecs::{
     Command, Commands, CreateCommandResponse, DescribeCommandsResponse, Empty, InvokeCommandResponse, ParameterNames,
     RunCommandResponse, Tags,
 };
-use crate::protocol::{CommandSpec, CommandType, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
+use crate::protocol::{CommandSpec, CommandType, DEFAULT_TIMEOUT_SECS, NoUnknownFields, RepeatMode};
 use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::CommandRow;
@@ -25,11 +25,23 @@ fn command_type(params: &mut Params) -> Result<CommandType, EcsError> {
     })
 }
 
-/// The options fleetrun does not have yet: only their default is accepted (schedules, tags and
-/// containers come later; docs/ECS-API.md).
-fn once_only(params: &mut Params) -> Result<(), EcsError> {
-    params.only("RepeatMode", "Once")?;
-    params.only("Timed", "false")
+/// `RepeatMode` and `Frequency` (checked by the domain: the mode defaults to Once, or Period
+/// when a frequency is given, as Alibaba's do); `Timed`, deprecated, only as false.
+fn plan(params: &mut Params) -> Result<(Option<RepeatMode>, Option<String>), EcsError> {
+    let mode = params
+        .text("RepeatMode")
+        .map(|text| {
+            text.parse::<RepeatMode>().map_err(|_| {
+                EcsError::invalid(
+                    "RepeatMode",
+                    format!("{text:?} is not one of Once, Period, NextRebootOnly, EveryReboot, DryRun"),
+                )
+            })
+        })
+        .transpose()?;
+    let frequency = params.text("Frequency");
+    params.only("Timed", "false")?;
+    Ok((mode, frequency))
 }
 
 pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResponse, EcsError> {
@@ -52,9 +64,16 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
         name: p.text("Name"),
         description: p.text("Description"),
         parameters: p.json_values("Parameters")?,
+        repeat_mode: None,
+        frequency: None,
         no_unknown_fields: NoUnknownFields,
     };
-    once_only(&mut p)?;
+    let (repeat_mode, frequency) = plan(&mut p)?;
+    let req = RunCommandRequest {
+        repeat_mode,
+        frequency,
+        ..req
+    };
     p.finish()?;
     let created = call.state.dispatcher.run_command(&call.actor, req).await?;
     Ok(RunCommandResponse {
@@ -85,8 +104,15 @@ pub async fn invoke_command(call: Call<'_>, mut p: Params) -> Result<InvokeComma
         timeout_secs: p.number("Timeout")?,
         working_dir: p.text("WorkingDir"),
         username: p.text("Username"),
+        repeat_mode: None,
+        frequency: None,
     };
-    once_only(&mut p)?;
+    let (repeat_mode, frequency) = plan(&mut p)?;
+    let req = InvokeCommandRequest {
+        repeat_mode,
+        frequency,
+        ..req
+    };
     p.finish()?;
     command_in(&call, &region_id, &command_id).await?;
     let created = call
