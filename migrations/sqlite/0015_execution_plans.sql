@@ -1,14 +1,11 @@
--- no-transaction
 -- Execution plans (issue 14): an invocation runs once, on a schedule, or at boots, and each run
 -- (an "execution", numbered by `repeats` from 1) has results of its own. migrations/postgres/0015
 -- has the same meaning.
 --
 -- Results become unique per (invocation, instance, execution). SQLite cannot drop the old UNIQUE
 -- constraint, so the table is rebuilt the documented way (sqlite.org/lang_altertable.html, "making
--- other kinds of table schema changes"): with foreign keys off, or dropping `results` would
--- delete every output chunk; hence no transaction around this file, and one of its own inside.
-PRAGMA foreign_keys = OFF;
-BEGIN;
+-- other kinds of table schema changes"). Store::open_sqlite runs migrations with foreign keys
+-- off: with them on, dropping `results` would delete every output chunk.
 
 CREATE TABLE results_new (
     id            INTEGER PRIMARY KEY,
@@ -113,6 +110,3 @@ CREATE INDEX plan_targets_instance ON plan_targets (instance_id);
 
 -- The boot id the agent reported on its last connection (Linux's /proc/sys/kernel/random/boot_id).
 ALTER TABLE instances ADD COLUMN boot_id TEXT;
-
-COMMIT;
-PRAGMA foreign_keys = ON;

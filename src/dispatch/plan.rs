@@ -442,7 +442,7 @@ mod tests {
         // Every day at 02:30 in New York: on 2026-03-08 clocks jump from 02:00 to 03:00, so
         // that day has no 02:30 and croner runs at the first instant after the gap (03:00 EDT).
         let daily = Frequency::parse("0 30 2 * * ? America/New_York").unwrap();
-        let before = ms("2026-03-07T12:00:00Z");
+        let before = ms("2026-03-07T00:00:00Z");
         let first = daily.first(before).unwrap();
         assert_eq!(at(first), at(ms("2026-03-07T07:30:00Z")), "02:30 EST is 07:30 UTC");
         let second = daily.next_after(first, first).unwrap();

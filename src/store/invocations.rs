@@ -1074,6 +1074,22 @@ mod status_sql_tests {
 
             let expected = InvocationStatus::from_counts(statuses.iter().map(|s| (*s, 1)));
             assert_eq!(from_sql, expected.as_str(), "{statuses:?}");
+            // And with each state of a schedule (migration 0015's rules, `InvocationStatus::of`).
+            for schedule in crate::protocol::ScheduleState::ALL {
+                query("UPDATE invocations SET schedule_state = $2 WHERE id = $1")
+                    .bind(&id)
+                    .bind(schedule.as_str())
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+                let from_sql: String = query_scalar("SELECT status FROM invocations WHERE id = $1")
+                    .bind(&id)
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+                let expected = InvocationStatus::of(statuses.iter().map(|s| (*s, 1)), Some(*schedule));
+                assert_eq!(from_sql, expected.as_str(), "{statuses:?} {schedule}");
+            }
             let counted: BTreeMap<ResultStatus, u64> = statuses.iter().map(|s| (*s, 1)).collect();
             assert_eq!(row.counts.0, counted, "{statuses:?}");
         }

@@ -273,3 +273,173 @@ pub(super) async fn stop_schedule(tx: &mut Tx, invoke_id: &str, instance_ids: Op
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{InvocationStatus, ResultStatus, ScheduleState};
+    use crate::store::invocations::tests::new_invocation;
+    use crate::store::scratch::ScratchDatabase;
+
+    fn rate_plan(first_run_at: i64) -> NewPlan {
+        NewPlan {
+            repeat_mode: RepeatMode::Period,
+            frequency: Some("rate(1m)".into()),
+            first_run_at: Some(first_run_at),
+        }
+    }
+
+    async fn add_instance(store: &Store, id: &str, boot_id: Option<&str>) {
+        query(
+            "INSERT INTO instances (id, name, hostname, region_id, os_type, os_name, ip_addresses, \
+             agent_version, supported_command_types, secret_hash, activation_id, registered_at, boot_id) \
+             VALUES ($1, $1, 'h', 'local', 'linux', 'x', '[]', '0', '[]', 'h', 'a', 0, $2)",
+        )
+        .bind(id)
+        .bind(boot_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    }
+
+    crate::store::both_backends! {
+    async fn two_claimers_of_one_due_execution_start_it_once(store) {
+        let id = store
+            .create_scheduled_invocation(&new_invocation(&["i-a", "i-b"], 0), &rate_plan(1000))
+            .await
+            .unwrap()
+            .id;
+
+        for round in 0..10i64 {
+            let due = 1000 + round * 60_000;
+            let (one, two) = tokio::join!(
+                store.start_execution(&id, due, Some(due + 60_000), i64::MAX),
+                store.start_execution(&id, due, Some(due + 60_000), i64::MAX),
+            );
+            let won: Vec<StartedExecution> = [one.unwrap(), two.unwrap()].into_iter().flatten().collect();
+            assert_eq!(won.len(), 1, "round {round}: exactly one claimer starts the execution");
+            assert_eq!(won[0].repeats, round as u32 + 1);
+            assert_eq!(won[0].result_ids.len(), 2);
+        }
+
+        let row = store.invocation(&id).await.unwrap();
+        assert_eq!(row.plan.repeats, 10);
+        assert_eq!(row.counts.0.get(&ResultStatus::Pending), Some(&20), "{:?}", row.counts);
+        assert_eq!(store.execution_results(&id).await.unwrap().len(), 20);
+        assert_eq!(store.results(&id).await.unwrap().len(), 2, "the latest execution per instance");
+        assert!(store.results(&id).await.unwrap().iter().all(|r| r.repeats == 10));
+    }
+
+    async fn a_schedule_is_scheduled_between_executions_and_a_stop_ends_it(store) {
+        let id = store
+            .create_scheduled_invocation(&new_invocation(&["i-a"], 0), &rate_plan(5_000))
+            .await
+            .unwrap()
+            .id;
+        let row = store.invocation(&id).await.unwrap();
+        assert_eq!(row.status(), InvocationStatus::Scheduled);
+        assert_eq!((row.plan.repeats, row.plan.next_run_at), (0, Some(5_000)));
+        assert!(store.due_schedules(4_999, 10).await.unwrap().is_empty());
+        assert_eq!(store.due_schedules(5_000, 10).await.unwrap().len(), 1);
+
+        store.start_execution(&id, 5_000, Some(65_000), i64::MAX).await.unwrap().unwrap();
+        assert_eq!(store.invocation(&id).await.unwrap().status(), InvocationStatus::Pending);
+        query("UPDATE results SET status = 'Success' WHERE invocation_id = $1")
+            .bind(&id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.invocation(&id).await.unwrap().status(), InvocationStatus::Scheduled);
+        let sql: String = query_scalar("SELECT status FROM invocations WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(sql, "Scheduled", "the SQL status agrees");
+
+        store.stop_results(&id, None, 70_000, "ann").await.unwrap();
+
+        let row = store.invocation(&id).await.unwrap();
+        assert_eq!((row.plan.schedule, row.plan.next_run_at), (Some(ScheduleState::Stopped), None));
+        assert_eq!(row.status(), InvocationStatus::Stopped);
+        assert!(store.due_schedules(i64::MAX, 10).await.unwrap().is_empty());
+        assert!(
+            store.start_execution(&id, 65_000, Some(125_000), i64::MAX).await.unwrap().is_none(),
+            "a stopped schedule starts nothing, even for a claimer that read it due before the stop"
+        );
+    }
+
+    async fn a_new_boot_starts_boot_plans_once_per_boot(store) {
+        add_instance(&store, "i-a", Some("boot-1")).await;
+        add_instance(&store, "i-b", None).await;
+        let plan = |mode| NewPlan { repeat_mode: mode, frequency: None, first_run_at: None };
+        let every = store
+            .create_scheduled_invocation(&new_invocation(&["i-a", "i-b"], 0), &plan(RepeatMode::EveryReboot))
+            .await
+            .unwrap()
+            .id;
+        let next = store
+            .create_scheduled_invocation(&new_invocation(&["i-a"], 0), &plan(RepeatMode::NextRebootOnly))
+            .await
+            .unwrap()
+            .id;
+        let started = |v: Vec<BootExecution>| v.into_iter().map(|e| (e.invoke_id, e.repeats)).collect::<Vec<_>>();
+
+        let same_boot = store.start_boot_executions("i-a", "boot-1", i64::MAX).await.unwrap();
+        let new_boot = store.start_boot_executions("i-a", "boot-2", i64::MAX).await.unwrap();
+        let reconnect = store.start_boot_executions("i-a", "boot-2", i64::MAX).await.unwrap();
+        let third_boot = store.start_boot_executions("i-a", "boot-3", i64::MAX).await.unwrap();
+        let unknown_first = store.start_boot_executions("i-b", "boot-x", i64::MAX).await.unwrap();
+
+        assert!(same_boot.is_empty(), "the boot the plans were made in runs nothing");
+        assert_eq!(started(new_boot), vec![(every.clone(), 1), (next.clone(), 1)]);
+        assert!(reconnect.is_empty(), "a reconnect from the same boot runs nothing");
+        assert_eq!(started(third_boot), vec![(every.clone(), 2)], "the next boot only once");
+        assert!(unknown_first.is_empty(), "a boot first heard of is the baseline");
+        let next_row = store.invocation(&next).await.unwrap();
+        assert_eq!(next_row.plan.schedule, Some(ScheduleState::Ended));
+        let every_row = store.invocation(&every).await.unwrap();
+        assert_eq!((every_row.plan.schedule, every_row.plan.repeats), (Some(ScheduleState::Scheduled), 2));
+        assert_eq!(every_row.counts.0.get(&ResultStatus::Pending), Some(&2));
+        assert_eq!(every_row.status(), InvocationStatus::Pending);
+    }
+    }
+
+    /// Two replicas (two stores on one PostgreSQL database) race for every execution of twenty
+    /// due schedules: each execution starts exactly once.
+    #[tokio::test]
+    async fn two_replicas_on_postgres_start_each_due_execution_once() {
+        let database = ScratchDatabase::create().await.unwrap_or_else(|e| panic!("{e}"));
+        let (one, two) = (
+            Store::open(&database.url).await.unwrap(),
+            Store::open(&database.url).await.unwrap(),
+        );
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let created = one
+                .create_scheduled_invocation(&new_invocation(&["i-a"], 0), &rate_plan(1000))
+                .await
+                .unwrap();
+            ids.push(created.id);
+        }
+
+        let claim = |store: Store| async move {
+            let mut started = 0;
+            for due in store.due_schedules(1000, 100).await.unwrap() {
+                let next = Some(due.next_run_at + 60_000);
+                if store.start_execution(&due.id, due.next_run_at, next, i64::MAX).await.unwrap().is_some() {
+                    started += 1;
+                }
+            }
+            started
+        };
+        let (a, b) = tokio::join!(claim(one.clone()), claim(two.clone()));
+
+        assert_eq!(a + b, 20, "one execution per schedule between the two");
+        let results: i64 = query_scalar("SELECT COUNT(*) FROM results").fetch_one(&one.pool).await.unwrap();
+        assert_eq!(results, 20);
+        for id in &ids {
+            assert_eq!(one.invocation(id).await.unwrap().plan.repeats, 1);
+        }
+    }
+}
