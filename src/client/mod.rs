@@ -8,7 +8,7 @@ mod run;
 pub use cli::run_cli;
 
 use crate::protocol::api::{
-    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,
+    ActivationCreated, CreateActivationRequest, ErrorBody, ExecutionsResponse, Instance, InstancesResponse, Invocation, InvocationCreated,
     InvocationsResponse, RegionsResponse, RunCommandRequest, StopRequest, StreamEvent,
 };
 use anyhow::Context as _;
@@ -144,6 +144,11 @@ impl ApiClient {
     pub async fn invocation_without_output(&self, invoke_id: &str) -> anyhow::Result<Invocation> {
         self.get(&format!("/invocations/{invoke_id}?include_output=false"))
             .await
+    }
+
+    /// Every execution of an invocation, each with its results and their output.
+    pub async fn executions(&self, invoke_id: &str) -> anyhow::Result<ExecutionsResponse> {
+        self.get(&format!("/invocations/{invoke_id}/executions")).await
     }
 
     /// `GET /invocations` with a raw query string.
