@@ -248,3 +248,65 @@ async fn plans_are_refused_with_a_reason_on_the_api() {
     }
     assert_eq!(app.client.invocations("").await.unwrap().total, 0, "nothing was stored");
 }
+
+#[tokio::test]
+async fn the_dialogs_execution_plan_schedules_a_command_and_the_record_lists_each_execution() {
+    use crate::browser::Browser;
+    let app = TestApp::spawn_with(&["--min-schedule-interval", "1"]).await;
+    let fleet = app.fleet("local", "web", 1).await;
+    let instance = &fleet[0].1;
+    let browser = Browser::signed_in(&app).await;
+
+    browser.open_send_command(&app, instance).await;
+    browser.type_into("#content-linux", "echo scheduled-hello").await;
+    assert!(!browser.is_shown("#schedule-fields").await, "Immediate execution is the default");
+    browser.click("#execution-plan input[name=plan][value=schedule]").await;
+    assert!(browser.is_shown("#schedule-fields").await);
+    browser.type_into("#schedule-value", "3s").await;
+    // A schedule's interval may not be shorter than the timeout (60 s unless changed).
+    browser.click("details.advanced summary").await;
+    browser.type_into("#timeout", "2").await;
+    browser.click("#run-button").await;
+    let invoke_id = browser.panel_invoke_id().await;
+    browser.wait_text(&format!("#overall-{invoke_id}"), "Scheduled").await;
+
+    let scheduled = app.client.invocation(&invoke_id).await.unwrap();
+    assert_eq!(scheduled.repeat_mode, RepeatMode::Period);
+    assert_eq!(scheduled.frequency.as_deref(), Some("rate(3s)"));
+    browser.client.goto(&format!("{}/console/invocations", app.url)).await.unwrap();
+    let row = browser.wait_text("#records tbody tr", &invoke_id).await;
+    assert!(row.contains("rate(3s)") && row.contains("Scheduled"), "{row}");
+    let next_run = browser
+        .eval("return document.querySelector('#records tbody tr td:nth-child(5) time')?.getAttribute('datetime') || ''")
+        .await;
+    assert!(next_run.as_str().is_some_and(|t| t.starts_with("20")), "the Next Run column shows a time: {row}");
+
+    execution_done(&app.client, &invoke_id, 2, Duration::from_secs(30)).await;
+    browser.client.goto(&format!("{}/console/invocations/{invoke_id}", app.url)).await.unwrap();
+    browser.wait_text("#execution-plan", "rate(3s)").await;
+    let first = browser.wait_text("#execution-1 summary", "Execution 1").await;
+    assert_eq!(first, "Execution 1");
+    let outputs = browser
+        .eval("return [...document.querySelectorAll('.execution-output')].map(o => o.dataset.repeats + ':' + o.textContent.trim())")
+        .await;
+    let outputs: Vec<String> = serde_json::from_value(outputs).unwrap();
+    assert!(outputs.contains(&"1:scheduled-hello".to_string()), "{outputs:?}");
+    assert!(outputs.contains(&"2:scheduled-hello".to_string()), "{outputs:?}");
+    browser.click(&format!("#stop-{invoke_id}")).await;
+    browser.wait_text(&format!("#overall-{invoke_id}"), "Stopped").await;
+
+    browser.open_send_command(&app, instance).await;
+    browser.type_into("#content-linux", "echo at-boot").await;
+    browser.click("#execution-plan input[name=plan][value=schedule]").await;
+    browser.click("#execution-plan input[name=plan][value=every_boot]").await;
+    assert!(!browser.is_shown("#schedule-fields").await, "a boot plan takes no schedule");
+    browser.click("#run-button").await;
+    let boot_id = eventually(Duration::from_secs(10), "the boot plan's panel", || async {
+        let id = browser.panel_invoke_id().await;
+        (id != invoke_id).then_some(id)
+    })
+    .await;
+    browser.wait_text(&format!("#overall-{boot_id}"), "Scheduled").await;
+    assert_eq!(app.client.invocation(&boot_id).await.unwrap().repeat_mode, RepeatMode::EveryReboot);
+    browser.close().await;
+}
