@@ -240,7 +240,11 @@ pub struct AgentArgs {
     pub max_protocol_version: u32,
     /// The file holding this machine's boot id, reported at each connection: a new one runs the
     /// commands planned for the next boot or every boot. Change it only to test those plans.
-    #[arg(long, env = "FLEETRUN_BOOT_ID_FILE", default_value = "/proc/sys/kernel/random/boot_id")]
+    #[arg(
+        long,
+        env = "FLEETRUN_BOOT_ID_FILE",
+        default_value = "/proc/sys/kernel/random/boot_id"
+    )]
     pub boot_id_file: PathBuf,
 }
 

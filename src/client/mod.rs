@@ -8,8 +8,8 @@ mod run;
 pub use cli::run_cli;
 
 use crate::protocol::api::{
-    ActivationCreated, CreateActivationRequest, ErrorBody, ExecutionsResponse, Instance, InstancesResponse, Invocation, InvocationCreated,
-    InvocationsResponse, RegionsResponse, RunCommandRequest, StopRequest, StreamEvent,
+    ActivationCreated, CreateActivationRequest, ErrorBody, ExecutionsResponse, Instance, InstancesResponse, Invocation,
+    InvocationCreated, InvocationsResponse, RegionsResponse, RunCommandRequest, StopRequest, StreamEvent,
 };
 use anyhow::Context as _;
 use futures_util::StreamExt;

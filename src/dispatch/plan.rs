@@ -176,9 +176,9 @@ impl Frequency {
     pub fn parse(text: &str) -> Result<Frequency, String> {
         let text = text.trim();
         if let Some(inner) = text.strip_prefix("rate(").and_then(|t| t.strip_suffix(')')) {
-            return parse_rate(inner.trim()).map(Frequency::Rate).ok_or_else(|| {
-                format!("`{text}` is not a rate: write rate(<n><s|m|h|d>), e.g. rate(5m) or rate(2h)")
-            });
+            return parse_rate(inner.trim())
+                .map(Frequency::Rate)
+                .ok_or_else(|| format!("`{text}` is not a rate: write rate(<n><s|m|h|d>), e.g. rate(5m) or rate(2h)"));
         }
         if let Some(inner) = text.strip_prefix("at(").and_then(|t| t.strip_suffix(')')) {
             return parse_at(inner.trim()).map(Frequency::At).ok_or_else(|| {
@@ -378,8 +378,13 @@ mod tests {
     #[test]
     fn the_mode_defaults_to_once_or_to_period_when_a_frequency_is_given() {
         assert!(matches!(check(None, None), Ok(Plan::Once)));
-        assert!(matches!(check(None, Some("rate(5m)")), Ok(Plan::Period(Frequency::Rate(d), _)) if d == Duration::from_secs(300)));
-        assert!(matches!(check(Some(RepeatMode::EveryReboot), None), Ok(Plan::Boot(RepeatMode::EveryReboot))));
+        assert!(
+            matches!(check(None, Some("rate(5m)")), Ok(Plan::Period(Frequency::Rate(d), _)) if d == Duration::from_secs(300))
+        );
+        assert!(matches!(
+            check(Some(RepeatMode::EveryReboot), None),
+            Ok(Plan::Boot(RepeatMode::EveryReboot))
+        ));
         for (mode, frequency, field) in [
             (Some(RepeatMode::Period), None, Field::Frequency),
             (Some(RepeatMode::Once), Some("rate(5m)"), Field::Frequency),
@@ -387,13 +392,21 @@ mod tests {
             (Some(RepeatMode::DryRun), None, Field::RepeatMode),
         ] {
             let err = check(mode, frequency).unwrap_err();
-            assert!(matches!(err, Error::Invalid { field: f, .. } if f == field), "{mode:?} {frequency:?}: {err:?}");
+            assert!(
+                matches!(err, Error::Invalid { field: f, .. } if f == field),
+                "{mode:?} {frequency:?}: {err:?}"
+            );
         }
     }
 
     #[test]
     fn rates_take_four_units_within_the_minimum_and_seven_days() {
-        for (text, secs) in [("rate(90s)", 90), ("rate(5m)", 300), ("rate(2h)", 7200), ("rate(7d)", 604_800)] {
+        for (text, secs) in [
+            ("rate(90s)", 90),
+            ("rate(5m)", 300),
+            ("rate(2h)", 7200),
+            ("rate(7d)", 604_800),
+        ] {
             assert!(
                 matches!(check(None, Some(text)), Ok(Plan::Period(Frequency::Rate(d), _)) if d.as_secs() == secs),
                 "{text}"
@@ -405,7 +418,10 @@ mod tests {
         let short = Plan::check(None, Some("rate(2s)"), 1, Duration::from_secs(1), 0);
         assert!(short.is_ok(), "a test's shorter minimum admits seconds");
         let piling = Plan::check(None, Some("rate(2m)"), 600, MIN, 0).unwrap_err();
-        assert!(matches!(&piling, Error::Invalid { message, .. } if message.contains("timeout")), "{piling:?}");
+        assert!(
+            matches!(&piling, Error::Invalid { message, .. } if message.contains("timeout")),
+            "{piling:?}"
+        );
     }
 
     #[test]
@@ -415,9 +431,15 @@ mod tests {
         let minute = 60_000;
 
         assert_eq!(rate.first(t0), Some(t0 + 10 * minute));
-        assert_eq!(rate.next_after(t0 + 10 * minute, t0 + 10 * minute), Some(t0 + 20 * minute));
+        assert_eq!(
+            rate.next_after(t0 + 10 * minute, t0 + 10 * minute),
+            Some(t0 + 20 * minute)
+        );
         // Down for 35 minutes past a slot: one run now, the next on the schedule's phase.
-        assert_eq!(rate.next_after(t0 + 10 * minute, t0 + 45 * minute), Some(t0 + 50 * minute));
+        assert_eq!(
+            rate.next_after(t0 + 10 * minute, t0 + 45 * minute),
+            Some(t0 + 50 * minute)
+        );
     }
 
     #[test]
@@ -427,7 +449,10 @@ mod tests {
             panic!("at() refused");
         };
         assert_eq!(plan.first(now).map(at), Some(at(ms("2026-12-01T02:00:00Z"))));
-        assert_eq!(plan.next_after(ms("2026-12-01T02:00:00Z"), ms("2026-12-01T02:00:01Z")), None);
+        assert_eq!(
+            plan.next_after(ms("2026-12-01T02:00:00Z"), ms("2026-12-01T02:00:01Z")),
+            None
+        );
         let utc = Frequency::parse("at(2026-12-01 10:00:00)").unwrap();
         assert_eq!(utc.first(now), Some(ms("2026-12-01T10:00:00Z")));
         let fixed = Frequency::parse("at(2026-12-01 10:00:00 GMT+8:00)").unwrap();
@@ -470,7 +495,10 @@ mod tests {
         let sundays = Frequency::parse("0 0 0 ? * 1 UTC").unwrap();
         assert_eq!(sundays.first(t).map(at), Some(at(ms("2026-03-08T00:00:00Z"))));
         assert!(check(None, Some("*/5 * * * * ?")).is_err(), "every 5 s is under 10 s");
-        assert!(check(None, Some("0 */10 * * *")).is_err(), "five fields: the seconds are missing");
+        assert!(
+            check(None, Some("0 */10 * * *")).is_err(),
+            "five fields: the seconds are missing"
+        );
         assert!(check(None, Some("0 0 12 ? * WED 2020")).is_err(), "never again");
         assert!(check(None, Some("every day")).is_err());
     }

@@ -115,7 +115,10 @@ impl Dispatcher {
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         let region = command.region_id;
-        let audit = ("InvokeCommand", format!("command {command_id} on {count} instances{words}"));
+        let audit = (
+            "InvokeCommand",
+            format!("command {command_id} on {count} instances{words}"),
+        );
         self.launch(actor, run, false, Some((command.id, region)), audit).await
     }
 
@@ -173,7 +176,9 @@ impl Dispatcher {
             deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
         };
         if !matches!(plan, Plan::Once) {
-            return self.schedule(actor, &new, &plan, (&region, &run.name), (action, detail)).await;
+            return self
+                .schedule(actor, &new, &plan, (&region, &run.name), (action, detail))
+                .await;
         }
         let deliver_by = new.deliver_by;
         let created = self

@@ -5,8 +5,8 @@
 
 use super::{Dispatcher, Outbound};
 use crate::protocol::agent::{Ack, ServerMessage, StopTask};
-use crate::protocol::parse_task_id;
 use crate::protocol::api::StreamEvent;
+use crate::protocol::parse_task_id;
 use crate::protocol::{ErrorCode, ResultStatus};
 use crate::store::{AgentWrite, Applied, ResultChange};
 use std::collections::HashMap;

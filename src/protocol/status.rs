@@ -216,7 +216,11 @@ mod tests {
     fn a_schedule_is_scheduled_between_executions_and_stopped_once_stopped() {
         use ScheduleState as S;
         let of = |statuses: &[ResultStatus], schedule| InvocationStatus::of(statuses.iter().map(|s| (*s, 1)), schedule);
-        assert_eq!(of(&[], Some(S::Scheduled)), InvocationStatus::Scheduled, "before its first run");
+        assert_eq!(
+            of(&[], Some(S::Scheduled)),
+            InvocationStatus::Scheduled,
+            "before its first run"
+        );
         assert_eq!(of(&[Success, Failed], Some(S::Scheduled)), InvocationStatus::Scheduled);
         assert_eq!(of(&[Success, Running], Some(S::Scheduled)), InvocationStatus::Running);
         assert_eq!(of(&[Success, Pending], Some(S::Scheduled)), InvocationStatus::Pending);

@@ -383,12 +383,10 @@ impl Store {
     /// The results of these instances in an invocation (those it has; each instance's latest
     /// execution), in instance id order.
     pub async fn results_of(&self, invoke_id: &str, instance_ids: &[String]) -> Result<Vec<ResultRow>> {
-        let rows: Vec<ResultRow> = query(
-            &format!(
-                "SELECT * FROM results r WHERE invocation_id = $1 \
+        let rows: Vec<ResultRow> = query(&format!(
+            "SELECT * FROM results r WHERE invocation_id = $1 \
                  AND instance_id IN (SELECT value FROM json_each($2)) AND {LATEST} ORDER BY instance_id"
-            ),
-        )
+        ))
         .bind(invoke_id)
         .bind(sqlx::types::Json(instance_ids))
         .fetch_all(&self.pool)
@@ -405,12 +403,10 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Vec<ResultRow>> {
-        let rows: Vec<ResultRow> = query(
-            &format!(
-                "SELECT * FROM results r WHERE invocation_id = $1 AND ($2 IS NULL OR status = $2) AND {LATEST} \
+        let rows: Vec<ResultRow> = query(&format!(
+            "SELECT * FROM results r WHERE invocation_id = $1 AND ($2 IS NULL OR status = $2) AND {LATEST} \
                  ORDER BY instance_id LIMIT $3 OFFSET $4"
-            ),
-        )
+        ))
         .bind(invoke_id)
         .bind(status.map(|s| s.as_str()))
         .bind(limit as i64)

@@ -33,8 +33,8 @@ pub use invocations::{
     Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, PlanState, ResultChange,
     ResultRow,
 };
-pub use plans::{BootExecution, DueSchedule, NewPlan, StartedExecution};
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
+pub use plans::{BootExecution, DueSchedule, NewPlan, StartedExecution};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;
 pub use users::{Role, UserRow, UserUpdate};

@@ -427,7 +427,12 @@ mod tests {
             let mut started = 0;
             for due in store.due_schedules(1000, 100).await.unwrap() {
                 let next = Some(due.next_run_at + 60_000);
-                if store.start_execution(&due.id, due.next_run_at, next, i64::MAX).await.unwrap().is_some() {
+                if store
+                    .start_execution(&due.id, due.next_run_at, next, i64::MAX)
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
                     started += 1;
                 }
             }
@@ -436,7 +441,10 @@ mod tests {
         let (a, b) = tokio::join!(claim(one.clone()), claim(two.clone()));
 
         assert_eq!(a + b, 20, "one execution per schedule between the two");
-        let results: i64 = query_scalar("SELECT COUNT(*) FROM results").fetch_one(&one.pool).await.unwrap();
+        let results: i64 = query_scalar("SELECT COUNT(*) FROM results")
+            .fetch_one(&one.pool)
+            .await
+            .unwrap();
         assert_eq!(results, 20);
         for id in &ids {
             assert_eq!(one.invocation(id).await.unwrap().plan.repeats, 1);

@@ -90,10 +90,12 @@ impl Store {
     /// The instances of an invocation whose task is being stopped (or was cancelled before it
     /// started), whose agents must be told: `(instance id, execution)`.
     pub async fn stopped_instances(&self, invoke_id: &str) -> Result<Vec<(String, i64)>> {
-        query("SELECT instance_id, repeats FROM results WHERE invocation_id = $1 AND status IN ('Stopping', 'Cancelled')")
-            .bind(invoke_id)
-            .fetch_all(&self.pool)
-            .await
+        query(
+            "SELECT instance_id, repeats FROM results WHERE invocation_id = $1 AND status IN ('Stopping', 'Cancelled')",
+        )
+        .bind(invoke_id)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// The invocations with unsent tasks, within their window, for agents `replica` holds.

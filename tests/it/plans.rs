@@ -39,14 +39,24 @@ fn outputs(executions: &[Execution]) -> Vec<(u32, String)> {
     executions
         .iter()
         .map(|e| {
-            assert_eq!(e.results.len(), 1, "execution {} has one result per instance", e.repeats);
+            assert_eq!(
+                e.results.len(),
+                1,
+                "execution {} has one result per instance",
+                e.repeats
+            );
             (e.repeats, e.results[0].output.trim().to_string())
         })
         .collect()
 }
 
 /// Waits until execution `n` exists and every result of it has ended.
-async fn execution_done(client: &fleetrun::client::ApiClient, invoke_id: &str, n: u32, timeout: Duration) -> Vec<Execution> {
+async fn execution_done(
+    client: &fleetrun::client::ApiClient,
+    invoke_id: &str,
+    n: u32,
+    timeout: Duration,
+) -> Vec<Execution> {
     eventually(timeout, &format!("execution {n} to end"), || async {
         let executions = client.executions(invoke_id).await.ok()?.executions;
         let done = executions
@@ -90,9 +100,24 @@ async fn a_rate_runs_three_executions_each_with_its_own_output_and_stop_ends_the
     );
     assert!(latest.repeats >= 3);
     let result = &latest.results.unwrap()[0];
-    assert_eq!(result.repeats, latest.repeats, "the record's results are the latest execution's");
-    let raw = app.client.raw(reqwest::Method::GET, &format!("/invocations/{invoke_id}/results/{instance}/output?repeats=2"), None).await.unwrap();
-    assert_eq!(raw.text().await.unwrap(), "run 2\n", "an earlier execution's output by its number");
+    assert_eq!(
+        result.repeats, latest.repeats,
+        "the record's results are the latest execution's"
+    );
+    let raw = app
+        .client
+        .raw(
+            reqwest::Method::GET,
+            &format!("/invocations/{invoke_id}/results/{instance}/output?repeats=2"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.text().await.unwrap(),
+        "run 2\n",
+        "an earlier execution's output by its number"
+    );
 
     let stopped = app.wait_done(&invoke_id, Duration::from_secs(15)).await;
     assert_eq!(stopped.invocation_status, InvocationStatus::Stopped);
@@ -102,7 +127,11 @@ async fn a_rate_runs_three_executions_each_with_its_own_output_and_stop_ends_the
     tokio::time::sleep(Duration::from_secs(4)).await;
     let later = app.client.executions(&invoke_id).await.unwrap().executions;
     assert_eq!(later.len(), after_stop, "no execution starts after Stop");
-    assert_eq!(runs(&counter) as usize, started(&later), "every execution ran exactly once");
+    assert_eq!(
+        runs(&counter) as usize,
+        started(&later),
+        "every execution ran exactly once"
+    );
 }
 
 #[tokio::test]
@@ -139,7 +168,12 @@ async fn a_server_restarted_between_two_executions_neither_loses_nor_doubles_one
     client.stop(&invoke_id, None).await.unwrap();
 
     let numbers: Vec<u32> = executions.iter().map(|e| e.repeats).collect();
-    assert_eq!(&numbers[..3], &[1, 2, 3], "no execution number is skipped or repeated: {}", server.log());
+    assert_eq!(
+        &numbers[..3],
+        &[1, 2, 3],
+        "no execution number is skipped or repeated: {}",
+        server.log()
+    );
     assert_eq!(
         outputs(&executions[..3]),
         vec![(1, "run 1".into()), (2, "run 2".into()), (3, "run 3".into())],
@@ -153,11 +187,20 @@ async fn a_server_restarted_between_two_executions_neither_loses_nor_doubles_one
     let numbers: Vec<u32> = all.iter().map(|e| e.repeats).collect();
     let expected: Vec<u32> = (1..=all.len() as u32).collect();
     assert_eq!(numbers, expected);
-    assert_eq!(runs(&counter) as usize, started(&all), "the command ran once per execution");
+    assert_eq!(
+        runs(&counter) as usize,
+        started(&all),
+        "the command ran once per execution"
+    );
 }
 
 /// An agent reading its boot id from `boot_file`.
-fn agent_booted(server: &str, activation: Option<&fleetrun::protocol::api::ActivationCreated>, state: tempfile::TempDir, boot_file: &Path) -> AgentProcess {
+fn agent_booted(
+    server: &str,
+    activation: Option<&fleetrun::protocol::api::ActivationCreated>,
+    state: tempfile::TempDir,
+    boot_file: &Path,
+) -> AgentProcess {
     let child = agent_command(server, activation, state.path())
         .arg("--boot-id-file")
         .arg(boot_file)
@@ -186,9 +229,22 @@ async fn every_boot_runs_once_per_boot_and_next_boot_only_at_the_first() {
         repeat_mode: Some(mode),
         ..RunCommandRequest::new(vec![instance.clone()], counting(counter, 10))
     };
-    let every = app.client.run(&plan(&every_counter, RepeatMode::EveryReboot)).await.unwrap().invoke_id;
-    let next = app.client.run(&plan(&next_counter, RepeatMode::NextRebootOnly)).await.unwrap().invoke_id;
-    assert_eq!(app.client.invocation(&every).await.unwrap().invocation_status, InvocationStatus::Scheduled);
+    let every = app
+        .client
+        .run(&plan(&every_counter, RepeatMode::EveryReboot))
+        .await
+        .unwrap()
+        .invoke_id;
+    let next = app
+        .client
+        .run(&plan(&next_counter, RepeatMode::NextRebootOnly))
+        .await
+        .unwrap()
+        .invoke_id;
+    assert_eq!(
+        app.client.invocation(&every).await.unwrap().invocation_status,
+        InvocationStatus::Scheduled
+    );
 
     let reboot = |agent: &mut AgentProcess, boot: &str| {
         std::fs::write(&boot_file, boot).unwrap();
@@ -231,10 +287,25 @@ async fn plans_are_refused_with_a_reason_on_the_api() {
     let instance = agent.instance_id().await;
     for (mode, frequency, code, words) in [
         (None, Some("rate(10s)"), "InvalidParameter.Frequency", "from 1 min"),
-        (Some(RepeatMode::Period), None, "InvalidParameter.Frequency", "needs a frequency"),
+        (
+            Some(RepeatMode::Period),
+            None,
+            "InvalidParameter.Frequency",
+            "needs a frequency",
+        ),
         (None, Some("every day"), "InvalidParameter.Frequency", "cron"),
-        (Some(RepeatMode::EveryReboot), Some("rate(5m)"), "InvalidParameter.Frequency", "takes no frequency"),
-        (None, Some("at(2020-01-01 00:00:00)"), "InvalidParameter.Frequency", "has passed"),
+        (
+            Some(RepeatMode::EveryReboot),
+            Some("rate(5m)"),
+            "InvalidParameter.Frequency",
+            "takes no frequency",
+        ),
+        (
+            None,
+            Some("at(2020-01-01 00:00:00)"),
+            "InvalidParameter.Frequency",
+            "has passed",
+        ),
     ] {
         let request = RunCommandRequest {
             repeat_mode: mode,
@@ -244,7 +315,11 @@ async fn plans_are_refused_with_a_reason_on_the_api() {
         let err = app.client.run(&request).await.unwrap_err();
         let failure = err.downcast_ref::<fleetrun::client::ApiFailure>().unwrap();
         assert_eq!(failure.body.code, code, "{mode:?} {frequency:?}");
-        assert!(failure.body.message.contains(words), "{mode:?} {frequency:?}: {}", failure.body.message);
+        assert!(
+            failure.body.message.contains(words),
+            "{mode:?} {frequency:?}: {}",
+            failure.body.message
+        );
     }
     assert_eq!(app.client.invocations("").await.unwrap().total, 0, "nothing was stored");
 }
@@ -259,7 +334,10 @@ async fn the_dialogs_execution_plan_schedules_a_command_and_the_record_lists_eac
 
     browser.open_send_command(&app, instance).await;
     browser.type_into("#content-linux", "echo scheduled-hello").await;
-    assert!(!browser.is_shown("#schedule-fields").await, "Immediate execution is the default");
+    assert!(
+        !browser.is_shown("#schedule-fields").await,
+        "Immediate execution is the default"
+    );
     browser.click("#execution-plan input[name=plan][value=schedule]").await;
     assert!(browser.is_shown("#schedule-fields").await);
     browser.type_into("#schedule-value", "3s").await;
@@ -273,16 +351,27 @@ async fn the_dialogs_execution_plan_schedules_a_command_and_the_record_lists_eac
     let scheduled = app.client.invocation(&invoke_id).await.unwrap();
     assert_eq!(scheduled.repeat_mode, RepeatMode::Period);
     assert_eq!(scheduled.frequency.as_deref(), Some("rate(3s)"));
-    browser.client.goto(&format!("{}/console/invocations", app.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/console/invocations", app.url))
+        .await
+        .unwrap();
     let row = browser.wait_text("#records tbody tr", &invoke_id).await;
     assert!(row.contains("rate(3s)") && row.contains("Scheduled"), "{row}");
     let next_run = browser
         .eval("return document.querySelector('#records tbody tr td:nth-child(5) time')?.getAttribute('datetime') || ''")
         .await;
-    assert!(next_run.as_str().is_some_and(|t| t.starts_with("20")), "the Next Run column shows a time: {row}");
+    assert!(
+        next_run.as_str().is_some_and(|t| t.starts_with("20")),
+        "the Next Run column shows a time: {row}"
+    );
 
     execution_done(&app.client, &invoke_id, 2, Duration::from_secs(30)).await;
-    browser.client.goto(&format!("{}/console/invocations/{invoke_id}", app.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/console/invocations/{invoke_id}", app.url))
+        .await
+        .unwrap();
     browser.wait_text("#execution-plan", "rate(3s)").await;
     let first = browser.wait_text("#execution-1 summary", "Execution 1").await;
     assert_eq!(first, "Execution 1");
@@ -298,8 +387,13 @@ async fn the_dialogs_execution_plan_schedules_a_command_and_the_record_lists_eac
     browser.open_send_command(&app, instance).await;
     browser.type_into("#content-linux", "echo at-boot").await;
     browser.click("#execution-plan input[name=plan][value=schedule]").await;
-    browser.click("#execution-plan input[name=plan][value=every_boot]").await;
-    assert!(!browser.is_shown("#schedule-fields").await, "a boot plan takes no schedule");
+    browser
+        .click("#execution-plan input[name=plan][value=every_boot]")
+        .await;
+    assert!(
+        !browser.is_shown("#schedule-fields").await,
+        "a boot plan takes no schedule"
+    );
     browser.click("#run-button").await;
     let boot_id = eventually(Duration::from_secs(10), "the boot plan's panel", || async {
         let id = browser.panel_invoke_id().await;
@@ -307,6 +401,9 @@ async fn the_dialogs_execution_plan_schedules_a_command_and_the_record_lists_eac
     })
     .await;
     browser.wait_text(&format!("#overall-{boot_id}"), "Scheduled").await;
-    assert_eq!(app.client.invocation(&boot_id).await.unwrap().repeat_mode, RepeatMode::EveryReboot);
+    assert_eq!(
+        app.client.invocation(&boot_id).await.unwrap().repeat_mode,
+        RepeatMode::EveryReboot
+    );
     browser.close().await;
 }

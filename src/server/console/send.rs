@@ -190,7 +190,13 @@ impl SendForm {
     fn repeat(&self) -> (Option<RepeatMode>, Option<String>) {
         let value = self.get("schedule_value").trim();
         let zone = self.get("time_zone").trim();
-        let zoned = |text: &str| if zone.is_empty() { text.to_string() } else { format!("{text} {zone}") };
+        let zoned = |text: &str| {
+            if zone.is_empty() {
+                text.to_string()
+            } else {
+                format!("{text} {zone}")
+            }
+        };
         match self.plan() {
             "schedule" => {
                 let frequency = match (self.get("schedule_kind"), value) {

@@ -3,12 +3,12 @@
 
 use super::{Call, Page, content_encoding, ecs_time, encode, legacy_result_status};
 use crate::dispatch::{Kind, error::not_found};
-use crate::protocol::{InvocationStatus, RepeatMode};
 use crate::protocol::api::ContentEncoding;
 use crate::protocol::ecs::{
     DescribeInvocationResultsResponse, DescribeInvocationsResponse, Empty, Invocation, InvocationResult,
     InvocationResults, InvocationResultsPage, Invocations, InvokeInstance, InvokeInstances, Tags,
 };
+use crate::protocol::{InvocationStatus, RepeatMode};
 use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::{InvocationFilter, InvocationRow, ResultRow};
