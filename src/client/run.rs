@@ -290,4 +290,24 @@ mod tests {
         assert!(!enabled(&["echo plain"]));
         assert!(!enabled(&["--no-parameters", "echo {{fleetrun::instance_name}}"]));
     }
+
+    #[test]
+    fn repeat_mode_and_frequency_go_into_the_request_as_given() {
+        let plan = |args: &[&str]| {
+            let req = request(&run_args(args), vec![]).unwrap();
+            (req.repeat_mode, req.frequency)
+        };
+
+        assert_eq!(plan(&["true"]), (None, None));
+        assert_eq!(
+            plan(&["--frequency", "rate(5m)", "true"]),
+            (None, Some("rate(5m)".into()))
+        );
+        assert_eq!(
+            plan(&["--repeat-mode", "EveryReboot", "true"]),
+            (Some(RepeatMode::EveryReboot), None)
+        );
+        let bad = Cli::try_parse_from(["fleetrun", "run", "-i", "i-1", "--repeat-mode", "Daily", "true"]);
+        assert!(bad.is_err(), "clap names the modes");
+    }
 }
