@@ -692,11 +692,12 @@ impl Store {
     /// and deleted in one write transaction, with one audit entry saying what went (by
     /// `retention`, via `server`): replicas purging at once never delete, or count, one
     /// invocation twice. Returns the invocations and results deleted; `(0, 0)` once nothing
-    /// is left to purge.
+    /// is left to purge. A schedule still running is kept, however old: deleting it would end it.
     pub async fn purge_batch(&self, before: i64, max_results: u64) -> Result<(u64, u64)> {
         let mut tx = self.write_tx().await?;
         let oldest: Vec<(String, i64)> = query(&format!(
-            "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 ORDER BY created_at LIMIT 256"
+            "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 \
+             AND (schedule_state IS NULL OR schedule_state <> 'Scheduled') ORDER BY created_at LIMIT 256"
         ))
         .bind(before)
         .fetch_all(&mut tx)

@@ -369,6 +369,26 @@ mod tests {
         );
     }
 
+    async fn the_retention_purge_keeps_a_schedule_that_still_runs(store) {
+        let live = store
+            .create_scheduled_invocation(&new_invocation(&["i-a"], 0), &rate_plan(5_000))
+            .await
+            .unwrap()
+            .id;
+        let stopped = store
+            .create_scheduled_invocation(&new_invocation(&["i-a"], 0), &rate_plan(5_000))
+            .await
+            .unwrap()
+            .id;
+        store.stop_results(&stopped, None, 1, "ann").await.unwrap();
+
+        let purged = store.purge_batch(i64::MAX, 100).await.unwrap();
+
+        assert_eq!(purged, (1, 0), "the stopped schedule goes, the running one stays");
+        assert!(store.invocation(&live).await.is_ok());
+        assert!(store.invocation(&stopped).await.is_err());
+    }
+
     async fn a_new_boot_starts_boot_plans_once_per_boot(store) {
         add_instance(&store, "i-a", Some("boot-1")).await;
         add_instance(&store, "i-b", None).await;
