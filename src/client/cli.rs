@@ -244,6 +244,7 @@ mod tests {
             start_time: None,
             finish_time: None,
             stop_time: None,
+            repeats: 1,
         }
     }
 

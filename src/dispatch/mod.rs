@@ -11,6 +11,7 @@
 //! - `access_keys`: AccessKey pairs for the ECS API, their secrets sealed by [`sealing`];
 //! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
+//! - `plan`: execution plans (`RepeatMode`, `Frequency`); `schedule`: starting due executions;
 //! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
 //!
 //! The dispatcher owns what is in memory (which agents are connected here, who watches which
@@ -24,9 +25,11 @@ pub mod check;
 mod commands;
 pub mod error;
 mod fleet;
+pub mod plan;
 mod reconnect;
 mod replicas;
 mod run;
+mod schedule;
 pub mod sealing;
 mod session;
 mod signing;
@@ -92,6 +95,9 @@ pub struct Settings {
     /// Agents being attached at once (`Hello` to settled) beyond which new connections are
     /// refused (503).
     pub max_attaching: usize,
+    /// Shortest interval of a schedule: `rate(…)`, and between two runs of a cron expression
+    /// (Alibaba's: 60 s).
+    pub min_schedule_interval: Duration,
 }
 
 impl Default for Settings {
@@ -113,6 +119,7 @@ impl Default for Settings {
             reconnect_rate: 500,
             reconnect_window_max: Duration::from_secs(30),
             max_attaching: 256,
+            min_schedule_interval: Duration::from_secs(60),
         }
     }
 }
@@ -459,7 +466,10 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => self.flush_heartbeats().await,
-                _ = sweep.tick() => self.enforce_deadlines().await,
+                _ = sweep.tick() => {
+                    self.enforce_deadlines().await;
+                    self.start_due_executions().await;
+                }
                 _ = count_fleet.tick() => self.recount_fleet().await,
             }
         }
@@ -533,7 +543,7 @@ impl Dispatcher {
             Ok(changes) => {
                 let mut timed_out = BTreeSet::new();
                 for change in changes.iter().filter(|c| c.status == ResultStatus::Timeout) {
-                    self.send_stop(&change.instance_id, &change.invocation_id);
+                    self.send_stop(&change.instance_id, &change.task());
                     timed_out.insert(change.invocation_id.clone());
                 }
                 self.publish_changes(&changes).await;

@@ -60,6 +60,7 @@ pub(super) fn hello(held_tasks: Vec<String>) -> Hello {
         ip_addresses: vec!["10.0.0.1".into()],
         supported_command_types: vec![CommandType::RunShellScript],
         held_tasks,
+        boot_id: None,
     }
 }
 

@@ -88,6 +88,7 @@ fn parameter(field: Field) -> &'static str {
         Field::Tags => "ResourceTag",
         Field::ClientToken => "ClientToken",
         Field::RepeatMode => "RepeatMode",
+        Field::Frequency => "Frequency",
         // Not parameters of any ECS action.
         Field::Password | Field::Role | Field::ExpiresInDays | Field::Register => "Parameter",
     }
