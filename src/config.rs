@@ -49,6 +49,8 @@ pub enum Mode {
     Invocations(InvocationsArgs),
     /// Stop an invocation (client).
     Stop(StopArgs),
+    /// Send a file to instances and wait for each one's result (client).
+    SendFile(SendFileArgs),
 }
 
 /// A secret option value; `Debug` never prints it.
@@ -108,6 +110,10 @@ pub struct ServeArgs {
     /// Largest command content, in bytes after decoding.
     #[arg(long, env = "FLEETRUN_MAX_CONTENT_BYTES", default_value_t = 64 * 1024)]
     pub max_content_bytes: usize,
+    /// Largest file Send File takes, in bytes (1 GiB by default). Uploads are staged under
+    /// `<data-dir>/files` until every instance has its copy.
+    #[arg(long, env = "FLEETRUN_MAX_FILE_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_file_bytes: u64,
     /// Most instances one invocation may target.
     #[arg(long, env = "FLEETRUN_MAX_INSTANCES", default_value_t = 10_000)]
     pub max_instances: usize,
@@ -244,9 +250,10 @@ pub struct AgentArgs {
     /// later is not captured. Keep it well below the server's --timeout-grace-secs.
     #[arg(long, env = "FLEETRUN_OUTPUT_GRACE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub output_grace_ms: u64,
-    /// Newest agent protocol version to offer the server: 2 sends output as binary WebSocket
-    /// frames; 1 sends every frame as JSON text (for a proxy that mishandles binary frames).
-    #[arg(long, env = "FLEETRUN_MAX_PROTOCOL_VERSION", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    /// Newest agent protocol version to offer the server: 3 takes Send File; 2 sends output as
+    /// binary WebSocket frames; 1 sends every frame as JSON text (for a proxy that mishandles
+    /// binary frames). Below 3, file sends to this instance fail with `ClientNeedUpgrade`.
+    #[arg(long, env = "FLEETRUN_MAX_PROTOCOL_VERSION", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
     pub max_protocol_version: u32,
     /// The file holding this machine's boot id, reported at each connection: a new one runs the
     /// commands planned for the next boot or every boot. Change it only to test those plans.
@@ -411,6 +418,44 @@ pub struct StopArgs {
     /// Only these instances (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub instances: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendFileArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Instance ids, comma-separated.
+    #[arg(long, short = 'i', value_delimiter = ',', required = true)]
+    pub instances: Vec<String>,
+    /// Absolute directory on the instances to put the file in (created when missing).
+    #[arg(long)]
+    pub dir: String,
+    /// The file's name there (default: the local file's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Permission bits, in octal.
+    #[arg(long, default_value = "0644")]
+    pub mode: String,
+    /// Owner on the instances (default: the user the agent runs as).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Group on the instances (default: the owner's).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Replace a file already there (without it, such an instance ends Failed/FileAlreadyExists).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Seconds the whole send may take (at least 10).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Return after printing the send id instead of waiting for the results.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the finished send (with its results) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The local file to send.
+    pub file: PathBuf,
 }
 
 #[cfg(test)]

@@ -72,7 +72,8 @@ impl SwarmConfig {
             concurrency: 64,
             default_output: 3,
             chunk_bytes: MAX_CHUNK_BYTES,
-            max_protocol_version: PROTOCOL_VERSION,
+            // Version 3 adds Send File, which these simulated agents do not take.
+            max_protocol_version: PROTOCOL_VERSION.min(2),
         }
     }
 }
@@ -515,7 +516,13 @@ impl VirtualAgent {
                             }
                         }
                         ServerMessage::Refused(refused) => bail!("refused: {}", refused.reason),
-                        ServerMessage::Ack(_) | ServerMessage::Heartbeat | ServerMessage::Welcome(_) => {}
+                        // The swarm's simulated agents take no files.
+                        ServerMessage::Ack(_)
+                        | ServerMessage::Heartbeat
+                        | ServerMessage::Welcome(_)
+                        | ServerMessage::FileOffer(_)
+                        | ServerMessage::FileCancel(_)
+                        | ServerMessage::FileChunk(_) => {}
                     }
                 }
                 _ = tick.tick() => {

@@ -19,6 +19,7 @@ mod identity;
 mod script;
 mod session;
 mod spool;
+mod transfer;
 
 use crate::config::AgentArgs;
 use anyhow::Context as _;

@@ -14,6 +14,7 @@ use super::failover::Servers;
 use super::host;
 use super::identity::Identity;
 use super::spool::{self, Spool};
+use super::transfer::Transfers;
 use crate::config::AgentArgs;
 use crate::protocol::agent::{AgentMessage, Frame, Hello, MAX_FRAME_BYTES, RunTask, ServerMessage};
 use crate::protocol::{ErrorCode, OsType, PROTOCOL_VERSIONS, TaskEnd};
@@ -63,6 +64,9 @@ pub struct Agent {
     clock_offset_ms: i64,
     /// When to try the server again; told of every `Welcome`, loss and failed attempt.
     backoff: Backoff,
+    /// Files being received (Send File), and what they have to tell the server.
+    transfers: Transfers,
+    transfers_rx: mpsc::Receiver<AgentMessage>,
 }
 
 impl Agent {
@@ -76,7 +80,10 @@ impl Agent {
     ) -> Agent {
         let (events_tx, events_rx) = mpsc::channel(256);
         let backoff = Backoff::new(Duration::from_secs(args.reconnect_max_secs));
+        let (transfers_tx, transfers_rx) = mpsc::channel(1024);
         Agent {
+            transfers: Transfers::new(&args.state_dir, transfers_tx),
+            transfers_rx,
             backoff,
             args,
             servers,
@@ -276,6 +283,11 @@ impl Agent {
                         return Ok(lost(e));
                     }
                 }
+                Some(message) = self.transfers_rx.recv() => {
+                    if let Err(e) = send(&mut socket, &message, version).await {
+                        return Ok(lost(e));
+                    }
+                }
                 _ = tick.tick() => {
                     if last_heard.elapsed() > heartbeat * 3 {
                         return Ok(lost(anyhow::anyhow!("no heartbeat from the server for three intervals")));
@@ -301,6 +313,9 @@ impl Agent {
                 }
             }
             ServerMessage::Ack(ack) => self.spool.ack(&ack.task, ack.next_seq, ack.finished)?,
+            ServerMessage::FileOffer(offer) => self.transfers.offer(offer),
+            ServerMessage::FileChunk(chunk) => self.transfers.chunk(chunk),
+            ServerMessage::FileCancel(cancel) => self.transfers.cancel(&cancel.transfer),
             ServerMessage::Heartbeat | ServerMessage::Welcome(_) => {}
             ServerMessage::Refused(refused) => {
                 bail!(Fatal(format!("the server refused this agent: {}", refused.reason)))
@@ -427,6 +442,8 @@ async fn next_message(socket: &mut Socket) -> anyhow::Result<Option<ServerMessag
         match socket.next().await {
             None | Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Ok(Message::Text(text))) => return Ok(Some(ServerMessage::decode(&text)?)),
+            // File chunks (protocol version 3), the only binary frames a server sends.
+            Some(Ok(Message::Binary(frame))) => return Ok(Some(ServerMessage::decode_binary(frame)?)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
         }

@@ -42,6 +42,7 @@ pub async fn run_cli(mode: Mode) -> anyhow::Result<i32> {
             None => list_invocations(args).await,
         },
         Mode::Stop(args) => stop(args).await,
+        Mode::SendFile(args) => super::send_file::send_file(args).await,
         _ => unreachable!("only client modes reach run_cli"),
     }
 }

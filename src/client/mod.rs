@@ -4,6 +4,7 @@
 mod cli;
 mod output;
 mod run;
+mod send_file;
 
 pub use cli::run_cli;
 
@@ -153,6 +154,50 @@ impl ApiClient {
                 .json(&body),
         )
         .await
+    }
+
+    /// SendFile: uploads `path` as a multipart form (the file streamed from disk, never read
+    /// whole) with the text `fields` (`instance_ids`, `target_dir`, `name`, …).
+    pub async fn send_file(
+        &self,
+        path: &std::path::Path,
+        fields: &[(&str, String)],
+    ) -> anyhow::Result<crate::protocol::files::SendFileCreated> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let size = file.metadata().await?.len();
+        let boundary = format!("fleetrun-{}", rand::random::<u64>());
+        let mut head = String::new();
+        for (name, value) in fields {
+            head.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().replace('"', ""))
+            .unwrap_or_default();
+        head.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        ));
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let length = head.len() as u64 + size + tail.len() as u64;
+        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(head)) })
+            .chain(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024))
+            .chain(futures_util::stream::once(async move { Ok(bytes::Bytes::from(tail)) }));
+        let request = self
+            .request(Method::POST, "/files")
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .header("content-length", length)
+            .body(reqwest::Body::wrap_stream(body));
+        self.send(request).await
+    }
+
+    /// A send with its per-instance results.
+    pub async fn file_send(&self, send_id: &str) -> anyhow::Result<crate::protocol::files::FileSend> {
+        self.get(&format!("/files/{send_id}")).await
     }
 
     pub async fn invocation(&self, invoke_id: &str) -> anyhow::Result<Invocation> {

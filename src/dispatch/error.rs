@@ -42,6 +42,13 @@ pub enum Field {
     ClientToken,
     /// RunCommand's and InvokeCommand's `repeat_mode`.
     RepeatMode,
+    /// Send File: the directory, the file name, the mode, owner, group and the file itself.
+    TargetDir,
+    FileName,
+    FileMode,
+    FileOwner,
+    FileGroup,
+    FileContent,
     /// A schedule: `rate(…)`, `at(…)` or cron with a time zone.
     Frequency,
 }
@@ -74,6 +81,12 @@ impl Field {
             Field::ClientToken => "InvalidParameter.ClientToken",
             Field::RepeatMode => "InvalidParameter.RepeatMode",
             Field::Frequency => "InvalidParameter.Frequency",
+            Field::TargetDir => "InvalidParameter.TargetDir",
+            Field::FileName => "InvalidParameter.Name",
+            Field::FileMode => "InvalidParameter.FileMode",
+            Field::FileOwner => "InvalidParameter.FileOwner",
+            Field::FileGroup => "InvalidParameter.FileGroup",
+            Field::FileContent => "InvalidParameter.Content",
         }
     }
 
@@ -104,6 +117,12 @@ impl Field {
             Field::ClientToken => "client_token",
             Field::RepeatMode => "repeat_mode",
             Field::Frequency => "frequency",
+            Field::TargetDir => "target_dir",
+            Field::FileName => "name",
+            Field::FileMode => "mode",
+            Field::FileOwner => "owner",
+            Field::FileGroup => "group",
+            Field::FileContent => "file",
         }
     }
 }
@@ -119,6 +138,7 @@ pub enum Kind {
     User,
     Token,
     AccessKey,
+    FileSend,
 }
 
 impl Kind {
@@ -133,6 +153,7 @@ impl Kind {
             Kind::User => "user",
             Kind::Token => "token",
             Kind::AccessKey => "AccessKey",
+            Kind::FileSend => "file send",
         }
     }
 }
@@ -262,6 +283,9 @@ pub enum Error {
         activation_id: String,
         refusal: RegisterRefusal,
     },
+    /// The server could not stage an upload on its own disk (not the caller's fault).
+    #[error("{0}")]
+    Upload(String),
     #[error(transparent)]
     Store(store::Error),
 }

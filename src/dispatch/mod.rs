@@ -24,6 +24,7 @@ pub mod actor;
 pub mod check;
 mod commands;
 pub mod error;
+mod files;
 mod fleet;
 pub mod plan;
 mod reconnect;
@@ -43,6 +44,7 @@ pub use accounts::{FirstAdmin, NewSession, SESSION_HOURS, UserChange, hash_passw
 pub use actor::{Actor, Via};
 pub use commands::QuotaUse;
 pub use error::{Conflict, Error, Field, Kind, LoginRefusal, QuotaKind};
+pub use files::{DEFAULT_FILE_TIMEOUT_SECS, SendFile, Upload, WINDOW_CHUNKS, check_file_name, check_target_dir};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
 pub use reconnect::Busy;
 pub use run::{CLIENT_TOKEN_HOURS, Run, Stopped, Submitted, check_run_command, task_for};
@@ -98,6 +100,10 @@ pub struct Settings {
     /// Shortest interval of a schedule: `rate(…)`, and between two runs of a cron expression
     /// (Alibaba's: 60 s).
     pub min_schedule_interval: Duration,
+    /// Where uploads for Send File are staged (`<data-dir>/files`).
+    pub files_dir: std::path::PathBuf,
+    /// Largest file Send File takes.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Settings {
@@ -120,6 +126,8 @@ impl Default for Settings {
             reconnect_window_max: Duration::from_secs(30),
             max_attaching: 256,
             min_schedule_interval: Duration::from_secs(60),
+            files_dir: std::env::temp_dir().join("fleetrun-files"),
+            max_file_bytes: 1 << 30,
         }
     }
 }
@@ -208,6 +216,8 @@ struct Inner {
     attaching: std::sync::atomic::AtomicUsize,
     /// Refusals for being busy since the last warning about them, and when that was (ms).
     busy: reconnect::BusyLog,
+    /// Send File transfers running on this server's agent connections.
+    transfers: files::Transfers,
 }
 
 /// Result ids of a connection's tasks, by task id: filled as tasks are handed to the agent,
@@ -217,6 +227,8 @@ type TaskIds = Arc<Mutex<HashMap<String, i64>>>;
 /// The way to one connected agent.
 struct AgentLink {
     session: u64,
+    /// The agent protocol version of the connection (Send File needs 3).
+    protocol_version: u32,
     tasks: TaskIds,
     /// Messages in order. Bounded: an agent that stops reading has its connection closed
     /// rather than its messages piling up (it re-sends, and gets its work again, on reconnect).
@@ -226,6 +238,16 @@ struct AgentLink {
 }
 
 impl AgentLink {
+    /// The way a file transfer reaches this connection.
+    fn connection(&self, instance_id: &str) -> files::Connection {
+        files::Connection {
+            instance_id: instance_id.to_string(),
+            session: self.session,
+            tx: self.tx.clone(),
+            protocol_version: self.protocol_version,
+        }
+    }
+
     /// Queues a message, in order; false when it could not be. Never waits: an agent whose
     /// queue is full is disconnected. (Messages to agents not connected here are not sent at
     /// all; the store holds what they need when they connect.)
@@ -290,6 +312,7 @@ impl Dispatcher {
         tracker.spawn(writer::run(dispatcher.clone(), writer_rx, shutdown.clone()));
         tracker.spawn(dispatcher.clone().run_housekeeping(shutdown.clone()));
         tracker.spawn(dispatcher.clone().run_purge(shutdown.clone()));
+        tracker.spawn(dispatcher.clone().run_files(shutdown.clone()));
         tracker.spawn(dispatcher.clone().run_replica(shutdown));
         dispatcher
     }
@@ -325,6 +348,7 @@ impl Dispatcher {
                 fleet_size: AtomicU64::new(0),
                 attaching: Default::default(),
                 busy: reconnect::BusyLog::default(),
+                transfers: files::Transfers::default(),
                 settings,
             }),
         };

@@ -118,6 +118,7 @@ impl Dispatcher {
             instance_id.to_string(),
             AgentLink {
                 session: id,
+                protocol_version,
                 tasks: tasks.clone(),
                 tx: tx.clone(),
                 close: close.clone(),
@@ -140,6 +141,13 @@ impl Dispatcher {
             self.detach(session).await;
             return Err(e);
         }
+        let connection = super::files::Connection {
+            instance_id: instance_id.to_string(),
+            session: id,
+            tx: session.tx.clone(),
+            protocol_version,
+        };
+        self.offer_open_files(connection).await;
         Ok((session, Outbox { rx, close }))
     }
 
@@ -239,6 +247,24 @@ impl Dispatcher {
                 };
                 return self.queue(session, m.task, write).await;
             }
+            AgentMessage::FileAccept(m) => {
+                let reply = super::files::Reply::Accept(m.offset);
+                self.file_reply(&session.instance_id, session.id, &m.transfer, reply)
+                    .await;
+                return Ok(());
+            }
+            AgentMessage::FileAck(m) => {
+                let reply = super::files::Reply::Ack(m.offset);
+                self.file_reply(&session.instance_id, session.id, &m.transfer, reply)
+                    .await;
+                return Ok(());
+            }
+            AgentMessage::FileDone(m) => {
+                let reply = super::files::Reply::Done(m.error_code, m.error_info);
+                self.file_reply(&session.instance_id, session.id, &m.transfer, reply)
+                    .await;
+                return Ok(());
+            }
             AgentMessage::TaskFinished(m) => {
                 let Some(result_id) = self.own_task(session, &m.task).await? else {
                     return Ok(());
@@ -308,6 +334,7 @@ impl Dispatcher {
 
     /// Unregisters a closed connection and records the instance offline.
     pub async fn detach(&self, session: AgentSession) {
+        self.files_detached(&session.instance_id, session.id);
         let was_current = {
             let mut agents = self.lock_agents();
             let current = agents

@@ -7,6 +7,7 @@
 //! `t-…-r2` and on for a schedule's later ones, [`super::task_id`]), and the server checks that
 //! every frame names a task of the agent's own instance.
 
+use super::files::{FileAccept, FileAck, FileCancel, FileChunk, FileDone, FileOffer};
 use super::{CommandType, Error, OsType, OutputStream, PROTOCOL_VERSIONS, TaskEnd};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,10 @@ pub enum AgentMessage {
     Output(Output),
     OutputSkipped(OutputSkipped),
     TaskFinished(TaskFinished),
+    /// Send File (protocol version 3, [`super::files`]).
+    FileAccept(FileAccept),
+    FileAck(FileAck),
+    FileDone(FileDone),
 }
 
 /// Server → agent.
@@ -44,6 +49,12 @@ pub enum ServerMessage {
     RunTask(RunTask),
     StopTask(StopTask),
     Ack(Ack),
+    /// Send File (protocol version 3); the chunks travel as binary frames ([`FileChunk`]).
+    FileOffer(FileOffer),
+    FileCancel(FileCancel),
+    /// Never JSON: always a binary frame ([`ServerMessage::to_frame`]).
+    #[serde(skip)]
+    FileChunk(FileChunk),
 }
 
 /// The agent's first frame on every connection.
@@ -332,14 +343,19 @@ impl_from!(AgentMessage {
     TaskStarted,
     Output,
     OutputSkipped,
-    TaskFinished
+    TaskFinished,
+    FileAccept,
+    FileAck,
+    FileDone
 });
 impl_from!(ServerMessage {
     Welcome,
     Refused,
     RunTask,
     StopTask,
-    Ack
+    Ack,
+    FileOffer,
+    FileCancel
 });
 
 impl AgentMessage {
@@ -365,14 +381,35 @@ impl AgentMessage {
 }
 
 impl ServerMessage {
+    /// Encodes as one frame: file chunks binary, everything else JSON text.
+    pub fn to_frame(&self) -> Frame {
+        match self {
+            ServerMessage::FileChunk(chunk) => {
+                Frame::Binary(FileChunk::encode_binary(&chunk.transfer, chunk.offset, &chunk.data))
+            }
+            message => Frame::Text(message.encode()),
+        }
+    }
+
+    /// Decodes one binary frame: a file chunk (the only binary frame a server sends).
+    pub fn decode_binary(frame: Bytes) -> Result<Self, Error> {
+        FileChunk::decode_binary(frame).map(ServerMessage::FileChunk)
+    }
+
     /// Decodes one text frame.
     pub fn decode(text: &str) -> Result<Self, Error> {
         Ok(serde_json::from_str(text)?)
     }
 
-    /// Encodes as one text frame.
+    /// Encodes as one text frame; a file chunk has none (use [`ServerMessage::to_frame`]).
     #[allow(clippy::expect_used)] // Serialising these plain structs cannot fail: every map key is a string.
     pub fn encode(&self) -> String {
+        if let ServerMessage::FileChunk(chunk) = self {
+            return format!(
+                r#"{{"type":"file_chunk","transfer":{:?},"offset":{}}}"#,
+                chunk.transfer, chunk.offset
+            );
+        }
         serde_json::to_string(self).expect("server message serialises")
     }
 }

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 #[cfg(feature = "server")]
 pub mod ecs;
+pub mod files;
 pub mod params;
 pub mod plan;
 mod spec;
@@ -23,12 +24,13 @@ use serde::{Deserialize, Serialize};
 
 /// The agent protocol versions this build speaks (DESIGN.md §5, docs/ARCHITECTURE.md):
 /// version 1 sends every frame as JSON text; version 2 sends output as binary frames
-/// ([`agent::Output::encode_binary`]) and everything else as before. Each connection uses the
+/// ([`agent::Output::encode_binary`]) and everything else as before; version 3 adds Send File
+/// ([`files`]), which the server offers only to agents speaking it. Each connection uses the
 /// newest version both sides speak.
-pub const PROTOCOL_VERSIONS: [u32; 2] = [1, 2];
+pub const PROTOCOL_VERSIONS: [u32; 3] = [1, 2, 3];
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A frame or body that could not be decoded.
 #[derive(Debug, thiserror::Error)]

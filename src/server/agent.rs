@@ -7,7 +7,7 @@ use super::auth::PeerIp;
 use super::error::{ApiError, ApiJson};
 use crate::dispatch::{Actor, Busy, Outbound, Outbox};
 use crate::protocol::PROTOCOL_VERSIONS;
-use crate::protocol::agent::{AgentMessage, MAX_FRAME_BYTES, Output, Refused, ServerMessage};
+use crate::protocol::agent::{AgentMessage, Frame, MAX_FRAME_BYTES, Output, Refused, ServerMessage};
 use crate::protocol::api::{RegisterRequest, RegisterResponse};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -82,7 +82,10 @@ fn busy(busy: Busy) -> ApiError {
 }
 
 fn text(message: ServerMessage) -> Message {
-    Message::Text(message.encode().into())
+    match message.to_frame() {
+        Frame::Text(text) => Message::Text(text.into()),
+        Frame::Binary(bytes) => Message::Binary(bytes.into()),
+    }
 }
 
 /// Answers an incompatible or malformed `Hello` with the reason, and closes.

@@ -151,6 +151,7 @@ impl From<dispatch::Error> for ApiError {
                     Kind::Activation => "InvalidActivation.NotFound",
                     Kind::User => "NotFound",
                     Kind::AccessKey => "InvalidAccessKeyId.NotFound",
+                    Kind::FileSend => "InvalidInvokeId.NotFound",
                 };
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -253,6 +254,7 @@ impl From<dispatch::Error> for ApiError {
                     format!("enrolment refused by activation {activation_id:?}: {refusal}; {advice}"),
                 )
             }
+            Error::Upload(message) => ApiError::internal(anyhow::anyhow!(message)),
             Error::Store(e) => e.into(),
         }
     }

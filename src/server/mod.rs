@@ -94,6 +94,8 @@ pub fn settings(args: &ServeArgs) -> Settings {
             tail: output - output / 2,
         },
         max_content_bytes: args.max_content_bytes,
+        files_dir: args.data_dir.join("files"),
+        max_file_bytes: args.max_file_bytes,
         max_instances: args.max_instances,
         retained_command_quota: args.retained_command_quota,
         retention: Duration::from_secs(args.retention_days * 24 * 3600),

@@ -11,6 +11,7 @@ mod audit;
 pub mod bus;
 mod commands;
 mod db;
+mod files;
 mod fleet;
 pub mod ids;
 mod invocations;
@@ -29,6 +30,7 @@ mod users;
 pub use access_keys::{AccessKeyRow, SealedAccessKey};
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
+pub use files::{FileResultRow, FileSendRow, NewFileSend};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
 pub use invocations::{ClientToken, Target};
 pub use invocations::{

@@ -4,6 +4,7 @@ mod access_keys;
 mod activations;
 mod audit;
 mod commands;
+pub mod files;
 mod instances;
 mod invocations;
 mod tokens;
@@ -38,6 +39,14 @@ pub fn routes() -> Router<AppState> {
         .route("/invocations/{invoke_id}/executions", get(invocations::executions))
         .route("/invocations/{invoke_id}/stop", post(invocations::stop))
         .route("/invocations/{invoke_id}/stream", get(super::live::stream))
+        // The upload streams to disk under --max-file-bytes, not the 1 MiB body limit.
+        .route(
+            "/files",
+            post(files::create)
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .get(files::list),
+        )
+        .route("/files/{send_id}", get(files::show))
         .route("/commands", post(commands::create).get(commands::list))
         .route(
             "/commands/{command_id}",

@@ -89,6 +89,12 @@ fn parameter(field: Field) -> &'static str {
         Field::ClientToken => "ClientToken",
         Field::RepeatMode => "RepeatMode",
         Field::Frequency => "Frequency",
+        Field::TargetDir => "TargetDir",
+        Field::FileName => "Name",
+        Field::FileMode => "FileMode",
+        Field::FileOwner => "FileOwner",
+        Field::FileGroup => "FileGroup",
+        Field::FileContent => "Content",
         // Not parameters of any ECS action.
         Field::Password | Field::Role | Field::ExpiresInDays | Field::Register => "Parameter",
     }
@@ -107,6 +113,7 @@ impl From<dispatch::Error> for EcsError {
                     Kind::Command => "InvalidCommandId.NotFound",
                     Kind::Activation => "InvalidActivationId.NotFound",
                     Kind::User | Kind::Token | Kind::AccessKey => "InvalidParameter.NotFound",
+                    Kind::FileSend => "InvalidInvokeId.NotFound",
                 };
                 EcsError::new(
                     StatusCode::NOT_FOUND,
@@ -145,6 +152,7 @@ impl From<dispatch::Error> for EcsError {
             e @ (Error::Login(_) | Error::Enrolment { .. }) => {
                 EcsError::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string())
             }
+            Error::Upload(message) => EcsError::internal(anyhow::anyhow!(message)),
             Error::Store(e) => e.into(),
         }
     }

@@ -1,0 +1,155 @@
+//! Send File: `POST /files` (multipart, the file streamed to the server's disk as it arrives),
+//! `GET /files` and `GET /files/{send_id}` with per-instance results.
+
+use super::{rfc3339, window};
+use crate::dispatch::{Actor, SendFile};
+use crate::protocol::files::{FileResult, FileSend, FileSendStatus, FileSendsResponse, SendFileCreated, format_mode};
+use crate::server::AppState;
+use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::store::{FileResultRow, FileSendRow};
+use axum::extract::{Multipart, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+/// A send as the API shows it; `results` only when asked for.
+pub fn file_send_dto(send: FileSendRow, results: &[FileResultRow], with_results: bool) -> FileSend {
+    FileSend {
+        status: FileSendStatus::of(results.iter().map(|r| r.status)),
+        instance_count: results.len(),
+        send_id: send.id,
+        name: send.name,
+        description: send.description,
+        target_dir: send.target_dir,
+        mode: format_mode(send.mode),
+        owner: send.owner,
+        group: send.group,
+        overwrite: send.overwrite,
+        timeout_secs: send.timeout_secs,
+        size: send.size,
+        sha256: send.sha256,
+        creator: send.created_by,
+        created_time: rfc3339(send.created_at),
+        results: with_results.then(|| results.iter().map(file_result_dto).collect()),
+    }
+}
+
+fn file_result_dto(row: &FileResultRow) -> FileResult {
+    FileResult {
+        instance_id: row.instance_id.clone(),
+        status: row.status,
+        error_code: row.error_code,
+        error_info: row.error_info.clone(),
+        start_time: row.start_time.map(rfc3339),
+        finish_time: row.finish_time.map(rfc3339),
+        bytes_sent: row.bytes_sent,
+        resumed_from: row.resumed_from,
+    }
+}
+
+fn bad_form(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(
+        "InvalidParameter.Multipart",
+        format!("the multipart body could not be read: {e}"),
+    )
+}
+
+/// Puts one text field of the form into the request.
+fn set_field(request: &mut SendFile, name: &str, text: String) -> Result<(), ApiError> {
+    let number = |text: &str| {
+        text.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "InvalidParameter.Timeout",
+                "`timeout_secs` must be a whole number of seconds",
+            )
+        })
+    };
+    match name {
+        "instance_ids" | "instance_id" => request.instance_ids.extend(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        ),
+        "target_dir" => request.target_dir = text,
+        "name" => request.name = text,
+        "mode" => request.mode = Some(text).filter(|t| !t.trim().is_empty()),
+        "owner" => request.owner = Some(text),
+        "group" => request.group = Some(text),
+        "overwrite" => request.overwrite = matches!(text.trim(), "true" | "1" | "on" | "yes"),
+        "timeout_secs" if text.trim().is_empty() => {}
+        "timeout_secs" => request.timeout_secs = Some(number(&text)?),
+        "description" => request.description = text,
+        other => {
+            return Err(ApiError::bad_request(
+                "InvalidParameter",
+                format!("unknown form field {other:?}: see POST /api/v1/files in README.md"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// SendFile: the form's fields in any order; the file part is written to disk as it arrives.
+/// Without `name`, the uploaded file's own name is used.
+pub async fn create(
+    actor: Actor,
+    State(state): State<AppState>,
+    mut form: Multipart,
+) -> Result<(StatusCode, ApiJson<SendFileCreated>), ApiError> {
+    let (mut request, mut upload, mut file_name) = (SendFile::default(), None, None);
+    while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name != "file" {
+            set_field(&mut request, &name, field.text().await.map_err(bad_form)?)?;
+            continue;
+        }
+        file_name = field
+            .file_name()
+            .and_then(|n| n.rsplit(['/', '\\']).next())
+            .map(str::to_string);
+        let mut staged = state.dispatcher.begin_upload(&actor).await?;
+        while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
+            staged.write(&chunk).await?;
+        }
+        upload = Some(staged);
+    }
+    let upload = upload.ok_or_else(|| ApiError::bad_request("MissingParameter.File", "the form has no `file` part"))?;
+    if request.name.is_empty() {
+        request.name = file_name.unwrap_or_default();
+    }
+    let send_id = state.dispatcher.send_file(&actor, upload, request).await?;
+    Ok((StatusCode::CREATED, ApiJson(SendFileCreated { send_id })))
+}
+
+/// DescribeSendFileResults, one send.
+pub async fn show(
+    _actor: Actor,
+    State(state): State<AppState>,
+    ApiPath(send_id): ApiPath<String>,
+) -> Result<ApiJson<FileSend>, ApiError> {
+    let (send, results) = state.dispatcher.file_send(&send_id).await?;
+    Ok(ApiJson(file_send_dto(send, &results, true)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    page: Option<u64>,
+    page_size: Option<u64>,
+}
+
+/// The newest sends first, with their overall status.
+pub async fn list(
+    _actor: Actor,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<ApiJson<FileSendsResponse>, ApiError> {
+    let (offset, limit) = window(query.page, query.page_size)?;
+    let (sends, total) = state.dispatcher.file_sends(offset, limit).await?;
+    let mut files = Vec::with_capacity(sends.len());
+    for send in sends {
+        let (_, results) = state.dispatcher.file_send(&send.id).await?;
+        files.push(file_send_dto(send, &results, false));
+    }
+    Ok(ApiJson(FileSendsResponse { files, total }))
+}
