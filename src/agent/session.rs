@@ -82,7 +82,7 @@ impl Agent {
         let backoff = Backoff::new(Duration::from_secs(args.reconnect_max_secs));
         let (transfers_tx, transfers_rx) = mpsc::channel(1024);
         Agent {
-            transfers: Transfers::new(&args.state_dir, transfers_tx),
+            transfers: Transfers::new(&args.state_dir, &identity.instance_id, transfers_tx),
             transfers_rx,
             backoff,
             args,

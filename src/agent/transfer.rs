@@ -1,5 +1,6 @@
 //! Receiving files (Send File, agent protocol version 3): each transfer writes a temporary file
-//! beside its target (`.<name>.<transfer>.part`), acknowledges what it wrote, and at the end
+//! beside its target (`.<name>.<tag>.part`, the tag a hash of the transfer and this instance, so
+//! agents sharing a file system never share one), acknowledges what it wrote, and at the end
 //! checks the SHA-256, sets owner, group and mode, and moves the file into place in one step
 //! (`rename`, or `link` when overwriting is off, so an existing file is never replaced).
 //!
@@ -33,6 +34,8 @@ type Failure = (FileErrorCode, String);
 pub struct Transfers {
     /// Where verdicts are remembered.
     done_dir: PathBuf,
+    /// This agent's instance id, part of its temporary files' names.
+    instance_id: String,
     running: HashMap<String, mpsc::Sender<Input>>,
     /// Messages for the server, sent by the session when connected (dropped otherwise: the
     /// server offers again after a reconnect, and is told the state then).
@@ -40,9 +43,10 @@ pub struct Transfers {
 }
 
 impl Transfers {
-    pub fn new(state_dir: &Path, out: mpsc::Sender<AgentMessage>) -> Transfers {
+    pub fn new(state_dir: &Path, instance_id: &str, out: mpsc::Sender<AgentMessage>) -> Transfers {
         Transfers {
             done_dir: state_dir.join("files"),
+            instance_id: instance_id.to_string(),
             running: HashMap::new(),
             out,
         }
@@ -67,7 +71,8 @@ impl Transfers {
         // Room for a window of chunks and then some (the server keeps 16 in flight).
         let (tx, rx) = mpsc::channel(64);
         self.running.insert(offer.transfer.clone(), tx);
-        tokio::spawn(receive(offer, rx, self.out.clone(), self.done_dir.clone()));
+        let part_tag = part_tag(&offer.transfer, &self.instance_id);
+        tokio::spawn(receive(offer, part_tag, rx, self.out.clone(), self.done_dir.clone()));
     }
 
     pub fn chunk(&mut self, chunk: FileChunk) {
@@ -81,6 +86,12 @@ impl Transfers {
             let _ = tx.try_send(Input::Cancel);
         }
     }
+}
+
+/// 12 hex digits naming a transfer's temporary file on this instance: the same after a restart.
+fn part_tag(transfer: &str, instance_id: &str) -> String {
+    let digest = Sha256::digest(format!("{transfer}/{instance_id}"));
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn remembered(dir: &Path, transfer: &str) -> Option<FileDone> {
@@ -102,6 +113,7 @@ fn remember(dir: &Path, done: &FileDone) {
 /// One transfer, from the first offer to the verdict.
 async fn receive(
     offer: FileOffer,
+    part_tag: String,
     mut inputs: mpsc::Receiver<Input>,
     out: mpsc::Sender<AgentMessage>,
     done_dir: PathBuf,
@@ -122,7 +134,7 @@ async fn receive(
         }
         let _ = out.try_send(done.into());
     };
-    let mut file = match Incoming::start(&offer).await {
+    let mut file = match Incoming::start(&offer, &part_tag).await {
         Ok(file) => file,
         Err(failure) => return verdict(Some(failure)),
     };
@@ -214,7 +226,7 @@ struct Incoming {
 impl Incoming {
     /// Checks the offer against this host (directory, existing target, owner, group) and
     /// opens the temporary file, keeping the whole chunks an earlier attempt wrote.
-    async fn start(offer: &FileOffer) -> Result<Incoming, Failure> {
+    async fn start(offer: &FileOffer, part_tag: &str) -> Result<Incoming, Failure> {
         let dir = Path::new(&offer.target_dir);
         let name_ok = !offer.name.is_empty() && offer.name != "." && offer.name != ".." && !offer.name.contains('/');
         if !dir.is_absolute() || dir.components().any(|c| c == std::path::Component::ParentDir) || !name_ok {
@@ -247,7 +259,9 @@ impl Incoming {
             }
             _ => {}
         }
-        let part = dir.join(format!(".{}.{}.part", offer.name, offer.transfer));
+        // Within the 255 bytes of a name, whatever the target's.
+        let stem: String = offer.name.chars().take(200).collect();
+        let part = dir.join(format!(".{stem}.{part_tag}.part"));
         let opened = async {
             let file = tokio::fs::OpenOptions::new()
                 .create(true)
@@ -459,8 +473,8 @@ mod tests {
         let data = b"0123456789";
         let offer = offer(dir.path(), data, false);
         // An earlier attempt left 6 bytes: 4 are a whole chunk, kept; 2 are dropped.
-        std::fs::write(dir.path().join(".app.conf.f-test.part"), &data[..6]).unwrap();
-        let mut incoming = Incoming::start(&offer).await.unwrap();
+        std::fs::write(dir.path().join(".app.conf.tag.part"), &data[..6]).unwrap();
+        let mut incoming = Incoming::start(&offer, "tag").await.unwrap();
         assert_eq!(incoming.written, 4);
         incoming.write(&data[4..]).await.unwrap();
         incoming.finish(&offer).await.unwrap();
@@ -474,10 +488,10 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o7777, 0o640);
         }
-        assert!(!dir.path().join(".app.conf.f-test.part").exists());
+        assert!(!dir.path().join(".app.conf.tag.part").exists());
 
         // Overwrite off: refused at the offer, the file untouched.
-        let again = Incoming::start(&offer).await.err().unwrap();
+        let again = Incoming::start(&offer, "tag").await.err().unwrap();
         assert_eq!(again.0, FileErrorCode::FileAlreadyExists);
     }
 
@@ -486,7 +500,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut offer = offer(dir.path(), b"good", true);
         offer.sha256 = "00".repeat(32);
-        let mut incoming = Incoming::start(&offer).await.unwrap();
+        let mut incoming = Incoming::start(&offer, "tag").await.unwrap();
         incoming.write(b"good").await.unwrap();
         assert_eq!(
             incoming.finish(&offer).await.err().unwrap().0,
@@ -501,13 +515,13 @@ mod tests {
         let mut bad = offer(dir.path(), b"x", false);
         bad.owner = Some("no-such-user-fleetrun".into());
         assert_eq!(
-            Incoming::start(&bad).await.err().unwrap().0,
+            Incoming::start(&bad, "tag").await.err().unwrap().0,
             FileErrorCode::UserGroupNotExists
         );
         let mut relative = offer(dir.path(), b"x", false);
         relative.target_dir = "opt/app".into();
         assert_eq!(
-            Incoming::start(&relative).await.err().unwrap().0,
+            Incoming::start(&relative, "tag").await.err().unwrap().0,
             FileErrorCode::InvalidPath
         );
     }

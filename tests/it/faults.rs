@@ -13,12 +13,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 /// A tmpfs of a few MiB mounted on a temporary directory: a disk that fills up on demand.
 /// Unmounted on drop, even when the test fails.
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(mib: u32) -> SmallDisk {
+    pub(crate) fn mount(mib: u32) -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
@@ -32,7 +32,7 @@ impl SmallDisk {
         SmallDisk { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 

@@ -15,6 +15,7 @@ mod engine;
 mod failover;
 mod faults;
 mod faults_exec;
+mod files;
 mod helpers;
 mod hostile;
 mod netlab;

@@ -1,0 +1,324 @@
+//! Send File end to end: real agents, real files on disk, the upload streamed through the API.
+
+use crate::faults::SmallDisk;
+use crate::helpers::{AgentProcess, Proxy, TestApp, eventually, sha256};
+use fleetrun::client::{ApiClient, ApiFailure, Credentials};
+use fleetrun::protocol::files::{FileErrorCode, FileSend, FileSendStatus, FileStatus};
+use reqwest::Method;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// `len` bytes that do not compress or repeat (so a wrong offset changes the hash).
+fn random_file(dir: &Path, name: &str, len: usize) -> (std::path::PathBuf, String) {
+    use rand::RngCore as _;
+    let mut data = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut data);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    (path, sha256(&data))
+}
+
+fn fields(ids: &[String], dir: &Path, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("instance_ids", ids.join(",")),
+        ("target_dir", dir.to_string_lossy().into_owned()),
+    ];
+    fields.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    fields
+}
+
+async fn wait_final(app: &TestApp, send_id: &str, timeout: Duration) -> FileSend {
+    eventually(timeout, "every result of the send to be final", || async {
+        let send = app.client.file_send(send_id).await.unwrap();
+        send.status.is_final().then_some(send)
+    })
+    .await
+}
+
+/// The API's refusal code of a failed client call.
+fn refusal(e: anyhow::Error) -> (u16, String) {
+    let failure = e
+        .downcast_ref::<ApiFailure>()
+        .unwrap_or_else(|| panic!("not an API refusal: {e:#}"));
+    (failure.status.as_u16(), failure.body.code.clone())
+}
+
+fn staged_uploads(app: &TestApp) -> usize {
+    std::fs::read_dir(app.data.path().join("files")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn a_file_reaches_several_agents_verified_with_its_mode_and_the_upload_is_removed() {
+    let app = TestApp::spawn().await;
+    let fleet = app.fleet("local", "files", 3).await;
+    let ids: Vec<String> = fleet.iter().map(|(_, id)| id.clone()).collect();
+    let src = tempfile::tempdir().unwrap();
+    let (path, digest) = random_file(src.path(), "app.tar.gz", 9 * 1024 * 1024 + 123);
+    // The agents share this host's file system, so they share the target: each one writes its
+    // own temporary file and moves it into place (overwrite on), and each verifies its copy.
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("opt/app");
+
+    let created = app
+        .client
+        .send_file(&path, &fields(&ids, &dir, &[("mode", "0640"), ("overwrite", "true")]))
+        .await
+        .unwrap();
+    let send = wait_final(&app, &created.send_id, Duration::from_secs(60)).await;
+
+    assert_eq!(send.status, FileSendStatus::Success, "{send:#?}");
+    assert_eq!(
+        (send.size, send.sha256.as_str(), send.mode.as_str()),
+        (9 * 1024 * 1024 + 123, digest.as_str(), "0640")
+    );
+    assert_eq!(send.name, "app.tar.gz", "the upload's own name when none is given");
+    for result in send.results.as_ref().unwrap() {
+        assert_eq!(result.status, FileStatus::Success, "{result:?}");
+        assert_eq!(result.bytes_sent, send.size, "each agent got every byte: {result:?}");
+    }
+    let copy = dir.join("app.tar.gz");
+    assert_eq!(sha256(&std::fs::read(&copy).unwrap()), digest);
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o7777, 0o640);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the upload to be deleted from the server",
+        || async { (staged_uploads(&app) == 0).then_some(()) },
+    )
+    .await;
+
+    // Every send is audited with the file's SHA-256 and size.
+    let audit: serde_json::Value = app
+        .client
+        .raw(Method::GET, "/audit", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "SendFile")
+        .expect("a SendFile audit entry");
+    let detail = entry["detail"].as_str().unwrap();
+    assert!(detail.contains(&digest) && detail.contains("9437307 bytes"), "{detail}");
+}
+
+#[tokio::test]
+async fn overwrite_off_onto_an_existing_file_fails_and_leaves_it_untouched() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let (path, _) = random_file(src.path(), "new.conf", 4096);
+    let target = tempfile::tempdir().unwrap();
+    std::fs::write(target.path().join("app.conf"), "old contents\n").unwrap();
+
+    let created = app
+        .client
+        .send_file(&path, &fields(&[id], target.path(), &[("name", "app.conf")]))
+        .await
+        .unwrap();
+    let send = wait_final(&app, &created.send_id, Duration::from_secs(30)).await;
+
+    let result = &send.results.unwrap()[0];
+    assert_eq!(
+        (result.status, result.error_code),
+        (FileStatus::Failed, Some(FileErrorCode::FileAlreadyExists)),
+        "{result:?}"
+    );
+    assert!(
+        result.error_info.as_deref().unwrap().contains("overwrite is off"),
+        "{result:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.path().join("app.conf")).unwrap(),
+        "old contents\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(target.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+}
+
+#[tokio::test]
+async fn bad_paths_names_modes_and_viewers_are_refused_before_anything_is_sent() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let (path, _) = random_file(src.path(), "x.bin", 1024);
+    let ids = [id.clone()];
+
+    for (field, value, code) in [
+        ("target_dir", "opt/app", "InvalidParameter.TargetDir"),
+        ("target_dir", "/opt/../etc", "InvalidParameter.TargetDir"),
+        ("name", "../passwd", "InvalidParameter.Name"),
+        ("name", "..", "InvalidParameter.Name"),
+        ("mode", "rw-r--r--", "InvalidParameter.FileMode"),
+    ] {
+        let mut form = fields(&ids, Path::new("/tmp/fleetrun-never"), &[]);
+        form.retain(|(k, _)| *k != field);
+        form.push((field, value.to_string()));
+        let e = app.client.send_file(&path, &form).await.unwrap_err();
+        assert_eq!(refusal(e), (400, code.to_string()), "{field}={value}");
+    }
+    // A viewer may not send, and nothing it uploaded stays.
+    let body = json!({"username": "vera", "password": "vera-password-long", "role": "viewer"});
+    assert_eq!(
+        app.client
+            .raw(Method::POST, "/users", Some(&body))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let viewer = ApiClient::new(
+        &app.url,
+        Credentials::Basic {
+            username: "vera".into(),
+            password: "vera-password-long".into(),
+        },
+    );
+    let e = viewer
+        .send_file(&path, &fields(&ids, Path::new("/tmp/fleetrun-never"), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(e), (403, "Forbidden".to_string()));
+
+    let list: serde_json::Value = app
+        .client
+        .raw(Method::GET, "/files", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 0, "nothing was stored: {list}");
+    assert_eq!(staged_uploads(&app), 0, "refused uploads are deleted");
+    assert!(!Path::new("/tmp/fleetrun-never").exists(), "nothing reached the agent");
+}
+
+#[tokio::test]
+async fn a_transfer_cut_half_way_resumes_and_sends_only_the_rest() {
+    let app = TestApp::spawn().await;
+    let proxy = Proxy::start(&app.url).await;
+    let activation = app.activation("local", 1).await;
+    let agent = AgentProcess::start(&proxy.url, Some(&activation), tempfile::tempdir().unwrap());
+    agent.wait_online(&app).await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let size = 48 * 1024 * 1024;
+    let (path, digest) = random_file(src.path(), "big.bin", size);
+    let target = tempfile::tempdir().unwrap();
+
+    let created = app
+        .client
+        .send_file(&path, &fields(&[id], target.path(), &[("timeout_secs", "120")]))
+        .await
+        .unwrap();
+    // Cut the connection once the agent's temporary file holds a third of the file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let part = std::fs::read_dir(target.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().ends_with(".part"));
+        let len = part.and_then(|p| p.metadata().ok()).map_or(0, |m| m.len());
+        if len >= size as u64 / 3 {
+            proxy.cut();
+            break len;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer never got a third of the way"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(held < size as u64, "cut before the end (held {held})");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+
+    let send = wait_final(&app, &created.send_id, Duration::from_secs(90)).await;
+    let result = &send.results.unwrap()[0];
+    assert_eq!(result.status, FileStatus::Success, "{result:?}");
+    assert!(
+        result.resumed_from > 0,
+        "the agent resumed from what it held: {result:?}"
+    );
+    // Sent in all: what the first connection carried (up to the cut, plus a window in flight)
+    // and, after the reconnect, only the rest: far less than the file twice.
+    let resumed_bytes = size as u64 - result.resumed_from;
+    assert!(resumed_bytes < size as u64, "{result:?}");
+    assert!(
+        result.bytes_sent < size as u64 + size as u64 / 2,
+        "not sent again from zero: {result:?}"
+    );
+    assert_eq!(sha256(&std::fs::read(target.path().join("big.bin")).unwrap()), digest);
+}
+
+#[tokio::test]
+async fn a_full_disk_on_the_agent_fails_with_disk_full_and_leaves_no_partial_file() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let disk = SmallDisk::mount(4);
+    let src = tempfile::tempdir().unwrap();
+    let (path, _) = random_file(src.path(), "too-big.bin", 8 * 1024 * 1024);
+
+    let created = app
+        .client
+        .send_file(&path, &fields(&[id], disk.path(), &[]))
+        .await
+        .unwrap();
+    let send = wait_final(&app, &created.send_id, Duration::from_secs(60)).await;
+
+    let result = &send.results.unwrap()[0];
+    assert_eq!(
+        (result.status, result.error_code),
+        (FileStatus::Failed, Some(FileErrorCode::DiskFull)),
+        "{result:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(disk.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "no partial file: {left:?}");
+}
+
+#[tokio::test]
+async fn an_agent_before_protocol_3_fails_at_once_with_a_clear_reason() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent_speaking("local", 2).await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let (path, _) = random_file(src.path(), "a.txt", 10);
+    let target = tempfile::tempdir().unwrap();
+
+    let created = app
+        .client
+        .send_file(&path, &fields(&[id], target.path(), &[]))
+        .await
+        .unwrap();
+    let send = wait_final(&app, &created.send_id, Duration::from_secs(10)).await;
+
+    let result = &send.results.unwrap()[0];
+    assert_eq!(
+        (result.status, result.error_code),
+        (FileStatus::Failed, Some(FileErrorCode::ClientNeedUpgrade))
+    );
+    assert!(
+        result.error_info.as_deref().unwrap().contains("upgrade the agent"),
+        "{result:?}"
+    );
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+}
