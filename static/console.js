@@ -332,3 +332,39 @@
     tickDurations();
   });
 })();
+
+// Send File: the upload goes with XMLHttpRequest, whose upload progress feeds the dialog's
+// progress bar (fetch cannot report it); the answer is the results fragment, which htmx then
+// refreshes until every instance's result is final.
+document.addEventListener('submit', function (event) {
+  var form = event.target;
+  if (form.id !== 'file-form') return;
+  event.preventDefault();
+  var bar = document.getElementById('file-progress');
+  var text = document.getElementById('file-progress-text');
+  var result = document.getElementById('file-result');
+  var button = document.getElementById('file-send-button');
+  var xhr = new XMLHttpRequest();
+  button.disabled = true;
+  xhr.upload.addEventListener('progress', function (e) {
+    if (!e.lengthComputable) return;
+    bar.max = e.total;
+    bar.value = e.loaded;
+    text.textContent = 'Uploading ' + Math.floor((100 * e.loaded) / e.total) + '%';
+  });
+  xhr.addEventListener('load', function () {
+    bar.value = bar.max;
+    text.textContent = xhr.status < 300 ? 'Uploaded' : '';
+    result.innerHTML = xhr.responseText;
+    if (window.htmx) window.htmx.process(result);
+    button.disabled = false;
+  });
+  xhr.addEventListener('error', function () {
+    text.textContent = 'The upload failed: the connection to the server was lost.';
+    button.disabled = false;
+  });
+  xhr.open('POST', '/console/files');
+  var headers = JSON.parse(document.body.getAttribute('hx-headers') || '{}');
+  Object.keys(headers).forEach(function (name) { xhr.setRequestHeader(name, headers[name]); });
+  xhr.send(new FormData(form));
+});

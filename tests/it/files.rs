@@ -322,3 +322,52 @@ async fn an_agent_before_protocol_3_fails_at_once_with_a_clear_reason() {
     );
     assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn the_console_dialog_uploads_with_progress_and_shows_each_instances_result() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let (path, digest) = random_file(src.path(), "site.tar.gz", 3 * 1024 * 1024);
+    let target = tempfile::tempdir().unwrap();
+    let browser = crate::browser::Browser::signed_in(&app).await;
+
+    browser
+        .client
+        .goto(&format!("{}/console/instances/{id}", app.url))
+        .await
+        .unwrap();
+    browser.click("#tab-commands").await;
+    browser.click("#send-file").await;
+    browser.wait_text("#file-title", "Send File").await;
+    browser.type_into("#file-input", path.to_str().unwrap()).await;
+    browser.type_into("#file-dir", target.path().to_str().unwrap()).await;
+    browser.type_into("#file-mode", "0600").await;
+    browser.click("#file-send-button").await;
+
+    browser.wait_text("#file-progress-text", "Uploaded").await;
+    let row = format!("#file-results tr[data-instance='{id}']");
+    browser.wait_text(&row, "Success").await;
+    let progress = browser
+        .client
+        .execute(
+            "var p = document.getElementById('file-progress'); return [p.value, p.max];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (value, max) = (progress[0].as_f64().unwrap(), progress[1].as_f64().unwrap());
+    assert!(
+        max >= 3.0 * 1024.0 * 1024.0 && value == max,
+        "the bar showed the whole upload: {progress}"
+    );
+    let copy = target.path().join("site.tar.gz");
+    assert_eq!(sha256(&std::fs::read(&copy).unwrap()), digest);
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o7777, 0o600);
+
+    // A refusal shows in the dialog instead of results.
+    browser.type_into("#file-dir", "relative/dir").await;
+    browser.click("#file-send-button").await;
+    browser.wait_text("#file-error", "absolute").await;
+}

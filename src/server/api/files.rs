@@ -2,7 +2,8 @@
 //! `GET /files` and `GET /files/{send_id}` with per-instance results.
 
 use super::{rfc3339, window};
-use crate::dispatch::{Actor, SendFile};
+use crate::dispatch::error::invalid;
+use crate::dispatch::{Actor, Error, Field, SendFile};
 use crate::protocol::files::{FileResult, FileSend, FileSendStatus, FileSendsResponse, SendFileCreated, format_mode};
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -46,23 +47,12 @@ fn file_result_dto(row: &FileResultRow) -> FileResult {
     }
 }
 
-fn bad_form(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(
-        "InvalidParameter.Multipart",
-        format!("the multipart body could not be read: {e}"),
-    )
+fn bad_form(e: impl std::fmt::Display) -> Error {
+    invalid(Field::FileContent, format!("the multipart body could not be read: {e}"))
 }
 
 /// Puts one text field of the form into the request.
-fn set_field(request: &mut SendFile, name: &str, text: String) -> Result<(), ApiError> {
-    let number = |text: &str| {
-        text.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "InvalidParameter.Timeout",
-                "`timeout_secs` must be a whole number of seconds",
-            )
-        })
-    };
+fn set_field(request: &mut SendFile, name: &str, text: String) -> Result<(), Error> {
     match name {
         "instance_ids" | "instance_id" => request.instance_ids.extend(
             text.split(',')
@@ -77,11 +67,17 @@ fn set_field(request: &mut SendFile, name: &str, text: String) -> Result<(), Api
         "group" => request.group = Some(text),
         "overwrite" => request.overwrite = matches!(text.trim(), "true" | "1" | "on" | "yes"),
         "timeout_secs" if text.trim().is_empty() => {}
-        "timeout_secs" => request.timeout_secs = Some(number(&text)?),
+        "timeout_secs" => {
+            let secs = text
+                .trim()
+                .parse()
+                .map_err(|_| invalid(Field::Timeout, "`timeout_secs` must be a whole number of seconds"))?;
+            request.timeout_secs = Some(secs);
+        }
         "description" => request.description = text,
         other => {
-            return Err(ApiError::bad_request(
-                "InvalidParameter",
+            return Err(invalid(
+                Field::FileContent,
                 format!("unknown form field {other:?}: see POST /api/v1/files in README.md"),
             ));
         }
@@ -89,13 +85,10 @@ fn set_field(request: &mut SendFile, name: &str, text: String) -> Result<(), Api
     Ok(())
 }
 
-/// SendFile: the form's fields in any order; the file part is written to disk as it arrives.
-/// Without `name`, the uploaded file's own name is used.
-pub async fn create(
-    actor: Actor,
-    State(state): State<AppState>,
-    mut form: Multipart,
-) -> Result<(StatusCode, ApiJson<SendFileCreated>), ApiError> {
+/// Reads a Send File form (fields in any order; the `file` part written to disk as it
+/// arrives) and makes the send; the console's upload posts the same form. Without `name`, the
+/// uploaded file's own name is used.
+pub async fn receive(state: &AppState, actor: &Actor, mut form: Multipart) -> Result<String, Error> {
     let (mut request, mut upload, mut file_name) = (SendFile::default(), None, None);
     while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -107,17 +100,26 @@ pub async fn create(
             .file_name()
             .and_then(|n| n.rsplit(['/', '\\']).next())
             .map(str::to_string);
-        let mut staged = state.dispatcher.begin_upload(&actor).await?;
+        let mut staged = state.dispatcher.begin_upload(actor).await?;
         while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
             staged.write(&chunk).await?;
         }
         upload = Some(staged);
     }
-    let upload = upload.ok_or_else(|| ApiError::bad_request("MissingParameter.File", "the form has no `file` part"))?;
+    let upload = upload.ok_or_else(|| invalid(Field::FileContent, "the form has no `file` part: choose a file"))?;
     if request.name.is_empty() {
         request.name = file_name.unwrap_or_default();
     }
-    let send_id = state.dispatcher.send_file(&actor, upload, request).await?;
+    state.dispatcher.send_file(actor, upload, request).await
+}
+
+/// SendFile.
+pub async fn create(
+    actor: Actor,
+    State(state): State<AppState>,
+    form: Multipart,
+) -> Result<(StatusCode, ApiJson<SendFileCreated>), ApiError> {
+    let send_id = receive(&state, &actor, form).await?;
     Ok((StatusCode::CREATED, ApiJson(SendFileCreated { send_id })))
 }
 

@@ -11,6 +11,7 @@ mod activations;
 mod audit;
 mod commands;
 mod error;
+mod files;
 mod fragment;
 mod instances;
 mod login;
@@ -53,6 +54,13 @@ pub fn routes() -> Router<AppState> {
         .route("/console/send/form", post(send::redraw))
         .route("/console/send/parameters", post(send::parameters))
         .route("/console/send/picker", post(send::picker))
+        // The upload streams to disk under --max-file-bytes, not the 1 MiB body limit.
+        .route("/console/files/new", get(files::dialog))
+        .route(
+            "/console/files",
+            post(files::create).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/console/files/{send_id}/results", get(files::results))
         .route("/console/invocations", get(records::index))
         .route("/console/invocations/{invoke_id}", get(records::show))
         .route("/console/invocations/{invoke_id}/panel", get(records::panel))
