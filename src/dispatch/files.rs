@@ -37,6 +37,8 @@ const MAX_FILE_TIMEOUT_SECS: u64 = 86_400;
 #[derive(Debug, Clone, Default)]
 pub struct SendFile {
     pub instance_ids: Vec<String>,
+    /// When given (the ECS API), every instance must be in this region.
+    pub region_id: Option<String>,
     pub target_dir: String,
     pub name: String,
     /// Octal, e.g. `0644`; `None` is `0644`.
@@ -251,7 +253,10 @@ impl Dispatcher {
         let group = check_account(Field::FileGroup, "group", request.group.as_deref())?;
         let timeout_secs = check_file_timeout(request.timeout_secs)?;
         super::check::instance_ids(&request.instance_ids, self.inner.settings.max_instances)?;
-        let instances = self.inner.store.instances_by_ids(&request.instance_ids).await?;
+        let mut instances = self.inner.store.instances_by_ids(&request.instance_ids).await?;
+        if let Some(region) = &request.region_id {
+            instances.retain(|i| &i.region_id == region);
+        }
         if instances.len() < request.instance_ids.len() {
             let known: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
             let unknown = request

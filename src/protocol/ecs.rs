@@ -405,3 +405,68 @@ pub struct ManagedInstance {
 pub struct DeregisterManagedInstanceResponse {
     pub instance: ManagedInstance,
 }
+
+/// SendFile's answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SendFileResponse {
+    pub invoke_id: String,
+}
+
+/// DescribeSendFileResults' answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSendFileResultsResponse {
+    #[serde(flatten)]
+    pub paging: Paging,
+    pub invocations: FileInvocations,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileInvocations {
+    pub invocation: Vec<FileInvocation>,
+}
+
+/// One send. `Content` and `ContentType` are left out: the server keeps the file only until
+/// every instance has its result.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileInvocation {
+    pub invoke_id: String,
+    pub name: String,
+    pub description: String,
+    pub file_mode: String,
+    pub file_owner: String,
+    pub file_group: String,
+    pub target_dir: String,
+    /// A string, as Alibaba sends it.
+    pub overwrite: String,
+    pub vm_count: u64,
+    pub creation_time: String,
+    pub invocation_status: String,
+    pub tags: Tags,
+    pub invoke_instances: FileInvokeInstances,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileInvokeInstances {
+    pub invoke_instance: Vec<FileInvokeInstance>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileInvokeInstance {
+    pub instance_id: String,
+    pub invocation_status: String,
+    /// Empty when all is well.
+    pub error_code: String,
+    pub error_info: String,
+    pub creation_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<String>,
+    pub update_time: String,
+}

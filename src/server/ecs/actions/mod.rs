@@ -4,6 +4,7 @@
 
 mod activations;
 mod commands;
+mod files;
 mod instances;
 mod invocations;
 
@@ -38,6 +39,8 @@ pub async fn run(action: &str, call: Call<'_>, params: Params) -> Result<serde_j
         "DescribeInvocations" => answer(invocations::describe_invocations(call, params).await),
         "DescribeInvocationResults" => answer(invocations::describe_invocation_results(call, params).await),
         "StopInvocation" => answer(invocations::stop_invocation(call, params).await),
+        "SendFile" => answer(files::send_file(call, params).await),
+        "DescribeSendFileResults" => answer(files::describe_send_file_results(call, params).await),
         "DescribeCloudAssistantStatus" => answer(instances::describe_cloud_assistant_status(call, params).await),
         "DescribeInstances" => answer(instances::describe_instances(call, params).await),
         "DescribeRegions" => answer(instances::describe_regions(call, params).await),
