@@ -99,6 +99,13 @@ pub const SPECS: &[Spec] = &[
         salt: Some((26045.0, "salt CLI --static, 10 minions x 1 MB")),
     },
     Spec {
+        key: "send_file_100mb_10_agents_ms",
+        unit: "ms",
+        goal: Goal::AtMost,
+        target: 5000.0,
+        salt: None,
+    },
+    Spec {
         key: "ingest_single_mb_per_s",
         unit: "MB/s",
         goal: Goal::AtLeast,

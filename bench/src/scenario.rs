@@ -923,8 +923,64 @@ impl Bench {
                 Ok(p50) => self.results.set(key, p50),
                 Err(e) => self.fail(key, e),
             }
+            let key = "send_file_100mb_10_agents_ms";
+            match self.send_file(&ids[..10]).await {
+                Ok(p50) => self.results.set(key, p50),
+                Err(e) => self.fail(key, e),
+            }
         }
         Ok(())
+    }
+
+    /// `send_file_100mb_10_agents_ms`: 100 MiB of random bytes uploaded once (POST /api/v1/files)
+    /// and put in place by 10 real agents, each verifying the SHA-256; from the start of the
+    /// upload until every result is final (polled every 50 ms). The agents share this machine, so
+    /// each round goes to a directory of its own with overwrite on. Median of up to 3 rounds.
+    async fn send_file(&mut self, ids: &[String]) -> anyhow::Result<f64> {
+        use fleetrun::protocol::files::FileSendStatus;
+        use rand::RngCore as _;
+        let dir = self.args.work_dir.join("send-file");
+        std::fs::create_dir_all(&dir)?;
+        let source = dir.join("source.bin");
+        let mut data = vec![0u8; 100 << 20];
+        rand::thread_rng().fill_bytes(&mut data);
+        std::fs::write(&source, &data)?;
+        drop(data);
+        let mut runs = Vec::new();
+        for round in 0..self.args.rounds.clamp(1, 3) {
+            self.settle().await;
+            let target = dir.join(format!("round-{round}"));
+            let fields = [
+                ("instance_ids", ids.join(",")),
+                ("target_dir", target.to_string_lossy().into_owned()),
+                ("overwrite", "true".to_string()),
+                ("timeout_secs", "300".to_string()),
+            ];
+            let started = Instant::now();
+            let created = self.api.client.send_file(&source, &fields).await?;
+            let send = loop {
+                let send = self.api.client.file_send(&created.send_id).await?;
+                if send.status.is_final() {
+                    break send;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let elapsed = ms(started.elapsed());
+            if send.status != FileSendStatus::Success {
+                bail!("the send ended {}: {:?}", send.status, send.results);
+            }
+            runs.push(elapsed);
+            let _ = std::fs::remove_dir_all(&target);
+        }
+        let _ = std::fs::remove_file(&source);
+        let p50 = median(&runs);
+        self.log(format!(
+            "send file: 100 MiB to {} agents in {p50:.0} ms (runs {runs:.0?})",
+            ids.len()
+        ));
+        self.results
+            .detail("send_file", json!({ "mib": 100, "agents": ids.len(), "runs_ms": runs }));
+        Ok(p50)
     }
 
     /// The ingest figure, on an agent of its own.

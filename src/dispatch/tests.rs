@@ -650,6 +650,15 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
         d.modify_command(admin, &other.id, modify).await.unwrap()
     );
     audited!("DeleteCommand", d.delete_command(admin, &other.id).await.unwrap());
+    let mut upload = d.begin_upload(admin).await.unwrap();
+    upload.write(b"key = value\n").await.unwrap();
+    let send = super::SendFile {
+        instance_ids: vec![instance.id.clone()],
+        target_dir: "/etc/app".into(),
+        name: "app.conf".into(),
+        ..Default::default()
+    };
+    audited!("SendFile", d.send_file(admin, upload, send).await.unwrap());
     audited!("DeregisterInstance", d.deregister(admin, &instance.id).await.unwrap());
 
     // A refusal changes nothing and records nothing.
@@ -677,6 +686,7 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
         include_str!("commands.rs"),
         include_str!("run.rs"),
         include_str!("tags.rs"),
+        include_str!("files.rs"),
     ];
     let audited_in_sources: std::collections::BTreeSet<&str> = sources
         .iter()
