@@ -199,11 +199,14 @@ pub(super) enum Reply {
 /// and where the agent's replies go.
 #[derive(Default)]
 pub(super) struct Transfers {
-    map: Mutex<HashMap<(String, String), (u64, mpsc::Sender<Reply>)>>,
+    map: Mutex<TransferMap>,
 }
 
+/// (instance id, send id) → (the connection's session, where the agent's replies go).
+type TransferMap = HashMap<(String, String), (u64, mpsc::Sender<Reply>)>;
+
 impl Transfers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (u64, mpsc::Sender<Reply>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TransferMap> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -599,7 +602,7 @@ impl Dispatcher {
                 Err(e) => tracing::warn!(error = %e, "could not look up uploads to delete"),
             }
             rounds += 1;
-            if rounds % 60 == 0 {
+            if rounds.is_multiple_of(60) {
                 if let Err(e) = store.purge_file_sends(before).await {
                     tracing::warn!(error = %e, "could not purge file sends past retention");
                 }
