@@ -202,8 +202,13 @@ pub(super) struct Transfers {
     map: Mutex<TransferMap>,
 }
 
-/// (instance id, send id) → (the connection's session, where the agent's replies go).
-type TransferMap = HashMap<(String, String), (u64, mpsc::Sender<Reply>)>;
+/// (instance id, send id) → (the connection's session, where the agent's replies go, and the
+/// transfer task's own number). The map holds the only sender: removing the entry (the
+/// connection closed, or a newer transfer took over) ends the task's wait.
+type TransferMap = HashMap<(String, String), (u64, mpsc::Sender<Reply>, u64)>;
+
+/// Numbers transfer tasks, so one removes only its own entry.
+static NEXT_TRANSFER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Transfers {
     fn lock(&self) -> std::sync::MutexGuard<'_, TransferMap> {
@@ -392,8 +397,8 @@ impl Dispatcher {
             .transfers
             .lock()
             .get(&key)
-            .filter(|(s, _)| *s == session)
-            .map(|(_, tx)| tx.clone());
+            .filter(|(s, ..)| *s == session)
+            .map(|(_, tx, _)| tx.clone());
         match (sender, reply) {
             (Some(tx), reply) => {
                 let _ = tx.send(reply).await;
@@ -409,7 +414,7 @@ impl Dispatcher {
         self.inner
             .transfers
             .lock()
-            .retain(|(instance, _), (s, _)| !(instance == instance_id && *s == session));
+            .retain(|(instance, _), (s, ..)| !(instance == instance_id && *s == session));
     }
 
     async fn finish_file(&self, send_id: &str, instance_id: &str, code: Option<FileErrorCode>, info: Option<String>) {
@@ -452,10 +457,11 @@ impl Dispatcher {
         }
         let key = (instance_id.clone(), send.id.clone());
         let (reply_tx, mut replies) = mpsc::channel(WINDOW_CHUNKS as usize * 2 + 8);
+        let number = NEXT_TRANSFER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner
             .transfers
             .lock()
-            .insert(key.clone(), (session, reply_tx.clone()));
+            .insert(key.clone(), (session, reply_tx, number));
         let offer = FileOffer {
             transfer: send.id.clone(),
             target_dir: send.target_dir.clone(),
@@ -556,7 +562,7 @@ impl Dispatcher {
         }
         {
             let mut transfers = self.inner.transfers.lock();
-            if transfers.get(&key).is_some_and(|(_, tx)| tx.same_channel(&reply_tx)) {
+            if transfers.get(&key).is_some_and(|(.., n)| *n == number) {
                 transfers.remove(&key);
             }
         }

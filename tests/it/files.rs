@@ -371,3 +371,43 @@ async fn the_console_dialog_uploads_with_progress_and_shows_each_instances_resul
     browser.click("#file-send-button").await;
     browser.wait_text("#file-error", "absolute").await;
 }
+
+#[tokio::test]
+async fn command_output_keeps_flowing_while_a_file_goes_to_the_same_agent() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let (path, digest) = random_file(src.path(), "big.bin", 64 * 1024 * 1024);
+    let target = tempfile::tempdir().unwrap();
+
+    let created = app
+        .client
+        .send_file(
+            &path,
+            &fields(std::slice::from_ref(&id), target.path(), &[("timeout_secs", "120")]),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the transfer to start", || async {
+        let send = app.client.file_send(&created.send_id).await.ok()?;
+        (send.status == FileSendStatus::Running).then_some(())
+    })
+    .await;
+    let req = fleetrun::protocol::api::RunCommandRequest::shell(vec![id.clone()], "seq 1 20000");
+    let inv = app.run_to_end(&req).await;
+    let command = &inv.results.unwrap()[0];
+    let send = wait_final(&app, &created.send_id, Duration::from_secs(120)).await;
+
+    let expected: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+    assert_eq!(command.output, expected, "every line of output arrived");
+    let transfer = &send.results.as_ref().unwrap()[0];
+    assert_eq!(transfer.status, FileStatus::Success, "{transfer:?}");
+    assert!(
+        command.finish_time.as_deref().unwrap() < transfer.finish_time.as_deref().unwrap(),
+        "the command ended while the file was still on its way: command {:?}, file {:?}",
+        command.finish_time,
+        transfer.finish_time
+    );
+    assert_eq!(sha256(&std::fs::read(target.path().join("big.bin")).unwrap()), digest);
+}
