@@ -44,6 +44,7 @@ pub struct Transfers {
 
 impl Transfers {
     pub fn new(state_dir: &Path, instance_id: &str, out: mpsc::Sender<AgentMessage>) -> Transfers {
+        forget_old_verdicts(&state_dir.join("files"));
         Transfers {
             done_dir: state_dir.join("files"),
             instance_id: instance_id.to_string(),
@@ -92,6 +93,26 @@ impl Transfers {
 fn part_tag(transfer: &str, instance_id: &str) -> String {
     let digest = Sha256::digest(format!("{transfer}/{instance_id}"));
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Verdicts older than a week are forgotten: no server offers a transfer that long after its
+/// timeout (at most a day).
+fn forget_old_verdicts(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let week = Duration::from_secs(7 * 24 * 3600);
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > week);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn remembered(dir: &Path, transfer: &str) -> Option<FileDone> {

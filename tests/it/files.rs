@@ -411,3 +411,60 @@ async fn command_output_keeps_flowing_while_a_file_goes_to_the_same_agent() {
     );
     assert_eq!(sha256(&std::fs::read(target.path().join("big.bin")).unwrap()), digest);
 }
+
+/// `fleetrun send-file` as people use it: the real binary waits for every result, prints one
+/// line per instance, and exits 0 only when all have the file.
+#[tokio::test]
+async fn the_cli_sends_a_file_waits_and_exits_by_the_results() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+    let src = tempfile::tempdir().unwrap();
+    let (path, digest) = random_file(src.path(), "app.tar.gz", 700_000);
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("opt/app");
+    let cli = |extra: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"));
+        command
+            .arg("send-file")
+            .args(["--server", &app.url, "--password", crate::helpers::PASSWORD, "-i", &id])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--mode", "0755"])
+            .args(extra)
+            .arg(&path)
+            .env_remove("FLEETRUN_TOKEN")
+            .env("FLEETRUN_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    };
+
+    let first = cli(&[]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{id}: Success")) && stdout.contains(&digest),
+        "{stdout}"
+    );
+    let copy = dir.join("app.tar.gz");
+    assert_eq!(sha256(&std::fs::read(&copy).unwrap()), digest);
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o7777, 0o755);
+
+    // Again without --overwrite: that instance fails, and the exit code says so.
+    let second = cli(&[]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Failed FileAlreadyExists"), "{stdout}");
+    let third = cli(&["--overwrite"]).output().await.unwrap();
+    assert_eq!(
+        third.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&third.stdout)
+    );
+}
