@@ -374,7 +374,11 @@ impl Dispatcher {
             .await
         {
             Ok(sends) => {
-                for send in sends {
+                // With several servers, only the one holding the upload sends it.
+                for send in sends
+                    .into_iter()
+                    .filter(|s| std::path::Path::new(&s.content_path).exists())
+                {
                     self.offer_file(connection.clone(), send);
                 }
             }
