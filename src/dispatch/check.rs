@@ -3,7 +3,7 @@
 //! limit of DESIGN.md §7 that concerns one value lives here, once; no surface repeats one.
 
 use super::error::{Error, Field, invalid};
-use crate::protocol::InvocationStatus;
+use crate::protocol::{InvocationStatus, RateInput, RateLimit};
 use crate::protocol::api::ContentEncoding;
 use crate::store::{Cursor, Role};
 use base64::Engine as _;
@@ -333,6 +333,75 @@ pub fn content(text: &str, encoding: ContentEncoding, max: usize) -> Result<Stri
 }
 
 /// The shape of `instance_ids`: not empty, within the limit, no duplicates.
+/// Rate control of one run (issue 14), checked: the limits as given, resolved against the
+/// instance count when the invocation is stored ([`RateControl::limits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateControl {
+    /// Instances running at once; `None`: all at once.
+    pub max_concurrency: Option<RateLimit>,
+    /// Failed results allowed before the ones not started are cancelled; `None`: no limit.
+    pub max_errors: Option<RateLimit>,
+}
+
+impl RateControl {
+    /// Checks `max_concurrency` and `max_errors` as given (absent or blank: not set). A count
+    /// may not exceed `max_instances`, the most one invocation targets; concurrency must allow
+    /// at least one instance (1 or more, or 1% or more).
+    pub fn parse(
+        max_concurrency: Option<RateInput>,
+        max_errors: Option<RateInput>,
+        max_instances: usize,
+    ) -> Result<RateControl, Error> {
+        Ok(RateControl {
+            max_concurrency: rate_limit(Field::MaxConcurrency, "max_concurrency", max_concurrency, 1, max_instances)?,
+            max_errors: rate_limit(Field::MaxErrors, "max_errors", max_errors, 0, max_instances)?,
+        })
+    }
+
+    /// The limits for an invocation of `instances` instances, `(concurrency, errors)`: a
+    /// percentage rounded up, concurrency at least 1.
+    pub fn limits(&self, instances: usize) -> (Option<u64>, Option<u64>) {
+        let n = instances as u64;
+        (
+            self.max_concurrency.map(|c| c.of(n).max(1)),
+            self.max_errors.map(|e| e.of(n)),
+        )
+    }
+}
+
+fn rate_limit(
+    field: Field,
+    name: &str,
+    input: Option<RateInput>,
+    min: u64,
+    max: usize,
+) -> Result<Option<RateLimit>, Error> {
+    let Some(RateInput(text)) = input.filter(|i| !i.0.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let limit = RateLimit::parse(&text).map_err(|m| invalid(field, format!("`{name}`: {m}")))?;
+    let (low, high) = match limit {
+        RateLimit::Count(n) => (n < min, n > max as u64),
+        RateLimit::Percent(p) => (u64::from(p) < min, false),
+    };
+    if low {
+        return Err(invalid(
+            field,
+            format!(
+                "`{name}` is {limit}; at least {min} instance must run at a time: give {min} or more \
+                 (or {min}% or more), or leave it out to run on all at once"
+            ),
+        ));
+    }
+    if high {
+        return Err(invalid(
+            field,
+            format!("`{name}` is {limit}; a count is at most {max}, the most instances one invocation may target"),
+        ));
+    }
+    Ok(Some(limit))
+}
+
 pub fn instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
     if ids.is_empty() {
         return Err(invalid(

@@ -36,6 +36,10 @@ pub enum Field {
     Status,
     /// A listing's continuation token.
     NextToken,
+    /// Rate control: instances running at once.
+    MaxConcurrency,
+    /// Rate control: failures allowed before the rest are not started.
+    MaxErrors,
 }
 
 impl Field {
@@ -62,6 +66,8 @@ impl Field {
             Field::Page => "InvalidParameter.Page",
             Field::Status => "InvalidParameter.Status",
             Field::NextToken => "InvalidParameter.NextToken",
+            Field::MaxConcurrency => "InvalidParameter.MaxConcurrency",
+            Field::MaxErrors => "InvalidParameter.MaxErrors",
         }
     }
 
@@ -88,6 +94,8 @@ impl Field {
             Field::Page => "page",
             Field::Status => "status",
             Field::NextToken => "next_token",
+            Field::MaxConcurrency => "max_concurrency",
+            Field::MaxErrors => "max_errors",
         }
     }
 }

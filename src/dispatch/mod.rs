@@ -11,6 +11,7 @@
 //! - `access_keys`: AccessKey pairs for the ECS API, their secrets sealed by [`sealing`];
 //! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
+//! - `rate`: rate control, the release of results held beyond an invocation's concurrency;
 //! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
 //!
 //! The dispatcher owns what is in memory (which agents are connected here, who watches which
@@ -24,6 +25,7 @@ pub mod check;
 mod commands;
 pub mod error;
 mod fleet;
+mod rate;
 mod reconnect;
 mod replicas;
 mod run;
@@ -442,12 +444,14 @@ impl Dispatcher {
         // The server counted the fleet before it listened (`server::run`).
         let every = reconnect::COUNT_FLEET_EVERY;
         let mut count_fleet = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut release = tokio::time::interval(rate::RELEASE_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.enforce_deadlines().await,
                 _ = count_fleet.tick() => self.recount_fleet().await,
+                _ = release.tick() => self.release_all_held().await,
             }
         }
         self.flush_heartbeats().await;
@@ -515,7 +519,7 @@ impl Dispatcher {
     }
 
     async fn enforce_deadlines(&self) {
-        let _order = self.inner.status_order.lock().await;
+        let order = self.inner.status_order.lock().await;
         match self.inner.store.enforce_deadlines(self.now(), self.lost_before()).await {
             Ok(changes) => {
                 let mut timed_out = BTreeSet::new();
@@ -524,12 +528,14 @@ impl Dispatcher {
                     timed_out.insert(change.invocation_id.clone());
                 }
                 self.publish_changes(&changes).await;
+                drop(order);
                 // Agents held by other replicas are stopped from there.
                 let notes: Vec<_> = timed_out
                     .into_iter()
                     .map(|invoke_id| crate::store::bus::Note::Stop { invoke_id })
                     .collect();
                 self.tell(&notes).await;
+                self.release_held(&changes).await;
             }
             Err(e) => tracing::warn!(error = %e, "deadline check failed"),
         }

@@ -11,7 +11,7 @@ use crate::protocol::agent::RunTask;
 use crate::protocol::api::{InvocationCreated, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::{CommandSpec, InvocationStatus, params};
 use crate::store::bus::Note;
-use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, ResultRow, Role};
+use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, Rate, ResultRow, Role};
 use std::collections::{BTreeMap, HashSet};
 
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
@@ -25,6 +25,8 @@ pub struct Run {
     instance_ids: Vec<String>,
     /// The region every instance must be in, when the request names one.
     region_id: Option<String>,
+    /// How many run at once and how many may fail (issue 14).
+    rate: check::RateControl,
 }
 
 /// What a stop did.
@@ -96,6 +98,7 @@ impl Dispatcher {
             ..command.spec
         };
         let count = req.instance_ids.len();
+        let rate = check::RateControl::parse(req.max_concurrency, req.max_errors, self.inner.settings.max_instances)?;
         let run = Run {
             name: command.name,
             description: command.description,
@@ -103,6 +106,7 @@ impl Dispatcher {
             parameters: req.parameters,
             instance_ids: req.instance_ids,
             region_id: None,
+            rate,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         let region = command.region_id;
@@ -138,6 +142,7 @@ impl Dispatcher {
             }
         }
         let command_id = command.map(|(id, _)| id);
+        let rate = rate_of(&run.rate, run.instance_ids.len());
         let region = instances.first().map(|i| i.region_id.clone()).unwrap_or_default();
         let keep = if keep {
             let command = NewCommand {
@@ -159,9 +164,12 @@ impl Dispatcher {
             creator: actor.username.clone(),
             command_id,
             keep,
-            instance_ids: run.instance_ids,
             deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
+            rate,
+            instance_ids: run.instance_ids,
         };
+        // Instances beyond the concurrency are stored held: they get their tasks as others end.
+        let held: HashSet<&str> = new.rate.held_at_start(&new.instance_ids).iter().map(String::as_str).collect();
         let deliver_by = new.deliver_by;
         let created = self
             .inner
@@ -177,6 +185,7 @@ impl Dispatcher {
         let delivering = self.inner.delivering.lock().await;
         let tasks: Vec<_> = instances
             .iter()
+            .filter(|i| !held.contains(i.id.as_str()))
             .filter_map(|i| {
                 let result_id = *created.result_ids.get(&i.id)?;
                 Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by)))
@@ -295,6 +304,8 @@ impl Dispatcher {
             invoke_id: invoke_id.to_string(),
         }])
         .await;
+        // Stopping some instances frees their slots for held ones (rate control).
+        self.release_held(&changes).await;
         let status = self.inner.store.invocation(invoke_id).await?.status();
         let detail = format!("{} results stopped", changes.len());
         self.audit(actor, "StopInvocation", invoke_id, &detail).await;
@@ -337,6 +348,7 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         parameters: req.parameters,
         instance_ids: req.instance_ids,
         region_id: req.region_id.filter(|r| !r.is_empty()),
+        rate: check::RateControl::parse(req.max_concurrency, req.max_errors, settings.max_instances)?,
     };
     if req.keep_command && run.name.trim().is_empty() {
         return Err(invalid(
@@ -374,6 +386,19 @@ fn check_parameters(run: &Run, max: usize) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// The rate control an invocation of `instances` instances is stored with: as given, and
+/// resolved against the count.
+fn rate_of(rate: &check::RateControl, instances: usize) -> Rate {
+    let (concurrency_limit, error_limit) = rate.limits(instances);
+    Rate {
+        max_concurrency: rate.max_concurrency,
+        max_errors: rate.max_errors,
+        concurrency_limit,
+        error_limit,
+        held: 0,
+    }
 }
 
 fn single_region(instances: &[InstanceRow]) -> Result<String, Error> {
@@ -429,6 +454,7 @@ mod tests {
             creator: "admin".into(),
             created_at: 0,
             counts: Default::default(),
+            rate: Default::default(),
         }
     }
 

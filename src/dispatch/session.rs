@@ -151,11 +151,12 @@ impl Dispatcher {
     ) -> Result<(), Error> {
         let store = &self.inner.store;
         let now = self.now();
-        {
+        let lost = {
             let _order = self.inner.status_order.lock().await;
             let lost = store.interrupt_unheld(&instance.id, &hello.held_tasks, now).await?;
             self.publish_changes(&lost).await;
-        }
+            lost
+        };
         let mut runs = Vec::new();
         for delivery in store.deliveries(&instance.id, now).await? {
             let invocation = delivery.invocation;
@@ -169,6 +170,8 @@ impl Dispatcher {
             }
         }
         self.send_runs(runs).await;
+        // After this agent's deliveries, so a result released now is not handed over twice.
+        self.release_held(&lost).await;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! Request bodies reject unknown fields, so a misspelt option is an error, not a silent default.
 
 use super::CommandType;
-use super::{CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, ResultStatus};
+use super::{CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RateInput, RateLimit, ResultStatus};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -170,6 +170,14 @@ pub struct RunCommandRequest {
     pub description: Option<String>,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// Rate control: how many instances run at once, a count or a percentage of the
+    /// instances (`5` or `"10%"`); the rest wait `Pending` and start as others end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<RateInput>,
+    /// Rate control: once more results than this (a count or a percentage) have failed, the
+    /// ones not started end `Cancelled` (`ExceedMaxErrors`); running ones finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<RateInput>,
     #[serde(flatten)]
     pub no_unknown_fields: NoUnknownFields,
 }
@@ -191,6 +199,8 @@ impl RunCommandRequest {
             name: None,
             description: None,
             parameters: BTreeMap::new(),
+            max_concurrency: None,
+            max_errors: None,
             no_unknown_fields: NoUnknownFields,
         }
     }
@@ -219,6 +229,14 @@ pub struct Invocation {
     pub instance_count: u64,
     pub creator: String,
     pub created_time: String,
+    /// Rate control as given (a count, or a percentage as a string); absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<RateLimit>,
+    /// `Pending` results waiting their turn under `max_concurrency` (not yet delivered).
+    #[serde(default)]
+    pub held_count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<InvocationResult>>,
 }
@@ -338,6 +356,14 @@ pub struct InvokeCommandRequest {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
+    /// Rate control: how many instances run at once, a count or a percentage of the
+    /// instances (`5` or `"10%"`); the rest wait `Pending` and start as others end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<RateInput>,
+    /// Rate control: once more results than this (a count or a percentage) have failed, the
+    /// ones not started end `Cancelled` (`ExceedMaxErrors`); running ones finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<RateInput>,
 }
 
 /// A retained command.

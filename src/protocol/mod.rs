@@ -9,9 +9,11 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod ecs;
 pub mod params;
+mod rate;
 mod spec;
 mod status;
 
+pub use rate::{RateInput, RateLimit};
 pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
 
@@ -170,6 +172,8 @@ name_enum! {
         ExecutionException,
         ExecutionInterrupted,
         ExitCodeNonzero,
+        /// Not started: the invocation's failures passed its `max_errors` (rate control).
+        ExceedMaxErrors,
     }
 }
 
@@ -192,6 +196,7 @@ impl ErrorCode {
             ErrorCode::ExecutionException => "The command could not be started or run.",
             ErrorCode::ExecutionInterrupted => "The command was interrupted (the agent restarted while it ran).",
             ErrorCode::ExitCodeNonzero => "The command exited with a non-zero exit code.",
+            ErrorCode::ExceedMaxErrors => "Not started: the invocation's failures passed its max_errors.",
         }
     }
 }

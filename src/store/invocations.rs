@@ -22,6 +22,8 @@ pub struct NewInvocation {
     pub instance_ids: Vec<String>,
     /// Pending results not started by then are aborted.
     pub deliver_by: i64,
+    /// Rate control: the instances beyond its concurrency are held (`store::rate`).
+    pub rate: super::rate::Rate,
 }
 
 /// What [`Store::create_invocation`] made.
@@ -48,6 +50,8 @@ pub struct InvocationRow {
     pub created_at: i64,
     #[sqlx(flatten)]
     pub counts: StatusCounts,
+    #[sqlx(flatten)]
+    pub rate: super::rate::Rate,
 }
 
 impl InvocationRow {
@@ -243,6 +247,7 @@ impl Store {
         .into_iter()
         .map(|(id, instance)| (instance, id))
         .collect();
+        super::rate::hold_at_start(&mut tx, &id, &new.rate, &new.instance_ids).await?;
         tx.commit().await?;
         Ok(CreatedInvocation {
             id,
@@ -393,8 +398,8 @@ impl Store {
             for (sql, info) in [
                 (
                     format!(
-                        "UPDATE results SET status = 'Cancelled', stop_time = $2, finish_time = $2, error_info = $3 \
-                         WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
+                        "UPDATE results SET status = 'Cancelled', held = FALSE, stop_time = $2, finish_time = $2, \
+                         error_info = $3 WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
                     ),
                     &cancelled,
                 ),
@@ -413,6 +418,7 @@ impl Store {
                 changes.extend(statement.fetch_all::<ResultChange>(&mut tx).await?);
             }
         }
+        super::rate::recount_held(&mut tx, invoke_id).await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -422,7 +428,8 @@ impl Store {
         query(
             "SELECT r.id AS result_id, r.deliver_by AS result_deliver_by, i.* FROM results r \
              JOIN invocations i ON i.id = r.invocation_id \
-             WHERE r.instance_id = $1 AND r.status = 'Pending' AND r.deliver_by > $2 ORDER BY i.created_at",
+             WHERE r.instance_id = $1 AND r.status = 'Pending' AND NOT r.held AND r.deliver_by > $2 \
+             ORDER BY i.created_at",
         )
         .bind(instance_id)
         .bind(now)
@@ -513,20 +520,20 @@ impl Store {
         // to the one the result has, for a stop: "Stopped by ann." stays).
         let rules: [(&str, &str, Option<ErrorCode>, &str); 7] = [
             (
-                "status = 'Pending' AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
+                "status = 'Pending' AND NOT held AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
                 "Aborted",
                 Some(ErrorCode::InstanceNotExists),
                 ErrorCode::InstanceNotExists.default_info(),
             ),
             (
-                "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1 AND instance_id IN \
+                "status = 'Pending' AND sent_at IS NULL AND NOT held AND deliver_by <= $1 AND instance_id IN \
                  (SELECT id FROM instances WHERE online = FALSE AND COALESCE(last_heartbeat_at, 0) <= $2)",
                 "Aborted",
                 Some(ErrorCode::ClientNotRunning),
                 ErrorCode::ClientNotRunning.default_info(),
             ),
             (
-                "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1",
+                "status = 'Pending' AND sent_at IS NULL AND NOT held AND deliver_by <= $1",
                 "Aborted",
                 Some(ErrorCode::DeliveryTimeout),
                 ErrorCode::DeliveryTimeout.default_info(),
@@ -649,6 +656,7 @@ pub(crate) mod tests {
             keep: None,
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),
             deliver_by,
+            rate: Default::default(),
         }
     }
 

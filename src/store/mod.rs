@@ -17,6 +17,7 @@ mod invocations;
 mod logins;
 mod nonces;
 mod output;
+mod rate;
 mod replicas;
 pub mod scratch;
 mod sessions;
@@ -32,6 +33,7 @@ pub use invocations::{
     Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
 };
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
+pub use rate::{Rate, Turns};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;
 pub use users::{Role, UserRow, UserUpdate};

@@ -21,6 +21,7 @@ mod netlab;
 mod netns;
 mod parity;
 mod private;
+mod rate;
 mod reconnect;
 mod replicas;
 mod replicas_faults;

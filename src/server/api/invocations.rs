@@ -27,6 +27,9 @@ pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>
         parameters: row.parameters,
         creator: row.creator,
         created_time: rfc3339(row.created_at),
+        max_concurrency: row.rate.max_concurrency,
+        max_errors: row.rate.max_errors,
+        held_count: row.rate.held,
         results,
     }
 }

@@ -13,7 +13,7 @@ use super::{PageError, Session, render};
 use crate::dispatch::{self, Field, Liveness, check};
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::params::{custom_names, has_placeholders};
-use crate::protocol::{CommandSpec, CommandType, NoUnknownFields, OsType};
+use crate::protocol::{CommandSpec, CommandType, NoUnknownFields, OsType, RateInput};
 use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow};
 use askama::Template;
@@ -560,6 +560,8 @@ async fn submit(
                     timeout_secs: Some(timeout),
                     working_dir: form.text("working_dir"),
                     username: form.text("username"),
+                    max_concurrency: form.text("max_concurrency").map(RateInput),
+                    max_errors: form.text("max_errors").map(RateInput),
                 };
                 let created = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
                 return Ok(created.invoke_id);
@@ -583,6 +585,8 @@ async fn submit(
         name: form.text("name"),
         description: form.text("description"),
         parameters: values,
+        max_concurrency: form.text("max_concurrency").map(RateInput),
+        max_errors: form.text("max_errors").map(RateInput),
         no_unknown_fields: NoUnknownFields,
     };
     let created = state.dispatcher.run_command(&actor, req).await?;

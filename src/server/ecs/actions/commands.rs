@@ -52,6 +52,9 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
         name: p.text("Name"),
         description: p.text("Description"),
         parameters: p.json_values("Parameters")?,
+        // Alibaba's RunCommand has no rate control (AWS's idea): all instances at once.
+        max_concurrency: None,
+        max_errors: None,
         no_unknown_fields: NoUnknownFields,
     };
     once_only(&mut p)?;
@@ -85,6 +88,9 @@ pub async fn invoke_command(call: Call<'_>, mut p: Params) -> Result<InvokeComma
         timeout_secs: p.number("Timeout")?,
         working_dir: p.text("WorkingDir"),
         username: p.text("Username"),
+        // Alibaba's InvokeCommand has no rate control either.
+        max_concurrency: None,
+        max_errors: None,
     };
     once_only(&mut p)?;
     p.finish()?;
