@@ -134,19 +134,21 @@ async fn the_cli_takes_max_concurrency_and_max_errors_and_refuses_a_bad_one_nami
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "cli", 2).await;
     let ids = format!("{},{}", fleet[0].1, fleet[1].1);
+    // The server runs in this test's runtime: the CLI is awaited, never waited for blocking.
     let cli = |extra: &[&str]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"));
         command
             .args(["run", "--server", &app.url, "--password", PASSWORD, "-i", &ids])
             .args(extra)
             .env_remove("FLEETRUN_TOKEN")
             .env_remove("FLEETRUN_USER")
-            .env("FLEETRUN_LOG", "warn");
-        command.output().unwrap()
+            .env("FLEETRUN_LOG", "warn")
+            .kill_on_drop(true);
+        async move { command.output().await.unwrap() }
     };
 
-    let ran = cli(&["--max-concurrency", "50%", "--max-errors", "0", "--json", "exit 3"]);
-    let refused = cli(&["--max-concurrency", "0", "true"]);
+    let ran = cli(&["--max-concurrency", "50%", "--max-errors", "0", "--json", "exit 3"]).await;
+    let refused = cli(&["--max-concurrency", "0", "true"]).await;
 
     let invocation: Invocation = serde_json::from_slice(&ran.stdout).unwrap();
     assert_eq!(invocation.max_concurrency, Some(RateLimit::Percent(50)));
