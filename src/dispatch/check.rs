@@ -3,8 +3,8 @@
 //! limit of DESIGN.md §7 that concerns one value lives here, once; no surface repeats one.
 
 use super::error::{Error, Field, invalid};
-use crate::protocol::{InvocationStatus, RateInput, RateLimit};
 use crate::protocol::api::ContentEncoding;
+use crate::protocol::{InvocationStatus, RateInput, RateLimit};
 use crate::store::{Cursor, Role};
 use base64::Engine as _;
 use std::collections::HashSet;
@@ -353,7 +353,13 @@ impl RateControl {
         max_instances: usize,
     ) -> Result<RateControl, Error> {
         Ok(RateControl {
-            max_concurrency: rate_limit(Field::MaxConcurrency, "max_concurrency", max_concurrency, 1, max_instances)?,
+            max_concurrency: rate_limit(
+                Field::MaxConcurrency,
+                "max_concurrency",
+                max_concurrency,
+                1,
+                max_instances,
+            )?,
             max_errors: rate_limit(Field::MaxErrors, "max_errors", max_errors, 0, max_instances)?,
         })
     }

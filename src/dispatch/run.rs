@@ -169,7 +169,12 @@ impl Dispatcher {
             instance_ids: run.instance_ids,
         };
         // Instances beyond the concurrency are stored held: they get their tasks as others end.
-        let held: HashSet<&str> = new.rate.held_at_start(&new.instance_ids).iter().map(String::as_str).collect();
+        let held: HashSet<&str> = new
+            .rate
+            .held_at_start(&new.instance_ids)
+            .iter()
+            .map(String::as_str)
+            .collect();
         let deliver_by = new.deliver_by;
         let created = self
             .inner

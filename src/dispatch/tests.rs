@@ -887,7 +887,11 @@ async fn past_max_errors_the_held_instances_end_cancelled_with_exceed_max_errors
         assert!(!has_task(outbox), "{id} never got its task");
     }
     let invocation = h.dispatcher.store().invocation(&invoke_id).await.unwrap();
-    assert_eq!(invocation.status(), InvocationStatus::Failed, "failed and not started: Failed");
+    assert_eq!(
+        invocation.status(),
+        InvocationStatus::Failed,
+        "failed and not started: Failed"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 //! Request bodies reject unknown fields, so a misspelt option is an error, not a silent default.
 
 use super::CommandType;
-use super::{CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RateInput, RateLimit, ResultStatus};
+use super::{
+    CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RateInput, RateLimit, ResultStatus,
+};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

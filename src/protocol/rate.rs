@@ -160,6 +160,9 @@ mod tests {
 
         assert_eq!(serde_json::to_string(&RateLimit::Count(5)).unwrap(), "5");
         assert_eq!(serde_json::to_string(&RateLimit::Percent(10)).unwrap(), "\"10%\"");
-        assert_eq!(serde_json::from_str::<RateLimit>("\"10%\"").unwrap(), RateLimit::Percent(10));
+        assert_eq!(
+            serde_json::from_str::<RateLimit>("\"10%\"").unwrap(),
+            RateLimit::Percent(10)
+        );
     }
 }

@@ -47,9 +47,8 @@ super::db::from_row!(Rate, |row| {
         let text: Option<String> = row.try_get(column)?;
         text.map(|t| parsed(column, t)).transpose()
     };
-    let count = |column: &str| -> sqlx::Result<Option<u64>> {
-        Ok(row.try_get::<Option<i64>, _>(column)?.map(|n| n as u64))
-    };
+    let count =
+        |column: &str| -> sqlx::Result<Option<u64>> { Ok(row.try_get::<Option<i64>, _>(column)?.map(|n| n as u64)) };
     Ok(Rate {
         max_concurrency: text("max_concurrency")?,
         max_errors: text("max_errors")?,
@@ -69,6 +68,10 @@ pub struct Turns {
     /// Results not started that ended `Cancelled` / `ExceedMaxErrors`.
     pub cancelled: Vec<ResultChange>,
 }
+
+/// An invocation as a release reads it: `(concurrency_limit, error_limit, max_errors as given,
+/// results pending, running or stopping, failed-like)`.
+type TurnState = (Option<i64>, Option<i64>, Option<String>, i64, i64, i64);
 
 /// The failed-like statuses, the ones `max_errors` counts.
 const FAILURES: &str = "n_failed + n_error + n_timeout + n_invalid + n_aborted";
@@ -152,7 +155,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut all = Vec::new();
         for invoke_id in invoke_ids {
-            let state: Option<(Option<i64>, Option<i64>, Option<String>, i64, i64, i64)> = query(&format!(
+            let state: Option<TurnState> = query(&format!(
                 "SELECT concurrency_limit, error_limit, max_errors, n_pending, n_running + n_stopping, {FAILURES} \
                  FROM invocations WHERE id = $1"
             ))
@@ -295,11 +298,11 @@ mod tests {
         assert!(store.unsent_results(&id, now_ms()).await.unwrap().iter().all(|(_, i, _)| i == "i-00" || i == "i-01"));
 
         // Nothing has ended: no slot is free.
-        assert!(store.release_turns(&[id.clone()], now_ms(), 60_000).await.unwrap().is_empty());
+        assert!(store.release_turns(std::slice::from_ref(&id), now_ms(), 60_000).await.unwrap().is_empty());
         set_status(&store, &id, "i-00", "Running").await;
         set_status(&store, &id, "i-01", "Success").await;
         let at = now_ms();
-        let turns = store.release_turns(&[id.clone()], at, 60_000).await.unwrap();
+        let turns = store.release_turns(std::slice::from_ref(&id), at, 60_000).await.unwrap();
 
         assert_eq!(turns.len(), 1);
         let released: Vec<(&str, i64)> = turns[0].released.iter().map(|(_, i, by)| (i.as_str(), *by)).collect();
@@ -307,7 +310,7 @@ mod tests {
         assert_eq!(store.invocation(&id).await.unwrap().rate.held, 2);
         assert_eq!(store.deliveries("i-02", at).await.unwrap().len(), 1, "released: delivered on connect");
         assert!(
-            store.release_turns(&[id.clone()], at, 60_000).await.unwrap().is_empty(),
+            store.release_turns(std::slice::from_ref(&id), at, 60_000).await.unwrap().is_empty(),
             "the slot is taken by the released result until it ends"
         );
     }
@@ -325,7 +328,7 @@ mod tests {
         assert_eq!(ended, vec!["i-00"]);
         assert_eq!(store.result(&id, "i-01").await.unwrap().status, ResultStatus::Pending);
         let at = now_ms() + 120_000;
-        let turns = store.release_turns(&[id.clone()], at, 60_000).await.unwrap();
+        let turns = store.release_turns(std::slice::from_ref(&id), at, 60_000).await.unwrap();
         assert_eq!(turns[0].released.len(), 1);
         assert!(store.enforce_deadlines(at + 59_000, 0).await.unwrap().is_empty(), "its own window now");
         assert_eq!(store.enforce_deadlines(at + 60_000, 0).await.unwrap().len(), 1);
@@ -339,12 +342,12 @@ mod tests {
         set_status(&store, &id, "i-00", "Failed").await;
         set_status(&store, &id, "i-01", "Running").await;
         assert!(
-            store.release_turns(&[id.clone()], now_ms(), 60_000).await.unwrap()[0].cancelled.is_empty(),
+            store.release_turns(std::slice::from_ref(&id), now_ms(), 60_000).await.unwrap()[0].cancelled.is_empty(),
             "one failure is within max_errors 1: a held one is released instead"
         );
         set_status(&store, &id, "i-03", "Error").await;
 
-        let turns = store.release_turns(&[id.clone()], now_ms(), 60_000).await.unwrap();
+        let turns = store.release_turns(std::slice::from_ref(&id), now_ms(), 60_000).await.unwrap();
 
         let mut cancelled: Vec<&str> = turns[0].cancelled.iter().map(|c| c.instance_id.as_str()).collect();
         cancelled.sort_unstable();

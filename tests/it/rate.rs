@@ -183,11 +183,13 @@ async fn max_concurrency_set_in_the_dialogs_advanced_section_is_honoured_and_sho
     browser.type_into("#max-concurrency", "1").await;
     browser.click("#run-button").await;
     let invoke_id = browser.panel_invoke_id().await;
-    let waiting = browser.wait_text(&format!("#held-{invoke_id}"), "waiting their turn").await;
-    let rate = browser.wait_text(&format!("#rate-{invoke_id}"), "Max Concurrency 1").await;
-    browser
-        .wait_text(&format!("#overall-{invoke_id}"), "Success")
+    let waiting = browser
+        .wait_text(&format!("#held-{invoke_id}"), "waiting their turn")
         .await;
+    let rate = browser
+        .wait_text(&format!("#rate-{invoke_id}"), "Max Concurrency 1")
+        .await;
+    browser.wait_text(&format!("#overall-{invoke_id}"), "Success").await;
     let record = eventually(Duration::from_secs(10), "the record page", || async {
         let page = app
             .client
