@@ -3,7 +3,7 @@
 //! across replicas on PostgreSQL, from the CLI and from the console's dialog.
 
 use crate::browser::Browser;
-use crate::helpers::{Backend, PASSWORD, TestApp, eventually};
+use crate::helpers::{Backend, Console, PASSWORD, TestApp, eventually};
 use fleetrun::protocol::api::{Invocation, RunCommandRequest};
 use fleetrun::protocol::{ErrorCode, InvocationStatus, RateLimit, ResultStatus};
 use std::time::Duration;
@@ -205,4 +205,33 @@ async fn max_concurrency_set_in_the_dialogs_advanced_section_is_honoured_and_sho
     assert_eq!(record.max_concurrency, Some(RateLimit::Count(1)));
     assert_eq!(peak_running(&record), 1, "one at a time");
     browser.close().await;
+}
+
+#[tokio::test]
+async fn the_records_show_the_rate_control_and_how_many_wait_their_turn() {
+    let app = TestApp::spawn().await;
+    let fleet = app.fleet("local", "rec", 3).await;
+    let ids: Vec<String> = fleet.iter().map(|(_, id)| id.clone()).collect();
+    let mut req = RunCommandRequest::shell(ids, "sleep 3");
+    req.max_concurrency = Some("1".into());
+    req.max_errors = Some("50%".into());
+    let created = app.client.run(&req).await.unwrap();
+    app.wait_result(&created.invoke_id, &fleet[0].1, "Running").await;
+    let console = Console::login(&app).await;
+
+    let records = console.get("/console/invocations").await.unwrap();
+    let record = console
+        .get(&format!("/console/invocations/{}", created.invoke_id))
+        .await
+        .unwrap();
+    app.client.stop(&created.invoke_id, None).await.unwrap();
+    let stopped = app.wait_done(&created.invoke_id, Duration::from_secs(30)).await;
+
+    assert!(records.text.contains("Pending 2 (2 waiting their turn)"), "{}", records.text);
+    assert!(records.text.contains("Max Concurrency 1 · Max Errors 50%"), "{}", records.text);
+    assert!(record.text.contains("(2 waiting their turn)"), "{}", record.text);
+    assert!(record.text.contains("Rate Control"), "{}", record.text);
+    assert!(record.text.contains("(the rest cancelled once more than 2 fail)"), "{}", record.text);
+    assert_eq!(stopped.held_count, 0, "Stop cancels the waiting ones too");
+    assert_eq!(stopped.status_counts.get(&ResultStatus::Cancelled), Some(&2));
 }
