@@ -364,6 +364,19 @@ impl RateControl {
         })
     }
 
+    /// The limits as the audit log records them: ", max_concurrency 5, max_errors 10%", or
+    /// nothing without.
+    pub fn audit_text(&self) -> String {
+        let mut text = String::new();
+        if let Some(c) = self.max_concurrency {
+            text.push_str(&format!(", max_concurrency {c}"));
+        }
+        if let Some(e) = self.max_errors {
+            text.push_str(&format!(", max_errors {e}"));
+        }
+        text
+    }
+
     /// The limits for an invocation of `instances` instances, `(concurrency, errors)`: a
     /// percentage rounded up, concurrency at least 1.
     pub fn limits(&self, instances: usize) -> (Option<u64>, Option<u64>) {

@@ -73,7 +73,7 @@ impl Dispatcher {
         let keep = req.keep_command;
         let count = req.instance_ids.len();
         let run = check_run_command(req, &self.inner.settings)?;
-        let audit = ("RunCommand", format!("on {count} instances"));
+        let audit = ("RunCommand", format!("on {count} instances{}", run.rate.audit_text()));
         self.launch(actor, run, keep, None, audit).await
     }
 
@@ -110,7 +110,10 @@ impl Dispatcher {
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         let region = command.region_id;
-        let audit = ("InvokeCommand", format!("command {command_id} on {count} instances"));
+        let audit = (
+            "InvokeCommand",
+            format!("command {command_id} on {count} instances{}", run.rate.audit_text()),
+        );
         self.launch(actor, run, false, Some((command.id, region)), audit).await
     }
 

@@ -857,6 +857,16 @@ async fn with_max_concurrency_one_each_instance_gets_its_task_when_the_one_befor
     let invocation = h.dispatcher.store().invocation(&invoke_id).await.unwrap();
     assert_eq!(invocation.status(), InvocationStatus::Success);
     assert_eq!(invocation.rate.held, 0);
+    let filter = crate::store::AuditFilter {
+        action: Some("RunCommand".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let (audit, _) = h.dispatcher.store().list_audit(&filter).await.unwrap();
+    assert_eq!(
+        audit[0].detail, "on 3 instances, max_concurrency 1",
+        "the audit log records the limits"
+    );
 }
 
 #[tokio::test]

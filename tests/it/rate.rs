@@ -227,11 +227,23 @@ async fn the_records_show_the_rate_control_and_how_many_wait_their_turn() {
     app.client.stop(&created.invoke_id, None).await.unwrap();
     let stopped = app.wait_done(&created.invoke_id, Duration::from_secs(30)).await;
 
-    assert!(records.text.contains("Pending 2 (2 waiting their turn)"), "{}", records.text);
-    assert!(records.text.contains("Max Concurrency 1 · Max Errors 50%"), "{}", records.text);
+    assert!(
+        records.text.contains("Pending 2 (2 waiting their turn)"),
+        "{}",
+        records.text
+    );
+    assert!(
+        records.text.contains("Max Concurrency 1 · Max Errors 50%"),
+        "{}",
+        records.text
+    );
     assert!(record.text.contains("(2 waiting their turn)"), "{}", record.text);
     assert!(record.text.contains("Rate Control"), "{}", record.text);
-    assert!(record.text.contains("(the rest cancelled once more than 2 fail)"), "{}", record.text);
+    assert!(
+        record.text.contains("(the rest cancelled once more than 2 fail)"),
+        "{}",
+        record.text
+    );
     assert_eq!(stopped.held_count, 0, "Stop cancels the waiting ones too");
     assert_eq!(stopped.status_counts.get(&ResultStatus::Cancelled), Some(&2));
 }
