@@ -247,3 +247,32 @@ async fn the_records_show_the_rate_control_and_how_many_wait_their_turn() {
     assert_eq!(stopped.held_count, 0, "Stop cancels the waiting ones too");
     assert_eq!(stopped.status_counts.get(&ResultStatus::Cancelled), Some(&2));
 }
+
+#[tokio::test]
+async fn invoke_command_takes_rate_control_as_a_number_or_a_string() {
+    let app = TestApp::spawn().await;
+    let fleet = app.fleet("local", "inv", 2).await;
+    let command = app
+        .create(
+            "/commands",
+            &serde_json::json!({"region_id": "local", "name": "fail", "type": "RunShellScript",
+                "command_content": "ZXhpdCAx", "content_encoding": "Base64"}),
+        )
+        .await;
+    let command_id = command["command_id"].as_str().unwrap();
+    let body = serde_json::json!({
+        "instance_ids": [fleet[0].1, fleet[1].1], "max_concurrency": 1, "max_errors": "0%"
+    });
+
+    let created = app.create(&format!("/commands/{command_id}/invoke"), &body).await;
+    let invoke_id = created["invoke_id"].as_str().unwrap();
+    let done = app.wait_done(invoke_id, Duration::from_secs(30)).await;
+
+    assert_eq!(done.max_concurrency, Some(RateLimit::Count(1)));
+    assert_eq!(done.max_errors, Some(RateLimit::Percent(0)));
+    let statuses: Vec<ResultStatus> = done.results.unwrap().iter().map(|r| r.invocation_status).collect();
+    assert!(
+        statuses.contains(&ResultStatus::Failed) && statuses.contains(&ResultStatus::Cancelled),
+        "the first failed and the second was not started: {statuses:?}"
+    );
+}
