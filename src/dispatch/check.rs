@@ -332,7 +332,6 @@ pub fn content(text: &str, encoding: ContentEncoding, max: usize) -> Result<Stri
     Ok(content)
 }
 
-/// The shape of `instance_ids`: not empty, within the limit, no duplicates.
 /// Rate control of one run (issue 14), checked: the limits as given, resolved against the
 /// instance count when the invocation is stored ([`RateControl::limits`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -421,6 +420,7 @@ fn rate_limit(
     Ok(Some(limit))
 }
 
+/// The shape of `instance_ids`: not empty, within the limit, no duplicates.
 pub fn instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
     if ids.is_empty() {
         return Err(invalid(
