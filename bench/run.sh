@@ -14,6 +14,8 @@
 #                       `pg` runs the PostgreSQL group, as --postgres adds it)
 #   FLEETRUN_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test
 #                       the PostgreSQL server the `pg` group creates its database on
+#   PG_LOG_MIN_DURATION_MS=100  have PostgreSQL log the `pg` group's statements slower than this
+#                       (in its own log, e.g. /var/log/postgresql/), to see where time goes
 #   KEEP=1              keep the work directory (server data, logs) for inspection
 #   SKIP_BUILD=1        use the binaries already in target/release ($CARGO_TARGET_DIR/release)
 #   SERVER_BIN=path     serve with another fleetrun build, for A/B runs
@@ -144,6 +146,9 @@ if [[ ",$ONLY," == *,pg,* ]]; then
         PG_DATABASE=""
         echo "no PostgreSQL answers at $PG_SERVER; start one (\`pg_ctlcluster 15 main start\`) or point FLEETRUN_TEST_POSTGRES at one" >&2
         exit 1
+    fi
+    if [[ -n "${PG_LOG_MIN_DURATION_MS:-}" ]]; then
+        psql "$PG_SERVER" -qX -c "ALTER DATABASE $PG_DATABASE SET log_min_duration_statement = $PG_LOG_MIN_DURATION_MS" >/dev/null
     fi
     # The same server URL with this database in place of its own (any ?options kept).
     base=${PG_SERVER%%\?*}

@@ -208,6 +208,16 @@ pub struct AgentArgs {
     /// Instance name shown in the console (defaults to the instance id).
     #[arg(long, env = "FLEETRUN_AGENT_NAME")]
     pub name: Option<String>,
+    /// A tag the instance enrols with, `key=value` (or `key` for an empty value); repeat it for
+    /// more (at most 20). Used only to enrol: change tags later in the console, the API or the
+    /// CLI. From the environment, a comma-separated list.
+    #[arg(
+        long = "tag",
+        env = "FLEETRUN_AGENT_TAGS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub tags: Vec<String>,
     /// Longest backoff between failed reconnection attempts, in seconds. The first attempt
     /// after losing the server is spread over the window the server announced instead, and a
     /// 503's Retry-After is waited in full.
@@ -275,21 +285,34 @@ pub struct ClientArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Instance ids, comma-separated (or --all).
+    /// Instance ids, comma-separated (or --all, or --tag).
     #[arg(
         long,
         short = 'i',
         value_delimiter = ',',
-        required_unless_present = "all",
+        required_unless_present_any = ["all", "tags"],
         conflicts_with = "all"
     )]
     pub instances: Vec<String>,
     /// Run on every instance of the region whose agent is online and whose status is Running.
     #[arg(long)]
     pub all: bool,
-    /// The region for --all; needed when there is more than one region.
-    #[arg(long, conflicts_with = "instances")]
+    /// Also run on every instance of --region having all these tags, `key=value`; repeat for
+    /// each tag. The server resolves them when the run starts and records them.
+    #[arg(long = "tag", value_name = "KEY=VALUE", conflicts_with = "all")]
+    pub tags: Vec<String>,
+    /// The region for --all and --tag (needed with --tag, and with --all when there is more than
+    /// one region); with -i, every instance named must be in it.
+    #[arg(long)]
     pub region: Option<String>,
+    /// Idempotency token (at most 64 printable ASCII characters): running again with the same
+    /// token within a day answers the first invocation and runs nothing.
+    #[arg(long)]
+    pub client_token: Option<String>,
+    /// Check everything (instances, their agents, the type, parameters) and print what would
+    /// run, without running anything; exit code 0 only if every instance would run now.
+    #[arg(long, conflicts_with = "no_wait")]
+    pub dry_run: bool,
     /// Command type.
     #[arg(long = "type", default_value = "RunShellScript", value_parser = ["RunShellScript", "RunBatScript", "RunPowerShellScript"])]
     pub command_type: String,
@@ -344,6 +367,13 @@ pub struct InstancesArgs {
     /// Only the instances of this region.
     #[arg(long)]
     pub region: Option<String>,
+    /// Only the instances with this tag, `key` or `key=value`; repeat for several (all must
+    /// match). With --set-tags: the tags to set.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Replace this instance's tags with the --tag values given (none clears them).
+    #[arg(long, value_name = "INSTANCE_ID")]
+    pub set_tags: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -482,14 +512,18 @@ mod tests {
     }
 
     #[test]
-    fn run_takes_either_instances_or_all() {
+    fn run_takes_instances_or_all_or_tags() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["fleetrun", "run"], args].concat());
 
         assert!(parse(&["-i", "i-1", "true"]).is_ok());
         assert!(parse(&["--all", "--region", "r", "true"]).is_ok());
+        assert!(parse(&["--tag", "env=prod", "--region", "r", "true"]).is_ok());
+        assert!(parse(&["-i", "i-1", "--tag", "env=prod", "--region", "r", "true"]).is_ok());
+        // A region scopes the instances named, as RunCommand's `region_id` does.
+        assert!(parse(&["-i", "i-1", "--region", "r", "true"]).is_ok());
         assert!(parse(&["-i", "i-1", "--all", "true"]).is_err());
+        assert!(parse(&["--all", "--tag", "env=prod", "true"]).is_err());
         assert!(parse(&["true"]).is_err());
-        assert!(parse(&["-i", "i-1", "--region", "r", "true"]).is_err());
         assert!(parse(&["--region", "r", "true"]).is_err());
         assert!(parse(&["-i", "i-1", "--param", "a=b", "--no-parameters", "true"]).is_err());
     }

@@ -188,6 +188,11 @@
     if (!t) return;
     if (t.hasAttribute("data-close-modal")) closeModal(true);
     if (t.hasAttribute("data-send-selection")) openSendDialog(loadSelection());
+    if (t.hasAttribute("data-add-tags")) {
+      var form = document.getElementById("add-tags-form");
+      form.hidden = false;
+      document.getElementById("add-tags-input").focus();
+    }
     var inPicker = t.closest("#instance-picker");
     if (t.hasAttribute("data-select-matching")) {
       var source = inPicker || document.getElementById("instances");
@@ -266,6 +271,13 @@
 
   document.addEventListener("input", function (e) {
     if (e.target.matches && e.target.matches("textarea.editor")) updateCounter(e.target);
+  });
+
+  // The batch bar's Add Tags sends the whole selection (kept here, not in the page).
+  document.addEventListener("htmx:configRequest", function (e) {
+    if (e.detail.elt && e.detail.elt.id === "add-tags-form") {
+      e.detail.parameters.instance_ids = Array.from(loadSelection()).join(",");
+    }
   });
 
   document.addEventListener("htmx:beforeRequest", function (e) {

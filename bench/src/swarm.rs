@@ -148,6 +148,7 @@ pub async fn enrol(
             os_name: "fleetrun-bench virtual agent".into(),
             ip_addresses: vec!["127.0.0.1".into()],
             agent_version: fleetrun::VERSION.into(),
+            tags: Vec::new(),
         };
         let (http, url, permits) = (http.clone(), url.clone(), permits.clone());
         set.spawn(async move {

@@ -54,6 +54,7 @@ pub async fn load_or_enrol(args: &AgentArgs, servers: &Servers, http: &reqwest::
         os_name: host::os_name(),
         ip_addresses: host::ip_addresses(),
         agent_version: crate::VERSION.to_string(),
+        tags: args.tags.iter().map(|t| crate::protocol::Tag::parse_pair(t)).collect(),
     };
     let (server, registered) = register(http, servers, &request).await?;
     let identity = Identity {

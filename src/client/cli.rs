@@ -48,13 +48,32 @@ pub async fn run_cli(mode: Mode) -> anyhow::Result<i32> {
 
 async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
     let client = args.client.client()?;
-    let query = match &args.region {
-        Some(region) => url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("region_id", region)
-            .finish(),
-        None => String::new(),
-    };
-    let instances = client.all_instances(&query).await?;
+    if let Some(instance_id) = &args.set_tags {
+        let tags = args.tags.iter().map(|t| crate::protocol::Tag::parse_pair(t)).collect();
+        let instance = client.set_tags(instance_id, tags).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&instance)?);
+        } else {
+            let tags: Vec<String> = instance.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "{instance_id}: tags {}",
+                if tags.is_empty() {
+                    "cleared".into()
+                } else {
+                    tags.join(", ")
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(region) = &args.region {
+        query.append_pair("region_id", region);
+    }
+    for tag in &args.tags {
+        query.append_pair("tag", tag);
+    }
+    let instances = client.all_instances(&query.finish()).await?;
     if args.json {
         let total = instances.len();
         let list = crate::protocol::api::InstancesResponse {
@@ -65,18 +84,20 @@ async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<24} {:<20} {:<14} {:<8} {:<8}",
+        "{:<24} {:<20} {:<14} {:<8} {:<8} TAGS",
         "INSTANCE ID", "NAME", "REGION", "STATUS", "AGENT"
     );
     for i in instances {
         let agent = if i.agent.online { "online" } else { "offline" };
+        let tags: Vec<String> = i.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<24} {:<20} {:<14} {:<8} {:<8}",
+            "{:<24} {:<20} {:<14} {:<8} {:<8} {}",
             i.instance_id,
             i.name,
             i.region_id,
             format!("{:?}", i.status),
-            agent
+            agent,
+            tags.join(",")
         );
     }
     Ok(0)

@@ -136,6 +136,25 @@ impl ApiClient {
         self.post("/invocations", req).await
     }
 
+    /// RunCommand with `repeat_mode: DryRun`: what would run.
+    pub async fn dry_run(&self, req: &RunCommandRequest) -> anyhow::Result<crate::protocol::api::DryRunResponse> {
+        let req = RunCommandRequest {
+            repeat_mode: crate::protocol::RepeatMode::DryRun,
+            ..req.clone()
+        };
+        self.post("/invocations", &req).await
+    }
+
+    /// Replaces an instance's tags.
+    pub async fn set_tags(&self, instance_id: &str, tags: Vec<crate::protocol::Tag>) -> anyhow::Result<Instance> {
+        let body = crate::protocol::api::SetTagsRequest { tags };
+        self.send(
+            self.request(Method::PUT, &format!("/instances/{instance_id}/tags"))
+                .json(&body),
+        )
+        .await
+    }
+
     pub async fn invocation(&self, invoke_id: &str) -> anyhow::Result<Invocation> {
         self.get(&format!("/invocations/{invoke_id}")).await
     }

@@ -21,7 +21,35 @@ const INTERRUPTED: i32 = 130;
 /// Runs `fleetrun run`; returns the process exit code: 0 only if every instance succeeded.
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let client = args.client.client()?;
-    let (instance_ids, known) = targets(&client, &args).await?;
+    let (instance_ids, mut known) = targets(&client, &args).await?;
+    let request = request(&args, instance_ids)?;
+    if args.dry_run {
+        return dry_run(&client, &request, args.json).await;
+    }
+    let created = client.run(&request).await.map_err(explain_parameters)?;
+    if created.replayed {
+        eprintln!(
+            "client token seen before: {} is the invocation it made, and nothing ran again",
+            created.invoke_id
+        );
+    }
+    if args.no_wait {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&created)?);
+        } else {
+            println!("{}", created.invoke_id);
+        }
+        return Ok(0);
+    }
+    // By tags (or replayed), the server decided the instances: its results name them.
+    let instance_ids: Vec<String> = if request.tags.is_empty() && !created.replayed {
+        request.instance_ids.clone()
+    } else {
+        let results = client.invocation_without_output(&created.invoke_id).await?.results;
+        let ids: Vec<String> = results.into_iter().flatten().map(|r| r.instance_id).collect();
+        known = lookup(&client, &ids).await?;
+        ids
+    };
     let names: Vec<(String, String)> = instance_ids
         .iter()
         .map(|id| {
@@ -43,19 +71,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
              server's delivery window, --delivery-window-secs, 60 s unless changed), then ends Aborted",
         )?;
     }
-
-    let request = request(&args, instance_ids)?;
-    let created = client.run(&request).await.map_err(explain_parameters)?;
-    if args.no_wait {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&created)?);
-        } else {
-            println!("{}", created.invoke_id);
-        }
-        return Ok(0);
-    }
     let invoke_id = &created.invoke_id;
-    eprintln!("invocation {invoke_id} on {} instance(s)", request.instance_ids.len());
+    eprintln!("invocation {invoke_id} on {} instance(s)", instance_ids.len());
 
     let Some(overall) = watch(&client, &created, &mut printer).await? else {
         eprintln!("\ninterrupted: {invoke_id} goes on running; `fleetrun stop {invoke_id}` stops it");
@@ -89,19 +106,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 /// know is kept: RunCommand then refuses the run naming it.
 async fn targets(client: &ApiClient, args: &RunArgs) -> anyhow::Result<(Vec<String>, Vec<Instance>)> {
     if !args.all {
-        let fetched: Vec<anyhow::Result<Instance>> = futures_util::stream::iter(&args.instances)
-            .map(|id| client.instance(id))
-            .buffered(FETCH_CONCURRENCY)
-            .collect()
-            .await;
-        let mut known = Vec::new();
-        for instance in fetched {
-            match instance {
-                Ok(instance) => known.push(instance),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e.context("cannot look up the instances")),
-            }
-        }
+        let known = lookup(client, &args.instances).await?;
         return Ok((args.instances.clone(), known));
     }
     let region = match &args.region {
@@ -123,6 +128,49 @@ async fn targets(client: &ApiClient, args: &RunArgs) -> anyhow::Result<(Vec<Stri
     );
     let ids = instances.iter().map(|i| i.instance_id.clone()).collect();
     Ok((ids, instances))
+}
+
+/// The details of the instances the server knows among `ids`.
+async fn lookup(client: &ApiClient, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
+    let fetched: Vec<anyhow::Result<Instance>> = futures_util::stream::iter(ids)
+        .map(|id| client.instance(id))
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut known = Vec::new();
+    for instance in fetched {
+        match instance {
+            Ok(instance) => known.push(instance),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.context("cannot look up the instances")),
+        }
+    }
+    Ok(known)
+}
+
+/// `--dry-run`: prints what would run; 0 only if every instance would run now.
+async fn dry_run(client: &ApiClient, request: &RunCommandRequest, json: bool) -> anyhow::Result<i32> {
+    let answer = client.dry_run(request).await.map_err(explain_parameters)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        for instance in &answer.instances {
+            match &instance.reason {
+                None => println!("{}: would run", instance.instance_id),
+                Some(reason) => println!("{}: would not run now: {reason}", instance.instance_id),
+            }
+        }
+        println!(
+            "dry run: {} of {} instance(s) would run; nothing was run or recorded",
+            answer.would_run,
+            answer.instances.len()
+        );
+    }
+    Ok(if answer.would_run == answer.instances.len() as u64 {
+        0
+    } else {
+        1
+    })
 }
 
 /// The region `--all` means when none is given: the only one there is.
@@ -158,11 +206,19 @@ fn request(args: &RunArgs, instance_ids: Vec<String>) -> anyhow::Result<RunComma
         username: args.username.clone(),
         enable_parameter,
     };
+    let region_id = match (&args.region, args.tags.is_empty()) {
+        (Some(region), _) => Some(region.clone()),
+        (None, true) => None,
+        (None, false) => anyhow::bail!("--tag needs --region: tags are matched within one region"),
+    };
     Ok(RunCommandRequest {
         parameters,
         // Checked by the server, whose refusal names the flag's field and what would do.
         max_concurrency: args.max_concurrency.as_deref().map(RateInput::from),
         max_errors: args.max_errors.as_deref().map(RateInput::from),
+        region_id,
+        tags: args.tags.iter().map(|t| crate::protocol::Tag::parse_pair(t)).collect(),
+        client_token: args.client_token.clone(),
         ..RunCommandRequest::new(instance_ids, spec)
     })
 }

@@ -447,6 +447,104 @@ pub fn instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Most tags an instance carries, and most tags a selector or an invocation names (Alibaba's).
+pub const MAX_TAGS: usize = 20;
+/// Longest tag key and value, in characters (Alibaba's).
+pub const MAX_TAG_KEY: usize = 128;
+pub const MAX_TAG_VALUE: usize = 128;
+/// Longest `client_token` (Alibaba's `ClientToken`).
+pub const MAX_CLIENT_TOKEN: usize = 64;
+
+/// One tag by Alibaba's rules: a key of 1–128 characters, not starting with `aliyun` or `acs:`
+/// (reserved for the cloud's own tags) and holding no `http://` or `https://`; a value of 0–128
+/// characters without `http://` or `https://`. No control characters in either.
+pub fn tag(tag: &crate::protocol::Tag) -> Result<(), Error> {
+    let shown = |t: &str| t.chars().take(40).collect::<String>();
+    let refuse = |why: String| Err(invalid(Field::Tags, why));
+    let key = &tag.key;
+    let key_chars = key.chars().count();
+    if key.trim().is_empty() {
+        return refuse(format!(
+            "tag {:?}={:?} has an empty key: a key is 1–{MAX_TAG_KEY} characters, e.g. env=prod",
+            shown(key),
+            shown(&tag.value)
+        ));
+    }
+    if key_chars > MAX_TAG_KEY {
+        return refuse(format!(
+            "tag key {:?}… is {key_chars} characters; the limit is {MAX_TAG_KEY}: shorten it",
+            shown(key)
+        ));
+    }
+    let lower = key.to_ascii_lowercase();
+    if lower.starts_with("aliyun") || lower.starts_with("acs:") {
+        return refuse(format!(
+            "tag key {key:?} starts with `aliyun` or `acs:`, which are reserved for the cloud's own tags:              choose another key"
+        ));
+    }
+    let value_chars = tag.value.chars().count();
+    if value_chars > MAX_TAG_VALUE {
+        return refuse(format!(
+            "the value of tag {key:?} is {value_chars} characters; the limit is {MAX_TAG_VALUE}: shorten it"
+        ));
+    }
+    for (part, text) in [("key", key), ("value", &tag.value)] {
+        let text_lower = text.to_ascii_lowercase();
+        if text_lower.contains("http://") || text_lower.contains("https://") {
+            return refuse(format!(
+                "the {part} of tag {key:?} contains `http://` or `https://`, which tags may not hold:                  leave the scheme out"
+            ));
+        }
+        if text.chars().any(char::is_control) {
+            return refuse(format!(
+                "the {part} of tag {key:?} contains a control character (a tab or a line break): remove it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A list of tags: each valid by [`tag`], each key once, at most [`MAX_TAGS`]. `what` names the
+/// list in refusals ("instance i-…", "the tag selector").
+pub fn tags(tags: &[crate::protocol::Tag], what: &str) -> Result<(), Error> {
+    if tags.len() > MAX_TAGS {
+        return Err(invalid(
+            Field::Tags,
+            format!(
+                "{what} would have {} tags; at most {MAX_TAGS} are allowed: remove some",
+                tags.len()
+            ),
+        ));
+    }
+    let mut keys = HashSet::with_capacity(tags.len());
+    for t in tags {
+        tag(t)?;
+        if !keys.insert(t.key.as_str()) {
+            return Err(invalid(
+                Field::Tags,
+                format!("tag key {:?} is given twice for {what}: give each key once", t.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `client_token`: 1–64 printable ASCII characters (Alibaba's `ClientToken`).
+pub fn client_token(token: Option<String>) -> Result<Option<String>, Error> {
+    let Some(token) = token else { return Ok(None) };
+    let printable = token.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if token.is_empty() || token.len() > MAX_CLIENT_TOKEN || !printable {
+        return Err(invalid(
+            Field::ClientToken,
+            format!(
+                "`client_token` must be 1–{MAX_CLIENT_TOKEN} printable ASCII characters without spaces                  (a UUID does well); got {} characters",
+                token.chars().count()
+            ),
+        ));
+    }
+    Ok(Some(token))
+}
+
 /// A console account name: 1–64 lowercase letters, digits, `.`, `_`, `-`.
 pub fn account_name(username: &str) -> Result<(), Error> {
     let valid = (1..=64).contains(&username.len())
@@ -595,6 +693,63 @@ pub fn ip_addresses(ips: &[String]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused_tag(key: &str, value: &str) -> String {
+        match tag(&crate::protocol::Tag::new(key, value)) {
+            Err(Error::Invalid {
+                field: Field::Tags,
+                message,
+            }) => message,
+            other => panic!("{key}={value}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tags_follow_alibabas_rules_and_a_refusal_names_the_tag_and_the_fix() {
+        assert!(
+            tag(&crate::protocol::Tag::new("env", "")).is_ok(),
+            "an empty value is allowed"
+        );
+        assert!(tag(&crate::protocol::Tag::new("k".repeat(128), "v".repeat(128))).is_ok());
+
+        assert!(refused_tag("", "prod").contains("empty key"));
+        assert!(refused_tag(&"k".repeat(129), "").contains("129 characters"));
+        assert!(refused_tag("aliyun-env", "x").contains("\"aliyun-env\" starts with `aliyun`"));
+        assert!(refused_tag("ACS:team", "x").contains("reserved"));
+        assert!(refused_tag("site", "https://example.com").contains("value of tag \"site\""));
+        assert!(refused_tag("env", &"v".repeat(129)).contains("the limit is 128"));
+    }
+
+    #[test]
+    fn a_tag_list_has_at_most_twenty_tags_and_each_key_once() {
+        let many: Vec<_> = (0..21)
+            .map(|n| crate::protocol::Tag::new(format!("k{n}"), "v"))
+            .collect();
+        let twice = [
+            crate::protocol::Tag::new("env", "a"),
+            crate::protocol::Tag::new("env", "b"),
+        ];
+
+        let too_many = tags(&many, "instance i-1").unwrap_err().to_string();
+        let duplicate = tags(&twice, "instance i-1").unwrap_err().to_string();
+
+        assert!(
+            too_many.contains("instance i-1 would have 21 tags; at most 20"),
+            "{too_many}"
+        );
+        assert!(duplicate.contains("\"env\" is given twice"), "{duplicate}");
+        assert!(tags(&many[..20], "instance i-1").is_ok());
+    }
+
+    #[test]
+    fn a_client_token_is_at_most_64_printable_ascii_characters() {
+        assert_eq!(client_token(None).unwrap(), None);
+        assert!(client_token(Some("a".repeat(64))).unwrap().is_some());
+        assert!(client_token(Some("a".repeat(65))).is_err());
+        assert!(client_token(Some("has space".into())).is_err());
+        assert!(client_token(Some("é".into())).is_err());
+        assert!(client_token(Some(String::new())).is_err());
+    }
 
     fn field(e: Error) -> Field {
         match e {

@@ -40,6 +40,12 @@ pub enum Field {
     MaxConcurrency,
     /// Rate control: failures allowed before the rest are not started.
     MaxErrors,
+    /// Tags: an instance's, or a selector of instances.
+    Tags,
+    /// RunCommand's and InvokeCommand's idempotency token.
+    ClientToken,
+    /// RunCommand's and InvokeCommand's `repeat_mode`.
+    RepeatMode,
 }
 
 impl Field {
@@ -68,6 +74,9 @@ impl Field {
             Field::NextToken => "InvalidParameter.NextToken",
             Field::MaxConcurrency => "InvalidParameter.MaxConcurrency",
             Field::MaxErrors => "InvalidParameter.MaxErrors",
+            Field::Tags => "InvalidParameter.Tags",
+            Field::ClientToken => "InvalidParameter.ClientToken",
+            Field::RepeatMode => "InvalidParameter.RepeatMode",
         }
     }
 
@@ -96,6 +105,9 @@ impl Field {
             Field::NextToken => "next_token",
             Field::MaxConcurrency => "max_concurrency",
             Field::MaxErrors => "max_errors",
+            Field::Tags => "tags",
+            Field::ClientToken => "client_token",
+            Field::RepeatMode => "repeat_mode",
         }
     }
 }
@@ -160,6 +172,8 @@ pub enum Conflict {
     CommandName,
     /// An agent connection attached after a newer connection of the same agent (`attach`).
     Superseded,
+    /// A `client_token` already used within a day for a different request.
+    ClientTokenReused,
 }
 
 /// Why a login (console, HTTP Basic or a password check) was refused.

@@ -134,6 +134,7 @@ impl Dispatcher {
         let name = req.name.clone().unwrap_or_default();
         check::host_field("name", &name, check::MAX_INSTANCE_NAME)?;
         check::ip_addresses(&req.ip_addresses)?;
+        let tags = super::tags::checked_tags(&req.tags, "the agent's --tag")?;
         let secret = ids::new_secret();
         // Until its first Hello says otherwise: what an agent of that OS runs out of the box.
         let supported = match req.os_type {
@@ -149,6 +150,7 @@ impl Dispatcher {
             agent_version: req.agent_version,
             supported_command_types: supported,
             secret_hash: ids::hash_secret(&secret),
+            tags,
         };
         let code_hash = ids::hash_secret(&req.activation_code);
         let instance = match self
@@ -168,7 +170,11 @@ impl Dispatcher {
             Err(e) => return Err(e.into()),
         };
         self.fleet_changed(true);
-        let detail = format!("activation {} region {}", req.activation_id, instance.region_id);
+        let mut detail = format!("activation {} region {}", req.activation_id, instance.region_id);
+        if !instance.tags.is_empty() {
+            let tags: Vec<String> = instance.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            detail.push_str(&format!(" tags {}", tags.join(", ")));
+        }
         self.audit(actor, "RegisterInstance", &instance.id, &detail).await;
         Ok((instance, secret))
     }

@@ -32,6 +32,7 @@ mod run;
 pub mod sealing;
 mod session;
 mod signing;
+mod tags;
 mod throttle;
 pub mod watch;
 mod writer;
@@ -43,14 +44,16 @@ pub use commands::QuotaUse;
 pub use error::{Conflict, Error, Field, Kind, LoginRefusal, QuotaKind};
 pub use fleet::{ActivationRequest, DEFAULT_ACTIVATION_INSTANCES, DEFAULT_TTL_HOURS, Liveness};
 pub use reconnect::Busy;
-pub use run::{Run, Stopped, check_run_command, task_for};
+pub use run::{CLIENT_TOKEN_HOURS, Run, Stopped, Submitted, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 pub use signing::{Freshness, REPLAY_WINDOW};
+pub use tags::tag_filter;
 pub use throttle::LoginPolicy;
 
 use crate::protocol::ResultStatus;
 use crate::protocol::agent::{RunTask, ServerMessage, StopTask};
 use crate::protocol::api::StreamEvent;
+use crate::store::bus::Note;
 use crate::store::{OutputLimits, ResultChange, Store, now_ms};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -418,7 +421,11 @@ impl Dispatcher {
                 touched.insert(change.invocation_id.as_str());
             }
         }
-        for invoke_id in touched.into_iter().filter(|id| self.is_watched(id)) {
+        // With replicas, the invocation may be watched elsewhere: its end is told at once rather
+        // than with the next round of notes (`TELL_EVERY`), since a watcher waits for nothing else.
+        let shared = self.inner.store.is_shared();
+        let mut ended = Vec::new();
+        for invoke_id in touched.into_iter().filter(|id| shared || self.is_watched(id)) {
             match self.inner.store.invocation(invoke_id).await {
                 Ok(inv) => {
                     let status = inv.status();
@@ -429,10 +436,16 @@ impl Dispatcher {
                                 invocation_status: status,
                             },
                         );
+                        ended.push(Note::Changed {
+                            invoke_id: invoke_id.to_string(),
+                        });
                     }
                 }
                 Err(e) => tracing::warn!(invoke_id, error = %e, "could not read invocation status"),
             }
+        }
+        if shared && !ended.is_empty() {
+            self.tell(&ended).await;
         }
     }
 

@@ -179,6 +179,7 @@ mod tests {
                 os_name: "Debian".into(),
                 ip_addresses: vec![],
                 agent_version: "test".into(),
+                tags: Vec::new(),
             };
             let (instance, _) = dispatcher.register(&Actor::agent("10.0.0.1"), register).await.unwrap();
             ids.push(instance.id);

@@ -5,14 +5,21 @@
 use super::actor::Actor;
 use super::check;
 use super::commands::{command_parameters, command_refusal};
-use super::error::{Error, Field, Kind, invalid, not_found};
+use super::error::{Conflict, Error, Field, Kind, invalid, not_found};
 use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
-use crate::protocol::api::{InvocationCreated, InvokeCommandRequest, RunCommandRequest};
-use crate::protocol::{CommandSpec, InvocationStatus, params};
+use crate::protocol::api::{
+    DryRunInstance, DryRunResponse, InvocationCreated, InvokeCommandRequest, RunCommandRequest,
+};
+use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, RepeatMode, Tag, params};
 use crate::store::bus::Note;
-use crate::store::{InstanceRow, InvocationRow, NewCommand, NewInvocation, Rate, ResultRow, Role};
+use crate::store::{
+    self, ClientToken, InstanceRow, InvocationRow, NewCommand, NewInvocation, Rate, ResultRow, Role, Target,
+};
 use std::collections::{BTreeMap, HashSet};
+
+/// How long a `client_token` names its first invocation (Alibaba: a day).
+pub const CLIENT_TOKEN_HOURS: i64 = 24;
 
 /// A checked request to run content on instances, from RunCommand or InvokeCommand.
 #[derive(Debug)]
@@ -23,10 +30,40 @@ pub struct Run {
     spec: CommandSpec,
     parameters: BTreeMap<String, String>,
     instance_ids: Vec<String>,
-    /// The region every instance must be in, when the request names one.
+    /// The region every instance must be in, when the request names one; required with `tags`.
     region_id: Option<String>,
     /// How many run at once and how many may fail (issue 14).
     rate: check::RateControl,
+    /// Also every instance of `region_id` with all these tags, resolved at launch.
+    tags: Vec<Tag>,
+    /// The invocation's own tags (they select nothing).
+    invocation_tags: Vec<Tag>,
+    /// `Once` or `DryRun` (the execution plans are refused until they are built).
+    repeat_mode: RepeatMode,
+    /// Checked; with `request_hash`, what a repeated submission is recognised by.
+    client_token: Option<String>,
+    /// SHA-256 of the request as submitted: a retry has the same, another request reusing the
+    /// token does not.
+    request_hash: String,
+}
+
+/// What RunCommand and InvokeCommand answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// The invocation made, or (`replayed`) the one its `client_token` made before.
+    Created(InvocationCreated),
+    /// `repeat_mode: DryRun`: what would run; nothing was stored or run.
+    DryRun(DryRunResponse),
+}
+
+impl Submitted {
+    /// The invocation, unless this was a dry run.
+    pub fn created(self) -> Option<InvocationCreated> {
+        match self {
+            Submitted::Created(created) => Some(created),
+            Submitted::DryRun(_) => None,
+        }
+    }
 }
 
 /// What a stop did.
@@ -68,12 +105,11 @@ pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: 
 impl Dispatcher {
     /// RunCommand (operator): checks the request, stores the invocation (and the retained
     /// command when `keep_command`), and delivers the task to every connected target.
-    pub async fn run_command(&self, actor: &Actor, req: RunCommandRequest) -> Result<InvocationCreated, Error> {
+    pub async fn run_command(&self, actor: &Actor, req: RunCommandRequest) -> Result<Submitted, Error> {
         actor.require(Role::Operator)?;
         let keep = req.keep_command;
-        let count = req.instance_ids.len();
         let run = check_run_command(req, &self.inner.settings)?;
-        let audit = ("RunCommand", format!("on {count} instances{}", run.rate.audit_text()));
+        let audit = ("RunCommand", String::new());
         self.launch(actor, run, keep, None, audit).await
     }
 
@@ -84,8 +120,9 @@ impl Dispatcher {
         actor: &Actor,
         command_id: &str,
         req: InvokeCommandRequest,
-    ) -> Result<InvocationCreated, Error> {
+    ) -> Result<Submitted, Error> {
         actor.require(Role::Operator)?;
+        let request_hash = request_hash(&(command_id, &req));
         let command = self.command(command_id).await?;
         let spec = CommandSpec {
             timeout_secs: check::Timeout::parse(req.timeout_secs.unwrap_or(command.spec.timeout_secs))?.secs(),
@@ -97,41 +134,54 @@ impl Dispatcher {
                 .or(command.spec.username),
             ..command.spec
         };
-        let count = req.instance_ids.len();
         let rate = check::RateControl::parse(req.max_concurrency, req.max_errors, self.inner.settings.max_instances)?;
+        // Tags are resolved in the command's region unless another is named (and then refused
+        // by the region rule below, with the reason).
+        let region_id = match req.region_id.filter(|r| !r.is_empty()) {
+            None if !req.tags.is_empty() => Some(command.region_id.clone()),
+            region => region,
+        };
         let run = Run {
             name: command.name,
             description: command.description,
             spec,
             parameters: req.parameters,
             instance_ids: req.instance_ids,
-            region_id: None,
+            region_id,
+            tags: req.tags,
+            invocation_tags: req.invocation_tags,
+            repeat_mode: req.repeat_mode,
+            client_token: check::client_token(req.client_token)?,
+            request_hash,
             rate,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
+        check_targeting(&run, self.inner.settings.max_instances)?;
         let region = command.region_id;
-        let audit = (
-            "InvokeCommand",
-            format!("command {command_id} on {count} instances{}", run.rate.audit_text()),
-        );
+        let audit = ("InvokeCommand", format!("command {command_id} "));
         self.launch(actor, run, false, Some((command.id, region)), audit).await
     }
 
     /// Stores, audits and delivers a checked run; `command` is the retained command it runs,
-    /// with its region, whose instances alone may run it. The audit entry (`(action, detail)`)
-    /// is written before the tasks go out: once they do, the writer is busy with the reports.
+    /// with its region, whose instances alone may run it. The audit entry (`action`, and
+    /// `what` before the count of instances) is written before the tasks go out: once they do,
+    /// the writer is busy with the reports. A dry run stops before anything is stored; a
+    /// `client_token` seen before answers its first invocation and runs nothing.
     async fn launch(
         &self,
         actor: &Actor,
-        run: Run,
+        mut run: Run,
         keep: bool,
         command: Option<(String, String)>,
-        (action, detail): (&str, String),
-    ) -> Result<InvocationCreated, Error> {
+        (action, what): (&str, String),
+    ) -> Result<Submitted, Error> {
         let settings = &self.inner.settings;
-        let instances = self
-            .targets(&run.instance_ids, &run.spec, run.region_id.as_deref())
-            .await?;
+        if run.repeat_mode != RepeatMode::DryRun {
+            if let Some(replayed) = self.replay(actor, &run, action).await? {
+                return Ok(Submitted::Created(replayed));
+            }
+        }
+        let instances = self.resolve_targets(&mut run).await?;
         if let Some((command_id, region)) = &command {
             if let Some(other) = instances.iter().find(|i| &i.region_id != region) {
                 return Err(invalid(
@@ -145,7 +195,6 @@ impl Dispatcher {
             }
         }
         let command_id = command.map(|(id, _)| id);
-        let rate = rate_of(&run.rate, run.instance_ids.len());
         let region = instances.first().map(|i| i.region_id.clone()).unwrap_or_default();
         let keep = if keep {
             let command = NewCommand {
@@ -160,6 +209,24 @@ impl Dispatcher {
         } else {
             None
         };
+        if run.repeat_mode == RepeatMode::DryRun {
+            return Ok(Submitted::DryRun(
+                self.dry_run(&instances, keep.as_ref(), &region).await?,
+            ));
+        }
+        let detail = format!(
+            "{what}on {} instances{}{}",
+            run.instance_ids.len(),
+            selector_words(&run.tags, run.region_id.as_deref()),
+            run.rate.audit_text()
+        );
+        let (token, hash) = (run.client_token.clone(), run.request_hash.clone());
+        let client_token = token.clone().map(|token| ClientToken {
+            user_id: actor.user_id,
+            token,
+            request_hash: hash.clone(),
+            expired_before: self.now() - CLIENT_TOKEN_HOURS * 3_600_000,
+        });
         let new = NewInvocation {
             name: run.name.clone(),
             spec: run.spec,
@@ -167,9 +234,15 @@ impl Dispatcher {
             creator: actor.username.clone(),
             command_id,
             keep,
+            instance_ids: run.instance_ids.clone(),
             deliver_by: self.now() + settings.delivery_window.as_millis() as i64,
-            rate,
-            instance_ids: run.instance_ids,
+            target: Target {
+                tags: run.tags.clone(),
+                region_id: run.region_id.clone(),
+            },
+            invocation_tags: run.invocation_tags.clone(),
+            client_token,
+            rate: rate_of(&run.rate, run.instance_ids.len()),
         };
         // Instances beyond the concurrency are stored held: they get their tasks as others end.
         let held: HashSet<&str> = new
@@ -179,12 +252,20 @@ impl Dispatcher {
             .map(String::as_str)
             .collect();
         let deliver_by = new.deliver_by;
-        let created = self
-            .inner
-            .store
-            .create_invocation(&new)
-            .await
-            .map_err(|e| command_refusal(e, &region, &run.name))?;
+        let created = match self.inner.store.create_invocation(&new).await {
+            Ok(created) => created,
+            // Another submission with the token won the race to its claim.
+            Err(store::Error::ClientTokenUsed {
+                invocation_id,
+                request_hash,
+            }) => {
+                let claim = (invocation_id, request_hash);
+                let token = token.unwrap_or_default();
+                let replayed = self.replayed(actor, &token, &hash, action, claim).await;
+                return replayed.map(Submitted::Created);
+            }
+            Err(e) => return Err(command_refusal(e, &region, &run.name)),
+        };
         let invocation = self.inner.store.invocation(&created.id).await?;
         self.audit(actor, action, &created.id, &detail).await;
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
@@ -206,9 +287,129 @@ impl Dispatcher {
             invoke_id: created.id.clone(),
         }])
         .await;
-        Ok(InvocationCreated {
+        Ok(Submitted::Created(InvocationCreated {
             invoke_id: created.id,
             command_id: created.command_id,
+            replayed: false,
+        }))
+    }
+
+    /// When the run's `client_token` names an invocation of this account from the last day:
+    /// [`Dispatcher::replayed`]. `None` when the token is new (or absent).
+    async fn replay(&self, actor: &Actor, run: &Run, action: &str) -> Result<Option<InvocationCreated>, Error> {
+        let Some(token) = &run.client_token else {
+            return Ok(None);
+        };
+        let since = self.now() - CLIENT_TOKEN_HOURS * 3_600_000;
+        match self.inner.store.client_token_claim(actor.user_id, token, since).await? {
+            Some(claim) => self
+                .replayed(actor, token, &run.request_hash, action, claim)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The answer to a run whose `client_token` is claimed (`(invoke id, request hash)`): for
+    /// the same request, the invocation it made, audited as a replay; for a different one, a
+    /// refusal.
+    async fn replayed(
+        &self,
+        actor: &Actor,
+        token: &str,
+        request_hash: &str,
+        action: &str,
+        claim: (String, String),
+    ) -> Result<InvocationCreated, Error> {
+        let (invoke_id, hash) = claim;
+        if hash != request_hash {
+            return Err(Error::Conflict {
+                conflict: Conflict::ClientTokenReused,
+                message: format!(
+                    "client_token {token:?} was used in the last {CLIENT_TOKEN_HOURS} hours for a different request \
+                     (invocation {invoke_id}): use a new token for a new request, or resend that request unchanged"
+                ),
+            });
+        }
+        let invocation = self
+            .inner
+            .store
+            .invocation(&invoke_id)
+            .await
+            .map_err(not_found(Kind::Invocation, &invoke_id))?;
+        let detail = format!("client_token {token:?} seen before: answered with its invocation, ran nothing again");
+        self.audit(actor, action, &invoke_id, &detail).await;
+        Ok(InvocationCreated {
+            invoke_id,
+            command_id: invocation.command_id,
+            replayed: true,
+        })
+    }
+
+    /// The run's targets: the instances named, then those of its region having all its tags
+    /// (each once), loaded and checked. `run.instance_ids` becomes that set: what is recorded.
+    async fn resolve_targets(&self, run: &mut Run) -> Result<Vec<InstanceRow>, Error> {
+        if let (false, Some(region)) = (run.tags.is_empty(), run.region_id.as_deref()) {
+            let matches: Vec<store::TagMatch> = run.tags.iter().map(store::TagMatch::from).collect();
+            // One more than allowed, so the limit's refusal counts past it.
+            let limit = self.inner.settings.max_instances as u64 + 1;
+            let tagged = self.inner.store.tagged_instance_ids(region, &matches, limit).await?;
+            if tagged.is_empty() {
+                return Err(invalid(
+                    Field::Tags,
+                    format!(
+                        "no instance of region {region} has all the tags {}: check them with \
+                         GET /api/v1/instances?region_id={region}&tag=key=value (or the Instances page's tag filter)",
+                        tag_words(&run.tags)
+                    ),
+                ));
+            }
+            let mut seen: HashSet<String> = run.instance_ids.iter().cloned().collect();
+            run.instance_ids
+                .extend(tagged.into_iter().filter(|id| seen.insert(id.clone())));
+        }
+        self.targets(&run.instance_ids, &run.spec, run.region_id.as_deref())
+            .await
+    }
+
+    /// What a dry run answers once every check of a real run has passed: whether each target
+    /// would get its task at once, and the retained command's name and quota checked.
+    async fn dry_run(
+        &self,
+        instances: &[InstanceRow],
+        keep: Option<&(NewCommand, u64)>,
+        region: &str,
+    ) -> Result<DryRunResponse, Error> {
+        if let Some((command, quota)) = keep {
+            self.inner
+                .store
+                .check_command_fits(command, *quota)
+                .await
+                .map_err(|e| command_refusal(e, region, &command.name))?;
+        }
+        let window = self.inner.settings.delivery_window.as_secs();
+        let mut answers: Vec<DryRunInstance> = instances
+            .iter()
+            .map(|i| {
+                let runnable = self.liveness(i).can_run();
+                DryRunInstance {
+                    instance_id: i.id.clone(),
+                    would_run: runnable,
+                    error_code: (!runnable).then_some(ErrorCode::ClientNotRunning),
+                    reason: (!runnable).then(|| {
+                        format!(
+                            "its agent is not connected: the command would wait up to {window} s for it, \
+                             then end Aborted (ClientNotRunning)"
+                        )
+                    }),
+                }
+            })
+            .collect();
+        answers.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        Ok(DryRunResponse {
+            dry_run: true,
+            would_run: answers.iter().filter(|a| a.would_run).count() as u64,
+            instances: answers,
         })
     }
 
@@ -328,6 +529,7 @@ impl Dispatcher {
 /// names, timeout, working directory, username, parameters and the shape of `instance_ids`.
 /// Public so that the fuzz target can drive it.
 pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<Run, Error> {
+    let request_hash = request_hash(&req);
     let spec = CommandSpec {
         content: check::content(&req.spec.content, req.content_encoding, settings.max_content_bytes)?,
         timeout_secs: check::Timeout::parse(req.spec.timeout_secs)?.secs(),
@@ -357,6 +559,11 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         instance_ids: req.instance_ids,
         region_id: req.region_id.filter(|r| !r.is_empty()),
         rate: check::RateControl::parse(req.max_concurrency, req.max_errors, settings.max_instances)?,
+        tags: req.tags,
+        invocation_tags: req.invocation_tags,
+        repeat_mode: req.repeat_mode,
+        client_token: check::client_token(req.client_token)?,
+        request_hash,
     };
     if req.keep_command && run.name.trim().is_empty() {
         return Err(invalid(
@@ -365,8 +572,58 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         ));
     }
     check_parameters(&run, settings.max_content_bytes)?;
-    check::instance_ids(&run.instance_ids, settings.max_instances)?;
+    check_targeting(&run, settings.max_instances)?;
     Ok(run)
+}
+
+/// How a run picks its instances and when it runs: `instance_ids`, or `tags` within
+/// `region_id`, or both; the repeat modes built so far; the invocation's own tags.
+fn check_targeting(run: &Run, max_instances: usize) -> Result<(), Error> {
+    match run.repeat_mode {
+        RepeatMode::Once | RepeatMode::DryRun => {}
+        other => {
+            return Err(invalid(
+                Field::RepeatMode,
+                format!(
+                    "repeat_mode {other} is not supported yet: leave it out to run once now, or use DryRun \
+                     to check without running"
+                ),
+            ));
+        }
+    }
+    check::tags(&run.invocation_tags, "the invocation")?;
+    if run.tags.is_empty() {
+        return check::instance_ids(&run.instance_ids, max_instances);
+    }
+    check::tags(&run.tags, "the tag selector")?;
+    if run.region_id.is_none() {
+        return Err(invalid(
+            Field::RegionId,
+            "`region_id` is required when targeting by `tags`: tags are resolved within one region",
+        ));
+    }
+    if !run.instance_ids.is_empty() {
+        check::instance_ids(&run.instance_ids, max_instances)?;
+    }
+    Ok(())
+}
+
+/// SHA-256 of a request's JSON: equal for a retry of the same request.
+fn request_hash(req: &impl serde::Serialize) -> String {
+    crate::store::ids::hash_secret(&serde_json::to_string(req).unwrap_or_default())
+}
+
+/// `env=prod, role=web` for messages.
+fn tag_words(tags: &[Tag]) -> String {
+    tags.iter().map(Tag::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// ` (tags env=prod in cn-hangzhou)` for the audit detail of a run by tags; empty otherwise.
+fn selector_words(tags: &[Tag], region: Option<&str>) -> String {
+    match (tags.is_empty(), region) {
+        (false, Some(region)) => format!(" (tags {} in {region})", tag_words(tags)),
+        _ => String::new(),
+    }
 }
 
 /// One rule for parameters on every surface: when they are on, built-ins are always filled,
@@ -462,6 +719,9 @@ mod tests {
             creator: "admin".into(),
             created_at: 0,
             counts: Default::default(),
+            target_tags: Vec::new(),
+            target_region: None,
+            invocation_tags: Vec::new(),
             rate: Default::default(),
         }
     }

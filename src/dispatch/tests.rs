@@ -82,6 +82,7 @@ impl Harness {
             os_name: "Debian".into(),
             ip_addresses: vec![],
             agent_version: "test".into(),
+            tags: Vec::new(),
         };
         let (instance, _) = self
             .dispatcher
@@ -95,7 +96,12 @@ impl Harness {
         let mut req = RunCommandRequest::shell(vec![instance_id.into()], content);
         req.spec.timeout_secs = timeout_secs;
         req.spec.enable_parameter = true;
-        self.dispatcher.run_command(&self.admin, req).await.unwrap()
+        self.dispatcher
+            .run_command(&self.admin, req)
+            .await
+            .unwrap()
+            .created()
+            .unwrap()
     }
 
     async fn result(&self, invoke_id: &str, instance_id: &str) -> crate::store::ResultRow {
@@ -395,7 +401,13 @@ async fn a_stop_cancels_what_has_not_started_and_terminates_what_runs_without_an
         .unwrap();
     next(&mut outbox).await;
     let req = RunCommandRequest::shell(vec![running.clone(), waiting.clone()], "sleep 600");
-    let created = h.dispatcher.run_command(&h.admin, req).await.unwrap();
+    let created = h
+        .dispatcher
+        .run_command(&h.admin, req)
+        .await
+        .unwrap()
+        .created()
+        .unwrap();
     next(&mut outbox).await;
     let t = created.invoke_id.as_str();
     h.dispatcher.handle(&mut session, started(t)).await.unwrap();
@@ -570,6 +582,7 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
         os_name: "Debian".into(),
         ip_addresses: vec![],
         agent_version: "t".into(),
+        tags: vec![crate::protocol::Tag::new("env", "prod")],
     };
     let (instance, _) = audited!(
         "RegisterInstance",
@@ -587,9 +600,27 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
         "RenameInstance",
         d.rename_instance(admin, &instance.id, "web-1").await.unwrap()
     );
+    audited!(
+        "SetInstanceTags",
+        d.set_instance_tags(admin, &instance.id, &[crate::protocol::Tag::new("env", "prod")])
+            .await
+            .unwrap()
+    );
+    audited!(
+        "AddInstanceTags",
+        d.add_instance_tags(
+            admin,
+            std::slice::from_ref(&instance.id),
+            &[crate::protocol::Tag::new("role", "web")]
+        )
+        .await
+        .unwrap()
+    );
     let mut keep = RunCommandRequest::shell(vec![instance.id.clone()], "echo hi");
     (keep.keep_command, keep.name) = (true, Some("greet".into()));
-    let run = audited!("RunCommand", d.run_command(admin, keep).await.unwrap());
+    let run = audited!("RunCommand", d.run_command(admin, keep).await.unwrap())
+        .created()
+        .unwrap();
     let command_id = run.command_id.clone().unwrap();
     let invoke = crate::protocol::api::InvokeCommandRequest {
         instance_ids: vec![instance.id.clone()],
@@ -644,6 +675,7 @@ async fn every_mutating_domain_call_writes_exactly_one_audit_entry() {
         include_str!("fleet.rs"),
         include_str!("commands.rs"),
         include_str!("run.rs"),
+        include_str!("tags.rs"),
     ];
     let audited_in_sources: std::collections::BTreeSet<&str> = sources
         .iter()
@@ -812,7 +844,13 @@ async fn rated_run(
     let mut req = RunCommandRequest::shell(ids, "exit 1");
     req.max_concurrency = Some(max_concurrency.into());
     req.max_errors = max_errors.map(Into::into);
-    let created = h.dispatcher.run_command(&h.admin, req).await.unwrap();
+    let created = h
+        .dispatcher
+        .run_command(&h.admin, req)
+        .await
+        .unwrap()
+        .created()
+        .unwrap();
     (agents, created.invoke_id)
 }
 

@@ -5,7 +5,8 @@
 
 use super::CommandType;
 use super::{
-    CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RateInput, RateLimit, ResultStatus,
+    CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RateInput, RateLimit, RepeatMode,
+    ResultStatus, Tag,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,14 @@ pub struct ModifyInstanceRequest {
     pub name: Option<String>,
 }
 
+/// `PUT /api/v1/instances/{instance_id}/tags`: the instance's tags become these (at most 20,
+/// keys unique).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTagsRequest {
+    pub tags: Vec<Tag>,
+}
+
 /// `GET /api/v1/instances`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstancesResponse {
@@ -135,6 +144,10 @@ pub struct RegisterRequest {
     pub os_name: String,
     pub ip_addresses: Vec<String>,
     pub agent_version: String,
+    /// Tags the instance starts with (`fleetrun-agent --tag key=value`). Sent only when there
+    /// are some, so an agent without tags still enrols with a server that predates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,11 +167,27 @@ pub enum ContentEncoding {
 /// `POST /api/v1/invocations` (RunCommand).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunCommandRequest {
+    /// The instances to run on; may be empty when `tags` name them.
+    #[serde(default)]
     pub instance_ids: Vec<String>,
     /// When given, every instance must be in this region (an instance elsewhere is unknown
-    /// here), as the ECS API's `RegionId` scopes a call.
+    /// here), as the ECS API's `RegionId` scopes a call. Required with `tags`.
     #[serde(default)]
     pub region_id: Option<String>,
+    /// Also run on every instance of `region_id` that has all these tags (resolved when the run
+    /// starts; the union with `instance_ids`, each instance once).
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// `Once` (the default) or `DryRun` (check everything, run nothing).
+    #[serde(default)]
+    pub repeat_mode: RepeatMode,
+    /// Idempotency: the same token from the same account within a day answers the first
+    /// invocation instead of running again (at most 64 printable ASCII characters).
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// Tags of the invocation itself (the ECS API's `Tag.N`): shown, select nothing.
+    #[serde(default)]
+    pub invocation_tags: Vec<Tag>,
     /// What to run; `command_content` is encoded as `content_encoding` says.
     #[serde(flatten)]
     pub spec: CommandSpec,
@@ -195,6 +224,10 @@ impl RunCommandRequest {
         RunCommandRequest {
             instance_ids,
             region_id: None,
+            tags: Vec::new(),
+            repeat_mode: RepeatMode::Once,
+            client_token: None,
+            invocation_tags: Vec::new(),
             spec,
             content_encoding: ContentEncoding::PlainText,
             keep_command: false,
@@ -208,12 +241,42 @@ impl RunCommandRequest {
     }
 }
 
+/// Answer to RunCommand and InvokeCommand with `repeat_mode: "DryRun"` (200): what would run,
+/// with nothing stored and nothing run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunResponse {
+    /// Always true: nothing was stored or run.
+    pub dry_run: bool,
+    /// How many of `instances` would run now.
+    pub would_run: u64,
+    /// Every target (the explicit ids and those the tags resolved to), in id order.
+    pub instances: Vec<DryRunInstance>,
+}
+
+/// One target of a dry run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunInstance {
+    pub instance_id: String,
+    /// The agent is connected and can run the command type: it would get the task at once.
+    pub would_run: bool,
+    /// The code the result would most likely end with when it would not run now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// Why not, in a sentence, when `would_run` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Answer to RunCommand and InvokeCommand.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationCreated {
     pub invoke_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
+    /// True when the request's `client_token` was seen before: this is the invocation it made
+    /// then, and nothing ran again (answered with 200 rather than 201).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// One invocation, as listed and as fetched (the latter with `results`).
@@ -239,6 +302,15 @@ pub struct Invocation {
     /// `Pending` results waiting their turn under `max_concurrency` (not yet delivered).
     #[serde(default)]
     pub held_count: u64,
+    /// The tag selector it targeted, as asked (the instances it resolved to are its results).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    /// The region the tags were resolved in (or that scoped `instance_ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_id: Option<String>,
+    /// Its own tags (the ECS API's `Tag.N`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invocation_tags: Vec<Tag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<InvocationResult>>,
 }
@@ -349,7 +421,24 @@ pub struct ModifyCommandRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvokeCommandRequest {
+    /// May be empty when `tags` name the instances.
+    #[serde(default)]
     pub instance_ids: Vec<String>,
+    /// As RunCommand's: required with `tags`, and then the command's own region.
+    #[serde(default)]
+    pub region_id: Option<String>,
+    /// As RunCommand's.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// As RunCommand's.
+    #[serde(default)]
+    pub repeat_mode: RepeatMode,
+    /// As RunCommand's.
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// As RunCommand's.
+    #[serde(default)]
+    pub invocation_tags: Vec<Tag>,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
     #[serde(default)]

@@ -20,6 +20,24 @@ pub struct Tag {
     pub tag_value: String,
 }
 
+impl From<&super::Tag> for Tag {
+    fn from(tag: &super::Tag) -> Self {
+        Tag {
+            tag_key: tag.key.clone(),
+            tag_value: tag.value.clone(),
+        }
+    }
+}
+
+impl Tags {
+    /// Alibaba's wrapper around a list of tags.
+    pub fn of(tags: &[super::Tag]) -> Tags {
+        Tags {
+            tag: tags.iter().map(Tag::from).collect(),
+        }
+    }
+}
+
 /// The paging fields of a Describe action.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -12,10 +12,12 @@ pub mod params;
 mod rate;
 mod spec;
 mod status;
+mod targeting;
 
 pub use rate::{RateInput, RateLimit};
 pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
+pub use targeting::{RepeatMode, Tag};
 
 use serde::{Deserialize, Serialize};
 

@@ -201,6 +201,7 @@ impl From<dispatch::Error> for ApiError {
                     Conflict::DeleteSelf => "DeleteSelf",
                     Conflict::CommandName => "InvalidCommandName.Duplicate",
                     Conflict::Superseded => "ConnectionSuperseded",
+                    Conflict::ClientTokenReused => "IdempotentParameterMismatch",
                 };
                 ApiError::new(StatusCode::CONFLICT, code, message)
             }
@@ -285,6 +286,12 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<axum_extra::extract::QueryRejection> for ApiError {
+    fn from(rejection: axum_extra::extract::QueryRejection) -> Self {
+        ApiError::bad_request("InvalidParameter.Query", rejection.body_text())
+    }
+}
+
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::bad_request("InvalidParameter.Path", rejection.body_text())
@@ -305,6 +312,12 @@ pub struct ApiJson<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// `axum_extra::extract::Query` (a repeated key fills a `Vec`, as `?tag=a&tag=b`) whose
+/// rejections are `ApiError`s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum_extra::extract::Query), rejection(ApiError))]
+pub struct ApiMultiQuery<T>(pub T);
 
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {

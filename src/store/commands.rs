@@ -78,8 +78,8 @@ async fn ensure_name_free(conn: &mut Tx, region_id: &str, name: &str, except: Op
     }
 }
 
-/// Inserts a command inside a transaction after checking its name and the region's quota.
-pub(super) async fn insert_command(conn: &mut Tx, new: &NewCommand, quota: u64) -> Result<String> {
+/// Refuses a command whose name is taken in its region or whose region's quota is used up.
+async fn ensure_fits(conn: &mut Tx, new: &NewCommand, quota: u64) -> Result<()> {
     ensure_name_free(conn, &new.region_id, &new.name, None).await?;
     let used: i64 = query_scalar("SELECT COUNT(*) FROM commands WHERE region_id = $1")
         .bind(&new.region_id)
@@ -92,6 +92,12 @@ pub(super) async fn insert_command(conn: &mut Tx, new: &NewCommand, quota: u64) 
             limit: quota,
         });
     }
+    Ok(())
+}
+
+/// Inserts a command inside a transaction after checking its name and the region's quota.
+pub(super) async fn insert_command(conn: &mut Tx, new: &NewCommand, quota: u64) -> Result<String> {
+    ensure_fits(conn, new, quota).await?;
     let id = super::ids::new_id("c");
     let insert = query(
         "INSERT INTO commands (id, region_id, name, description, type, content, working_dir, timeout_secs, \
@@ -112,6 +118,14 @@ pub(super) async fn insert_command(conn: &mut Tx, new: &NewCommand, quota: u64) 
 }
 
 impl Store {
+    /// Whether [`Store::create_command`] would accept the command now (a dry run's check);
+    /// writes nothing.
+    pub async fn check_command_fits(&self, new: &NewCommand, quota: u64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        ensure_fits(&mut tx, new, quota).await?;
+        tx.commit().await
+    }
+
     /// Creates a retained command unless its name is taken in the region or the region's quota
     /// is used up.
     pub async fn create_command(&self, new: &NewCommand, quota: u64) -> Result<CommandRow> {

@@ -1,6 +1,7 @@
 //! Activations, enrolment and instances.
 
 use super::db::{query, query_scalar};
+use super::tags::{bind_tag_matches, tag_conditions, write_tags};
 use super::{Error, Result, Store, changed_one, now_ms};
 use crate::protocol::{CommandType, OsType};
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ pub struct NewInstance {
     pub agent_version: String,
     pub supported_command_types: Vec<CommandType>,
     pub secret_hash: String,
+    /// Tags it starts with (the agent's `--tag`), already checked.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A stored instance.
@@ -101,6 +104,8 @@ pub struct InstanceFilter {
     pub online: Option<bool>,
     /// Matches id, name, hostname, IP addresses or tags (substring, case-insensitive).
     pub query: Option<String>,
+    /// The instance has every one of these tags (exact key and value).
+    pub tags: Vec<super::TagMatch>,
     pub offset: u64,
     pub limit: u64,
 }
@@ -223,8 +228,17 @@ impl Store {
         .bind(&new.secret_hash)
         .bind(activation_id)
         .bind(now)
-        .fetch_one(&mut tx)
+        .fetch_one::<InstanceRow>(&mut tx)
         .await?;
+        let instance = if new.tags.is_empty() {
+            instance
+        } else {
+            write_tags(&mut tx, &id, &new.tags).await?;
+            InstanceRow {
+                tags: new.tags.clone(),
+                ..instance
+            }
+        };
         tx.commit().await?;
         Ok(instance)
     }
@@ -259,43 +273,50 @@ impl Store {
         let running = filter.running;
         let online = filter.online;
         let text = filter.query.as_ref().map(|q| q.to_lowercase());
-        let total: i64 = query_scalar(&format!("SELECT COUNT(*) FROM instances {INSTANCE_FILTER}"))
+        // Tag conditions take the placeholders after the fixed ones.
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM instances {INSTANCE_FILTER}{}",
+            tag_conditions(filter.tags.len(), 6)
+        );
+        let count = query(&count_sql)
+            .bind(&filter.region_id)
+            .bind(running)
+            .bind(filter.fresh_after)
+            .bind(&text)
+            .bind(online);
+        let (total,): (i64,) = bind_tag_matches(count, &filter.tags).fetch_one(&self.pool).await?;
+        let page_sql = format!(
+            "SELECT * FROM instances {INSTANCE_FILTER}{} {INSTANCE_ORDER} LIMIT $6 OFFSET $7",
+            tag_conditions(filter.tags.len(), 8)
+        );
+        let page = query(&page_sql)
             .bind(&filter.region_id)
             .bind(running)
             .bind(filter.fresh_after)
             .bind(&text)
             .bind(online)
-            .fetch_one(&self.pool)
-            .await?;
-        let instances = query(&format!(
-            "SELECT * FROM instances {INSTANCE_FILTER} {INSTANCE_ORDER} LIMIT $6 OFFSET $7"
-        ))
-        .bind(&filter.region_id)
-        .bind(running)
-        .bind(filter.fresh_after)
-        .bind(&text)
-        .bind(online)
-        .bind(filter.limit as i64)
-        .bind(filter.offset as i64)
-        .fetch_all(&self.pool)
-        .await?;
+            .bind(filter.limit as i64)
+            .bind(filter.offset as i64);
+        let instances = bind_tag_matches(page, &filter.tags).fetch_all(&self.pool).await?;
         Ok((instances, total as u64))
     }
 
     /// The ids of the first `limit` instances matching the filter (its offset is ignored), in
     /// listing order: "select all matching" in the console.
     pub async fn matching_instance_ids(&self, filter: &InstanceFilter, limit: u64) -> Result<Vec<String>> {
-        query_scalar(&format!(
-            "SELECT id FROM instances {INSTANCE_FILTER} {INSTANCE_ORDER} LIMIT $6"
-        ))
-        .bind(&filter.region_id)
-        .bind(filter.running)
-        .bind(filter.fresh_after)
-        .bind(filter.query.as_ref().map(|q| q.to_lowercase()))
-        .bind(filter.online)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
+        let sql = format!(
+            "SELECT id FROM instances {INSTANCE_FILTER}{} {INSTANCE_ORDER} LIMIT $6",
+            tag_conditions(filter.tags.len(), 7)
+        );
+        let statement = query(&sql)
+            .bind(&filter.region_id)
+            .bind(filter.running)
+            .bind(filter.fresh_after)
+            .bind(filter.query.as_ref().map(|q| q.to_lowercase()))
+            .bind(filter.online)
+            .bind(limit as i64);
+        let ids: Vec<(String,)> = bind_tag_matches(statement, &filter.tags).fetch_all(&self.pool).await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
     /// Renames an instance.
@@ -436,6 +457,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             supported_command_types: vec![CommandType::RunShellScript],
             secret_hash: ids::hash_secret("s"),
+            tags: BTreeMap::new(),
         }
     }
 

@@ -4,7 +4,7 @@ use super::commands::{NewCommand, insert_command};
 use super::db::parsed;
 use super::db::{query, query_scalar};
 use super::{Result, Store, bind_spec, now_ms, placeholders};
-use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus};
+use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus, Tag};
 use std::collections::BTreeMap;
 
 /// An invocation to create.
@@ -24,6 +24,32 @@ pub struct NewInvocation {
     pub deliver_by: i64,
     /// Rate control: the instances beyond its concurrency are held (`store::rate`).
     pub rate: super::rate::Rate,
+    /// How the targets were chosen, recorded beside the resolved set.
+    pub target: Target,
+    /// The invocation's own tags (they select nothing).
+    pub invocation_tags: Vec<Tag>,
+    /// Claims this `client_token`: when it is already claimed, nothing is stored and
+    /// [`Error::ClientTokenUsed`](super::Error::ClientTokenUsed) names the invocation that holds it.
+    pub client_token: Option<ClientToken>,
+}
+
+/// The tag selector of an invocation, as asked, and the region it was resolved in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub tags: Vec<Tag>,
+    pub region_id: Option<String>,
+}
+
+/// A `client_token` to claim with a new invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientToken {
+    /// The account submitting.
+    pub user_id: i64,
+    pub token: String,
+    /// Identifies the request, so a retry is told from another request reusing the token.
+    pub request_hash: String,
+    /// A claim made before this (ms) has expired: the token is free again.
+    pub expired_before: i64,
 }
 
 /// What [`Store::create_invocation`] made.
@@ -52,6 +78,14 @@ pub struct InvocationRow {
     pub counts: StatusCounts,
     #[sqlx(flatten)]
     pub rate: super::rate::Rate,
+    /// The tag selector it targeted (empty when it named instances only).
+    #[sqlx(json)]
+    pub target_tags: Vec<Tag>,
+    /// The region its tags were resolved in, or that scoped its instance ids.
+    pub target_region: Option<String>,
+    /// Its own tags (the ECS API's `Tag.N`).
+    #[sqlx(json)]
+    pub invocation_tags: Vec<Tag>,
 }
 
 impl InvocationRow {
@@ -248,12 +282,35 @@ impl Store {
         .map(|(id, instance)| (instance, id))
         .collect();
         super::rate::hold_at_start(&mut tx, &id, &new.rate, &new.instance_ids).await?;
+        record_target(&mut tx, &id, new).await?;
+        if let Some(token) = &new.client_token {
+            claim_client_token(&mut tx, &id, token).await?;
+        }
         tx.commit().await?;
         Ok(CreatedInvocation {
             id,
             command_id,
             result_ids,
         })
+    }
+
+    /// The invocation a `client_token` of this account names, and the hash of the request that
+    /// claimed it, unless the claim expired (made before `expired_before`).
+    pub async fn client_token_claim(
+        &self,
+        user_id: i64,
+        token: &str,
+        expired_before: i64,
+    ) -> Result<Option<(String, String)>> {
+        query(
+            "SELECT invocation_id, request_hash FROM client_tokens \
+             WHERE user_id = $1 AND token = $2 AND created_at >= $3",
+        )
+        .bind(user_id)
+        .bind(token)
+        .bind(expired_before)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// One invocation with its counts.
@@ -642,6 +699,58 @@ impl Store {
 const COUNT_ALL: &str = "n_pending + n_invalid + n_aborted + n_running + n_success + n_failed + n_error + \
      n_timeout + n_cancelled + n_stopping + n_terminated";
 
+/// Records how an invocation's targets were chosen (only when tags or a region say more than
+/// its results do).
+async fn record_target(tx: &mut super::db::Tx, id: &str, new: &NewInvocation) -> Result<()> {
+    if new.target == Target::default() && new.invocation_tags.is_empty() {
+        return Ok(());
+    }
+    query("UPDATE invocations SET target_tags = $2, target_region = $3, invocation_tags = $4 WHERE id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(&new.target.tags))
+        .bind(&new.target.region_id)
+        .bind(sqlx::types::Json(&new.invocation_tags))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Claims a `client_token` for invocation `id`. The primary key `(user_id, token)` decides
+/// between concurrent claims (even without the write lock): the loser's insert does nothing,
+/// and its transaction is given up, naming the winner.
+async fn claim_client_token(tx: &mut super::db::Tx, id: &str, token: &ClientToken) -> Result<()> {
+    query("DELETE FROM client_tokens WHERE user_id = $1 AND token = $2 AND created_at < $3")
+        .bind(token.user_id)
+        .bind(token.token.as_str())
+        .bind(token.expired_before)
+        .execute(&mut *tx)
+        .await?;
+    let claimed = query(
+        "INSERT INTO client_tokens (user_id, token, invocation_id, request_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, token) DO NOTHING",
+    )
+    .bind(token.user_id)
+    .bind(token.token.as_str())
+    .bind(id)
+    .bind(token.request_hash.as_str())
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    if claimed == 1 {
+        return Ok(());
+    }
+    let (invocation_id, request_hash): (String, String) =
+        query("SELECT invocation_id, request_hash FROM client_tokens WHERE user_id = $1 AND token = $2")
+            .bind(token.user_id)
+            .bind(token.token.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+    Err(super::Error::ClientTokenUsed {
+        invocation_id,
+        request_hash,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -657,6 +766,9 @@ pub(crate) mod tests {
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),
             deliver_by,
             rate: Default::default(),
+            target: Target::default(),
+            invocation_tags: Vec::new(),
+            client_token: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod replicas;
 pub mod scratch;
 mod sessions;
 mod settings;
+mod tags;
 mod tokens;
 mod users;
 
@@ -29,12 +30,14 @@ pub use access_keys::{AccessKeyRow, SealedAccessKey};
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
+pub use invocations::{ClientToken, Target};
 pub use invocations::{
     Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
 };
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use rate::{Rate, Turns};
 pub use sessions::SessionRow;
+pub use tags::TagMatch;
 pub use tokens::TokenRow;
 pub use users::{Role, UserRow, UserUpdate};
 
@@ -61,6 +64,13 @@ pub enum Error {
     /// A quota would be exceeded.
     #[error("quota {name} exceeded ({used} of {limit} used)")]
     Quota { name: &'static str, used: u64, limit: u64 },
+    /// A `client_token` is already claimed by this invocation (made from the request whose
+    /// hash is `request_hash`); nothing was stored.
+    #[error("the client token is used by {invocation_id}")]
+    ClientTokenUsed {
+        invocation_id: String,
+        request_hash: String,
+    },
     /// Enrolment refused by its activation.
     #[error("registration refused: {0}")]
     Register(RegisterRefusal),

@@ -328,3 +328,66 @@ async fn stop_says_when_the_invocation_had_already_finished() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn tags_are_set_and_filtered_and_a_run_by_tags_dry_runs_then_runs_once_per_client_token() {
+    let app = TestApp::spawn().await;
+    let web_agent = named_agent(&app, "local", "web").await;
+    let db_agent = named_agent(&app, "local", "db").await;
+    let (web, db) = (web_agent.instance_id().await, db_agent.instance_id().await);
+
+    let set = fleetrun(
+        &app,
+        "instances",
+        &["--set-tags", &web, "--tag", "env=prod", "--tag", "role=web"],
+    )
+    .await;
+    let listed = fleetrun(&app, "instances", &["--tag", "env=prod"]).await;
+    let dry = fleetrun(
+        &app,
+        "run",
+        &["--region", "local", "--tag", "env=prod", "--dry-run", "echo dry"],
+    )
+    .await;
+    let after_dry = app.client.invocations("").await.unwrap().total;
+    let args = [
+        "--region",
+        "local",
+        "--tag",
+        "env=prod",
+        "--client-token",
+        "cli-1",
+        "echo tagged",
+    ];
+    let first = fleetrun(&app, "run", &args).await;
+    let again = fleetrun(&app, "run", &args).await;
+    let no_region = fleetrun(&app, "run", &["--tag", "env=prod", "echo x"]).await;
+
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    assert!(set.stdout.contains("tags env=prod, role=web"), "{}", set.stdout);
+    assert!(
+        listed.stdout.contains(&web) && !listed.stdout.contains(&db),
+        "{}",
+        listed.stdout
+    );
+    assert!(listed.stdout.contains("env=prod,role=web"), "{}", listed.stdout);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dry.stdout.contains(&format!("{web}: would run")), "{}", dry.stdout);
+    assert!(dry.stdout.contains("1 of 1 instance(s) would run"), "{}", dry.stdout);
+    assert_eq!(after_dry, 0, "a dry run records nothing");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first.stdout.contains("tagged") && first.stderr.contains("on 1 instance(s)"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("client token seen before"), "{}", again.stderr);
+    assert_eq!(app.client.invocations("").await.unwrap().total, 1);
+    assert_ne!(no_region.code, 0);
+    assert!(
+        no_region.stderr.contains("--tag needs --region"),
+        "{}",
+        no_region.stderr
+    );
+}

@@ -3,7 +3,7 @@
 //! fault: a small tmpfs, SIGSTOP/SIGCONT, sockets nobody reads.
 
 use crate::helpers::*;
-use fleetrun::client::{ApiClient, Credentials};
+use fleetrun::client::ApiClient;
 use fleetrun::protocol::api::{InvocationResult, RunCommandRequest, StreamEvent};
 use futures_util::StreamExt as _;
 use reqwest::Method;
@@ -233,72 +233,6 @@ async fn a_command_sent_to_a_briefly_frozen_agent_runs_once_and_is_reported() {
     assert_eq!(runs(&mark), 1, "ran exactly once");
 }
 
-/// A `fleetrun serve` process of its own, so that its memory can be read.
-struct ServerProcess {
-    child: tokio::process::Child,
-    url: String,
-    client: ApiClient,
-    _data: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    async fn start() -> ServerProcess {
-        let data = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetrun"))
-            .args([
-                "serve",
-                "--listen",
-                &address,
-                "--admin-password",
-                PASSWORD,
-                "--heartbeat-secs",
-                "1",
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("FLEETRUN_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let url = format!("http://{address}");
-        let credentials = Credentials::Basic {
-            username: "admin".into(),
-            password: PASSWORD.into(),
-        };
-        let client = ApiClient::with_http(&url, credentials, reqwest::Client::new());
-        let health = format!("{url}/healthz");
-        eventually(Duration::from_secs(20), "the server process to answer", || async {
-            reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
-        })
-        .await;
-        ServerProcess {
-            child,
-            url,
-            client,
-            _data: data,
-        }
-    }
-
-    /// (resident now, peak resident) in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
 /// Opens a JSON live stream of an invocation as the admin.
 async fn open_stream(
     url: &str,
@@ -336,9 +270,9 @@ const LINES: u64 = 17_400_000;
 /// be written to for long is dropped), while a fifth watcher that reads sees every byte.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_watchers_do_not_pin_memory_and_a_reading_watcher_sees_every_byte() {
-    let server = ServerProcess::start().await;
-    let activation = server
-        .client
+    let server = ServerProcess::start(&["--heartbeat-secs", "1"]).await;
+    let client = server.client();
+    let activation = client
         .create_activation(&fleetrun::protocol::api::CreateActivationRequest {
             region_id: "local".into(),
             instance_count_limit: 1,
@@ -350,7 +284,7 @@ async fn stalled_watchers_do_not_pin_memory_and_a_reading_watcher_sees_every_byt
     let agent = AgentProcess::start(&server.url, Some(&activation), tempfile::tempdir().unwrap());
     let id = agent.instance_id().await;
     eventually(Duration::from_secs(20), "the agent to be online", || async {
-        server.client.instance(&id).await.ok().filter(|i| i.agent.online)
+        client.instance(&id).await.ok().filter(|i| i.agent.online)
     })
     .await;
 
@@ -367,7 +301,7 @@ async fn stalled_watchers_do_not_pin_memory_and_a_reading_watcher_sees_every_byt
     for _ in 0..4 {
         let mut req = RunCommandRequest::shell(vec![id.clone()], &script);
         req.spec.timeout_secs = 600;
-        invocations.push(server.client.run(&req).await.unwrap().invoke_id);
+        invocations.push(client.run(&req).await.unwrap().invoke_id);
     }
     // Four stalled watchers, one per invocation: connected, never read.
     let mut stalled = Vec::new();
@@ -424,7 +358,7 @@ async fn stalled_watchers_do_not_pin_memory_and_a_reading_watcher_sees_every_byt
     assert_eq!(bytes, seq_bytes(LINES));
     for invoke_id in &invocations {
         let inv = eventually(Duration::from_secs(120), "every command to finish", || async {
-            let inv = server.client.invocation(invoke_id).await.ok()?;
+            let inv = client.invocation(invoke_id).await.ok()?;
             inv.invocation_status.is_terminal().then_some(inv)
         })
         .await;

@@ -540,15 +540,20 @@ impl ServerProcess {
 
     /// Peak resident memory of the running server, in MiB (`VmHWM`).
     pub fn peak_rss_mib(&self) -> f64 {
+        self.memory_kib().1 as f64 / 1024.0
+    }
+
+    /// (resident now, peak resident) of the running server, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kib: f64 = line["VmHWM:".len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap();
-        kib / 1024.0
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 }
 

@@ -28,6 +28,7 @@ mod replicas_faults;
 mod resilience;
 mod security;
 mod serving;
+mod targeting;
 mod throttle;
 mod tls;
 // The bench's virtual agents (`bench/src/swarm.rs`, also driven by `tests/bench_smoke.rs`), for

@@ -3,8 +3,7 @@
 use super::{rfc3339, window};
 use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::{
-    Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
-    QuotasResponse,
+    Command, CommandsResponse, CreateCommandRequest, InvokeCommandRequest, ModifyCommandRequest, QuotasResponse,
 };
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -98,9 +97,9 @@ pub async fn invoke(
     State(state): State<AppState>,
     ApiPath(command_id): ApiPath<String>,
     ApiJson(req): ApiJson<InvokeCommandRequest>,
-) -> Result<(StatusCode, ApiJson<InvocationCreated>), ApiError> {
-    let created = state.dispatcher.invoke_command(&actor, &command_id, req).await?;
-    Ok((StatusCode::CREATED, ApiJson(created)))
+) -> Result<axum::response::Response, ApiError> {
+    let answer = state.dispatcher.invoke_command(&actor, &command_id, req).await?;
+    Ok(super::invocations::submitted(answer))
 }
 
 pub async fn quotas(_: Actor, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {

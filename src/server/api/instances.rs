@@ -4,9 +4,10 @@ use super::{rfc3339, window};
 use crate::dispatch::{Actor, Kind, Liveness, error::not_found};
 use crate::protocol::api::{
     AgentInfo, Instance, InstanceStatus, InstancesResponse, ModifyInstanceRequest, Region, RegionsResponse,
+    SetTagsRequest,
 };
 use crate::server::AppState;
-use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::server::error::{ApiError, ApiJson, ApiMultiQuery, ApiPath};
 use crate::store::{InstanceFilter, InstanceRow};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -57,6 +58,9 @@ pub struct ListQuery {
     region_id: Option<String>,
     status: Option<String>,
     q: Option<String>,
+    /// `key` or `key=value`, repeatable: instances with every one of them.
+    #[serde(default)]
+    tag: Vec<String>,
     page: Option<u64>,
     page_size: Option<u64>,
 }
@@ -64,7 +68,7 @@ pub struct ListQuery {
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiMultiQuery(query): ApiMultiQuery<ListQuery>,
 ) -> Result<ApiJson<InstancesResponse>, ApiError> {
     let (offset, limit) = window(query.page, query.page_size)?;
     let running = crate::dispatch::check::instance_running(query.status.as_deref())?;
@@ -73,6 +77,11 @@ pub async fn list(
         running,
         fresh_after: state.dispatcher.lost_before(),
         query: query.q.filter(|q| !q.trim().is_empty()),
+        tags: query
+            .tag
+            .iter()
+            .map(|t| crate::dispatch::tag_filter(t))
+            .collect::<Result<_, _>>()?,
         offset,
         limit,
         ..Default::default()
@@ -117,6 +126,21 @@ pub async fn modify(
             .await
             .map_err(not_found(Kind::Instance, &instance_id))?,
     };
+    let liveness = state.dispatcher.liveness(&row);
+    Ok(ApiJson(instance_dto(row, liveness)))
+}
+
+/// Replaces an instance's tags.
+pub async fn set_tags(
+    actor: Actor,
+    State(state): State<AppState>,
+    ApiPath(instance_id): ApiPath<String>,
+    ApiJson(req): ApiJson<SetTagsRequest>,
+) -> Result<ApiJson<Instance>, ApiError> {
+    let row = state
+        .dispatcher
+        .set_instance_tags(&actor, &instance_id, &req.tags)
+        .await?;
     let liveness = state.dispatcher.liveness(&row);
     Ok(ApiJson(instance_dto(row, liveness)))
 }

@@ -1,10 +1,8 @@
 //! RunCommand, execution records, their per-instance results and output, and stop.
 
 use super::{parse_time, rfc3339, window};
-use crate::dispatch::{Actor, Kind, check, error::not_found};
-use crate::protocol::api::{
-    Invocation, InvocationCreated, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
-};
+use crate::dispatch::{Actor, Kind, Submitted, check, error::not_found};
+use crate::protocol::api::{Invocation, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest};
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::{InvocationFilter, InvocationRow, ResultRow};
@@ -30,7 +28,20 @@ pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>
         max_concurrency: row.rate.max_concurrency,
         max_errors: row.rate.max_errors,
         held_count: row.rate.held,
+        tags: row.target_tags,
+        region_id: row.target_region,
+        invocation_tags: row.invocation_tags,
         results,
+    }
+}
+
+/// RunCommand's and InvokeCommand's answer: 201 with the new invocation; 200 with the first one
+/// when its `client_token` was seen before; 200 with what would run for a dry run.
+pub fn submitted(submitted: Submitted) -> Response {
+    match submitted {
+        Submitted::Created(created) if created.replayed => (StatusCode::OK, ApiJson(created)).into_response(),
+        Submitted::Created(created) => (StatusCode::CREATED, ApiJson(created)).into_response(),
+        Submitted::DryRun(answer) => (StatusCode::OK, ApiJson(answer)).into_response(),
     }
 }
 
@@ -55,9 +66,8 @@ pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RunCommandRequest>,
-) -> Result<(StatusCode, ApiJson<InvocationCreated>), ApiError> {
-    let created = state.dispatcher.run_command(&actor, req).await?;
-    Ok((StatusCode::CREATED, ApiJson(created)))
+) -> Result<Response, ApiError> {
+    Ok(submitted(state.dispatcher.run_command(&actor, req).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use chrono::{DateTime, SecondsFormat};
 
 /// The routes under `/api/v1`.
@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
                 .patch(instances::modify)
                 .delete(instances::deregister),
         )
+        .route("/instances/{instance_id}/tags", put(instances::set_tags))
         .route("/activations", post(activations::create).get(activations::list))
         .route("/invocations", post(invocations::create).get(invocations::list))
         .route("/invocations/{invoke_id}", get(invocations::show))

@@ -4,8 +4,9 @@
 use super::records::RecordView;
 use super::{ConsoleForm, Layout, PageError, Pager, Session, ToastNote, Url, When, render};
 use crate::dispatch::{Kind, Liveness, error::not_found};
+use crate::protocol::Tag;
 use crate::server::AppState;
-use crate::store::{InstanceFilter, InstanceRow, InvocationFilter};
+use crate::store::{InstanceFilter, InstanceRow, InvocationFilter, TagMatch};
 use askama::Template;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -24,6 +25,8 @@ pub struct InstanceView {
     pub ips: String,
     pub version: String,
     pub tags: String,
+    /// The tags one `key=value` a line, as the instance page's editor takes them.
+    pub tag_lines: String,
     pub last_heartbeat: Option<When>,
     pub types: Vec<&'static str>,
 }
@@ -40,6 +43,7 @@ impl InstanceView {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            tag_lines: row.tags.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
             last_heartbeat: row.last_heartbeat_at.map(When::new),
             types: row.supported_command_types.iter().map(|t| t.label()).collect(),
             id: row.id,
@@ -82,14 +86,27 @@ pub struct IndexQuery {
     q: String,
     #[serde(default)]
     status: String,
+    /// `key` or `key=value`.
+    #[serde(default)]
+    tag: String,
     page: Option<u64>,
     #[serde(default)]
     rows: bool,
 }
 
 impl IndexQuery {
+    /// The tag filter, when one is given; a malformed one is shown as an error and filters
+    /// nothing out.
+    fn tag(&self) -> Result<Option<TagMatch>, String> {
+        match self.tag.trim() {
+            "" => Ok(None),
+            tag => crate::dispatch::tag_filter(tag).map(Some).map_err(|e| e.to_string()),
+        }
+    }
+
     fn filter(&self, state: &AppState, session: &Session) -> InstanceFilter {
         InstanceFilter {
+            tags: self.tag().ok().flatten().into_iter().collect(),
             region_id: session.region.clone().filter(|r| !r.is_empty()),
             // A crafted value is a filter that matches anything, as an unknown select option.
             running: crate::dispatch::check::instance_running(Some(&self.status)).unwrap_or(None),
@@ -107,6 +124,9 @@ pub struct InstancesPage {
     rows: Vec<InstanceView>,
     q: String,
     status: String,
+    tag: String,
+    /// Why the tag filter could not be used.
+    tag_error: String,
     pager: Pager,
 }
 
@@ -117,6 +137,7 @@ pub struct InstanceRowsFragment {
     rows: Vec<InstanceView>,
     q: String,
     status: String,
+    tag: String,
     pager: Pager,
 }
 
@@ -134,7 +155,11 @@ pub async fn index(
         ..query.filter(&state, &session)
     };
     let (found, total) = state.store.list_instances(&filter).await?;
-    let pager = pager.with(total, Url::INSTANCES, &[("q", &query.q), ("status", &query.status)]);
+    let pager = pager.with(
+        total,
+        Url::INSTANCES,
+        &[("q", &query.q), ("status", &query.status), ("tag", &query.tag)],
+    );
     let rows: Vec<InstanceView> = found
         .into_iter()
         .map(|r| {
@@ -147,15 +172,19 @@ pub async fn index(
             rows,
             q: query.q,
             status: query.status,
+            tag: query.tag,
             pager,
         }));
     }
+    let tag_error = query.tag().err().unwrap_or_default();
     let layout = session.layout(state.store.regions().await?, "instances");
     Ok(render(&InstancesPage {
         layout,
         rows,
         q: query.q,
         status: query.status,
+        tag: query.tag,
+        tag_error,
         pager,
     }))
 }
@@ -256,6 +285,76 @@ pub async fn rename(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Tags typed in a field: `key=value` items split at any of `separators` (a bare `key` has an
+/// empty value); blank items are skipped.
+pub fn tag_list(text: &str, separators: &[char]) -> Vec<Tag> {
+    text.split(separators)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let tag = Tag::parse_pair(t);
+            Tag::new(tag.key.trim(), tag.value.trim())
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TagsForm {
+    /// One `key=value` a line.
+    tags: String,
+}
+
+/// The instance page's tag editor: the instance's tags become those typed.
+pub async fn set_tags(
+    State(state): State<AppState>,
+    session: Session,
+    Path(instance_id): Path<String>,
+    ConsoleForm(form): ConsoleForm<TagsForm>,
+) -> Result<Response, PageError> {
+    let tags = tag_list(&form.tags, &['\n']);
+    match state
+        .dispatcher
+        .set_instance_tags(&session.actor(), &instance_id, &tags)
+        .await
+    {
+        Ok(_) => instance_page(&state, &session, &instance_id, String::new()).await,
+        Err(e @ crate::dispatch::Error::Invalid { .. }) => {
+            instance_page(&state, &session, &instance_id, e.to_string()).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AddTagsForm {
+    /// The selection, comma-separated.
+    instance_ids: String,
+    /// `key=value` items, comma-separated.
+    tags: String,
+}
+
+/// The batch bar's Add Tags: adds the tags to every selected instance.
+pub async fn add_tags(
+    State(state): State<AppState>,
+    session: Session,
+    ConsoleForm(form): ConsoleForm<AddTagsForm>,
+) -> Result<Response, PageError> {
+    let ids: Vec<String> = form
+        .instance_ids
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    let tags = tag_list(&form.tags, &[',', '\n']);
+    let tagged = state
+        .dispatcher
+        .add_instance_tags(&session.actor(), &ids, &tags)
+        .await?;
+    let message = format!("Tags added to {tagged} instances.");
+    Ok(render(&ToastNote { message: &message }))
 }
 
 pub async fn deregister(

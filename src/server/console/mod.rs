@@ -41,7 +41,9 @@ pub fn routes() -> Router<AppState> {
         .route("/console/instances", get(instances::index))
         .route("/console/instances/ids", get(instances::ids))
         .route("/console/instances/{instance_id}", get(instances::show))
+        .route("/console/instances/tags", post(instances::add_tags))
         .route("/console/instances/{instance_id}/name", post(instances::rename))
+        .route("/console/instances/{instance_id}/tags", post(instances::set_tags))
         .route(
             "/console/instances/{instance_id}/deregister",
             post(instances::deregister),

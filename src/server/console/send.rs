@@ -13,7 +13,7 @@ use super::{PageError, Session, render};
 use crate::dispatch::{self, Field, Liveness, check};
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::params::{custom_names, has_placeholders};
-use crate::protocol::{CommandSpec, CommandType, NoUnknownFields, OsType, RateInput};
+use crate::protocol::{CommandSpec, CommandType, OsType, RateInput, RepeatMode};
 use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow};
 use askama::Template;
@@ -102,6 +102,8 @@ pub struct Dialog {
     quota: String,
     max_content: usize,
     parameters: Vec<(String, String)>,
+    /// What "Select by tags" matches now, or why it cannot be used.
+    tag_note: String,
 }
 
 impl Dialog {
@@ -187,6 +189,37 @@ impl SendForm {
     fn text(&self, key: &str) -> Option<String> {
         Some(self.get(key).trim().to_string()).filter(|v| !v.is_empty())
     }
+
+    /// "Select by tags": `key=value` items, comma-separated.
+    fn tags(&self) -> Vec<crate::protocol::Tag> {
+        super::instances::tag_list(self.get("tags"), &[','])
+    }
+}
+
+/// The instances "Select by tags" matches now in `region` (at run time RunCommand resolves them
+/// again and records the selector), or why it cannot be used.
+async fn tagged_instances(state: &AppState, region: Option<&str>, form: &SendForm) -> Result<Vec<String>, String> {
+    let tags = form.tags();
+    if tags.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(region) = region.filter(|r| !r.is_empty()) else {
+        return Err(
+            "Pick a region in the top bar to select instances by tags: tags are matched within one region.".into(),
+        );
+    };
+    check::tags(&tags, "the tag selector").map_err(|e| e.to_string())?;
+    let matches: Vec<crate::store::TagMatch> = tags.iter().map(crate::store::TagMatch::from).collect();
+    let limit = state.dispatcher.settings().max_instances as u64;
+    let ids = state
+        .store
+        .tagged_instance_ids(region, &matches, limit)
+        .await
+        .map_err(|e| PageError::from(dispatch::Error::from(e)).message().to_string())?;
+    if ids.is_empty() {
+        return Err(format!("No instance of region {region} has all these tags."));
+    }
+    Ok(ids)
 }
 
 /// Opens the dialog for the instances given (`instance_ids`), or with a picker; `command_id`
@@ -328,7 +361,22 @@ async fn build(
     form: SendForm,
     errors: BTreeMap<String, String>,
 ) -> Result<Dialog, PageError> {
-    let instances = state.store.instances_by_ids(&form.instance_ids).await?;
+    let tagged = tagged_instances(state, session.region.as_deref(), &form).await;
+    let tag_note = match &tagged {
+        Ok(ids) if ids.is_empty() => String::new(),
+        Ok(ids) => format!(
+            "{} instances have all these tags now; the command runs on those that have them when it starts.",
+            ids.len()
+        ),
+        Err(why) => why.clone(),
+    };
+    let mut targets = form.instance_ids.clone();
+    for id in tagged.unwrap_or_default() {
+        if !targets.contains(&id) {
+            targets.push(id);
+        }
+    }
+    let instances = state.store.instances_by_ids(&targets).await?;
     let found: std::collections::HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     let missing: Vec<String> = form
         .instance_ids
@@ -414,6 +462,7 @@ async fn build(
         parameters,
         form,
         errors,
+        tag_note,
     })
 }
 
@@ -456,8 +505,11 @@ pub async fn run(
 ) -> Result<Response, PageError> {
     let form = SendForm::parse(pairs);
     let mut errors = BTreeMap::new();
-    if form.instance_ids.is_empty() {
-        errors.insert("instances".to_string(), "Select at least one instance.".to_string());
+    if form.instance_ids.is_empty() && form.tags().is_empty() {
+        errors.insert(
+            "instances".to_string(),
+            "Select at least one instance, or select instances by tags.".to_string(),
+        );
     }
     let timeout = check::whole_number(Field::Timeout, form.timeout());
     if let Err(e) = &timeout {
@@ -474,6 +526,13 @@ pub async fn run(
             ),
         );
     }
+    if !form.tags().is_empty() && d.groups.len() > 1 {
+        errors.insert(
+            "tags".to_string(),
+            "These instances mix Linux and Windows, and a command has one type: add a tag that picks one OS."
+                .to_string(),
+        );
+    }
     if form.keep() && d.groups.len() > 1 {
         errors.insert(
             "keep".to_string(),
@@ -486,7 +545,11 @@ pub async fn run(
         for group in &d.groups {
             let timeout = timeout.as_ref().map_or(0, |t| *t);
             match submit(&state, &session, &form, group, timeout).await {
-                Ok(invoke_id) => panels.push(render_panel(load_panel(&state, &invoke_id, Default::default()).await?)?),
+                Ok(dispatch::Submitted::Created(created)) => {
+                    let panel = load_panel(&state, &created.invoke_id, Default::default()).await?;
+                    panels.push(render_panel(panel)?);
+                }
+                Ok(dispatch::Submitted::DryRun(answer)) => panels.push(render_html(&DryRunFragment { answer })?),
                 Err(e) => {
                     let (field, message) = form_error(e, group)?;
                     errors.insert(field, message);
@@ -519,6 +582,9 @@ fn form_error(e: dispatch::Error, group: &Group) -> Result<(String, String), Pag
             ..
         } => group.content_field(),
         Error::Invalid { field: Field::Type, .. } => group.type_field(),
+        Error::Invalid {
+            field: Field::RegionId, ..
+        } => Field::Tags.form_name().to_string(),
         Error::Invalid { field, .. } => field.form_name().to_string(),
         Error::Conflict { .. } => Field::Name.form_name().to_string(),
         Error::Quota { .. } => "keep".to_string(),
@@ -534,8 +600,20 @@ async fn submit(
     form: &SendForm,
     group: &Group,
     timeout: u64,
-) -> Result<String, dispatch::Error> {
-    let instance_ids = group.instance_ids.clone();
+) -> Result<dispatch::Submitted, dispatch::Error> {
+    let tags = form.tags();
+    // The **Dry Run** button: check everything, run nothing.
+    let repeat_mode = if form.get("dry_run") == "on" {
+        RepeatMode::DryRun
+    } else {
+        RepeatMode::Once
+    };
+    // By tags, the ids named are the selection alone; the domain resolves the tags and records them.
+    let (instance_ids, region_id) = if tags.is_empty() {
+        (group.instance_ids.clone(), None)
+    } else {
+        (form.instance_ids.clone(), session.region.clone())
+    };
     // Values as typed (spaces are a value); an empty field is a missing value, which RunCommand
     // refuses by name.
     let names = custom_names(&group.content);
@@ -562,15 +640,23 @@ async fn submit(
                     username: form.text("username"),
                     max_concurrency: form.text("max_concurrency").map(RateInput),
                     max_errors: form.text("max_errors").map(RateInput),
+                    tags,
+                    region_id,
+                    repeat_mode,
+                    ..Default::default()
                 };
-                let created = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
-                return Ok(created.invoke_id);
+                let submitted = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
+                return Ok(submitted);
             }
         }
     }
     let req = RunCommandRequest {
-        instance_ids,
-        region_id: None,
+        tags,
+        repeat_mode,
+        ..RunCommandRequest::new(instance_ids, CommandSpec::shell(""))
+    };
+    let req = RunCommandRequest {
+        region_id,
         spec: CommandSpec {
             command_type: group.command_type,
             content: group.content.clone(),
@@ -587,8 +673,20 @@ async fn submit(
         parameters: values,
         max_concurrency: form.text("max_concurrency").map(RateInput),
         max_errors: form.text("max_errors").map(RateInput),
-        no_unknown_fields: NoUnknownFields,
+        ..req
     };
-    let created = state.dispatcher.run_command(&actor, req).await?;
-    Ok(created.invoke_id)
+    state.dispatcher.run_command(&actor, req).await
+}
+
+/// What the dialog's **Dry Run** would do, per instance (nothing was stored or run).
+#[derive(Template)]
+#[template(path = "send/dry_run.html")]
+pub struct DryRunFragment {
+    answer: crate::protocol::api::DryRunResponse,
+}
+
+fn render_html(fragment: &impl Template) -> Result<String, PageError> {
+    fragment
+        .render()
+        .map_err(|e| PageError::from(crate::server::ApiError::internal(e)))
 }

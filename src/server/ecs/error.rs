@@ -85,6 +85,9 @@ fn parameter(field: Field) -> &'static str {
         Field::Page => "PageSize",
         Field::Status => "InvokeStatus",
         Field::NextToken => "NextToken",
+        Field::Tags => "ResourceTag",
+        Field::ClientToken => "ClientToken",
+        Field::RepeatMode => "RepeatMode",
         // Not parameters of any ECS action (Alibaba has no rate control: the ECS actions never
         // set max_concurrency or max_errors).
         Field::Password
@@ -134,6 +137,7 @@ impl From<dispatch::Error> for EcsError {
             Error::Conflict { conflict, message } => {
                 let code = match conflict {
                     Conflict::CommandName => "InvalidCommandName.Duplicate",
+                    Conflict::ClientTokenReused => "IdempotentParameterMismatch",
                     _ => "OperationDenied",
                 };
                 EcsError::new(StatusCode::CONFLICT, code, message)

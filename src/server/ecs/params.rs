@@ -101,6 +101,50 @@ impl Params {
         Ok(items.into_iter().map(|(_, v)| v).collect())
     }
 
+    /// `Name.N.Key` / `Name.N.Value` pairs (`Tag.N`, `ResourceTag.N`) in numeric order; a value
+    /// with no key is refused, a key with no value has an empty one.
+    pub fn tags(&mut self, name: &str) -> Result<Vec<crate::protocol::Tag>, EcsError> {
+        let prefix = format!("{name}.");
+        let keys: Vec<String> = self
+            .map
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut tags: BTreeMap<usize, (Option<String>, String)> = BTreeMap::new();
+        for key in keys {
+            let Some((n, part)) = key[prefix.len()..].split_once('.') else {
+                continue;
+            };
+            let (Ok(n), "Key" | "Value") = (n.parse::<usize>(), part) else {
+                continue; // not this list's: refused by `finish` unless another reads it
+            };
+            if n == 0 || n > MAX_LIST {
+                return Err(EcsError::invalid(
+                    name,
+                    format!("{key}: list items are numbered from 1 to {MAX_LIST}"),
+                ));
+            }
+            let value = self.map.remove(&key).unwrap_or_default();
+            let entry = tags.entry(n).or_default();
+            if part == "Key" {
+                entry.0 = Some(value).filter(|k| !k.is_empty());
+            } else {
+                entry.1 = value;
+            }
+        }
+        tags.into_iter()
+            .map(|(n, (key, value))| match key {
+                Some(key) => Ok(crate::protocol::Tag { key, value }),
+                None if value.is_empty() => Err(EcsError::invalid(name, format!("{name}.{n}.Key is empty"))),
+                None => Err(EcsError::invalid(
+                    name,
+                    format!("{name}.{n}.Value is given without {name}.{n}.Key: give both"),
+                )),
+            })
+            .collect()
+    }
+
     /// A JSON object of parameter values (`Parameters`): strings as they are, numbers and
     /// booleans as their text.
     pub fn json_values(&mut self, name: &str) -> Result<BTreeMap<String, String>, EcsError> {
@@ -195,6 +239,34 @@ mod tests {
         let err = p.finish().unwrap_err();
         assert_eq!(err.code, "InvalidParameter.Tag");
         assert!(err.message.contains("Tag.1.Key"), "{}", err.message);
+    }
+
+    #[test]
+    fn tags_pair_their_keys_and_values_by_number() {
+        let mut p = params(&[
+            ("ResourceTag.2.Key", "role"),
+            ("ResourceTag.2.Value", "web"),
+            ("ResourceTag.1.Key", "env"),
+            ("ResourceTag.1.Value", "prod"),
+            ("ResourceTag.3.Key", "canary"),
+            ("Tag.1.Value", "orphan"),
+        ]);
+        let tags = p.tags("ResourceTag").unwrap();
+        assert_eq!(
+            tags,
+            [
+                crate::protocol::Tag::new("env", "prod"),
+                crate::protocol::Tag::new("role", "web"),
+                crate::protocol::Tag::new("canary", "")
+            ]
+        );
+        assert!(
+            p.tags("Tag")
+                .unwrap_err()
+                .message
+                .contains("Tag.1.Value is given without Tag.1.Key")
+        );
+        p.finish().unwrap();
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! RunCommand, InvokeCommand and retained commands (research §8.1–8.3).
 
 use super::{Call, Page, content_encoding, ecs_time, encode, wildcard};
-use crate::dispatch::{Kind, error::not_found};
+use crate::dispatch::{Kind, Submitted, error::not_found};
 use crate::protocol::api::{
-    ContentEncoding, CreateCommandRequest, InvokeCommandRequest, ModifyCommandRequest, RunCommandRequest,
+    ContentEncoding, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
+    RunCommandRequest,
 };
 use crate::protocol::ecs::{
     Command, Commands, CreateCommandResponse, DescribeCommandsResponse, Empty, InvokeCommandResponse, ParameterNames,
     RunCommandResponse, Tags,
 };
-use crate::protocol::{CommandSpec, CommandType, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
+use crate::protocol::{CommandSpec, CommandType, DEFAULT_TIMEOUT_SECS, NoUnknownFields, RepeatMode};
 use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::CommandRow;
@@ -25,11 +26,53 @@ fn command_type(params: &mut Params) -> Result<CommandType, EcsError> {
     })
 }
 
-/// The options fleetrun does not have yet: only their default is accepted (schedules, tags and
-/// containers come later; docs/ECS-API.md).
-fn once_only(params: &mut Params) -> Result<(), EcsError> {
-    params.only("RepeatMode", "Once")?;
-    params.only("Timed", "false")
+/// `RepeatMode`: Once by default; the domain refuses the modes it does not run yet.
+fn repeat_mode(params: &mut Params) -> Result<RepeatMode, EcsError> {
+    params.only("Timed", "false")?;
+    match params.text("RepeatMode") {
+        None => Ok(RepeatMode::Once),
+        Some(text) => text.parse().map_err(|_| {
+            EcsError::invalid(
+                "RepeatMode",
+                format!("{text:?} is not Once, Period, NextRebootOnly, EveryReboot or DryRun"),
+            )
+        }),
+    }
+}
+
+/// What RunCommand and InvokeCommand answer: the invocation's ids, or for `RepeatMode=DryRun`
+/// Alibaba's dry-run error: `DryRunOperation` when everything checked would run,
+/// `IncorrectInstanceStatus` naming the instances whose agent is not connected.
+fn created(submitted: Submitted) -> Result<InvocationCreated, EcsError> {
+    let answer = match submitted {
+        Submitted::Created(created) => return Ok(created),
+        Submitted::DryRun(answer) => answer,
+    };
+    let waiting: Vec<&str> = answer
+        .instances
+        .iter()
+        .filter(|i| !i.would_run)
+        .map(|i| i.instance_id.as_str())
+        .collect();
+    if waiting.is_empty() {
+        return Err(EcsError::bad_request(
+            "DryRunOperation",
+            format!(
+                "Request validation has been passed with DryRun flag set: the command would run on {} instances.",
+                answer.would_run
+            ),
+        ));
+    }
+    Err(EcsError::bad_request(
+        "IncorrectInstanceStatus",
+        format!(
+            "Request validation has been passed with DryRun flag set, but the Cloud Assistant agent of {} of {} \
+             instances is not connected, so the command would not run there now: {}",
+            waiting.len(),
+            answer.instances.len(),
+            waiting.iter().take(10).copied().collect::<Vec<_>>().join(", ")
+        ),
+    ))
 }
 
 pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResponse, EcsError> {
@@ -38,6 +81,10 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
     let req = RunCommandRequest {
         instance_ids: p.list("InstanceId")?,
         region_id: Some(region_id),
+        tags: p.tags("ResourceTag")?,
+        repeat_mode: repeat_mode(&mut p)?,
+        client_token: p.text("ClientToken"),
+        invocation_tags: p.tags("Tag")?,
         spec: CommandSpec {
             command_type,
             content: p.required("CommandContent")?,
@@ -57,9 +104,8 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
         max_errors: None,
         no_unknown_fields: NoUnknownFields,
     };
-    once_only(&mut p)?;
     p.finish()?;
-    let created = call.state.dispatcher.run_command(&call.actor, req).await?;
+    let created = created(call.state.dispatcher.run_command(&call.actor, req).await?)?;
     Ok(RunCommandResponse {
         command_id: created.command_id,
         invoke_id: created.invoke_id,
@@ -91,15 +137,20 @@ pub async fn invoke_command(call: Call<'_>, mut p: Params) -> Result<InvokeComma
         // Alibaba's InvokeCommand has no rate control either.
         max_concurrency: None,
         max_errors: None,
+        tags: p.tags("ResourceTag")?,
+        repeat_mode: repeat_mode(&mut p)?,
+        client_token: p.text("ClientToken"),
+        invocation_tags: p.tags("Tag")?,
+        region_id: Some(region_id.clone()),
     };
-    once_only(&mut p)?;
     p.finish()?;
     command_in(&call, &region_id, &command_id).await?;
-    let created = call
+    let submitted = call
         .state
         .dispatcher
         .invoke_command(&call.actor, &command_id, req)
         .await?;
+    let created = created(submitted)?;
     Ok(InvokeCommandResponse {
         invoke_id: created.invoke_id,
     })

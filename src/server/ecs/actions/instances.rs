@@ -44,6 +44,16 @@ fn tags(row: &InstanceRow) -> Vec<Tag> {
         .collect()
 }
 
+/// Whether the instance has every tag of a `Tag.N` filter; a tag given without a value matches
+/// any value of its key, as in Alibaba's Describe actions.
+fn has_tags(row: &InstanceRow, wanted: &[crate::protocol::Tag]) -> bool {
+    wanted.iter().all(|t| {
+        row.tags
+            .get(&t.key)
+            .is_some_and(|v| t.value.is_empty() || v == &t.value)
+    })
+}
+
 /// Alibaba writes `Linux` and `Windows` in Cloud Assistant's fields.
 fn os_word(os: OsType) -> &'static str {
     match os {
@@ -65,6 +75,7 @@ pub async fn describe_instances(call: Call<'_>, mut p: Params) -> Result<Describ
             ));
         }
     }
+    let tagged = p.tags("Tag")?;
     let page = Page::read(&mut p, 10, 100)?;
     p.finish()?;
 
@@ -76,6 +87,7 @@ pub async fn describe_instances(call: Call<'_>, mut p: Params) -> Result<Describ
             let liveness = dispatcher.liveness(&r);
             (r, liveness)
         })
+        .filter(|(r, _)| has_tags(r, &tagged))
         .filter(|(r, _)| name.as_deref().is_none_or(|n| wildcard(n, &r.name)))
         .filter(|(_, l)| status.as_deref().is_none_or(|s| s == running_word(l)))
         .collect();
@@ -202,6 +214,7 @@ pub async fn describe_managed_instances(
     let activation_id = p.text("ActivationId");
     let os = p.text("OsType").map(|o| o.to_ascii_lowercase());
     let connected = p.bool("Connected")?;
+    let tagged = p.tags("Tag")?;
     let page = Page::read(&mut p, 10, 50)?;
     p.finish()?;
 
@@ -218,6 +231,7 @@ pub async fn describe_managed_instances(
         .filter(|(r, _)| activation_id.as_ref().is_none_or(|a| &r.activation_id == a))
         .filter(|(r, _)| os.as_deref().is_none_or(|o| o == r.os_type.as_str()))
         .filter(|(_, online)| connected.is_none_or(|c| c == *online))
+        .filter(|(r, _)| has_tags(r, &tagged))
         .collect();
     let total = matching.len() as u64;
     let shown: Vec<ManagedInstance> = page

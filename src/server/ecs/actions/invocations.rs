@@ -203,7 +203,7 @@ fn invocation(row: InvocationRow, encoding: ContentEncoding, instances: Vec<Invo
         working_dir: row.spec.working_dir,
         creation_time: ecs_time(row.created_at),
         creator: row.creator,
-        tags: Tags::default(),
+        tags: Tags::of(&row.invocation_tags),
         invoke_instances: InvokeInstances {
             invoke_instance: instances,
         },
@@ -292,7 +292,7 @@ pub async fn describe_invocation_results(
             finished_time: r.finish_time.map(ecs_time),
             stop_time: r.stop_time.map(ecs_time),
             username: invocation.spec.username.clone(),
-            tags: Tags::default(),
+            tags: Tags::of(&invocation.invocation_tags),
             instance_id: r.instance_id,
         })
         .collect();
