@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// Days invocations and their output are kept.
     #[arg(long, env = "FLEETRUN_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub retention_days: u64,
+    /// Shortest interval of a schedule (`rate(…)`, and between two cron runs), in seconds.
+    /// Alibaba's is 60; a test sets a few seconds so that it need not wait minutes.
+    #[arg(long, env = "FLEETRUN_MIN_SCHEDULE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub min_schedule_interval: u64,
     /// A reverse proxy in front of the server (CIDR such as 10.0.0.0/8, or one address); repeat,
     /// or separate with commas. Requests from these take the client's address from
     /// X-Forwarded-For (login throttling, audit log); from anyone else the header is ignored.
@@ -244,6 +248,14 @@ pub struct AgentArgs {
     /// frames; 1 sends every frame as JSON text (for a proxy that mishandles binary frames).
     #[arg(long, env = "FLEETRUN_MAX_PROTOCOL_VERSION", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub max_protocol_version: u32,
+    /// The file holding this machine's boot id, reported at each connection: a new one runs the
+    /// commands planned for the next boot or every boot. Change it only to test those plans.
+    #[arg(
+        long,
+        env = "FLEETRUN_BOOT_ID_FILE",
+        default_value = "/proc/sys/kernel/random/boot_id"
+    )]
+    pub boot_id_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -343,6 +355,15 @@ pub struct RunArgs {
     /// --max-concurrency 1. Default: no limit.
     #[arg(long, value_name = "N|N%")]
     pub max_errors: Option<String>,
+    /// When it runs: Once (at once, the default), Period (on the --frequency schedule),
+    /// NextRebootOnly (at each instance's next boot) or EveryReboot (at every boot, until
+    /// stopped). A planned run prints the invoke id and returns.
+    #[arg(long, value_parser = ["Once", "Period", "NextRebootOnly", "EveryReboot"])]
+    pub repeat_mode: Option<String>,
+    /// The schedule (implies --repeat-mode Period): rate(5m), at(2026-12-01 10:00:00 Asia/Shanghai),
+    /// or a cron expression of 6 or 7 fields, seconds first, and a time zone ('0 */10 * * * ? UTC').
+    #[arg(long)]
+    pub frequency: Option<String>,
     /// Return after printing the invoke id instead of waiting for the output.
     #[arg(long)]
     pub no_wait: bool,

@@ -169,6 +169,13 @@
       if (t.checked) p.add(t.value); else p.delete(t.value);
       setPicked(p);
     }
+    // A radio group whose choices each show their own part (data-shows="id", or "" for none).
+    if (t.type === "radio" && t.name && t.dataset && t.dataset.shows !== undefined) {
+      document.querySelectorAll('input[type=radio][name="' + t.name + '"]').forEach(function (r) {
+        var part = r.dataset.shows && document.getElementById(r.dataset.shows);
+        if (part) part.hidden = !r.checked;
+      });
+    }
     if (t.dataset && t.dataset.toggles) {
       var target = document.getElementById(t.dataset.toggles);
       if (target) target.hidden = !t.checked;

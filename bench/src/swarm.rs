@@ -465,6 +465,7 @@ impl VirtualAgent {
             ip_addresses: vec!["127.0.0.1".into()],
             supported_command_types: vec![CommandType::RunShellScript],
             held_tasks: Vec::new(),
+            boot_id: None,
         };
         socket.send(text(&hello.into())).await?;
         loop {

@@ -79,3 +79,11 @@ pub fn supported_command_types() -> Vec<CommandType> {
         OsType::Windows => vec![CommandType::RunBatScript, CommandType::RunPowerShellScript],
     }
 }
+
+/// The machine's boot id, read from `file` (Linux: `/proc/sys/kernel/random/boot_id`, new at
+/// every boot); `None` where there is none or it is not a plausible id.
+pub fn boot_id(file: &std::path::Path) -> Option<String> {
+    let id = std::fs::read_to_string(file).ok()?.trim().to_string();
+    let plausible = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic());
+    plausible.then_some(id)
+}

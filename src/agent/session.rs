@@ -204,6 +204,7 @@ impl Agent {
             ip_addresses: host::ip_addresses(),
             supported_command_types: host::supported_command_types(),
             held_tasks: self.spool.held(),
+            boot_id: host::boot_id(&self.args.boot_id_file),
         };
         send(&mut socket, &hello.into(), PROTOCOL_VERSIONS[0]).await?;
         let (heartbeat, version) = match tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket)).await

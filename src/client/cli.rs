@@ -250,6 +250,7 @@ mod tests {
             start_time: None,
             finish_time: None,
             stop_time: None,
+            repeats: 1,
         }
     }
 

@@ -8,8 +8,8 @@ mod run;
 pub use cli::run_cli;
 
 use crate::protocol::api::{
-    ActivationCreated, CreateActivationRequest, ErrorBody, Instance, InstancesResponse, Invocation, InvocationCreated,
-    InvocationsResponse, RegionsResponse, RunCommandRequest, StopRequest, StreamEvent,
+    ActivationCreated, CreateActivationRequest, ErrorBody, ExecutionsResponse, Instance, InstancesResponse, Invocation,
+    InvocationCreated, InvocationsResponse, RegionsResponse, RunCommandRequest, StopRequest, StreamEvent,
 };
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -139,7 +139,7 @@ impl ApiClient {
     /// RunCommand with `repeat_mode: DryRun`: what would run.
     pub async fn dry_run(&self, req: &RunCommandRequest) -> anyhow::Result<crate::protocol::api::DryRunResponse> {
         let req = RunCommandRequest {
-            repeat_mode: crate::protocol::RepeatMode::DryRun,
+            repeat_mode: Some(crate::protocol::RepeatMode::DryRun),
             ..req.clone()
         };
         self.post("/invocations", &req).await
@@ -163,6 +163,11 @@ impl ApiClient {
     pub async fn invocation_without_output(&self, invoke_id: &str) -> anyhow::Result<Invocation> {
         self.get(&format!("/invocations/{invoke_id}?include_output=false"))
             .await
+    }
+
+    /// Every execution of an invocation, each with its results and their output.
+    pub async fn executions(&self, invoke_id: &str) -> anyhow::Result<ExecutionsResponse> {
+        self.get(&format!("/invocations/{invoke_id}/executions")).await
     }
 
     /// `GET /invocations` with a raw query string.

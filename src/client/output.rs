@@ -385,6 +385,7 @@ mod tests {
             start_time: None,
             finish_time: None,
             stop_time: None,
+            repeats: 1,
         };
         assert_eq!(outcome(&result), "Success, exit code 0");
 

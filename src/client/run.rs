@@ -5,7 +5,7 @@ use super::output::{Printer, labels, outcome};
 use super::{ApiClient, ApiFailure};
 use crate::config::RunArgs;
 use crate::protocol::api::{Instance, InvocationCreated, RunCommandRequest, StreamEvent};
-use crate::protocol::{CommandSpec, InvocationStatus, RateInput, params};
+use crate::protocol::{CommandSpec, InvocationStatus, RateInput, RepeatMode, params};
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
@@ -32,6 +32,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             "client token seen before: {} is the invocation it made, and nothing ran again",
             created.invoke_id
         );
+    }
+    let planned = !matches!(request.repeat_mode, None | Some(RepeatMode::Once)) || request.frequency.is_some();
+    if planned && !args.no_wait {
+        // Nothing runs now: say when it will, and return.
+        let invocation = client.invocation_without_output(&created.invoke_id).await?;
+        let when = match (&invocation.next_run_time, invocation.repeat_mode) {
+            (Some(next), _) => format!("next run at {next}"),
+            (None, RepeatMode::NextRebootOnly) => "runs at each instance's next boot".to_string(),
+            (None, RepeatMode::EveryReboot) => "runs at every boot of each instance".to_string(),
+            (None, _) => "no run left".to_string(),
+        };
+        eprintln!(
+            "{}: {} ({when}); `fleetrun stop {}` ends it",
+            created.invoke_id, invocation.invocation_status, created.invoke_id
+        );
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&invocation)?);
+        } else {
+            println!("{}", created.invoke_id);
+        }
+        return Ok(0);
     }
     if args.no_wait {
         if args.json {
@@ -211,6 +232,12 @@ fn request(args: &RunArgs, instance_ids: Vec<String>) -> anyhow::Result<RunComma
         (None, true) => None,
         (None, false) => anyhow::bail!("--tag needs --region: tags are matched within one region"),
     };
+    let repeat_mode = args
+        .repeat_mode
+        .as_deref()
+        .map(|m| m.parse::<RepeatMode>())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("unknown --repeat-mode"))?;
     Ok(RunCommandRequest {
         parameters,
         // Checked by the server, whose refusal names the flag's field and what would do.
@@ -219,6 +246,8 @@ fn request(args: &RunArgs, instance_ids: Vec<String>) -> anyhow::Result<RunComma
         region_id,
         tags: args.tags.iter().map(|t| crate::protocol::Tag::parse_pair(t)).collect(),
         client_token: args.client_token.clone(),
+        repeat_mode,
+        frequency: args.frequency.clone(),
         ..RunCommandRequest::new(instance_ids, spec)
     })
 }
@@ -319,5 +348,25 @@ mod tests {
         assert!(enabled(&["--param", "a=b", "echo {{a}}"]));
         assert!(!enabled(&["echo plain"]));
         assert!(!enabled(&["--no-parameters", "echo {{fleetrun::instance_name}}"]));
+    }
+
+    #[test]
+    fn repeat_mode_and_frequency_go_into_the_request_as_given() {
+        let plan = |args: &[&str]| {
+            let req = request(&run_args(args), vec![]).unwrap();
+            (req.repeat_mode, req.frequency)
+        };
+
+        assert_eq!(plan(&["true"]), (None, None));
+        assert_eq!(
+            plan(&["--frequency", "rate(5m)", "true"]),
+            (None, Some("rate(5m)".into()))
+        );
+        assert_eq!(
+            plan(&["--repeat-mode", "EveryReboot", "true"]),
+            (Some(RepeatMode::EveryReboot), None)
+        );
+        let bad = Cli::try_parse_from(["fleetrun", "run", "-i", "i-1", "--repeat-mode", "Daily", "true"]);
+        assert!(bad.is_err(), "clap names the modes");
     }
 }

@@ -46,6 +46,8 @@ pub enum Field {
     ClientToken,
     /// RunCommand's and InvokeCommand's `repeat_mode`.
     RepeatMode,
+    /// A schedule: `rate(…)`, `at(…)` or cron with a time zone.
+    Frequency,
 }
 
 impl Field {
@@ -77,6 +79,7 @@ impl Field {
             Field::Tags => "InvalidParameter.Tags",
             Field::ClientToken => "InvalidParameter.ClientToken",
             Field::RepeatMode => "InvalidParameter.RepeatMode",
+            Field::Frequency => "InvalidParameter.Frequency",
         }
     }
 
@@ -108,6 +111,7 @@ impl Field {
             Field::Tags => "tags",
             Field::ClientToken => "client_token",
             Field::RepeatMode => "repeat_mode",
+            Field::Frequency => "frequency",
         }
     }
 }

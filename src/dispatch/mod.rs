@@ -12,6 +12,7 @@
 //! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
 //! - `rate`: rate control, the release of results held beyond an invocation's concurrency;
+//! - `plan`: execution plans (`RepeatMode`, `Frequency`); `schedule`: starting due executions;
 //! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
 //!
 //! The dispatcher owns what is in memory (which agents are connected here, who watches which
@@ -25,10 +26,12 @@ pub mod check;
 mod commands;
 pub mod error;
 mod fleet;
+pub mod plan;
 mod rate;
 mod reconnect;
 mod replicas;
 mod run;
+mod schedule;
 pub mod sealing;
 mod session;
 mod signing;
@@ -94,6 +97,9 @@ pub struct Settings {
     /// Agents being attached at once (`Hello` to settled) beyond which new connections are
     /// refused (503).
     pub max_attaching: usize,
+    /// Shortest interval of a schedule: `rate(…)`, and between two runs of a cron expression
+    /// (Alibaba's: 60 s).
+    pub min_schedule_interval: Duration,
 }
 
 impl Default for Settings {
@@ -115,6 +121,7 @@ impl Default for Settings {
             reconnect_rate: 500,
             reconnect_window_max: Duration::from_secs(30),
             max_attaching: 256,
+            min_schedule_interval: Duration::from_secs(60),
         }
     }
 }
@@ -462,7 +469,10 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = flush.tick() => self.flush_heartbeats().await,
-                _ = sweep.tick() => self.enforce_deadlines().await,
+                _ = sweep.tick() => {
+                    self.enforce_deadlines().await;
+                    self.start_due_executions().await;
+                }
                 _ = count_fleet.tick() => self.recount_fleet().await,
                 _ = release.tick() => self.release_all_held().await,
             }
@@ -537,7 +547,7 @@ impl Dispatcher {
             Ok(changes) => {
                 let mut timed_out = BTreeSet::new();
                 for change in changes.iter().filter(|c| c.status == ResultStatus::Timeout) {
-                    self.send_stop(&change.instance_id, &change.invocation_id);
+                    self.send_stop(&change.instance_id, &change.task());
                     timed_out.insert(change.invocation_id.clone());
                 }
                 self.publish_changes(&changes).await;

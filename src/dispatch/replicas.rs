@@ -5,6 +5,7 @@
 //! the tables do not.
 
 use super::{Dispatcher, Error, task_for};
+use crate::protocol::task_id;
 use crate::store::InstanceRow;
 use crate::store::bus::{Heard, Note};
 use std::collections::HashMap;
@@ -147,17 +148,17 @@ impl Dispatcher {
         let unsent = store.unsent_results(invoke_id, self.now()).await?;
         // Connected here, and not already handed to that connection (at its attach, whose
         // record of it as sent may not be committed yet).
-        let here: Vec<(i64, String, i64)> = {
+        let here: Vec<(i64, String, i64, i64)> = {
             let agents = self.lock_agents();
             unsent
                 .into_iter()
-                .filter(|(_, instance_id, _)| {
+                .filter(|(_, instance_id, _, repeats)| {
                     agents.get(instance_id).is_some_and(|link| {
                         !link
                             .tasks
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .contains_key(invoke_id)
+                            .contains_key(&task_id(invoke_id, *repeats as u32))
                     })
                 })
                 .collect()
@@ -166,7 +167,7 @@ impl Dispatcher {
             return Ok(());
         }
         let invocation = store.invocation(invoke_id).await?;
-        let ids: Vec<String> = here.iter().map(|(_, id, _)| id.clone()).collect();
+        let ids: Vec<String> = here.iter().map(|(_, id, _, _)| id.clone()).collect();
         let instances: HashMap<String, InstanceRow> = store
             .instances_by_ids(&ids)
             .await?
@@ -175,12 +176,12 @@ impl Dispatcher {
             .collect();
         let tasks: Vec<_> = here
             .iter()
-            .filter_map(|(result_id, instance_id, deliver_by)| {
+            .filter_map(|(result_id, instance_id, deliver_by, repeats)| {
                 let instance = instances.get(instance_id)?;
                 Some((
                     instance_id.as_str(),
                     *result_id,
-                    task_for(&invocation, instance, *deliver_by),
+                    task_for(&invocation, instance, *deliver_by, *repeats as u32),
                 ))
             })
             .collect();
@@ -209,8 +210,8 @@ impl Dispatcher {
     async fn stop_here(&self, invoke_id: &str) {
         match self.inner.store.stopped_instances(invoke_id).await {
             Ok(instances) => {
-                for instance_id in instances {
-                    self.send_stop(&instance_id, invoke_id);
+                for (instance_id, repeats) in instances {
+                    self.send_stop(&instance_id, &task_id(invoke_id, repeats as u32));
                 }
             }
             Err(e) => tracing::warn!(invoke_id, error = %e, "could not read the stopped results"),
@@ -222,8 +223,8 @@ impl Dispatcher {
     async fn stop_all_here(&self) {
         match self.inner.store.stopping_of(&self.inner.replica).await {
             Ok(stops) => {
-                for (invoke_id, instance_id) in stops {
-                    self.send_stop(&instance_id, &invoke_id);
+                for (invoke_id, instance_id, repeats) in stops {
+                    self.send_stop(&instance_id, &task_id(&invoke_id, repeats as u32));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read the stopped results"),

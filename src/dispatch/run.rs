@@ -6,15 +6,16 @@ use super::actor::Actor;
 use super::check;
 use super::commands::{command_parameters, command_refusal};
 use super::error::{Conflict, Error, Field, Kind, invalid, not_found};
+use super::plan::Plan;
 use super::{Dispatcher, Settings};
 use crate::protocol::agent::RunTask;
 use crate::protocol::api::{
     DryRunInstance, DryRunResponse, InvocationCreated, InvokeCommandRequest, RunCommandRequest,
 };
-use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, RepeatMode, Tag, params};
+use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, RepeatMode, Tag, params, task_id};
 use crate::store::bus::Note;
 use crate::store::{
-    self, ClientToken, InstanceRow, InvocationRow, NewCommand, NewInvocation, Rate, ResultRow, Role, Target,
+    self, ClientToken, InstanceRow, InvocationRow, NewCommand, NewInvocation, NewPlan, Rate, ResultRow, Role, Target,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -38,8 +39,11 @@ pub struct Run {
     tags: Vec<Tag>,
     /// The invocation's own tags (they select nothing).
     invocation_tags: Vec<Tag>,
-    /// `Once` or `DryRun` (the execution plans are refused until they are built).
-    repeat_mode: RepeatMode,
+    /// `repeat_mode: DryRun`: check everything, store and run nothing.
+    dry_run: bool,
+    /// When it runs: at once, on a schedule, or at boots. Checked against the clock where the
+    /// request is handled ([`Dispatcher::check_plan`]); `Once` until then.
+    plan: Plan,
     /// Checked; with `request_hash`, what a repeated submission is recognised by.
     client_token: Option<String>,
     /// SHA-256 of the request as submitted: a retry has the same, another request reusing the
@@ -75,9 +79,9 @@ pub struct Stopped {
     pub status: InvocationStatus,
 }
 
-/// The task an instance runs for an invocation: the content with its parameters filled in
-/// for that instance (built-ins included).
-pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: i64) -> RunTask {
+/// The task an instance runs for execution `repeats` of an invocation: the content with its
+/// parameters filled in for that instance (built-ins included), under the execution's task id.
+pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: i64, repeats: u32) -> RunTask {
     let spec = &invocation.spec;
     let content = if spec.enable_parameter {
         let builtins = BTreeMap::from([
@@ -92,7 +96,7 @@ pub fn task_for(invocation: &InvocationRow, instance: &InstanceRow, deliver_by: 
         spec.content.clone()
     };
     RunTask {
-        task: invocation.id.clone(),
+        task: task_id(&invocation.id, repeats),
         command_type: spec.command_type,
         content,
         working_dir: spec.working_dir.clone(),
@@ -108,7 +112,11 @@ impl Dispatcher {
     pub async fn run_command(&self, actor: &Actor, req: RunCommandRequest) -> Result<Submitted, Error> {
         actor.require(Role::Operator)?;
         let keep = req.keep_command;
-        let run = check_run_command(req, &self.inner.settings)?;
+        let (mode, frequency) = (req.repeat_mode, req.frequency.clone());
+        let mut run = check_run_command(req, &self.inner.settings)?;
+        if !run.dry_run {
+            run.plan = self.check_plan(mode, frequency.as_deref(), run.spec.timeout_secs)?;
+        }
         let audit = ("RunCommand", String::new());
         self.launch(actor, run, keep, None, audit).await
     }
@@ -141,6 +149,11 @@ impl Dispatcher {
             None if !req.tags.is_empty() => Some(command.region_id.clone()),
             region => region,
         };
+        let dry_run = req.repeat_mode == Some(RepeatMode::DryRun);
+        let plan = match dry_run {
+            true => Plan::Once,
+            false => self.check_plan(req.repeat_mode, req.frequency.as_deref(), spec.timeout_secs)?,
+        };
         let run = Run {
             name: command.name,
             description: command.description,
@@ -150,7 +163,8 @@ impl Dispatcher {
             region_id,
             tags: req.tags,
             invocation_tags: req.invocation_tags,
-            repeat_mode: req.repeat_mode,
+            dry_run,
+            plan,
             client_token: check::client_token(req.client_token)?,
             request_hash,
             rate,
@@ -176,7 +190,8 @@ impl Dispatcher {
         (action, what): (&str, String),
     ) -> Result<Submitted, Error> {
         let settings = &self.inner.settings;
-        if run.repeat_mode != RepeatMode::DryRun {
+        check_rate_with_plan(&run)?;
+        if !run.dry_run {
             if let Some(replayed) = self.replay(actor, &run, action).await? {
                 return Ok(Submitted::Created(replayed));
             }
@@ -209,15 +224,16 @@ impl Dispatcher {
         } else {
             None
         };
-        if run.repeat_mode == RepeatMode::DryRun {
+        if run.dry_run {
             return Ok(Submitted::DryRun(
                 self.dry_run(&instances, keep.as_ref(), &region).await?,
             ));
         }
         let detail = format!(
-            "{what}on {} instances{}{}",
+            "{what}on {} instances{}{}{}",
             run.instance_ids.len(),
             selector_words(&run.tags, run.region_id.as_deref()),
+            plan_words(&run.plan),
             run.rate.audit_text()
         );
         let (token, hash) = (run.client_token.clone(), run.request_hash.clone());
@@ -227,6 +243,7 @@ impl Dispatcher {
             request_hash: hash.clone(),
             expired_before: self.now() - CLIENT_TOKEN_HOURS * 3_600_000,
         });
+        let plan = run.plan.clone();
         let new = NewInvocation {
             name: run.name.clone(),
             spec: run.spec,
@@ -252,7 +269,16 @@ impl Dispatcher {
             .map(String::as_str)
             .collect();
         let deliver_by = new.deliver_by;
-        let created = match self.inner.store.create_invocation(&new).await {
+        let stored = match plan {
+            Plan::Once => self.inner.store.create_invocation(&new).await,
+            _ => {
+                self.inner
+                    .store
+                    .create_scheduled_invocation(&new, &self.new_plan(&plan))
+                    .await
+            }
+        };
+        let created = match stored {
             Ok(created) => created,
             // Another submission with the token won the race to its claim.
             Err(store::Error::ClientTokenUsed {
@@ -277,7 +303,7 @@ impl Dispatcher {
             .filter(|i| !held.contains(i.id.as_str()))
             .filter_map(|i| {
                 let result_id = *created.result_ids.get(&i.id)?;
-                Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by)))
+                Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by, 1)))
             })
             .collect();
         self.send_runs(tasks).await;
@@ -450,12 +476,18 @@ impl Dispatcher {
         Ok(instances)
     }
 
-    /// One instance's result of an invocation with its kept output bytes.
-    pub async fn result_output(&self, invoke_id: &str, instance_id: &str) -> Result<(ResultRow, Vec<u8>), Error> {
+    /// One instance's result of an invocation with its kept output bytes: of execution
+    /// `repeats`, or the latest.
+    pub async fn result_output(
+        &self,
+        invoke_id: &str,
+        instance_id: &str,
+        repeats: Option<u32>,
+    ) -> Result<(ResultRow, Vec<u8>), Error> {
         let result = self
             .inner
             .store
-            .result(invoke_id, instance_id)
+            .result_of_execution(invoke_id, instance_id, repeats)
             .await
             .map_err(not_found(Kind::Result, &format!("{invoke_id}/{instance_id}")))?;
         let output = self.inner.store.output(result.id).await?;
@@ -474,16 +506,27 @@ impl Dispatcher {
         if let Some(ids) = instance_ids {
             check::instance_ids(ids, self.inner.settings.max_instances)?;
         }
-        self.inner
+        let invocation = self
+            .inner
             .store
             .invocation(invoke_id)
             .await
             .map_err(not_found(Kind::Invocation, invoke_id))?;
         if let Some(ids) = instance_ids {
-            let results = self.inner.store.results(invoke_id).await?;
+            let mut targets: HashSet<String> = self
+                .inner
+                .store
+                .results(invoke_id)
+                .await?
+                .into_iter()
+                .map(|r| r.instance_id)
+                .collect();
+            if invocation.plan.schedule.is_some() {
+                targets.extend(self.inner.store.plan_targets(invoke_id).await?);
+            }
             let strangers: Vec<&str> = ids
                 .iter()
-                .filter(|id| !results.iter().any(|r| &r.instance_id == *id))
+                .filter(|id| !targets.contains(id.as_str()))
                 .map(String::as_str)
                 .collect();
             if !strangers.is_empty() {
@@ -505,7 +548,7 @@ impl Dispatcher {
             .await?;
         for change in &changes {
             // Cancelled results may already be on their way to the agent: stop them there too.
-            self.send_stop(&change.instance_id, invoke_id);
+            self.send_stop(&change.instance_id, &change.task());
         }
         self.publish_changes(&changes).await;
         drop(order);
@@ -522,6 +565,37 @@ impl Dispatcher {
             changed: changes.len(),
             status,
         })
+    }
+}
+
+impl Dispatcher {
+    /// Checks a request's `repeat_mode` and `frequency` (see [`Plan::check`]) against the
+    /// minimum interval of the settings and the domain's clock.
+    fn check_plan(&self, mode: Option<RepeatMode>, frequency: Option<&str>, timeout_secs: u64) -> Result<Plan, Error> {
+        let min = self.inner.settings.min_schedule_interval;
+        Plan::check(mode, frequency, timeout_secs, min, self.now())
+    }
+
+    /// What the store keeps of a schedule: its mode, frequency and first run time.
+    fn new_plan(&self, plan: &Plan) -> NewPlan {
+        let (frequency, first_run_at) = match plan {
+            Plan::Period(frequency, text) => (Some(text.clone()), frequency.first(self.now())),
+            _ => (None, None),
+        };
+        NewPlan {
+            repeat_mode: plan.mode(),
+            frequency,
+            first_run_at,
+        }
+    }
+}
+
+/// The plan in an audit entry's detail: nothing for `Once`.
+fn plan_words(plan: &Plan) -> String {
+    match plan {
+        Plan::Once => String::new(),
+        Plan::Period(_, text) => format!(", {text}"),
+        Plan::Boot(mode) => format!(", {mode}"),
     }
 }
 
@@ -561,7 +635,8 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         rate: check::RateControl::parse(req.max_concurrency, req.max_errors, settings.max_instances)?,
         tags: req.tags,
         invocation_tags: req.invocation_tags,
-        repeat_mode: req.repeat_mode,
+        dry_run: req.repeat_mode == Some(RepeatMode::DryRun),
+        plan: Plan::Once,
         client_token: check::client_token(req.client_token)?,
         request_hash,
     };
@@ -577,20 +652,30 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
 }
 
 /// How a run picks its instances and when it runs: `instance_ids`, or `tags` within
-/// `region_id`, or both; the repeat modes built so far; the invocation's own tags.
-fn check_targeting(run: &Run, max_instances: usize) -> Result<(), Error> {
-    match run.repeat_mode {
-        RepeatMode::Once | RepeatMode::DryRun => {}
-        other => {
-            return Err(invalid(
-                Field::RepeatMode,
-                format!(
-                    "repeat_mode {other} is not supported yet: leave it out to run once now, or use DryRun \
-                     to check without running"
-                ),
-            ));
-        }
+/// `region_id`, or both; the invocation's own tags.
+/// Rate control holds back the instances of one execution started at once; a schedule or a
+/// boot plan starts each execution on its instances without it, so limits with one are refused
+/// rather than ignored.
+fn check_rate_with_plan(run: &Run) -> Result<(), Error> {
+    if matches!(run.plan, Plan::Once) {
+        return Ok(());
     }
+    let (field, name) = match (&run.rate.max_concurrency, &run.rate.max_errors) {
+        (Some(_), _) => (Field::MaxConcurrency, "max_concurrency"),
+        (None, Some(_)) => (Field::MaxErrors, "max_errors"),
+        (None, None) => return Ok(()),
+    };
+    Err(invalid(
+        field,
+        format!(
+            "{name} applies to a run that starts at once, and this one has an execution plan \
+             (a schedule or boots), whose executions run on all their instances: leave it out, \
+             or run without the plan"
+        ),
+    ))
+}
+
+fn check_targeting(run: &Run, max_instances: usize) -> Result<(), Error> {
     check::tags(&run.invocation_tags, "the invocation")?;
     if run.tags.is_empty() {
         return check::instance_ids(&run.instance_ids, max_instances);
@@ -723,6 +808,7 @@ mod tests {
             target_region: None,
             invocation_tags: Vec::new(),
             rate: Default::default(),
+            plan: Default::default(),
         }
     }
 
@@ -732,11 +818,14 @@ mod tests {
             &invocation("hi {{who}} on {{fleetrun::instance_name}}", true),
             &instance("web-1"),
             7,
+            1,
         );
         assert_eq!(task.content, "hi ann on web-1");
         assert_eq!(task.deliver_by, Some(7));
         assert_eq!(task.task, "t-1");
-        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"), 7);
+        let third = task_for(&invocation("hi", false), &instance("web-1"), 7, 3);
+        assert_eq!(third.task, "t-1-r3", "each execution has a task id of its own");
+        let raw = task_for(&invocation("hi {{who}}", false), &instance("web-1"), 7, 1);
         assert_eq!(raw.content, "hi {{who}}", "parameters off: content taken literally");
     }
 

@@ -4,6 +4,7 @@
 use super::error::{Conflict, Error, Kind, not_found};
 use super::{AgentLink, Dispatcher, TaskIds, task_for, writer};
 use crate::protocol::agent::{Ack, AgentMessage, Hello, MAX_CHUNK_BYTES, Welcome};
+use crate::protocol::task_id;
 use crate::store::AgentWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -142,7 +143,7 @@ impl Dispatcher {
         Ok((session, Outbox { rx, close }))
     }
 
-    /// Ends what the agent lost and delivers its pending tasks.
+    /// Ends what the agent lost, starts what a new boot starts, and delivers pending tasks.
     async fn settle(
         &self,
         instance: &crate::store::InstanceRow,
@@ -157,15 +158,24 @@ impl Dispatcher {
             self.publish_changes(&lost).await;
             lost
         };
+        // A new boot starts the boot plans' executions first: they are delivered below.
+        if let Some(boot_id) = &hello.boot_id {
+            let deliver_by = now + self.inner.settings.delivery_window.as_millis() as i64;
+            let started = store.start_boot_executions(&instance.id, boot_id, deliver_by).await?;
+            for execution in &started {
+                tracing::info!(instance_id = %instance.id, invoke_id = %execution.invoke_id, repeats = execution.repeats, "a new boot started an execution");
+            }
+        }
         let mut runs = Vec::new();
         for delivery in store.deliveries(&instance.id, now).await? {
             let invocation = delivery.invocation;
-            session.remember(&invocation.id, delivery.result_id);
-            if !hello.held_tasks.contains(&invocation.id) {
+            let task = task_id(&invocation.id, delivery.repeats);
+            session.remember(&task, delivery.result_id);
+            if !hello.held_tasks.contains(&task) {
                 runs.push((
                     instance.id.as_str(),
                     delivery.result_id,
-                    task_for(&invocation, instance, delivery.deliver_by),
+                    task_for(&invocation, instance, delivery.deliver_by, delivery.repeats),
                 ));
             }
         }

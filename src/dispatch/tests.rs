@@ -60,6 +60,7 @@ pub(super) fn hello(held_tasks: Vec<String>) -> Hello {
         ip_addresses: vec!["10.0.0.1".into()],
         supported_command_types: vec![CommandType::RunShellScript],
         held_tasks,
+        boot_id: None,
     }
 }
 
@@ -963,6 +964,38 @@ async fn a_bad_rate_limit_is_refused_naming_its_field_and_nothing_is_stored() {
         assert!(
             matches!(&err, Error::Invalid { field: f, .. } if *f == field),
             "{concurrency} {errors:?}: {err:?}"
+        );
+    }
+    let listed = h
+        .dispatcher
+        .store()
+        .list_invocations(&crate::store::InvocationFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 0);
+}
+
+#[tokio::test]
+async fn rate_limits_with_an_execution_plan_are_refused_and_nothing_is_stored() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    for (concurrency, errors, field) in [
+        (Some("1"), None, Field::MaxConcurrency),
+        (None, Some("0"), Field::MaxErrors),
+    ] {
+        let mut req = RunCommandRequest::shell(vec![id.clone()], "true");
+        req.frequency = Some("rate(1h)".to_string());
+        req.max_concurrency = concurrency.map(Into::into);
+        req.max_errors = errors.map(Into::into);
+
+        let err = h.dispatcher.run_command(&h.admin, req).await.unwrap_err();
+
+        assert!(
+            matches!(&err, Error::Invalid { field: f, .. } if *f == field),
+            "{concurrency:?} {errors:?}: {err:?}"
         );
     }
     let listed = h

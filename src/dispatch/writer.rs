@@ -6,6 +6,7 @@
 use super::{Dispatcher, Outbound};
 use crate::protocol::agent::{Ack, ServerMessage, StopTask};
 use crate::protocol::api::StreamEvent;
+use crate::protocol::parse_task_id;
 use crate::protocol::{ErrorCode, ResultStatus};
 use crate::store::{AgentWrite, Applied, ResultChange};
 use std::collections::HashMap;
@@ -132,7 +133,7 @@ impl Dispatcher {
                             stream: *stream,
                             data: data.clone(),
                         };
-                        self.publish(&item.task, event);
+                        self.publish(parse_task_id(&item.task).0, event);
                     }
                 }
                 Applied::Started { status, changed } => {
@@ -182,8 +183,10 @@ fn change(
     error_code: Option<ErrorCode>,
     error_info: Option<String>,
 ) -> ResultChange {
+    let (invoke_id, repeats) = parse_task_id(&item.task);
     ResultChange {
-        invocation_id: item.task.clone(),
+        invocation_id: invoke_id.to_string(),
+        repeats,
         instance_id: item.instance_id.clone(),
         status,
         exit_code,

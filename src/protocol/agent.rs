@@ -3,9 +3,9 @@
 //! Every frame is a JSON text frame holding one tagged message, except output under protocol
 //! version 2, which travels as a binary frame: a small fixed header, then the raw bytes, with no
 //! Base64 and no JSON escaping on the path that carries megabytes ([`Output::encode_binary`]).
-//! A task is identified by the invocation it belongs to (`t-…`): an agent only ever holds one
-//! task per invocation, and the server checks that every frame names a task of the agent's own
-//! instance.
+//! A task is identified by the execution of the invocation it belongs to (`t-…` for the first,
+//! `t-…-r2` and on for a schedule's later ones, [`super::task_id`]), and the server checks that
+//! every frame names a task of the agent's own instance.
 
 use super::{CommandType, Error, OsType, OutputStream, PROTOCOL_VERSIONS, TaskEnd};
 use bytes::Bytes;
@@ -18,7 +18,8 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// chunks, so this sets the per-frame overhead of bulk output (acks, writer items, rows).
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 
-/// A task id: the invoke id of the invocation the task belongs to.
+/// A task id: the invoke id of the invocation the task belongs to, with the execution number
+/// from the second on ([`super::task_id`]).
 pub type TaskId = String;
 
 /// Agent → server.
@@ -64,6 +65,10 @@ pub struct Hello {
     /// Tasks the agent still holds (running, or with output or an end not yet acknowledged).
     /// Anything the server thinks is running on this instance and is not listed was lost.
     pub held_tasks: Vec<TaskId>,
+    /// The instance's boot id (Linux `/proc/sys/kernel/random/boot_id`): a new one starts the
+    /// invocations planned for the next boot or every boot. Absent from agents of before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// Most tasks a `Hello` may list as held.
@@ -108,6 +113,11 @@ impl Hello {
                 && t.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
+        if let Some(boot_id) = &self.boot_id {
+            if boot_id.is_empty() || boot_id.len() > 64 || !boot_id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("`boot_id` must be 1 to 64 printable ASCII characters".into());
+            }
+        }
         if self.held_tasks.len() > MAX_HELD_TASKS || !self.held_tasks.iter().all(plausible) {
             return Err(format!("`held_tasks` must be at most {MAX_HELD_TASKS} task ids"));
         }

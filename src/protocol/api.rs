@@ -178,9 +178,6 @@ pub struct RunCommandRequest {
     /// starts; the union with `instance_ids`, each instance once).
     #[serde(default)]
     pub tags: Vec<Tag>,
-    /// `Once` (the default) or `DryRun` (check everything, run nothing).
-    #[serde(default)]
-    pub repeat_mode: RepeatMode,
     /// Idempotency: the same token from the same account within a day answers the first
     /// invocation instead of running again (at most 64 printable ASCII characters).
     #[serde(default)]
@@ -209,6 +206,15 @@ pub struct RunCommandRequest {
     /// ones not started end `Cancelled` (`ExceedMaxErrors`); running ones finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<RateInput>,
+    /// When it runs (Alibaba's `RepeatMode`): `Once` by default, `Period` when `frequency` is
+    /// given; `NextRebootOnly` and `EveryReboot` run at boots; `DryRun` checks everything and
+    /// runs nothing.
+    #[serde(default)]
+    pub repeat_mode: Option<RepeatMode>,
+    /// For `Period`: `rate(5m)`, `at(2026-12-01 10:00:00 Asia/Shanghai)`, or a 6/7-field cron
+    /// expression and a time zone (`0 */10 * * * ? Asia/Shanghai`).
+    #[serde(default)]
+    pub frequency: Option<String>,
     #[serde(flatten)]
     pub no_unknown_fields: NoUnknownFields,
 }
@@ -225,7 +231,6 @@ impl RunCommandRequest {
             instance_ids,
             region_id: None,
             tags: Vec::new(),
-            repeat_mode: RepeatMode::Once,
             client_token: None,
             invocation_tags: Vec::new(),
             spec,
@@ -236,6 +241,8 @@ impl RunCommandRequest {
             parameters: BTreeMap::new(),
             max_concurrency: None,
             max_errors: None,
+            repeat_mode: None,
+            frequency: None,
             no_unknown_fields: NoUnknownFields,
         }
     }
@@ -311,8 +318,41 @@ pub struct Invocation {
     /// Its own tags (the ECS API's `Tag.N`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invocation_tags: Vec<Tag>,
+    /// When it runs: `Once`, `Period`, `NextRebootOnly` or `EveryReboot`.
+    #[serde(default = "once")]
+    pub repeat_mode: RepeatMode,
+    /// The schedule of a `Period` invocation, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<String>,
+    /// Executions started so far (1 for a one-time invocation; each boot-plan instance counts
+    /// its own, and this is the highest). `GET …/executions` lists them.
+    #[serde(default)]
+    pub repeats: u32,
+    /// When the next execution of a `Period` invocation starts, while it is `Scheduled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<String>,
+    /// Each instance's result of its latest execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<InvocationResult>>,
+}
+
+fn once() -> RepeatMode {
+    RepeatMode::Once
+}
+
+/// `GET /api/v1/invocations/{invoke_id}/executions`: every execution, each with the results of
+/// its own run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionsResponse {
+    pub invoke_id: String,
+    pub executions: Vec<Execution>,
+}
+
+/// One execution of an invocation: run number `repeats` (from 1), on each instance it reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub repeats: u32,
+    pub results: Vec<InvocationResult>,
 }
 
 /// One instance's result within an invocation.
@@ -330,6 +370,13 @@ pub struct InvocationResult {
     pub start_time: Option<String>,
     pub finish_time: Option<String>,
     pub stop_time: Option<String>,
+    /// Which execution this is (Alibaba's `Repeats`): 1 for a one-time invocation.
+    #[serde(default = "first")]
+    pub repeats: u32,
+}
+
+fn first() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,9 +479,6 @@ pub struct InvokeCommandRequest {
     pub tags: Vec<Tag>,
     /// As RunCommand's.
     #[serde(default)]
-    pub repeat_mode: RepeatMode,
-    /// As RunCommand's.
-    #[serde(default)]
     pub client_token: Option<String>,
     /// As RunCommand's.
     #[serde(default)]
@@ -455,6 +499,12 @@ pub struct InvokeCommandRequest {
     /// ones not started end `Cancelled` (`ExceedMaxErrors`); running ones finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<RateInput>,
+    /// As in RunCommand.
+    #[serde(default)]
+    pub repeat_mode: Option<RepeatMode>,
+    /// As in RunCommand.
+    #[serde(default)]
+    pub frequency: Option<String>,
 }
 
 /// A retained command.

@@ -142,6 +142,8 @@ pub struct Invocation {
     pub invocation_status: String,
     pub invoke_status: String,
     pub repeat_mode: String,
+    /// The schedule of a `Period` invocation; empty otherwise.
+    pub frequency: String,
     pub timed: bool,
     pub timeout: u64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -9,15 +9,17 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod ecs;
 pub mod params;
+pub mod plan;
 mod rate;
 mod spec;
 mod status;
 mod targeting;
 
+pub use plan::{RepeatMode, ScheduleState, parse_task_id, task_id};
 pub use rate::{RateInput, RateLimit};
 pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
-pub use targeting::{RepeatMode, Tag};
+pub use targeting::Tag;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! The status model of DESIGN.md §3: per-instance result statuses, the overall invocation
 //! status derived from them, and the rule for how a finished task ends.
 
-use super::{ErrorCode, name_enum};
+use super::{ErrorCode, ScheduleState, name_enum};
 use serde::{Deserialize, Serialize};
 
 name_enum! {
@@ -72,9 +72,12 @@ pub enum Group {
 }
 
 name_enum! {
-    /// Overall status of an invocation, always derived from its results, never stored.
+    /// Overall status of an invocation, always derived from its results (and, for a scheduled
+    /// one, from where its schedule stands), never stored.
     pub enum InvocationStatus {
         Pending,
+        /// Nothing waiting or running, and more executions to come (Alibaba's word).
+        Scheduled,
         Running,
         Stopping,
         Success,
@@ -115,7 +118,25 @@ impl InvocationStatus {
             .map_or(InvocationStatus::Pending, |(status, _)| *status)
     }
 
-    /// Whether no result of the invocation can change any more.
+    /// The overall status of an invocation with a plan: the counts' `Pending`, `Running` and
+    /// `Stopping` first; then `Scheduled` while the schedule has executions to come, `Stopped`
+    /// once a user stopped it; then the terminal rules over the results of every execution.
+    /// Migration 0015 writes the same rules in SQL (a store test checks that they agree).
+    pub fn of<I>(counts: I, schedule: Option<ScheduleState>) -> Self
+    where
+        I: IntoIterator<Item = (ResultStatus, u64)>,
+    {
+        let counts: Vec<(ResultStatus, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+        let busy = counts.iter().any(|(s, _)| !s.is_terminal());
+        match schedule {
+            Some(ScheduleState::Scheduled) if !busy => InvocationStatus::Scheduled,
+            Some(ScheduleState::Stopped) if !busy => InvocationStatus::Stopped,
+            _ => InvocationStatus::from_counts(counts),
+        }
+    }
+
+    /// Whether nothing of the invocation waits or runs now: its results are all terminal (a
+    /// scheduled invocation is so between its executions). Live streams end here.
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
@@ -189,6 +210,24 @@ mod tests {
         assert_eq!(overall(&[Cancelled, Terminated]), InvocationStatus::Stopped);
         assert_eq!(overall(&[Success, Failed]), InvocationStatus::PartialFailed);
         assert_eq!(overall(&[Success, Invalid, Cancelled]), InvocationStatus::PartialFailed);
+    }
+
+    #[test]
+    fn a_schedule_is_scheduled_between_executions_and_stopped_once_stopped() {
+        use ScheduleState as S;
+        let of = |statuses: &[ResultStatus], schedule| InvocationStatus::of(statuses.iter().map(|s| (*s, 1)), schedule);
+        assert_eq!(
+            of(&[], Some(S::Scheduled)),
+            InvocationStatus::Scheduled,
+            "before its first run"
+        );
+        assert_eq!(of(&[Success, Failed], Some(S::Scheduled)), InvocationStatus::Scheduled);
+        assert_eq!(of(&[Success, Running], Some(S::Scheduled)), InvocationStatus::Running);
+        assert_eq!(of(&[Success, Pending], Some(S::Scheduled)), InvocationStatus::Pending);
+        assert_eq!(of(&[Success], Some(S::Stopped)), InvocationStatus::Stopped);
+        assert_eq!(of(&[Success, Stopping], Some(S::Stopped)), InvocationStatus::Stopping);
+        assert_eq!(of(&[Success, Failed], Some(S::Ended)), InvocationStatus::PartialFailed);
+        assert_eq!(of(&[Success], None), InvocationStatus::Success);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Targeting words shared by every surface (DESIGN.md §10): a tag (key/value on an instance, or
-//! a selector naming instances by their tags) and an invocation's `RepeatMode`.
+//! a selector naming instances by their tags).
 
 use serde::{Deserialize, Serialize};
 
@@ -37,24 +37,10 @@ impl std::fmt::Display for Tag {
     }
 }
 
-super::name_enum! {
-    /// When an invocation runs (Alibaba's `RepeatMode`). `Once` (the default) runs at once;
-    /// `DryRun` checks everything and runs nothing. `Period`, `NextRebootOnly` and
-    /// `EveryReboot` are execution plans (issue 14, part 3).
-    #[derive(Default)]
-    pub enum RepeatMode {
-        #[default]
-        Once,
-        Period,
-        NextRebootOnly,
-        EveryReboot,
-        DryRun,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::RepeatMode;
 
     #[test]
     fn a_pair_splits_at_its_first_equals_sign_and_a_bare_key_has_an_empty_value() {

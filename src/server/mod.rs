@@ -100,6 +100,7 @@ pub fn settings(args: &ServeArgs) -> Settings {
         reconnect_rate: args.reconnect_rate,
         reconnect_window_max: Duration::from_secs(args.reconnect_window_max_secs),
         max_attaching: args.max_attaching as usize,
+        min_schedule_interval: Duration::from_secs(args.min_schedule_interval),
         ..Settings::default()
     }
 }

@@ -483,6 +483,7 @@ mod tests {
             ip_addresses: vec!["10.0.0.1".into()],
             supported_command_types: vec![CommandType::RunShellScript],
             held_tasks: Vec::new(),
+            boot_id: None,
         }
     }
 

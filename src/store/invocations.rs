@@ -4,7 +4,9 @@ use super::commands::{NewCommand, insert_command};
 use super::db::parsed;
 use super::db::{query, query_scalar};
 use super::{Result, Store, bind_spec, now_ms, placeholders};
-use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, ResultStatus, Tag};
+use crate::protocol::{
+    CommandSpec, ErrorCode, InvocationStatus, RepeatMode, ResultStatus, ScheduleState, Tag, task_id,
+};
 use std::collections::BTreeMap;
 
 /// An invocation to create.
@@ -86,14 +88,54 @@ pub struct InvocationRow {
     /// Its own tags (the ECS API's `Tag.N`).
     #[sqlx(json)]
     pub invocation_tags: Vec<Tag>,
+    #[sqlx(flatten)]
+    pub plan: PlanState,
 }
 
 impl InvocationRow {
-    /// The overall status, derived from the counts.
+    /// The overall status, derived from the counts and the schedule.
     pub fn status(&self) -> InvocationStatus {
-        InvocationStatus::from_counts(self.counts.0.clone())
+        InvocationStatus::of(self.counts.0.clone(), self.plan.schedule)
     }
 }
+
+/// An invocation's execution plan and where it stands (migration 0015).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanState {
+    pub repeat_mode: RepeatMode,
+    /// As given: `rate(…)`, `at(…)` or cron with a zone; `None` but for `Period`.
+    pub frequency: Option<String>,
+    /// `None` for `Once`.
+    pub schedule: Option<ScheduleState>,
+    /// When the next execution of a `Period` plan is due (ms), while it is `Scheduled`.
+    pub next_run_at: Option<i64>,
+    /// The highest execution number started (0 before a schedule's first).
+    pub repeats: u32,
+}
+
+impl Default for PlanState {
+    /// A one-time invocation's.
+    fn default() -> Self {
+        PlanState {
+            repeat_mode: RepeatMode::Once,
+            frequency: None,
+            schedule: None,
+            next_run_at: None,
+            repeats: 1,
+        }
+    }
+}
+
+super::db::from_row!(PlanState, |row| {
+    let schedule: Option<String> = row.try_get("schedule_state")?;
+    Ok(PlanState {
+        repeat_mode: parsed("repeat_mode", row.try_get("repeat_mode")?)?,
+        frequency: row.try_get("frequency")?,
+        schedule: schedule.map(|s| parsed("schedule_state", s)).transpose()?,
+        next_run_at: row.try_get("next_run_at")?,
+        repeats: row.try_get::<i64, _>("repeats")? as u32,
+    })
+});
 
 /// How many of an invocation's results are in each status (statuses with none left out), from
 /// the `n_<status>` columns: set by `create_invocation`, kept by the trigger of migration 0006.
@@ -133,12 +175,16 @@ pub struct ResultRow {
     pub start_time: Option<i64>,
     pub finish_time: Option<i64>,
     pub stop_time: Option<i64>,
+    /// Which execution of the invocation on this instance, from 1 (Alibaba's `Repeats`).
+    pub repeats: u32,
 }
 
 /// A result whose status just changed, for live watchers and agents.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultChange {
     pub invocation_id: String,
+    /// Which execution, from 1: with the invocation, it names the agent's task ([`Self::task`]).
+    pub repeats: u32,
     pub instance_id: String,
     pub status: ResultStatus,
     pub exit_code: Option<i32>,
@@ -146,10 +192,19 @@ pub struct ResultChange {
     pub error_info: Option<String>,
 }
 
+impl ResultChange {
+    /// The agent's task id of the result's execution.
+    pub fn task(&self) -> String {
+        task_id(&self.invocation_id, self.repeats)
+    }
+}
+
 /// A pending result to hand to its agent, with what the agent needs to run it.
 #[derive(Debug, Clone)]
 pub struct DeliveryRow {
     pub result_id: i64,
+    /// Which execution the result belongs to.
+    pub repeats: u32,
     /// The end of the result's delivery window.
     pub deliver_by: i64,
     pub invocation: InvocationRow,
@@ -172,6 +227,8 @@ pub struct InvocationFilter {
     pub command_id: Option<String>,
     /// The overall status (derived from the results, in SQL).
     pub status: Option<InvocationStatus>,
+    /// Only invocations of this plan.
+    pub repeat_mode: Option<RepeatMode>,
     /// Created at or after.
     pub since: Option<i64>,
     /// Created before.
@@ -214,6 +271,7 @@ super::db::from_row!(ResultRow, |row| {
         start_time: row.try_get("start_time")?,
         finish_time: row.try_get("finish_time")?,
         stop_time: row.try_get("stop_time")?,
+        repeats: row.try_get::<i64, _>("repeats")? as u32,
     })
 });
 
@@ -221,6 +279,7 @@ super::db::from_row!(ResultChange, |row| {
     let error_code: Option<String> = row.try_get("error_code")?;
     Ok(ResultChange {
         invocation_id: row.try_get("invocation_id")?,
+        repeats: row.try_get::<i64, _>("repeats")? as u32,
         instance_id: row.try_get("instance_id")?,
         status: parsed("status", row.try_get("status")?)?,
         exit_code: row.try_get("exit_code")?,
@@ -232,12 +291,18 @@ super::db::from_row!(ResultChange, |row| {
 super::db::from_row!(DeliveryRow, |row| {
     Ok(DeliveryRow {
         result_id: row.try_get("result_id")?,
+        repeats: row.try_get::<i64, _>("result_repeats")? as u32,
         deliver_by: row.try_get("result_deliver_by")?,
         invocation: sqlx::FromRow::from_row(row)?,
     })
 });
 
-const CHANGE_COLUMNS: &str = "invocation_id, instance_id, status, exit_code, error_code, error_info";
+const CHANGE_COLUMNS: &str = "invocation_id, repeats, instance_id, status, exit_code, error_code, error_info";
+
+/// Keeps, of an invocation's results `r`, each instance's latest execution (the only one a
+/// one-time invocation has): a lookup in the unique index per row.
+pub(super) const LATEST: &str = "r.repeats = (SELECT MAX(l.repeats) FROM results l \
+     WHERE l.invocation_id = r.invocation_id AND l.instance_id = r.instance_id)";
 
 impl Store {
     /// Stores an invocation, one `Pending` result per instance and, when asked, the retained
@@ -331,14 +396,16 @@ impl Store {
                   WHERE (r.instance_id >= $2 AND r.instance_id < $2 || '~') \
                   OR r.instance_id IN (SELECT n.id FROM instances n WHERE lower(n.name) = lower($2)))) \
              AND ($3 IS NULL OR i.created_at >= $3) AND ($4 IS NULL OR i.created_at < $4) \
-             AND ($5 IS NULL OR i.status = $5)";
+             AND ($5 IS NULL OR i.status = $5) AND ($6 IS NULL OR i.repeat_mode = $6)";
         let status = filter.status.map(|s| s.as_str());
+        let repeat_mode = filter.repeat_mode.map(|m| m.as_str());
         let total: i64 = query_scalar(&format!("SELECT COUNT(*) FROM invocations i {conditions}"))
             .bind(&filter.command_id)
             .bind(&filter.instance)
             .bind(filter.since)
             .bind(filter.until)
             .bind(status)
+            .bind(repeat_mode)
             .fetch_one(&self.pool)
             .await?;
         // After a cursor: an upper bound on `created_at` the indexes can seek to, then the
@@ -349,14 +416,15 @@ impl Store {
         };
         let mut rows: Vec<InvocationRow> = query(&format!(
             "SELECT i.* FROM invocations i {conditions} \
-             AND ($6 IS NULL OR (i.created_at <= $6 AND NOT (i.created_at = $6 AND i.id <= $7))) \
-             ORDER BY i.created_at DESC, i.id LIMIT $8 OFFSET $9"
+             AND ($7 IS NULL OR (i.created_at <= $7 AND NOT (i.created_at = $7 AND i.id <= $8))) \
+             ORDER BY i.created_at DESC, i.id LIMIT $9 OFFSET $10"
         ))
         .bind(&filter.command_id)
         .bind(&filter.instance)
         .bind(filter.since)
         .bind(filter.until)
         .bind(status)
+        .bind(repeat_mode)
         .bind(after_at)
         .bind(after_id)
         .bind(filter.limit as i64 + 1)
@@ -376,12 +444,13 @@ impl Store {
         })
     }
 
-    /// The results of these instances in an invocation (those it has), in instance id order.
+    /// The results of these instances in an invocation (those it has; each instance's latest
+    /// execution), in instance id order.
     pub async fn results_of(&self, invoke_id: &str, instance_ids: &[String]) -> Result<Vec<ResultRow>> {
-        let rows: Vec<ResultRow> = query(
-            "SELECT * FROM results WHERE invocation_id = $1 \
-             AND instance_id IN (SELECT value FROM json_each($2)) ORDER BY instance_id",
-        )
+        let rows: Vec<ResultRow> = query(&format!(
+            "SELECT * FROM results r WHERE invocation_id = $1 \
+                 AND instance_id IN (SELECT value FROM json_each($2)) AND {LATEST} ORDER BY instance_id"
+        ))
         .bind(invoke_id)
         .bind(sqlx::types::Json(instance_ids))
         .fetch_all(&self.pool)
@@ -389,7 +458,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// A page of an invocation's results in instance id order, of one status or all.
+    /// A page of an invocation's results (each instance's latest execution) in instance id order,
+    /// of one status or all.
     pub async fn results_page(
         &self,
         invoke_id: &str,
@@ -397,10 +467,10 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Vec<ResultRow>> {
-        let rows: Vec<ResultRow> = query(
-            "SELECT * FROM results WHERE invocation_id = $1 AND ($2 IS NULL OR status = $2) \
-             ORDER BY instance_id LIMIT $3 OFFSET $4",
-        )
+        let rows: Vec<ResultRow> = query(&format!(
+            "SELECT * FROM results r WHERE invocation_id = $1 AND ($2 IS NULL OR status = $2) AND {LATEST} \
+                 ORDER BY instance_id LIMIT $3 OFFSET $4"
+        ))
         .bind(invoke_id)
         .bind(status.map(|s| s.as_str()))
         .bind(limit as i64)
@@ -410,28 +480,54 @@ impl Store {
         Ok(rows)
     }
 
-    /// The results of an invocation, ordered by instance id.
+    /// The results of an invocation, each instance's latest execution, ordered by instance id.
     pub async fn results(&self, invoke_id: &str) -> Result<Vec<ResultRow>> {
-        let rows: Vec<ResultRow> = query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY instance_id")
-            .bind(invoke_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<ResultRow> = query(&format!(
+            "SELECT * FROM results r WHERE invocation_id = $1 AND {LATEST} ORDER BY instance_id"
+        ))
+        .bind(invoke_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows)
     }
 
-    /// One result.
+    /// Every result of every execution of an invocation, by execution, then instance id.
+    pub async fn execution_results(&self, invoke_id: &str) -> Result<Vec<ResultRow>> {
+        let rows: Vec<ResultRow> =
+            query("SELECT * FROM results WHERE invocation_id = $1 ORDER BY repeats, instance_id")
+                .bind(invoke_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows)
+    }
+
+    /// One instance's result of an invocation: of execution `repeats`, or the latest.
     pub async fn result(&self, invoke_id: &str, instance_id: &str) -> Result<ResultRow> {
-        let row: ResultRow = query("SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2")
-            .bind(invoke_id)
-            .bind(instance_id)
-            .fetch_one(&self.pool)
-            .await?;
+        self.result_of_execution(invoke_id, instance_id, None).await
+    }
+
+    /// One instance's result of execution `repeats` of an invocation (the latest when `None`).
+    pub async fn result_of_execution(
+        &self,
+        invoke_id: &str,
+        instance_id: &str,
+        repeats: Option<u32>,
+    ) -> Result<ResultRow> {
+        let row: ResultRow = query(
+            "SELECT * FROM results WHERE invocation_id = $1 AND instance_id = $2 \
+             AND ($3 IS NULL OR repeats = $3) ORDER BY repeats DESC LIMIT 1",
+        )
+        .bind(invoke_id)
+        .bind(instance_id)
+        .bind(repeats.map(i64::from))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row)
     }
 
     /// Stops results of an invocation (all, or those of the given instances) at `now`, on behalf
-    /// of `by`: `Pending` ones become `Cancelled`, `Running` ones `Stopping`. Returns the changed
-    /// results.
+    /// of `by`: `Pending` ones become `Cancelled`, `Running` ones `Stopping`; a schedule starts
+    /// no execution again (for those instances). Returns the changed results.
     pub async fn stop_results(
         &self,
         invoke_id: &str,
@@ -476,6 +572,7 @@ impl Store {
             }
         }
         super::rate::recount_held(&mut tx, invoke_id).await?;
+        super::plans::stop_schedule(&mut tx, invoke_id, instance_ids).await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -483,7 +580,8 @@ impl Store {
     /// Pending results of an instance that are still within their delivery window at `now`.
     pub async fn deliveries(&self, instance_id: &str, now: i64) -> Result<Vec<DeliveryRow>> {
         query(
-            "SELECT r.id AS result_id, r.deliver_by AS result_deliver_by, i.* FROM results r \
+            "SELECT r.id AS result_id, r.repeats AS result_repeats, r.deliver_by AS result_deliver_by, i.* \
+             FROM results r \
              JOIN invocations i ON i.id = r.invocation_id \
              WHERE r.instance_id = $1 AND r.status = 'Pending' AND NOT r.held AND r.deliver_by > $2 \
              ORDER BY i.created_at",
@@ -523,11 +621,14 @@ impl Store {
         tx.commit().await
     }
 
-    /// The result id of an instance's task, if the task is the instance's own.
-    pub async fn result_id(&self, invoke_id: &str, instance_id: &str) -> Result<Option<i64>> {
-        query_scalar("SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2")
+    /// The result id of an instance's task (an execution of an invocation, named by its task
+    /// id), if the task is the instance's own.
+    pub async fn result_id(&self, task: &str, instance_id: &str) -> Result<Option<i64>> {
+        let (invoke_id, repeats) = crate::protocol::parse_task_id(task);
+        query_scalar("SELECT id FROM results WHERE invocation_id = $1 AND instance_id = $2 AND repeats = $3")
             .bind(invoke_id)
             .bind(instance_id)
+            .bind(i64::from(repeats))
             .fetch_optional(&self.pool)
             .await
     }
@@ -535,13 +636,17 @@ impl Store {
     /// Results an agent lost: running on the server but not held by the agent that reconnected.
     /// They end as `Error` / `ExecutionInterrupted`.
     pub async fn interrupt_unheld(&self, instance_id: &str, held: &[String], now: i64) -> Result<Vec<ResultChange>> {
-        let running: Vec<String> = query_scalar(
-            "SELECT invocation_id FROM results WHERE instance_id = $1 AND status IN ('Running', 'Stopping')",
+        let running: Vec<(i64, String, i64)> = query(
+            "SELECT id, invocation_id, repeats FROM results WHERE instance_id = $1 AND status IN ('Running', 'Stopping')",
         )
         .bind(instance_id)
         .fetch_all(&self.pool)
         .await?;
-        let lost: Vec<&String> = running.iter().filter(|task| !held.contains(task)).collect();
+        let lost: Vec<i64> = running
+            .into_iter()
+            .filter(|(_, invoke_id, repeats)| !held.contains(&task_id(invoke_id, *repeats as u32)))
+            .map(|(id, _, _)| id)
+            .collect();
         let mut changes = Vec::new();
         if lost.is_empty() {
             return Ok(changes);
@@ -553,15 +658,15 @@ impl Store {
             let sql = format!(
                 "UPDATE results SET status = 'Error', error_code = 'ExecutionInterrupted', error_info = $3, \
                  finish_time = $2 WHERE instance_id = $1 AND status IN ('Running', 'Stopping') \
-                 AND invocation_id IN ({}) RETURNING {CHANGE_COLUMNS}",
+                 AND id IN ({}) RETURNING {CHANGE_COLUMNS}",
                 placeholders(4, batch.len())
             );
             let mut statement = query(&sql)
                 .bind(instance_id)
                 .bind(now)
                 .bind(ErrorCode::ExecutionInterrupted.default_info());
-            for task in batch {
-                statement = statement.bind(*task);
+            for id in batch {
+                statement = statement.bind(*id);
             }
             changes.extend(statement.fetch_all::<ResultChange>(&mut tx).await?);
         }
@@ -653,11 +758,12 @@ impl Store {
     /// and deleted in one write transaction, with one audit entry saying what went (by
     /// `retention`, via `server`): replicas purging at once never delete, or count, one
     /// invocation twice. Returns the invocations and results deleted; `(0, 0)` once nothing
-    /// is left to purge.
+    /// is left to purge. A schedule still running is kept, however old: deleting it would end it.
     pub async fn purge_batch(&self, before: i64, max_results: u64) -> Result<(u64, u64)> {
         let mut tx = self.write_tx().await?;
         let oldest: Vec<(String, i64)> = query(&format!(
-            "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 ORDER BY created_at LIMIT 256"
+            "SELECT id, {COUNT_ALL} FROM invocations WHERE created_at < $1 \
+             AND (schedule_state IS NULL OR schedule_state <> 'Scheduled') ORDER BY created_at LIMIT 256"
         ))
         .bind(before)
         .fetch_all(&mut tx)
@@ -701,7 +807,7 @@ const COUNT_ALL: &str = "n_pending + n_invalid + n_aborted + n_running + n_succe
 
 /// Records how an invocation's targets were chosen (only when tags or a region say more than
 /// its results do).
-async fn record_target(tx: &mut super::db::Tx, id: &str, new: &NewInvocation) -> Result<()> {
+pub(super) async fn record_target(tx: &mut super::db::Tx, id: &str, new: &NewInvocation) -> Result<()> {
     if new.target == Target::default() && new.invocation_tags.is_empty() {
         return Ok(());
     }
@@ -718,7 +824,7 @@ async fn record_target(tx: &mut super::db::Tx, id: &str, new: &NewInvocation) ->
 /// Claims a `client_token` for invocation `id`. The primary key `(user_id, token)` decides
 /// between concurrent claims (even without the write lock): the loser's insert does nothing,
 /// and its transaction is given up, naming the winner.
-async fn claim_client_token(tx: &mut super::db::Tx, id: &str, token: &ClientToken) -> Result<()> {
+pub(super) async fn claim_client_token(tx: &mut super::db::Tx, id: &str, token: &ClientToken) -> Result<()> {
     query("DELETE FROM client_tokens WHERE user_id = $1 AND token = $2 AND created_at < $3")
         .bind(token.user_id)
         .bind(token.token.as_str())
@@ -1087,6 +1193,22 @@ mod status_sql_tests {
 
             let expected = InvocationStatus::from_counts(statuses.iter().map(|s| (*s, 1)));
             assert_eq!(from_sql, expected.as_str(), "{statuses:?}");
+            // And with each state of a schedule (migration 0015's rules, `InvocationStatus::of`).
+            for schedule in crate::protocol::ScheduleState::ALL {
+                query("UPDATE invocations SET schedule_state = $2 WHERE id = $1")
+                    .bind(&id)
+                    .bind(schedule.as_str())
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+                let from_sql: String = query_scalar("SELECT status FROM invocations WHERE id = $1")
+                    .bind(&id)
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+                let expected = InvocationStatus::of(statuses.iter().map(|s| (*s, 1)), Some(*schedule));
+                assert_eq!(from_sql, expected.as_str(), "{statuses:?} {schedule}");
+            }
             let counted: BTreeMap<ResultStatus, u64> = statuses.iter().map(|s| (*s, 1)).collect();
             assert_eq!(row.counts.0, counted, "{statuses:?}");
         }

@@ -17,6 +17,7 @@ mod invocations;
 mod logins;
 mod nonces;
 mod output;
+mod plans;
 mod rate;
 mod replicas;
 pub mod scratch;
@@ -32,9 +33,11 @@ pub use commands::{CommandRow, CommandUpdate, NewCommand};
 pub use fleet::{ActivationRow, InstanceFilter, InstanceRow, NewActivation, NewInstance, RegisterRefusal};
 pub use invocations::{ClientToken, Target};
 pub use invocations::{
-    Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, ResultChange, ResultRow,
+    Cursor, DeliveryRow, InvocationFilter, InvocationPage, InvocationRow, NewInvocation, PlanState, ResultChange,
+    ResultRow,
 };
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
+pub use plans::{BootExecution, DueSchedule, NewPlan, StartedExecution};
 pub use rate::{Rate, Turns};
 pub use sessions::SessionRow;
 pub use tags::TagMatch;
@@ -161,12 +164,18 @@ impl Store {
             // 8 MiB of page cache per connection (2 MiB by default): the pages a fan-out
             // touches stay cached between batches.
             .pragma("cache_size", "-8192");
+        // Migrations run on a connection of their own with foreign keys off: a migration that
+        // rebuilds a table (0015, `results`) must drop the old one, and with them on, dropping
+        // it would delete every row that references it (output). Nothing else runs meanwhile.
+        let mut migrating = options.clone().foreign_keys(false).connect().await?;
+        let migrated = sqlx::migrate!("./migrations/sqlite").run_direct(&mut migrating).await;
+        migrating.close().await?;
+        migrated?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .after_release(|conn, _| Box::pin(async move { Ok(!left_in_transaction(conn)) }))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Store {
             pool: Pool::Sqlite(pool),
         })

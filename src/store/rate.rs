@@ -181,7 +181,7 @@ impl Store {
                         "UPDATE results SET status = 'Cancelled', held = FALSE, error_code = $3, error_info = $4, \
                          finish_time = $2 WHERE invocation_id = $1 AND status = 'Pending' \
                          AND (held OR sent_at IS NULL) \
-                         RETURNING invocation_id, instance_id, status, exit_code, error_code, error_info",
+                         RETURNING invocation_id, repeats, instance_id, status, exit_code, error_code, error_info",
                     )
                     .bind(invoke_id)
                     .bind(now)
@@ -295,7 +295,7 @@ mod tests {
             store.deliveries("i-02", now_ms()).await.unwrap().is_empty(),
             "a held result is not delivered"
         );
-        assert!(store.unsent_results(&id, now_ms()).await.unwrap().iter().all(|(_, i, _)| i == "i-00" || i == "i-01"));
+        assert!(store.unsent_results(&id, now_ms()).await.unwrap().iter().all(|(_, i, _, _)| i == "i-00" || i == "i-01"));
 
         // Nothing has ended: no slot is free.
         assert!(store.release_turns(std::slice::from_ref(&id), now_ms(), 60_000).await.unwrap().is_empty());

@@ -75,10 +75,11 @@ impl Store {
     }
 
     /// The pending results of an invocation not yet handed to an agent (nor held, waiting
-    /// their turn) and still within their delivery window: `(result id, instance id, end of the window)`.
-    pub async fn unsent_results(&self, invoke_id: &str, now: i64) -> Result<Vec<(i64, String, i64)>> {
+    /// their turn) and still within their delivery window: `(result id, instance id, end of the
+    /// window, execution)`.
+    pub async fn unsent_results(&self, invoke_id: &str, now: i64) -> Result<Vec<(i64, String, i64, i64)>> {
         query(
-            "SELECT id, instance_id, deliver_by FROM results WHERE invocation_id = $1 AND status = 'Pending' \
+            "SELECT id, instance_id, deliver_by, repeats FROM results WHERE invocation_id = $1 AND status = 'Pending' \
              AND sent_at IS NULL AND NOT held AND deliver_by > $2",
         )
         .bind(invoke_id)
@@ -88,12 +89,14 @@ impl Store {
     }
 
     /// The instances of an invocation whose task is being stopped (or was cancelled before it
-    /// started), whose agents must be told.
-    pub async fn stopped_instances(&self, invoke_id: &str) -> Result<Vec<String>> {
-        query_scalar("SELECT instance_id FROM results WHERE invocation_id = $1 AND status IN ('Stopping', 'Cancelled')")
-            .bind(invoke_id)
-            .fetch_all(&self.pool)
-            .await
+    /// started), whose agents must be told: `(instance id, execution)`.
+    pub async fn stopped_instances(&self, invoke_id: &str) -> Result<Vec<(String, i64)>> {
+        query(
+            "SELECT instance_id, repeats FROM results WHERE invocation_id = $1 AND status IN ('Stopping', 'Cancelled')",
+        )
+        .bind(invoke_id)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// The invocations with unsent tasks, within their window, for agents `replica` holds.
@@ -108,10 +111,10 @@ impl Store {
         .await
     }
 
-    /// The tasks being stopped on agents `replica` holds: `(invoke id, instance id)`.
-    pub async fn stopping_of(&self, replica: &str) -> Result<Vec<(String, String)>> {
+    /// The tasks being stopped on agents `replica` holds: `(invoke id, instance id, execution)`.
+    pub async fn stopping_of(&self, replica: &str) -> Result<Vec<(String, String, i64)>> {
         query(
-            "SELECT r.invocation_id, r.instance_id FROM results r JOIN instances i ON i.id = r.instance_id \
+            "SELECT r.invocation_id, r.instance_id, r.repeats FROM results r JOIN instances i ON i.id = r.instance_id \
              WHERE r.status = 'Stopping' AND i.replica = $1",
         )
         .bind(replica)

@@ -148,12 +148,11 @@ def test_an_unknown_action_is_not_found(ecs):
 @pytest.mark.parametrize(
     "extra,named",
     [
-        # Execution plans are not built yet: the mode is refused by name (issue 14).
-        ({"repeat_mode": "Period"}, "RepeatMode"),
+        ({"repeat_mode": "Period"}, "Frequency"),
         ({"container_id": "ab12cd34ef56"}, "ContainerId"),
         ({"resource_group_id": "rg-aek2kkmhmhs4kfq"}, "ResourceGroupId"),
     ],
-    ids=["RepeatMode=Period", "ContainerId", "ResourceGroupId"],
+    ids=["RepeatMode=Period without Frequency", "ContainerId", "ResourceGroupId"],
 )
 def test_an_unsupported_parameter_is_refused_by_name(ecs, hz, extra, named, nothing_stored):
     with nothing_stored():

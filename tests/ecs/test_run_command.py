@@ -143,3 +143,27 @@ def test_stop_invocation_may_name_one_instance(ecs, hz):
     support.wait_finished(ecs, HZ, invoke_id, 2)
 
     assert still[hz[1]] == "Running"
+
+
+def test_a_frequency_schedules_the_command_and_stop_invocation_ends_the_schedule(ecs, hz):
+    invoke_id = support.run(ecs, HZ, hz[:1], "echo on a schedule", frequency="rate(5m)").invoke_id
+
+    def described():
+        return ecs.describe_invocations(
+            m.DescribeInvocationsRequest(region_id=HZ, invoke_id=invoke_id)
+        ).body.invocations.invocation[0]
+
+    scheduled = described()
+    listed = ecs.describe_invocations(
+        m.DescribeInvocationsRequest(region_id=HZ, invoke_status="Scheduled", repeat_mode="Period")
+    ).body.invocations.invocation
+    ecs.stop_invocation(m.StopInvocationRequest(region_id=HZ, invoke_id=invoke_id))
+    stopped = described()
+
+    # RepeatMode defaults to Period when a Frequency is given, as Alibaba's does.
+    assert scheduled.repeat_mode == "Period"
+    assert scheduled.frequency == "rate(5m)"
+    assert scheduled.invocation_status == "Scheduled"
+    assert scheduled.invoke_status == "Running", "Alibaba's scheduled tasks stay Running until stopped"
+    assert invoke_id in [i.invoke_id for i in listed]
+    assert stopped.invocation_status == "Stopped"

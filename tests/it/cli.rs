@@ -391,3 +391,33 @@ async fn tags_are_set_and_filtered_and_a_run_by_tags_dry_runs_then_runs_once_per
         no_region.stderr
     );
 }
+
+#[tokio::test]
+async fn a_scheduled_run_prints_its_invoke_id_and_next_run_and_stop_ends_it() {
+    let app = TestApp::spawn().await;
+    let agent = app.agent("local").await;
+    let id = agent.instance_id().await;
+
+    let scheduled = fleetrun(
+        &app,
+        "run",
+        &["-i", &id, "--frequency", "rate(5m)", "--timeout", "10", "uptime"],
+    )
+    .await;
+    let invoke_id = scheduled.stdout.trim().to_string();
+    let stopped = fleetrun(&app, "stop", &[&invoke_id]).await;
+    let refused = fleetrun(&app, "run", &["-i", &id, "--frequency", "rate(5)", "uptime"]).await;
+
+    assert_eq!(scheduled.code, 0, "{}", scheduled.stderr);
+    assert!(invoke_id.starts_with("t-"), "{}", scheduled.stdout);
+    assert!(
+        scheduled.stderr.contains("Scheduled") && scheduled.stderr.contains("next run at"),
+        "{}",
+        scheduled.stderr
+    );
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    let invocation = app.client.invocation(&invoke_id).await.unwrap();
+    assert_eq!(invocation.invocation_status.as_str(), "Stopped");
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("rate(<n><s|m|h|d>)"), "{}", refused.stderr);
+}

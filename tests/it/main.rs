@@ -20,6 +20,7 @@ mod hostile;
 mod netlab;
 mod netns;
 mod parity;
+mod plans;
 mod private;
 mod rate;
 mod reconnect;

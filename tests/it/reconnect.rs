@@ -212,6 +212,7 @@ fn hello() -> String {
         ip_addresses: vec!["127.0.0.1".into()],
         supported_command_types: vec![CommandType::RunShellScript],
         held_tasks: Vec::new(),
+        boot_id: None,
     };
     AgentMessage::from(hello).encode()
 }

@@ -259,6 +259,7 @@ async fn an_agent_cannot_report_on_another_instances_task() {
         ip_addresses: vec![],
         supported_command_types: vec![CommandType::RunShellScript],
         held_tasks: vec![],
+        boot_id: None,
     };
     let send = |m: AgentMessage| Message::Text(m.encode().into());
     socket.send(send(hello.into())).await.unwrap();

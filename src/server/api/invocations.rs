@@ -2,7 +2,9 @@
 
 use super::{parse_time, rfc3339, window};
 use crate::dispatch::{Actor, Kind, Submitted, check, error::not_found};
-use crate::protocol::api::{Invocation, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest};
+use crate::protocol::api::{
+    Execution, ExecutionsResponse, Invocation, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
+};
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::{InvocationFilter, InvocationRow, ResultRow};
@@ -31,6 +33,10 @@ pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>
         tags: row.target_tags,
         region_id: row.target_region,
         invocation_tags: row.invocation_tags,
+        repeat_mode: row.plan.repeat_mode,
+        frequency: row.plan.frequency,
+        repeats: row.plan.repeats,
+        next_run_time: row.plan.next_run_at.map(rfc3339),
         results,
     }
 }
@@ -58,6 +64,7 @@ pub fn result_dto(row: ResultRow, output: &[u8]) -> InvocationResult {
         start_time: row.start_time.map(rfc3339),
         finish_time: row.finish_time.map(rfc3339),
         stop_time: row.stop_time.map(rfc3339),
+        repeats: row.repeats,
     }
 }
 
@@ -110,6 +117,7 @@ pub async fn list(
         instance: query.instance_id.filter(|s| !s.is_empty()),
         command_id: query.command_id.filter(|s| !s.is_empty()),
         status,
+        repeat_mode: None,
         since: time("since", query.since)?,
         until: time("until", query.until)?,
         after,
@@ -159,13 +167,53 @@ pub async fn show(
     Ok(ApiJson(invocation_dto(row, Some(results))))
 }
 
-/// The exact kept output bytes of one result.
+/// Every execution of an invocation, each with its results and their output.
+pub async fn executions(
+    _: Actor,
+    State(state): State<AppState>,
+    ApiPath(invoke_id): ApiPath<String>,
+) -> Result<ApiJson<ExecutionsResponse>, ApiError> {
+    state
+        .store
+        .invocation(&invoke_id)
+        .await
+        .map_err(not_found(Kind::Invocation, &invoke_id))?;
+    let results = state.store.execution_results(&invoke_id).await?;
+    let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
+    let mut outputs = state.store.outputs(&ids).await?;
+    let mut executions: Vec<Execution> = Vec::new();
+    for result in results {
+        let output = outputs.remove(&result.id).unwrap_or_default();
+        let dto = result_dto(result, &output);
+        match executions.last_mut() {
+            Some(last) if last.repeats == dto.repeats => last.results.push(dto),
+            _ => executions.push(Execution {
+                repeats: dto.repeats,
+                results: vec![dto],
+            }),
+        }
+    }
+    Ok(ApiJson(ExecutionsResponse { invoke_id, executions }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputQuery {
+    /// Which execution (from 1); the latest when left out.
+    repeats: Option<u32>,
+}
+
+/// The exact kept output bytes of one result (of the latest execution, or of `?repeats=`).
 pub async fn output(
     _: Actor,
     State(state): State<AppState>,
     ApiPath((invoke_id, instance_id)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OutputQuery>,
 ) -> Result<Response, ApiError> {
-    let (result, bytes) = state.dispatcher.result_output(&invoke_id, &instance_id).await?;
+    let (result, bytes) = state
+        .dispatcher
+        .result_output(&invoke_id, &instance_id, query.repeats)
+        .await?;
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
         (
@@ -175,6 +223,10 @@ pub async fn output(
         (
             header::HeaderName::from_static("x-fleetrun-status"),
             result.status.to_string(),
+        ),
+        (
+            header::HeaderName::from_static("x-fleetrun-repeats"),
+            result.repeats.to_string(),
         ),
     ];
     Ok((headers, Body::from(bytes)).into_response())

@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
             "/invocations/{invoke_id}/results/{instance_id}/output",
             get(invocations::output),
         )
+        .route("/invocations/{invoke_id}/executions", get(invocations::executions))
         .route("/invocations/{invoke_id}/stop", post(invocations::stop))
         .route("/invocations/{invoke_id}/stream", get(super::live::stream))
         .route("/commands", post(commands::create).get(commands::list))

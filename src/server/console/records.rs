@@ -3,10 +3,10 @@
 
 use super::{Layout, PageError, Pager, Session, When, duration, render, status_class};
 use crate::dispatch::{Kind, error::not_found};
-use crate::protocol::{InvocationStatus, ResultStatus};
+use crate::protocol::{InvocationStatus, RepeatMode, ResultStatus};
 use crate::server::AppState;
 use crate::server::live::{Format, Watch};
-use crate::store::{InvocationFilter, InvocationRow, Rate, ResultRow};
+use crate::store::{InvocationFilter, InvocationRow, PlanState, Rate, ResultRow};
 use askama::Template;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
@@ -31,6 +31,20 @@ pub struct RecordView {
     pub rate: String,
     pub creator: String,
     pub created: When,
+    /// The execution plan in words: Immediate, the frequency, After next boot, On every boot.
+    pub plan: String,
+    /// When a schedule's next execution starts.
+    pub next_run: Option<When>,
+}
+
+/// An execution plan the way the console says it.
+pub fn plan_words(plan: &PlanState) -> String {
+    match plan.repeat_mode {
+        RepeatMode::Once | RepeatMode::DryRun => "Immediate".to_string(),
+        RepeatMode::Period => plan.frequency.clone().unwrap_or_default(),
+        RepeatMode::NextRebootOnly => "After next boot".to_string(),
+        RepeatMode::EveryReboot => "On every boot".to_string(),
+    }
 }
 
 impl RecordView {
@@ -57,6 +71,8 @@ impl RecordView {
             rate: rate_text(&row.rate),
             creator: row.creator,
             created: When::new(row.created_at),
+            plan: plan_words(&row.plan),
+            next_run: row.plan.next_run_at.map(When::new),
             id: row.id,
         }
     }
@@ -163,7 +179,8 @@ impl Summary {
             counts: row.counts.0.iter().map(|(s, n)| (*s, *n)).collect(),
             held: row.rate.held,
             rate: rate_text(&row.rate),
-            active: !status.is_terminal(),
+            // A schedule is stopped (no execution starts again) as a running command is.
+            active: !status.is_terminal() || status == InvocationStatus::Scheduled,
         }
     }
 }
@@ -307,6 +324,7 @@ pub async fn index(
         instance: text(&query.instance_id),
         command_id: text(&query.command_id),
         status: crate::dispatch::check::invocation_status(Some(&query.status)).unwrap_or(None),
+        repeat_mode: None,
         since: day_start(&query.since),
         until: day_start(&query.until).map(|start| start + 86_400_000),
         after: None,
@@ -346,8 +364,66 @@ struct RecordPage {
     layout: Layout,
     invocation: InvocationRow,
     created: When,
+    plan: String,
+    next_run: Option<When>,
+    /// A scheduled invocation's executions, newest first, each with its own results and output.
+    executions: Vec<ExecutionView>,
+    /// Executions not shown (older than the last [`EXECUTIONS_SHOWN`]).
+    older: u32,
     /// The rendered panel (our own markup).
     panel: String,
+}
+
+/// Executions the record page lists, each with its output.
+const EXECUTIONS_SHOWN: u32 = 20;
+
+/// One execution on the record page.
+pub struct ExecutionView {
+    pub repeats: u32,
+    pub results: Vec<ExecutionResultView>,
+}
+
+/// One instance's result of one execution, with its output (shown escaped).
+pub struct ExecutionResultView {
+    pub row: ResultView,
+    pub started: Option<When>,
+    pub output: String,
+}
+
+/// The last [`EXECUTIONS_SHOWN`] executions of a scheduled invocation, newest first, and how
+/// many older ones there are.
+async fn executions(state: &AppState, invocation: &InvocationRow) -> Result<(Vec<ExecutionView>, u32), PageError> {
+    if invocation.plan.repeat_mode == RepeatMode::Once {
+        return Ok((Vec::new(), 0));
+    }
+    let oldest_shown = invocation.plan.repeats.saturating_sub(EXECUTIONS_SHOWN);
+    let results: Vec<ResultRow> = state
+        .store
+        .execution_results(&invocation.id)
+        .await?
+        .into_iter()
+        .filter(|r| r.repeats > oldest_shown)
+        .collect();
+    let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
+    let mut outputs = state.store.outputs(&ids).await?;
+    let mut views: Vec<ExecutionView> = Vec::new();
+    for result in results {
+        let output = String::from_utf8_lossy(&outputs.remove(&result.id).unwrap_or_default()).into_owned();
+        let view = ExecutionResultView {
+            row: ResultView::new(&result, None),
+            started: result.start_time.map(When::new),
+            output,
+        };
+        match views.last_mut() {
+            Some(last) if last.repeats == result.repeats => last.results.push(view),
+            _ => views.push(ExecutionView {
+                repeats: result.repeats,
+                results: vec![view],
+            }),
+        }
+    }
+    views.reverse();
+    Ok((views, oldest_shown))
 }
 
 /// Renders a panel to HTML for embedding in a page or a fragment.
@@ -366,9 +442,14 @@ pub async fn show(
     let panel = load_panel(&state, &invoke_id, query).await?;
     let invocation = state.store.invocation(&invoke_id).await?;
     let layout = session.layout(state.store.regions().await?, "records");
+    let (executions, older) = executions(&state, &invocation).await?;
     Ok(render(&RecordPage {
         layout,
         created: When::new(invocation.created_at),
+        plan: plan_words(&invocation.plan),
+        next_run: invocation.plan.next_run_at.map(When::new),
+        executions,
+        older,
         invocation,
         panel: render_panel(panel)?,
     }))
@@ -414,12 +495,22 @@ pub async fn stop(
     Ok(Html(summary_fragment(&state, &invoke_id).await?).into_response())
 }
 
+/// Which execution's output to download (the latest when left out).
+#[derive(Debug, Default, Deserialize)]
+pub struct DownloadQuery {
+    repeats: Option<u32>,
+}
+
 pub async fn download(
     State(state): State<AppState>,
     _: Session,
     Path((invoke_id, instance_id)): Path<(String, String)>,
+    Query(query): Query<DownloadQuery>,
 ) -> Result<Response, PageError> {
-    let (_, bytes) = state.dispatcher.result_output(&invoke_id, &instance_id).await?;
+    let (_, bytes) = state
+        .dispatcher
+        .result_output(&invoke_id, &instance_id, query.repeats)
+        .await?;
     let disposition = format!("attachment; filename=\"{invoke_id}-{instance_id}.log\"");
     Ok((
         [

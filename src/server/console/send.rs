@@ -179,6 +179,42 @@ impl SendForm {
         self.get("keep") == "on"
     }
 
+    /// The Execution Plan chosen: `once` (the default), `schedule`, `next_boot` or `every_boot`.
+    pub fn plan(&self) -> &str {
+        match self.get("plan") {
+            "" => "once",
+            plan => plan,
+        }
+    }
+
+    /// The plan as RunCommand takes it: the repeat mode and, on a schedule, the frequency made
+    /// of the kind, the value and the time zone (`rate(5m)`, `at(… Asia/Shanghai)`, `0 0 * * * ? UTC`).
+    fn repeat(&self) -> (Option<RepeatMode>, Option<String>) {
+        let value = self.get("schedule_value").trim();
+        let zone = self.get("time_zone").trim();
+        let zoned = |text: &str| {
+            if zone.is_empty() {
+                text.to_string()
+            } else {
+                format!("{text} {zone}")
+            }
+        };
+        match self.plan() {
+            "schedule" => {
+                let frequency = match (self.get("schedule_kind"), value) {
+                    (_, "") => None,
+                    ("at", v) => Some(format!("at({})", zoned(v))),
+                    ("cron", v) => Some(zoned(v)),
+                    (_, v) => Some(format!("rate({v})")),
+                };
+                (Some(RepeatMode::Period), frequency)
+            }
+            "next_boot" => (Some(RepeatMode::NextRebootOnly), None),
+            "every_boot" => (Some(RepeatMode::EveryReboot), None),
+            _ => (None, None),
+        }
+    }
+
     pub fn timeout(&self) -> &str {
         match self.get("timeout") {
             "" => "60",
@@ -602,12 +638,6 @@ async fn submit(
     timeout: u64,
 ) -> Result<dispatch::Submitted, dispatch::Error> {
     let tags = form.tags();
-    // The **Dry Run** button: check everything, run nothing.
-    let repeat_mode = if form.get("dry_run") == "on" {
-        RepeatMode::DryRun
-    } else {
-        RepeatMode::Once
-    };
     // By tags, the ids named are the selection alone; the domain resolves the tags and records them.
     let (instance_ids, region_id) = if tags.is_empty() {
         (group.instance_ids.clone(), None)
@@ -623,6 +653,11 @@ async fn submit(
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let actor = session.actor();
+    // The **Dry Run** button: check everything, run nothing; otherwise the Execution Plan.
+    let (repeat_mode, frequency) = match form.get("dry_run") == "on" {
+        true => (Some(RepeatMode::DryRun), None),
+        false => form.repeat(),
+    };
     // A retained command run unchanged counts as a run of that command.
     if !form.command_id.is_empty() && !form.keep() {
         if let Ok(command) = state.dispatcher.command(&form.command_id).await {
@@ -643,6 +678,7 @@ async fn submit(
                     tags,
                     region_id,
                     repeat_mode,
+                    frequency,
                     ..Default::default()
                 };
                 let submitted = state.dispatcher.invoke_command(&actor, &command.id, req).await?;
@@ -653,6 +689,7 @@ async fn submit(
     let req = RunCommandRequest {
         tags,
         repeat_mode,
+        frequency,
         ..RunCommandRequest::new(instance_ids, CommandSpec::shell(""))
     };
     let req = RunCommandRequest {

@@ -88,6 +88,7 @@ fn parameter(field: Field) -> &'static str {
         Field::Tags => "ResourceTag",
         Field::ClientToken => "ClientToken",
         Field::RepeatMode => "RepeatMode",
+        Field::Frequency => "Frequency",
         // Not parameters of any ECS action (Alibaba has no rate control: the ECS actions never
         // set max_concurrency or max_errors).
         Field::Password

@@ -74,6 +74,7 @@ pub(super) fn hello() -> Hello {
         ip_addresses: vec!["10.0.0.7".into()],
         supported_command_types: vec![CommandType::RunShellScript],
         held_tasks: Vec::new(),
+        boot_id: None,
     }
 }
 

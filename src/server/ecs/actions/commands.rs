@@ -26,18 +26,23 @@ fn command_type(params: &mut Params) -> Result<CommandType, EcsError> {
     })
 }
 
-/// `RepeatMode`: Once by default; the domain refuses the modes it does not run yet.
-fn repeat_mode(params: &mut Params) -> Result<RepeatMode, EcsError> {
+/// `RepeatMode` and `Frequency` (checked by the domain: the mode defaults to Once, or Period
+/// when a frequency is given, as Alibaba's do); `Timed`, deprecated, only as false.
+fn plan(params: &mut Params) -> Result<(Option<RepeatMode>, Option<String>), EcsError> {
+    let mode = params
+        .text("RepeatMode")
+        .map(|text| {
+            text.parse::<RepeatMode>().map_err(|_| {
+                EcsError::invalid(
+                    "RepeatMode",
+                    format!("{text:?} is not one of Once, Period, NextRebootOnly, EveryReboot, DryRun"),
+                )
+            })
+        })
+        .transpose()?;
+    let frequency = params.text("Frequency");
     params.only("Timed", "false")?;
-    match params.text("RepeatMode") {
-        None => Ok(RepeatMode::Once),
-        Some(text) => text.parse().map_err(|_| {
-            EcsError::invalid(
-                "RepeatMode",
-                format!("{text:?} is not Once, Period, NextRebootOnly, EveryReboot or DryRun"),
-            )
-        }),
-    }
+    Ok((mode, frequency))
 }
 
 /// What RunCommand and InvokeCommand answer: the invocation's ids, or for `RepeatMode=DryRun`
@@ -82,7 +87,6 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
         instance_ids: p.list("InstanceId")?,
         region_id: Some(region_id),
         tags: p.tags("ResourceTag")?,
-        repeat_mode: repeat_mode(&mut p)?,
         client_token: p.text("ClientToken"),
         invocation_tags: p.tags("Tag")?,
         spec: CommandSpec {
@@ -102,7 +106,15 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
         // Alibaba's RunCommand has no rate control (AWS's idea): all instances at once.
         max_concurrency: None,
         max_errors: None,
+        repeat_mode: None,
+        frequency: None,
         no_unknown_fields: NoUnknownFields,
+    };
+    let (repeat_mode, frequency) = plan(&mut p)?;
+    let req = RunCommandRequest {
+        repeat_mode,
+        frequency,
+        ..req
     };
     p.finish()?;
     let created = created(call.state.dispatcher.run_command(&call.actor, req).await?)?;
@@ -138,10 +150,17 @@ pub async fn invoke_command(call: Call<'_>, mut p: Params) -> Result<InvokeComma
         max_concurrency: None,
         max_errors: None,
         tags: p.tags("ResourceTag")?,
-        repeat_mode: repeat_mode(&mut p)?,
         client_token: p.text("ClientToken"),
         invocation_tags: p.tags("Tag")?,
         region_id: Some(region_id.clone()),
+        repeat_mode: None,
+        frequency: None,
+    };
+    let (repeat_mode, frequency) = plan(&mut p)?;
+    let req = InvokeCommandRequest {
+        repeat_mode,
+        frequency,
+        ..req
     };
     p.finish()?;
     command_in(&call, &region_id, &command_id).await?;

@@ -3,12 +3,12 @@
 
 use super::{Call, Page, content_encoding, ecs_time, encode, legacy_result_status};
 use crate::dispatch::{Kind, error::not_found};
-use crate::protocol::InvocationStatus;
 use crate::protocol::api::ContentEncoding;
 use crate::protocol::ecs::{
     DescribeInvocationResultsResponse, DescribeInvocationsResponse, Empty, Invocation, InvocationResult,
     InvocationResults, InvocationResultsPage, Invocations, InvokeInstance, InvokeInstances, Tags,
 };
+use crate::protocol::{InvocationStatus, RepeatMode};
 use crate::server::ecs::error::EcsError;
 use crate::server::ecs::params::Params;
 use crate::store::{InvocationFilter, InvocationRow, ResultRow};
@@ -53,7 +53,8 @@ async fn output_ends(store: &crate::store::Store, results: &[ResultRow]) -> Resu
 /// or Stopping.
 fn legacy_status(status: InvocationStatus) -> &'static str {
     match status {
-        InvocationStatus::Pending | InvocationStatus::Running => "Running",
+        // Alibaba's scheduled tasks stay Running until stopped.
+        InvocationStatus::Pending | InvocationStatus::Scheduled | InvocationStatus::Running => "Running",
         InvocationStatus::Success => "Finished",
         InvocationStatus::Failed => "Failed",
         InvocationStatus::PartialFailed => "PartialFailed",
@@ -62,8 +63,7 @@ fn legacy_status(status: InvocationStatus) -> &'static str {
     }
 }
 
-/// `InvokeStatus` as a filter: the overall statuses it means, or `None` for `Scheduled`,
-/// which no invocation here has (periodic runs come later).
+/// `InvokeStatus` as a filter: the overall status it means (`Finished` is `Success`).
 fn status_filter(text: &str) -> Result<Option<InvocationStatus>, EcsError> {
     Ok(Some(match text {
         "Running" => InvocationStatus::Running,
@@ -73,7 +73,7 @@ fn status_filter(text: &str) -> Result<Option<InvocationStatus>, EcsError> {
         "Stopped" => InvocationStatus::Stopped,
         "Stopping" => InvocationStatus::Stopping,
         "Pending" => InvocationStatus::Pending,
-        "Scheduled" => return Ok(None),
+        "Scheduled" => InvocationStatus::Scheduled,
         _ => {
             return Err(EcsError::invalid(
                 "InvokeStatus",
@@ -83,6 +83,16 @@ fn status_filter(text: &str) -> Result<Option<InvocationStatus>, EcsError> {
             ));
         }
     }))
+}
+
+/// Alibaba's `Repeats`: 0 or 1 for a one-time run (whether it started), the execution's number
+/// for a scheduled one.
+fn repeats(invocation: &InvocationRow, result: &ResultRow) -> u64 {
+    if invocation.plan.repeat_mode == RepeatMode::Once {
+        u64::from(result.start_time.is_some())
+    } else {
+        u64::from(result.repeats)
+    }
 }
 
 fn exit_code(result: &ResultRow) -> Option<i64> {
@@ -105,19 +115,28 @@ pub async fn describe_invocations(call: Call<'_>, mut p: Params) -> Result<Descr
     let status = p.text("InvokeStatus").map(|s| status_filter(&s)).transpose()?;
     let include_output = p.bool("IncludeOutput")?.unwrap_or(false);
     let encoding = content_encoding(&mut p, ContentEncoding::Base64);
-    p.only("RepeatMode", "Once")?;
+    let repeat_mode = p
+        .text("RepeatMode")
+        .map(|text| {
+            text.parse::<RepeatMode>().map_err(|_| {
+                EcsError::invalid(
+                    "RepeatMode",
+                    format!("{text:?} is not one of Once, Period, NextRebootOnly, EveryReboot"),
+                )
+            })
+        })
+        .transpose()?;
     p.only("Timed", "false")?;
     let page = Page::read(&mut p, 10, 50)?;
     p.finish()?;
 
     let store = &call.state.store;
-    let (rows, total) = if status == Some(None) {
-        (Vec::new(), 0)
-    } else if let Some(id) = &invoke_id {
+    let (rows, total) = if let Some(id) = &invoke_id {
         match store.invocation(id).await {
             Ok(row)
                 if command_id.as_ref().is_none_or(|c| row.command_id.as_ref() == Some(c))
-                    && status.flatten().is_none_or(|s| row.status() == s) =>
+                    && status.flatten().is_none_or(|s| row.status() == s)
+                    && repeat_mode.is_none_or(|m| row.plan.repeat_mode == m) =>
             {
                 (page.of(vec![row]), 1)
             }
@@ -129,6 +148,7 @@ pub async fn describe_invocations(call: Call<'_>, mut p: Params) -> Result<Descr
             instance: instance_id.clone(),
             command_id,
             status: status.flatten(),
+            repeat_mode,
             since: None,
             until: None,
             after: None,
@@ -167,7 +187,7 @@ pub async fn describe_invocations(call: Call<'_>, mut p: Params) -> Result<Descr
                     instance_invoke_status: legacy_result_status(r.status).into(),
                     error_code: r.error_code.map(|c| c.as_str().to_string()).unwrap_or_default(),
                     error_info: r.error_info.clone().unwrap_or_default(),
-                    repeats: u64::from(r.start_time.is_some()),
+                    repeats: repeats(&row, &r),
                     timed: false,
                     creation_time: ecs_time(row.created_at),
                     start_time: r.start_time.map(ecs_time),
@@ -196,7 +216,8 @@ fn invocation(row: InvocationRow, encoding: ContentEncoding, instances: Vec<Invo
         command_type: row.spec.command_type.as_str().into(),
         command_content: encode(row.spec.content.as_bytes(), encoding),
         parameters: serde_json::to_string(&row.parameters).unwrap_or_default(),
-        repeat_mode: "Once".into(),
+        repeat_mode: row.plan.repeat_mode.as_str().into(),
+        frequency: row.plan.frequency.clone().unwrap_or_default(),
         timed: false,
         timeout: row.spec.timeout_secs,
         username: row.spec.username,
@@ -230,8 +251,8 @@ pub async fn describe_invocation_results(
             ));
         }
     }
-    // Periodic runs keep a history; one-time runs have only their one record.
-    p.bool("IncludeHistory")?;
+    // Every execution of scheduled invocations, or (by default) each instance's latest.
+    let history = p.bool("IncludeHistory")?.unwrap_or(false);
     let encoding = content_encoding(&mut p, ContentEncoding::Base64);
     let page = Page::read(&mut p, 10, 50)?;
     p.finish()?;
@@ -244,6 +265,7 @@ pub async fn describe_invocation_results(
                 instance: instance_id.clone(),
                 command_id: command_id.clone(),
                 status: None,
+                repeat_mode: None,
                 since: None,
                 until: None,
                 after: None,
@@ -261,7 +283,12 @@ pub async fn describe_invocation_results(
         {
             continue;
         }
-        for result in store.results(&invocation.id).await? {
+        let results = if history {
+            store.execution_results(&invocation.id).await?
+        } else {
+            store.results(&invocation.id).await?
+        };
+        for result in results {
             let wanted_instance = instance_id.as_ref().is_none_or(|i| &result.instance_id == i);
             let wanted_status = record_status
                 .as_deref()
@@ -287,7 +314,7 @@ pub async fn describe_invocation_results(
             error_code: r.error_code.map(|c| c.as_str().to_string()).unwrap_or_default(),
             error_info: r.error_info.clone().unwrap_or_default(),
             dropped: r.dropped,
-            repeats: u64::from(r.start_time.is_some()),
+            repeats: repeats(invocation, &r),
             start_time: r.start_time.map(ecs_time),
             finished_time: r.finish_time.map(ecs_time),
             stop_time: r.stop_time.map(ecs_time),
@@ -327,7 +354,7 @@ mod tests {
             assert!(["Running", "Finished", "Failed", "PartialFailed", "Stopped", "Stopping"].contains(&word));
         }
         assert_eq!(status_filter("Finished").unwrap(), Some(InvocationStatus::Success));
-        assert_eq!(status_filter("Scheduled").unwrap(), None);
+        assert_eq!(status_filter("Scheduled").unwrap(), Some(InvocationStatus::Scheduled));
         assert!(status_filter("Done").is_err());
     }
 }
