@@ -100,7 +100,7 @@ ALTER TABLE invocations ADD COLUMN status TEXT GENERATED ALWAYS AS (CASE
     END) VIRTUAL;
 CREATE INDEX invocations_status ON invocations (status, created_at);
 
--- The instances a scheduled invocation runs on, each execution resolving them anew. For the boot
+-- The instances a scheduled invocation runs on, as resolved when it was created. For the boot
 -- plans, `boot_id` is the boot the instance last ran it for (or was on when the invocation was
 -- created): a connection from another boot starts an execution. `runs`: executions started.
 CREATE TABLE plan_targets (

@@ -479,7 +479,7 @@ pub fn tag(tag: &crate::protocol::Tag) -> Result<(), Error> {
     let lower = key.to_ascii_lowercase();
     if lower.starts_with("aliyun") || lower.starts_with("acs:") {
         return refuse(format!(
-            "tag key {key:?} starts with `aliyun` or `acs:`, which are reserved for the cloud's own tags:              choose another key"
+            "tag key {key:?} starts with `aliyun` or `acs:`, which are reserved for the cloud's own tags: choose another key"
         ));
     }
     let value_chars = tag.value.chars().count();
@@ -492,7 +492,7 @@ pub fn tag(tag: &crate::protocol::Tag) -> Result<(), Error> {
         let text_lower = text.to_ascii_lowercase();
         if text_lower.contains("http://") || text_lower.contains("https://") {
             return refuse(format!(
-                "the {part} of tag {key:?} contains `http://` or `https://`, which tags may not hold:                  leave the scheme out"
+                "the {part} of tag {key:?} contains `http://` or `https://`, which tags may not hold: leave the scheme out"
             ));
         }
         if text.chars().any(char::is_control) {
@@ -537,7 +537,7 @@ pub fn client_token(token: Option<String>) -> Result<Option<String>, Error> {
         return Err(invalid(
             Field::ClientToken,
             format!(
-                "`client_token` must be 1–{MAX_CLIENT_TOKEN} printable ASCII characters without spaces                  (a UUID does well); got {} characters",
+                "`client_token` must be 1–{MAX_CLIENT_TOKEN} printable ASCII characters without spaces (a UUID does well); got {} characters",
                 token.chars().count()
             ),
         ));

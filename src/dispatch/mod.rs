@@ -50,7 +50,7 @@ pub use reconnect::Busy;
 pub use run::{CLIENT_TOKEN_HOURS, Run, Stopped, Submitted, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 pub use signing::{Freshness, REPLAY_WINDOW};
-pub use tags::tag_filter;
+pub use tags::{tag_filter, tag_filters};
 pub use throttle::LoginPolicy;
 
 use crate::protocol::ResultStatus;

@@ -115,6 +115,11 @@ impl Dispatcher {
         let (mode, frequency) = (req.repeat_mode, req.frequency.clone());
         let mut run = check_run_command(req, &self.inner.settings)?;
         if !run.dry_run {
+            // A retry answers its first invocation even when its plan no longer checks (an
+            // `at(…)` time passed meanwhile).
+            if let Some(replayed) = self.replay(actor, &run, "RunCommand").await? {
+                return Ok(Submitted::Created(replayed));
+            }
             run.plan = self.check_plan(mode, frequency.as_deref(), run.spec.timeout_secs)?;
         }
         let audit = ("RunCommand", String::new());

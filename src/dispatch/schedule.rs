@@ -42,7 +42,10 @@ impl Dispatcher {
                 None
             }
         };
-        let deliver_by = now + self.inner.settings.delivery_window.as_millis() as i64;
+        // An execution not delivered by the next one's start is aborted rather than kept: an
+        // agent offline for a while would otherwise get a pile of them when it is back.
+        let window = now + self.inner.settings.delivery_window.as_millis() as i64;
+        let deliver_by = next.map_or(window, |next| window.min(next.max(now + 1)));
         let Some(started) = store
             .start_execution(&schedule.id, schedule.next_run_at, next, deliver_by)
             .await?

@@ -584,7 +584,7 @@ impl Store {
              FROM results r \
              JOIN invocations i ON i.id = r.invocation_id \
              WHERE r.instance_id = $1 AND r.status = 'Pending' AND NOT r.held AND r.deliver_by > $2 \
-             ORDER BY i.created_at",
+             ORDER BY i.created_at, r.repeats",
         )
         .bind(instance_id)
         .bind(now)

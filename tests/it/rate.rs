@@ -37,7 +37,7 @@ async fn twenty_instances_with_max_concurrency_five_never_run_more_than_five_at_
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "rate", 20).await;
     let ids: Vec<String> = fleet.iter().map(|(_, id)| id.clone()).collect();
-    let mut req = RunCommandRequest::shell(ids, "sleep 1");
+    let mut req = RunCommandRequest::shell(ids, "sleep 2");
     req.max_concurrency = Some(5.into());
 
     let created = app.client.run(&req).await.unwrap();
@@ -50,7 +50,7 @@ async fn twenty_instances_with_max_concurrency_five_never_run_more_than_five_at_
     assert_eq!(done.held_count, 0);
     let peak = peak_running(&done);
     assert!(peak <= 5, "at most 5 ran at once, but {peak} did");
-    assert_eq!(peak, 5, "5 ran at once (each sleeps a second)");
+    assert_eq!(peak, 5, "5 ran at once (each sleeps two seconds)");
 }
 
 #[tokio::test]
@@ -212,7 +212,8 @@ async fn the_records_show_the_rate_control_and_how_many_wait_their_turn() {
     let app = TestApp::spawn().await;
     let fleet = app.fleet("local", "rec", 3).await;
     let ids: Vec<String> = fleet.iter().map(|(_, id)| id.clone()).collect();
-    let mut req = RunCommandRequest::shell(ids, "sleep 3");
+    // Long enough for the pages to be read while the first runs; the test stops it after.
+    let mut req = RunCommandRequest::shell(ids, "sleep 30");
     req.max_concurrency = Some("1".into());
     req.max_errors = Some("50%".into());
     let created = app.client.run(&req).await.unwrap();
