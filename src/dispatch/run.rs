@@ -274,6 +274,10 @@ impl Dispatcher {
             .map(String::as_str)
             .collect();
         let deliver_by = new.deliver_by;
+        // Held from before the commit until the tasks are queued: an agent attaching meanwhile
+        // reads its pending tasks either before this invocation exists or after its task is
+        // queued on the new connection (and skips it), never in between, so no task goes twice.
+        let delivering = self.inner.delivering.lock().await;
         let stored = match plan {
             Plan::Once => self.inner.store.create_invocation(&new).await,
             _ => {
@@ -290,6 +294,7 @@ impl Dispatcher {
                 invocation_id,
                 request_hash,
             }) => {
+                drop(delivering);
                 let claim = (invocation_id, request_hash);
                 let token = token.unwrap_or_default();
                 let replayed = self.replayed(actor, &token, &hash, action, claim).await;
@@ -302,7 +307,6 @@ impl Dispatcher {
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
         // targets stay Pending: they get the task when they connect, or are aborted when the
         // delivery window closes.
-        let delivering = self.inner.delivering.lock().await;
         let tasks: Vec<_> = instances
             .iter()
             .filter(|i| !held.contains(i.id.as_str()))

@@ -46,6 +46,9 @@ impl Dispatcher {
         // agent offline for a while would otherwise get a pile of them when it is back.
         let window = now + self.inner.settings.delivery_window.as_millis() as i64;
         let deliver_by = next.map_or(window, |next| window.min(next.max(now + 1)));
+        // Held from before the commit until the tasks are queued, as a launch holds it: an
+        // agent attaching meanwhile never reads this execution without finding it queued.
+        let delivering = self.inner.delivering.lock().await;
         let Some(started) = store
             .start_execution(&schedule.id, schedule.next_run_at, next, deliver_by)
             .await?
@@ -62,7 +65,6 @@ impl Dispatcher {
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
-        let delivering = self.inner.delivering.lock().await;
         let tasks: Vec<_> = started
             .result_ids
             .iter()
