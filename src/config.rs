@@ -353,6 +353,15 @@ pub struct RunArgs {
     /// Send the content exactly as written, leaving {{…}} placeholders alone.
     #[arg(long)]
     pub no_parameters: bool,
+    /// How many instances run at once: a count (5) or a percentage of the instances (10%).
+    /// The others wait as Pending and start as these finish. Default: all at once.
+    #[arg(long, value_name = "N|N%")]
+    pub max_concurrency: Option<String>,
+    /// Once more instances than this have failed (a count, or a percentage), the ones not
+    /// started end Cancelled (ExceedMaxErrors); running ones finish. Exact with
+    /// --max-concurrency 1. Default: no limit.
+    #[arg(long, value_name = "N|N%")]
+    pub max_errors: Option<String>,
     /// When it runs: Once (at once, the default), Period (on the --frequency schedule),
     /// NextRebootOnly (at each instance's next boot) or EveryReboot (at every boot, until
     /// stopped). A planned run prints the invoke id and returns.

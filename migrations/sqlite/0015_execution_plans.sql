@@ -32,16 +32,20 @@ CREATE TABLE results_new (
     -- Which execution of the invocation on this instance (Alibaba's `Repeats`), from 1. The
     -- agent's task id of execution n is the invoke id, then `<invoke id>-r<n>` from n = 2.
     repeats       INTEGER NOT NULL DEFAULT 1,
+    -- A Pending result beyond its invocation's concurrency (0014, rate control).
+    held          INTEGER NOT NULL DEFAULT 0,
     UNIQUE (invocation_id, instance_id, repeats)
 );
 INSERT INTO results_new (id, invocation_id, instance_id, status, exit_code, error_code, error_info, deliver_by,
-    deadline, next_seq, output_bytes, dropped, start_time, finish_time, stop_time, sent_at)
+    deadline, next_seq, output_bytes, dropped, start_time, finish_time, stop_time, sent_at, held)
 SELECT id, invocation_id, instance_id, status, exit_code, error_code, error_info, deliver_by,
-    deadline, next_seq, output_bytes, dropped, start_time, finish_time, stop_time, sent_at FROM results;
+    deadline, next_seq, output_bytes, dropped, start_time, finish_time, stop_time, sent_at, held FROM results;
 DROP TABLE results;
 ALTER TABLE results_new RENAME TO results;
 CREATE INDEX results_instance ON results (instance_id, status);
 CREATE INDEX results_status ON results (status);
+-- As in 0014 (rate control), dropped with the old table.
+CREATE INDEX results_held ON results (invocation_id, id) WHERE held;
 
 -- As in 0006. Results of later executions are inserted with their invocation's n_pending raised
 -- in the same transaction (Store::start_execution), as create_invocation does for the first.
@@ -96,7 +100,7 @@ ALTER TABLE invocations ADD COLUMN status TEXT GENERATED ALWAYS AS (CASE
     END) VIRTUAL;
 CREATE INDEX invocations_status ON invocations (status, created_at);
 
--- The instances a scheduled invocation runs on, each execution resolving them anew. For the boot
+-- The instances a scheduled invocation runs on, as resolved when it was created. For the boot
 -- plans, `boot_id` is the boot the instance last ran it for (or was on when the invocation was
 -- created): a connection from another boot starts an execution. `runs`: executions started.
 CREATE TABLE plan_targets (

@@ -190,6 +190,12 @@ fn print_invocation(inv: &Invocation) {
         "{}{name}: {}, {} instance(s), created {} by {}",
         inv.invoke_id, inv.invocation_status, inv.instance_count, inv.created_time, inv.creator
     );
+    if let Some(c) = inv.max_concurrency {
+        println!("max concurrency {c}; {} instance(s) waiting their turn", inv.held_count);
+    }
+    if let Some(e) = inv.max_errors {
+        println!("max errors {e}");
+    }
     for result in inv.results.iter().flatten() {
         println!("\n== {}: {}", result.instance_id, outcome(result));
         print!("{}", result.output);

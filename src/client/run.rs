@@ -5,7 +5,7 @@ use super::output::{Printer, labels, outcome};
 use super::{ApiClient, ApiFailure};
 use crate::config::RunArgs;
 use crate::protocol::api::{Instance, InvocationCreated, RunCommandRequest, StreamEvent};
-use crate::protocol::{CommandSpec, InvocationStatus, RepeatMode, params};
+use crate::protocol::{CommandSpec, InvocationStatus, RateInput, RepeatMode, params};
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
@@ -240,6 +240,9 @@ fn request(args: &RunArgs, instance_ids: Vec<String>) -> anyhow::Result<RunComma
         .map_err(|_| anyhow::anyhow!("unknown --repeat-mode"))?;
     Ok(RunCommandRequest {
         parameters,
+        // Checked by the server, whose refusal names the flag's field and what would do.
+        max_concurrency: args.max_concurrency.as_deref().map(RateInput::from),
+        max_errors: args.max_errors.as_deref().map(RateInput::from),
         region_id,
         tags: args.tags.iter().map(|t| crate::protocol::Tag::parse_pair(t)).collect(),
         client_token: args.client_token.clone(),

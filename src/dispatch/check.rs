@@ -3,8 +3,8 @@
 //! limit of DESIGN.md §7 that concerns one value lives here, once; no surface repeats one.
 
 use super::error::{Error, Field, invalid};
-use crate::protocol::InvocationStatus;
 use crate::protocol::api::ContentEncoding;
+use crate::protocol::{InvocationStatus, RateInput, RateLimit};
 use crate::store::{Cursor, Role};
 use base64::Engine as _;
 use std::collections::HashSet;
@@ -332,6 +332,94 @@ pub fn content(text: &str, encoding: ContentEncoding, max: usize) -> Result<Stri
     Ok(content)
 }
 
+/// Rate control of one run (issue 14), checked: the limits as given, resolved against the
+/// instance count when the invocation is stored ([`RateControl::limits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateControl {
+    /// Instances running at once; `None`: all at once.
+    pub max_concurrency: Option<RateLimit>,
+    /// Failed results allowed before the ones not started are cancelled; `None`: no limit.
+    pub max_errors: Option<RateLimit>,
+}
+
+impl RateControl {
+    /// Checks `max_concurrency` and `max_errors` as given (absent or blank: not set). A count
+    /// may not exceed `max_instances`, the most one invocation targets; concurrency must allow
+    /// at least one instance (1 or more, or 1% or more).
+    pub fn parse(
+        max_concurrency: Option<RateInput>,
+        max_errors: Option<RateInput>,
+        max_instances: usize,
+    ) -> Result<RateControl, Error> {
+        Ok(RateControl {
+            max_concurrency: rate_limit(
+                Field::MaxConcurrency,
+                "max_concurrency",
+                max_concurrency,
+                1,
+                max_instances,
+            )?,
+            max_errors: rate_limit(Field::MaxErrors, "max_errors", max_errors, 0, max_instances)?,
+        })
+    }
+
+    /// The limits as the audit log records them: ", max_concurrency 5, max_errors 10%", or
+    /// nothing without.
+    pub fn audit_text(&self) -> String {
+        let mut text = String::new();
+        if let Some(c) = self.max_concurrency {
+            text.push_str(&format!(", max_concurrency {c}"));
+        }
+        if let Some(e) = self.max_errors {
+            text.push_str(&format!(", max_errors {e}"));
+        }
+        text
+    }
+
+    /// The limits for an invocation of `instances` instances, `(concurrency, errors)`: a
+    /// percentage rounded up, concurrency at least 1.
+    pub fn limits(&self, instances: usize) -> (Option<u64>, Option<u64>) {
+        let n = instances as u64;
+        (
+            self.max_concurrency.map(|c| c.of(n).max(1)),
+            self.max_errors.map(|e| e.of(n)),
+        )
+    }
+}
+
+fn rate_limit(
+    field: Field,
+    name: &str,
+    input: Option<RateInput>,
+    min: u64,
+    max: usize,
+) -> Result<Option<RateLimit>, Error> {
+    let Some(RateInput(text)) = input.filter(|i| !i.0.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let limit = RateLimit::parse(&text).map_err(|m| invalid(field, format!("`{name}`: {m}")))?;
+    let (low, high) = match limit {
+        RateLimit::Count(n) => (n < min, n > max as u64),
+        RateLimit::Percent(p) => (u64::from(p) < min, false),
+    };
+    if low {
+        return Err(invalid(
+            field,
+            format!(
+                "`{name}` is {limit}; at least {min} instance must run at a time: give {min} or more \
+                 (or {min}% or more), or leave it out to run on all at once"
+            ),
+        ));
+    }
+    if high {
+        return Err(invalid(
+            field,
+            format!("`{name}` is {limit}; a count is at most {max}, the most instances one invocation may target"),
+        ));
+    }
+    Ok(Some(limit))
+}
+
 /// The shape of `instance_ids`: not empty, within the limit, no duplicates.
 pub fn instance_ids(ids: &[String], max: usize) -> Result<(), Error> {
     if ids.is_empty() {
@@ -391,7 +479,7 @@ pub fn tag(tag: &crate::protocol::Tag) -> Result<(), Error> {
     let lower = key.to_ascii_lowercase();
     if lower.starts_with("aliyun") || lower.starts_with("acs:") {
         return refuse(format!(
-            "tag key {key:?} starts with `aliyun` or `acs:`, which are reserved for the cloud's own tags:              choose another key"
+            "tag key {key:?} starts with `aliyun` or `acs:`, which are reserved for the cloud's own tags: choose another key"
         ));
     }
     let value_chars = tag.value.chars().count();
@@ -404,7 +492,7 @@ pub fn tag(tag: &crate::protocol::Tag) -> Result<(), Error> {
         let text_lower = text.to_ascii_lowercase();
         if text_lower.contains("http://") || text_lower.contains("https://") {
             return refuse(format!(
-                "the {part} of tag {key:?} contains `http://` or `https://`, which tags may not hold:                  leave the scheme out"
+                "the {part} of tag {key:?} contains `http://` or `https://`, which tags may not hold: leave the scheme out"
             ));
         }
         if text.chars().any(char::is_control) {
@@ -449,7 +537,7 @@ pub fn client_token(token: Option<String>) -> Result<Option<String>, Error> {
         return Err(invalid(
             Field::ClientToken,
             format!(
-                "`client_token` must be 1–{MAX_CLIENT_TOKEN} printable ASCII characters without spaces                  (a UUID does well); got {} characters",
+                "`client_token` must be 1–{MAX_CLIENT_TOKEN} printable ASCII characters without spaces (a UUID does well); got {} characters",
                 token.chars().count()
             ),
         ));

@@ -36,6 +36,10 @@ pub enum Field {
     Status,
     /// A listing's continuation token.
     NextToken,
+    /// Rate control: instances running at once.
+    MaxConcurrency,
+    /// Rate control: failures allowed before the rest are not started.
+    MaxErrors,
     /// Tags: an instance's, or a selector of instances.
     Tags,
     /// RunCommand's and InvokeCommand's idempotency token.
@@ -77,6 +81,8 @@ impl Field {
             Field::Page => "InvalidParameter.Page",
             Field::Status => "InvalidParameter.Status",
             Field::NextToken => "InvalidParameter.NextToken",
+            Field::MaxConcurrency => "InvalidParameter.MaxConcurrency",
+            Field::MaxErrors => "InvalidParameter.MaxErrors",
             Field::Tags => "InvalidParameter.Tags",
             Field::ClientToken => "InvalidParameter.ClientToken",
             Field::RepeatMode => "InvalidParameter.RepeatMode",
@@ -113,6 +119,8 @@ impl Field {
             Field::Page => "page",
             Field::Status => "status",
             Field::NextToken => "next_token",
+            Field::MaxConcurrency => "max_concurrency",
+            Field::MaxErrors => "max_errors",
             Field::Tags => "tags",
             Field::ClientToken => "client_token",
             Field::RepeatMode => "repeat_mode",

@@ -11,6 +11,7 @@
 //! - `access_keys`: AccessKey pairs for the ECS API, their secrets sealed by [`sealing`];
 //! - `fleet`: activations, enrolment, instance names, deregistration, liveness;
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
+//! - `rate`: rate control, the release of results held beyond an invocation's concurrency;
 //! - `plan`: execution plans (`RepeatMode`, `Frequency`); `schedule`: starting due executions;
 //! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
 //!
@@ -27,6 +28,7 @@ pub mod error;
 mod files;
 mod fleet;
 pub mod plan;
+mod rate;
 mod reconnect;
 mod replicas;
 mod run;
@@ -50,7 +52,7 @@ pub use reconnect::Busy;
 pub use run::{CLIENT_TOKEN_HOURS, Run, Stopped, Submitted, check_run_command, task_for};
 pub use session::{AgentSession, Outbound, Outbox, SessionError};
 pub use signing::{Freshness, REPLAY_WINDOW};
-pub use tags::tag_filter;
+pub use tags::{tag_filter, tag_filters};
 pub use throttle::LoginPolicy;
 
 use crate::protocol::ResultStatus;
@@ -486,6 +488,7 @@ impl Dispatcher {
         // The server counted the fleet before it listened (`server::run`).
         let every = reconnect::COUNT_FLEET_EVERY;
         let mut count_fleet = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut release = tokio::time::interval(rate::RELEASE_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -495,6 +498,7 @@ impl Dispatcher {
                     self.start_due_executions().await;
                 }
                 _ = count_fleet.tick() => self.recount_fleet().await,
+                _ = release.tick() => self.release_all_held().await,
             }
         }
         self.flush_heartbeats().await;
@@ -562,7 +566,7 @@ impl Dispatcher {
     }
 
     async fn enforce_deadlines(&self) {
-        let _order = self.inner.status_order.lock().await;
+        let order = self.inner.status_order.lock().await;
         match self.inner.store.enforce_deadlines(self.now(), self.lost_before()).await {
             Ok(changes) => {
                 let mut timed_out = BTreeSet::new();
@@ -571,12 +575,14 @@ impl Dispatcher {
                     timed_out.insert(change.invocation_id.clone());
                 }
                 self.publish_changes(&changes).await;
+                drop(order);
                 // Agents held by other replicas are stopped from there.
                 let notes: Vec<_> = timed_out
                     .into_iter()
                     .map(|invoke_id| crate::store::bus::Note::Stop { invoke_id })
                     .collect();
                 self.tell(&notes).await;
+                self.release_held(&changes).await;
             }
             Err(e) => tracing::warn!(error = %e, "deadline check failed"),
         }

@@ -138,8 +138,13 @@ impl Dispatcher {
     }
 
     async fn try_deliver_here(&self, invoke_id: &str) -> Result<(), Error> {
-        let store = &self.inner.store;
         let _delivering = self.inner.delivering.lock().await;
+        self.send_unsent_here(invoke_id).await
+    }
+
+    /// [`Dispatcher::deliver_here`]'s work; the caller holds `delivering`.
+    pub(super) async fn send_unsent_here(&self, invoke_id: &str) -> Result<(), Error> {
+        let store = &self.inner.store;
         let unsent = store.unsent_results(invoke_id, self.now()).await?;
         // Connected here, and not already handed to that connection (at its attach, whose
         // record of it as sent may not be committed yet).

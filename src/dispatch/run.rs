@@ -15,7 +15,7 @@ use crate::protocol::api::{
 use crate::protocol::{CommandSpec, ErrorCode, InvocationStatus, RepeatMode, Tag, params, task_id};
 use crate::store::bus::Note;
 use crate::store::{
-    self, ClientToken, InstanceRow, InvocationRow, NewCommand, NewInvocation, NewPlan, ResultRow, Role, Target,
+    self, ClientToken, InstanceRow, InvocationRow, NewCommand, NewInvocation, NewPlan, Rate, ResultRow, Role, Target,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -33,6 +33,8 @@ pub struct Run {
     instance_ids: Vec<String>,
     /// The region every instance must be in, when the request names one; required with `tags`.
     region_id: Option<String>,
+    /// How many run at once and how many may fail (issue 14).
+    rate: check::RateControl,
     /// Also every instance of `region_id` with all these tags, resolved at launch.
     tags: Vec<Tag>,
     /// The invocation's own tags (they select nothing).
@@ -113,6 +115,11 @@ impl Dispatcher {
         let (mode, frequency) = (req.repeat_mode, req.frequency.clone());
         let mut run = check_run_command(req, &self.inner.settings)?;
         if !run.dry_run {
+            // A retry answers its first invocation even when its plan no longer checks (an
+            // `at(…)` time passed meanwhile).
+            if let Some(replayed) = self.replay(actor, &run, "RunCommand").await? {
+                return Ok(Submitted::Created(replayed));
+            }
             run.plan = self.check_plan(mode, frequency.as_deref(), run.spec.timeout_secs)?;
         }
         let audit = ("RunCommand", String::new());
@@ -140,6 +147,7 @@ impl Dispatcher {
                 .or(command.spec.username),
             ..command.spec
         };
+        let rate = check::RateControl::parse(req.max_concurrency, req.max_errors, self.inner.settings.max_instances)?;
         // Tags are resolved in the command's region unless another is named (and then refused
         // by the region rule below, with the reason).
         let region_id = match req.region_id.filter(|r| !r.is_empty()) {
@@ -164,6 +172,7 @@ impl Dispatcher {
             plan,
             client_token: check::client_token(req.client_token)?,
             request_hash,
+            rate,
         };
         check_parameters(&run, self.inner.settings.max_content_bytes)?;
         check_targeting(&run, self.inner.settings.max_instances)?;
@@ -186,6 +195,7 @@ impl Dispatcher {
         (action, what): (&str, String),
     ) -> Result<Submitted, Error> {
         let settings = &self.inner.settings;
+        check_rate_with_plan(&run)?;
         if !run.dry_run {
             if let Some(replayed) = self.replay(actor, &run, action).await? {
                 return Ok(Submitted::Created(replayed));
@@ -225,10 +235,11 @@ impl Dispatcher {
             ));
         }
         let detail = format!(
-            "{what}on {} instances{}{}",
+            "{what}on {} instances{}{}{}",
             run.instance_ids.len(),
             selector_words(&run.tags, run.region_id.as_deref()),
-            plan_words(&run.plan)
+            plan_words(&run.plan),
+            run.rate.audit_text()
         );
         let (token, hash) = (run.client_token.clone(), run.request_hash.clone());
         let client_token = token.clone().map(|token| ClientToken {
@@ -253,8 +264,20 @@ impl Dispatcher {
             },
             invocation_tags: run.invocation_tags.clone(),
             client_token,
+            rate: rate_of(&run.rate, run.instance_ids.len()),
         };
+        // Instances beyond the concurrency are stored held: they get their tasks as others end.
+        let held: HashSet<&str> = new
+            .rate
+            .held_at_start(&new.instance_ids)
+            .iter()
+            .map(String::as_str)
+            .collect();
         let deliver_by = new.deliver_by;
+        // Held from before the commit until the tasks are queued: an agent attaching meanwhile
+        // reads its pending tasks either before this invocation exists or after its task is
+        // queued on the new connection (and skips it), never in between, so no task goes twice.
+        let delivering = self.inner.delivering.lock().await;
         let stored = match plan {
             Plan::Once => self.inner.store.create_invocation(&new).await,
             _ => {
@@ -271,6 +294,7 @@ impl Dispatcher {
                 invocation_id,
                 request_hash,
             }) => {
+                drop(delivering);
                 let claim = (invocation_id, request_hash);
                 let token = token.unwrap_or_default();
                 let replayed = self.replayed(actor, &token, &hash, action, claim).await;
@@ -283,9 +307,9 @@ impl Dispatcher {
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
         // targets stay Pending: they get the task when they connect, or are aborted when the
         // delivery window closes.
-        let delivering = self.inner.delivering.lock().await;
         let tasks: Vec<_> = instances
             .iter()
+            .filter(|i| !held.contains(i.id.as_str()))
             .filter_map(|i| {
                 let result_id = *created.result_ids.get(&i.id)?;
                 Some((i.id.as_str(), result_id, task_for(&invocation, i, deliver_by, 1)))
@@ -541,6 +565,8 @@ impl Dispatcher {
             invoke_id: invoke_id.to_string(),
         }])
         .await;
+        // Stopping some instances frees their slots for held ones (rate control).
+        self.release_held(&changes).await;
         let status = self.inner.store.invocation(invoke_id).await?.status();
         let detail = format!("{} results stopped", changes.len());
         self.audit(actor, "StopInvocation", invoke_id, &detail).await;
@@ -615,6 +641,7 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
         parameters: req.parameters,
         instance_ids: req.instance_ids,
         region_id: req.region_id.filter(|r| !r.is_empty()),
+        rate: check::RateControl::parse(req.max_concurrency, req.max_errors, settings.max_instances)?,
         tags: req.tags,
         invocation_tags: req.invocation_tags,
         dry_run: req.repeat_mode == Some(RepeatMode::DryRun),
@@ -635,6 +662,28 @@ pub fn check_run_command(req: RunCommandRequest, settings: &Settings) -> Result<
 
 /// How a run picks its instances and when it runs: `instance_ids`, or `tags` within
 /// `region_id`, or both; the invocation's own tags.
+/// Rate control holds back the instances of one execution started at once; a schedule or a
+/// boot plan starts each execution on its instances without it, so limits with one are refused
+/// rather than ignored.
+fn check_rate_with_plan(run: &Run) -> Result<(), Error> {
+    if matches!(run.plan, Plan::Once) {
+        return Ok(());
+    }
+    let (field, name) = match (&run.rate.max_concurrency, &run.rate.max_errors) {
+        (Some(_), _) => (Field::MaxConcurrency, "max_concurrency"),
+        (None, Some(_)) => (Field::MaxErrors, "max_errors"),
+        (None, None) => return Ok(()),
+    };
+    Err(invalid(
+        field,
+        format!(
+            "{name} applies to a run that starts at once, and this one has an execution plan \
+             (a schedule or boots), whose executions run on all their instances: leave it out, \
+             or run without the plan"
+        ),
+    ))
+}
+
 fn check_targeting(run: &Run, max_instances: usize) -> Result<(), Error> {
     check::tags(&run.invocation_tags, "the invocation")?;
     if run.tags.is_empty() {
@@ -698,6 +747,19 @@ fn check_parameters(run: &Run, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// The rate control an invocation of `instances` instances is stored with: as given, and
+/// resolved against the count.
+fn rate_of(rate: &check::RateControl, instances: usize) -> Rate {
+    let (concurrency_limit, error_limit) = rate.limits(instances);
+    Rate {
+        max_concurrency: rate.max_concurrency,
+        max_errors: rate.max_errors,
+        concurrency_limit,
+        error_limit,
+        held: 0,
+    }
+}
+
 fn single_region(instances: &[InstanceRow]) -> Result<String, Error> {
     let first = &instances[0].region_id;
     match instances.iter().find(|i| &i.region_id != first) {
@@ -754,6 +816,7 @@ mod tests {
             target_tags: Vec::new(),
             target_region: None,
             invocation_tags: Vec::new(),
+            rate: Default::default(),
             plan: Default::default(),
         }
     }

@@ -42,7 +42,13 @@ impl Dispatcher {
                 None
             }
         };
-        let deliver_by = now + self.inner.settings.delivery_window.as_millis() as i64;
+        // An execution not delivered by the next one's start is aborted rather than kept: an
+        // agent offline for a while would otherwise get a pile of them when it is back.
+        let window = now + self.inner.settings.delivery_window.as_millis() as i64;
+        let deliver_by = next.map_or(window, |next| window.min(next.max(now + 1)));
+        // Held from before the commit until the tasks are queued, as a launch holds it: an
+        // agent attaching meanwhile never reads this execution without finding it queued.
+        let delivering = self.inner.delivering.lock().await;
         let Some(started) = store
             .start_execution(&schedule.id, schedule.next_run_at, next, deliver_by)
             .await?
@@ -59,7 +65,6 @@ impl Dispatcher {
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
-        let delivering = self.inner.delivering.lock().await;
         let tasks: Vec<_> = started
             .result_ids
             .iter()

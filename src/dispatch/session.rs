@@ -160,11 +160,12 @@ impl Dispatcher {
     ) -> Result<(), Error> {
         let store = &self.inner.store;
         let now = self.now();
-        {
+        let lost = {
             let _order = self.inner.status_order.lock().await;
             let lost = store.interrupt_unheld(&instance.id, &hello.held_tasks, now).await?;
             self.publish_changes(&lost).await;
-        }
+            lost
+        };
         // A new boot starts the boot plans' executions first: they are delivered below.
         if let Some(boot_id) = &hello.boot_id {
             let deliver_by = now + self.inner.settings.delivery_window.as_millis() as i64;
@@ -173,12 +174,18 @@ impl Dispatcher {
                 tracing::info!(instance_id = %instance.id, invoke_id = %execution.invoke_id, repeats = execution.repeats, "a new boot started an execution");
             }
         }
+        // Under `delivering`, as a launch queues its fan-out: a task a launch already queued on
+        // this connection (it is in the map since `attach`) is not queued twice, and one
+        // committed but not yet queued is not read here. No report is handled before `attach`
+        // returns, so nothing queued on this connection has left the map yet.
+        let delivering = self.inner.delivering.lock().await;
         let mut runs = Vec::new();
         for delivery in store.deliveries(&instance.id, now).await? {
             let invocation = delivery.invocation;
             let task = task_id(&invocation.id, delivery.repeats);
+            let queued = session.known(&task).is_some();
             session.remember(&task, delivery.result_id);
-            if !hello.held_tasks.contains(&task) {
+            if !queued && !hello.held_tasks.contains(&task) {
                 runs.push((
                     instance.id.as_str(),
                     delivery.result_id,
@@ -187,6 +194,9 @@ impl Dispatcher {
             }
         }
         self.send_runs(runs).await;
+        drop(delivering);
+        // After this agent's deliveries, so a result released now is not handed over twice.
+        self.release_held(&lost).await;
         Ok(())
     }
 

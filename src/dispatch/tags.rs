@@ -22,6 +22,22 @@ pub fn tag_filter(text: &str) -> Result<TagMatch, Error> {
     })
 }
 
+/// Reads a listing's tag filters, all of which must match: at most as many as an instance has
+/// tags (more could never match, and each costs the query a condition).
+pub fn tag_filters(texts: &[String]) -> Result<Vec<TagMatch>, Error> {
+    if texts.len() > check::MAX_TAGS {
+        return Err(invalid(
+            Field::Tags,
+            format!(
+                "{} tag filters given; an instance has at most {} tags, so give at most that many",
+                texts.len(),
+                check::MAX_TAGS
+            ),
+        ));
+    }
+    texts.iter().map(|t| tag_filter(t)).collect()
+}
+
 /// The tags as a map, once checked (`what` names whose tags they are in refusals).
 pub(super) fn checked_tags(tags: &[Tag], what: &str) -> Result<BTreeMap<String, String>, Error> {
     check::tags(tags, what)?;

@@ -5,7 +5,7 @@
 use super::*;
 use crate::protocol::agent::{AgentMessage, Hello, Output, TaskFinished, TaskStarted};
 use crate::protocol::api::{InvocationCreated, RegisterRequest, RunCommandRequest};
-use crate::protocol::{CommandType, ErrorCode, OsType, OutputStream, PROTOCOL_VERSION, TaskEnd};
+use crate::protocol::{CommandType, ErrorCode, InvocationStatus, OsType, OutputStream, PROTOCOL_VERSION, TaskEnd};
 use crate::store::{Role, test_store};
 use bytes::Bytes;
 
@@ -838,4 +838,184 @@ async fn status_events_of_one_result_are_published_in_commit_order() {
         }
         while let Ok(Outbound::Message(_)) = outbox.rx.try_recv() {}
     }
+}
+
+/// Three agents connected and an invocation on them with rate control; `(instance ids with
+/// their sessions and outboxes, invoke id)`.
+async fn rated_run(
+    h: &Harness,
+    max_concurrency: &str,
+    max_errors: Option<&str>,
+) -> (Vec<(String, AgentSession, Outbox)>, String) {
+    let mut agents = Vec::new();
+    for name in ["web-1", "web-2", "web-3"] {
+        agents.push(h.connected(name).await);
+    }
+    let ids: Vec<String> = agents.iter().map(|(id, _, _)| id.clone()).collect();
+    let mut req = RunCommandRequest::shell(ids, "exit 1");
+    req.max_concurrency = Some(max_concurrency.into());
+    req.max_errors = max_errors.map(Into::into);
+    let created = h
+        .dispatcher
+        .run_command(&h.admin, req)
+        .await
+        .unwrap()
+        .created()
+        .unwrap();
+    (agents, created.invoke_id)
+}
+
+/// Whether anything but heartbeats and acks is queued for the agent now.
+fn has_task(outbox: &mut Outbox) -> bool {
+    while let Ok(message) = outbox.rx.try_recv() {
+        if matches!(message, Outbound::Message(ServerMessage::RunTask(_))) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs an agent's task to its end with `exit_code`, through the writer.
+async fn run_to_end(h: &Harness, agent: &mut (String, AgentSession, Outbox), invoke_id: &str, exit_code: i32) {
+    let (id, session, outbox) = agent;
+    assert!(
+        matches!(next(outbox).await, ServerMessage::RunTask(task) if task.task == invoke_id),
+        "{id} got its task"
+    );
+    for message in [
+        started(invoke_id),
+        finished(invoke_id, 0, TaskEnd::Exited, Some(exit_code)),
+    ] {
+        h.dispatcher.handle(session, message).await.unwrap();
+    }
+    ack(outbox, invoke_id).await;
+}
+
+#[tokio::test]
+async fn with_max_concurrency_one_each_instance_gets_its_task_when_the_one_before_ends() {
+    let h = harness().await;
+    let (mut agents, invoke_id) = rated_run(&h, "1", None).await;
+
+    assert!(!has_task(&mut agents[1].2) && !has_task(&mut agents[2].2), "held");
+    assert_eq!(h.dispatcher.store().invocation(&invoke_id).await.unwrap().rate.held, 2);
+    run_to_end(&h, &mut agents[0], &invoke_id, 0).await;
+    assert!(!has_task(&mut agents[2].2), "one at a time");
+    run_to_end(&h, &mut agents[1], &invoke_id, 0).await;
+    run_to_end(&h, &mut agents[2], &invoke_id, 0).await;
+
+    let invocation = h.dispatcher.store().invocation(&invoke_id).await.unwrap();
+    assert_eq!(invocation.status(), InvocationStatus::Success);
+    assert_eq!(invocation.rate.held, 0);
+    let filter = crate::store::AuditFilter {
+        action: Some("RunCommand".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let (audit, _) = h.dispatcher.store().list_audit(&filter).await.unwrap();
+    assert_eq!(
+        audit[0].detail, "on 3 instances, max_concurrency 1",
+        "the audit log records the limits"
+    );
+}
+
+#[tokio::test]
+async fn past_max_errors_the_held_instances_end_cancelled_with_exceed_max_errors_and_never_get_a_task() {
+    let h = harness().await;
+    let (mut agents, invoke_id) = rated_run(&h, "1", Some("0")).await;
+
+    run_to_end(&h, &mut agents[0], &invoke_id, 1).await;
+    // The writer acknowledges before it takes rate control's step.
+    tokio::time::timeout(PROMPT, async {
+        while h.dispatcher.store().invocation(&invoke_id).await.unwrap().rate.held > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the held results are settled");
+
+    for (id, _, outbox) in &mut agents[1..] {
+        let result = h.result(&invoke_id, id).await;
+        assert_eq!(
+            (result.status, result.error_code),
+            (ResultStatus::Cancelled, Some(ErrorCode::ExceedMaxErrors))
+        );
+        assert_eq!(
+            result.error_info.as_deref(),
+            Some("Not started: 1 instance failed and max_errors is 0.")
+        );
+        assert!(!has_task(outbox), "{id} never got its task");
+    }
+    let invocation = h.dispatcher.store().invocation(&invoke_id).await.unwrap();
+    assert_eq!(
+        invocation.status(),
+        InvocationStatus::Failed,
+        "failed and not started: Failed"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_rate_limit_is_refused_naming_its_field_and_nothing_is_stored() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    for (concurrency, errors, field) in [
+        ("0", None, Field::MaxConcurrency),
+        ("0%", None, Field::MaxConcurrency),
+        ("ten", None, Field::MaxConcurrency),
+        ("1", Some("150%"), Field::MaxErrors),
+        ("1", Some("-1"), Field::MaxErrors),
+        ("20000", None, Field::MaxConcurrency),
+    ] {
+        let mut req = RunCommandRequest::shell(vec![id.clone()], "true");
+        req.max_concurrency = Some(concurrency.into());
+        req.max_errors = errors.map(Into::into);
+
+        let err = h.dispatcher.run_command(&h.admin, req).await.unwrap_err();
+
+        assert!(
+            matches!(&err, Error::Invalid { field: f, .. } if *f == field),
+            "{concurrency} {errors:?}: {err:?}"
+        );
+    }
+    let listed = h
+        .dispatcher
+        .store()
+        .list_invocations(&crate::store::InvocationFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 0);
+}
+
+#[tokio::test]
+async fn rate_limits_with_an_execution_plan_are_refused_and_nothing_is_stored() {
+    let h = harness().await;
+    let id = h.enrol("web-1").await;
+    for (concurrency, errors, field) in [
+        (Some("1"), None, Field::MaxConcurrency),
+        (None, Some("0"), Field::MaxErrors),
+    ] {
+        let mut req = RunCommandRequest::shell(vec![id.clone()], "true");
+        req.frequency = Some("rate(1h)".to_string());
+        req.max_concurrency = concurrency.map(Into::into);
+        req.max_errors = errors.map(Into::into);
+
+        let err = h.dispatcher.run_command(&h.admin, req).await.unwrap_err();
+
+        assert!(
+            matches!(&err, Error::Invalid { field: f, .. } if *f == field),
+            "{concurrency:?} {errors:?}: {err:?}"
+        );
+    }
+    let listed = h
+        .dispatcher
+        .store()
+        .list_invocations(&crate::store::InvocationFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 0);
 }

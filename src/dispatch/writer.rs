@@ -171,6 +171,8 @@ impl Dispatcher {
         }
         self.publish_changes(&changes).await;
         drop(order);
+        // Rate control: results that ended free slots for held ones (`dispatch::rate`).
+        self.release_held(&changes).await;
     }
 }
 

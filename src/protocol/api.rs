@@ -5,7 +5,8 @@
 
 use super::CommandType;
 use super::{
-    CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RepeatMode, ResultStatus, Tag,
+    CommandSpec, ErrorCode, InvocationStatus, NoUnknownFields, OsType, OutputStream, RateInput, RateLimit, RepeatMode,
+    ResultStatus, Tag,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -197,6 +198,14 @@ pub struct RunCommandRequest {
     pub description: Option<String>,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// Rate control: how many instances run at once, a count or a percentage of the
+    /// instances (`5` or `"10%"`); the rest wait `Pending` and start as others end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<RateInput>,
+    /// Rate control: once more results than this (a count or a percentage) have failed, the
+    /// ones not started end `Cancelled` (`ExceedMaxErrors`); running ones finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<RateInput>,
     /// When it runs (Alibaba's `RepeatMode`): `Once` by default, `Period` when `frequency` is
     /// given; `NextRebootOnly` and `EveryReboot` run at boots; `DryRun` checks everything and
     /// runs nothing.
@@ -230,6 +239,8 @@ impl RunCommandRequest {
             name: None,
             description: None,
             parameters: BTreeMap::new(),
+            max_concurrency: None,
+            max_errors: None,
             repeat_mode: None,
             frequency: None,
             no_unknown_fields: NoUnknownFields,
@@ -290,6 +301,14 @@ pub struct Invocation {
     pub instance_count: u64,
     pub creator: String,
     pub created_time: String,
+    /// Rate control as given (a count, or a percentage as a string); absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<RateLimit>,
+    /// `Pending` results waiting their turn under `max_concurrency` (not yet delivered).
+    #[serde(default)]
+    pub held_count: u64,
     /// The tag selector it targeted, as asked (the instances it resolved to are its results).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
@@ -472,6 +491,14 @@ pub struct InvokeCommandRequest {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
+    /// Rate control: how many instances run at once, a count or a percentage of the
+    /// instances (`5` or `"10%"`); the rest wait `Pending` and start as others end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<RateInput>,
+    /// Rate control: once more results than this (a count or a percentage) have failed, the
+    /// ones not started end `Cancelled` (`ExceedMaxErrors`); running ones finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<RateInput>,
     /// As in RunCommand.
     #[serde(default)]
     pub repeat_mode: Option<RepeatMode>,

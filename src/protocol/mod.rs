@@ -11,11 +11,13 @@ pub mod ecs;
 pub mod files;
 pub mod params;
 pub mod plan;
+mod rate;
 mod spec;
 mod status;
 mod targeting;
 
 pub use plan::{RepeatMode, ScheduleState, parse_task_id, task_id};
+pub use rate::{RateInput, RateLimit};
 pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
 pub use targeting::Tag;
@@ -176,6 +178,8 @@ name_enum! {
         ExecutionException,
         ExecutionInterrupted,
         ExitCodeNonzero,
+        /// Not started: the invocation's failures passed its `max_errors` (rate control).
+        ExceedMaxErrors,
     }
 }
 
@@ -198,6 +202,7 @@ impl ErrorCode {
             ErrorCode::ExecutionException => "The command could not be started or run.",
             ErrorCode::ExecutionInterrupted => "The command was interrupted (the agent restarted while it ran).",
             ErrorCode::ExitCodeNonzero => "The command exited with a non-zero exit code.",
+            ErrorCode::ExceedMaxErrors => "Not started: the invocation's failures passed its max_errors.",
         }
     }
 }

@@ -432,13 +432,30 @@ impl Store {
 
     /// Deregisters an instance: its credential stops working at once. Its results are kept.
     pub async fn delete_instance(&self, instance_id: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
         changed_one(
             query("DELETE FROM instances WHERE id = $1")
                 .bind(instance_id)
-                .execute(&self.pool)
+                .execute(&mut tx)
                 .await?,
         )?;
-        Ok(())
+        // It leaves every schedule; a schedule left with no instance has nothing to start.
+        let schedules: Vec<String> =
+            query_scalar("DELETE FROM plan_targets WHERE instance_id = $1 RETURNING invocation_id")
+                .bind(instance_id)
+                .fetch_all(&mut tx)
+                .await?;
+        for invoke_id in schedules {
+            query(
+                "UPDATE invocations SET schedule_state = 'Ended', next_run_at = NULL \
+                 WHERE id = $1 AND schedule_state = 'Scheduled' \
+                 AND NOT EXISTS (SELECT 1 FROM plan_targets WHERE invocation_id = $1)",
+            )
+            .bind(&invoke_id)
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.commit().await
     }
 }
 

@@ -24,6 +24,8 @@ pub struct NewInvocation {
     pub instance_ids: Vec<String>,
     /// Pending results not started by then are aborted.
     pub deliver_by: i64,
+    /// Rate control: the instances beyond its concurrency are held (`store::rate`).
+    pub rate: super::rate::Rate,
     /// How the targets were chosen, recorded beside the resolved set.
     pub target: Target,
     /// The invocation's own tags (they select nothing).
@@ -76,6 +78,8 @@ pub struct InvocationRow {
     pub created_at: i64,
     #[sqlx(flatten)]
     pub counts: StatusCounts,
+    #[sqlx(flatten)]
+    pub rate: super::rate::Rate,
     /// The tag selector it targeted (empty when it named instances only).
     #[sqlx(json)]
     pub target_tags: Vec<Tag>,
@@ -342,6 +346,7 @@ impl Store {
         .into_iter()
         .map(|(id, instance)| (instance, id))
         .collect();
+        super::rate::hold_at_start(&mut tx, &id, &new.rate, &new.instance_ids).await?;
         record_target(&mut tx, &id, new).await?;
         if let Some(token) = &new.client_token {
             claim_client_token(&mut tx, &id, token).await?;
@@ -546,8 +551,8 @@ impl Store {
             for (sql, info) in [
                 (
                     format!(
-                        "UPDATE results SET status = 'Cancelled', stop_time = $2, finish_time = $2, error_info = $3 \
-                         WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
+                        "UPDATE results SET status = 'Cancelled', held = FALSE, stop_time = $2, finish_time = $2, \
+                         error_info = $3 WHERE invocation_id = $1 AND status = 'Pending' {only} RETURNING {CHANGE_COLUMNS}"
                     ),
                     &cancelled,
                 ),
@@ -566,6 +571,7 @@ impl Store {
                 changes.extend(statement.fetch_all::<ResultChange>(&mut tx).await?);
             }
         }
+        super::rate::recount_held(&mut tx, invoke_id).await?;
         super::plans::stop_schedule(&mut tx, invoke_id, instance_ids).await?;
         tx.commit().await?;
         Ok(changes)
@@ -577,7 +583,8 @@ impl Store {
             "SELECT r.id AS result_id, r.repeats AS result_repeats, r.deliver_by AS result_deliver_by, i.* \
              FROM results r \
              JOIN invocations i ON i.id = r.invocation_id \
-             WHERE r.instance_id = $1 AND r.status = 'Pending' AND r.deliver_by > $2 ORDER BY i.created_at",
+             WHERE r.instance_id = $1 AND r.status = 'Pending' AND NOT r.held AND r.deliver_by > $2 \
+             ORDER BY i.created_at, r.repeats",
         )
         .bind(instance_id)
         .bind(now)
@@ -675,20 +682,20 @@ impl Store {
         // to the one the result has, for a stop: "Stopped by ann." stays).
         let rules: [(&str, &str, Option<ErrorCode>, &str); 7] = [
             (
-                "status = 'Pending' AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
+                "status = 'Pending' AND NOT held AND deliver_by <= $1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id = results.instance_id)",
                 "Aborted",
                 Some(ErrorCode::InstanceNotExists),
                 ErrorCode::InstanceNotExists.default_info(),
             ),
             (
-                "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1 AND instance_id IN \
+                "status = 'Pending' AND sent_at IS NULL AND NOT held AND deliver_by <= $1 AND instance_id IN \
                  (SELECT id FROM instances WHERE online = FALSE AND COALESCE(last_heartbeat_at, 0) <= $2)",
                 "Aborted",
                 Some(ErrorCode::ClientNotRunning),
                 ErrorCode::ClientNotRunning.default_info(),
             ),
             (
-                "status = 'Pending' AND sent_at IS NULL AND deliver_by <= $1",
+                "status = 'Pending' AND sent_at IS NULL AND NOT held AND deliver_by <= $1",
                 "Aborted",
                 Some(ErrorCode::DeliveryTimeout),
                 ErrorCode::DeliveryTimeout.default_info(),
@@ -864,6 +871,7 @@ pub(crate) mod tests {
             keep: None,
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),
             deliver_by,
+            rate: Default::default(),
             target: Target::default(),
             invocation_tags: Vec::new(),
             client_token: None,

@@ -19,6 +19,7 @@ mod logins;
 mod nonces;
 mod output;
 mod plans;
+mod rate;
 mod replicas;
 pub mod scratch;
 mod sessions;
@@ -39,6 +40,7 @@ pub use invocations::{
 };
 pub use output::{AgentWrite, Applied, ChunkRow, OutputLimits};
 pub use plans::{BootExecution, DueSchedule, NewPlan, StartedExecution};
+pub use rate::{Rate, Turns};
 pub use sessions::SessionRow;
 pub use tags::TagMatch;
 pub use tokens::TokenRow;

@@ -373,6 +373,35 @@ mod tests {
         );
     }
 
+    async fn a_deregistered_instance_leaves_its_schedules_and_one_left_empty_ends(store) {
+        let (a, b) = (
+            crate::store::tags::tests::enrol(&store, "local", "a", &[]).await,
+            crate::store::tags::tests::enrol(&store, "local", "b", &[]).await,
+        );
+        let alone = store
+            .create_scheduled_invocation(&new_invocation(&[a.as_str()], 0), &rate_plan(5_000))
+            .await
+            .unwrap()
+            .id;
+        let shared = store
+            .create_scheduled_invocation(&new_invocation(&[a.as_str(), b.as_str()], 0), &rate_plan(5_000))
+            .await
+            .unwrap()
+            .id;
+
+        store.delete_instance(&a).await.unwrap();
+
+        let ended = store.invocation(&alone).await.unwrap();
+        assert_eq!(
+            (ended.plan.schedule, ended.plan.next_run_at),
+            (Some(ScheduleState::Ended), None)
+        );
+        assert_eq!(store.plan_targets(&shared).await.unwrap(), vec![b.clone()]);
+        assert_eq!(store.invocation(&shared).await.unwrap().status(), InvocationStatus::Scheduled);
+        let due: Vec<String> = store.due_schedules(i64::MAX, 10).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(due, vec![shared], "only the schedule with an instance left runs");
+    }
+
     async fn the_retention_purge_keeps_a_schedule_that_still_runs(store) {
         let live = store
             .create_scheduled_invocation(&new_invocation(&["i-a"], 0), &rate_plan(5_000))

@@ -74,12 +74,13 @@ impl Store {
             .await
     }
 
-    /// The pending results of an invocation not yet handed to an agent and still within their
-    /// delivery window: `(result id, instance id, end of the window, execution)`.
+    /// The pending results of an invocation not yet handed to an agent (nor held, waiting
+    /// their turn) and still within their delivery window: `(result id, instance id, end of the
+    /// window, execution)`.
     pub async fn unsent_results(&self, invoke_id: &str, now: i64) -> Result<Vec<(i64, String, i64, i64)>> {
         query(
             "SELECT id, instance_id, deliver_by, repeats FROM results WHERE invocation_id = $1 AND status = 'Pending' \
-             AND sent_at IS NULL AND deliver_by > $2",
+             AND sent_at IS NULL AND NOT held AND deliver_by > $2",
         )
         .bind(invoke_id)
         .bind(now)
@@ -102,7 +103,7 @@ impl Store {
     pub async fn unsent_invocations_of(&self, replica: &str, now: i64) -> Result<Vec<String>> {
         query_scalar(
             "SELECT DISTINCT r.invocation_id FROM results r JOIN instances i ON i.id = r.instance_id \
-             WHERE r.status = 'Pending' AND r.sent_at IS NULL AND r.deliver_by > $2 AND i.replica = $1",
+             WHERE r.status = 'Pending' AND r.sent_at IS NULL AND NOT r.held AND r.deliver_by > $2 AND i.replica = $1",
         )
         .bind(replica)
         .bind(now)

@@ -96,14 +96,14 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::{CommandType, OsType};
     use crate::store::invocations::tests::new_invocation;
     use crate::store::{ClientToken, InstanceFilter, NewActivation, NewInstance, ids, now_ms};
 
     /// Enrols an instance in `region` with `tags`.
-    async fn enrol(store: &Store, region: &str, name: &str, tags: &[(&str, &str)]) -> String {
+    pub(crate) async fn enrol(store: &Store, region: &str, name: &str, tags: &[(&str, &str)]) -> String {
         let activation = store
             .create_activation(&NewActivation {
                 region_id: region.into(),

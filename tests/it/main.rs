@@ -23,6 +23,7 @@ mod netns;
 mod parity;
 mod plans;
 mod private;
+mod rate;
 mod reconnect;
 mod replicas;
 mod replicas_faults;

@@ -77,11 +77,7 @@ pub async fn list(
         running,
         fresh_after: state.dispatcher.lost_before(),
         query: query.q.filter(|q| !q.trim().is_empty()),
-        tags: query
-            .tag
-            .iter()
-            .map(|t| crate::dispatch::tag_filter(t))
-            .collect::<Result<_, _>>()?,
+        tags: crate::dispatch::tag_filters(&query.tag)?,
         offset,
         limit,
         ..Default::default()

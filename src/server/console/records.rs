@@ -6,7 +6,7 @@ use crate::dispatch::{Kind, error::not_found};
 use crate::protocol::{InvocationStatus, RepeatMode, ResultStatus};
 use crate::server::AppState;
 use crate::server::live::{Format, Watch};
-use crate::store::{InvocationFilter, InvocationRow, PlanState, ResultRow};
+use crate::store::{InvocationFilter, InvocationRow, PlanState, Rate, ResultRow};
 use askama::Template;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
@@ -27,6 +27,8 @@ pub struct RecordView {
     pub status: InvocationStatus,
     pub status_class: &'static str,
     pub counts: String,
+    /// Rate control in words ("Max Concurrency 5 · Max Errors 2"); empty without.
+    pub rate: String,
     pub creator: String,
     pub created: When,
     /// The execution plan in words: Immediate, the frequency, After next boot, On every boot.
@@ -52,7 +54,7 @@ impl RecordView {
             .counts
             .0
             .iter()
-            .map(|(s, n)| format!("{s} {n}"))
+            .map(|(s, n)| count_text(*s, *n, row.rate.held))
             .collect::<Vec<_>>()
             .join(", ");
         RecordView {
@@ -66,6 +68,7 @@ impl RecordView {
             status_class: status_class(status),
             status,
             counts,
+            rate: rate_text(&row.rate),
             creator: row.creator,
             created: When::new(row.created_at),
             plan: plan_words(&row.plan),
@@ -73,6 +76,27 @@ impl RecordView {
             id: row.id,
         }
     }
+}
+
+/// A status's count, the Pending one saying how many wait their turn under rate control:
+/// "Pending 15 (12 waiting their turn)".
+fn count_text(status: ResultStatus, n: u64, held: u64) -> String {
+    match status {
+        ResultStatus::Pending if held > 0 => format!("{status} {n} ({held} waiting their turn)"),
+        _ => format!("{status} {n}"),
+    }
+}
+
+/// An invocation's rate control in the console's words; empty when none was given.
+pub fn rate_text(rate: &Rate) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = rate.max_concurrency {
+        parts.push(format!("Max Concurrency {c}"));
+    }
+    if let Some(e) = rate.max_errors {
+        parts.push(format!("Max Errors {e}"));
+    }
+    parts.join(" · ")
 }
 
 fn first_line(content: &str) -> String {
@@ -138,6 +162,10 @@ pub struct Summary {
     pub status_class: &'static str,
     pub total: u64,
     pub counts: Vec<(ResultStatus, u64)>,
+    /// Pending results waiting their turn under rate control.
+    pub held: u64,
+    /// Rate control in words; empty without.
+    pub rate: String,
     pub active: bool,
 }
 
@@ -149,6 +177,8 @@ impl Summary {
             status_class: status_class(status),
             total: row.counts.total(),
             counts: row.counts.0.iter().map(|(s, n)| (*s, *n)).collect(),
+            held: row.rate.held,
+            rate: rate_text(&row.rate),
             // A schedule is stopped (no execution starts again) as a running command is.
             active: !status.is_terminal() || status == InvocationStatus::Scheduled,
         }

@@ -13,7 +13,7 @@ use super::{PageError, Session, render};
 use crate::dispatch::{self, Field, Liveness, check};
 use crate::protocol::api::{ContentEncoding, InvokeCommandRequest, RunCommandRequest};
 use crate::protocol::params::{custom_names, has_placeholders};
-use crate::protocol::{CommandSpec, CommandType, OsType, RepeatMode};
+use crate::protocol::{CommandSpec, CommandType, OsType, RateInput, RepeatMode};
 use crate::server::AppState;
 use crate::store::{InstanceFilter, InstanceRow};
 use askama::Template;
@@ -673,6 +673,8 @@ async fn submit(
                     timeout_secs: Some(timeout),
                     working_dir: form.text("working_dir"),
                     username: form.text("username"),
+                    max_concurrency: form.text("max_concurrency").map(RateInput),
+                    max_errors: form.text("max_errors").map(RateInput),
                     tags,
                     region_id,
                     repeat_mode,
@@ -706,6 +708,8 @@ async fn submit(
         name: form.text("name"),
         description: form.text("description"),
         parameters: values,
+        max_concurrency: form.text("max_concurrency").map(RateInput),
+        max_errors: form.text("max_errors").map(RateInput),
         ..req
     };
     state.dispatcher.run_command(&actor, req).await

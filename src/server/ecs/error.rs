@@ -95,8 +95,14 @@ fn parameter(field: Field) -> &'static str {
         Field::FileOwner => "FileOwner",
         Field::FileGroup => "FileGroup",
         Field::FileContent => "Content",
-        // Not parameters of any ECS action.
-        Field::Password | Field::Role | Field::ExpiresInDays | Field::Register => "Parameter",
+        // Not parameters of any ECS action (Alibaba has no rate control: the ECS actions never
+        // set max_concurrency or max_errors).
+        Field::Password
+        | Field::Role
+        | Field::ExpiresInDays
+        | Field::Register
+        | Field::MaxConcurrency
+        | Field::MaxErrors => "Parameter",
     }
 }
 

@@ -103,6 +103,9 @@ pub async fn run_command(call: Call<'_>, mut p: Params) -> Result<RunCommandResp
         name: p.text("Name"),
         description: p.text("Description"),
         parameters: p.json_values("Parameters")?,
+        // Alibaba's RunCommand has no rate control (AWS's idea): all instances at once.
+        max_concurrency: None,
+        max_errors: None,
         repeat_mode: None,
         frequency: None,
         no_unknown_fields: NoUnknownFields,
@@ -143,6 +146,9 @@ pub async fn invoke_command(call: Call<'_>, mut p: Params) -> Result<InvokeComma
         timeout_secs: p.number("Timeout")?,
         working_dir: p.text("WorkingDir"),
         username: p.text("Username"),
+        // Alibaba's InvokeCommand has no rate control either.
+        max_concurrency: None,
+        max_errors: None,
         tags: p.tags("ResourceTag")?,
         client_token: p.text("ClientToken"),
         invocation_tags: p.tags("Tag")?,
