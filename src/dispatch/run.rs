@@ -117,7 +117,8 @@ impl Dispatcher {
         if !run.dry_run {
             // A retry answers its first invocation even when its plan no longer checks (an
             // `at(…)` time passed meanwhile).
-            if let Some(replayed) = self.replay(actor, &run, "RunCommand").await? {
+            let claim = (run.client_token.as_ref(), run.request_hash.as_str());
+            if let Some(replayed) = self.replay(actor, claim, "RunCommand").await? {
                 return Ok(Submitted::Created(replayed));
             }
             run.plan = self.check_plan(mode, frequency.as_deref(), run.spec.timeout_secs)?;
@@ -136,6 +137,15 @@ impl Dispatcher {
     ) -> Result<Submitted, Error> {
         actor.require(Role::Operator)?;
         let request_hash = request_hash(&(command_id, &req));
+        let client_token = check::client_token(req.client_token.clone())?;
+        // As RunCommand's: a retry answers its first invocation before anything that may have
+        // changed since (the command, the plan's time) is checked.
+        if req.repeat_mode != Some(RepeatMode::DryRun) {
+            let claim = (client_token.as_ref(), request_hash.as_str());
+            if let Some(replayed) = self.replay(actor, claim, "InvokeCommand").await? {
+                return Ok(Submitted::Created(replayed));
+            }
+        }
         let command = self.command(command_id).await?;
         let spec = CommandSpec {
             timeout_secs: check::Timeout::parse(req.timeout_secs.unwrap_or(command.spec.timeout_secs))?.secs(),
@@ -170,7 +180,7 @@ impl Dispatcher {
             invocation_tags: req.invocation_tags,
             dry_run,
             plan,
-            client_token: check::client_token(req.client_token)?,
+            client_token,
             request_hash,
             rate,
         };
@@ -185,7 +195,8 @@ impl Dispatcher {
     /// with its region, whose instances alone may run it. The audit entry (`action`, and
     /// `what` before the count of instances) is written before the tasks go out: once they do,
     /// the writer is busy with the reports. A dry run stops before anything is stored; a
-    /// `client_token` seen before answers its first invocation and runs nothing.
+    /// `client_token` claimed meanwhile by a concurrent submission answers that one's
+    /// invocation (callers answer a token seen before without calling this).
     async fn launch(
         &self,
         actor: &Actor,
@@ -196,11 +207,6 @@ impl Dispatcher {
     ) -> Result<Submitted, Error> {
         let settings = &self.inner.settings;
         check_rate_with_plan(&run)?;
-        if !run.dry_run {
-            if let Some(replayed) = self.replay(actor, &run, action).await? {
-                return Ok(Submitted::Created(replayed));
-            }
-        }
         let instances = self.resolve_targets(&mut run).await?;
         if let Some((command_id, region)) = &command {
             if let Some(other) = instances.iter().find(|i| &i.region_id != region) {
@@ -278,7 +284,7 @@ impl Dispatcher {
         // reads its pending tasks either before this invocation exists or after its task is
         // queued on the new connection (and skips it), never in between, so no task goes twice.
         let delivering = self.inner.delivering.lock().await;
-        let stored = match plan {
+        let stored = match &plan {
             Plan::Once => self.inner.store.create_invocation(&new).await,
             _ => {
                 self.inner
@@ -302,8 +308,17 @@ impl Dispatcher {
             }
             Err(e) => return Err(command_refusal(e, &region, &run.name)),
         };
-        let invocation = self.inner.store.invocation(&created.id).await?;
         self.audit(actor, action, &created.id, &detail).await;
+        let created_answer = InvocationCreated {
+            invoke_id: created.id.clone(),
+            command_id: created.command_id.clone(),
+            replayed: false,
+        };
+        if !matches!(plan, Plan::Once) {
+            // Nothing to deliver now: executions start when due (`dispatch::schedule`).
+            return Ok(Submitted::Created(created_answer));
+        }
+        let invocation = self.inner.store.invocation(&created.id).await?;
         // Tasks are built first, then queued under one lock for the whole fan-out. Offline
         // targets stay Pending: they get the task when they connect, or are aborted when the
         // delivery window closes.
@@ -322,25 +337,23 @@ impl Dispatcher {
             invoke_id: created.id.clone(),
         }])
         .await;
-        Ok(Submitted::Created(InvocationCreated {
-            invoke_id: created.id,
-            command_id: created.command_id,
-            replayed: false,
-        }))
+        Ok(Submitted::Created(created_answer))
     }
 
     /// When the run's `client_token` names an invocation of this account from the last day:
     /// [`Dispatcher::replayed`]. `None` when the token is new (or absent).
-    async fn replay(&self, actor: &Actor, run: &Run, action: &str) -> Result<Option<InvocationCreated>, Error> {
-        let Some(token) = &run.client_token else {
+    async fn replay(
+        &self,
+        actor: &Actor,
+        (token, request_hash): (Option<&String>, &str),
+        action: &str,
+    ) -> Result<Option<InvocationCreated>, Error> {
+        let Some(token) = token else {
             return Ok(None);
         };
         let since = self.now() - CLIENT_TOKEN_HOURS * 3_600_000;
         match self.inner.store.client_token_claim(actor.user_id, token, since).await? {
-            Some(claim) => self
-                .replayed(actor, token, &run.request_hash, action, claim)
-                .await
-                .map(Some),
+            Some(claim) => self.replayed(actor, token, request_hash, action, claim).await.map(Some),
             None => Ok(None),
         }
     }
