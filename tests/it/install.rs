@@ -13,14 +13,15 @@ use tokio::process::Command;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_fleetrun-agent");
 
-/// `fleetrun-agent ARGS`, with its unit directory in `dir` and systemd's run directory a path
-/// that does not exist there, so that nothing touches this machine's systemd.
+/// `fleetrun-agent ARGS`, with its unit directory in `dir` and systemd's run directory (whose
+/// presence says that systemd runs the machine) at `dir/run-systemd`, which a test creates or
+/// not: nothing touches this machine's own systemd.
 fn agent_cli(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(AGENT);
     command
         .args(args)
         .env("FLEETRUN_UNIT_DIR", dir.join("units"))
-        .env("FLEETRUN_SYSTEMD_RUN_DIR", dir.join("no-systemd"))
+        .env("FLEETRUN_SYSTEMD_RUN_DIR", dir.join("run-systemd"))
         .env_remove("FLEETRUN_ACTIVATION_CODE")
         .env_remove("FLEETRUN_SERVER")
         .env_remove("FLEETRUN_STATE_DIR");
@@ -130,6 +131,99 @@ async fn install_writes_a_unit_systemd_accepts_a_private_state_and_the_lifecycle
     assert!(stdout.contains("systemd is not running on this machine"), "{stdout}");
     assert!(!unit_path.exists());
     assert!(!state.exists(), "--purge removes the state directory the unit named");
+}
+
+/// A `systemctl` stand-in in `dir/bin`, first on the returned `PATH`: it records each call in
+/// `dir/calls` and answers `status` with 3 (inactive), as systemctl does for a stopped unit.
+/// No test machine runs systemd; this checks what the agent asks of it.
+fn fake_systemctl(dir: &Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$1\" = status ] && exit 3\nexit 0\n",
+        dir.join("calls").display()
+    );
+    std::fs::write(bin.join("systemctl"), script).unwrap();
+    std::fs::set_permissions(bin.join("systemctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+fn calls(dir: &Path) -> Vec<String> {
+    let calls = std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+    let calls = calls.lines().map(String::from).collect();
+    std::fs::remove_file(dir.join("calls")).ok();
+    calls
+}
+
+#[tokio::test]
+async fn where_systemd_runs_install_enables_and_restarts_the_unit_and_the_lifecycle_is_systemctls() {
+    let app = TestApp::spawn().await;
+    let activation = app.activation("local", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("run-systemd")).unwrap();
+    let path = fake_systemctl(dir.path());
+    let state = dir.path().join("state").display().to_string();
+
+    let install = agent_cli(
+        dir.path(),
+        &[
+            "install",
+            "--server",
+            &app.url,
+            "--activation-id",
+            &activation.activation_id,
+        ],
+    )
+    .args(["--state-dir", &state])
+    .env("FLEETRUN_ACTIVATION_CODE", &activation.activation_code)
+    .env("PATH", &path)
+    .output()
+    .await
+    .unwrap();
+
+    let (stdout, stderr) = text(&install);
+    assert!(install.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("is enabled and started"), "{stdout}");
+    assert_eq!(
+        calls(dir.path()),
+        [
+            "daemon-reload",
+            "enable fleetrun-agent.service",
+            "restart fleetrun-agent.service"
+        ]
+    );
+    let status = agent_cli(dir.path(), &["status"])
+        .env("PATH", &path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(status.status.code(), Some(3), "systemctl's exit code is passed on");
+    assert_eq!(calls(dir.path()), ["status fleetrun-agent.service --no-pager"]);
+    for verb in ["start", "stop", "restart"] {
+        let output = agent_cli(dir.path(), &[verb])
+            .env("PATH", &path)
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success());
+        assert_eq!(calls(dir.path()), [format!("{verb} fleetrun-agent.service")]);
+    }
+    let uninstall = agent_cli(dir.path(), &["uninstall"])
+        .env("PATH", &path)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&uninstall);
+    assert!(uninstall.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        calls(dir.path()),
+        ["disable --now fleetrun-agent.service", "daemon-reload"]
+    );
+    assert!(!dir.path().join("units/fleetrun-agent.service").exists());
+    assert!(
+        Path::new(&state).join("identity.json").exists(),
+        "without --purge the credential stays"
+    );
 }
 
 #[tokio::test]
