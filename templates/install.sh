@@ -124,17 +124,19 @@ need() {
 }
 
 fetch() {
+    url=$1
+    out=$2
     if command -v curl >/dev/null 2>&1; then
-        if [ -n "$ca_file" ]; then
-            curl -fsSL --cacert "$ca_file" -o "$2" "$1" || die "cannot download $1 (a 404 there says what the server lacks)"
-        else
-            curl -fsSL -o "$2" "$1" || die "cannot download $1 (a 404 there says what the server lacks)"
-        fi
+        set -- -sSL -o "$out" -w '%{http_code}'
+        [ -z "$ca_file" ] || set -- "$@" --cacert "$ca_file"
+        code=$(curl "$@" "$url") || die "cannot download $url"
+        # The server's refusal says what it lacks (no agent binary, say): show it.
+        [ "$code" = 200 ] || die "$url answered HTTP $code: $(head -c 1000 "$out")"
     elif command -v wget >/dev/null 2>&1; then
         if [ -n "$ca_file" ]; then
-            wget -q --ca-certificate="$ca_file" -O "$2" "$1" || die "cannot download $1"
+            wget -q --ca-certificate="$ca_file" -O "$out" "$url" || die "cannot download $url"
         else
-            wget -q -O "$2" "$1" || die "cannot download $1"
+            wget -q -O "$out" "$url" || die "cannot download $url"
         fi
     else
         die "neither curl nor wget is installed: install one of them"

@@ -375,6 +375,25 @@ async fn the_binary_is_served_with_its_sha256_and_a_missing_one_is_a_404_that_sa
     assert!(script.contains(&format!("\n    server='{}'\n", app.url)), "{script}");
     assert_eq!(absent.status(), 404);
     assert!(absent.text().await.unwrap().contains("--agent-binary PATH"));
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -fsSL {}/install.sh | sh -s -- --activation-id act-x --activation-code x --no-service \
+             --bin-dir '{}/bin' --state-dir '{}/state'",
+            missing.url,
+            dir.path().display(),
+            dir.path().display()
+        ))
+        .output()
+        .await
+        .unwrap();
+    let (_, stderr) = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("/download/fleetrun-agent answered HTTP 404: This fleetrun server has no agent binary"),
+        "the script passes on what the server lacks: {stderr}"
+    );
 }
 
 /// A proxy to `upstream` that flips the last byte of the agent binary on its way through.
