@@ -15,6 +15,7 @@ mod error;
 mod headers;
 mod listen;
 mod live;
+pub mod metrics;
 
 pub use error::ApiError;
 
@@ -50,36 +51,59 @@ pub struct AppState {
     /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`); read by
     /// the `PeerIp` extractor only.
     pub(crate) trusted_proxies: Arc<[IpNet]>,
+    /// The Prometheus registry and who may read it (`/metrics`); off unless configured.
+    pub(crate) metrics: Arc<metrics::Exposition>,
 }
 
 impl AppState {
     /// State over a store and a started dispatcher.
     pub fn new(store: Store, dispatcher: Dispatcher, shutdown: CancellationToken) -> Self {
+        let metrics = Arc::new(metrics::Exposition::new(&dispatcher, metrics::Access::Off));
         AppState {
             store,
             dispatcher,
             shutdown,
             tls: false,
             trusted_proxies: Arc::from([]),
+            metrics,
         }
+    }
+
+    /// Serves `/metrics` to whom `access` admits (and times requests), or not at all (`Off`).
+    pub fn with_metrics(mut self, access: metrics::Access) -> Self {
+        self.metrics = Arc::new(metrics::Exposition::new(&self.dispatcher, access));
+        self
     }
 }
 
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .nest("/api/v1", api::routes())
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/connect", get(agent::connect))
-        .merge(console::routes())
+        .merge(console::routes());
+    let is_metered = state.metrics.access.is_on();
+    if is_metered {
+        // After every route: a route layer wraps the routes added before it.
+        routes = routes
+            .route("/metrics", get(metrics::scrape))
+            .route_layer(axum::middleware::from_fn(metrics::matched_route));
+    }
+    let router = routes
         // The ECS API shares `/` with the console: its calls are told apart by their parameters.
         .layer(axum::middleware::from_fn_with_state(state.clone(), ecs::route))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security))
         .layer(axum::middleware::from_fn(error::request_id))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let router = if is_metered {
+        router.layer(axum::middleware::from_fn_with_state(state.clone(), metrics::record))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// The dispatcher settings that `fleetrun serve`'s options describe.
@@ -127,7 +151,12 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     // Named at start so that an operator can tell which process a replica id in a later
     // warning ("a replica stopped answering") is.
     let replica = dispatcher.replica_id().to_string();
-    let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
+    let access = metrics::Access::from_options(
+        args.metrics_token.as_ref().map(|token| token.0.as_str()),
+        args.metrics_token_file.as_deref(),
+        args.metrics_open,
+    )?;
+    let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone()).with_metrics(access);
     state.tls = tls.is_some();
     state.trusted_proxies = args.trusted_proxies.clone().into();
     let scheme = if tls.is_some() { "https" } else { "http" };
