@@ -133,6 +133,12 @@ pub fn settings(args: &ServeArgs) -> Settings {
 
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before anything is created: a wrong metrics option stops the start with nothing to undo.
+    let access = metrics::Access::from_options(
+        args.metrics_token.as_ref().map(|token| token.0.as_str()),
+        args.metrics_token_file.as_deref(),
+        args.metrics_open,
+    )?;
     let store = open_store(&args).await?;
     let key_file = args.secret_key_file();
     let secret_key = SecretKey::load_or_create(&key_file)
@@ -151,11 +157,6 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     // Named at start so that an operator can tell which process a replica id in a later
     // warning ("a replica stopped answering") is.
     let replica = dispatcher.replica_id().to_string();
-    let access = metrics::Access::from_options(
-        args.metrics_token.as_ref().map(|token| token.0.as_str()),
-        args.metrics_token_file.as_deref(),
-        args.metrics_open,
-    )?;
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone()).with_metrics(access);
     state.tls = tls.is_some();
     state.trusted_proxies = args.trusted_proxies.clone().into();
@@ -251,5 +252,9 @@ mod tests {
         );
         assert_eq!(settings.reconnect_window_max, Duration::from_secs(30));
         assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
+        let token = args.metrics_token.as_ref().map(|token| token.0.as_str());
+        let metrics =
+            metrics::Access::from_options(token, args.metrics_token_file.as_deref(), args.metrics_open).unwrap();
+        assert!(!metrics.is_on(), "/metrics is off unless asked for");
     }
 }
