@@ -263,9 +263,9 @@ mod tests {
         assert!(!text.contains("status=\"Stopping\""), "{text}");
         assert!(!text.contains("status=\"Running\""), "{text}");
         assert!(text.contains("fleetrun_results_started_total 1\n"), "{text}");
-        for status in TERMINAL {
-            assert!(status.is_terminal(), "{status:?}");
-        }
+        let terminal: Vec<_> = ResultStatus::ALL.iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(terminal.len(), TERMINAL.len(), "every terminal status has its counter");
+        assert!(terminal.iter().all(|s| ended_index(**s).is_some()));
     }
 
     #[test]
