@@ -228,6 +228,17 @@ pub struct ServeArgs {
     /// X-Forwarded-For (login throttling, audit log); from anyone else the header is ignored.
     #[arg(long = "trusted-proxy", value_name = "CIDR", env = "FLEETRUN_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Serve Prometheus metrics at /metrics to requests with `Authorization: Bearer <token>`.
+    /// Prefer the environment variable or --metrics-token-file: a command-line argument is
+    /// visible to every local user in `ps`. Without a token or --metrics-open, /metrics is off.
+    #[arg(long, env = "FLEETRUN_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
+    /// File holding the metrics token (trailing whitespace is ignored).
+    #[arg(long, env = "FLEETRUN_METRICS_TOKEN_FILE", value_name = "PATH")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Serve /metrics without a token, to anyone who reaches the listener: for a private network.
+    #[arg(long, env = "FLEETRUN_METRICS_OPEN")]
+    pub metrics_open: bool,
 }
 
 /// A network in CIDR notation, or one address (a /32 or /128). Host bits are cleared.

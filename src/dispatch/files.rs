@@ -333,6 +333,7 @@ impl Dispatcher {
             request.instance_ids.len()
         );
         self.audit(actor, "SendFile", &send.id, &detail).await;
+        self.inner.metrics.file_sent();
         let row = self.inner.store.file_send(&send.id).await?;
         let connections: Vec<Connection> = {
             let agents = self.lock_agents();

@@ -13,7 +13,8 @@
 //! - `commands`: retained commands and their quota; `run`: RunCommand, InvokeCommand, Stop;
 //! - `rate`: rate control, the release of results held beyond an invocation's concurrency;
 //! - `plan`: execution plans (`RepeatMode`, `Frequency`); `schedule`: starting due executions;
-//! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer.
+//! - `session`: one agent connection (attach, reports, detach); `writer`: the batching writer;
+//! - [`metrics`]: what the dispatcher counts for Prometheus (`GET /metrics`).
 //!
 //! The dispatcher owns what is in memory (which agents are connected here, who watches which
 //! invocation, whose turn it is among login attempts) and calls `store` for everything durable,
@@ -27,6 +28,7 @@ mod commands;
 pub mod error;
 mod files;
 mod fleet;
+pub mod metrics;
 pub mod plan;
 mod rate;
 mod reconnect;
@@ -220,6 +222,9 @@ struct Inner {
     busy: reconnect::BusyLog,
     /// Send File transfers running on this server's agent connections.
     transfers: files::Transfers,
+    /// Counters and gauges for `GET /metrics`; counters are bumped where things happen,
+    /// gauges are read from the fields above at each scrape (`sample_metrics`).
+    metrics: metrics::Metrics,
 }
 
 /// Result ids of a connection's tasks, by task id: filled as tasks are handed to the agent,
@@ -351,6 +356,7 @@ impl Dispatcher {
                 attaching: Default::default(),
                 busy: reconnect::BusyLog::default(),
                 transfers: files::Transfers::default(),
+                metrics: metrics::Metrics::default(),
                 settings,
             }),
         };
@@ -370,6 +376,25 @@ impl Dispatcher {
     /// The dispatcher's settings.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The dispatcher's metrics, for the server to register and expose.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Reads the gauges of [`Dispatcher::metrics`] from the dispatcher's state: called before
+    /// each scrape, so keeping them costs nothing between scrapes.
+    pub fn sample_metrics(&self) {
+        let metrics = &self.inner.metrics;
+        metrics.connected_agents.set(self.lock_agents().len() as i64);
+        let attaching = self.inner.attaching.load(Ordering::Relaxed);
+        metrics.attaching_agents.set(attaching as i64);
+        let queue = &self.inner.writer_tx;
+        metrics
+            .writer_queue
+            .set(queue.max_capacity().saturating_sub(queue.capacity()) as i64);
+        metrics.watchers.set(self.inner.watchers.count() as i64);
     }
 
     /// Subscribes to live events of an invocation. Subscribe before reading stored state, so
@@ -438,6 +463,7 @@ impl Dispatcher {
     async fn publish_changes(&self, changes: &[ResultChange]) {
         let mut touched = BTreeSet::new();
         for change in changes {
+            self.inner.metrics.result_changed(change.status);
             self.publish(
                 &change.invocation_id,
                 StreamEvent::Status {

@@ -309,6 +309,9 @@ impl Dispatcher {
             Err(e) => return Err(command_refusal(e, &region, &run.name)),
         };
         self.audit(actor, action, &created.id, &detail).await;
+        if matches!(plan, Plan::Once) {
+            self.inner.metrics.invocation_started(super::metrics::Trigger::Run);
+        }
         let created_answer = InvocationCreated {
             invoke_id: created.id.clone(),
             command_id: created.command_id.clone(),

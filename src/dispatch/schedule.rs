@@ -3,6 +3,7 @@
 //! replica starts each execution, and delivered like a launch's tasks. Boot plans start in
 //! `session::attach`, when an agent connects from a new boot.
 
+use super::metrics::Trigger;
 use super::plan::Frequency;
 use super::{Dispatcher, task_for};
 use crate::store::bus::Note;
@@ -57,6 +58,7 @@ impl Dispatcher {
             return Ok(());
         };
         tracing::info!(invoke_id = %schedule.id, repeats = started.repeats, "started a scheduled execution");
+        self.inner.metrics.invocation_started(Trigger::Schedule);
         let invocation = store.invocation(&schedule.id).await?;
         let ids: Vec<String> = started.result_ids.keys().cloned().collect();
         let instances: HashMap<String, InstanceRow> = store

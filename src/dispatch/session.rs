@@ -172,6 +172,7 @@ impl Dispatcher {
             let started = store.start_boot_executions(&instance.id, boot_id, deliver_by).await?;
             for execution in &started {
                 tracing::info!(instance_id = %instance.id, invoke_id = %execution.invoke_id, repeats = execution.repeats, "a new boot started an execution");
+                self.inner.metrics.invocation_started(super::metrics::Trigger::Boot);
             }
         }
         // Under `delivering`, as a launch queues its fan-out: a task a launch already queued on
@@ -226,6 +227,7 @@ impl Dispatcher {
                 ));
             }
             AgentMessage::Output(m) => {
+                self.inner.metrics.output_received(m.data.len());
                 let Some(result_id) = self.own_task(session, &m.task).await? else {
                     return Ok(());
                 };

@@ -145,6 +145,11 @@ impl Watchers {
         self.lock().contains_key(invoke_id)
     }
 
+    /// Watchers subscribed now, to every invocation.
+    pub fn count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
     /// Bytes queued for all watchers (counted once per watcher).
     #[cfg(test)]
     fn queued(&self) -> usize {

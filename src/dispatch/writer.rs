@@ -83,6 +83,7 @@ impl Dispatcher {
         let mut pause = RETRY_FIRST;
         let (result, order) = loop {
             let order = self.inner.status_order.lock().await;
+            let started = std::time::Instant::now();
             match self
                 .inner
                 .store
@@ -99,7 +100,10 @@ impl Dispatcher {
                     }
                     pause = (pause * 2).min(RETRY_MAX);
                 }
-                result => break (result, order),
+                result => {
+                    self.inner.metrics.writer_batch(writes.len(), started.elapsed());
+                    break (result, order);
+                }
             }
         };
         let applied = match result {

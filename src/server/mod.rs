@@ -16,6 +16,7 @@ mod error;
 mod headers;
 mod listen;
 mod live;
+pub mod metrics;
 
 pub use error::ApiError;
 
@@ -53,11 +54,14 @@ pub struct AppState {
     pub(crate) trusted_proxies: Arc<[IpNet]>,
     /// The agent binary of the one-line install (`--agent-binary`), with its cached SHA-256.
     pub(crate) agent_binary: Arc<download::AgentBinary>,
+    /// The Prometheus registry and who may read it (`/metrics`); off unless configured.
+    pub(crate) metrics: Arc<metrics::Exposition>,
 }
 
 impl AppState {
     /// State over a store and a started dispatcher.
     pub fn new(store: Store, dispatcher: Dispatcher, shutdown: CancellationToken) -> Self {
+        let metrics = Arc::new(metrics::Exposition::new(&dispatcher, metrics::Access::Off));
         AppState {
             store,
             dispatcher,
@@ -65,13 +69,20 @@ impl AppState {
             tls: false,
             trusted_proxies: Arc::from([]),
             agent_binary: Arc::new(download::AgentBinary::new(None)),
+            metrics,
         }
+    }
+
+    /// Serves `/metrics` to whom `access` admits (and times requests), or not at all (`Off`).
+    pub fn with_metrics(mut self, access: metrics::Access) -> Self {
+        self.metrics = Arc::new(metrics::Exposition::new(&self.dispatcher, access));
+        self
     }
 }
 
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .nest("/api/v1", api::routes())
         .route("/agent/v1/register", post(agent::register))
@@ -79,14 +90,27 @@ pub fn router(state: AppState) -> Router {
         .route("/install.sh", get(download::script))
         .route("/download/fleetrun-agent", get(download::binary))
         .route("/download/fleetrun-agent.sha256", get(download::checksum))
-        .merge(console::routes())
+        .merge(console::routes());
+    let is_metered = state.metrics.access.is_on();
+    if is_metered {
+        // After every route: a route layer wraps the routes added before it.
+        routes = routes
+            .route("/metrics", get(metrics::scrape))
+            .route_layer(axum::middleware::from_fn(metrics::matched_route));
+    }
+    let router = routes
         // The ECS API shares `/` with the console: its calls are told apart by their parameters.
         .layer(axum::middleware::from_fn_with_state(state.clone(), ecs::route))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security))
         .layer(axum::middleware::from_fn(error::request_id))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let router = if is_metered {
+        router.layer(axum::middleware::from_fn_with_state(state.clone(), metrics::record))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// The dispatcher settings that `fleetrun serve`'s options describe.
@@ -116,6 +140,12 @@ pub fn settings(args: &ServeArgs) -> Settings {
 
 /// Runs `fleetrun serve` on a bound listener until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before anything is created: a wrong metrics option stops the start with nothing to undo.
+    let access = metrics::Access::from_options(
+        args.metrics_token.as_ref().map(|token| token.0.as_str()),
+        args.metrics_token_file.as_deref(),
+        args.metrics_open,
+    )?;
     let store = open_store(&args).await?;
     let key_file = args.secret_key_file();
     let secret_key = SecretKey::load_or_create(&key_file)
@@ -134,7 +164,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     // Named at start so that an operator can tell which process a replica id in a later
     // warning ("a replica stopped answering") is.
     let replica = dispatcher.replica_id().to_string();
-    let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
+    let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone()).with_metrics(access);
     state.tls = tls.is_some();
     state.trusted_proxies = args.trusted_proxies.clone().into();
     state.agent_binary = Arc::new(download::AgentBinary::new(args.agent_binary.clone()));
@@ -240,5 +270,9 @@ mod tests {
         );
         assert_eq!(settings.reconnect_window_max, Duration::from_secs(30));
         assert!(args.database_url().ends_with("fleetrun-data/fleetrun.db"));
+        let token = args.metrics_token.as_ref().map(|token| token.0.as_str());
+        let metrics =
+            metrics::Access::from_options(token, args.metrics_token_file.as_deref(), args.metrics_open).unwrap();
+        assert!(!metrics.is_on(), "/metrics is off unless asked for");
     }
 }

@@ -19,6 +19,7 @@ mod files;
 mod helpers;
 mod hostile;
 mod install;
+mod metrics;
 mod netlab;
 mod netns;
 mod parity;

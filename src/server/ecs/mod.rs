@@ -73,6 +73,7 @@ pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> R
         object.insert("RequestId".into(), request_id.into());
     }
     let mut response = (status, body.to_string()).into_response();
+    response.extensions_mut().insert(super::metrics::Route::ECS);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json;charset=utf-8"),
