@@ -20,6 +20,7 @@ mod helpers;
 mod hostile;
 mod netlab;
 mod netns;
+mod ops;
 mod parity;
 mod plans;
 mod private;
