@@ -12,8 +12,10 @@ out=$(mktemp -d)
 root=$(mktemp -d)
 trap 'rm -rf "$out" "$root"' EXIT
 
-# cargo-deb warns that the dev profile is meant for checks like this one, not releases.
-cargo deb --profile dev --strip --fast --output "$out" -- --locked
+# The binaries of the debug build (cargo-deb's own build would rebuild every dependency for
+# its target); it warns that the dev profile is for checks like this one, not releases.
+cargo build --locked --bin fleetrun --bin fleetrun-agent
+cargo deb --profile dev --no-build --strip --fast --output "$out"
 deb=$(ls "$out"/fleetrun_*.deb)
 echo "packaging: built $(basename "$deb") ($(du -h "$deb" | cut -f1))"
 
@@ -32,8 +34,10 @@ conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
 for conf in /etc/fleetrun/server.toml /etc/fleetrun/agent.toml; do
     grep -qx "$conf" <<<"$conffiles" || { echo "packaging: $conf is not a conffile"; exit 1; }
 done
+control=$(dpkg-deb --ctrl-tarfile "$deb" | tar -t)
 for script in postinst prerm postrm; do
-    dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -qx "./$script" || { echo "packaging: no $script"; exit 1; }
+    grep -qx "./$script" <<<"$control" || { echo "packaging: no $script"; exit 1; }
+    sh -n "packaging/debian/$script"
 done
 
 # Installed into a throwaway root: the binaries run, and the shipped server.toml is one the

@@ -53,6 +53,9 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<i32> {
         anyhow::Ok(checked)
     }
     .await;
+    // SQLite makes a stopped server's -wal and -shm files again to read it: root's, they
+    // would keep the server from opening its database.
+    give_to_owner_of(&db, &[&with_suffix(&db, "-wal"), &with_suffix(&db, "-shm")])?;
     let checked = match copied {
         Ok(checked) => checked,
         Err(e) => {
@@ -193,8 +196,8 @@ fn create_private(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Root restoring for the `fleetrun` user: the files it made go to the data directory's owner,
-/// or the server could not open them.
+/// Root working for the `fleetrun` user: the files it made go to the owner of `dir` (the data
+/// directory, or the database), or the server could not open them.
 fn give_to_owner_of(dir: &Path, files: &[&Path]) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
