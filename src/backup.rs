@@ -129,7 +129,14 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<i32> {
     // The old database with its WAL (committed writes not yet in the main file) and shared
     // memory, renamed together so that the set stays openable.
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let aside = with_suffix(&db, &format!(".before-restore-{stamp}"));
+    let mut aside = with_suffix(&db, &format!(".before-restore-{stamp}"));
+    // Two restores within a second must not put the second aside over the first.
+    for n in 2.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = with_suffix(&db, &format!(".before-restore-{stamp}-{n}"));
+    }
     let mut kept = None;
     if db.exists() {
         for suffix in ["", "-wal", "-shm"] {

@@ -350,6 +350,22 @@ async fn restore_checks_the_file_and_keeps_the_old_database_aside() {
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(Path::new(aside).is_file(), "{aside}");
+    // A second restore at once keeps the first one's aside too.
+    let twice = fleetrun(&["restore", "--data-dir", &data_dir, "--from", file.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&twice);
+    assert!(twice.status.success(), "{stderr}");
+    let second_aside = stdout
+        .split("the previous database is now ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_ne!(second_aside, aside);
+    assert!(Path::new(aside).is_file() && Path::new(second_aside).is_file());
     let mode = std::fs::metadata(data.path().join("fleetrun.db"))
         .unwrap()
         .permissions()
