@@ -29,17 +29,94 @@ pub struct Cli {
 
 /// fleetrun-agent: the Cloud Assistant client. Enrols once with an activation, then holds one
 /// outbound connection to the fleetrun server and runs the commands it is sent.
+///
+/// Without a subcommand it runs in the foreground (under a supervisor, or as the service that
+/// `install` sets up); the subcommands manage that systemd service.
 #[derive(Debug, Parser)]
-#[command(name = "fleetrun-agent", version, about, long_about = None)]
+#[command(
+    name = "fleetrun-agent",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct AgentCli {
     /// Log filter, e.g. `info` or `fleetrun=debug`.
-    #[arg(long, env = "FLEETRUN_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "FLEETRUN_LOG", default_value = "info")]
     pub log: String,
     /// Log lines as text, or as one JSON object a line (for a log shipper).
-    #[arg(long, env = "FLEETRUN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "FLEETRUN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(flatten)]
     pub agent: AgentArgs,
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+/// The agent's service lifecycle (systemd), as Alibaba's client and amazon-ssm-agent offer it.
+// One value, parsed once at start: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Enrol this machine, then install the agent as a systemd service, enabled and started.
+    Install(InstallArgs),
+    /// Start the agent's service.
+    Start(UnitArgs),
+    /// Stop the agent's service (commands it started in the background keep running).
+    Stop(UnitArgs),
+    /// Restart the agent's service.
+    Restart(UnitArgs),
+    /// Show the state of the agent's service.
+    Status(UnitArgs),
+    /// Stop and disable the agent's service and remove its unit; --purge removes its state too.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// The agent's options: the service runs with those given here (by flag or environment),
+    /// except the enrolment's (activation, name, tags); a --ca-file is copied into the state
+    /// directory.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Enrol and prepare the state directory only, without a service: prints the command line
+    /// that runs the agent, for another supervisor.
+    #[arg(long, env = "FLEETRUN_NO_SERVICE")]
+    pub no_service: bool,
+    #[command(flatten)]
+    pub unit: UnitArgs,
+}
+
+/// Where the service's unit is, and how to tell that systemd runs (overridable for tests).
+#[derive(Debug, Clone, Args)]
+pub struct UnitArgs {
+    /// Directory of the unit file `fleetrun-agent.service`.
+    #[arg(long, env = "FLEETRUN_UNIT_DIR", default_value = "/etc/systemd/system", hide = true)]
+    pub unit_dir: PathBuf,
+    /// The directory that exists only while systemd runs the machine (sd_booted(3)).
+    #[arg(
+        long,
+        env = "FLEETRUN_SYSTEMD_RUN_DIR",
+        default_value = "/run/systemd/system",
+        hide = true
+    )]
+    pub systemd_run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// Also remove the state directory: the instance credential and unsent output. The instance
+    /// stays registered on the server until it is deregistered there. (No environment variable:
+    /// deleting takes a flag typed on purpose.)
+    #[arg(long)]
+    pub purge: bool,
+    /// The state directory to purge (default: the one the installed unit names, else
+    /// /var/lib/fleetrun-agent).
+    #[arg(long, env = "FLEETRUN_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub unit: UnitArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +192,10 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "FLEETRUN_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The agent binary handed out at /download/fleetrun-agent for the one-line install
+    /// (/install.sh). Default: `fleetrun-agent` next to this server's executable.
+    #[arg(long, env = "FLEETRUN_AGENT_BINARY", value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
     /// Database URL; defaults to the SQLite file `<data-dir>/fleetrun.db`.
     #[arg(long, env = "FLEETRUN_DATABASE_URL")]
     pub database_url: Option<String>,

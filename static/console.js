@@ -67,6 +67,16 @@
     });
   }
 
+  function openFileDialog(ids) {
+    window.lastFocus = document.activeElement;
+    htmx.ajax("POST", "/console/files/new", {
+      source: document.body,
+      target: "#modal",
+      swap: "innerHTML",
+      values: { instance_ids: Array.from(ids).join(",") }
+    });
+  }
+
   // ---- The Send Command dialog's picker: the selection is the hidden #selected-ids. ----
 
   function picked() {
@@ -195,6 +205,7 @@
     if (!t) return;
     if (t.hasAttribute("data-close-modal")) closeModal(true);
     if (t.hasAttribute("data-send-selection")) openSendDialog(loadSelection());
+    if (t.hasAttribute("data-send-file-selection")) openFileDialog(loadSelection());
     if (t.hasAttribute("data-add-tags")) {
       var form = document.getElementById("add-tags-form");
       form.hidden = false;

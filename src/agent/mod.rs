@@ -17,6 +17,7 @@ mod host;
 mod identity;
 #[cfg(unix)]
 mod script;
+pub mod service;
 mod session;
 mod spool;
 mod transfer;
@@ -29,12 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs the agent until `shutdown` is cancelled or the server refuses it for good.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut servers = failover::Servers::parse(&args.server, args.insecure_plaintext)?;
-    let tls = crate::tls::client_config(args.ca_file.as_deref())?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .use_preconfigured_tls((*tls).clone())
-        .build()?;
+    let (mut servers, tls, http) = connector(&args)?;
     let identity = tokio::select! {
         identity = identity::load_or_enrol(&args, &servers, &http) => identity?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -67,6 +63,25 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     #[cfg(unix)]
     let _ = std::fs::remove_dir(exec.scripts.path());
     ended
+}
+
+/// Enrols this machine with the activation in `args` (or reads the credential it already has)
+/// without connecting: what `fleetrun-agent install` does before it sets up the service.
+/// Returns the instance id.
+pub async fn enrol(args: &AgentArgs) -> anyhow::Result<String> {
+    let (servers, _, http) = connector(args)?;
+    Ok(identity::load_or_enrol(args, &servers, &http).await?.instance_id)
+}
+
+/// The server list, the TLS configuration and the HTTP client for enrolment, from the options.
+fn connector(args: &AgentArgs) -> anyhow::Result<(failover::Servers, Arc<rustls::ClientConfig>, reqwest::Client)> {
+    let servers = failover::Servers::parse(&args.server, args.insecure_plaintext)?;
+    let tls = crate::tls::client_config(args.ca_file.as_deref())?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .use_preconfigured_tls((*tls).clone())
+        .build()?;
+    Ok((servers, tls, http))
 }
 
 /// Task cgroups where cgroup v2 is available to the agent, saying in one line which containment

@@ -218,6 +218,16 @@ fn values_of(arg: &clap::Arg, path: &Path, key: &str, value: &toml::Value) -> Re
 }
 
 impl<T> Loaded<T> {
+    /// The command parsed, with the file's values as its defaults.
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    /// Every value and where it came from (a file's value has the source `DefaultValue`).
+    pub fn matches(&self) -> &ArgMatches {
+        &self.matches
+    }
+
     /// The merged settings of `mode` (and the program's own options) as TOML, each with where
     /// it came from; secrets redacted.
     pub fn print_config(&self, mode: &str) -> String {

@@ -10,6 +10,7 @@ mod agent;
 pub mod api;
 mod auth;
 mod console;
+mod download;
 mod ecs;
 mod error;
 mod headers;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`); read by
     /// the `PeerIp` extractor only.
     pub(crate) trusted_proxies: Arc<[IpNet]>,
+    /// The agent binary of the one-line install (`--agent-binary`), with its cached SHA-256.
+    pub(crate) agent_binary: Arc<download::AgentBinary>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             shutdown,
             tls: false,
             trusted_proxies: Arc::from([]),
+            agent_binary: Arc::new(download::AgentBinary::new(None)),
         }
     }
 }
@@ -72,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api::routes())
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/connect", get(agent::connect))
+        .route("/install.sh", get(download::script))
+        .route("/download/fleetrun-agent", get(download::binary))
+        .route("/download/fleetrun-agent.sha256", get(download::checksum))
         .merge(console::routes())
         // The ECS API shares `/` with the console: its calls are told apart by their parameters.
         .layer(axum::middleware::from_fn_with_state(state.clone(), ecs::route))
@@ -140,6 +147,17 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
     let mut state = AppState::new(store.clone(), dispatcher, shutdown.clone());
     state.tls = tls.is_some();
     state.trusted_proxies = args.trusted_proxies.clone().into();
+    state.agent_binary = Arc::new(download::AgentBinary::new(args.agent_binary.clone()));
+    match state.agent_binary.path() {
+        Some(path) if path.is_file() => {
+            tracing::info!(path = %path.display(), "/install.sh hands out this agent binary")
+        }
+        Some(path) => tracing::warn!(
+            path = %path.display(),
+            "no agent binary there, so /install.sh cannot install agents: place one, or give --agent-binary PATH"
+        ),
+        None => tracing::warn!("no agent binary to hand out at /download/fleetrun-agent: give --agent-binary PATH"),
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%replica, "fleetrun server listening on {scheme}://{}", listener.local_addr()?);
     let header_timeout = Duration::from_secs(args.header_timeout_secs);

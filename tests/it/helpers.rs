@@ -107,9 +107,15 @@ impl TestApp {
     /// A server on HTTPS with the given certificate and key, trusted through `ca_file` as
     /// `--ca-file` trusts it.
     pub async fn spawn_tls(cert: &Path, key: &Path, ca_file: &Path) -> TestApp {
+        TestApp::spawn_tls_with(cert, key, ca_file, &[]).await
+    }
+
+    /// [`TestApp::spawn_tls`] with extra flags.
+    pub async fn spawn_tls_with(cert: &Path, key: &Path, ca_file: &Path, extra: &[&str]) -> TestApp {
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
         let data = tempfile::tempdir().unwrap();
-        TestApp::start(data, &["--tls-cert", &cert, "--tls-key", &key], Some(ca_file)).await
+        let args = [&["--tls-cert", cert.as_str(), "--tls-key", key.as_str()], extra].concat();
+        TestApp::start(data, &args, Some(ca_file)).await
     }
 
     async fn start(data: tempfile::TempDir, extra: &[&str], ca_file: Option<&Path>) -> TestApp {

@@ -18,6 +18,7 @@ mod faults_exec;
 mod files;
 mod helpers;
 mod hostile;
+mod install;
 mod netlab;
 mod netns;
 mod ops;

@@ -4,10 +4,11 @@
 use super::{ConsoleForm, Layout, PageError, Session, ToastNote, When, render};
 use crate::dispatch::{ActivationRequest, Error, Field, check};
 use crate::server::AppState;
+use crate::server::download::public_url;
 use crate::store::ActivationRow;
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum_htmx::HxRefresh;
 use serde::Deserialize;
@@ -53,7 +54,15 @@ pub struct Created {
     /// Sets the code in the environment, where `ps` does not show it.
     pub export_line: String,
     pub agent_line: String,
+    /// The one-line install (`/install.sh`): downloads, checks and installs the agent, enrols
+    /// and starts the service.
+    pub install_line: String,
+    /// Served over TLS: the install line trusts `CA_FILE`, which the page says how to provide.
+    pub tls: bool,
 }
+
+/// The file the TLS install line trusts, copied to the machine first.
+const CA_FILE: &str = "fleetrun-ca.pem";
 
 #[derive(Template)]
 #[template(path = "activations/index.html")]
@@ -142,21 +151,29 @@ pub async fn create(
     match created {
         Ok((row, code)) => {
             let scheme = if state.tls { "https" } else { "http" };
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("SERVER:8080");
+            let server = public_url(state.tls, &headers).unwrap_or_else(|| format!("{scheme}://SERVER:8080"));
             let name = match form.instance_name.trim() {
                 "" => String::new(),
                 name => format!(" --name {}", shell_quote(name)),
             };
+            let (cacert, ca_file) = match state.tls {
+                true => (format!(" --cacert {CA_FILE}"), format!(" --ca-file {CA_FILE}")),
+                false => Default::default(),
+            };
             let created = Created {
-                export_line: format!("export FLEETRUN_ACTIVATION_CODE={code}"),
+                export_line: format!("export FLEETRUN_ACTIVATION_CODE={}", shell_quote(&code)),
                 agent_line: format!(
-                    "sudo --preserve-env=FLEETRUN_ACTIVATION_CODE fleetrun-agent --server {scheme}://{host} \
+                    "sudo --preserve-env=FLEETRUN_ACTIVATION_CODE fleetrun-agent --server {server} \
                      --activation-id {}{name} --state-dir /var/lib/fleetrun-agent",
-                    row.id
+                    shell_quote(&row.id)
                 ),
+                install_line: format!(
+                    "curl -fsSL{cacert} {server}/install.sh | sh -s --{ca_file} --activation-id {} \
+                     --activation-code {}{name}",
+                    shell_quote(&row.id),
+                    shell_quote(&code)
+                ),
+                tls: state.tls,
                 id: row.id,
                 code,
             };

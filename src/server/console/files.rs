@@ -9,7 +9,7 @@ use crate::protocol::files::{FileSend, FileStatus};
 use crate::server::AppState;
 use crate::server::api::files::{file_send_dto, receive};
 use askama::Template;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Form, Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 
 #[derive(Template)]
@@ -44,12 +44,26 @@ pub struct DialogQuery {
     instance_ids: String,
 }
 
-/// `GET /console/files/new?instance_ids=…`: the dialog for the selected instances.
+/// `GET /console/files/new?instance_ids=…`: the dialog for one instance (its page's button).
 pub async fn dialog(
     State(state): State<AppState>,
     _session: Session,
     Query(query): Query<DialogQuery>,
 ) -> Result<Response, PageError> {
+    dialog_fragment(&state, query).await
+}
+
+/// `POST /console/files/new` (form `instance_ids=…`): the dialog for the Instances page's
+/// selection (**More → Send File**), posted because thousands of ids overflow a URL.
+pub async fn dialog_for_selection(
+    State(state): State<AppState>,
+    _session: Session,
+    Form(query): Form<DialogQuery>,
+) -> Result<Response, PageError> {
+    dialog_fragment(&state, query).await
+}
+
+async fn dialog_fragment(state: &AppState, query: DialogQuery) -> Result<Response, PageError> {
     let ids: Vec<String> = query
         .instance_ids
         .split(',')

@@ -55,7 +55,10 @@ pub fn routes() -> Router<AppState> {
         .route("/console/send/parameters", post(send::parameters))
         .route("/console/send/picker", post(send::picker))
         // The upload streams to disk under --max-file-bytes, not the 1 MiB body limit.
-        .route("/console/files/new", get(files::dialog))
+        .route(
+            "/console/files/new",
+            get(files::dialog).post(files::dialog_for_selection),
+        )
         .route(
             "/console/files",
             post(files::create).layer(axum::extract::DefaultBodyLimit::disable()),
