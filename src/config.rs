@@ -5,10 +5,13 @@
 //! This module depends on nothing else of fleetrun: modes take their struct from here, and
 //! turn it into their own settings (`server::settings`, for instance).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+
+mod file;
+pub use file::{Error as LoadError, Loaded, load, try_load_from};
 
 /// fleetrun: send commands to a fleet of machines and watch their output live.
 #[derive(Debug, Parser)]
@@ -17,6 +20,9 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `fleetrun=debug`.
     #[arg(long, global = true, env = "FLEETRUN_LOG", default_value = "info")]
     pub log: String,
+    /// Log lines as text, or as one JSON object a line (for a log shipper).
+    #[arg(long, global = true, env = "FLEETRUN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub mode: Mode,
 }
@@ -39,6 +45,9 @@ pub struct AgentCli {
     /// Log filter, e.g. `info` or `fleetrun=debug`.
     #[arg(long, global = true, env = "FLEETRUN_LOG", default_value = "info")]
     pub log: String,
+    /// Log lines as text, or as one JSON object a line (for a log shipper).
+    #[arg(long, global = true, env = "FLEETRUN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub agent: AgentArgs,
     #[command(subcommand)]
@@ -128,6 +137,20 @@ pub enum Mode {
     Stop(StopArgs),
     /// Send a file to instances and wait for each one's result (client).
     SendFile(SendFileArgs),
+    /// Copy the SQLite database to a file while the server runs (for PostgreSQL: pg_dump).
+    Backup(BackupArgs),
+    /// Put a backup in place of the SQLite database, keeping the old one aside; the server
+    /// must be stopped.
+    Restore(RestoreArgs),
+}
+
+/// How log lines are written (on standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields.
+    Json,
 }
 
 /// A secret option value; `Debug` never prints it.
@@ -149,6 +172,14 @@ impl std::str::FromStr for Secret {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings (keys: the long options, e.g. `data-dir = "/var/lib/fleetrun"`);
+    /// flags and FLEETRUN_* variables override it.
+    #[arg(long, env = "FLEETRUN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the merged settings (flags, environment, --config file, defaults) as TOML, secrets
+    /// redacted, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to listen on.
     #[arg(long, env = "FLEETRUN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -269,20 +300,78 @@ impl ServeArgs {
     /// The SQLite database file that `database_url` names (as `Store::open` reads it), or
     /// `None` for another backend or an in-memory database.
     pub fn sqlite_file(&self) -> Option<PathBuf> {
-        let url = self.database_url();
-        if url.starts_with("postgres") {
-            return None;
-        }
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(&url);
-        (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+        sqlite_file(&self.database_url())
+    }
+}
+
+/// The SQLite file a database URL names, or `None` for PostgreSQL or an in-memory database.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    if url.starts_with("postgres") {
+        return None;
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// The server's database, for `backup` and `restore`: as `serve` finds it.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// The server's configuration file: its `data-dir` and `database-url` are used (flags and
+    /// FLEETRUN_* variables override them).
+    #[arg(long, env = "FLEETRUN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The server's data directory.
+    #[arg(long, env = "FLEETRUN_DATA_DIR", default_value = "./fleetrun-data")]
+    pub data_dir: PathBuf,
+    /// The server's database URL; defaults to the SQLite file `<data-dir>/fleetrun.db`.
+    #[arg(long, env = "FLEETRUN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The database URL, defaulting to the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("fleetrun.db").display()))
+    }
+
+    /// The SQLite file, or `None` for PostgreSQL (or an in-memory database).
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        sqlite_file(&self.database_url())
     }
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The file to write (mode 0600). It must not exist, unless --force.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The backup to restore (a file `fleetrun backup` wrote).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
+    /// TOML file of settings (keys: the long options, e.g. `server = ["https://fleet.example"]`);
+    /// flags and FLEETRUN_* variables override it.
+    #[arg(long, env = "FLEETRUN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Server URL, e.g. https://fleet.example.com or http://127.0.0.1:8080; several replicas as
     /// a comma-separated list (or --server repeated): the agent holds one connection at a time
     /// and moves to the next URL when its server is gone.

@@ -108,3 +108,30 @@ fn tighten(path: &Path, mode: u32) -> anyhow::Result<()> {
     let _ = (path, mode);
     Ok(())
 }
+
+/// A lock on the SQLite database `db`, through the file `<db>.lock` beside it: each serving
+/// process holds it shared for as long as it runs, `fleetrun restore` exclusively while it
+/// swaps the file. `Ok(None)`: another process holds it the other way.
+#[cfg(all(feature = "server", unix))]
+pub fn lock_database(db: &Path, exclusive: bool) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = Path::new(&name);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
+        .open(path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    let how = if exclusive {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockSharedNonblock
+    };
+    match Flock::lock(file, how) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, e)) if e == nix::errno::Errno::EWOULDBLOCK => Ok(None),
+        Err((_, e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}

@@ -15,8 +15,12 @@
 //! - [`client`]: the API client and the CLI subcommands.
 //! - [`tls`]: the TLS client configuration of agent and CLI (`--ca-file`), and advice on refused certificates.
 //! - [`demo`]: one command that starts a server and four local agents.
+//! - [`backup`]: `fleetrun backup` and `restore` of the SQLite store.
+//! - [`logging`]: text or JSON log lines, for both binaries.
 
 pub mod agent;
+#[cfg(feature = "server")]
+pub mod backup;
 #[cfg(feature = "server")]
 pub mod client;
 pub mod config;
@@ -25,6 +29,7 @@ pub mod demo;
 #[cfg(feature = "server")]
 pub mod dispatch;
 mod files;
+pub mod logging;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;

@@ -1,18 +1,21 @@
 //! The `fleetrun` binary: parse the command line, set up logging, run one mode.
 
-use clap::Parser as _;
 use fleetrun::config::{Cli, Mode};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     return_freed_memory();
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    // Flags, FLEETRUN_* variables and the --config file, in that order.
+    let loaded = fleetrun::config::load::<Cli>();
+    if let Mode::Serve(args) = &loaded.cli.mode {
+        if args.print_config {
+            print!("{}", loaded.print_config("serve"));
+            return std::process::ExitCode::SUCCESS;
+        }
+    }
+    let cli = loaded.cli;
+    fleetrun::logging::init(&cli.log, cli.log_format);
     // Long-running modes stop gracefully on Ctrl-C or SIGTERM; client commands keep the
     // default handling (Ctrl-C ends them; `run` handles it itself to say how to stop).
     let shutdown = CancellationToken::new();
@@ -24,6 +27,8 @@ async fn main() -> std::process::ExitCode {
         Mode::Serve(args) => serve(args, shutdown).await.map(|_| 0),
         Mode::Agent(args) => fleetrun::agent::run(args, shutdown).await.map(|_| 0),
         Mode::Demo(args) => fleetrun::demo::run(args, shutdown).await.map(|_| 0),
+        Mode::Backup(args) => fleetrun::backup::backup(args).await,
+        Mode::Restore(args) => fleetrun::backup::restore(args).await,
         client => fleetrun::client::run_cli(client).await,
     };
     match outcome {

@@ -6,22 +6,18 @@
 //! subcommand it runs the agent in the foreground; `install`, `start`, `stop`, `restart`,
 //! `status` and `uninstall` manage it as a systemd service (`agent::service`).
 
-use clap::{CommandFactory as _, FromArgMatches as _};
 use fleetrun::agent::service;
 use fleetrun::config::{AgentCli, AgentCommand};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = AgentCli::command();
-    let matches = command.clone().get_matches();
-    let cli = AgentCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    // Flags, FLEETRUN_* variables and the --config file (agent.toml), in that order.
+    let loaded = fleetrun::config::load::<AgentCli>();
+    let (command, matches) = (loaded.command().clone(), loaded.matches().clone());
+    let cli = loaded.cli;
+    fleetrun::logging::init(&cli.log, cli.log_format);
     let ended = match cli.command {
         None => {
             let shutdown = CancellationToken::new();

@@ -147,6 +147,16 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: CancellationT
         args.metrics_open,
     )?;
     let store = open_store(&args).await?;
+    // Held until the server stops: `fleetrun restore` refuses to swap the file under it.
+    let _in_use = match args.sqlite_file() {
+        Some(db) => Some(crate::files::lock_database(&db, false)?.with_context(|| {
+            format!(
+                "{} is being restored (fleetrun restore); start the server once it is done",
+                db.display()
+            )
+        })?),
+        None => None,
+    };
     let key_file = args.secret_key_file();
     let secret_key = SecretKey::load_or_create(&key_file)
         .with_context(|| format!("cannot load the secret key (--secret-key-file {})", key_file.display()))?;

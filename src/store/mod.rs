@@ -8,6 +8,7 @@
 
 mod access_keys;
 mod audit;
+pub mod backup;
 pub mod bus;
 mod commands;
 mod db;
