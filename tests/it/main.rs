@@ -20,6 +20,7 @@ mod helpers;
 mod hostile;
 mod netlab;
 mod netns;
+mod openapi;
 mod parity;
 mod plans;
 mod private;
