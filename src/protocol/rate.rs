@@ -128,11 +128,7 @@ mod schema {
     fn count_or_percentage(text: &str) -> RefOr<Schema> {
         OneOfBuilder::new()
             .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(text)),
-            )
+            .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(text)))
             .description(Some(
                 "A number of instances (`5`) or a percentage of the invocation's instances (`\"10%\"`, rounded up).",
             ))
