@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Every error answer.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `InvalidParameter.CommandContent`.
@@ -23,11 +24,13 @@ pub struct ErrorBody {
 }
 
 /// `GET /api/v1/regions`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegionsResponse {
     pub regions: Vec<Region>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Region {
     pub region_id: String,
@@ -35,12 +38,14 @@ pub struct Region {
 }
 
 /// Whether an instance's agent heartbeat is fresh.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstanceStatus {
     Running,
     Stopped,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub instance_id: String,
@@ -56,6 +61,7 @@ pub struct Instance {
     pub registered_time: String,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {
     /// The agent holds a connection to the server right now.
@@ -69,6 +75,7 @@ pub struct AgentInfo {
 }
 
 /// `PATCH /api/v1/instances/{instance_id}`: fields left out keep their value.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyInstanceRequest {
@@ -79,6 +86,7 @@ pub struct ModifyInstanceRequest {
 
 /// `PUT /api/v1/instances/{instance_id}/tags`: the instance's tags become these (at most 20,
 /// keys unique).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetTagsRequest {
@@ -86,6 +94,7 @@ pub struct SetTagsRequest {
 }
 
 /// `GET /api/v1/instances`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstancesResponse {
     pub instances: Vec<Instance>,
@@ -93,6 +102,7 @@ pub struct InstancesResponse {
 }
 
 /// `POST /api/v1/activations`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateActivationRequest {
@@ -105,6 +115,7 @@ pub struct CreateActivationRequest {
 }
 
 /// Answer to `POST /api/v1/activations`: the only time the code is shown.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationCreated {
     pub activation_id: String,
@@ -113,6 +124,7 @@ pub struct ActivationCreated {
     pub expires_time: String,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activation {
     pub activation_id: String,
@@ -125,6 +137,7 @@ pub struct Activation {
     pub disabled: bool,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationsResponse {
     pub activations: Vec<Activation>,
@@ -157,6 +170,7 @@ pub struct RegisterResponse {
 }
 
 /// How `command_content` is encoded in a request.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum ContentEncoding {
     #[default]
@@ -165,6 +179,7 @@ pub enum ContentEncoding {
 }
 
 /// `POST /api/v1/invocations` (RunCommand).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunCommandRequest {
     /// The instances to run on; may be empty when `tags` name them.
@@ -216,6 +231,7 @@ pub struct RunCommandRequest {
     #[serde(default)]
     pub frequency: Option<String>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "server", schema(ignore))]
     pub no_unknown_fields: NoUnknownFields,
 }
 
@@ -250,6 +266,7 @@ impl RunCommandRequest {
 
 /// Answer to RunCommand and InvokeCommand with `repeat_mode: "DryRun"` (200): what would run,
 /// with nothing stored and nothing run.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DryRunResponse {
     /// Always true: nothing was stored or run.
@@ -261,6 +278,7 @@ pub struct DryRunResponse {
 }
 
 /// One target of a dry run.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DryRunInstance {
     pub instance_id: String,
@@ -275,6 +293,7 @@ pub struct DryRunInstance {
 }
 
 /// Answer to RunCommand and InvokeCommand.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationCreated {
     pub invoke_id: String,
@@ -287,6 +306,7 @@ pub struct InvocationCreated {
 }
 
 /// One invocation, as listed and as fetched (the latter with `results`).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
     pub invoke_id: String,
@@ -342,6 +362,7 @@ fn once() -> RepeatMode {
 
 /// `GET /api/v1/invocations/{invoke_id}/executions`: every execution, each with the results of
 /// its own run.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionsResponse {
     pub invoke_id: String,
@@ -349,6 +370,7 @@ pub struct ExecutionsResponse {
 }
 
 /// One execution of an invocation: run number `repeats` (from 1), on each instance it reached.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Execution {
     pub repeats: u32,
@@ -356,6 +378,7 @@ pub struct Execution {
 }
 
 /// One instance's result within an invocation.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationResult {
     pub instance_id: String,
@@ -379,6 +402,7 @@ fn first() -> u32 {
     1
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationsResponse {
     pub invocations: Vec<Invocation>,
@@ -390,6 +414,7 @@ pub struct InvocationsResponse {
 }
 
 /// `POST /api/v1/invocations/{invoke_id}/stop`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
@@ -398,6 +423,7 @@ pub struct StopRequest {
 }
 
 /// One event of `GET /api/v1/invocations/{invoke_id}/stream`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StreamEvent {
@@ -410,7 +436,9 @@ pub enum StreamEvent {
         seq: Option<u64>,
         offset: u64,
         stream: OutputStream,
+        /// The bytes, Base64.
         #[serde(with = "super::base64_bytes")]
+        #[cfg_attr(feature = "server", schema(value_type = String, format = Byte))]
         data: Bytes,
     },
     /// A result changed status.
@@ -428,6 +456,7 @@ pub enum StreamEvent {
 }
 
 /// `POST /api/v1/commands` (CreateCommand).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateCommandRequest {
     pub region_id: String,
@@ -440,10 +469,12 @@ pub struct CreateCommandRequest {
     #[serde(default)]
     pub content_encoding: ContentEncoding,
     #[serde(flatten)]
+    #[cfg_attr(feature = "server", schema(ignore))]
     pub no_unknown_fields: NoUnknownFields,
 }
 
 /// `PATCH /api/v1/commands/{command_id}`: fields left out keep their value.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyCommandRequest {
@@ -465,6 +496,7 @@ pub struct ModifyCommandRequest {
 
 /// `POST /api/v1/commands/{command_id}/invoke` (InvokeCommand). Options override the
 /// command's own for this run only.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvokeCommandRequest {
@@ -508,6 +540,7 @@ pub struct InvokeCommandRequest {
 }
 
 /// A retained command.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     pub command_id: String,
@@ -522,6 +555,7 @@ pub struct Command {
     pub created_time: String,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandsResponse {
     pub commands: Vec<Command>,
@@ -529,11 +563,13 @@ pub struct CommandsResponse {
 }
 
 /// `GET /api/v1/quotas`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotasResponse {
     pub quotas: Vec<Quota>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quota {
     /// e.g. `retained_commands`.
@@ -545,6 +581,7 @@ pub struct Quota {
 }
 
 /// `POST /api/v1/tokens`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
@@ -554,6 +591,7 @@ pub struct CreateTokenRequest {
 }
 
 /// Answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenCreated {
     pub token_id: String,
@@ -563,6 +601,7 @@ pub struct TokenCreated {
     pub expires_time: Option<String>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Token {
     pub token_id: String,
@@ -572,12 +611,14 @@ pub struct Token {
     pub expires_time: Option<String>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokensResponse {
     pub tokens: Vec<Token>,
 }
 
 /// `POST /api/v1/access-keys`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccessKeyRequest {
@@ -587,6 +628,7 @@ pub struct CreateAccessKeyRequest {
 }
 
 /// Answer to `POST /api/v1/access-keys`: the only time the secret is shown.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccessKeyCreated {
     pub access_key_id: String,
@@ -609,6 +651,7 @@ impl std::fmt::Debug for AccessKeyCreated {
 }
 
 /// An AccessKey pair as listed: never its secret.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccessKey {
     pub access_key_id: String,
@@ -619,12 +662,14 @@ pub struct AccessKey {
     pub last_used_time: Option<String>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccessKeysResponse {
     pub access_keys: Vec<AccessKey>,
 }
 
 /// `PATCH /api/v1/access-keys/{access_key_id}`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyAccessKeyRequest {
@@ -633,6 +678,7 @@ pub struct ModifyAccessKeyRequest {
 }
 
 /// One audit log entry.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub time: String,
@@ -646,6 +692,7 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditResponse {
     pub entries: Vec<AuditEntry>,
@@ -653,6 +700,7 @@ pub struct AuditResponse {
 }
 
 /// `POST /api/v1/users` (admin).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
@@ -664,6 +712,7 @@ pub struct CreateUserRequest {
 
 /// `PATCH /api/v1/users/{username}`: an admin may change anything; a user may change only their
 /// own password, giving the current one.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyUserRequest {
@@ -678,6 +727,7 @@ pub struct ModifyUserRequest {
 }
 
 /// An account (never with its password).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub username: String,
@@ -686,12 +736,14 @@ pub struct User {
     pub created_time: String,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsersResponse {
     pub users: Vec<User>,
 }
 
 /// `GET/PATCH /api/v1/settings` (admin): server settings changed at run time.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {

@@ -288,12 +288,14 @@ impl FileSendStatus {
 }
 
 /// `POST /api/v1/files` answer.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendFileCreated {
     pub send_id: String,
 }
 
 /// A send as the API shows it (`GET /api/v1/files/{send_id}`).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileSend {
     pub send_id: String,
@@ -318,6 +320,7 @@ pub struct FileSend {
 }
 
 /// One instance's result of a send.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileResult {
     pub instance_id: String,
@@ -333,6 +336,7 @@ pub struct FileResult {
 }
 
 /// `GET /api/v1/files` answer.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileSendsResponse {
     pub files: Vec<FileSend>,

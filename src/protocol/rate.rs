@@ -117,6 +117,43 @@ impl<'de> Deserialize<'de> for RateLimit {
     }
 }
 
+/// Both types in the OpenAPI document: a JSON number or string, as they are read and written.
+#[cfg(feature = "server")]
+mod schema {
+    use super::{RateInput, RateLimit};
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+
+    /// A whole number, or a string matching `text`.
+    fn count_or_percentage(text: &str) -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+            .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(text)))
+            .description(Some(
+                "A number of instances (`5`) or a percentage of the invocation's instances (`\"10%\"`, rounded up).",
+            ))
+            .examples([serde_json::json!(5), serde_json::json!("10%")])
+            .into()
+    }
+
+    impl utoipa::PartialSchema for RateInput {
+        fn schema() -> RefOr<Schema> {
+            // A request may also give a count as a string (`"5"`).
+            count_or_percentage(r"^\s*[0-9]+\s*%?\s*$")
+        }
+    }
+
+    impl utoipa::ToSchema for RateInput {}
+
+    impl utoipa::PartialSchema for RateLimit {
+        fn schema() -> RefOr<Schema> {
+            count_or_percentage(r"^[0-9]+%$")
+        }
+    }
+
+    impl utoipa::ToSchema for RateLimit {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

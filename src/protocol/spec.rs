@@ -20,6 +20,7 @@ fn default_timeout() -> u64 {
 }
 
 /// What to run and how.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandSpec {
     /// The interpreter.

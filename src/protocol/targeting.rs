@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One key/value pair: on an instance, in a tag selector, or on an invocation.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tag {

@@ -28,13 +28,32 @@ const FLUSH_EVERY: usize = 256;
 /// Largest frame a watcher may send: watchers only listen, so anything big is hostile.
 pub const WATCHER_FRAME: usize = 16 * 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Only this instance's events.
     instance_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/invocations/{invoke_id}/stream",
+    tag = "invocations",
+    operation_id = "StreamInvocation",
+    summary = "Watch an invocation's output and statuses live (WebSocket)",
+    params(
+        ("invoke_id" = String, Path, description = "The invocation's id (`t-…`)."),
+        StreamQuery,
+    ),
+    responses(
+        (
+            status = 101,
+            description = "A WebSocket: one JSON `StreamEvent` (see the schema) per text frame, first what is \
+                           stored, then live events, until `done`.",
+        ),
+    ),
+)]
 pub async fn stream(
     _: Actor,
     State(state): State<AppState>,

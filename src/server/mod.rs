@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .nest("/api/v1", api::routes())
+        .route("/api/docs", get(api::openapi::page))
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/connect", get(agent::connect))
         .route("/install.sh", get(download::script))

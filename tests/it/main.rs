@@ -22,6 +22,7 @@ mod install;
 mod metrics;
 mod netlab;
 mod netns;
+mod openapi;
 mod ops;
 mod parity;
 mod plans;

@@ -22,6 +22,22 @@ fn access_key(row: AccessKeyRow) -> AccessKey {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/access-keys",
+    tag = "access-keys",
+    operation_id = "CreateAccessKey",
+    summary = "Create an AccessKey pair for the ECS API",
+    request_body = CreateAccessKeyRequest,
+    responses(
+        (
+            status = 201,
+            description = "Created; the only answer holding the secret (at most two per account).",
+            body = AccessKeyCreated,
+            headers(("cache-control" = String, description = "`no-store`: keep no copy of the secret.")),
+        ),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -50,12 +66,34 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/access-keys",
+    tag = "access-keys",
+    operation_id = "ListAccessKeys",
+    summary = "List the caller's AccessKey pairs",
+    responses(
+        (status = 200, description = "The caller's AccessKey pairs, never their secrets.", body = AccessKeysResponse),
+    ),
+)]
 pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<AccessKeysResponse>, ApiError> {
     let rows = state.dispatcher.list_access_keys(&actor).await?;
     let access_keys = rows.into_iter().map(access_key).collect();
     Ok(ApiJson(AccessKeysResponse { access_keys }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/access-keys/{access_key_id}",
+    tag = "access-keys",
+    operation_id = "ModifyAccessKey",
+    summary = "Enable or disable an AccessKey pair",
+    params(("access_key_id" = String, Path, description = "The AccessKey id.")),
+    request_body = ModifyAccessKeyRequest,
+    responses(
+        (status = 200, description = "The key, enabled or disabled.", body = AccessKey),
+    ),
+)]
 pub async fn modify(
     actor: Actor,
     State(state): State<AppState>,
@@ -69,6 +107,17 @@ pub async fn modify(
     Ok(ApiJson(access_key(row)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/access-keys/{access_key_id}",
+    tag = "access-keys",
+    operation_id = "DeleteAccessKey",
+    summary = "Delete an AccessKey pair",
+    params(("access_key_id" = String, Path, description = "The AccessKey id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+    ),
+)]
 pub async fn delete(
     actor: Actor,
     State(state): State<AppState>,

@@ -22,6 +22,17 @@ fn activation_dto(row: ActivationRow) -> Activation {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/activations",
+    tag = "activations",
+    operation_id = "CreateActivation",
+    summary = "Create an activation code (admin)",
+    request_body = CreateActivationRequest,
+    responses(
+        (status = 201, description = "Created (admin); the only answer holding the code.", body = ActivationCreated),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -43,6 +54,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/activations",
+    tag = "activations",
+    operation_id = "ListActivations",
+    summary = "List activations",
+    responses(
+        (status = 200, description = "Every activation, never with its code.", body = ActivationsResponse),
+    ),
+)]
 pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<ActivationsResponse>, ApiError> {
     let activations: Vec<Activation> = state
         .dispatcher

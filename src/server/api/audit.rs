@@ -9,7 +9,8 @@ use crate::store::AuditFilter;
 use axum::extract::State;
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     user: Option<String>,
@@ -19,6 +20,17 @@ pub struct ListQuery {
     page_size: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    operation_id = "ListAuditEntries",
+    summary = "Read the audit log (admin)",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of entries, newest first (admin).", body = AuditResponse),
+    ),
+)]
 pub async fn list(
     actor: Actor,
     State(state): State<AppState>,

@@ -3,7 +3,8 @@
 use super::{rfc3339, window};
 use crate::dispatch::{Actor, Kind, error::not_found};
 use crate::protocol::api::{
-    Command, CommandsResponse, CreateCommandRequest, InvokeCommandRequest, ModifyCommandRequest, QuotasResponse,
+    Command, CommandsResponse, CreateCommandRequest, InvocationCreated, InvokeCommandRequest, ModifyCommandRequest,
+    QuotasResponse,
 };
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -27,6 +28,17 @@ pub fn command_dto(row: CommandRow) -> Command {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/commands",
+    tag = "commands",
+    operation_id = "CreateCommand",
+    summary = "Create a retained command (CreateCommand)",
+    request_body = CreateCommandRequest,
+    responses(
+        (status = 201, description = "Retained (operator).", body = Command),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -36,7 +48,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(command_dto(row))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     region_id: Option<String>,
@@ -45,6 +58,17 @@ pub struct ListQuery {
     page_size: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/commands",
+    tag = "commands",
+    operation_id = "ListCommands",
+    summary = "List retained commands",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of retained commands.", body = CommandsResponse),
+    ),
+)]
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
@@ -60,6 +84,17 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/commands/{command_id}",
+    tag = "commands",
+    operation_id = "DescribeCommand",
+    summary = "Get a retained command",
+    params(("command_id" = String, Path, description = "The retained command's id (`c-…`).")),
+    responses(
+        (status = 200, description = "The retained command.", body = Command),
+    ),
+)]
 pub async fn show(
     _: Actor,
     State(state): State<AppState>,
@@ -73,6 +108,18 @@ pub async fn show(
     Ok(ApiJson(command_dto(row)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/commands/{command_id}",
+    tag = "commands",
+    operation_id = "ModifyCommand",
+    summary = "Change a retained command",
+    params(("command_id" = String, Path, description = "The retained command's id (`c-…`).")),
+    request_body = ModifyCommandRequest,
+    responses(
+        (status = 200, description = "The command, changed (operator).", body = Command),
+    ),
+)]
 pub async fn modify(
     actor: Actor,
     State(state): State<AppState>,
@@ -83,6 +130,17 @@ pub async fn modify(
     Ok(ApiJson(command_dto(row)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/commands/{command_id}",
+    tag = "commands",
+    operation_id = "DeleteCommand",
+    summary = "Delete a retained command",
+    params(("command_id" = String, Path, description = "The retained command's id (`c-…`).")),
+    responses(
+        (status = 204, description = "Deleted (operator)."),
+    ),
+)]
 pub async fn delete(
     actor: Actor,
     State(state): State<AppState>,
@@ -92,6 +150,24 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/commands/{command_id}/invoke",
+    tag = "commands",
+    operation_id = "InvokeCommand",
+    summary = "Run a retained command (InvokeCommand)",
+    params(("command_id" = String, Path, description = "The retained command's id (`c-…`).")),
+    request_body = InvokeCommandRequest,
+    responses(
+        (status = 201, description = "Started (operator).", body = InvocationCreated),
+        (
+            status = 200,
+            description = "A `client_token` seen before (the first invocation, `replayed`), or a dry run \
+                           (what would run).",
+            body = super::invocations::Resubmitted,
+        ),
+    ),
+)]
 pub async fn invoke(
     actor: Actor,
     State(state): State<AppState>,
@@ -102,6 +178,16 @@ pub async fn invoke(
     Ok(super::invocations::submitted(answer))
 }
 
+#[utoipa::path(
+    get,
+    path = "/quotas",
+    tag = "commands",
+    operation_id = "ListQuotas",
+    summary = "List quotas with their use",
+    responses(
+        (status = 200, description = "Used and limit of each quota.", body = QuotasResponse),
+    ),
+)]
 pub async fn quotas(_: Actor, State(state): State<AppState>) -> Result<ApiJson<QuotasResponse>, ApiError> {
     let quotas = state.dispatcher.quotas().await?;
     Ok(ApiJson(QuotasResponse { quotas }))

@@ -113,7 +113,44 @@ pub async fn receive(state: &AppState, actor: &Actor, mut form: Multipart) -> Re
     state.dispatcher.send_file(actor, upload, request).await
 }
 
+/// The Send File form: the file and its text fields, in any order.
+// For the OpenAPI document only: `receive` reads the parts one by one, nothing builds this.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SendFileForm {
+    /// The file (streamed to the server's disk, at most `--max-file-bytes`).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Instance ids, comma-separated or the field repeated (`instance_id` is taken too).
+    instance_ids: String,
+    /// An absolute directory on the instances.
+    target_dir: String,
+    /// The file's name there; the upload's own name when left out.
+    name: Option<String>,
+    /// Octal permission bits, e.g. `0644`.
+    mode: Option<String>,
+    /// User name or id to own the file; the agent's own when left out.
+    owner: Option<String>,
+    group: Option<String>,
+    /// `true` replaces a file already there; otherwise that instance fails `FileAlreadyExists`.
+    overwrite: Option<bool>,
+    /// Seconds the transfer may take.
+    timeout_secs: Option<u64>,
+    description: Option<String>,
+}
+
 /// SendFile.
+#[utoipa::path(
+    post,
+    path = "/files",
+    tag = "files",
+    operation_id = "SendFile",
+    summary = "Send a file to instances (SendFile)",
+    request_body(content = SendFileForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored and being sent (operator).", body = SendFileCreated),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -124,6 +161,17 @@ pub async fn create(
 }
 
 /// DescribeSendFileResults, one send.
+#[utoipa::path(
+    get,
+    path = "/files/{send_id}",
+    tag = "files",
+    operation_id = "DescribeSendFileResults",
+    summary = "Get a file send and its per-instance results",
+    params(("send_id" = String, Path, description = "The send's id (`f-…`).")),
+    responses(
+        (status = 200, description = "The send with its per-instance results.", body = FileSend),
+    ),
+)]
 pub async fn show(
     _actor: Actor,
     State(state): State<AppState>,
@@ -133,7 +181,8 @@ pub async fn show(
     Ok(ApiJson(file_send_dto(send, &results, true)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     page: Option<u64>,
@@ -141,6 +190,21 @@ pub struct ListQuery {
 }
 
 /// The newest sends first, with their overall status.
+#[utoipa::path(
+    get,
+    path = "/files",
+    tag = "files",
+    operation_id = "ListFileSends",
+    summary = "List file sends",
+    params(ListQuery),
+    responses(
+        (
+            status = 200,
+            description = "A page of sends, newest first, with their overall status.",
+            body = FileSendsResponse,
+        ),
+    ),
+)]
 pub async fn list(
     _actor: Actor,
     State(state): State<AppState>,

@@ -40,6 +40,16 @@ pub fn instance_dto(row: InstanceRow, liveness: Liveness) -> Instance {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/regions",
+    tag = "instances",
+    operation_id = "ListRegions",
+    summary = "List regions",
+    responses(
+        (status = 200, description = "Every region with its instance count.", body = RegionsResponse),
+    ),
+)]
 pub async fn regions(_: Actor, State(state): State<AppState>) -> Result<ApiJson<RegionsResponse>, ApiError> {
     let regions = state.store.regions().await?;
     let regions = regions
@@ -52,7 +62,8 @@ pub async fn regions(_: Actor, State(state): State<AppState>) -> Result<ApiJson<
     Ok(ApiJson(RegionsResponse { regions }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     region_id: Option<String>,
@@ -65,6 +76,17 @@ pub struct ListQuery {
     page_size: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/instances",
+    tag = "instances",
+    operation_id = "ListInstances",
+    summary = "List instances",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of instances and how many match.", body = InstancesResponse),
+    ),
+)]
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
@@ -93,6 +115,17 @@ pub async fn list(
     Ok(ApiJson(InstancesResponse { instances, total }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/instances/{instance_id}",
+    tag = "instances",
+    operation_id = "DescribeInstance",
+    summary = "Get an instance",
+    params(("instance_id" = String, Path, description = "The instance's id (`i-…`).")),
+    responses(
+        (status = 200, description = "The instance.", body = Instance),
+    ),
+)]
 pub async fn show(
     _: Actor,
     State(state): State<AppState>,
@@ -108,6 +141,18 @@ pub async fn show(
 }
 
 /// Renames an instance.
+#[utoipa::path(
+    patch,
+    path = "/instances/{instance_id}",
+    tag = "instances",
+    operation_id = "ModifyInstance",
+    summary = "Rename an instance",
+    params(("instance_id" = String, Path, description = "The instance's id (`i-…`).")),
+    request_body = ModifyInstanceRequest,
+    responses(
+        (status = 200, description = "The instance, renamed (operator).", body = Instance),
+    ),
+)]
 pub async fn modify(
     actor: Actor,
     State(state): State<AppState>,
@@ -127,6 +172,18 @@ pub async fn modify(
 }
 
 /// Replaces an instance's tags.
+#[utoipa::path(
+    put,
+    path = "/instances/{instance_id}/tags",
+    tag = "instances",
+    operation_id = "SetInstanceTags",
+    summary = "Replace an instance's tags",
+    params(("instance_id" = String, Path, description = "The instance's id (`i-…`).")),
+    request_body = SetTagsRequest,
+    responses(
+        (status = 200, description = "The instance with its new tags (operator).", body = Instance),
+    ),
+)]
 pub async fn set_tags(
     actor: Actor,
     State(state): State<AppState>,
@@ -142,6 +199,17 @@ pub async fn set_tags(
 }
 
 /// Deregisters an instance: revokes its credential and closes its connection at once.
+#[utoipa::path(
+    delete,
+    path = "/instances/{instance_id}",
+    tag = "instances",
+    operation_id = "DeregisterInstance",
+    summary = "Deregister an instance (admin)",
+    params(("instance_id" = String, Path, description = "The instance's id (`i-…`).")),
+    responses(
+        (status = 204, description = "Deregistered (admin): its credential is revoked and its connection closed."),
+    ),
+)]
 pub async fn deregister(
     actor: Actor,
     State(state): State<AppState>,

@@ -3,7 +3,8 @@
 use super::{parse_time, rfc3339, window};
 use crate::dispatch::{Actor, Kind, Submitted, check, error::not_found};
 use crate::protocol::api::{
-    Execution, ExecutionsResponse, Invocation, InvocationResult, InvocationsResponse, RunCommandRequest, StopRequest,
+    DryRunResponse, Execution, ExecutionsResponse, Invocation, InvocationCreated, InvocationResult,
+    InvocationsResponse, RunCommandRequest, StopRequest,
 };
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -12,7 +13,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// An invocation as the API shows it.
 pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>) -> Invocation {
@@ -45,10 +46,22 @@ pub fn invocation_dto(row: InvocationRow, results: Option<Vec<InvocationResult>>
 /// when its `client_token` was seen before; 200 with what would run for a dry run.
 pub fn submitted(submitted: Submitted) -> Response {
     match submitted {
-        Submitted::Created(created) if created.replayed => (StatusCode::OK, ApiJson(created)).into_response(),
-        Submitted::Created(created) => (StatusCode::CREATED, ApiJson(created)).into_response(),
-        Submitted::DryRun(answer) => (StatusCode::OK, ApiJson(answer)).into_response(),
+        Submitted::Created(created) if !created.replayed => (StatusCode::CREATED, ApiJson(created)).into_response(),
+        Submitted::Created(created) => (StatusCode::OK, ApiJson(Resubmitted::Replayed(created))).into_response(),
+        Submitted::DryRun(answer) => (StatusCode::OK, ApiJson(Resubmitted::DryRun(answer))).into_response(),
     }
+}
+
+/// RunCommand's and InvokeCommand's 200 answer: the invocation a `client_token` seen before made,
+/// or what a dry run would run.
+// Untagged, so each is written as it is; a type of its own so the OpenAPI document can name both.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Resubmitted {
+    /// The invocation a `client_token` seen before made (`replayed` is true).
+    Replayed(InvocationCreated),
+    /// What a dry run would run.
+    DryRun(DryRunResponse),
 }
 
 /// A result as the API shows it, with its kept output as text.
@@ -69,6 +82,23 @@ pub fn result_dto(row: ResultRow, output: &[u8]) -> InvocationResult {
 }
 
 /// RunCommand.
+#[utoipa::path(
+    post,
+    path = "/invocations",
+    tag = "invocations",
+    operation_id = "RunCommand",
+    summary = "Run a command on instances (RunCommand)",
+    request_body = RunCommandRequest,
+    responses(
+        (status = 201, description = "Started (operator).", body = InvocationCreated),
+        (
+            status = 200,
+            description = "A `client_token` seen before (the first invocation, `replayed`), or a dry run \
+                           (what would run).",
+            body = Resubmitted,
+        ),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -77,7 +107,8 @@ pub async fn create(
     Ok(submitted(state.dispatcher.run_command(&actor, req).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
@@ -92,6 +123,21 @@ pub struct ListQuery {
     next_token: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/invocations",
+    tag = "invocations",
+    operation_id = "ListInvocations",
+    summary = "List invocations (execution records)",
+    params(ListQuery),
+    responses(
+        (
+            status = 200,
+            description = "A page of invocations, newest first, with their overall status and counts.",
+            body = InvocationsResponse,
+        ),
+    ),
+)]
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
@@ -132,13 +178,28 @@ pub async fn list(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ShowQuery {
     /// Leave out the output text of every result (default: include it).
     include_output: Option<bool>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/invocations/{invoke_id}",
+    tag = "invocations",
+    operation_id = "DescribeInvocation",
+    summary = "Get an invocation and its results",
+    params(
+        ("invoke_id" = String, Path, description = "The invocation's id (`t-…`)."),
+        ShowQuery,
+    ),
+    responses(
+        (status = 200, description = "The invocation with the results of its latest execution.", body = Invocation),
+    ),
+)]
 pub async fn show(
     _: Actor,
     State(state): State<AppState>,
@@ -168,6 +229,21 @@ pub async fn show(
 }
 
 /// Every execution of an invocation, each with its results and their output.
+#[utoipa::path(
+    get,
+    path = "/invocations/{invoke_id}/executions",
+    tag = "invocations",
+    operation_id = "ListExecutions",
+    summary = "List every execution of an invocation",
+    params(("invoke_id" = String, Path, description = "The invocation's id (`t-…`).")),
+    responses(
+        (
+            status = 200,
+            description = "Every execution, each with its results and their output.",
+            body = ExecutionsResponse,
+        ),
+    ),
+)]
 pub async fn executions(
     _: Actor,
     State(state): State<AppState>,
@@ -196,7 +272,8 @@ pub async fn executions(
     Ok(ApiJson(ExecutionsResponse { invoke_id, executions }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OutputQuery {
     /// Which execution (from 1); the latest when left out.
@@ -204,6 +281,31 @@ pub struct OutputQuery {
 }
 
 /// The exact kept output bytes of one result (of the latest execution, or of `?repeats=`).
+#[utoipa::path(
+    get,
+    path = "/invocations/{invoke_id}/results/{instance_id}/output",
+    tag = "invocations",
+    operation_id = "GetResultOutput",
+    summary = "Get one result's exact output bytes",
+    params(
+        ("invoke_id" = String, Path, description = "The invocation's id (`t-…`)."),
+        ("instance_id" = String, Path, description = "The instance's id (`i-…`)."),
+        OutputQuery,
+    ),
+    responses(
+        (
+            status = 200,
+            description = "The exact kept output bytes.",
+            content_type = "application/octet-stream",
+            body = Vec<u8>,
+            headers(
+                ("x-fleetrun-status" = String, description = "The result's status."),
+                ("x-fleetrun-dropped" = u64, description = "Bytes produced but not kept."),
+                ("x-fleetrun-repeats" = u32, description = "Which execution this output is of."),
+            ),
+        ),
+    ),
+)]
 pub async fn output(
     _: Actor,
     State(state): State<AppState>,
@@ -233,6 +335,21 @@ pub async fn output(
 }
 
 /// StopInvocation: all results, or those of the instances given.
+#[utoipa::path(
+    post,
+    path = "/invocations/{invoke_id}/stop",
+    tag = "invocations",
+    operation_id = "StopInvocation",
+    summary = "Stop an invocation, or some of its results",
+    params(("invoke_id" = String, Path, description = "The invocation's id (`t-…`).")),
+    request_body(
+        content = Option<StopRequest>,
+        description = "Optional: without a body (or without `instance_ids`) every result is stopped.",
+    ),
+    responses(
+        (status = 202, description = "Stopping (operator)."),
+    ),
+)]
 pub async fn stop(
     actor: Actor,
     State(state): State<AppState>,

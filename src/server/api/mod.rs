@@ -7,81 +7,80 @@ mod commands;
 pub mod files;
 mod instances;
 mod invocations;
+pub mod openapi;
 mod tokens;
 mod users;
 
 use super::AppState;
 use super::error::ApiError;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
 use chrono::{DateTime, SecondsFormat};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// The routes under `/api/v1`.
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/regions", get(instances::regions))
-        .route("/instances", get(instances::list))
-        .route(
-            "/instances/{instance_id}",
-            get(instances::show)
-                .patch(instances::modify)
-                .delete(instances::deregister),
-        )
-        .route("/instances/{instance_id}/tags", put(instances::set_tags))
-        .route("/activations", post(activations::create).get(activations::list))
-        .route("/invocations", post(invocations::create).get(invocations::list))
-        .route("/invocations/{invoke_id}", get(invocations::show))
-        .route(
-            "/invocations/{invoke_id}/results/{instance_id}/output",
-            get(invocations::output),
-        )
-        .route("/invocations/{invoke_id}/executions", get(invocations::executions))
-        .route("/invocations/{invoke_id}/stop", post(invocations::stop))
-        .route("/invocations/{invoke_id}/stream", get(super::live::stream))
+    registered().0
+}
+
+/// The OpenAPI document of `/api/v1` (its paths with the prefix), as `GET /api/v1/openapi.json`
+/// serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    openapi::document(registered().1)
+}
+
+/// The router and the paths of its document, from one registration: `routes!` takes each
+/// handler's methods and path from its `#[utoipa::path]`, so what is served and what is documented
+/// cannot differ. Register routes only through `routes!` (tests/it/openapi.rs checks).
+fn registered() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, paths) = OpenApiRouter::new()
+        .routes(routes!(instances::regions))
+        .routes(routes!(instances::list))
+        .routes(routes!(instances::show, instances::modify, instances::deregister))
+        .routes(routes!(instances::set_tags))
+        .routes(routes!(activations::create, activations::list))
+        .routes(routes!(invocations::create, invocations::list))
+        .routes(routes!(invocations::show))
+        .routes(routes!(invocations::output))
+        .routes(routes!(invocations::executions))
+        .routes(routes!(invocations::stop))
+        .routes(routes!(super::live::stream))
         // The upload streams to disk under --max-file-bytes, not the 1 MiB body limit.
-        .route(
-            "/files",
-            post(files::create)
-                .layer(axum::extract::DefaultBodyLimit::disable())
-                .get(files::list),
-        )
-        .route("/files/{send_id}", get(files::show))
-        .route("/commands", post(commands::create).get(commands::list))
-        .route(
-            "/commands/{command_id}",
-            get(commands::show).patch(commands::modify).delete(commands::delete),
-        )
-        .route("/commands/{command_id}/invoke", post(commands::invoke))
-        .route("/quotas", get(commands::quotas))
-        .route("/tokens", post(tokens::create).get(tokens::list))
-        .route("/tokens/{token_id}", delete(tokens::revoke))
-        .route("/access-keys", post(access_keys::create).get(access_keys::list))
-        .route(
-            "/access-keys/{access_key_id}",
-            axum::routing::patch(access_keys::modify).delete(access_keys::delete),
-        )
-        .route("/audit", get(audit::list))
-        .route("/users", post(users::create).get(users::list))
-        .route(
-            "/users/{username}",
-            axum::routing::patch(users::modify).delete(users::delete),
-        )
-        .route("/settings", get(users::settings).patch(users::modify_settings))
+        .routes(routes!(files::create).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::list))
+        .routes(routes!(files::show))
+        .routes(routes!(commands::create, commands::list))
+        .routes(routes!(commands::show, commands::modify, commands::delete))
+        .routes(routes!(commands::invoke))
+        .routes(routes!(commands::quotas))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(access_keys::create, access_keys::list))
+        .routes(routes!(access_keys::modify, access_keys::delete))
+        .routes(routes!(audit::list))
+        .routes(routes!(users::create, users::list))
+        .routes(routes!(users::modify, users::delete))
+        .routes(routes!(users::settings, users::modify_settings))
+        .routes(routes!(openapi::json))
+        .split_for_parts();
+    let router = router
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
-                "this route does not take that method: see the API table in README.md",
+                "this route does not take that method: see GET /api/v1/openapi.json or /api/docs",
             )
         })
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                "no such API route: see the API table in README.md",
+                "no such API route: see GET /api/v1/openapi.json or /api/docs",
             )
-        })
+        });
+    (router, paths)
 }
 
 /// Offset and limit of a listing from its `page` and `page_size` (the domain's rule).

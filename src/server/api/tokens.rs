@@ -8,6 +8,17 @@ use crate::server::error::{ApiError, ApiJson, ApiPath};
 use axum::extract::State;
 use axum::http::StatusCode;
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "tokens",
+    operation_id = "CreateToken",
+    summary = "Create an API token",
+    request_body = CreateTokenRequest,
+    responses(
+        (status = 201, description = "Created; the only answer holding the token.", body = TokenCreated),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -24,6 +35,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "tokens",
+    operation_id = "ListTokens",
+    summary = "List the caller's API tokens",
+    responses(
+        (status = 200, description = "The caller's tokens, never their secrets.", body = TokensResponse),
+    ),
+)]
 pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<TokensResponse>, ApiError> {
     let rows = state.store.list_tokens(actor.user_id).await?;
     let tokens = rows
@@ -39,6 +60,17 @@ pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson
     Ok(ApiJson(TokensResponse { tokens }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tokens/{token_id}",
+    tag = "tokens",
+    operation_id = "RevokeToken",
+    summary = "Revoke an API token",
+    params(("token_id" = String, Path, description = "The token's id.")),
+    responses(
+        (status = 204, description = "Revoked."),
+    ),
+)]
 pub async fn revoke(
     actor: Actor,
     State(state): State<AppState>,

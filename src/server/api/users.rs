@@ -18,6 +18,17 @@ fn user_dto(row: UserRow) -> User {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "users",
+    operation_id = "CreateUser",
+    summary = "Create an account (admin)",
+    request_body = CreateUserRequest,
+    responses(
+        (status = 201, description = "Created (admin).", body = User),
+    ),
+)]
 pub async fn create(
     actor: Actor,
     State(state): State<AppState>,
@@ -30,6 +41,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(user_dto(user))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    operation_id = "ListUsers",
+    summary = "List accounts (admin)",
+    responses(
+        (status = 200, description = "Every account (admin).", body = UsersResponse),
+    ),
+)]
 pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<UsersResponse>, ApiError> {
     let users = state.dispatcher.list_users(&actor).await?;
     Ok(ApiJson(UsersResponse {
@@ -37,6 +58,22 @@ pub async fn list(actor: Actor, State(state): State<AppState>) -> Result<ApiJson
     }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/users/{username}",
+    tag = "users",
+    operation_id = "ModifyUser",
+    summary = "Change an account, or your own password",
+    params(("username" = String, Path, description = "The account's name.")),
+    request_body = ModifyUserRequest,
+    responses(
+        (
+            status = 200,
+            description = "The account, changed (an admin, or the account itself for its password).",
+            body = User,
+        ),
+    ),
+)]
 pub async fn modify(
     actor: Actor,
     State(state): State<AppState>,
@@ -53,6 +90,17 @@ pub async fn modify(
     Ok(ApiJson(user_dto(user)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/users/{username}",
+    tag = "users",
+    operation_id = "DeleteUser",
+    summary = "Delete an account (admin)",
+    params(("username" = String, Path, description = "The account's name.")),
+    responses(
+        (status = 204, description = "Deleted (admin)."),
+    ),
+)]
 pub async fn delete(
     actor: Actor,
     State(state): State<AppState>,
@@ -62,12 +110,33 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/settings",
+    tag = "users",
+    operation_id = "GetSettings",
+    summary = "Get server settings (admin)",
+    responses(
+        (status = 200, description = "The settings (admin).", body = ServerSettings),
+    ),
+)]
 pub async fn settings(actor: Actor, State(state): State<AppState>) -> Result<ApiJson<ServerSettings>, ApiError> {
     Ok(ApiJson(ServerSettings {
         basic_auth_enabled: state.dispatcher.basic_auth_setting(&actor)?,
     }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/settings",
+    tag = "users",
+    operation_id = "ModifySettings",
+    summary = "Change server settings (admin)",
+    request_body = ServerSettings,
+    responses(
+        (status = 200, description = "The settings now (admin).", body = ServerSettings),
+    ),
+)]
 pub async fn modify_settings(
     actor: Actor,
     State(state): State<AppState>,

@@ -1,5 +1,5 @@
-//! Static files, embedded in the binary: vendored htmx and its WebSocket extension (version in
-//! the file name, licences kept), our stylesheet and our one small script.
+//! Static files, embedded in the binary: vendored htmx and its WebSocket extension, and Swagger UI
+//! for the API page (version in the file name, licences kept), our stylesheet and our small scripts.
 
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -26,6 +26,38 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "vendor/LICENSE-htmx-ext-ws",
         "text/plain; charset=utf-8",
         include_bytes!("../../../static/vendor/LICENSE-htmx-ext-ws"),
+    ),
+    // Swagger UI for /api/docs, from npm's swagger-ui-dist 5.35.0 (the bundle and its stylesheet,
+    // unchanged; about 1.9 MB, sent only to that page).
+    (
+        "vendor/swagger-ui-bundle-5.35.0.js",
+        "text/javascript",
+        include_bytes!("../../../static/vendor/swagger-ui-bundle-5.35.0.js"),
+    ),
+    (
+        "vendor/swagger-ui-5.35.0.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../../static/vendor/swagger-ui-5.35.0.css"),
+    ),
+    (
+        "vendor/LICENSE-swagger-ui",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../static/vendor/LICENSE-swagger-ui"),
+    ),
+    (
+        "vendor/NOTICE-swagger-ui",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../static/vendor/NOTICE-swagger-ui"),
+    ),
+    (
+        "vendor/swagger-ui-bundle-5.35.0.js.LICENSE.txt",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../static/vendor/swagger-ui-bundle-5.35.0.js.LICENSE.txt"),
+    ),
+    (
+        "api-docs.js",
+        "text/javascript",
+        include_bytes!("../../../static/api-docs.js"),
     ),
     (
         "console.css",
