@@ -57,19 +57,11 @@
     });
   }
 
-  function openSendDialog(ids) {
+  // Opens a dialog (Send Command: /console/send/open; Send File: /console/files/new) for the
+  // selected instances; posted, as thousands of ids would overflow a URL.
+  function openDialog(url, ids) {
     window.lastFocus = document.activeElement;
-    htmx.ajax("POST", "/console/send/open", {
-      source: document.body,
-      target: "#modal",
-      swap: "innerHTML",
-      values: { instance_ids: Array.from(ids).join(",") }
-    });
-  }
-
-  function openFileDialog(ids) {
-    window.lastFocus = document.activeElement;
-    htmx.ajax("POST", "/console/files/new", {
+    htmx.ajax("POST", url, {
       source: document.body,
       target: "#modal",
       swap: "innerHTML",
@@ -204,8 +196,8 @@
     if (menu && !menu.hidden) menu.hidden = true;
     if (!t) return;
     if (t.hasAttribute("data-close-modal")) closeModal(true);
-    if (t.hasAttribute("data-send-selection")) openSendDialog(loadSelection());
-    if (t.hasAttribute("data-send-file-selection")) openFileDialog(loadSelection());
+    if (t.hasAttribute("data-send-selection")) openDialog("/console/send/open", loadSelection());
+    if (t.hasAttribute("data-send-file-selection")) openDialog("/console/files/new", loadSelection());
     if (t.hasAttribute("data-add-tags")) {
       var form = document.getElementById("add-tags-form");
       form.hidden = false;
