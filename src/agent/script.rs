@@ -61,7 +61,7 @@ impl ScriptDir {
         self.ensure()?;
         let mut suffix = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
-        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let suffix = crate::protocol::hex(&suffix);
         let path = self.path.join(format!("{PREFIX}{task}-{suffix}.{extension}"));
         let mut file = std::fs::OpenOptions::new()
             .write(true)

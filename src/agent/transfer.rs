@@ -92,7 +92,7 @@ impl Transfers {
 /// 12 hex digits naming a transfer's temporary file on this instance: the same after a restart.
 fn part_tag(transfer: &str, instance_id: &str) -> String {
     let digest = Sha256::digest(format!("{transfer}/{instance_id}"));
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    crate::protocol::hex(&digest[..6])
 }
 
 /// Verdicts older than a week are forgotten: no server offers a transfer that long after its
@@ -435,7 +435,7 @@ fn place(
         }
         hasher.update(&buffer[..n]);
     }
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let got = crate::protocol::hex(&hasher.finalize());
     if got != sha256 {
         return Err((
             FileErrorCode::ChecksumMismatch,
@@ -479,7 +479,7 @@ mod tests {
             target_dir: dir.to_string_lossy().into_owned(),
             name: "app.conf".into(),
             size: data.len() as u64,
-            sha256: Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: crate::protocol::hex(&Sha256::digest(data)),
             mode: 0o640,
             owner: None,
             group: None,

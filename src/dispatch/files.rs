@@ -15,6 +15,7 @@ use crate::protocol::agent::ServerMessage;
 use crate::protocol::files::{
     FILE_CHUNK_BYTES, FILES_PROTOCOL_VERSION, FileCancel, FileChunk, FileErrorCode, FileOffer, format_mode, parse_mode,
 };
+use crate::protocol::hex;
 use crate::store::{FileResultRow, FileSendRow, NewFileSend, Role};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -660,11 +661,6 @@ async fn open_at(path: &str, offset: u64) -> std::io::Result<tokio::fs::File> {
     let mut file = tokio::fs::File::open(path).await?;
     file.seek(std::io::SeekFrom::Start(offset)).await?;
     Ok(file)
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -22,6 +22,11 @@ pub use spec::{CommandSpec, DEFAULT_TIMEOUT_SECS, NoUnknownFields};
 pub use status::{Group, InvocationStatus, ResultStatus, TaskEnd};
 pub use targeting::Tag;
 
+/// Lowercase hex, as SHA-256 digests travel (`sha256` fields, checksum headers) and are stored.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 use serde::{Deserialize, Serialize};
 
 /// The agent protocol versions this build speaks (DESIGN.md §5, docs/ARCHITECTURE.md):

@@ -9,6 +9,7 @@
 //! file (its length and modification time), not per request.
 
 use super::AppState;
+use crate::protocol::hex;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
@@ -103,10 +104,6 @@ fn hash(mut file: std::fs::File) -> std::io::Result<(std::fs::File, [u8; 32])> {
     }
     file.rewind()?;
     Ok((file, hasher.finalize().into()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `GET /download/fleetrun-agent`: the binary, streamed.

@@ -47,8 +47,7 @@ fn alphanumeric(n: usize) -> String {
 /// SHA-256 of a high-entropy secret, hex encoded: how tokens, activation codes and instance
 /// secrets are stored. (Passwords, which are low-entropy, use argon2id instead.)
 pub fn hash_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::protocol::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// Whether `s` looks like an id made by [`new_id`] with this prefix.

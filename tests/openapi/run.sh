@@ -13,26 +13,11 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 here=$root/tests/openapi
 
-target=${CARGO_TARGET_DIR:-$root/target}
-case $target in /*) ;; *) target=$root/$target ;; esac
-bin=$target/debug/fleetrun
-
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "== cargo build --bin fleetrun"
-    cargo build --quiet --bin fleetrun
-fi
-[ -x "$bin" ] || { echo "no $bin: build it (cargo build --bin fleetrun) or drop SKIP_BUILD" >&2; exit 1; }
-
-# The venv is rebuilt whenever requirements.txt changes (a stamp holds its hash).
+# shellcheck source=tests/support/python.sh
+. "$root/tests/support/python.sh"
+fleetrun_binary
 venv=$target/openapi-venv
-wanted=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
-if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$wanted" ]; then
-    echo "== Python venv $venv from tests/openapi/requirements.txt"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$here/requirements.txt"
-    echo "$wanted" >"$venv/.requirements.sha256"
-fi
+pinned_venv "$venv" "$here/requirements.txt"
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/fleetrun-openapi.XXXXXX")
 server=

@@ -4,6 +4,7 @@
 //! the signature with the secret. Both compare in constant time.
 
 use super::error::EcsError;
+use crate::protocol::hex;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use ring::{digest, hmac};
@@ -214,10 +215,6 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
