@@ -264,17 +264,41 @@ async fn a_replica_killed_mid_run_loses_no_output_its_agents_finish_on_the_other
     let client_a = cluster.client(A);
 
     let created = client_a.run(&request).await.unwrap();
-    let mid_run = eventually(Duration::from_secs(120), "B's agents to be mid-run", || async {
-        let invocation = client_a.invocation(&created.invoke_id).await.ok()?;
-        let results = invocation.results?;
-        let of_b: Vec<_> = results.iter().filter(|r| on_b.contains(&r.instance_id)).collect();
-        of_b.iter().all(|r| r.output.contains("line 200\n")).then(|| {
-            of_b.iter()
-                .filter(|r| r.invocation_status == ResultStatus::Running)
-                .count()
-        })
-    })
-    .await;
+    // Until each of B's agents is past line 200; on a timeout, says where each one is.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = String::from("no answer from A");
+    let mid_run = loop {
+        if let Ok(Some(results)) = client_a.invocation(&created.invoke_id).await.map(|i| i.results) {
+            let of_b: Vec<_> = results.iter().filter(|r| on_b.contains(&r.instance_id)).collect();
+            if of_b.iter().all(|r| r.output.contains("line 200\n")) {
+                break of_b
+                    .iter()
+                    .filter(|r| r.invocation_status == ResultStatus::Running)
+                    .count();
+            }
+            let held = cluster.held().await;
+            seen = of_b
+                .iter()
+                .map(|r| {
+                    let held = held.get(&r.instance_id);
+                    format!(
+                        "{} {:?} {:?} {:?}, {} bytes, held {held:?}\n",
+                        r.instance_id,
+                        r.invocation_status,
+                        r.error_code,
+                        r.error_info,
+                        r.output.len()
+                    )
+                })
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's agents not all past line 200 after 120 s:\n{seen}{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     cluster.servers[B].kill9().await;
     let ended = wait_end(&client_a, &created.invoke_id).await;
 
