@@ -36,6 +36,8 @@ pub struct Switch {
     gid: Gid,
     /// The user's groups, looked up before forking.
     groups: Vec<Gid>,
+    /// The same, as the kernel takes them (`spawn` makes the system calls itself).
+    raw_groups: Vec<nix::libc::gid_t>,
 }
 
 impl Switch {
@@ -48,8 +50,14 @@ impl Switch {
         Switch {
             uid: user.uid,
             gid: user.gid,
+            raw_groups: groups.iter().map(|g| g.as_raw()).collect(),
             groups,
         }
+    }
+
+    /// The user, group and groups to switch to, as raw ids.
+    pub fn ids(&self) -> (nix::libc::uid_t, nix::libc::gid_t, &[nix::libc::gid_t]) {
+        (self.uid.as_raw(), self.gid.as_raw(), &self.raw_groups)
     }
 
     /// Runs in the child between `fork` and `exec`: only async-signal-safe calls (plain

@@ -98,10 +98,15 @@ impl Cgroups {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
-            return match std::fs::OpenOptions::new().write(true).open(path.join("cgroup.procs")) {
-                Ok(procs) => Ok(TaskCgroup {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path.join("cgroup.procs"))
+                .and_then(|procs| Ok((procs, File::open(&path)?)));
+            return match opened {
+                Ok((procs, dir)) => Ok(TaskCgroup {
                     path,
                     procs: Some(procs),
+                    dir,
                     has_kill: self.has_kill,
                 }),
                 Err(e) => {
@@ -165,6 +170,8 @@ pub struct TaskCgroup {
     path: PathBuf,
     /// Its `cgroup.procs`, opened for writing before the fork: the child joins through it.
     procs: Option<File>,
+    /// Its directory, opened: a child can be born in it (`spawn`, `CLONE_INTO_CGROUP`).
+    dir: File,
     has_kill: bool,
 }
 
@@ -172,6 +179,11 @@ impl TaskCgroup {
     /// Its directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Its directory, opened, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.dir)
     }
 
     /// The step that moves the child into this cgroup, for `pre_exec` (once). It makes one

@@ -121,12 +121,13 @@ mod imp {
     use bytes::BytesMut;
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
-    use std::os::fd::AsFd as _;
+    use std::ffi::OsStr;
+    use std::os::fd::{AsFd as _, OwnedFd};
     use std::os::unix::process::ExitStatusExt as _;
     use std::path::Path;
     use std::process::Stdio;
     use tokio::io::AsyncReadExt as _;
-    use tokio::process::{Child, Command};
+    use tokio::process::Command;
 
     /// How long killed processes get to be gone.
     const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -207,41 +208,23 @@ mod imp {
             }
         });
 
-        let mut command = Command::new(&program);
-        command
-            .args(args)
-            .arg(script.path())
-            .current_dir(&dir)
-            .env_clear()
-            .envs(account.environment(&task.task))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // Joining the cgroup comes first, while the child still has the agent's privileges.
-        if let Some(join) = cgroup.as_mut().and_then(TaskCgroup::take_joiner) {
-            // `pre_exec` is unsafe by contract: the closure runs in the forked child.
-            #[allow(unsafe_code)]
-            // SAFETY: the closure runs in the child before exec and makes one write(2) on a
-            // descriptor opened before the fork: async-signal-safe, no allocation.
-            unsafe {
-                command.pre_exec(join);
-            }
-        }
-        if let Some(switch) = account.switch.clone() {
-            // `pre_exec` is unsafe by contract: the closure runs in the forked child.
-            #[allow(unsafe_code)]
-            // SAFETY: the closure runs in the child before exec and only makes async-signal-safe
-            // system calls (setgroups, setgid, setuid) on data prepared before the fork.
-            unsafe {
-                command.pre_exec(move || switch.apply());
-            }
-        }
-        let spawned = command.spawn();
-        // It holds the cgroup's `cgroup.procs` open.
-        drop(command);
-        let mut child = match spawned {
-            Ok(child) => child,
+        let launch = Launch {
+            program: &program,
+            args: args.iter().map(OsStr::new).chain([script.path().as_os_str()]).collect(),
+            env: account.environment(&task.task),
+            dir: &dir,
+            account: &account,
+        };
+        let spawned = match born_in_cgroup(&launch, cgroup.as_ref()) {
+            Some(spawned) => spawned,
+            None => fork_and_join(&launch, cgroup.as_mut()),
+        };
+        let Proc {
+            mut child,
+            stdout,
+            stderr,
+        } = match spawned {
+            Ok(proc) => proc,
             Err(e) => {
                 release(config, cgroup);
                 return error(
@@ -250,7 +233,7 @@ mod imp {
                 );
             }
         };
-        let pgid = child.id().map(|pid| pid as i32).unwrap_or_default();
+        let pgid = child.id() as i32;
         let started = TaskEvent::Started {
             pgid,
             cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
@@ -261,11 +244,8 @@ mod imp {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let detach = CancellationToken::new();
         let mut readers = Vec::new();
-        for (pipe, stream) in [
-            (child.stdout.take().map(Pipe::Out), OutputStream::Stdout),
-            (child.stderr.take().map(Pipe::Err), OutputStream::Stderr),
-        ] {
-            if let Some(pipe) = pipe {
+        for (pipe, stream) in [(stdout, OutputStream::Stdout), (stderr, OutputStream::Stderr)] {
+            {
                 readers.push(tokio::spawn(capture(
                     pipe,
                     stream,
@@ -337,18 +317,17 @@ mod imp {
         }
     }
 
-    enum Pipe {
-        Out(tokio::process::ChildStdout),
-        Err(tokio::process::ChildStderr),
-    }
+    /// The read end of a task's stdout or stderr.
+    struct Pipe(tokio::net::unix::pipe::Receiver);
 
     impl Pipe {
+        fn new(fd: OwnedFd) -> std::io::Result<Pipe> {
+            Ok(Pipe(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?))
+        }
+
         /// Reads into the spare capacity of `buf`.
         async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-            match self {
-                Pipe::Out(p) => p.read_buf(buf).await,
-                Pipe::Err(p) => p.read_buf(buf).await,
-            }
+            self.0.read_buf(buf).await
         }
 
         /// Reads what the pipe holds right now, without waiting: one read(2) on the
@@ -357,10 +336,7 @@ mod imp {
         fn read_now(&self, buf: &mut BytesMut) -> std::io::Result<Option<usize>> {
             let start = buf.len();
             buf.resize(start + MAX_CHUNK_BYTES, 0);
-            let read = match self {
-                Pipe::Out(p) => nix::unistd::read(p.as_fd(), &mut buf[start..]),
-                Pipe::Err(p) => nix::unistd::read(p.as_fd(), &mut buf[start..]),
-            };
+            let read = nix::unistd::read(self.0.as_fd(), &mut buf[start..]);
             buf.truncate(start + read.unwrap_or(0));
             match read {
                 Ok(n) => Ok(Some(n)),
@@ -374,11 +350,123 @@ mod imp {
         /// Best effort: the limit (`/proc/sys/fs/pipe-max-size`) may be lower.
         fn enlarge(&self) {
             use nix::fcntl::{FcntlArg, fcntl};
-            let _ = match self {
-                Pipe::Out(p) => fcntl(p, FcntlArg::F_SETPIPE_SZ(MAX_CHUNK_BYTES as i32)),
-                Pipe::Err(p) => fcntl(p, FcntlArg::F_SETPIPE_SZ(MAX_CHUNK_BYTES as i32)),
-            };
+            let _ = fcntl(&self.0, FcntlArg::F_SETPIPE_SZ(MAX_CHUNK_BYTES as i32));
         }
+    }
+
+    /// A started shell and the read ends of its output.
+    struct Proc {
+        child: Child,
+        stdout: Pipe,
+        stderr: Pipe,
+    }
+
+    /// The shell's process, however it was started.
+    enum Child {
+        Forked(tokio::process::Child),
+        #[cfg(target_os = "linux")]
+        Born(crate::agent::spawn::Child),
+    }
+
+    impl Child {
+        fn id(&self) -> u32 {
+            match self {
+                Child::Forked(child) => child.id().unwrap_or_default(),
+                #[cfg(target_os = "linux")]
+                Child::Born(child) => child.id(),
+            }
+        }
+
+        async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+            match self {
+                Child::Forked(child) => child.wait().await,
+                #[cfg(target_os = "linux")]
+                Child::Born(child) => child.wait().await,
+            }
+        }
+    }
+
+    /// What to start: the shell, its arguments (the script last), environment, directory and
+    /// account.
+    struct Launch<'a> {
+        program: &'a Path,
+        args: Vec<&'a OsStr>,
+        env: Vec<(String, String)>,
+        dir: &'a Path,
+        account: &'a Account,
+    }
+
+    /// Starts the shell inside its cgroup from birth (`spawn`), where the kernel allows it;
+    /// `None` to start it the other way.
+    #[cfg(target_os = "linux")]
+    fn born_in_cgroup(launch: &Launch, cgroup: Option<&TaskCgroup>) -> Option<std::io::Result<Proc>> {
+        use crate::agent::spawn::{self, SpawnError};
+        let spec = spawn::Spec {
+            program: launch.program,
+            args: &launch.args,
+            env: &launch.env,
+            dir: launch.dir,
+            switch: launch.account.switch.as_ref(),
+            cgroup: cgroup?.dir(),
+        };
+        match spawn::spawn(&spec) {
+            Ok(spawned) => Some((|| {
+                Ok(Proc {
+                    child: Child::Born(spawned.child),
+                    stdout: Pipe::new(spawned.stdout)?,
+                    stderr: Pipe::new(spawned.stderr)?,
+                })
+            })()),
+            Err(SpawnError::Failed(e)) => Some(Err(e)),
+            Err(SpawnError::Unsupported) => None,
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn born_in_cgroup(_: &Launch, _: Option<&TaskCgroup>) -> Option<std::io::Result<Proc>> {
+        None
+    }
+
+    /// Starts the shell with fork and exec; with a cgroup, the child joins it before exec.
+    fn fork_and_join(launch: &Launch, cgroup: Option<&mut TaskCgroup>) -> std::io::Result<Proc> {
+        let mut command = Command::new(launch.program);
+        command
+            .args(&launch.args)
+            .current_dir(launch.dir)
+            .env_clear()
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // Joining the cgroup comes first, while the child still has the agent's privileges.
+        if let Some(join) = cgroup.and_then(TaskCgroup::take_joiner) {
+            // `pre_exec` is unsafe by contract: the closure runs in the forked child.
+            #[allow(unsafe_code)]
+            // SAFETY: the closure runs in the child before exec and makes one write(2) on a
+            // descriptor opened before the fork: async-signal-safe, no allocation.
+            unsafe {
+                command.pre_exec(join);
+            }
+        }
+        if let Some(switch) = launch.account.switch.clone() {
+            // `pre_exec` is unsafe by contract: the closure runs in the forked child.
+            #[allow(unsafe_code)]
+            // SAFETY: the closure runs in the child before exec and only makes async-signal-safe
+            // system calls (setgroups, setgid, setuid) on data prepared before the fork.
+            unsafe {
+                command.pre_exec(move || switch.apply());
+            }
+        }
+        let mut child = command.spawn()?;
+        let pipe = |fd: Option<OwnedFd>| Pipe::new(fd.ok_or_else(|| std::io::Error::other("no pipe"))?);
+        let stdout = pipe(child.stdout.take().map(|p| p.into_owned_fd()).transpose()?)?;
+        let stderr = pipe(child.stderr.take().map(|p| p.into_owned_fd()).transpose()?)?;
+        Ok(Proc {
+            child: Child::Forked(child),
+            stdout,
+            stderr,
+        })
     }
 
     /// Reads a pipe into `Output` events until end of file (then `None`), or until `detach`:

@@ -19,6 +19,8 @@ mod identity;
 mod script;
 pub mod service;
 mod session;
+#[cfg(target_os = "linux")]
+mod spawn;
 mod spool;
 mod transfer;
 
