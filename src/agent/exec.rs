@@ -245,16 +245,14 @@ mod imp {
         let detach = CancellationToken::new();
         let mut readers = Vec::new();
         for (pipe, stream) in [(stdout, OutputStream::Stdout), (stderr, OutputStream::Stderr)] {
-            {
-                readers.push(tokio::spawn(capture(
-                    pipe,
-                    stream,
-                    task.task.clone(),
-                    events.clone(),
-                    detach.clone(),
-                    done_tx.clone(),
-                )));
-            }
+            readers.push(tokio::spawn(capture(
+                pipe,
+                stream,
+                task.task.clone(),
+                events.clone(),
+                detach.clone(),
+                done_tx.clone(),
+            )));
         }
         drop(done_tx);
 
@@ -410,13 +408,22 @@ mod imp {
             cgroup: cgroup?.dir(),
         };
         match spawn::spawn(&spec) {
-            Ok(spawned) => Some((|| {
-                Ok(Proc {
-                    child: Child::Born(spawned.child),
-                    stdout: Pipe::new(spawned.stdout)?,
-                    stderr: Pipe::new(spawned.stderr)?,
-                })
-            })()),
+            Ok(spawned) => {
+                let pid = spawned.child.id() as i32;
+                let pipes = Pipe::new(spawned.stdout).and_then(|out| Ok((out, Pipe::new(spawned.stderr)?)));
+                Some(
+                    pipes
+                        .map(|(stdout, stderr)| Proc {
+                            child: Child::Born(spawned.child),
+                            stdout,
+                            stderr,
+                        })
+                        .inspect_err(|_| {
+                            // Unwatched, it must not run on.
+                            signal_group(pid, Some(Signal::SIGKILL));
+                        }),
+                )
+            }
             Err(SpawnError::Failed(e)) => Some(Err(e)),
             Err(SpawnError::Unsupported) => None,
         }

@@ -141,6 +141,8 @@ pub fn spawn(spec: &Spec) -> Result<Spawned, SpawnError> {
     if pid < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
+            // What kernels without clone3 or CLONE_INTO_CGROUP, and seccomp filters, answer.
+            // Others (EACCES, EBUSY on the cgroup) fail this task, as a failed join did.
             Some(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP) => {
                 UNSUPPORTED.store(true, Ordering::Relaxed);
                 tracing::info!(error = %e, "clone3 into a cgroup is not available; commands join their cgroup after fork");
@@ -248,13 +250,18 @@ impl Drop for Child {
         let (Some(pidfd), Ok(runtime)) = (self.pidfd.take(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let mut orphan = Child {
-            pid: self.pid,
-            pidfd: Some(pidfd),
-            status: None,
-        };
+        // Not a `Child` again: a runtime shutting down drops new tasks at once, and a `Child`
+        // dropped there would spawn another, without end. Dropped unfinished, this leaves the
+        // zombie to the agent's exit.
+        let pid = self.pid;
         runtime.spawn(async move {
-            let _ = orphan.wait().await;
+            if pidfd.readable().await.is_ok() {
+                #[allow(unsafe_code)]
+                // SAFETY: a plain system call on our own child, which has exited.
+                unsafe {
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
         });
     }
 }
@@ -276,6 +283,15 @@ fn read_report(report: &OwnedFd) -> Option<i32> {
         }
     }
     (filled == bytes.len()).then(|| i32::from_ne_bytes(bytes))
+}
+
+/// The system calls that set ids with 32-bit ids: on 32-bit x86 and ARM the plain ones take
+/// 16-bit ids (a uid of 65536 would become root).
+mod ids {
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+    pub use nix::libc::{SYS_setgroups as SETGROUPS, SYS_setresgid as SETRESGID, SYS_setresuid as SETRESUID};
+    #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+    pub use nix::libc::{SYS_setgroups32 as SETGROUPS, SYS_setresgid32 as SETRESGID, SYS_setresuid32 as SETRESUID};
 }
 
 /// The calling thread's errno (without allocating: the child may not).
@@ -336,9 +352,9 @@ impl Raw<'_> {
             check(libc::setpgid(0, 0) as _)?;
             if let Some(switch) = self.switch {
                 let (uid, gid, groups) = switch.ids();
-                check(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
-                check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
-                check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+                check(libc::syscall(ids::SETGROUPS, groups.len(), groups.as_ptr()))?;
+                check(libc::syscall(ids::SETRESGID, gid, gid, gid))?;
+                check(libc::syscall(ids::SETRESUID, uid, uid, uid))?;
             }
         }
         Ok(())
@@ -376,8 +392,14 @@ mod tests {
             switch: None,
             cgroup: cgroup.dir(),
         };
-        let Ok(mut spawned) = spawn(&spec) else {
-            panic!("clone3 into a cgroup was refused or failed on this kernel");
+        let mut spawned = match spawn(&spec) {
+            Ok(spawned) => spawned,
+            Err(SpawnError::Unsupported) => {
+                // A seccomp filter or an old kernel: the agent joins after fork there, which
+                // tests/it/faults_exec.rs covers.
+                return eprintln!("clone3 into a cgroup is refused here; not tested");
+            }
+            Err(SpawnError::Failed(e)) => panic!("{e}"),
         };
         let status = spawned.child.wait().await.unwrap();
         let pid = spawned.child.id().to_string();
@@ -416,7 +438,7 @@ mod tests {
         };
         match spawn(&spec) {
             Err(SpawnError::Failed(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}"),
-            Err(SpawnError::Unsupported) => panic!("clone3 into a cgroup was refused on this kernel"),
+            Err(SpawnError::Unsupported) => eprintln!("clone3 into a cgroup is refused here; not tested"),
             Ok(_) => panic!("a child for a program that does not exist"),
         }
         assert!(!cgroup.is_populated(), "the failed child is reaped");
