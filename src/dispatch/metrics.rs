@@ -94,6 +94,7 @@ pub struct Metrics {
     pub(super) attaching_agents: Gauge,
     pub(super) writer_queue: Gauge,
     pub(super) watchers: Gauge,
+    pub(super) replicas: Gauge,
 }
 
 impl Default for Metrics {
@@ -126,6 +127,7 @@ impl Default for Metrics {
             attaching_agents: Gauge::default(),
             writer_queue: Gauge::default(),
             watchers: Gauge::default(),
+            replicas: Gauge::default(),
         }
     }
 }
@@ -185,6 +187,12 @@ impl Metrics {
             "agents_attaching",
             "Agents being attached (from their Hello until their pending work is sent)",
             self.attaching_agents.clone(),
+        );
+        registry.register(
+            "replicas_alive",
+            "Servers on this database that are alive, this one included (1 on SQLite); \
+             one silent for 10 s no longer counts",
+            self.replicas.clone(),
         );
         registry.register(
             "live_watchers",

@@ -37,7 +37,18 @@ impl Dispatcher {
         let store = &self.inner.store;
         store.register_replica(&self.inner.replica, now).await?;
         store.reap_replicas(now - REPLICA_EXPIRY.as_millis() as i64).await?;
+        self.count_replicas().await;
         Ok(())
+    }
+
+    /// Sets the `replicas_alive` gauge from the replicas' rows.
+    async fn count_replicas(&self) {
+        match self.inner.store.replica_count().await {
+            Ok(count) => {
+                self.inner.metrics.replicas.set(count);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count the replicas"),
+        }
     }
 
     /// Notes that an invocation changed here, for the other replicas' watchers.
@@ -103,6 +114,7 @@ impl Dispatcher {
             }
             Err(e) => tracing::warn!(error = %e, "could not reap dead replicas"),
         }
+        self.count_replicas().await;
     }
 
     async fn tell_changes(&self) {

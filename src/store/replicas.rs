@@ -52,6 +52,13 @@ impl Store {
         Ok(reaped)
     }
 
+    /// How many replicas have a row: those alive, as of the last reaping.
+    pub async fn replica_count(&self) -> Result<i64> {
+        query_scalar("SELECT COUNT(*) FROM replicas")
+            .fetch_one(&self.pool)
+            .await
+    }
+
     /// A replica shutting down: its row goes and its agents are offline until they reconnect.
     pub async fn remove_replica(&self, replica: &str) -> Result<()> {
         let mut tx = self.write_tx().await?;

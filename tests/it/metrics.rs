@@ -1,7 +1,7 @@
 //! `GET /metrics` (issue 16): off by default, behind a token when one is given, accepted by
 //! Prometheus's own parser (`promtool`), and moving when a real agent runs a command.
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{Backend, TestApp, eventually};
 use fleetrun::protocol::api::RunCommandRequest;
 use reqwest::StatusCode;
 use std::time::Duration;
@@ -10,11 +10,17 @@ const TOKEN: &str = "metrics-0123456789abcdef0123456789";
 
 /// A server whose `/metrics` asks for [`TOKEN`], read from a file as an operator would give it.
 async fn metered() -> (TestApp, tempfile::TempDir) {
+    let (file, dir) = token_file();
+    let app = TestApp::spawn_with(&["--metrics-token-file", file.to_str().unwrap()]).await;
+    (app, dir)
+}
+
+/// A file holding [`TOKEN`], in a directory that lives as long as it is needed.
+fn token_file() -> (std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("metrics-token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
-    let app = TestApp::spawn_with(&["--metrics-token-file", file.to_str().unwrap()]).await;
-    (app, dir)
+    (file, dir)
 }
 
 async fn get(app: &TestApp, authorization: Option<&str>) -> (StatusCode, String, String) {
@@ -226,9 +232,33 @@ async fn metrics_parse_and_their_counters_move_when_a_command_runs() {
     assert!(counted(requests, &scrape_route) >= 1.0);
     assert!(counted("fleetrun_writer_batch_duration_seconds_count", &[]) >= 1.0);
     assert_eq!(value(&after, "fleetrun_agents_connected", &[]), 1.0);
+    assert_eq!(value(&after, "fleetrun_replicas_alive", &[]), 1.0, "SQLite: this server alone");
     assert!(after.text.contains("# HELP fleetrun_results_ended_total "));
     // Routes are patterns, never raw paths: the invocation read by its id is counted under
     // `{invoke_id}`, and its id is in no label.
     assert!(value(&after, requests, &[("route", "/api/v1/invocations/{invoke_id}")]) >= 1.0);
     assert!(!after.text.contains(&inv.invoke_id), "a raw path became a label");
+}
+
+#[tokio::test]
+async fn replicas_alive_counts_the_servers_sharing_a_postgresql_database() {
+    let (file, _dir) = token_file();
+    let flags = ["--metrics-token-file", file.to_str().unwrap()];
+    let first = TestApp::spawn_on(Backend::Postgres, &flags).await;
+    let second = first.replica(&flags).await;
+    let alive = |want: f64| {
+        let first = &first;
+        move || async move {
+            let scrape = scrape(first).await;
+            (value(&scrape, "fleetrun_replicas_alive", &[]) == want).then_some(())
+        }
+    };
+
+    // Each replica counts at its start and at every heartbeat (2 s).
+    eventually(Duration::from_secs(10), "the first server to count two", alive(2.0)).await;
+    let second_counts = scrape(&second).await;
+    drop(second);
+    eventually(Duration::from_secs(10), "the first server to count one again", alive(1.0)).await;
+
+    assert_eq!(value(&second_counts, "fleetrun_replicas_alive", &[]), 2.0);
 }
