@@ -232,7 +232,11 @@ async fn metrics_parse_and_their_counters_move_when_a_command_runs() {
     assert!(counted(requests, &scrape_route) >= 1.0);
     assert!(counted("fleetrun_writer_batch_duration_seconds_count", &[]) >= 1.0);
     assert_eq!(value(&after, "fleetrun_agents_connected", &[]), 1.0);
-    assert_eq!(value(&after, "fleetrun_replicas_alive", &[]), 1.0, "SQLite: this server alone");
+    assert_eq!(
+        value(&after, "fleetrun_replicas_alive", &[]),
+        1.0,
+        "SQLite: this server alone"
+    );
     assert!(after.text.contains("# HELP fleetrun_results_ended_total "));
     // Routes are patterns, never raw paths: the invocation read by its id is counted under
     // `{invoke_id}`, and its id is in no label.
@@ -258,7 +262,12 @@ async fn replicas_alive_counts_the_servers_sharing_a_postgresql_database() {
     eventually(Duration::from_secs(10), "the first server to count two", alive(2.0)).await;
     let second_counts = scrape(&second).await;
     drop(second);
-    eventually(Duration::from_secs(10), "the first server to count one again", alive(1.0)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first server to count one again",
+        alive(1.0),
+    )
+    .await;
 
     assert_eq!(value(&second_counts, "fleetrun_replicas_alive", &[]), 2.0);
 }
