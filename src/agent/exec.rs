@@ -215,7 +215,7 @@ mod imp {
             dir: &dir,
             account: &account,
         };
-        let spawned = match born_in_cgroup(&launch, cgroup.as_ref()) {
+        let spawned = match born_in_cgroup(&launch, cgroup.as_mut()) {
             Some(spawned) => spawned,
             None => fork_and_join(&launch, cgroup.as_mut()),
         };
@@ -397,18 +397,22 @@ mod imp {
     /// Starts the shell inside its cgroup from birth (`spawn`), where the kernel allows it;
     /// `None` to start it the other way.
     #[cfg(target_os = "linux")]
-    fn born_in_cgroup(launch: &Launch, cgroup: Option<&TaskCgroup>) -> Option<std::io::Result<Proc>> {
+    fn born_in_cgroup(launch: &Launch, cgroup: Option<&mut TaskCgroup>) -> Option<std::io::Result<Proc>> {
         use crate::agent::spawn::{self, SpawnError};
+        let cgroup = cgroup?;
         let spec = spawn::Spec {
             program: launch.program,
             args: &launch.args,
             env: &launch.env,
             dir: launch.dir,
             switch: launch.account.switch.as_ref(),
-            cgroup: cgroup?.dir(),
+            cgroup: cgroup.dir(),
         };
-        match spawn::spawn(&spec) {
+        let spawned = spawn::spawn(&spec);
+        match spawned {
             Ok(spawned) => {
+                // Born inside, it never joins: the `cgroup.procs` kept open for that can go.
+                drop(cgroup.take_joiner());
                 let pid = spawned.child.id() as i32;
                 let pipes = Pipe::new(spawned.stdout).and_then(|out| Ok((out, Pipe::new(spawned.stderr)?)));
                 Some(
@@ -430,7 +434,7 @@ mod imp {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn born_in_cgroup(_: &Launch, _: Option<&TaskCgroup>) -> Option<std::io::Result<Proc>> {
+    fn born_in_cgroup(_: &Launch, _: Option<&mut TaskCgroup>) -> Option<std::io::Result<Proc>> {
         None
     }
 
