@@ -160,11 +160,11 @@ pub fn spawn(spec: &Spec) -> Result<Spawned, SpawnError> {
     let mut child = match Child::new(pid, pidfd) {
         Ok(child) => child,
         Err(e) => {
-            // Untracked, it would run on unseen: end it.
+            // Untracked, it would run on unseen: end it and what it started (its process group).
             #[allow(unsafe_code)]
             // SAFETY: plain system calls on our own child.
             unsafe {
-                libc::kill(pid, libc::SIGKILL);
+                libc::kill(-pid, libc::SIGKILL);
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             }
             return Err(failed(e));
