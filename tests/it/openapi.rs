@@ -281,32 +281,24 @@ async fn the_api_page_loads_only_its_own_files_with_no_inline_script() {
             tag.contains(" src=\"/static/") && body.trim().is_empty(),
             "inline script: <script{piece}"
         );
-        assets.push(
-            tag.split("src=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .to_string(),
-        );
+        assets.push(quoted_after(tag, "src=\""));
     }
-    assets.push(
-        page.text
-            .split("rel=\"stylesheet\" href=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string(),
-    );
+    assets.push(quoted_after(&page.text, "rel=\"stylesheet\" href=\""));
     assert_eq!(assets.len(), 3, "{assets:?}");
     for asset in assets {
         let answer = Answer::of(http.get(format!("{}{asset}", app.url))).await.unwrap();
         assert_eq!(answer.status, 200, "{asset}");
         assert!(answer.text.len() > 500, "{asset}");
     }
+}
+
+/// The value that follows the first `marker` (which ends with an opening quote) in `text`.
+fn quoted_after(text: &str, marker: &str) -> String {
+    let after = text
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker} in {text}"));
+    after.split('"').next().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -328,21 +320,11 @@ async fn the_api_page_renders_every_operation_in_a_browser_under_the_csp() {
     // The stylesheet applied (an unstyled page has no coloured method badges), and nothing was
     // refused by the Content-Security-Policy while it rendered (api-docs.js counts refusals).
     let styled = browser
-        .client
-        .execute(
-            "return getComputedStyle(document.querySelector('.opblock-summary-method')).backgroundColor",
-            vec![],
-        )
-        .await
-        .unwrap();
+        .eval("return getComputedStyle(document.querySelector('.opblock-summary-method')).backgroundColor")
+        .await;
     assert_ne!(styled, "rgba(0, 0, 0, 0)", "the Swagger UI stylesheet did not apply");
     let refused = browser
-        .client
-        .execute(
-            "return document.getElementById('swagger-ui').dataset.cspViolations || ''",
-            vec![],
-        )
-        .await
-        .unwrap();
+        .eval("return document.getElementById('swagger-ui').dataset.cspViolations || ''")
+        .await;
     assert_eq!(refused, "", "the CSP refused something");
 }
