@@ -3,9 +3,9 @@
 //! print the pg_dump or pg_restore command to run.
 
 use crate::config::{BackupArgs, DatabaseArgs, RestoreArgs};
+use crate::files::with_suffix;
 use crate::store::backup::{check_sqlite, vacuum_into};
 use anyhow::Context as _;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Exit code when nothing was done because another tool does it (PostgreSQL).
@@ -193,13 +193,7 @@ fn sqlite_database(args: &DatabaseArgs, what: &str) -> anyhow::Result<Option<Pat
 /// Creates an empty file readable by its owner only: SQLite and the copy write into it and
 /// keep its mode.
 fn create_private(path: &Path) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    crate::files::create_new_private(path).with_context(|| format!("cannot create {}", path.display()))?;
     Ok(())
 }
 
@@ -225,12 +219,6 @@ fn give_to_owner_of(dir: &Path, files: &[&Path]) -> anyhow::Result<()> {
     #[cfg(not(unix))]
     let _ = (dir, files);
     Ok(())
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name: OsString = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// A path for a shell command line, quoted when it needs to be.

@@ -6,6 +6,26 @@
 
 use anyhow::Context as _;
 use std::path::Path;
+#[cfg(feature = "server")]
+use std::path::PathBuf;
+
+/// `path` with `suffix` added to its file name: `fleetrun.db` → `fleetrun.db-wal`.
+#[cfg(feature = "server")]
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Opens a new, empty file with mode 0600; fails if `path` exists.
+#[cfg(feature = "server")]
+pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
 
 /// Writes a file with mode 0600, replacing any previous content.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -60,21 +80,15 @@ pub fn create_private_dir(dir: &Path, ours: &[&str]) -> anyhow::Result<()> {
 /// and `-journal` files when they exist. SQLite creates those with the database's mode.
 #[cfg(feature = "server")]
 pub fn create_private_database(db: &Path) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(db) {
+    match create_new_private(db) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create the database {}", db.display())),
     }
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut name = db.as_os_str().to_owned();
-        name.push(suffix);
-        let path = Path::new(&name);
+        let path = with_suffix(db, suffix);
         if path.exists() {
-            tighten(path, 0o600)?;
+            tighten(&path, 0o600)?;
         }
     }
     Ok(())
@@ -115,14 +129,12 @@ fn tighten(path: &Path, mode: u32) -> anyhow::Result<()> {
 #[cfg(all(feature = "server", unix))]
 pub fn lock_database(db: &Path, exclusive: bool) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
     use nix::fcntl::{Flock, FlockArg};
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    let path = Path::new(&name);
+    let path = with_suffix(db, ".lock");
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options
-        .open(path)
+        .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     let how = if exclusive {
         FlockArg::LockExclusiveNonblock
